@@ -1,0 +1,3 @@
+//! Shared pieces of AetherFlow's benchmarks: editing traces and a minimal y-websocket client.
+
+pub mod trace;

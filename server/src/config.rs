@@ -1,0 +1,304 @@
+//! The relay's configuration: command-line flags, `AETHERFLOW_*` environment variables and an
+//! optional TOML file, merged once into one [`Config`] that is passed down.
+//!
+//! Precedence, highest first: flag, environment variable, `--config` file, built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Default HTTP and WebSocket listen address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default data directory; the database is `<data-dir>/aetherflow.redb`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default largest WebSocket message accepted: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default bound on how late `--durability relaxed` commits an update, in milliseconds.
+pub const DEFAULT_RELAXED_FLUSH_MS: u64 = 100;
+/// Default idle time before an unused document is unloaded from memory, in seconds.
+pub const DEFAULT_UNLOAD_AFTER_SECS: u64 = 30;
+/// Default number of update-log entries that triggers folding the log into a snapshot.
+pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 500;
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "aetherflow.redb";
+
+/// When a room may show an update to clients relative to committing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Broadcast an update only after redb has committed it (fsync). Whatever a client has
+    /// seen survives a crash.
+    #[default]
+    Durable,
+    /// Broadcast first; commit to disk within `relaxed-flush-ms` plus one fsync.
+    Relaxed,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `aetherflow`: the AetherFlow relay. Serves Yjs documents over the y-websocket protocol at
+/// `ws://<http-addr>/ws/<document>`, durable in an embedded redb database.
+#[derive(Debug, Parser)]
+#[command(name = "aetherflow", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML file with any of the settings below (keys use underscores: `http_addr = "..."`).
+    /// Flags and environment variables override it.
+    #[arg(long, env = "AETHERFLOW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Every setting, each optional so that the layers can be merged.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address for HTTP and WebSocket [default: 127.0.0.1:8080]. Port 0 picks a free port;
+    /// the chosen address is printed on stdout as `aetherflow ready: http://ADDR`.
+    #[arg(long, env = "AETHERFLOW_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Directory holding the database `aetherflow.redb` [default: ./data]. Created if missing.
+    #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// `durable`: an update is broadcast only after it is committed to disk, so whatever a
+    /// client has seen survives a crash. `relaxed`: broadcast first, commit within
+    /// --relaxed-flush-ms plus one fsync [default: durable].
+    #[arg(long, env = "AETHERFLOW_DURABILITY", value_enum, value_name = "MODE")]
+    pub durability: Option<Durability>,
+
+    /// Largest WebSocket message, in bytes; a larger one closes the connection with code 1009
+    /// [default: 16777216 (16 MiB)].
+    #[arg(long, env = "AETHERFLOW_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Log format on stderr [default: pretty]. Verbosity follows RUST_LOG (default `info`).
+    #[arg(long, env = "AETHERFLOW_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// In relaxed mode, the longest an update waits before an fsync'd commit, in milliseconds
+    /// [default: 100].
+    #[arg(long, env = "AETHERFLOW_RELAXED_FLUSH_MS", value_name = "MS")]
+    pub relaxed_flush_ms: Option<u64>,
+
+    /// Unload a document from memory after it has had no connection for this long, in seconds
+    /// [default: 30].
+    #[arg(long, env = "AETHERFLOW_UNLOAD_AFTER_SECS", value_name = "SECS")]
+    pub unload_after_secs: Option<u64>,
+
+    /// Fold a document's update log into a new snapshot once it holds this many entries
+    /// [default: 500].
+    #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
+    pub compact_after_updates: Option<usize>,
+}
+
+/// The relay's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for HTTP and WebSocket.
+    pub http_addr: SocketAddr,
+    /// Directory holding the database.
+    pub data_dir: PathBuf,
+    /// Broadcast-after-commit or broadcast-first.
+    pub durability: Durability,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Relaxed mode's bound on the delay before a durable commit.
+    pub relaxed_flush: Duration,
+    /// Idle time before a document without connections is unloaded.
+    pub unload_after: Duration,
+    /// Update-log length that triggers compaction.
+    pub compact_after_updates: usize,
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a value the relay cannot run with.
+    #[error("invalid setting {name}: {why}")]
+    Invalid {
+        /// The setting's flag name.
+        name: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+impl Settings {
+    /// Fills every setting left unset here from `lower`.
+    fn or(self, lower: Settings) -> Settings {
+        Settings {
+            http_addr: self.http_addr.or(lower.http_addr),
+            data_dir: self.data_dir.or(lower.data_dir),
+            durability: self.durability.or(lower.durability),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            log_format: self.log_format.or(lower.log_format),
+            relaxed_flush_ms: self.relaxed_flush_ms.or(lower.relaxed_flush_ms),
+            unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
+            compact_after_updates: self.compact_after_updates.or(lower.compact_after_updates),
+        }
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Config {
+    /// Merges flags and environment (already in `cli`) over the optional config file, over
+    /// the defaults, and checks the result.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Config::from_settings(cli.settings.or(file))
+    }
+
+    /// Applies defaults to whatever `settings` leaves unset and checks the result.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let default_addr = DEFAULT_HTTP_ADDR.parse().expect("the default address parses");
+        let config = Config {
+            http_addr: s.http_addr.unwrap_or(default_addr),
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            durability: s.durability.unwrap_or_default(),
+            max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            log_format: s.log_format.unwrap_or_default(),
+            relaxed_flush: Duration::from_millis(
+                s.relaxed_flush_ms.unwrap_or(DEFAULT_RELAXED_FLUSH_MS),
+            ),
+            unload_after: Duration::from_secs(
+                s.unload_after_secs.unwrap_or(DEFAULT_UNLOAD_AFTER_SECS),
+            ),
+            compact_after_updates: s
+                .compact_after_updates
+                .unwrap_or(DEFAULT_COMPACT_AFTER_UPDATES),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                name: "--max-message-bytes",
+                why: "must be at least 1024",
+            });
+        }
+        if self.compact_after_updates == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--compact-after-updates",
+                why: "must be at least 1",
+            });
+        }
+        if self.relaxed_flush.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--relaxed-flush-ms",
+                why: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+
+    /// Path of the redb database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_path(), Path::new("./data/aetherflow.redb"));
+        assert_eq!(config.durability, Durability::Durable);
+        assert_eq!(config.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(config.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:9999\"\ndurability = \"relaxed\"\nmax_message_bytes = 2048\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "aetherflow",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-message-bytes",
+            "4096",
+        ]);
+        let config = Config::from_cli(cli).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:9999");
+        assert_eq!(config.durability, Durability::Relaxed);
+        assert_eq!(config.max_message_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error_not_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "http_adr = \"127.0.0.1:9999\"\n").unwrap();
+        let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+        let err = Config::from_cli(cli).unwrap_err();
+        assert!(err.to_string().contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn absurd_limits_are_refused() {
+        let settings = Settings {
+            max_message_bytes: Some(10),
+            ..Settings::default()
+        };
+        assert!(Config::from_settings(settings).is_err());
+    }
+}

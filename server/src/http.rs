@@ -1,0 +1,72 @@
+//! HTTP routes: `/healthz` and the WebSocket endpoint `/ws/{document}`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aetherflow_crdt::{ConnId, DocName};
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::task::TaskTracker;
+
+use crate::error::AppError;
+use crate::session::{self, SessionContext};
+
+/// Shared state of every route.
+#[derive(Clone)]
+pub struct AppState {
+    /// What sessions need.
+    pub sessions: SessionContext,
+    /// Tracks session tasks so shutdown can wait for their close frames.
+    pub tracker: TaskTracker,
+    /// Source of connection ids.
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// The relay's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ws", get(empty_doc_name))
+        .route("/ws/", get(empty_doc_name))
+        .route("/ws/{*doc}", get(websocket))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn empty_doc_name() -> AppError {
+    AppError::InvalidDocName("document name is empty".into())
+}
+
+/// Upgrades to a y-websocket session on document `doc`; a bad name is refused before the
+/// upgrade with 400.
+async fn websocket(
+    State(state): State<AppState>,
+    doc: Result<Path<String>, PathRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let name = match doc {
+        Ok(Path(name)) => name,
+        Err(e) => return AppError::InvalidDocName(e.body_text()).into_response(),
+    };
+    let doc = match DocName::parse(&name) {
+        Ok(doc) => doc,
+        Err(e) => return AppError::InvalidDocName(e.to_string()).into_response(),
+    };
+    let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let limit = state.sessions.limits.max_message_bytes;
+    let ctx = state.sessions.clone();
+    let tracker = state.tracker.clone();
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| tracker.track_future(session::run(socket, doc, conn, ctx)))
+}
+

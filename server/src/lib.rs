@@ -1,0 +1,104 @@
+//! The AetherFlow relay: Yjs documents over the y-websocket protocol, durable in redb.
+//!
+//! [`run`] serves until its shutdown future resolves, then stops accepting, closes every
+//! WebSocket with a close frame (1001), lets every room commit what it holds, and returns
+//! after a final fsync'd commit. The binary `aetherflow` (`main.rs`) only parses the
+//! configuration, sets up logging and waits for SIGINT/SIGTERM.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use aetherflow_server::config::{Config, Settings};
+//! let config = Config::from_settings(Settings::default())?;
+//! let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+//! aetherflow_server::run(config, listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod rooms;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use aetherflow_crdt::protocol::Limits;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::{Config, Durability};
+use crate::http::AppState;
+use crate::rooms::{RoomSettings, Rooms};
+use crate::session::SessionContext;
+use crate::store::{Store, StoreWriter, WriteMode};
+
+/// Serves the relay on `listener` until `shutdown` resolves, then shuts down cleanly.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let path = config.database_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    let mode = match config.durability {
+        Durability::Durable => WriteMode::Durable,
+        Durability::Relaxed => WriteMode::Relaxed {
+            flush: config.relaxed_flush,
+        },
+    };
+    let (writer, writer_task) = StoreWriter::spawn(store.clone(), mode);
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let rooms = Rooms::new(
+        store,
+        writer,
+        RoomSettings::from(&config),
+        tracker.clone(),
+        token.clone(),
+    );
+    let state = AppState {
+        sessions: SessionContext {
+            rooms,
+            limits: Limits {
+                max_message_bytes: config.max_message_bytes,
+            },
+            shutdown: token.clone(),
+        },
+        tracker: tracker.clone(),
+        next_conn: Arc::new(AtomicU64::new(0)),
+    };
+    let app = http::router(state);
+
+    let addr = listener.local_addr()?;
+    info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");
+    println!("aetherflow ready: http://{addr}");
+
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down: closing connections and flushing");
+        signal.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .await?;
+
+    // Sessions send their close frames and leave; rooms commit and unload.
+    tracker.close();
+    tracker.wait().await;
+    // The router (and with it the last writer handle) is gone: the writer does a final
+    // fsync'd commit and stops.
+    writer_task.await.context("store writer failed")?;
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Loaded documents: one task per document (its room) and the registry that finds or starts
+//! it.
+//!
+//! Sessions talk to a room only through its inbox ([`RoomCommand`]) and hear back through
+//! their own outbox ([`Outbound`]); no lock is held across an await. A room loads its
+//! document on first use and unloads itself after an idle period.
+
+mod task;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherflow_crdt::protocol::Message;
+use aetherflow_crdt::{ConnId, DocName};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Durability};
+use crate::store::{Store, StoreWriter};
+
+/// Commands a room's inbox holds before senders wait.
+const INBOX_CAPACITY: usize = 1024;
+/// Frames a session's outbox holds; a session that falls this far behind is disconnected
+/// (it resyncs on reconnect) rather than slowing the room down for everyone.
+pub const OUTBOX_CAPACITY: usize = 1024;
+/// Attempts to join a room that is unloading or failed to load, before giving up.
+const JOIN_ATTEMPTS: usize = 5;
+
+/// What a session asks of its room.
+#[derive(Debug)]
+pub enum RoomCommand {
+    /// Subscribe a connection; the room answers on `joined` once the greeting is queued.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// Where the room sends this connection's frames.
+        outbox: mpsc::Sender<Outbound>,
+        /// Told once the connection is subscribed; dropped if the room is going away.
+        joined: oneshot::Sender<()>,
+    },
+    /// A decoded y-protocols message from a connection.
+    Message {
+        /// The sender.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+    },
+    /// The connection has gone.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Why the relay closes a connection: a WebSocket close code and a short reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// RFC 6455 close code.
+    pub code: u16,
+    /// Human-readable reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+impl CloseReason {
+    /// 1001: the relay is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// 1002: the bytes are not a well-formed y-protocols message.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1003: a text frame, where y-websocket sends binary.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// 1007: a well-formed message whose payload is invalid (not a Yjs update, bad awareness).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1009: the message is larger than `--max-message-bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// 1011: the relay could not serve the document (storage failure, reload).
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// 1013: the connection fell too far behind; reconnect to resync.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+
+    /// A close reason, with the text cut to fit a close frame.
+    pub fn new(code: u16, reason: impl Into<String>) -> CloseReason {
+        let mut reason = reason.into();
+        if reason.len() > 123 {
+            let mut end = 120;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push_str("...");
+        }
+        CloseReason { code, reason }
+    }
+}
+
+/// What a room sends a session.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One encoded y-protocols message: one WebSocket binary frame.
+    Frame(Bytes),
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// Settings a room needs, taken from [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct RoomSettings {
+    /// Broadcast after commit, or before.
+    pub durability: Durability,
+    /// Idle time before unloading.
+    pub unload_after: Duration,
+    /// Log length that triggers compaction.
+    pub compact_after_updates: usize,
+}
+
+impl From<&Config> for RoomSettings {
+    fn from(config: &Config) -> Self {
+        RoomSettings {
+            durability: config.durability,
+            unload_after: config.unload_after,
+            compact_after_updates: config.compact_after_updates,
+        }
+    }
+}
+
+/// A room's inbox, with an id telling apart successive rooms of one document.
+#[derive(Clone)]
+struct RoomHandle {
+    id: u64,
+    inbox: mpsc::Sender<RoomCommand>,
+}
+
+/// The registry of loaded documents; cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<RoomsInner>,
+}
+
+struct RoomsInner {
+    loaded: Mutex<HashMap<DocName, RoomHandle>>,
+    next_id: AtomicU64,
+    store: Store,
+    writer: StoreWriter,
+    settings: RoomSettings,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A session's membership of a room: where to send its messages.
+pub struct Membership {
+    inbox: mpsc::Sender<RoomCommand>,
+    conn: ConnId,
+}
+
+/// Joining a room failed.
+#[derive(Debug, thiserror::Error)]
+#[error("document {0} is unavailable")]
+pub struct JoinError(pub DocName);
+
+/// The room stopped (storage failure or reload) while the session was in it.
+#[derive(Debug, thiserror::Error)]
+#[error("the document's room has stopped")]
+pub struct RoomGone;
+
+impl Rooms {
+    /// A registry whose rooms use `store` and `writer`; room tasks are tracked by `tracker`
+    /// and stop once `shutdown` is cancelled and their connections have left.
+    pub fn new(
+        store: Store,
+        writer: StoreWriter,
+        settings: RoomSettings,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Rooms {
+        let inner = RoomsInner {
+            loaded: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            store,
+            writer,
+            settings,
+            tracker,
+            shutdown,
+        };
+        Rooms {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Subscribes `conn` to document `doc`, loading it if needed. The room's greeting is in
+    /// `outbox` when this returns.
+    pub async fn join(
+        &self,
+        doc: &DocName,
+        conn: ConnId,
+        outbox: mpsc::Sender<Outbound>,
+    ) -> Result<Membership, JoinError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let handle = self.find_or_start(doc);
+            let (joined, answer) = oneshot::channel();
+            let join = RoomCommand::Join {
+                conn,
+                outbox: outbox.clone(),
+                joined,
+            };
+            if handle.inbox.send(join).await.is_ok() && answer.await.is_ok() {
+                return Ok(Membership {
+                    inbox: handle.inbox,
+                    conn,
+                });
+            }
+            // The room was unloading or failed to load; the next attempt starts a new one.
+            tokio::task::yield_now().await;
+        }
+        Err(JoinError(doc.clone()))
+    }
+
+    /// Number of documents loaded now.
+    pub fn loaded(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, RoomHandle>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn find_or_start(&self, doc: &DocName) -> RoomHandle {
+        let mut loaded = self.lock();
+        if let Some(handle) = loaded.get(doc) {
+            if !handle.inbox.is_closed() {
+                return handle.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let handle = RoomHandle {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            inbox: tx,
+        };
+        loaded.insert(doc.clone(), handle.clone());
+        let room = task::RoomTask::new(doc.clone(), handle.id, rx, self.clone());
+        self.inner.tracker.spawn(room.run());
+        handle
+    }
+
+    /// Removes room `id` of `doc` from the registry, if it is still the registered one, and
+    /// closes its inbox, all under the registry lock: a session either found the room before
+    /// (and its join fails, so it retries) or finds no room and starts a new one. Unless
+    /// `force`, a room with commands waiting stays.
+    fn retire(
+        &self,
+        doc: &DocName,
+        id: u64,
+        inbox: &mut mpsc::Receiver<RoomCommand>,
+        force: bool,
+    ) -> bool {
+        let mut loaded = self.lock();
+        if !force && !inbox.is_empty() {
+            return false;
+        }
+        if loaded.get(doc).is_some_and(|h| h.id == id) {
+            loaded.remove(doc);
+        }
+        inbox.close();
+        true
+    }
+}
+
+impl Membership {
+    /// Hands a message to the room; waits while the room's inbox is full.
+    pub async fn send(&self, message: Message) -> Result<(), RoomGone> {
+        let command = RoomCommand::Message {
+            conn: self.conn,
+            message,
+        };
+        self.inbox
+            .send(command)
+            .await
+            .map_err(|_| RoomGone)
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let leave = RoomCommand::Leave { conn: self.conn };
+        if let Err(mpsc::error::TrySendError::Full(leave)) = self.inbox.try_send(leave) {
+            let inbox = self.inbox.clone();
+            tokio::spawn(async move {
+                let _ = inbox.send(leave).await;
+            });
+        }
+    }
+}

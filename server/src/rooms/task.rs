@@ -1,0 +1,355 @@
+//! The room task: owns one document's [`Room`] and its subscribers.
+//!
+//! Each turn drains the inbox as one batch: the batch's updates are applied in one yrs
+//! transaction, appended to the store and (in durable mode) committed, and only then
+//! broadcast, encoded once and shared by every subscriber. Step 1 answers, awareness and
+//! joins follow, so nobody is ever shown an update that is not yet on disk.
+
+use std::collections::HashMap;
+
+use aetherflow_crdt::protocol::{Message, SyncMessage};
+use aetherflow_crdt::{ConnId, DocName, Room};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::{CloseReason, Outbound, RoomCommand, Rooms};
+use crate::config::Durability;
+use crate::store::writer::WriteOp;
+
+/// Commands taken from the inbox in one turn.
+const MAX_COMMANDS_PER_TURN: usize = 1024;
+
+pub(super) struct RoomTask {
+    name: DocName,
+    id: u64,
+    inbox: mpsc::Receiver<RoomCommand>,
+    rooms: Rooms,
+    subscribers: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    /// Entries in the store's log since the last snapshot.
+    log_entries: usize,
+    /// Set when the room must stop serving (storage failure, tainted document).
+    failed: bool,
+}
+
+impl RoomTask {
+    pub(super) fn new(
+        name: DocName,
+        id: u64,
+        inbox: mpsc::Receiver<RoomCommand>,
+        rooms: Rooms,
+    ) -> RoomTask {
+        RoomTask {
+            name,
+            id,
+            inbox,
+            rooms,
+            subscribers: HashMap::new(),
+            log_entries: 0,
+            failed: false,
+        }
+    }
+
+    pub(super) async fn run(self) {
+        let span = info_span!("room", doc = %self.name);
+        self.serve().instrument(span).await;
+    }
+
+    async fn serve(mut self) {
+        let Some(mut room) = self.load().await else {
+            // Waiting joins are dropped unanswered: their sessions retry, then give up.
+            self.rooms.retire(&self.name, self.id, &mut self.inbox, true);
+            return;
+        };
+        let settings = self.rooms.inner.settings;
+        let shutdown = self.rooms.inner.shutdown.clone();
+        loop {
+            let stopping = shutdown.is_cancelled();
+            if self.failed {
+                self.close_all(CloseReason::new(
+                    CloseReason::INTERNAL_ERROR,
+                    "document reloading, reconnect",
+                ));
+                self.unload(true).await;
+                return;
+            }
+            if stopping && self.subscribers.is_empty() && self.unload(false).await {
+                return;
+            }
+            let first = tokio::select! {
+                command = self.inbox.recv() => command,
+                () = tokio::time::sleep(settings.unload_after), if self.subscribers.is_empty() => {
+                    if self.unload(false).await {
+                        return;
+                    }
+                    continue;
+                }
+                () = shutdown.cancelled(), if !stopping => continue,
+            };
+            let Some(first) = first else { return };
+            let mut commands = vec![first];
+            while commands.len() < MAX_COMMANDS_PER_TURN {
+                match self.inbox.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.turn(&mut room, commands).await;
+        }
+    }
+
+    async fn load(&mut self) -> Option<Room> {
+        let store = self.rooms.inner.store.clone();
+        let name = self.name.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let stored = store.load(&name).map_err(|e| e.to_string())?;
+            let entries = stored.log.len();
+            let room = Room::load(
+                stored.snapshot.as_deref(),
+                stored.log.iter().map(Vec::as_slice),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((room, entries))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((room, entries))) => {
+                debug!(log_entries = entries, "document loaded");
+                self.log_entries = entries;
+                Some(room)
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot load document");
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "document load panicked");
+                None
+            }
+        }
+    }
+
+    /// One turn: the batch's updates first (commit, then broadcast), then everything else in
+    /// arrival order.
+    async fn turn(&mut self, room: &mut Room, commands: Vec<RoomCommand>) {
+        let mut updates = Vec::new();
+        let mut others = Vec::new();
+        for command in commands {
+            match command {
+                RoomCommand::Message {
+                    conn,
+                    message: Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)),
+                } => {
+                    if self.subscribers.contains_key(&conn) {
+                        updates.push((conn, update));
+                    }
+                }
+                other => others.push(other),
+            }
+        }
+        if !updates.is_empty() {
+            self.apply_updates(room, updates).await;
+        }
+        for command in others {
+            self.handle(room, command);
+        }
+    }
+
+    async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) {
+        let batch = room.apply_updates(updates);
+        for (conn, err) in batch.rejected {
+            warn!(conn = conn.0, reason = %err.reason(), "update rejected");
+            self.kick(room, conn, CloseReason::new(CloseReason::INVALID_PAYLOAD, err.reason()));
+        }
+        if room.is_tainted() {
+            // The in-memory document may hold part of a rejected update; the store does not.
+            warn!("document tainted by a rejected update; reloading from the store");
+            self.failed = true;
+        }
+        let (Some(entry), Some(broadcast)) = (batch.log_entry, batch.broadcast) else {
+            return;
+        };
+        let writer = &self.rooms.inner.writer;
+        let append = WriteOp::Append {
+            doc: self.name.clone(),
+            update: entry,
+        };
+        match self.rooms.inner.settings.durability {
+            Durability::Durable => match writer.commit(append).await {
+                Ok(()) => self.broadcast(room, broadcast),
+                Err(e) => {
+                    // Not on disk, so nobody may see it: drop the room and its memory.
+                    error!(error = %e, "commit failed; closing the document");
+                    self.failed = true;
+                    return;
+                }
+            },
+            Durability::Relaxed => {
+                self.broadcast(room, broadcast);
+                if let Err(e) = writer.submit(append).await {
+                    error!(error = %e, "store writer gone; closing the document");
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+        self.log_entries += 1;
+        if self.log_entries >= self.rooms.inner.settings.compact_after_updates && !self.failed {
+            self.compact(room).await;
+        }
+    }
+
+    /// Folds the log into a snapshot. The writer applies it after this room's earlier
+    /// appends, so the log entries it drops are all in the snapshot.
+    async fn compact(&mut self, room: &Room) {
+        let snapshot = room.snapshot();
+        let bytes = snapshot.len();
+        let compact = WriteOp::Compact {
+            doc: self.name.clone(),
+            snapshot,
+        };
+        match self.rooms.inner.writer.submit(compact).await {
+            Ok(()) => {
+                info!(entries = self.log_entries, snapshot_bytes = bytes, "update log compacted");
+                self.log_entries = 0;
+            }
+            Err(e) => error!(error = %e, "compaction not queued"),
+        }
+    }
+
+    fn handle(&mut self, room: &mut Room, command: RoomCommand) {
+        match command {
+            RoomCommand::Join {
+                conn,
+                outbox,
+                joined,
+            } => {
+                for frame in room.greeting() {
+                    let _ = outbox.try_send(Outbound::Frame(Bytes::from(frame)));
+                }
+                self.subscribers.insert(conn, outbox);
+                let _ = joined.send(());
+            }
+            RoomCommand::Leave { conn } => {
+                if self.subscribers.remove(&conn).is_some() {
+                    if let Some(removal) = room.disconnect(conn) {
+                        self.broadcast(room, removal);
+                    }
+                }
+            }
+            RoomCommand::Message { conn, message } => {
+                if self.subscribers.contains_key(&conn) {
+                    self.handle_message(room, conn, message);
+                }
+            }
+        }
+    }
+
+    fn handle_message(&mut self, room: &mut Room, conn: ConnId, message: Message) {
+        match message {
+            Message::Sync(SyncMessage::Step1(state_vector)) => {
+                match room.answer_step1(&state_vector) {
+                    Ok(step2) => self.send_to(room, conn, step2),
+                    Err(e) => self.kick(
+                        room,
+                        conn,
+                        CloseReason::new(CloseReason::INVALID_PAYLOAD, e.reason()),
+                    ),
+                }
+            }
+            Message::Awareness(update) => match room.apply_awareness(conn, &update) {
+                Ok(Some(frame)) => self.broadcast(room, frame),
+                Ok(None) => {}
+                Err(e) => self.kick(
+                    room,
+                    conn,
+                    CloseReason::new(CloseReason::INVALID_PAYLOAD, e.reason()),
+                ),
+            },
+            Message::QueryAwareness => {
+                if let Some(frame) = room.query_awareness() {
+                    self.send_to(room, conn, frame);
+                }
+            }
+            // Updates were taken out in `turn`; clients do not send auth messages.
+            Message::Sync(_) | Message::Auth(_) => {}
+        }
+    }
+
+    fn send_to(&mut self, room: &mut Room, conn: ConnId, frame: Vec<u8>) {
+        let Some(outbox) = self.subscribers.get(&conn) else {
+            return;
+        };
+        if outbox.try_send(Outbound::Frame(Bytes::from(frame))).is_err() {
+            self.drop_slow(room, vec![conn]);
+        }
+    }
+
+    /// Sends one frame to every subscriber, sharing its bytes. Subscribers whose outbox is
+    /// full are disconnected (their awareness removal is broadcast in turn).
+    fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
+        let bytes = Bytes::from(frame);
+        let mut slow = Vec::new();
+        self.subscribers.retain(|conn, outbox| {
+            match outbox.try_send(Outbound::Frame(bytes.clone())) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    slow.push(*conn);
+                    false
+                }
+                Err(TrySendError::Closed(_)) => {
+                    slow.push(*conn);
+                    false
+                }
+            }
+        });
+        if !slow.is_empty() {
+            self.drop_slow(room, slow);
+        }
+    }
+
+    fn drop_slow(&mut self, room: &mut Room, conns: Vec<ConnId>) {
+        for conn in conns {
+            // Dropping the outbox sender tells the session it fell behind.
+            if self.subscribers.remove(&conn).is_some() {
+                warn!(conn = conn.0, "connection too slow; disconnected");
+            }
+            if let Some(removal) = room.disconnect(conn) {
+                self.broadcast(room, removal);
+            }
+        }
+    }
+
+    fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason) {
+        if let Some(outbox) = self.subscribers.remove(&conn) {
+            let _ = outbox.try_send(Outbound::Close(reason));
+        }
+        if let Some(removal) = room.disconnect(conn) {
+            self.broadcast(room, removal);
+        }
+    }
+
+    fn close_all(&mut self, reason: CloseReason) {
+        for (_, outbox) in self.subscribers.drain() {
+            let _ = outbox.try_send(Outbound::Close(reason.clone()));
+        }
+    }
+
+    /// Makes every write of this room durable, then leaves the registry unless a command
+    /// arrived meanwhile (or regardless, if `force`). Returns whether the room is gone.
+    async fn unload(&mut self, force: bool) -> bool {
+        // A later room of this document loads from the store: it must find every write.
+        if let Err(e) = self.rooms.inner.writer.flush().await {
+            error!(error = %e, "flush before unload failed");
+        }
+        if !self.rooms.retire(&self.name, self.id, &mut self.inbox, force) {
+            return false;
+        }
+        // Joins that raced in before the inbox closed are dropped unanswered; their sessions
+        // retry and start a fresh room.
+        while self.inbox.try_recv().is_ok() {}
+        info!("document unloaded");
+        true
+    }
+}

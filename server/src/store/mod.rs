@@ -1,0 +1,103 @@
+//! Durable storage in one redb database.
+//!
+//! A document is a snapshot (one Yjs v1 update holding its whole state at some point) plus an
+//! update log of what came after, keyed by `(document, sequence)`. Only the [`writer`] task
+//! writes; rooms read their document once when they load.
+
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aetherflow_crdt::DocName;
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+pub use writer::{StoreWriter, WriteMode};
+
+/// Snapshot of each document: name → v1 update of its whole state.
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// Update log: (name, sequence) → v1 update committed after the snapshot.
+const UPDATE_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("update_log");
+
+/// Storage failures. Clients never see these texts; they are logged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// What redb said.
+        source: Box<redb::DatabaseError>,
+    },
+    /// A transaction, table or commit failed.
+    #[error("storage error: {0}")]
+    Redb(String),
+    /// The writer task has stopped (shutdown or a previous fatal error).
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+macro_rules! redb_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.to_string())
+            }
+        }
+    )*};
+}
+redb_error_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What the store holds of one document.
+#[derive(Debug, Default)]
+pub struct StoredDoc {
+    /// The latest snapshot, if the log was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Log entries after the snapshot, oldest first.
+    pub log: Vec<Vec<u8>>,
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and its tables.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOTS)?;
+        txn.open_table(UPDATE_LOG)?;
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Reads a document's snapshot and log. Blocking: call from a blocking context.
+    pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let txn = self.db.begin_read()?;
+        let snapshots = txn.open_table(SNAPSHOTS)?;
+        let snapshot = snapshots.get(doc.as_str())?.map(|v| v.value().to_vec());
+        let log_table = txn.open_table(UPDATE_LOG)?;
+        let mut log = Vec::new();
+        for entry in log_table.range((doc.as_str(), 0)..=(doc.as_str(), u64::MAX))? {
+            let (_, value) = entry?;
+            log.push(value.value().to_vec());
+        }
+        Ok(StoredDoc { snapshot, log })
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+}

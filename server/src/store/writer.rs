@@ -1,0 +1,253 @@
+//! The single store writer: every write in the relay goes through this one task, which
+//! drains whatever has queued up and commits it in one redb transaction (group commit).
+//!
+//! In [`WriteMode::Durable`] every commit is fsync'd (`Durability::Immediate`) before its
+//! waiters are told. In [`WriteMode::Relaxed`] writes nobody waits for are committed with
+//! `Durability::None` (in the file, not yet fsync'd) and an fsync'd commit follows within the
+//! flush interval, so the bound on loss after a crash is that interval plus one fsync.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aetherflow_crdt::DocName;
+use redb::{Durability, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, error};
+
+use super::{SNAPSHOTS, Store, StoreError, UPDATE_LOG};
+
+/// Most requests folded into one commit; bounds the size of one transaction.
+const MAX_REQUESTS_PER_COMMIT: usize = 4096;
+/// Requests that may queue before senders wait (backpressure).
+const QUEUE_CAPACITY: usize = 8192;
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Every commit is fsync'd.
+    Durable,
+    /// Commits nobody waits for are fsync'd within `flush`.
+    Relaxed {
+        /// The longest a commit stays un-fsync'd.
+        flush: Duration,
+    },
+}
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Append a v1 update to a document's log.
+    Append {
+        /// The document.
+        doc: DocName,
+        /// The update, as it will be replayed on load.
+        update: Vec<u8>,
+    },
+    /// Replace a document's snapshot and drop its whole log: the snapshot holds everything
+    /// the log held. Sent by the document's room, after its appends, so the order in this
+    /// queue guarantees that every dropped entry is in the snapshot.
+    Compact {
+        /// The document.
+        doc: DocName,
+        /// The document's full state as one v1 update.
+        snapshot: Vec<u8>,
+    },
+}
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+struct Request {
+    op: Option<WriteOp>,
+    done: Option<Waiter>,
+}
+
+/// Handle for sending writes to the writer task; cheap to clone. The task ends once every
+/// handle is dropped, after a final fsync'd commit.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: mpsc::Sender<Request>,
+}
+
+impl StoreWriter {
+    /// Starts the writer task.
+    pub fn spawn(store: Store, mode: WriteMode) -> (StoreWriter, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let task = tokio::spawn(run(store, mode, rx));
+        (StoreWriter { tx }, task)
+    }
+
+    /// Queues `op` and waits until it is committed and fsync'd.
+    pub async fn commit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.request(Some(op)).await
+    }
+
+    /// Queues `op` without waiting for the commit (relaxed durability). Waits only for room
+    /// in the queue.
+    pub async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        let request = Request {
+            op: Some(op),
+            done: None,
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Waits until everything queued before this call is committed and fsync'd.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.request(None).await
+    }
+
+    async fn request(&self, op: Option<WriteOp>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        let request = Request {
+            op,
+            done: Some(done),
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+/// Next sequence number per document, so an append does not look up the log's tail.
+type SeqCache = HashMap<DocName, u64>;
+
+async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>) {
+    let mut seqs = SeqCache::new();
+    // Set while commits made with `Durability::None` await an fsync'd commit.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match (mode, unsynced_since) {
+            (WriteMode::Relaxed { flush }, Some(since)) => {
+                match timeout_at(since + flush, rx.recv()).await {
+                    Ok(Some(request)) => Some(request),
+                    Ok(None) => break,
+                    Err(_elapsed) => None,
+                }
+            }
+            _ => match rx.recv().await {
+                Some(request) => Some(request),
+                None => break,
+            },
+        };
+        let mut batch: Vec<Request> = first.into_iter().collect();
+        while batch.len() < MAX_REQUESTS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let sync = match mode {
+            WriteMode::Durable => true,
+            WriteMode::Relaxed { flush } => {
+                batch.iter().any(|r| r.done.is_some())
+                    || unsynced_since.is_some_and(|since| since.elapsed() >= flush)
+            }
+        };
+        let (ops, waiters) = split(batch);
+        let count = ops.len();
+        let result;
+        (seqs, result) = commit_blocking(store.clone(), ops, sync, seqs).await;
+        match &result {
+            Ok(()) if sync => unsynced_since = None,
+            Ok(()) => {
+                unsynced_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => error!(error = %e, ops = count, "store commit failed"),
+        }
+        debug!(ops = count, sync, "store commit");
+        for waiter in waiters {
+            let _ = waiter.send(result.as_ref().map_err(clone_error).copied());
+        }
+    }
+    if unsynced_since.is_some() {
+        let (_, result) = commit_blocking(store, Vec::new(), true, seqs).await;
+        if let Err(e) = result {
+            error!(error = %e, "final store flush failed");
+        }
+    }
+}
+
+fn split(batch: Vec<Request>) -> (Vec<WriteOp>, Vec<Waiter>) {
+    let mut ops = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::new();
+    for request in batch {
+        ops.extend(request.op);
+        waiters.extend(request.done);
+    }
+    (ops, waiters)
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    StoreError::Redb(e.to_string())
+}
+
+async fn commit_blocking(
+    store: Store,
+    ops: Vec<WriteOp>,
+    sync: bool,
+    mut seqs: SeqCache,
+) -> (SeqCache, Result<(), StoreError>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = apply(&store, ops, sync, &mut seqs);
+        if result.is_err() {
+            // The cache may be ahead of what was committed; rebuild it from the tables.
+            seqs.clear();
+        }
+        (seqs, result)
+    })
+    .await;
+    match joined {
+        Ok(out) => out,
+        Err(e) => (
+            SeqCache::new(),
+            Err(StoreError::Redb(format!("store writer panicked: {e}"))),
+        ),
+    }
+}
+
+fn apply(store: &Store, ops: Vec<WriteOp>, sync: bool, seqs: &mut SeqCache) -> Result<(), StoreError> {
+    let mut txn = store.database().begin_write()?;
+    let durability = if sync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
+        .map_err(|e| StoreError::Redb(e.to_string()))?;
+    {
+        let mut log = txn.open_table(UPDATE_LOG)?;
+        let mut snapshots = txn.open_table(SNAPSHOTS)?;
+        for op in ops {
+            match op {
+                WriteOp::Append { doc, update } => {
+                    let seq = match seqs.get(&doc) {
+                        Some(&seq) => seq,
+                        None => next_seq(&log, &doc)?,
+                    };
+                    log.insert((doc.as_str(), seq), update.as_slice())?;
+                    seqs.insert(doc, seq + 1);
+                }
+                WriteOp::Compact { doc, snapshot } => {
+                    snapshots.insert(doc.as_str(), snapshot.as_slice())?;
+                    let name = doc.as_str();
+                    log.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn next_seq(log: &impl ReadableTable<(&'static str, u64), &'static [u8]>, doc: &DocName) -> Result<u64, StoreError> {
+    let name = doc.as_str();
+    let last = log.range((name, 0)..=(name, u64::MAX))?.next_back().transpose()?;
+    Ok(last.map_or(0, |(key, _)| key.value().1 + 1))
+}

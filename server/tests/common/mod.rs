@@ -1,0 +1,300 @@
+//! Test harness: the real `aetherflow` binary on port 0 with a temporary data dir, and a
+//! y-websocket client backed by a yrs document.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherflow_crdt::protocol::{Limits, Message, SyncMessage};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// How long any wait in these tests may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A relay process.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    /// Starts a relay with a fresh temporary data dir.
+    pub fn start(args: &[&str]) -> Relay {
+        let temp = tempfile::tempdir().unwrap();
+        let mut relay = Relay::start_in(temp.path(), args);
+        relay._temp = Some(temp);
+        relay
+    }
+
+    /// Starts a relay on `data_dir` (kept by the caller).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+            .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("relay never got ready: {}", stderr.lock().unwrap()));
+        let addr = line
+            .strip_prefix("aetherflow ready: http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .unwrap();
+        Relay {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            stderr,
+            _temp: None,
+        }
+    }
+
+    pub fn ws_url(&self, doc: &str) -> String {
+        format!("ws://{}/ws/{doc}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the relay gets no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) and waits for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "relay did not exit: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Keeps the data dir when the relay is restarted by the test.
+    pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
+        self._temp.take()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Plain HTTP GET on the relay; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A y-websocket client holding a yrs document whose root text is `"text"`.
+pub struct YClient {
+    pub socket: Socket,
+    pub doc: Doc,
+}
+
+impl YClient {
+    /// Connects and completes the handshake: sends our step 1, applies the relay's step 2.
+    pub async fn connect(url: &str) -> YClient {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut client = YClient {
+            socket,
+            doc: Doc::new(),
+        };
+        let sv = client.doc.transact().state_vector().encode_v1_bytes();
+        client.send(&Message::Sync(SyncMessage::Step1(sv))).await;
+        // The relay greets with its own step 1 and answers ours with step 2.
+        let mut got_step2 = false;
+        while !got_step2 {
+            match client.next_message().await {
+                Message::Sync(SyncMessage::Step2(update)) => {
+                    client.apply(&update);
+                    got_step2 = true;
+                }
+                Message::Sync(SyncMessage::Step1(sv)) => client.answer_step1(&sv).await,
+                _ => {}
+            }
+        }
+        client
+    }
+
+    pub async fn send(&mut self, message: &Message) {
+        self.send_raw(message.encode()).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.socket.send(Frame::Binary(bytes.into())).await.unwrap();
+    }
+
+    async fn answer_step1(&mut self, sv: &[u8]) {
+        let sv = StateVector::decode_v1(sv).unwrap();
+        let update = self.doc.transact().encode_state_as_update_v1(&sv);
+        self.send(&Message::Sync(SyncMessage::Step2(update))).await;
+    }
+
+    /// Next binary frame, decoded; panics on close or timeout.
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("connection ended")
+                .expect("connection error");
+            match frame {
+                Frame::Binary(bytes) => {
+                    return Message::decode(&bytes, &Limits::default())
+                        .expect("the relay sends one well-formed message per frame");
+                }
+                Frame::Close(close) => panic!("closed by relay: {close:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Appends `s` to the text locally and sends the update; returns the update bytes.
+    pub async fn append(&mut self, s: &str) -> Vec<u8> {
+        let update = {
+            let text = self.doc.get_or_insert_text("text");
+            let mut txn = self.doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, s);
+            txn.encode_update_v1()
+        };
+        self.send(&Message::Sync(SyncMessage::Update(update.clone()))).await;
+        update
+    }
+
+    pub fn apply(&mut self, update: &[u8]) {
+        let update = Update::decode_v1(update).unwrap();
+        self.doc.transact_mut().apply_update(update).unwrap();
+    }
+
+    pub fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("text");
+        text.get_string(&self.doc.transact())
+    }
+
+    /// Applies incoming updates until the text equals `expected`.
+    pub async fn wait_for_text(&mut self, expected: &str) {
+        while self.text() != expected {
+            match self.next_message().await {
+                Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
+                Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the relay to close this connection; returns the close frame.
+    pub async fn expect_close(&mut self) -> CloseFrame {
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("timed out waiting for the close frame");
+            match frame {
+                Some(Ok(Frame::Close(Some(close)))) => return close,
+                Some(Ok(Frame::Close(None))) => panic!("close frame without a code"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection error instead of a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// The text of document `doc` as a fresh client sees it.
+pub async fn read_text(relay: &Relay, doc: &str) -> String {
+    let client = YClient::connect(&relay.ws_url(doc)).await;
+    client.text()
+}
+
+impl YClient {
+    /// Connects without the handshake, to observe the relay's greeting.
+    pub async fn connect_raw(url: &str) -> YClient {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        YClient {
+            socket,
+            doc: Doc::new(),
+        }
+    }
+
+    /// Reads messages until an awareness update arrives; returns its payload.
+    pub async fn messages_until_awareness(&mut self) -> Vec<u8> {
+        loop {
+            if let Message::Awareness(update) = self.next_message().await {
+                return update;
+            }
+        }
+    }
+
+    /// Applies incoming messages until the text changes.
+    pub async fn wait_for_text_change(&mut self) {
+        let before = self.text();
+        while self.text() == before {
+            match self.next_message().await {
+                Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
+                Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Nothing a client has seen is lost: SIGKILL, clean shutdown, compaction, relaxed mode.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use aetherflow_crdt::DocName;
+use aetherflow_server::store::Store;
+use common::{Relay, YClient, read_text};
+
+/// Writes `count` edits from one client and waits until a second client has seen them all.
+async fn write_and_observe(relay: &Relay, doc: &str, count: usize) -> String {
+    let url = relay.ws_url(doc);
+    let mut writer = YClient::connect(&url).await;
+    let mut observer = YClient::connect(&url).await;
+    let mut expected = String::new();
+    for i in 0..count {
+        let piece = format!("{i},");
+        writer.append(&piece).await;
+        expected.push_str(&piece);
+    }
+    observer.wait_for_text(&expected).await;
+    expected
+}
+
+#[tokio::test]
+async fn what_a_client_has_seen_survives_sigkill() {
+    let mut relay = Relay::start(&[]);
+    let temp = relay.take_temp().unwrap();
+    let expected = write_and_observe(&relay, "crash-me", 200).await;
+    relay.kill9();
+    let relay = Relay::start_in(temp.path(), &[]);
+    assert_eq!(read_text(&relay, "crash-me").await, expected);
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1001_and_keeps_relaxed_writes() {
+    let mut relay = Relay::start(&["--durability", "relaxed"]);
+    let temp = relay.take_temp().unwrap();
+    let expected = write_and_observe(&relay, "relaxed-doc", 50).await;
+    let mut watcher = YClient::connect(&relay.ws_url("relaxed-doc")).await;
+    let status = relay.signal_and_wait("TERM");
+    let close = watcher.expect_close().await;
+    assert_eq!(u16::from(close.code), 1001);
+    assert!(status.success(), "clean shutdown exits 0: {status:?}");
+    let relay = Relay::start_in(temp.path(), &[]);
+    assert_eq!(read_text(&relay, "relaxed-doc").await, expected);
+}
+
+#[tokio::test]
+async fn sigint_is_a_clean_shutdown_too() {
+    let mut relay = Relay::start(&[]);
+    let mut client = YClient::connect(&relay.ws_url("bye")).await;
+    let status = relay.signal_and_wait("INT");
+    assert_eq!(u16::from(client.expect_close().await.code), 1001);
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_log_is_folded_into_a_snapshot_and_nothing_is_lost() {
+    let mut relay = Relay::start(&["--compact-after-updates", "10"]);
+    let temp = relay.take_temp().unwrap();
+    let expected = write_and_observe(&relay, "long-history", 95).await;
+    relay.signal_and_wait("TERM");
+    let store = Store::open(&temp.path().join("aetherflow.redb")).unwrap();
+    let stored = store.load(&DocName::parse("long-history").unwrap()).unwrap();
+    assert!(stored.snapshot.is_some(), "the log was compacted");
+    assert!(
+        stored.log.len() < 10,
+        "the log holds only what came after the last snapshot: {}",
+        stored.log.len()
+    );
+    drop(store);
+    let relay = Relay::start_in(temp.path(), &[]);
+    assert_eq!(read_text(&relay, "long-history").await, expected);
+}
+
+#[tokio::test]
+async fn an_idle_document_unloads_and_reloads_intact() {
+    let relay = Relay::start(&["--unload-after-secs", "1"]);
+    let expected = write_and_observe(&relay, "sleepy", 20).await;
+    // Wait (bounded) for the relay to report the unload, then read the document back.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while !relay.logs().contains("document unloaded") {
+        assert!(std::time::Instant::now() < deadline, "never unloaded: {}", relay.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(read_text(&relay, "sleepy").await, expected);
+}

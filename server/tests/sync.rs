@@ -1,0 +1,114 @@
+//! Documents sync between clients through the real relay.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use aetherflow_crdt::protocol::{Message, SyncMessage};
+use common::{Relay, YClient, http_get, read_text};
+
+#[tokio::test]
+async fn healthz_answers_200_once_ready() {
+    let relay = Relay::start(&[]);
+    let (status, body) = http_get(relay.addr, "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.trim(), "ok");
+}
+
+#[tokio::test]
+async fn concurrent_edits_converge_and_a_late_joiner_gets_everything() {
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("shared-notes");
+    let mut alice = YClient::connect(&url).await;
+    let mut bob = YClient::connect(&url).await;
+    // Both type before seeing each other's edits.
+    alice.append("alice ").await;
+    bob.append("bob ").await;
+    let converged = {
+        // Wait until each has both edits, whatever the interleaving.
+        loop {
+            let a = alice.text();
+            if a.contains("alice") && a.contains("bob") {
+                break a;
+            }
+            alice.wait_for_text_change().await;
+        }
+    };
+    bob.wait_for_text(&converged).await;
+    drop(alice);
+    drop(bob);
+    assert_eq!(read_text(&relay, "shared-notes").await, converged);
+}
+
+#[tokio::test]
+async fn updates_are_echoed_to_every_connection_including_the_sender() {
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("echo");
+    let mut writer = YClient::connect(&url).await;
+    let mut reader = YClient::connect(&url).await;
+    let sent = writer.append("hello").await;
+    for client in [&mut writer, &mut reader] {
+        loop {
+            if let Message::Sync(SyncMessage::Update(update)) = client.next_message().await {
+                assert_eq!(update, sent, "the relay relays the update's bytes unchanged");
+                break;
+            }
+        }
+    }
+    assert_eq!(reader.text(), "");
+    reader.apply(&sent);
+    assert_eq!(reader.text(), "hello");
+}
+
+#[tokio::test]
+async fn documents_are_isolated_from_each_other() {
+    let relay = Relay::start(&[]);
+    let mut a = YClient::connect(&relay.ws_url("doc-a")).await;
+    a.append("only in a").await;
+    a.wait_for_text("only in a").await;
+    assert_eq!(read_text(&relay, "doc-b").await, "");
+    assert_eq!(read_text(&relay, "doc-a").await, "only in a");
+}
+
+/// Awareness entries: `[count, clientID, clock, state]`, as y-protocols encodes them.
+fn awareness(client: u64, clock: u64, state: &str) -> Vec<u8> {
+    let mut out = vec![1];
+    for v in [client, clock] {
+        let mut v = v;
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out.push(state.len() as u8);
+    out.extend_from_slice(state.as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn awareness_is_relayed_and_removed_when_its_connection_drops() {
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("presence");
+    let mut watcher = YClient::connect(&url).await;
+    let mut visitor = YClient::connect(&url).await;
+    let state = r#"{"user":{"name":"Ada"}}"#;
+    visitor.send(&Message::Awareness(awareness(4242, 1, state))).await;
+    loop {
+        if let Message::Awareness(update) = watcher.next_message().await {
+            assert_eq!(update, awareness(4242, 1, state));
+            break;
+        }
+    }
+    // A late joiner is greeted with the current awareness.
+    let mut late = YClient::connect_raw(&url).await;
+    let greeting = late.messages_until_awareness().await;
+    assert_eq!(greeting, awareness(4242, 1, state));
+    // The visitor vanishes without saying goodbye: the relay announces the removal.
+    drop(visitor);
+    loop {
+        if let Message::Awareness(update) = watcher.next_message().await {
+            assert_eq!(update, awareness(4242, 2, "null"));
+            break;
+        }
+    }
+}

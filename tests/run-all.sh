@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every AetherFlow check and test: formatting, lints, docs, Rust unit and integration
+# tests (real relay processes on port 0), and the interop tests with real npm Yjs clients.
+# Installs what it needs itself (npm packages via `npm ci`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "cargo test (unit, property and integration tests)"
+cargo test --workspace --locked
+
+step "interop: npm yjs + y-websocket against the relay"
+cargo build -p aetherflow-server --locked --quiet
+export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error && npm test)
