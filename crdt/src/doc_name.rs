@@ -91,7 +91,10 @@ mod tests {
             Err(DocNameError::TooLong { len: 256 })
         );
         assert_eq!(DocName::parse("a\nb"), Err(DocNameError::ControlCharacter));
-        assert_eq!(DocName::parse("a\u{7f}"), Err(DocNameError::ControlCharacter));
+        assert_eq!(
+            DocName::parse("a\u{7f}"),
+            Err(DocNameError::ControlCharacter)
+        );
         assert_eq!(DocName::parse("a/b"), Err(DocNameError::Slash));
         assert_eq!(DocName::parse("a\\b"), Err(DocNameError::Slash));
     }

@@ -31,16 +31,6 @@ pub fn write_var_string(buf: &mut Vec<u8>, s: &str) {
     write_var_bytes(buf, s.as_bytes());
 }
 
-/// Number of bytes `value` takes as a varuint.
-pub fn var_uint_len(mut value: u64) -> usize {
-    let mut len = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        len += 1;
-    }
-    len
-}
-
 /// A cursor over a byte slice that decodes lib0 v1 values.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
@@ -57,11 +47,6 @@ impl<'a> Reader<'a> {
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
-    }
-
-    /// True once every byte has been read.
-    pub fn is_empty(&self) -> bool {
-        self.remaining() == 0
     }
 
     /// Reads one byte.
@@ -143,16 +128,18 @@ mod tests {
             (127, &[0x7f]),
             (128, &[0x80, 0x01]),
             (300, &[0xac, 0x02]),
-            (u64::MAX, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            (
+                u64::MAX,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ),
         ];
         for &(value, bytes) in cases {
             let mut buf = Vec::new();
             write_var_uint(&mut buf, value);
             assert_eq!(buf, bytes, "encoding {value}");
-            assert_eq!(var_uint_len(value), bytes.len());
             let mut r = Reader::new(bytes);
             assert_eq!(r.read_var_uint().unwrap(), value);
-            assert!(r.is_empty());
+            assert_eq!(r.remaining(), 0);
         }
     }
 
@@ -164,13 +151,19 @@ mod tests {
         // Ten bytes whose last one carries more than the top bit of a u64.
         let mut bytes = [0xff; 10];
         bytes[9] = 0x02;
-        assert_eq!(Reader::new(&bytes).read_var_uint(), Err(DecodeError::VarIntOverflow));
+        assert_eq!(
+            Reader::new(&bytes).read_var_uint(),
+            Err(DecodeError::VarIntOverflow)
+        );
     }
 
     #[test]
     fn varuint_truncated_is_an_error() {
         let mut r = Reader::new(&[0x80, 0x80]);
-        assert!(matches!(r.read_var_uint(), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            r.read_var_uint(),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

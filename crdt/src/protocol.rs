@@ -265,8 +265,14 @@ mod tests {
         // An empty v1 update is [0, 0]: no clients, empty delete set.
         let step2 = [0, 1, 2, 0, 0];
         let update = [0, 2, 2, 0, 0];
-        assert_eq!(decode(&step2).unwrap(), Message::Sync(SyncMessage::Step2(vec![0, 0])));
-        assert_eq!(decode(&update).unwrap(), Message::Sync(SyncMessage::Update(vec![0, 0])));
+        assert_eq!(
+            decode(&step2).unwrap(),
+            Message::Sync(SyncMessage::Step2(vec![0, 0]))
+        );
+        assert_eq!(
+            decode(&update).unwrap(),
+            Message::Sync(SyncMessage::Update(vec![0, 0]))
+        );
         assert_eq!(encode_sync_step2(&[0, 0]), step2);
         assert_eq!(encode_sync_update(&[0, 0]), update);
     }
@@ -277,7 +283,10 @@ mod tests {
         let payload = [1, 1, 2, 2, b'{', b'}'];
         let mut bytes = vec![1, 6];
         bytes.extend_from_slice(&payload);
-        assert_eq!(decode(&bytes).unwrap(), Message::Awareness(payload.to_vec()));
+        assert_eq!(
+            decode(&bytes).unwrap(),
+            Message::Awareness(payload.to_vec())
+        );
         assert_eq!(encode_awareness(&payload), bytes);
     }
 
@@ -314,7 +323,12 @@ mod tests {
         assert_eq!(decode(&[3, 0, 0]), Err(DecodeError::TrailingBytes(2)));
         assert_eq!(decode(&[0, 2, 0, 9]), Err(DecodeError::TrailingBytes(1)));
         assert_eq!(
-            Message::decode(&[0, 2, 0], &Limits { max_message_bytes: 2 }),
+            Message::decode(
+                &[0, 2, 0],
+                &Limits {
+                    max_message_bytes: 2
+                }
+            ),
             Err(DecodeError::TooLarge { size: 3, limit: 2 })
         );
         assert_eq!(decode(&[2, 0, 1, 0xff]), Err(DecodeError::InvalidUtf8));

@@ -58,6 +58,7 @@ pub struct Cli {
     #[arg(long, env = "AETHERFLOW_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// The relay's settings.
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -197,10 +198,14 @@ impl Config {
 
     /// Applies defaults to whatever `settings` leaves unset and checks the result.
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
-        let default_addr = DEFAULT_HTTP_ADDR.parse().expect("the default address parses");
+        let default_addr = DEFAULT_HTTP_ADDR
+            .parse()
+            .expect("the default address parses");
         let config = Config {
             http_addr: s.http_addr.unwrap_or(default_addr),
-            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: s
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             durability: s.durability.unwrap_or_default(),
             max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             log_format: s.log_format.unwrap_or_default(),

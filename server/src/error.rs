@@ -12,6 +12,9 @@ pub enum AppError {
     /// The document name in the path is not acceptable.
     #[error("invalid document name: {0}")]
     InvalidDocName(String),
+    /// A plain HTTP request reached a WebSocket endpoint.
+    #[error("this endpoint speaks WebSocket (y-websocket protocol): {0}")]
+    NotWebSocket(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -31,9 +34,16 @@ struct Detail<'a> {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {
-            AppError::InvalidDocName(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_doc_name", self.to_string())
-            }
+            AppError::InvalidDocName(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_doc_name",
+                self.to_string(),
+            ),
+            AppError::NotWebSocket(_) => (
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                self.to_string(),
+            ),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");

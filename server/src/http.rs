@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aetherflow_crdt::{ConnId, DocName};
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
@@ -50,7 +49,7 @@ async fn empty_doc_name() -> AppError {
 async fn websocket(
     State(state): State<AppState>,
     doc: Result<Path<String>, PathRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let name = match doc {
         Ok(Path(name)) => name,
@@ -59,6 +58,10 @@ async fn websocket(
     let doc = match DocName::parse(&name) {
         Ok(doc) => doc,
         Err(e) => return AppError::InvalidDocName(e.to_string()).into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return AppError::NotWebSocket(e.body_text()).into_response(),
     };
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let limit = state.sessions.limits.max_message_bytes;
@@ -69,4 +72,3 @@ async fn websocket(
         .max_frame_size(limit)
         .on_upgrade(move |socket| tracker.track_future(session::run(socket, doc, conn, ctx)))
 }
-

@@ -8,7 +8,13 @@ use aetherflow_server::store::Store;
 use common::{Relay, YClient, read_text};
 
 /// Writes `count` edits from one client and waits until a second client has seen them all.
-async fn write_and_observe(relay: &Relay, doc: &str, count: usize) -> String {
+/// With `one_per_commit`, waits for each edit before the next, so each is its own log entry.
+async fn write_and_observe_with(
+    relay: &Relay,
+    doc: &str,
+    count: usize,
+    one_per_commit: bool,
+) -> String {
     let url = relay.ws_url(doc);
     let mut writer = YClient::connect(&url).await;
     let mut observer = YClient::connect(&url).await;
@@ -17,9 +23,16 @@ async fn write_and_observe(relay: &Relay, doc: &str, count: usize) -> String {
         let piece = format!("{i},");
         writer.append(&piece).await;
         expected.push_str(&piece);
+        if one_per_commit {
+            observer.wait_for_text(&expected).await;
+        }
     }
     observer.wait_for_text(&expected).await;
     expected
+}
+
+async fn write_and_observe(relay: &Relay, doc: &str, count: usize) -> String {
+    write_and_observe_with(relay, doc, count, false).await
 }
 
 #[tokio::test]
@@ -59,10 +72,12 @@ async fn sigint_is_a_clean_shutdown_too() {
 async fn the_log_is_folded_into_a_snapshot_and_nothing_is_lost() {
     let mut relay = Relay::start(&["--compact-after-updates", "10"]);
     let temp = relay.take_temp().unwrap();
-    let expected = write_and_observe(&relay, "long-history", 95).await;
+    let expected = write_and_observe_with(&relay, "long-history", 95, true).await;
     relay.signal_and_wait("TERM");
     let store = Store::open(&temp.path().join("aetherflow.redb")).unwrap();
-    let stored = store.load(&DocName::parse("long-history").unwrap()).unwrap();
+    let stored = store
+        .load(&DocName::parse("long-history").unwrap())
+        .unwrap();
     assert!(stored.snapshot.is_some(), "the log was compacted");
     assert!(
         stored.log.len() < 10,
@@ -81,7 +96,11 @@ async fn an_idle_document_unloads_and_reloads_intact() {
     // Wait (bounded) for the relay to report the unload, then read the document back.
     let deadline = std::time::Instant::now() + common::TIMEOUT;
     while !relay.logs().contains("document unloaded") {
-        assert!(std::time::Instant::now() < deadline, "never unloaded: {}", relay.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unloaded: {}",
+            relay.logs()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(read_text(&relay, "sleepy").await, expected);

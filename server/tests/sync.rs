@@ -49,7 +49,10 @@ async fn updates_are_echoed_to_every_connection_including_the_sender() {
     for client in [&mut writer, &mut reader] {
         loop {
             if let Message::Sync(SyncMessage::Update(update)) = client.next_message().await {
-                assert_eq!(update, sent, "the relay relays the update's bytes unchanged");
+                assert_eq!(
+                    update, sent,
+                    "the relay relays the update's bytes unchanged"
+                );
                 break;
             }
         }
@@ -92,7 +95,9 @@ async fn awareness_is_relayed_and_removed_when_its_connection_drops() {
     let mut watcher = YClient::connect(&url).await;
     let mut visitor = YClient::connect(&url).await;
     let state = r#"{"user":{"name":"Ada"}}"#;
-    visitor.send(&Message::Awareness(awareness(4242, 1, state))).await;
+    visitor
+        .send(&Message::Awareness(awareness(4242, 1, state)))
+        .await;
     loop {
         if let Message::Awareness(update) = watcher.next_message().await {
             assert_eq!(update, awareness(4242, 1, state));

@@ -279,10 +279,7 @@ impl Membership {
             conn: self.conn,
             message,
         };
-        self.inbox
-            .send(command)
-            .await
-            .map_err(|_| RoomGone)
+        self.inbox.send(command).await.map_err(|_| RoomGone)
     }
 }
 

@@ -59,7 +59,8 @@ impl RoomTask {
     async fn serve(mut self) {
         let Some(mut room) = self.load().await else {
             // Waiting joins are dropped unanswered: their sessions retry, then give up.
-            self.rooms.retire(&self.name, self.id, &mut self.inbox, true);
+            self.rooms
+                .retire(&self.name, self.id, &mut self.inbox, true);
             return;
         };
         let settings = self.rooms.inner.settings;
@@ -160,7 +161,11 @@ impl RoomTask {
         let batch = room.apply_updates(updates);
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
-            self.kick(room, conn, CloseReason::new(CloseReason::INVALID_PAYLOAD, err.reason()));
+            self.kick(
+                room,
+                conn,
+                CloseReason::new(CloseReason::INVALID_PAYLOAD, err.reason()),
+            );
         }
         if room.is_tainted() {
             // The in-memory document may hold part of a rejected update; the store does not.
@@ -170,7 +175,7 @@ impl RoomTask {
         let (Some(entry), Some(broadcast)) = (batch.log_entry, batch.broadcast) else {
             return;
         };
-        let writer = &self.rooms.inner.writer;
+        let writer = self.rooms.inner.writer.clone();
         let append = WriteOp::Append {
             doc: self.name.clone(),
             update: entry,
@@ -211,7 +216,11 @@ impl RoomTask {
         };
         match self.rooms.inner.writer.submit(compact).await {
             Ok(()) => {
-                info!(entries = self.log_entries, snapshot_bytes = bytes, "update log compacted");
+                info!(
+                    entries = self.log_entries,
+                    snapshot_bytes = bytes,
+                    "update log compacted"
+                );
                 self.log_entries = 0;
             }
             Err(e) => error!(error = %e, "compaction not queued"),
@@ -281,7 +290,10 @@ impl RoomTask {
         let Some(outbox) = self.subscribers.get(&conn) else {
             return;
         };
-        if outbox.try_send(Outbound::Frame(Bytes::from(frame))).is_err() {
+        if outbox
+            .try_send(Outbound::Frame(Bytes::from(frame)))
+            .is_err()
+        {
             self.drop_slow(room, vec![conn]);
         }
     }
@@ -343,7 +355,10 @@ impl RoomTask {
         if let Err(e) = self.rooms.inner.writer.flush().await {
             error!(error = %e, "flush before unload failed");
         }
-        if !self.rooms.retire(&self.name, self.id, &mut self.inbox, force) {
+        if !self
+            .rooms
+            .retire(&self.name, self.id, &mut self.inbox, force)
+        {
             return false;
         }
         // Joins that raced in before the inbox closed are dropped unanswered; their sessions

@@ -212,7 +212,12 @@ async fn commit_blocking(
     }
 }
 
-fn apply(store: &Store, ops: Vec<WriteOp>, sync: bool, seqs: &mut SeqCache) -> Result<(), StoreError> {
+fn apply(
+    store: &Store,
+    ops: Vec<WriteOp>,
+    sync: bool,
+    seqs: &mut SeqCache,
+) -> Result<(), StoreError> {
     let mut txn = store.database().begin_write()?;
     let durability = if sync {
         Durability::Immediate
@@ -246,8 +251,14 @@ fn apply(store: &Store, ops: Vec<WriteOp>, sync: bool, seqs: &mut SeqCache) -> R
     Ok(())
 }
 
-fn next_seq(log: &impl ReadableTable<(&'static str, u64), &'static [u8]>, doc: &DocName) -> Result<u64, StoreError> {
+fn next_seq(
+    log: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    doc: &DocName,
+) -> Result<u64, StoreError> {
     let name = doc.as_str();
-    let last = log.range((name, 0)..=(name, u64::MAX))?.next_back().transpose()?;
+    let last = log
+        .range((name, 0)..=(name, u64::MAX))?
+        .next_back()
+        .transpose()?;
     Ok(last.map_or(0, |(key, _)| key.value().1 + 1))
 }

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 /// How long any wait in these tests may take before the test fails.
@@ -59,7 +60,9 @@ impl Relay {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -113,7 +116,11 @@ impl Relay {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "relay did not exit: {}", self.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "relay did not exit: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,7 +167,7 @@ impl YClient {
             socket,
             doc: Doc::new(),
         };
-        let sv = client.doc.transact().state_vector().encode_v1_bytes();
+        let sv = client.doc.transact().state_vector().encode_v1();
         client.send(&Message::Sync(SyncMessage::Step1(sv))).await;
         // The relay greets with its own step 1 and answers ours with step 2.
         let mut got_step2 = false;
@@ -219,7 +226,8 @@ impl YClient {
             text.insert(&mut txn, len, s);
             txn.encode_update_v1()
         };
-        self.send(&Message::Sync(SyncMessage::Update(update.clone()))).await;
+        self.send(&Message::Sync(SyncMessage::Update(update.clone())))
+            .await;
         update
     }
 

@@ -1,0 +1,388 @@
+//! Per-room awareness (presence) state, following y-protocols `awareness.js` and the y-websocket
+//! server.
+//!
+//! An awareness update payload is `varuint count` then `count` × (`varuint clientID`,
+//! `varuint clock`, `varstring stateJSON`); a removed client's state is the JSON `null`.
+//!
+//! Rules, as in `applyAwarenessUpdate`: an entry replaces the stored one if its clock is higher,
+//! or if the clocks are equal and it removes a live state. Every accepted entry is broadcast, even
+//! when only the clock moved (y-websocket forwards `update` events, which count clock renewals).
+//!
+//! Removed clients are forgotten rather than kept as tombstones: memory stays bounded by the live
+//! clients, and a client that reconnects with its old clock is visible again at once. The cost is
+//! that a stale re-add that arrives after a removal is accepted; over ordered WebSocket
+//! connections this only happens when a client really comes back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::ConnId;
+use crate::lib0::{Reader, write_var_string, write_var_uint};
+use crate::protocol::{DecodeError, truncate_reason};
+
+/// Most entries accepted in one awareness update.
+pub const MAX_ENTRIES_PER_UPDATE: u64 = 10_000;
+/// Largest accepted state JSON, in bytes.
+pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+
+/// Why an awareness update was refused. Nothing of a refused update is applied.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AwarenessError {
+    /// The payload is not a well-formed awareness update.
+    #[error("malformed awareness update: {0}")]
+    Decode(#[from] DecodeError),
+    /// The update declares more than [`MAX_ENTRIES_PER_UPDATE`] entries.
+    #[error("awareness update has {count} entries, the limit is {limit}")]
+    TooManyEntries {
+        /// Declared number of entries.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A state is larger than [`MAX_STATE_BYTES`].
+    #[error("awareness state of client {client} is {size} bytes, the limit is {limit}")]
+    StateTooLarge {
+        /// The client whose state is too large.
+        client: u64,
+        /// Size of the state JSON.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A state is not valid JSON (browsers would throw on `JSON.parse`).
+    #[error("awareness state of client {client} is not valid JSON")]
+    InvalidState {
+        /// The client whose state is invalid.
+        client: u64,
+    },
+}
+
+impl AwarenessError {
+    /// Short human text (at most 120 bytes), suitable for a WebSocket close reason.
+    pub fn reason(&self) -> String {
+        truncate_reason(self.to_string())
+    }
+}
+
+/// One decoded entry of an awareness update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    client: u64,
+    clock: u64,
+    /// `None` for the JSON `null` (client removed).
+    state: Option<String>,
+}
+
+/// A live client's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientState {
+    clock: u64,
+    json: String,
+}
+
+/// The awareness of one room: every live client's state, and which connection controls which
+/// clients (so that their states can be removed when the connection goes away).
+#[derive(Debug, Default, Clone)]
+pub struct Awareness {
+    /// Live clients by client id.
+    states: BTreeMap<u64, ClientState>,
+    /// Client ids each connection has sent a state for.
+    controlled: HashMap<ConnId, BTreeSet<u64>>,
+}
+
+impl Awareness {
+    /// An awareness with no clients.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies an awareness update received from `conn`; returns the awareness update payload to
+    /// broadcast (re-encoded from the entries that changed: added, updated or removed), or `None`
+    /// if nothing changed. A malformed update is refused as a whole.
+    pub fn apply(
+        &mut self,
+        conn: ConnId,
+        update: &[u8],
+    ) -> Result<Option<Vec<u8>>, AwarenessError> {
+        let entries = decode_update(update)?;
+        let mut changed: BTreeMap<u64, (u64, Option<String>)> = BTreeMap::new();
+        for entry in entries {
+            if let Some(outcome) = self.apply_entry(conn, entry) {
+                changed.insert(outcome.0, (outcome.1, outcome.2));
+            }
+        }
+        Ok(encode_entries(&changed))
+    }
+
+    /// Applies one entry; returns what to broadcast for it if it was accepted.
+    fn apply_entry(&mut self, conn: ConnId, entry: Entry) -> Option<(u64, u64, Option<String>)> {
+        let current = self.states.get(&entry.client);
+        let accept = match (current, &entry.state) {
+            // Unknown (or already removed) client: a removal changes nothing.
+            (None, None) => false,
+            (None, Some(_)) => true,
+            (Some(cur), state) => {
+                entry.clock > cur.clock || (entry.clock == cur.clock && state.is_none())
+            }
+        };
+        if !accept {
+            return None;
+        }
+        match entry.state {
+            Some(json) => {
+                self.controlled
+                    .entry(conn)
+                    .or_default()
+                    .insert(entry.client);
+                self.states.insert(
+                    entry.client,
+                    ClientState {
+                        clock: entry.clock,
+                        json: json.clone(),
+                    },
+                );
+                Some((entry.client, entry.clock, Some(json)))
+            }
+            None => {
+                self.states.remove(&entry.client);
+                if let Some(set) = self.controlled.get_mut(&conn) {
+                    set.remove(&entry.client);
+                }
+                Some((entry.client, entry.clock, None))
+            }
+        }
+    }
+
+    /// The connection went away: every client it controlled is removed (clock + 1, state `null`)
+    /// and forgotten. Returns the update payload to broadcast, if any client was still live.
+    pub fn disconnect(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let ids = self.controlled.remove(&conn)?;
+        let mut changed = BTreeMap::new();
+        for id in ids {
+            if let Some(state) = self.states.remove(&id) {
+                changed.insert(id, (state.clock.saturating_add(1), None));
+            }
+        }
+        encode_entries(&changed)
+    }
+
+    /// All live states as one update payload (for a new connection or a query), `None` if there
+    /// are none.
+    pub fn encode_all(&self) -> Option<Vec<u8>> {
+        if self.states.is_empty() {
+            return None;
+        }
+        let mut buf = Vec::new();
+        write_var_uint(&mut buf, self.states.len() as u64);
+        for (&client, state) in &self.states {
+            write_entry(&mut buf, client, state.clock, Some(&state.json));
+        }
+        Some(buf)
+    }
+
+    /// Number of live clients.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// True if no client is live.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+}
+
+/// Decodes and validates a whole update before anything is applied.
+fn decode_update(update: &[u8]) -> Result<Vec<Entry>, AwarenessError> {
+    let mut r = Reader::new(update);
+    let count = r.read_var_uint()?;
+    if count > MAX_ENTRIES_PER_UPDATE {
+        return Err(AwarenessError::TooManyEntries {
+            count,
+            limit: MAX_ENTRIES_PER_UPDATE,
+        });
+    }
+    // Each entry takes at least three bytes, so `count` is bounded by the input here.
+    let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 3));
+    for _ in 0..count {
+        let client = r.read_var_uint()?;
+        let clock = r.read_var_uint()?;
+        let json = r.read_var_string()?;
+        if json.len() > MAX_STATE_BYTES {
+            return Err(AwarenessError::StateTooLarge {
+                client,
+                size: json.len(),
+                limit: MAX_STATE_BYTES,
+            });
+        }
+        // `Option` tells `null` apart from every other valid JSON value.
+        let parsed = serde_json::from_str::<Option<serde::de::IgnoredAny>>(json)
+            .map_err(|_| AwarenessError::InvalidState { client })?;
+        entries.push(Entry {
+            client,
+            clock,
+            state: parsed.map(|_| json.to_owned()),
+        });
+    }
+    r.finish()?;
+    Ok(entries)
+}
+
+fn write_entry(buf: &mut Vec<u8>, client: u64, clock: u64, json: Option<&str>) {
+    write_var_uint(buf, client);
+    write_var_uint(buf, clock);
+    write_var_string(buf, json.unwrap_or("null"));
+}
+
+fn encode_entries(changed: &BTreeMap<u64, (u64, Option<String>)>) -> Option<Vec<u8>> {
+    if changed.is_empty() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    write_var_uint(&mut buf, changed.len() as u64);
+    for (&client, (clock, json)) in changed {
+        write_entry(&mut buf, client, *clock, json.as_deref());
+    }
+    Some(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: ConnId = ConnId(1);
+    const B: ConnId = ConnId(2);
+
+    fn update(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_var_uint(&mut buf, entries.len() as u64);
+        for &(client, clock, json) in entries {
+            write_entry(&mut buf, client, clock, Some(json));
+        }
+        buf
+    }
+
+    #[test]
+    fn payload_matches_y_protocols_bytes() {
+        // encodeAwarenessUpdate for client 1, clock 2, state {}.
+        assert_eq!(update(&[(1, 2, "{}")]), [1, 1, 2, 2, b'{', b'}']);
+    }
+
+    #[test]
+    fn add_then_update_then_stale_is_ignored() {
+        let mut aw = Awareness::new();
+        let add = update(&[(7, 1, r#"{"user":"ann"}"#)]);
+        assert_eq!(aw.apply(A, &add).unwrap(), Some(add.clone()));
+        assert_eq!(aw.len(), 1);
+        // Same clock, non-null state: not newer, ignored.
+        assert_eq!(
+            aw.apply(A, &update(&[(7, 1, r#"{"user":"bob"}"#)]))
+                .unwrap(),
+            None
+        );
+        // Older clock: ignored.
+        assert_eq!(aw.apply(A, &update(&[(7, 0, "{}")])).unwrap(), None);
+        // Clock renewal with the same state is still broadcast.
+        let renew = update(&[(7, 2, r#"{"user":"ann"}"#)]);
+        assert_eq!(aw.apply(A, &renew).unwrap(), Some(renew.clone()));
+        assert_eq!(aw.encode_all(), Some(renew));
+    }
+
+    #[test]
+    fn null_with_equal_clock_removes_live_state() {
+        let mut aw = Awareness::new();
+        aw.apply(A, &update(&[(7, 3, "{}")])).unwrap();
+        let remove = update(&[(7, 3, "null")]);
+        assert_eq!(aw.apply(A, &remove).unwrap(), Some(remove.clone()));
+        assert!(aw.is_empty());
+        assert_eq!(aw.encode_all(), None);
+        // Removing an unknown client changes nothing.
+        assert_eq!(aw.apply(A, &update(&[(8, 1, "null")])).unwrap(), None);
+        // A removed client's id is no longer controlled: disconnect broadcasts nothing.
+        assert_eq!(aw.disconnect(A), None);
+    }
+
+    #[test]
+    fn disconnect_removes_controlled_clients_only() {
+        let mut aw = Awareness::new();
+        aw.apply(A, &update(&[(1, 5, "{}"), (2, 1, "{}")])).unwrap();
+        aw.apply(B, &update(&[(3, 9, "{}")])).unwrap();
+        let expected = update(&[(1, 6, "null"), (2, 2, "null")]);
+        assert_eq!(aw.disconnect(A), Some(expected));
+        assert_eq!(aw.len(), 1);
+        assert_eq!(aw.disconnect(A), None);
+        assert_eq!(aw.encode_all(), Some(update(&[(3, 9, "{}")])));
+    }
+
+    #[test]
+    fn duplicate_ids_in_one_update_broadcast_the_final_state() {
+        let mut aw = Awareness::new();
+        let out = aw.apply(A, &update(&[(1, 1, "1"), (1, 2, "2")])).unwrap();
+        assert_eq!(out, Some(update(&[(1, 2, "2")])));
+    }
+
+    #[test]
+    fn invalid_updates_are_refused_whole() {
+        let mut aw = Awareness::new();
+        let bad = update(&[(1, 1, "{}"), (2, 1, "{not json")]);
+        assert_eq!(
+            aw.apply(A, &bad),
+            Err(AwarenessError::InvalidState { client: 2 })
+        );
+        assert!(aw.is_empty());
+        let mut many = Vec::new();
+        write_var_uint(&mut many, MAX_ENTRIES_PER_UPDATE + 1);
+        assert!(matches!(
+            aw.apply(A, &many),
+            Err(AwarenessError::TooManyEntries { .. })
+        ));
+        let big = format!("\"{}\"", "x".repeat(MAX_STATE_BYTES));
+        assert!(matches!(
+            aw.apply(A, &update(&[(1, 1, &big)])),
+            Err(AwarenessError::StateTooLarge { client: 1, .. })
+        ));
+        let mut trailing = update(&[(1, 1, "{}")]);
+        trailing.push(0);
+        assert_eq!(
+            aw.apply(A, &trailing),
+            Err(AwarenessError::Decode(DecodeError::TrailingBytes(1)))
+        );
+        assert!(aw.apply(A, &[]).is_err());
+        assert!(aw.apply(A, &[1, 1, 1, 5, b'{']).is_err());
+        assert!(aw.is_empty());
+        assert!(
+            AwarenessError::InvalidState { client: u64::MAX }
+                .reason()
+                .len()
+                <= 120
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut aw = Awareness::new();
+            let _ = aw.apply(A, &bytes);
+            let _ = aw.disconnect(A);
+        }
+
+        #[test]
+        fn applying_a_broadcast_elsewhere_reproduces_the_state(
+            ops in proptest::collection::vec((0u64..4, 0u64..6, prop::bool::ANY), 0..20)
+        ) {
+            // A second awareness fed only the broadcasts ends with the same live states.
+            let mut relay = Awareness::new();
+            let mut mirror = Awareness::new();
+            for (client, clock, live) in ops {
+                let json = if live { "{}" } else { "null" };
+                if let Some(out) = relay.apply(A, &update(&[(client, clock, json)])).unwrap() {
+                    mirror.apply(B, &out).unwrap();
+                }
+            }
+            if let Some(out) = relay.disconnect(A) {
+                mirror.apply(B, &out).unwrap();
+            }
+            prop_assert_eq!(relay.encode_all(), mirror.encode_all());
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The room: one loaded document, its awareness, and the sync rules of the y-websocket server.
+//!
+//! A room is a pure state machine. The server feeds it decoded messages and gets back the bytes
+//! to store and to send; it never touches a socket or a clock. Call order for a connection:
+//! [`Room::greeting`] when it joins, then [`Room::apply_updates`] / [`Room::answer_step1`] /
+//! [`Room::apply_awareness`] / [`Room::query_awareness`] as its messages arrive, and
+//! [`Room::disconnect`] when it leaves.
+//!
+//! yrs is not hardened against hostile bytes in every path (debug assertions on client ids,
+//! for one), so every call into yrs with peer-supplied data runs under
+//! [`std::panic::catch_unwind`]. A panic while applying marks the room tainted; the server then
+//! drops it and reloads it from the store.
+//!
+//! Known limits of yrs 0.28 on hostile updates that no check here prevents yet (both need a
+//! validating walk over the whole v1 block structure before yrs sees it):
+//!
+//! - `Any` values nest without a depth limit and are decoded recursively: an item with `Any`
+//!   content made of ~100 000 nested one-element arrays (`[117, 1]` repeated, ~200 KB) overflows
+//!   the stack, which aborts the process (`catch_unwind` cannot catch it).
+//! - An `Any` map reserves its declared size up front: each nested level
+//!   `[118, 0x80, 0x80, 0x80, 0x40, 1, b'a']` (a map declaring 2^27 entries whose first key holds
+//!   the next level) pins about 256 MiB until decoding fails, so ~90 bytes hold ~3 GiB.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+use yrs::{ClientID, Doc, Options, ReadTxn, StateVector, Transact, TransactionMut, Update};
+
+use crate::awareness::{Awareness, AwarenessError};
+use crate::protocol::truncate_reason;
+use crate::protocol::{encode_awareness, encode_sync_step1, encode_sync_step2, encode_sync_update};
+use crate::{ConnId, lib0};
+
+/// Client id of the room's own document. The relay never edits, so it never appears in updates;
+/// fixing it keeps the room free of randomness.
+const RELAY_CLIENT_ID: u64 = 0;
+
+/// Why the room refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// An update could not be decoded as a Yjs v1 update.
+    #[error("invalid update: {0}")]
+    InvalidUpdate(String),
+    /// A decoded update could not be integrated (yrs `UpdateError`); the room is tainted.
+    #[error("update could not be applied: {0}")]
+    ApplyFailed(String),
+    /// yrs panicked on the input; the room is tainted.
+    #[error("update crashed the document engine")]
+    Panicked,
+    /// A state vector (sync step 1) could not be decoded.
+    #[error("invalid state vector: {0}")]
+    InvalidStateVector(String),
+    /// An awareness update was refused.
+    #[error(transparent)]
+    Awareness(#[from] AwarenessError),
+    /// The stored snapshot could not be decoded or applied.
+    #[error("stored snapshot is invalid: {0}")]
+    InvalidSnapshot(String),
+    /// A stored update log entry could not be decoded or applied.
+    #[error("stored log entry {index} is invalid: {reason}")]
+    InvalidLogEntry {
+        /// Position of the entry in the log given to [`Room::load`].
+        index: usize,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// Accepted updates could not be merged into one log entry (a yrs defect); the room is
+    /// tainted and the updates are refused so that their senders resend them after reconnecting.
+    #[error("updates could not be merged")]
+    MergeFailed,
+}
+
+impl RoomError {
+    /// Short human text (at most 120 bytes), suitable for a WebSocket close reason.
+    pub fn reason(&self) -> String {
+        truncate_reason(self.to_string())
+    }
+}
+
+/// What [`Room::apply_updates`] did with a batch.
+#[derive(Debug, Default)]
+pub struct UpdateBatch {
+    /// Merged v1 update of every accepted update (one entry for the update log), `None` if none
+    /// was accepted.
+    pub log_entry: Option<Vec<u8>>,
+    /// Encoded y-websocket sync update message carrying `log_entry`, to send to every connection
+    /// of the room (sender included: y-websocket echoes). `None` if none was accepted.
+    pub broadcast: Option<Vec<u8>>,
+    /// Updates that were refused, with why; the server closes these connections.
+    pub rejected: Vec<(ConnId, RoomError)>,
+    /// Number of accepted updates.
+    pub accepted: usize,
+}
+
+/// One loaded document with its awareness.
+#[derive(Debug)]
+pub struct Room {
+    /// The document; only remote updates are ever applied to it.
+    doc: Doc,
+    /// Presence of the connected clients.
+    awareness: Awareness,
+    /// Set once applying an update failed half-way: the in-memory document may differ from the
+    /// store and must be reloaded.
+    tainted: bool,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new() -> Room {
+        let options = Options::with_guid_and_client_id(
+            Arc::from("aetherflow-room"),
+            ClientID::new(RELAY_CLIENT_ID),
+        );
+        Room {
+            doc: Doc::with_options(options),
+            awareness: Awareness::new(),
+            tainted: false,
+        }
+    }
+
+    /// Rebuilds a room from its stored snapshot (a v1 update) and the update log entries after
+    /// it, in one yrs transaction.
+    pub fn load<'a>(
+        snapshot: Option<&[u8]>,
+        log: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Room, RoomError> {
+        let room = Room::new();
+        let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), RoomError> {
+            let mut txn = room.doc.transact_mut();
+            if let Some(snapshot) = snapshot {
+                decode_and_apply(&mut txn, snapshot)
+                    .map_err(|e| RoomError::InvalidSnapshot(e.to_string()))?;
+            }
+            for (index, entry) in log.into_iter().enumerate() {
+                decode_and_apply(&mut txn, entry).map_err(|e| RoomError::InvalidLogEntry {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            }
+            Ok(())
+        }));
+        match outcome {
+            Ok(Ok(())) => Ok(room),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RoomError::InvalidSnapshot(
+                "document engine panicked".into(),
+            )),
+        }
+    }
+
+    /// Applies a batch of v1 updates, in arrival order, in one yrs transaction.
+    ///
+    /// Undecodable updates are refused and not applied. If integrating a decoded update fails
+    /// (or yrs panics on it) that update is refused and the room is marked tainted: its
+    /// in-memory document may hold part of it. Later updates of the batch are still applied, and
+    /// everything accepted is logged and broadcast.
+    pub fn apply_updates(&mut self, batch: Vec<(ConnId, Vec<u8>)>) -> UpdateBatch {
+        let mut result = UpdateBatch::default();
+        let mut accepted: Vec<(ConnId, Vec<u8>)> = Vec::new();
+        let mut tainted = false;
+        let committed = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            for (conn, bytes) in batch {
+                if bytes == EMPTY_UPDATE {
+                    // Every sync handshake answers step 1 with this when it has nothing to
+                    // add; there is nothing to store or to show anyone.
+                    continue;
+                }
+                match decode_and_apply(&mut txn, &bytes) {
+                    Ok(()) => accepted.push((conn, bytes)),
+                    Err(e) => {
+                        tainted |= !matches!(e, RoomError::InvalidUpdate(_));
+                        result.rejected.push((conn, e));
+                    }
+                }
+            }
+            // Dropping the transaction commits it, which runs yrs' cleanup: keep it in here.
+            drop(txn);
+        }));
+        self.tainted |= tainted || committed.is_err();
+        if accepted.is_empty() {
+            return result;
+        }
+        let count = accepted.len();
+        let entry = if count == 1 {
+            accepted.pop().map(|(_, bytes)| bytes)
+        } else {
+            catch_unwind(|| yrs::merge_updates_v1(accepted.iter().map(|(_, b)| b.as_slice())))
+                .ok()
+                .and_then(Result::ok)
+        };
+        match entry {
+            Some(entry) => {
+                result.accepted = count;
+                result.broadcast = Some(encode_sync_update(&entry));
+                result.log_entry = Some(entry);
+            }
+            None => {
+                self.tainted = true;
+                let refused = accepted
+                    .into_iter()
+                    .map(|(c, _)| (c, RoomError::MergeFailed));
+                result.rejected.extend(refused);
+            }
+        }
+        result
+    }
+
+    /// Answers a sync step 1: the encoded step 2 message with everything the peer lacks given
+    /// its encoded state vector.
+    ///
+    /// Like Yjs' `encodeStateAsUpdate(doc, sv)`, the answer includes updates the room holds but
+    /// could not integrate yet (their dependencies are missing), so no peer depends on the room
+    /// having a complete history.
+    pub fn answer_step1(&self, state_vector: &[u8]) -> Result<Vec<u8>, RoomError> {
+        let sv = decode_state_vector(state_vector)?;
+        let txn = self.doc.transact();
+        let diff = catch_unwind(AssertUnwindSafe(|| txn.encode_state_as_update_v1(&sv)))
+            .unwrap_or_else(|_| txn.encode_diff_v1(&sv));
+        Ok(encode_sync_step2(&diff))
+    }
+
+    /// Messages a new connection receives first, in order: sync step 1 with the room's state
+    /// vector, then everyone's awareness if anyone is present (as the y-websocket server does).
+    pub fn greeting(&self) -> Vec<Vec<u8>> {
+        let mut messages = vec![encode_sync_step1(&self.state_vector())];
+        messages.extend(self.query_awareness());
+        messages
+    }
+
+    /// Applies an awareness update from `conn`; returns the encoded awareness message to
+    /// broadcast to every connection, if anything changed.
+    pub fn apply_awareness(
+        &mut self,
+        conn: ConnId,
+        update: &[u8],
+    ) -> Result<Option<Vec<u8>>, RoomError> {
+        let changed = self.awareness.apply(conn, update)?;
+        Ok(changed.map(|payload| encode_awareness(&payload)))
+    }
+
+    /// The encoded awareness message with every live state, `None` if nobody is present.
+    pub fn query_awareness(&self) -> Option<Vec<u8>> {
+        self.awareness
+            .encode_all()
+            .map(|payload| encode_awareness(&payload))
+    }
+
+    /// `conn` went away; returns the encoded awareness message removing its clients, if any.
+    pub fn disconnect(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        self.awareness
+            .disconnect(conn)
+            .map(|payload| encode_awareness(&payload))
+    }
+
+    /// The full document as one v1 update, for compaction. Includes updates that are held but
+    /// not integrated yet (missing dependencies), so nothing is lost when the log is folded.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let txn = self.doc.transact();
+        let empty = StateVector::default();
+        catch_unwind(AssertUnwindSafe(|| txn.encode_state_as_update_v1(&empty))).unwrap_or_else(
+            |_| {
+                // Only reachable through a yrs defect while merging pending updates: fall back
+                // to the integrated state rather than failing compaction outright.
+                let mut encoder = EncoderV1::new();
+                txn.encode_state_as_update(&empty, &mut encoder);
+                encoder.to_vec()
+            },
+        )
+    }
+
+    /// The room's encoded state vector.
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// True once applying an update failed half-way; the server should reload the room.
+    pub fn is_tainted(&self) -> bool {
+        self.tainted
+    }
+
+    /// The document, for tests and tools.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// The room's awareness.
+    pub fn awareness(&self) -> &Awareness {
+        &self.awareness
+    }
+}
+
+/// Decodes and integrates one v1 update inside `txn`, turning yrs errors and panics into
+/// [`RoomError`]s.
+/// The v1 encoding of an update that carries nothing: no client blocks, no deletions.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+fn decode_and_apply(txn: &mut TransactionMut<'_>, bytes: &[u8]) -> Result<(), RoomError> {
+    check_client_count(bytes)?;
+    let update = catch_unwind(|| Update::decode_v1(bytes))
+        .map_err(|_| RoomError::InvalidUpdate("document engine panicked while decoding".into()))?
+        .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+    catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)))
+        .map_err(|_| RoomError::Panicked)?
+        .map_err(|e| RoomError::ApplyFailed(e.to_string()))
+}
+
+/// Refuses an update whose declared number of clients cannot fit in its bytes.
+///
+/// yrs reserves a hash map of that many entries before reading them, and hashbrown initialises
+/// its control bytes eagerly: the 5-byte update `[0x80, 0x80, 0x80, 0x80, 0x01]` (2^28 clients)
+/// would cost about 512 MiB of resident memory. Each client section takes at least three bytes
+/// (block count, client id, clock).
+fn check_client_count(bytes: &[u8]) -> Result<(), RoomError> {
+    let mut reader = lib0::Reader::new(bytes);
+    let count = reader
+        .read_var_uint()
+        .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+    if count > (reader.remaining() / 3) as u64 {
+        return Err(RoomError::InvalidUpdate(format!(
+            "declares {count} clients in {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a state vector after checking its declared entry count against the input, so that a
+/// few hostile bytes cannot make yrs reserve a huge hash map.
+fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, RoomError> {
+    let invalid = |e: String| RoomError::InvalidStateVector(e);
+    let mut reader = lib0::Reader::new(bytes);
+    let count = reader.read_var_uint().map_err(|e| invalid(e.to_string()))?;
+    // Every entry takes at least two bytes (client id and clock).
+    if count > (reader.remaining() / 2) as u64 {
+        return Err(invalid(format!(
+            "declares {count} entries in {} bytes",
+            bytes.len()
+        )));
+    }
+    catch_unwind(|| StateVector::decode_v1(bytes))
+        .map_err(|_| invalid("document engine panicked".into()))?
+        .map_err(|e| invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;
