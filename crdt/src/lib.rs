@@ -2,7 +2,9 @@
 //! the [`Room`] state machine that merges Yjs updates.
 //!
 //! Nothing here touches a socket, a clock, a thread or a random number generator: the server
-//! feeds bytes in and gets bytes out, which keeps every rule testable in memory.
+//! feeds bytes in and gets bytes out, which keeps every rule testable in memory. Every Yjs
+//! update passes [`update_check`] before yrs decodes it, so hostile bytes cannot overflow the
+//! stack or reserve memory out of proportion to their size.
 //!
 //! ```
 //! use aetherflow_crdt::protocol::{Limits, Message, SyncMessage};
@@ -33,10 +35,12 @@ pub mod doc_name;
 mod lib0;
 pub mod protocol;
 pub mod room;
+pub mod update_check;
 
 pub use awareness::{Awareness, AwarenessError};
 pub use doc_name::{DocName, DocNameError, MAX_DOC_NAME_BYTES};
 pub use room::{Room, RoomError, UpdateBatch};
+pub use update_check::{UpdateCheckError, check_update_v1};
 
 /// Identifies one connection to a room; assigned by the server, unique while it is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,20 +6,18 @@
 //! [`Room::apply_awareness`] / [`Room::query_awareness`] as its messages arrive, and
 //! [`Room::disconnect`] when it leaves.
 //!
-//! yrs is not hardened against hostile bytes in every path (debug assertions on client ids,
-//! for one), so every call into yrs with peer-supplied data runs under
-//! [`std::panic::catch_unwind`]. A panic while applying marks the room tainted; the server then
-//! drops it and reloads it from the store.
+//! yrs is not hardened against hostile bytes. Two failure modes cannot be caught at all: `Any`
+//! values decode recursively with no depth limit (a deep one overflows the stack and aborts the
+//! process), and declared counts reserve memory before anything checks the elements exist (a
+//! few dozen bytes can pin gigabytes). So every update, from a peer or from the store, first
+//! passes [`check_update_v1`], a non-recursive walk over the whole v1 structure that refuses
+//! nesting beyond [`MAX_NESTING`](crate::update_check::MAX_NESTING) levels, counts that cannot
+//! fit in the input, and the ids and clocks yrs asserts against; an update that fails it is
+//! refused as [`RoomError::InvalidUpdate`] without reaching yrs, so the room stays clean.
 //!
-//! Known limits of yrs 0.28 on hostile updates that no check here prevents yet (both need a
-//! validating walk over the whole v1 block structure before yrs sees it):
-//!
-//! - `Any` values nest without a depth limit and are decoded recursively: an item with `Any`
-//!   content made of ~100 000 nested one-element arrays (`[117, 1]` repeated, ~200 KB) overflows
-//!   the stack, which aborts the process (`catch_unwind` cannot catch it).
-//! - An `Any` map reserves its declared size up front: each nested level
-//!   `[118, 0x80, 0x80, 0x80, 0x40, 1, b'a']` (a map declaring 2^27 entries whose first key holds
-//!   the next level) pins about 256 MiB until decoding fails, so ~90 bytes hold ~3 GiB.
+//! What remains (panics in yrs' integration of a well-formed update) is contained by running
+//! every call into yrs with peer-supplied data under [`std::panic::catch_unwind`]. A panic while
+//! applying marks the room tainted; the server then drops it and reloads it from the store.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -31,6 +29,7 @@ use yrs::{ClientID, Doc, Options, ReadTxn, StateVector, Transact, TransactionMut
 use crate::awareness::{Awareness, AwarenessError};
 use crate::protocol::truncate_reason;
 use crate::protocol::{encode_awareness, encode_sync_step1, encode_sync_step2, encode_sync_update};
+use crate::update_check::check_update_v1;
 use crate::{ConnId, lib0};
 
 /// Client id of the room's own document. The relay never edits, so it never appears in updates;
@@ -40,7 +39,8 @@ const RELAY_CLIENT_ID: u64 = 0;
 /// Why the room refused something.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
-    /// An update could not be decoded as a Yjs v1 update.
+    /// An update failed [`check_update_v1`] or could not be decoded as a Yjs v1 update; nothing
+    /// of it was applied.
     #[error("invalid update: {0}")]
     InvalidUpdate(String),
     /// A decoded update could not be integrated (yrs `UpdateError`); the room is tainted.
@@ -158,7 +158,7 @@ impl Room {
 
     /// Applies a batch of v1 updates, in arrival order, in one yrs transaction.
     ///
-    /// Undecodable updates are refused and not applied. If integrating a decoded update fails
+    /// Updates that fail [`check_update_v1`] or do not decode are refused and not applied. If integrating a decoded update fails
     /// (or yrs panics on it) that update is refused and the room is marked tainted: its
     /// in-memory document may hold part of it. Later updates of the batch are still applied, and
     /// everything accepted is logged and broadcast.
@@ -298,39 +298,20 @@ impl Room {
     }
 }
 
-/// Decodes and integrates one v1 update inside `txn`, turning yrs errors and panics into
-/// [`RoomError`]s.
 /// The v1 encoding of an update that carries nothing: no client blocks, no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
 
+/// Checks, decodes and integrates one v1 update inside `txn`, turning check failures, yrs errors
+/// and panics into [`RoomError`]s. Only [`RoomError::InvalidUpdate`] guarantees that nothing was
+/// applied.
 fn decode_and_apply(txn: &mut TransactionMut<'_>, bytes: &[u8]) -> Result<(), RoomError> {
-    check_client_count(bytes)?;
+    check_update_v1(bytes).map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
     let update = catch_unwind(|| Update::decode_v1(bytes))
         .map_err(|_| RoomError::InvalidUpdate("document engine panicked while decoding".into()))?
         .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
     catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)))
         .map_err(|_| RoomError::Panicked)?
         .map_err(|e| RoomError::ApplyFailed(e.to_string()))
-}
-
-/// Refuses an update whose declared number of clients cannot fit in its bytes.
-///
-/// yrs reserves a hash map of that many entries before reading them, and hashbrown initialises
-/// its control bytes eagerly: the 5-byte update `[0x80, 0x80, 0x80, 0x80, 0x01]` (2^28 clients)
-/// would cost about 512 MiB of resident memory. Each client section takes at least three bytes
-/// (block count, client id, clock).
-fn check_client_count(bytes: &[u8]) -> Result<(), RoomError> {
-    let mut reader = lib0::Reader::new(bytes);
-    let count = reader
-        .read_var_uint()
-        .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
-    if count > (reader.remaining() / 3) as u64 {
-        return Err(RoomError::InvalidUpdate(format!(
-            "declares {count} clients in {} bytes",
-            bytes.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Decodes a state vector after checking its declared entry count against the input, so that a
