@@ -166,8 +166,13 @@ impl Room {
         let mut result = UpdateBatch::default();
         let mut accepted: Vec<(ConnId, Vec<u8>)> = Vec::new();
         let mut tainted = false;
+        // What the transaction integrated, encoded by yrs itself: exact and cheap. Only valid
+        // when nothing is left pending (an update waiting for a missing dependency is in no
+        // transaction's diff), so it is taken only then.
+        let mut integrated: Option<Vec<u8>> = None;
         let committed = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut();
+            let pending_before = txn.has_missing_updates();
             for (conn, bytes) in batch {
                 if bytes == EMPTY_UPDATE {
                     // Every sync handshake answers step 1 with this when it has nothing to
@@ -182,6 +187,9 @@ impl Room {
                     }
                 }
             }
+            if accepted.len() > 1 && !pending_before && !txn.has_missing_updates() {
+                integrated = Some(txn.encode_update_v1());
+            }
             // Dropping the transaction commits it, which runs yrs' cleanup: keep it in here.
             drop(txn);
         }));
@@ -190,18 +198,25 @@ impl Room {
             return result;
         }
         let count = accepted.len();
-        let entry = if count == 1 {
-            accepted.pop().map(|(_, bytes)| bytes)
-        } else {
-            catch_unwind(|| yrs::merge_updates_v1(accepted.iter().map(|(_, b)| b.as_slice())))
-                .ok()
-                .and_then(Result::ok)
+        let entry = match (integrated, count) {
+            (Some(update), _) => Some(update),
+            // A single update is logged and relayed byte for byte.
+            (None, 1) => accepted.pop().map(|(_, bytes)| bytes),
+            // Pending updates involved: merging keeps them. yrs' merge is quadratic in the
+            // number of updates, so this is the slow path.
+            (None, _) => {
+                catch_unwind(|| yrs::merge_updates_v1(accepted.iter().map(|(_, b)| b.as_slice())))
+                    .ok()
+                    .and_then(Result::ok)
+            }
         };
         match entry {
             Some(entry) => {
                 result.accepted = count;
-                result.broadcast = Some(encode_sync_update(&entry));
-                result.log_entry = Some(entry);
+                if entry != EMPTY_UPDATE {
+                    result.broadcast = Some(encode_sync_update(&entry));
+                    result.log_entry = Some(entry);
+                }
             }
             None => {
                 self.tainted = true;

@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! cargo build --release -p aetherflow-server
-//! cargo run --release -p aetherflow-benches --bin relay-ingest -- [TRACE] [--durability relaxed]
+//! cargo run --release -p aetherflow-benches --bin relay-ingest -- [TRACE] [relaxed] [--addr HOST:PORT]
 //! ```
+//!
+//! With `--addr`, the benchmark uses a relay that is already running there (for profiling or
+//! for another y-websocket server) instead of starting `target/release/aetherflow`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,7 +21,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+use yrs::{Doc, GetString, ReadTxn, Transact, Update};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,21 +30,48 @@ fn main() -> anyhow::Result<()> {
         .find(|a| a.ends_with(".json.gz"))
         .map(PathBuf::from)
         .unwrap_or_else(|| trace::traces_dir().join("automerge-paper.json.gz"));
-    let durability = if args.iter().any(|a| a == "relaxed") { "relaxed" } else { "durable" };
+    let durability = if args.iter().any(|a| a == "relaxed") {
+        "relaxed"
+    } else {
+        "durable"
+    };
 
+    let external = args
+        .iter()
+        .position(|a| a == "--addr")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let trace = trace::load(&trace_path)?;
     let (updates, end) = trace::to_updates(&trace);
-    anyhow::ensure!(end == trace.end_content, "trace replay diverged from endContent");
-    println!("trace: {} ({} updates)", trace_path.display(), updates.len());
+    anyhow::ensure!(
+        end == trace.end_content,
+        "trace replay diverged from endContent"
+    );
+    println!(
+        "trace: {} ({} updates)",
+        trace_path.display(),
+        updates.len()
+    );
 
     let raw = raw_apply(&updates, &end);
     let runtime = tokio::runtime::Runtime::new()?;
-    let relay = runtime.block_on(through_relay(&updates, &end, durability))?;
+    let relay = runtime.block_on(through_relay(&updates, &end, durability, external))?;
 
     let n = updates.len() as f64;
-    println!("raw yrs, one txn per update : {:>8.3} s  {:>10.0} updates/s", raw.as_secs_f64(), n / raw.as_secs_f64());
-    println!("relay ({durability}), end to end : {:>8.3} s  {:>10.0} updates/s", relay.as_secs_f64(), n / relay.as_secs_f64());
-    println!("ratio relay/raw (rate)       : {:.2}", raw.as_secs_f64() / relay.as_secs_f64());
+    println!(
+        "raw yrs, one txn per update : {:>8.3} s  {:>10.0} updates/s",
+        raw.as_secs_f64(),
+        n / raw.as_secs_f64()
+    );
+    println!(
+        "relay ({durability}), end to end : {:>8.3} s  {:>10.0} updates/s",
+        relay.as_secs_f64(),
+        n / relay.as_secs_f64()
+    );
+    println!(
+        "ratio relay/raw (rate)       : {:.2}",
+        raw.as_secs_f64() / relay.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -51,7 +81,9 @@ fn raw_apply(updates: &[Vec<u8>], end: &str) -> Duration {
     let start = Instant::now();
     for bytes in updates {
         let update = Update::decode_v1(bytes).expect("trace updates decode");
-        doc.transact_mut().apply_update(update).expect("trace updates apply");
+        doc.transact_mut()
+            .apply_update(update)
+            .expect("trace updates apply");
     }
     let elapsed = start.elapsed();
     assert_eq!(text.get_string(&doc.transact()), end);
@@ -68,20 +100,36 @@ impl Drop for RelayProcess {
 }
 
 fn relay_binary() -> PathBuf {
-    std::env::var_os("AETHERFLOW_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/aetherflow")
-    })
+    std::env::var_os("AETHERFLOW_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/aetherflow")
+        })
 }
 
-fn start_relay(data_dir: &std::path::Path, durability: &str) -> anyhow::Result<(RelayProcess, String)> {
+fn start_relay(
+    data_dir: &std::path::Path,
+    durability: &str,
+) -> anyhow::Result<(RelayProcess, String)> {
     let bin = relay_binary();
     let mut child = Command::new(&bin)
-        .args(["--http-addr", "127.0.0.1:0", "--durability", durability, "--data-dir"])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--durability",
+            durability,
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("start {} (build it with cargo build --release)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "start {} (build it with cargo build --release)",
+                bin.display()
+            )
+        })?;
     let stdout = child.stdout.take().context("relay stdout")?;
     let relay = RelayProcess(child);
     let mut line = String::new();
@@ -94,9 +142,20 @@ fn start_relay(data_dir: &std::path::Path, durability: &str) -> anyhow::Result<(
     Ok((relay, addr))
 }
 
-async fn through_relay(updates: &[Vec<u8>], end: &str, durability: &str) -> anyhow::Result<Duration> {
+async fn through_relay(
+    updates: &[Vec<u8>],
+    end: &str,
+    durability: &str,
+    external: Option<String>,
+) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let (_relay, addr) = start_relay(dir.path(), durability)?;
+    let (_relay, addr) = match external {
+        Some(addr) => (None, addr),
+        None => {
+            let (relay, addr) = start_relay(dir.path(), durability)?;
+            (Some(relay), addr)
+        }
+    };
     let url = format!("ws://{addr}/ws/ingest-bench");
 
     let expected_sv = {
@@ -112,7 +171,10 @@ async fn through_relay(updates: &[Vec<u8>], end: &str, durability: &str) -> anyh
     let (mut receiver, _) = tokio_tungstenite::connect_async(&url).await?;
     let (sender, _) = tokio_tungstenite::connect_async(&url).await?;
     let (mut send_half, mut echo_half) = sender.split();
-    let frames: Vec<Frame> = updates.iter().map(|u| Frame::Binary(encode_sync_update(u).into())).collect();
+    let frames: Vec<Frame> = updates
+        .iter()
+        .map(|u| Frame::Binary(encode_sync_update(u).into()))
+        .collect();
 
     let start = Instant::now();
     // The sender drains its own echoes so the relay never sees it as a slow reader.
@@ -136,7 +198,9 @@ async fn through_relay(updates: &[Vec<u8>], end: &str, durability: &str) -> anyh
             .await
             .context("receiver timed out")?
             .context("receiver connection ended")??;
-        let Frame::Binary(bytes) = frame else { continue };
+        let Frame::Binary(bytes) = frame else {
+            continue;
+        };
         match Message::decode(&bytes, &limits)? {
             Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => {
                 doc.transact_mut().apply_update(Update::decode_v1(&u)?)?;
