@@ -22,6 +22,8 @@ pub const DEFAULT_RELAXED_FLUSH_MS: u64 = 100;
 pub const DEFAULT_UNLOAD_AFTER_SECS: u64 = 30;
 /// Default number of update-log entries that triggers folding the log into a snapshot.
 pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 500;
+/// Default interval between WebSocket pings, in seconds.
+pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
@@ -105,6 +107,11 @@ pub struct Settings {
     /// [default: 500].
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
+
+    /// Ping every WebSocket this often, in seconds; a connection that has sent nothing (not
+    /// even a pong) for two intervals is closed and its presence removed [default: 30].
+    #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
+    pub ping_interval_secs: Option<u64>,
 }
 
 /// The relay's resolved configuration.
@@ -126,6 +133,8 @@ pub struct Config {
     pub unload_after: Duration,
     /// Update-log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Interval between WebSocket pings.
+    pub ping_interval: Duration,
 }
 
 /// Why the configuration could not be built.
@@ -169,6 +178,7 @@ impl Settings {
             relaxed_flush_ms: self.relaxed_flush_ms.or(lower.relaxed_flush_ms),
             unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
             compact_after_updates: self.compact_after_updates.or(lower.compact_after_updates),
+            ping_interval_secs: self.ping_interval_secs.or(lower.ping_interval_secs),
         }
     }
 
@@ -218,6 +228,9 @@ impl Config {
             compact_after_updates: s
                 .compact_after_updates
                 .unwrap_or(DEFAULT_COMPACT_AFTER_UPDATES),
+            ping_interval: Duration::from_secs(
+                s.ping_interval_secs.unwrap_or(DEFAULT_PING_INTERVAL_SECS),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -233,6 +246,12 @@ impl Config {
         if self.compact_after_updates == 0 {
             return Err(ConfigError::Invalid {
                 name: "--compact-after-updates",
+                why: "must be at least 1",
+            });
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--ping-interval-secs",
                 why: "must be at least 1",
             });
         }

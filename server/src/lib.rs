@@ -73,6 +73,7 @@ pub async fn run(
                 max_message_bytes: config.max_message_bytes,
             },
             shutdown: token.clone(),
+            ping_interval: config.ping_interval,
         },
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),

@@ -8,6 +8,8 @@
 use aetherflow_crdt::protocol::{Limits, Message};
 use aetherflow_crdt::{ConnId, DocName};
 use axum::extract::ws::{CloseFrame, Message as Frame};
+use std::time::Duration;
+
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,12 @@ pub struct SessionContext {
     pub limits: Limits,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// Interval between pings; two silent intervals close the connection.
+    pub ping_interval: Duration,
 }
+
+/// Longest wait for a close frame to go out before the connection is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one connection until either side closes it.
 pub async fn run<S>(socket: S, doc: DocName, conn: ConnId, ctx: SessionContext)
@@ -52,11 +59,25 @@ where
         }
     };
     debug!("joined");
+    let mut heartbeat = tokio::time::interval(ctx.ping_interval);
+    heartbeat.tick().await;
+    // Whether the peer has sent anything (a pong counts) since the last ping.
+    let mut heard_from = true;
     let reason = loop {
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => {
                 break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
+            }
+            _ = heartbeat.tick() => {
+                if !heard_from {
+                    warn!("no pong within the ping interval; closing");
+                    break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+                }
+                heard_from = false;
+                if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
             }
             out = from_room.recv() => match out {
                 Some(Outbound::Frame(bytes)) => {
@@ -70,18 +91,21 @@ where
                     "connection fell behind; reconnect to resync",
                 )),
             },
-            frame = stream.next() => match on_frame(frame, &ctx.limits) {
-                FrameOutcome::Message(message) => {
-                    if membership.send(message).await.is_err() {
-                        break Some(CloseReason::new(
-                            CloseReason::INTERNAL_ERROR,
-                            "document reloading, reconnect",
-                        ));
+            frame = stream.next() => {
+                heard_from = true;
+                match on_frame(frame, &ctx.limits) {
+                    FrameOutcome::Message(message) => {
+                        if membership.send(message).await.is_err() {
+                            break Some(CloseReason::new(
+                                CloseReason::INTERNAL_ERROR,
+                                "document reloading, reconnect",
+                            ));
+                        }
                     }
+                    FrameOutcome::Ignore => {}
+                    FrameOutcome::Close(reason) => break reason,
                 }
-                FrameOutcome::Ignore => {}
-                FrameOutcome::Close(reason) => break reason,
-            },
+            }
         }
     };
     drop(membership);
@@ -150,6 +174,10 @@ where
         code: reason.code,
         reason: reason.reason.into(),
     };
-    let _ = sink.send(Frame::Close(Some(frame))).await;
-    let _ = sink.close().await;
+    // A peer that stopped reading must not keep the session alive.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(Frame::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
 }

@@ -117,3 +117,26 @@ async fn awareness_is_relayed_and_removed_when_its_connection_drops() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_silently_is_dropped_after_missed_pings() {
+    let relay = Relay::start(&["--ping-interval-secs", "1"]);
+    let url = relay.ws_url("silent");
+    let mut watcher = YClient::connect(&url).await;
+    // The ghost announces itself, then never reads again: it answers no ping, as a peer whose
+    // network vanished without a FIN would.
+    let mut ghost = YClient::connect(&url).await;
+    ghost
+        .send(&Message::Awareness(awareness(77, 1, "{}")))
+        .await;
+    let removal = awareness(77, 2, "null");
+    loop {
+        // The watcher keeps answering pings (tungstenite does so while we read).
+        if let Message::Awareness(update) = watcher.next_message().await
+            && update == removal
+        {
+            break;
+        }
+    }
+    drop(ghost);
+}

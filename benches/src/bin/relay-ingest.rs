@@ -163,8 +163,7 @@ async fn through_relay(
         for bytes in updates {
             doc.transact_mut().apply_update(Update::decode_v1(bytes)?)?;
         }
-        let sv = doc.transact().state_vector();
-        sv
+        doc.transact().state_vector()
     };
 
     // The receiver connects first and is synced (empty document) before the clock starts.
@@ -201,11 +200,10 @@ async fn through_relay(
         let Frame::Binary(bytes) = frame else {
             continue;
         };
-        match Message::decode(&bytes, &limits)? {
-            Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => {
-                doc.transact_mut().apply_update(Update::decode_v1(&u)?)?;
-            }
-            _ => {}
+        if let Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) =
+            Message::decode(&bytes, &limits)?
+        {
+            doc.transact_mut().apply_update(Update::decode_v1(&u)?)?;
         }
     }
     let elapsed = start.elapsed();

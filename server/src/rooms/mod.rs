@@ -233,10 +233,10 @@ impl Rooms {
 
     fn find_or_start(&self, doc: &DocName) -> RoomHandle {
         let mut loaded = self.lock();
-        if let Some(handle) = loaded.get(doc) {
-            if !handle.inbox.is_closed() {
-                return handle.clone();
-            }
+        if let Some(handle) = loaded.get(doc)
+            && !handle.inbox.is_closed()
+        {
+            return handle.clone();
         }
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         let handle = RoomHandle {

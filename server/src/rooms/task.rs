@@ -241,10 +241,10 @@ impl RoomTask {
                 let _ = joined.send(());
             }
             RoomCommand::Leave { conn } => {
-                if self.subscribers.remove(&conn).is_some() {
-                    if let Some(removal) = room.disconnect(conn) {
-                        self.broadcast(room, removal);
-                    }
+                if self.subscribers.remove(&conn).is_some()
+                    && let Some(removal) = room.disconnect(conn)
+                {
+                    self.broadcast(room, removal);
                 }
             }
             RoomCommand::Message { conn, message } => {

@@ -42,11 +42,17 @@ impl Relay {
 
     /// Starts a relay on `data_dir` (kept by the caller).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Relay {
+        Relay::start_with(data_dir, args, &[])
+    }
+
+    /// Starts a relay on `data_dir` with extra environment variables.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
             .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,98 @@
+//! The relay's configuration as a user meets it: `--help`, environment variables, a TOML file,
+//! JSON logs, and clear refusals of bad settings.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Relay, YClient};
+
+const FLAGS: [(&str, &str); 9] = [
+    ("--http-addr", "AETHERFLOW_HTTP_ADDR"),
+    ("--data-dir", "AETHERFLOW_DATA_DIR"),
+    ("--durability", "AETHERFLOW_DURABILITY"),
+    ("--max-message-bytes", "AETHERFLOW_MAX_MESSAGE_BYTES"),
+    ("--log-format", "AETHERFLOW_LOG_FORMAT"),
+    ("--relaxed-flush-ms", "AETHERFLOW_RELAXED_FLUSH_MS"),
+    ("--unload-after-secs", "AETHERFLOW_UNLOAD_AFTER_SECS"),
+    (
+        "--compact-after-updates",
+        "AETHERFLOW_COMPACT_AFTER_UPDATES",
+    ),
+    ("--config", "AETHERFLOW_CONFIG"),
+];
+
+fn aetherflow(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_documents_every_setting_with_its_environment_variable() {
+    let out = aetherflow(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in FLAGS {
+        assert!(help.contains(flag), "--help lacks {flag}");
+        assert!(help.contains(env), "--help lacks {env}");
+    }
+    assert!(
+        help.contains("16 MiB") && help.contains("127.0.0.1:8080"),
+        "defaults shown"
+    );
+}
+
+#[test]
+fn a_bad_environment_value_is_refused_with_a_clear_message() {
+    let out = aetherflow(&[], &[("AETHERFLOW_DURABILITY", "sometimes")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("sometimes") && stderr.contains("durable"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_broken_config_file_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "max_message_bytes = \"lots\"\n").unwrap();
+    let out = aetherflow(&["--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("relay.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn settings_from_a_toml_file_and_the_environment_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "log_format = \"json\"\nmax_message_bytes = 4096\n").unwrap();
+    let data = dir.path().join("data");
+    let relay = Relay::start_with(
+        &data,
+        &[],
+        &[
+            ("AETHERFLOW_CONFIG", path.to_str().unwrap()),
+            ("AETHERFLOW_DURABILITY", "relaxed"),
+        ],
+    );
+    // The file's limit applies: a 5,000-byte message is refused with 1009.
+    let mut client = YClient::connect(&relay.ws_url("configured")).await;
+    client.send_raw(vec![0u8; 5000]).await;
+    assert_eq!(u16::from(client.expect_close().await.code), 1009);
+    // The file's log format and the environment's durability show in the JSON logs.
+    let logs = relay.logs();
+    let ready = logs
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|v| v["fields"]["message"] == "relay ready")
+        .unwrap_or_else(|| panic!("no JSON 'relay ready' line in: {logs}"));
+    assert_eq!(ready["fields"]["durability"], "Relaxed");
+    assert!(data.join("aetherflow.redb").exists());
+}
