@@ -72,18 +72,19 @@ async fn documents_are_isolated_from_each_other() {
     assert_eq!(read_text(&relay, "doc-a").await, "only in a");
 }
 
-/// Awareness entries: `[count, clientID, clock, state]`, as y-protocols encodes them.
+/// One awareness entry `[count = 1, clientID, clock, state]`, as y-protocols encodes it.
 fn awareness(client: u64, clock: u64, state: &str) -> Vec<u8> {
-    let mut out = vec![1];
-    for v in [client, clock] {
-        let mut v = v;
+    fn var_uint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8 & 0x7f) | 0x80);
             v >>= 7;
         }
         out.push(v as u8);
     }
-    out.push(state.len() as u8);
+    let mut out = vec![1];
+    var_uint(&mut out, client);
+    var_uint(&mut out, clock);
+    var_uint(&mut out, state.len() as u64);
     out.extend_from_slice(state.as_bytes());
     out
 }
@@ -139,4 +140,40 @@ async fn a_client_that_vanishes_silently_is_dropped_after_missed_pings() {
         }
     }
     drop(ghost);
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suffers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("firehose");
+    let mut stalled = YClient::connect(&url).await;
+    let writer = YClient::connect(&url).await;
+    let (mut tx, mut rx) = writer.socket.split();
+    // The writer reads its own echoes, so only the stalled reader falls behind.
+    let echoes = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Some(Ok(frame)) = rx.next().await {
+            if matches!(frame, Frame::Binary(_)) {
+                n += 1;
+            }
+        }
+        n
+    });
+    let big_state = format!("{{\"pad\":\"{}\"}}", "x".repeat(32 * 1024));
+    // Far more than the outbox (1,024 frames) plus what the socket buffers can hold.
+    for clock in 1..=4000u64 {
+        let message = Message::Awareness(awareness(9, clock, &big_state)).encode();
+        tx.send(Frame::Binary(message.into())).await.unwrap();
+    }
+    // The stalled reader now reads: after what was buffered, the relay's verdict.
+    let close = stalled.expect_close().await;
+    assert_eq!(u16::from(close.code), 1013, "{}", close.reason);
+    // The writer was never held back and still syncs.
+    tx.send(Frame::Close(None)).await.unwrap();
+    assert!(echoes.await.unwrap() >= 4000, "the writer saw every echo");
+    let mut after = YClient::connect(&url).await;
+    after.append("still fine").await;
+    after.wait_for_text("still fine").await;
 }
