@@ -96,3 +96,65 @@ async fn settings_from_a_toml_file_and_the_environment_take_effect() {
     assert_eq!(ready["fields"]["durability"], "Relaxed");
     assert!(data.join("aetherflow.redb").exists());
 }
+
+#[test]
+fn an_unusable_data_dir_is_reported_and_the_relay_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = aetherflow(
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("not-a-dir"), "{stderr}");
+}
+
+#[test]
+fn an_address_in_use_is_reported_and_the_relay_exits() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = aetherflow(
+        &[
+            "--http-addr",
+            &addr,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot listen") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_relay_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Relay::start_in(dir.path(), &[]);
+    let out = aetherflow(
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "two relays must never share one database"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("aetherflow.redb"), "{stderr}");
+}
