@@ -25,8 +25,7 @@ fn main() -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("aetherflow: {e:#}");
+            tracing::error!("aetherflow stopped: {e:#}");
             ExitCode::FAILURE
         }
     }

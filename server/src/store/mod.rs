@@ -23,12 +23,12 @@ const UPDATE_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("up
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database file could not be opened or created.
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}: {reason}")]
     Open {
         /// The database file.
         path: String,
         /// What redb said.
-        source: Box<redb::DatabaseError>,
+        reason: String,
     },
     /// A transaction, table or commit failed.
     #[error("storage error: {0}")]
@@ -72,9 +72,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and its tables.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
-            source: Box::new(source),
+            reason: e.to_string(),
         })?;
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOTS)?;
