@@ -125,3 +125,40 @@ async fn invalid_document_names_are_refused_before_the_upgrade() {
     client.append("fine").await;
     client.wait_for_text("fine").await;
 }
+
+#[tokio::test]
+async fn an_update_yrs_cannot_integrate_closes_the_sender_and_the_room_reloads_intact() {
+    use aetherflow_crdt::protocol::{Message, SyncMessage};
+    use yrs::{Doc, Text, Transact};
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("reload-me");
+    // Client 1 writes "abc": item (client 1, clock 0) exists in the room.
+    let author = Doc::with_client_id(1);
+    let update = {
+        let text = author.get_or_insert_text("text");
+        let mut txn = author.transact_mut();
+        text.insert(&mut txn, 0, "abc");
+        txn.encode_update_v1()
+    };
+    let mut bystander = YClient::connect(&url).await;
+    bystander
+        .send(&Message::Sync(SyncMessage::Update(update)))
+        .await;
+    bystander.wait_for_text("abc").await;
+    // A well-formed update whose block names that string item as its parent: it decodes,
+    // but yrs refuses to integrate it, possibly after touching the in-memory document.
+    let mut offender = YClient::connect(&url).await;
+    let bad = vec![1, 1, 2, 0, 4, 0, 1, 0, 1, b'x', 0];
+    offender
+        .send(&Message::Sync(SyncMessage::Update(bad)))
+        .await;
+    assert_eq!(u16::from(offender.expect_close().await.code), 1007);
+    // Everyone else is asked to reconnect while the room reloads from the store...
+    let close = bystander.expect_close().await;
+    assert_eq!(u16::from(close.code), 1011, "{}", close.reason);
+    // ...and finds the document exactly as it was committed.
+    let mut back = YClient::connect(&url).await;
+    assert_eq!(back.text(), "abc");
+    back.append("d").await;
+    back.wait_for_text("abcd").await;
+}
