@@ -250,11 +250,16 @@ impl YClient {
     /// Applies incoming updates until the text equals `expected`.
     pub async fn wait_for_text(&mut self, expected: &str) {
         while self.text() != expected {
-            match self.next_message().await {
-                Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
-                Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
-                _ => {}
-            }
+            self.handle_next().await;
+        }
+    }
+
+    /// Reads one message and acts on it as a provider would.
+    async fn handle_next(&mut self) {
+        match self.next_message().await {
+            Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
+            Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
+            _ => {}
         }
     }
 
@@ -304,11 +309,7 @@ impl YClient {
     pub async fn wait_for_text_change(&mut self) {
         let before = self.text();
         while self.text() == before {
-            match self.next_message().await {
-                Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
-                Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
-                _ => {}
-            }
+            self.handle_next().await;
         }
     }
 }
