@@ -286,9 +286,13 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let leave = RoomCommand::Leave { conn: self.conn };
-        if let Err(mpsc::error::TrySendError::Full(leave)) = self.inbox.try_send(leave) {
+        // A full inbox must not lose the leave (the room would keep the connection's presence).
+        // Without a runtime (teardown) the room is going away too, and nothing is lost.
+        if let Err(mpsc::error::TrySendError::Full(leave)) = self.inbox.try_send(leave)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             let inbox = self.inbox.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let _ = inbox.send(leave).await;
             });
         }
