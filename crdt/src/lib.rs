@@ -34,6 +34,7 @@ pub mod awareness;
 pub mod doc_name;
 mod lib0;
 pub mod protocol;
+pub mod register;
 pub mod room;
 pub mod update_check;
 
