@@ -40,7 +40,7 @@ pub mod update_check;
 
 pub use awareness::{Awareness, AwarenessError};
 pub use doc_name::{DocName, DocNameError, MAX_DOC_NAME_BYTES};
-pub use room::{Room, RoomError, UpdateBatch};
+pub use room::{EMPTY_UPDATE, Room, RoomError, UpdateBatch};
 pub use update_check::{UpdateCheckError, check_update_v1};
 
 /// Identifies one connection to a room; assigned by the server, unique while it is open.

@@ -314,7 +314,7 @@ impl Room {
 }
 
 /// The v1 encoding of an update that carries nothing: no client blocks, no deletions.
-const EMPTY_UPDATE: &[u8] = &[0, 0];
+pub const EMPTY_UPDATE: &[u8] = &[0, 0];
 
 /// Checks, decodes and integrates one v1 update inside `txn`, turning check failures, yrs errors
 /// and panics into [`RoomError`]s. Only [`RoomError::InvalidUpdate`] guarantees that nothing was

@@ -112,6 +112,20 @@ pub struct Settings {
     /// even a pong) for two intervals is closed and its presence removed [default: 30].
     #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
     pub ping_interval_secs: Option<u64>,
+
+    /// Shared secret for HS256 client tokens (JWT). Without this or --jwt-public-key the relay
+    /// runs open (no auth), which is allowed only on a loopback address.
+    #[arg(
+        long,
+        env = "AETHERFLOW_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC) verifying RS256/ES256 client tokens.
+    #[arg(long, env = "AETHERFLOW_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
 }
 
 /// The relay's resolved configuration.
@@ -135,6 +149,10 @@ pub struct Config {
     pub compact_after_updates: usize,
     /// Interval between WebSocket pings.
     pub ping_interval: Duration,
+    /// HS256 secret for client tokens.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256 client tokens.
+    pub jwt_public_key: Option<PathBuf>,
 }
 
 /// Why the configuration could not be built.
@@ -179,6 +197,8 @@ impl Settings {
             unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
             compact_after_updates: self.compact_after_updates.or(lower.compact_after_updates),
             ping_interval_secs: self.ping_interval_secs.or(lower.ping_interval_secs),
+            jwt_secret: self.jwt_secret.or(lower.jwt_secret),
+            jwt_public_key: self.jwt_public_key.or(lower.jwt_public_key),
         }
     }
 
@@ -231,12 +251,26 @@ impl Config {
             ping_interval: Duration::from_secs(
                 s.ping_interval_secs.unwrap_or(DEFAULT_PING_INTERVAL_SECS),
             ),
+            jwt_secret: s.jwt_secret.filter(|secret| !secret.is_empty()),
+            jwt_public_key: s.jwt_public_key,
         };
         config.validate()?;
         Ok(config)
     }
 
+    /// Whether clients must present tokens.
+    pub fn requires_auth(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if !self.requires_auth() && !self.http_addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                name: "--http-addr",
+                why: "a non-loopback address needs auth: set --jwt-secret or --jwt-public-key \
+                      (without keys the relay is open to anyone and binds only to loopback)",
+            });
+        }
         if self.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 name: "--max-message-bytes",
@@ -315,6 +349,22 @@ mod tests {
         let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
         let err = Config::from_cli(cli).unwrap_err();
         assert!(err.to_string().contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn a_public_address_without_keys_is_refused() {
+        let public = Settings {
+            http_addr: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(public).unwrap_err();
+        assert!(err.to_string().contains("--jwt-secret"), "{err}");
+        let with_key = Settings {
+            http_addr: Some("0.0.0.0:8080".parse().unwrap()),
+            jwt_secret: Some("s3cret".into()),
+            ..Settings::default()
+        };
+        assert!(Config::from_settings(with_key).is_ok());
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum AppError {
     /// A plain HTTP request reached a WebSocket endpoint.
     #[error("this endpoint speaks WebSocket (y-websocket protocol): {0}")]
     NotWebSocket(String),
+    /// The client's token is missing, invalid, or not for this document.
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,6 +45,11 @@ impl IntoResponse for AppError {
             AppError::NotWebSocket(_) => (
                 StatusCode::UPGRADE_REQUIRED,
                 "websocket_required",
+                self.to_string(),
+            ),
+            AppError::Unauthorized(e) => (
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                e.code(),
                 self.to_string(),
             ),
             AppError::Internal(detail) => {

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aetherflow_crdt::{ConnId, DocName};
 use axum::Router;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, Permission};
 use crate::error::AppError;
 use crate::session::{self, SessionContext};
 
@@ -24,6 +25,15 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Source of connection ids.
     pub next_conn: Arc<AtomicU64>,
+    /// Token verification.
+    pub auth: Auth,
+}
+
+/// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    /// A client token (JWT); required unless the relay runs open.
+    token: Option<String>,
 }
 
 /// The relay's routes.
@@ -44,11 +54,12 @@ async fn empty_doc_name() -> AppError {
     AppError::InvalidDocName("document name is empty".into())
 }
 
-/// Upgrades to a y-websocket session on document `doc`; a bad name is refused before the
-/// upgrade with 400.
+/// Upgrades to a y-websocket session on document `doc`. A bad name (400) or token (401, 403)
+/// is refused before the upgrade, so no document data flows to an unauthorised client.
 async fn websocket(
     State(state): State<AppState>,
     doc: Result<Path<String>, PathRejection>,
+    query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let name = match doc {
@@ -58,6 +69,12 @@ async fn websocket(
     let doc = match DocName::parse(&name) {
         Ok(doc) => doc,
         Err(e) => return AppError::InvalidDocName(e.to_string()).into_response(),
+    };
+    // An unparsable query carries no usable token: with auth on, that is a missing token.
+    let token = query.ok().and_then(|Query(q)| q.token);
+    let grant = match state.auth.authorize(token.as_deref(), &doc) {
+        Ok(grant) => grant,
+        Err(e) => return AppError::Unauthorized(e).into_response(),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -70,5 +87,12 @@ async fn websocket(
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, doc, conn, ctx)))
+        .on_upgrade(move |socket| {
+            let peer = session::Peer {
+                conn,
+                user: grant.user,
+                can_write: grant.permission == Permission::Write,
+            };
+            tracker.track_future(session::run(socket, doc, peer, ctx))
+        })
 }

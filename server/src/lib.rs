@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -31,8 +32,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::config::{Config, Durability};
 use crate::http::AppState;
 use crate::rooms::{RoomSettings, Rooms};
@@ -55,6 +57,17 @@ pub async fn run(
             flush: config.relaxed_flush,
         },
     };
+    let auth = Auth::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+    )?;
+    if auth.is_open() {
+        warn!(
+            addr = %config.http_addr,
+            "RUNNING OPEN: no --jwt-secret or --jwt-public-key, so anyone who can reach this \
+             loopback address can read and write every document"
+        );
+    }
     let (writer, writer_task) = StoreWriter::spawn(store.clone(), mode);
 
     let token = CancellationToken::new();
@@ -77,6 +90,7 @@ pub async fn run(
         },
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
+        auth,
     };
     let app = http::router(state);
 

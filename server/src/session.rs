@@ -33,23 +33,38 @@ pub struct SessionContext {
 /// Longest wait for a close frame to go out before the connection is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Who is on the other end of a session.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection's id.
+    pub conn: ConnId,
+    /// The user its token names (`anonymous` when the relay runs open).
+    pub user: String,
+    /// Whether its updates may be applied; read-only peers get permission-denied instead.
+    pub can_write: bool,
+}
+
 /// Serves one connection until either side closes it.
-pub async fn run<S>(socket: S, doc: DocName, conn: ConnId, ctx: SessionContext)
+pub async fn run<S>(socket: S, doc: DocName, peer: Peer, ctx: SessionContext)
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
-    let span = info_span!("session", conn = conn.0, doc = %doc);
-    serve(socket, doc, conn, ctx).instrument(span).await;
+    let span = info_span!("session", conn = peer.conn.0, doc = %doc, user = %peer.user);
+    serve(socket, doc, peer, ctx).instrument(span).await;
 }
 
-async fn serve<S>(socket: S, doc: DocName, conn: ConnId, ctx: SessionContext)
+async fn serve<S>(socket: S, doc: DocName, peer: Peer, ctx: SessionContext)
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
     let (mut sink, stream) = socket.split();
     let mut stream = std::pin::pin!(stream);
     let (outbox, mut from_room) = mpsc::channel(OUTBOX_CAPACITY);
-    let membership = match ctx.rooms.join(&doc, conn, outbox).await {
+    let membership = match ctx
+        .rooms
+        .join(&doc, peer.conn, peer.can_write, outbox)
+        .await
+    {
         Ok(membership) => membership,
         Err(e) => {
             warn!(error = %e, "join failed");

@@ -151,12 +151,17 @@ async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suff
     let mut stalled = YClient::connect(&url).await;
     let writer = YClient::connect(&url).await;
     let (mut tx, mut rx) = writer.socket.split();
-    // The writer reads its own echoes, so only the stalled reader falls behind.
+    // The writer reads its own echoes and never runs more than 64 ahead of them, so only the
+    // stalled reader can fall behind, however slow this machine is.
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
     let echoes = tokio::spawn(async move {
-        let mut n = 0usize;
+        let mut n = 0u64;
         while let Some(Ok(frame)) = rx.next().await {
-            if matches!(frame, Frame::Binary(_)) {
+            if let Frame::Binary(bytes) = frame
+                && let Ok(Message::Awareness(_)) = Message::decode(&bytes, &Default::default())
+            {
                 n += 1;
+                let _ = seen_tx.send(n);
             }
         }
         n
@@ -166,6 +171,11 @@ async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suff
     for clock in 1..=4000u64 {
         let message = Message::Awareness(awareness(9, clock, &big_state)).encode();
         tx.send(Frame::Binary(message.into())).await.unwrap();
+        let behind = clock.saturating_sub(64);
+        tokio::time::timeout(common::TIMEOUT, seen.wait_for(|&n| n >= behind))
+            .await
+            .expect("the writer's echoes stalled")
+            .unwrap();
     }
     // The stalled reader now reads: after what was buffered, the relay's verdict.
     let close = stalled.expect_close().await;

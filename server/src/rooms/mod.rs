@@ -37,6 +37,8 @@ pub enum RoomCommand {
     Join {
         /// The connection.
         conn: ConnId,
+        /// Whether its updates may be applied.
+        can_write: bool,
         /// Where the room sends this connection's frames.
         outbox: mpsc::Sender<Outbound>,
         /// Told once the connection is subscribed; dropped if the room is going away.
@@ -190,11 +192,13 @@ impl Rooms {
     }
 
     /// Subscribes `conn` to document `doc`, loading it if needed. The room's greeting is in
-    /// `outbox` when this returns.
+    /// `outbox` when this returns. Unless `can_write`, the connection's updates are refused
+    /// with y-protocols' permission-denied message.
     pub async fn join(
         &self,
         doc: &DocName,
         conn: ConnId,
+        can_write: bool,
         outbox: mpsc::Sender<Outbound>,
     ) -> Result<Membership, JoinError> {
         for _ in 0..JOIN_ATTEMPTS {
@@ -202,6 +206,7 @@ impl Rooms {
             let (joined, answer) = oneshot::channel();
             let join = RoomCommand::Join {
                 conn,
+                can_write,
                 outbox: outbox.clone(),
                 joined,
             };

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use aetherflow_crdt::protocol::{Message, SyncMessage};
-use aetherflow_crdt::{ConnId, DocName, Room};
+use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
+use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -21,12 +21,20 @@ use crate::store::writer::WriteOp;
 /// Commands taken from the inbox in one turn.
 const MAX_COMMANDS_PER_TURN: usize = 1024;
 
+/// A connection subscribed to the room.
+struct Subscriber {
+    /// Where its frames go.
+    outbox: mpsc::Sender<Outbound>,
+    /// Whether its updates may be applied.
+    can_write: bool,
+}
+
 pub(super) struct RoomTask {
     name: DocName,
     id: u64,
     inbox: mpsc::Receiver<RoomCommand>,
     rooms: Rooms,
-    subscribers: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    subscribers: HashMap<ConnId, Subscriber>,
     /// Entries in the store's log since the last snapshot.
     log_entries: usize,
     /// Set when the room must stop serving (storage failure, tainted document).
@@ -135,19 +143,27 @@ impl RoomTask {
     /// arrival order.
     async fn turn(&mut self, room: &mut Room, commands: Vec<RoomCommand>) {
         let mut updates = Vec::new();
+        let mut denied = Vec::new();
         let mut others = Vec::new();
         for command in commands {
             match command {
                 RoomCommand::Message {
                     conn,
                     message: Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)),
-                } => {
-                    if self.subscribers.contains_key(&conn) {
-                        updates.push((conn, update));
-                    }
-                }
+                } => match self.subscribers.get(&conn) {
+                    Some(sub) if sub.can_write => updates.push((conn, update)),
+                    // A read-only peer's empty handshake answer is no write attempt.
+                    Some(_) if update != EMPTY_UPDATE => denied.push(conn),
+                    _ => {}
+                },
                 other => others.push(other),
             }
+        }
+        for conn in denied {
+            let refusal = Message::Auth(AuthMessage::PermissionDenied {
+                reason: "read-only access: updates are not accepted".into(),
+            });
+            self.send_to(room, conn, refusal.encode());
         }
         if !updates.is_empty() {
             self.apply_updates(room, updates).await;
@@ -231,13 +247,15 @@ impl RoomTask {
         match command {
             RoomCommand::Join {
                 conn,
+                can_write,
                 outbox,
                 joined,
             } => {
                 for frame in room.greeting() {
                     let _ = outbox.try_send(Outbound::Frame(Bytes::from(frame)));
                 }
-                self.subscribers.insert(conn, outbox);
+                self.subscribers
+                    .insert(conn, Subscriber { outbox, can_write });
                 let _ = joined.send(());
             }
             RoomCommand::Leave { conn } => {
@@ -287,10 +305,11 @@ impl RoomTask {
     }
 
     fn send_to(&mut self, room: &mut Room, conn: ConnId, frame: Vec<u8>) {
-        let Some(outbox) = self.subscribers.get(&conn) else {
+        let Some(sub) = self.subscribers.get(&conn) else {
             return;
         };
-        if outbox
+        if sub
+            .outbox
             .try_send(Outbound::Frame(Bytes::from(frame)))
             .is_err()
         {
@@ -303,8 +322,8 @@ impl RoomTask {
     fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
         let bytes = Bytes::from(frame);
         let mut slow = Vec::new();
-        self.subscribers.retain(|conn, outbox| {
-            match outbox.try_send(Outbound::Frame(bytes.clone())) {
+        self.subscribers.retain(|conn, sub| {
+            match sub.outbox.try_send(Outbound::Frame(bytes.clone())) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     slow.push(*conn);
@@ -334,8 +353,8 @@ impl RoomTask {
     }
 
     fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason) {
-        if let Some(outbox) = self.subscribers.remove(&conn) {
-            let _ = outbox.try_send(Outbound::Close(reason));
+        if let Some(sub) = self.subscribers.remove(&conn) {
+            let _ = sub.outbox.try_send(Outbound::Close(reason));
         }
         if let Some(removal) = room.disconnect(conn) {
             self.broadcast(room, removal);
@@ -343,8 +362,8 @@ impl RoomTask {
     }
 
     fn close_all(&mut self, reason: CloseReason) {
-        for (_, outbox) in self.subscribers.drain() {
-            let _ = outbox.try_send(Outbound::Close(reason.clone()));
+        for (_, sub) in self.subscribers.drain() {
+            let _ = sub.outbox.try_send(Outbound::Close(reason.clone()));
         }
     }
 

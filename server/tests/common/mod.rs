@@ -104,6 +104,19 @@ impl Relay {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (bounded by [`TIMEOUT`]) until the relay's log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !self.logs().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log never showed {needle:?}: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: the relay gets no chance to flush anything.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
@@ -282,8 +295,12 @@ impl YClient {
 
 /// The text of document `doc` as a fresh client sees it.
 pub async fn read_text(relay: &Relay, doc: &str) -> String {
-    let client = YClient::connect(&relay.ws_url(doc)).await;
-    client.text()
+    read_text_with(&relay.ws_url(doc)).await
+}
+
+/// The text a fresh client connecting to `url` sees.
+pub async fn read_text_with(url: &str) -> String {
+    YClient::connect(url).await.text()
 }
 
 impl YClient {

@@ -1,0 +1,318 @@
+//! Who may open which document: JWT client tokens and the admin key.
+//!
+//! A client token is a JWT (HS256 with `--jwt-secret`, or RS256/ES256 verified with the PEM
+//! public key of `--jwt-public-key`) whose claims name the user (`sub`), the documents
+//! (`docs`: exact names, or prefixes ending in `*`), the permission (`perm`: `read` or `write`)
+//! and the expiry (`exp`). With no key configured the relay runs open: everyone may read and
+//! write everything, which [`crate::config`] allows only on a loopback address.
+
+use std::path::Path;
+
+use aetherflow_crdt::DocName;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token allows on its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Receive the document and send presence; writes are refused.
+    Read,
+    /// Read and write.
+    Write,
+}
+
+/// The claims of a client token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: String,
+    /// Document names, or prefixes ending in `*` (`team-*`).
+    pub docs: Vec<String>,
+    /// What the token allows.
+    pub perm: Permission,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Someone allowed onto a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The user (`anonymous` when the relay runs open).
+    pub user: String,
+    /// What they may do.
+    pub permission: Permission,
+}
+
+/// Why a client was refused. The texts are safe to show the client: they never echo the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required.
+    #[error("a token is required (?token=...)")]
+    Missing,
+    /// The token is not a well-formed JWT with the expected claims.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The token's `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// The signature does not verify with any configured key, or uses another algorithm.
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    /// The token does not cover this document.
+    #[error("the token does not grant access to this document")]
+    WrongDocument,
+}
+
+impl AuthError {
+    /// 401 when the client must bring a (different) valid token, 403 when it is valid but
+    /// not for this.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::WrongDocument => 403,
+            _ => 401,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::Expired => "token_expired",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::WrongDocument => "token_wrong_document",
+        }
+    }
+}
+
+/// A configured key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The public key file could not be read.
+    #[error("cannot read JWT public key {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is neither an RSA nor an EC public key in PEM.
+    #[error("{path} is not an RSA or EC public key in PEM format")]
+    NotAKey {
+        /// The file.
+        path: String,
+    },
+}
+
+/// The relay's token verifier.
+#[derive(Clone)]
+pub struct Auth {
+    keys: Vec<(Algorithm, DecodingKey)>,
+}
+
+impl Auth {
+    /// A verifier that lets everyone in with write access.
+    pub fn open() -> Auth {
+        Auth { keys: Vec::new() }
+    }
+
+    /// A verifier for tokens signed with `secret` (HS256) and/or the PEM public key in
+    /// `public_key` (RS256 or ES256).
+    pub fn new(secret: Option<&str>, public_key: Option<&Path>) -> Result<Auth, KeyError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = secret {
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            ));
+        }
+        if let Some(path) = public_key {
+            keys.push(load_public_key(path)?);
+        }
+        Ok(Auth { keys })
+    }
+
+    /// Whether no key is configured, so everyone is let in.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks `token` for `doc`.
+    pub fn authorize(&self, token: Option<&str>, doc: &DocName) -> Result<Grant, AuthError> {
+        if self.is_open() {
+            return Ok(Grant {
+                user: "anonymous".into(),
+                permission: Permission::Write,
+            });
+        }
+        let claims = self.verify(token.ok_or(AuthError::Missing)?)?;
+        if !claims
+            .docs
+            .iter()
+            .any(|pattern| covers(pattern, doc.as_str()))
+        {
+            return Err(AuthError::WrongDocument);
+        }
+        Ok(Grant {
+            user: claims.sub,
+            permission: claims.perm,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let (algorithm, key) = self
+            .keys
+            .iter()
+            .find(|(algorithm, _)| *algorithm == header.alg)
+            .ok_or(AuthError::BadSignature)?;
+        let mut validation = Validation::new(*algorithm);
+        validation.leeway = 30;
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    AuthError::BadSignature
+                }
+                _ => AuthError::Malformed,
+            })
+    }
+}
+
+/// Whether a token's document pattern covers `doc`: an exact name, or a prefix ending in `*`.
+fn covers(pattern: &str, doc: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => doc.starts_with(prefix),
+        None => pattern == doc,
+    }
+}
+
+fn load_public_key(path: &Path) -> Result<(Algorithm, DecodingKey), KeyError> {
+    let pem = std::fs::read(path).map_err(|e| KeyError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((Algorithm::RS256, key));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((Algorithm::ES256, key));
+    }
+    Err(KeyError::NotAKey {
+        path: path.display().to_string(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &str = "test-secret";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(secret: &str, docs: &[&str], perm: Permission, exp: u64) -> String {
+        let claims = Claims {
+            sub: "ada".into(),
+            docs: docs.iter().map(|d| d.to_string()).collect(),
+            perm,
+            exp,
+        };
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn doc(name: &str) -> DocName {
+        DocName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn open_mode_lets_everyone_write() {
+        let grant = Auth::open().authorize(None, &doc("any")).unwrap();
+        assert_eq!(grant.permission, Permission::Write);
+    }
+
+    #[test]
+    fn a_valid_token_grants_its_permission_on_its_documents() {
+        let auth = Auth::new(Some(SECRET), None).unwrap();
+        let t = token(SECRET, &["notes", "team-*"], Permission::Read, now() + 600);
+        for name in ["notes", "team-a", "team-"] {
+            let grant = auth.authorize(Some(&t), &doc(name)).unwrap();
+            assert_eq!(grant.user, "ada");
+            assert_eq!(grant.permission, Permission::Read);
+        }
+    }
+
+    #[test]
+    fn each_failure_has_its_own_error() {
+        let auth = Auth::new(Some(SECRET), None).unwrap();
+        let d = doc("notes");
+        let cases = [
+            (None, AuthError::Missing),
+            (Some("not-a-jwt".to_string()), AuthError::Malformed),
+            (
+                Some(token(SECRET, &["notes"], Permission::Write, now() - 3600)),
+                AuthError::Expired,
+            ),
+            (
+                Some(token(
+                    "other-secret",
+                    &["notes"],
+                    Permission::Write,
+                    now() + 600,
+                )),
+                AuthError::BadSignature,
+            ),
+            (
+                Some(token(
+                    SECRET,
+                    &["elsewhere", "note"],
+                    Permission::Write,
+                    now() + 600,
+                )),
+                AuthError::WrongDocument,
+            ),
+        ];
+        for (t, expected) in cases {
+            assert_eq!(auth.authorize(t.as_deref(), &d), Err(expected));
+        }
+    }
+
+    #[test]
+    fn a_token_with_missing_claims_is_malformed() {
+        let auth = Auth::new(Some(SECRET), None).unwrap();
+        #[derive(Serialize)]
+        struct Partial {
+            sub: String,
+            exp: u64,
+        }
+        let partial = Partial {
+            sub: "x".into(),
+            exp: now() + 600,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &partial,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authorize(Some(&t), &doc("a")),
+            Err(AuthError::Malformed)
+        );
+    }
+}
