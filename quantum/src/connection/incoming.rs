@@ -1,0 +1,304 @@
+//! What a connection does with each packet it receives.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Candidate, CloseReason, Connection, Event, MAX_PENDING_RESPONSES, Role, State};
+use crate::packet::{Control, Flags, Packet};
+use crate::recv::{Arrival, Delivery, RecvBuffer};
+
+/// Widens a 32-bit wire sequence number to the 64-bit value nearest `expected`.
+pub(crate) fn expand(truncated: u32, expected: u64) -> u64 {
+    const SPAN: u64 = 1 << 32;
+    let candidate = (expected & !(SPAN - 1)) | u64::from(truncated);
+    if candidate + SPAN / 2 <= expected {
+        candidate + SPAN
+    } else if candidate > expected + SPAN / 2 && candidate >= SPAN {
+        candidate - SPAN
+    } else {
+        candidate
+    }
+}
+
+impl Connection {
+    /// Feeds one datagram that arrived from `remote`. Malformed datagrams are counted and
+    /// dropped; nothing a peer sends can make this panic.
+    pub fn handle(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        match Packet::decode(datagram) {
+            Ok(packet) if packet.header.connection_id == self.id => {
+                self.handle_packet(now, remote, packet, datagram.len());
+            }
+            Ok(_) => {}
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    /// Handles a decoded packet of `len` bytes addressed to this connection.
+    pub(crate) fn handle_packet(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        packet: Packet,
+        len: usize,
+    ) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += len as u64;
+        if remote != self.remote {
+            if self.state != State::Established {
+                return;
+            }
+            self.note_candidate(now, remote, len);
+        } else {
+            self.amp_received += len as u64;
+        }
+        self.last_recv = now;
+        let flags = packet.header.flags;
+        if flags.contains(Flags::RST) {
+            if remote == self.remote {
+                self.enter_closed(CloseReason::PeerReset);
+            }
+            return;
+        }
+        if flags.contains(Flags::URG) {
+            self.handle_control(remote, &packet);
+            return;
+        }
+        if flags.contains(Flags::SYN) {
+            self.handle_syn(now, remote, &packet);
+            return;
+        }
+        if self.state == State::SynSent {
+            return;
+        }
+        if flags.contains(Flags::ACK) {
+            self.handle_ack(now, &packet);
+        }
+        let carries_data =
+            !packet.payload.is_empty() || flags.contains(Flags::PSH) || flags.contains(Flags::FIN);
+        if carries_data && self.state != State::SynReceived {
+            self.handle_data(now, packet);
+        }
+        self.maybe_finish_close(now);
+    }
+
+    fn note_candidate(&mut self, now: Instant, remote: SocketAddr, len: usize) {
+        let rto = self.rtt.rto();
+        match self.candidate.as_mut() {
+            Some(candidate) if candidate.addr == remote => {
+                candidate.received += len as u64;
+                if candidate.challenged_at.is_none_or(|at| now >= at + rto) {
+                    candidate.challenge_due = true;
+                }
+            }
+            _ => {
+                let token = self.challenge_token();
+                self.candidate = Some(Candidate {
+                    addr: remote,
+                    token,
+                    received: len as u64,
+                    sent: 0,
+                    challenge_due: true,
+                    challenged_at: None,
+                });
+            }
+        }
+    }
+
+    fn handle_control(&mut self, remote: SocketAddr, packet: &Packet) {
+        let Ok(control) = Control::decode(&packet.payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match control {
+            Control::Retry(cookie) => {
+                if self.state == State::SynSent
+                    && self.role == Role::Client
+                    && remote == self.remote
+                {
+                    self.cookie = Some(cookie);
+                    self.handshake_due = true;
+                    // The server answered, so the path works: start the backoff afresh.
+                    self.backoff = 0;
+                    // The next SYN is a new attempt, not a repeat: its answer is a fair RTT sample.
+                    self.handshake_sent = None;
+                }
+            }
+            Control::PathChallenge(token) => {
+                if self.responses.len() < MAX_PENDING_RESPONSES {
+                    self.responses.push_back((remote, token));
+                }
+            }
+            Control::PathResponse(token) => {
+                let proven = self
+                    .candidate
+                    .as_ref()
+                    .is_some_and(|c| c.addr == remote && c.token == token);
+                if proven {
+                    self.candidate = None;
+                    self.remote = remote;
+                    self.ack.now = true;
+                    self.events.push_back(Event::Migrated(remote));
+                }
+            }
+        }
+    }
+
+    fn handle_syn(&mut self, now: Instant, remote: SocketAddr, packet: &Packet) {
+        if remote != self.remote {
+            return;
+        }
+        let header = packet.header;
+        match (self.role, self.state) {
+            (Role::Server, State::SynReceived) => self.handshake_due = true,
+            (Role::Client, State::SynSent) => {
+                let expected = self.local_isn.wrapping_add(1);
+                if !header.flags.contains(Flags::ACK) || header.acknowledgement != expected {
+                    return;
+                }
+                if let Some((sent, false)) = self.handshake_sent {
+                    self.rtt.update(now.saturating_duration_since(sent));
+                }
+                let first = u64::from(header.sequence) + 1;
+                self.recv = Some(RecvBuffer::new(
+                    first,
+                    self.config.window_packets,
+                    self.config.max_message_size,
+                ));
+                self.establish();
+                self.ack.now = true;
+            }
+            // Our acknowledgement of the SYN-ACK was lost; repeat it.
+            (Role::Client, State::Established) => self.ack.now = true,
+            _ => {}
+        }
+    }
+
+    fn establish(&mut self) {
+        self.state = State::Established;
+        self.validated = true;
+        self.backoff = 0;
+        self.handshake_due = false;
+        self.events.push_back(Event::Connected);
+    }
+
+    fn handle_ack(&mut self, now: Instant, packet: &Packet) {
+        let base = self.send.acked_below();
+        if self.state == State::SynReceived {
+            if expand(packet.header.acknowledgement, base) < base {
+                return;
+            }
+            if let Some((sent, false)) = self.handshake_sent {
+                self.rtt.update(now.saturating_duration_since(sent));
+            }
+            self.establish();
+        }
+        let cum = expand(packet.header.acknowledgement, base);
+        let sacks: Vec<(u64, u64)> = packet
+            .sack
+            .iter()
+            .map(|block| {
+                let start = expand(block.start, base);
+                (
+                    start,
+                    start + u64::from(block.end.wrapping_sub(block.start)),
+                )
+            })
+            .collect();
+        let result = self.send.on_ack(now, cum, &sacks);
+        if let Some(sample) = result.rtt_sample {
+            self.rtt.update(sample);
+        }
+        if result.acked_packets > 0 {
+            self.backoff = 0;
+            self.rto_base = (self.send.bytes_in_flight() > 0).then_some(now);
+            self.cc.on_ack(now, result.acked_bytes, self.rtt.latest());
+        }
+        self.detect_losses(now);
+    }
+
+    pub(super) fn detect_losses(&mut self, now: Instant) {
+        let lost = self.send.detect_losses(now, self.rtt.loss_delay());
+        if let Some(newest) = lost.newest_sent {
+            self.stats.fast_losses += lost.packets;
+            self.cc.on_loss(now, lost.bytes, newest);
+        }
+        if self.send.bytes_in_flight() == 0 {
+            self.rto_base = None;
+        }
+    }
+
+    fn handle_data(&mut self, now: Instant, packet: Packet) {
+        let Some(recv) = self.recv.as_mut() else {
+            return;
+        };
+        let had_gap = recv.has_gap();
+        let seq = expand(packet.header.sequence, recv.ack());
+        let flags = packet.header.flags;
+        let arrival = recv.insert(
+            seq,
+            packet.payload,
+            flags.contains(Flags::PSH),
+            flags.contains(Flags::FIN),
+        );
+        let mut delivered = Vec::new();
+        let result = recv.deliver(&mut delivered);
+        match arrival {
+            Arrival::InOrder if !had_gap => {
+                self.ack.unacked += 1;
+                if self.ack.unacked >= 2 {
+                    self.ack.now = true;
+                } else {
+                    self.ack
+                        .deadline
+                        .get_or_insert(now + self.config.max_ack_delay);
+                }
+            }
+            _ => self.ack.now = true,
+        }
+        for delivery in delivered {
+            match delivery {
+                Delivery::Message(message) => {
+                    self.stats.messages_delivered += 1;
+                    self.events.push_back(Event::Message(message));
+                }
+                Delivery::Fin => {
+                    self.ack.now = true;
+                    self.events.push_back(Event::Finished);
+                }
+            }
+        }
+        if result.is_err() {
+            self.reset_due = true;
+            self.enter_closed(CloseReason::MessageTooLarge);
+        }
+    }
+
+    pub(super) fn maybe_finish_close(&mut self, now: Instant) {
+        let peer_done = self.recv.as_ref().is_some_and(RecvBuffer::finished);
+        if self.state == State::Established
+            && self.close_requested
+            && self.send.fin_acked()
+            && peer_done
+        {
+            self.state = State::Draining(now + self.rtt.rto() * 3);
+            self.events.push_back(Event::Closed(CloseReason::Graceful));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expand_picks_the_nearest_wrap() {
+        assert_eq!(expand(5, 3), 5);
+        assert_eq!(expand(0xffff_fff0, 3), 0xffff_fff0);
+        assert_eq!(expand(2, 0xffff_fff0), 0x1_0000_0002);
+        assert_eq!(expand(0xffff_fff0, 0x1_0000_0002), 0xffff_fff0);
+        assert_eq!(expand(7, 0x5_0000_0001), 0x5_0000_0007);
+    }
+}

@@ -1,0 +1,270 @@
+//! A simulated network for two endpoints: virtual time stepped to the next event, and a
+//! seeded link with loss, delay, jitter, reordering and duplication.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How the link treats each datagram, the same in both directions.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Probability a datagram is dropped.
+    pub loss: f64,
+    /// One-way delay.
+    pub delay: Duration,
+    /// Extra delay drawn uniformly from zero to this, so datagrams may overtake each other.
+    pub jitter: Duration,
+    /// Probability a datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl Link {
+    pub fn clean(delay_ms: u64) -> Link {
+        Link {
+            loss: 0.0,
+            delay: Duration::from_millis(delay_ms),
+            jitter: Duration::ZERO,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// A datagram on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Decides, for tests that target one packet, whether the link drops it.
+pub type DropRule = Box<dyn FnMut(Instant, &Datagram) -> bool>;
+
+pub struct Sim {
+    pub seed: u64,
+    rng: ChaCha8Rng,
+    pub start: Instant,
+    pub now: Instant,
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub client_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub link: Link,
+    wire: BinaryHeap<Reverse<(Instant, u64, Datagram)>>,
+    order: u64,
+    pub client_events: Vec<(ConnectionId, Event)>,
+    pub server_events: Vec<(ConnectionId, Event)>,
+    /// Every datagram handed to the link, with its send time.
+    pub sent: Vec<(Instant, Datagram)>,
+    pub drop_rule: Option<DropRule>,
+}
+
+pub fn config(seed: u64) -> Config {
+    Config {
+        seed,
+        cookie_key: [7; 16],
+        ..Config::default()
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64, link: Link) -> Sim {
+        Sim::with_configs(
+            seed,
+            link,
+            config(seed),
+            Config {
+                accept_incoming: true,
+                ..config(seed ^ 0x5eed)
+            },
+        )
+    }
+
+    pub fn with_configs(seed: u64, link: Link, client: Config, server: Config) -> Sim {
+        println!("simulation seed = {seed} (rerun with this seed to reproduce)");
+        let start = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        Sim {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            start,
+            now: start,
+            client: Endpoint::new(client, start, wall).expect("valid client config"),
+            server: Endpoint::new(server, start, wall).expect("valid server config"),
+            client_addr: "192.0.2.1:5000".parse().expect("literal"),
+            server_addr: "198.51.100.1:443".parse().expect("literal"),
+            link,
+            wire: BinaryHeap::new(),
+            order: 0,
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+            sent: Vec::new(),
+            drop_rule: None,
+        }
+    }
+
+    pub fn connect(&mut self) -> ConnectionId {
+        self.client.connect(self.now, self.server_addr)
+    }
+
+    fn put_on_wire(&mut self, datagram: Datagram) {
+        self.sent.push((self.now, datagram.clone()));
+        let now = self.now;
+        if self
+            .drop_rule
+            .as_mut()
+            .is_some_and(|rule| rule(now, &datagram))
+        {
+            return;
+        }
+        if self.rng.random_bool(self.link.loss) {
+            return;
+        }
+        let copies = if self.rng.random_bool(self.link.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter_ns = self.link.jitter.as_nanos() as u64;
+            let jitter = Duration::from_nanos(if jitter_ns == 0 {
+                0
+            } else {
+                self.rng.random_range(0..=jitter_ns)
+            });
+            let at = self.now + self.link.delay + jitter;
+            self.order += 1;
+            self.wire.push(Reverse((at, self.order, datagram.clone())));
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.client.poll_transmit(self.now) {
+            let datagram = Datagram {
+                from: self.client_addr,
+                to: t.destination,
+                bytes: t.contents,
+            };
+            self.put_on_wire(datagram);
+        }
+        while let Some(t) = self.server.poll_transmit(self.now) {
+            let datagram = Datagram {
+                from: self.server_addr,
+                to: t.destination,
+                bytes: t.contents,
+            };
+            self.put_on_wire(datagram);
+        }
+        while let Some(event) = self.client.poll_event() {
+            self.client_events.push(event);
+        }
+        while let Some(event) = self.server.poll_event() {
+            self.server_events.push(event);
+        }
+    }
+
+    /// Advances to the next arrival or timeout; returns false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        self.flush();
+        let arrival = self.wire.peek().map(|Reverse((at, _, _))| *at);
+        let next = [
+            arrival,
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while self
+            .wire
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= self.now)
+        {
+            let Some(Reverse((_, _, datagram))) = self.wire.pop() else {
+                break;
+            };
+            if datagram.to == self.server_addr {
+                self.server.handle(self.now, datagram.from, &datagram.bytes);
+            } else if datagram.to == self.client_addr {
+                self.client.handle(self.now, datagram.from, &datagram.bytes);
+            }
+        }
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+        self.flush();
+        true
+    }
+
+    /// Steps until `done` holds or `limit` of virtual time has passed; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let deadline = self.now + limit;
+        while !done(self) {
+            if self.now >= deadline || !self.step() {
+                return done(self);
+            }
+        }
+        true
+    }
+
+    /// Steps for `span` of virtual time.
+    pub fn run_for(&mut self, span: Duration) {
+        let deadline = self.now + span;
+        while self.now < deadline && self.step() {}
+    }
+
+    pub fn server_messages(&self) -> Vec<Vec<u8>> {
+        messages(&self.server_events)
+    }
+
+    pub fn client_messages(&self) -> Vec<Vec<u8>> {
+        messages(&self.client_events)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.client_events
+            .iter()
+            .any(|(_, e)| *e == Event::Connected)
+            && self
+                .server_events
+                .iter()
+                .any(|(_, e)| *e == Event::Connected)
+    }
+
+    /// Connects and runs until both sides report the handshake done.
+    pub fn establish(&mut self) -> ConnectionId {
+        let id = self.connect();
+        assert!(
+            self.run_until(Duration::from_secs(30), Sim::connected),
+            "handshake (seed {})",
+            self.seed
+        );
+        id
+    }
+}
+
+pub fn messages(events: &[(ConnectionId, Event)]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Message(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A message whose bytes say which one it is, `len` bytes long.
+pub fn numbered(n: u32, len: usize) -> Vec<u8> {
+    let mut message = n.to_be_bytes().to_vec();
+    message.extend((0..len.saturating_sub(4)).map(|i| (i as u32 ^ n) as u8));
+    message.truncate(len.max(4));
+    message
+}
