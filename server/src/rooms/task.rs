@@ -198,7 +198,7 @@ impl RoomTask {
         };
         match self.rooms.inner.settings.durability {
             Durability::Durable => match writer.commit(append).await {
-                Ok(()) => self.broadcast(room, broadcast),
+                Ok(_) => self.broadcast(room, broadcast),
                 Err(e) => {
                     // Not on disk, so nobody may see it: drop the room and its memory.
                     error!(error = %e, "commit failed; closing the document");

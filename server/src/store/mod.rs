@@ -4,6 +4,7 @@
 //! update log of what came after, keyed by `(document, sequence)`. Only the [`writer`] task
 //! writes; rooms read their document once when they load.
 
+pub mod documents;
 pub mod writer;
 
 use std::path::Path;
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use aetherflow_crdt::DocName;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-pub use writer::{StoreWriter, WriteMode};
+pub use documents::{DocumentMeta, RegisterFailure};
+pub use writer::{StoreWriter, WriteMode, WriteOp, WriteResult};
 
 /// Snapshot of each document: name → v1 update of its whole state.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
@@ -79,6 +81,8 @@ impl Store {
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOTS)?;
         txn.open_table(UPDATE_LOG)?;
+        txn.open_table(documents::DOCUMENTS)?;
+        txn.open_table(documents::REGISTERS)?;
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -95,6 +99,29 @@ impl Store {
             log.push(value.value().to_vec());
         }
         Ok(StoredDoc { snapshot, log })
+    }
+
+    /// A document's metadata: its kind, and creation time if it was created explicitly.
+    /// `None` if no such document exists. Blocking.
+    pub fn document(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let documents = txn.open_table(documents::DOCUMENTS)?;
+        let snapshots = txn.open_table(SNAPSHOTS)?;
+        let log = txn.open_table(UPDATE_LOG)?;
+        documents::meta_in(&documents, &snapshots, &log, doc)
+    }
+
+    /// A register document's state; `None` if `doc` is not a register. Blocking.
+    pub fn register(
+        &self,
+        doc: &DocName,
+    ) -> Result<Option<aetherflow_crdt::register::Register>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let registers = txn.open_table(documents::REGISTERS)?;
+        let Some(bytes) = registers.get(doc.as_str())? else {
+            return Ok(None);
+        };
+        documents::from_json(bytes.value()).map(Some)
     }
 
     pub(crate) fn database(&self) -> &Database {

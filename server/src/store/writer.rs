@@ -16,7 +16,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, error};
 
-use super::{SNAPSHOTS, Store, StoreError, UPDATE_LOG};
+use aetherflow_crdt::register::{Command, Outcome};
+
+use super::documents::{DocumentMeta, RegisterFailure, Tables};
+use super::{Store, StoreError};
 
 /// Most requests folded into one commit; bounds the size of one transaction.
 const MAX_REQUESTS_PER_COMMIT: usize = 4096;
@@ -54,9 +57,36 @@ pub enum WriteOp {
         /// The document's full state as one v1 update.
         snapshot: Vec<u8>,
     },
+    /// Create a document of a given kind, unless one of that name exists.
+    CreateDocument {
+        /// The document.
+        doc: DocName,
+        /// Its kind and creation time.
+        meta: DocumentMeta,
+    },
+    /// Apply a command to a register document (read, change and write in one transaction).
+    Register {
+        /// The document.
+        doc: DocName,
+        /// The change.
+        command: Command,
+    },
 }
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// What one committed write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Appended, compacted or flushed.
+    Done,
+    /// The document was created.
+    Created(DocumentMeta),
+    /// A document of that name already exists; nothing changed.
+    Exists(DocumentMeta),
+    /// A register command's outcome; only applied outcomes changed anything.
+    Register(Result<Outcome, RegisterFailure>),
+}
+
+type Waiter = oneshot::Sender<Result<WriteResult, StoreError>>;
 
 struct Request {
     op: Option<WriteOp>,
@@ -78,8 +108,8 @@ impl StoreWriter {
         (StoreWriter { tx }, task)
     }
 
-    /// Queues `op` and waits until it is committed and fsync'd.
-    pub async fn commit(&self, op: WriteOp) -> Result<(), StoreError> {
+    /// Queues `op` and waits until it is committed and fsync'd; returns what it did.
+    pub async fn commit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         self.request(Some(op)).await
     }
 
@@ -98,10 +128,10 @@ impl StoreWriter {
 
     /// Waits until everything queued before this call is committed and fsync'd.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.request(None).await
+        self.request(None).await.map(|_| ())
     }
 
-    async fn request(&self, op: Option<WriteOp>) -> Result<(), StoreError> {
+    async fn request(&self, op: Option<WriteOp>) -> Result<WriteResult, StoreError> {
         let (done, wait) = oneshot::channel();
         let request = Request {
             op,
@@ -150,20 +180,31 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>) {
                     || unsynced_since.is_some_and(|since| since.elapsed() >= flush)
             }
         };
-        let (ops, waiters) = split(batch);
+        let (ops, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.done)).unzip();
         let count = ops.len();
         let result;
         (seqs, result) = commit_blocking(store.clone(), ops, sync, seqs).await;
         match &result {
-            Ok(()) if sync => unsynced_since = None,
-            Ok(()) => {
+            Ok(_) if sync => unsynced_since = None,
+            Ok(_) => {
                 unsynced_since.get_or_insert_with(Instant::now);
             }
             Err(e) => error!(error = %e, ops = count, "store commit failed"),
         }
         debug!(ops = count, sync, "store commit");
-        for waiter in waiters {
-            let _ = waiter.send(result.as_ref().map_err(clone_error).copied());
+        match result {
+            Ok(results) => {
+                for (waiter, result) in waiters.into_iter().zip(results) {
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(Ok(result));
+                    }
+                }
+            }
+            Err(e) => {
+                for waiter in waiters.into_iter().flatten() {
+                    let _ = waiter.send(Err(StoreError::Redb(e.to_string())));
+                }
+            }
         }
     }
     if unsynced_since.is_some() {
@@ -174,26 +215,15 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
-fn split(batch: Vec<Request>) -> (Vec<WriteOp>, Vec<Waiter>) {
-    let mut ops = Vec::with_capacity(batch.len());
-    let mut waiters = Vec::new();
-    for request in batch {
-        ops.extend(request.op);
-        waiters.extend(request.done);
-    }
-    (ops, waiters)
-}
-
-fn clone_error(e: &StoreError) -> StoreError {
-    StoreError::Redb(e.to_string())
-}
+/// One result per request, in order: a flush (no op) is `Done`.
+type Results = Result<Vec<WriteResult>, StoreError>;
 
 async fn commit_blocking(
     store: Store,
-    ops: Vec<WriteOp>,
+    ops: Vec<Option<WriteOp>>,
     sync: bool,
     mut seqs: SeqCache,
-) -> (SeqCache, Result<(), StoreError>) {
+) -> (SeqCache, Results) {
     let joined = tokio::task::spawn_blocking(move || {
         let result = apply(&store, ops, sync, &mut seqs);
         if result.is_err() {
@@ -212,12 +242,7 @@ async fn commit_blocking(
     }
 }
 
-fn apply(
-    store: &Store,
-    ops: Vec<WriteOp>,
-    sync: bool,
-    seqs: &mut SeqCache,
-) -> Result<(), StoreError> {
+fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCache) -> Results {
     let mut txn = store.database().begin_write()?;
     let durability = if sync {
         Durability::Immediate
@@ -226,29 +251,39 @@ fn apply(
     };
     txn.set_durability(durability)
         .map_err(|e| StoreError::Redb(e.to_string()))?;
+    let mut results = Vec::with_capacity(ops.len());
     {
-        let mut log = txn.open_table(UPDATE_LOG)?;
-        let mut snapshots = txn.open_table(SNAPSHOTS)?;
+        let mut tables = Tables::open(&txn)?;
         for op in ops {
-            match op {
-                WriteOp::Append { doc, update } => {
+            let result = match op {
+                None => WriteResult::Done,
+                Some(WriteOp::Append { doc, update }) => {
                     let seq = match seqs.get(&doc) {
                         Some(&seq) => seq,
-                        None => next_seq(&log, &doc)?,
+                        None => next_seq(&tables.log, &doc)?,
                     };
-                    log.insert((doc.as_str(), seq), update.as_slice())?;
+                    tables.log.insert((doc.as_str(), seq), update.as_slice())?;
                     seqs.insert(doc, seq + 1);
+                    WriteResult::Done
                 }
-                WriteOp::Compact { doc, snapshot } => {
-                    snapshots.insert(doc.as_str(), snapshot.as_slice())?;
+                Some(WriteOp::Compact { doc, snapshot }) => {
+                    tables.snapshots.insert(doc.as_str(), snapshot.as_slice())?;
                     let name = doc.as_str();
-                    log.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+                    tables
+                        .log
+                        .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+                    WriteResult::Done
                 }
-            }
+                Some(WriteOp::CreateDocument { doc, meta }) => tables.create(&doc, meta)?,
+                Some(WriteOp::Register { doc, command }) => {
+                    WriteResult::Register(tables.apply_command(&doc, command)?)
+                }
+            };
+            results.push(result);
         }
     }
     txn.commit()?;
-    Ok(())
+    Ok(results)
 }
 
 fn next_seq(

@@ -1,0 +1,138 @@
+//! Document metadata and register documents in the store.
+//!
+//! `documents` maps a name to its [`DocumentMeta`] (kind, creation time); Yjs documents made
+//! implicitly by a first connection have none, and count as existing once they hold data.
+//! `registers` maps an `lww` or `manual` document to its [`Register`] as JSON, conflicts
+//! included, so they survive restarts. Changes run inside the writer's transaction: read,
+//! apply the pure rules of [`aetherflow_crdt::register`], write back, in one commit.
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::{Command, CommandError, Kind, Outcome, Register};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{SNAPSHOTS, StoreError, UPDATE_LOG};
+
+/// Document name → [`DocumentMeta`] as JSON.
+pub(super) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+/// Register document name → [`Register`] as JSON.
+pub(super) const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers");
+
+/// What the store knows about a document besides its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentMeta {
+    /// Its kind, fixed at creation.
+    pub kind: Kind,
+    /// Creation time, milliseconds since the Unix epoch (`None` for a Yjs document created
+    /// implicitly by a connection).
+    pub created_ms: Option<u64>,
+}
+
+/// Why a register command was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterFailure {
+    /// No document of that name exists.
+    #[error("no such document")]
+    NotFound,
+    /// The document is a Yjs document, not a register.
+    #[error("the document is a {0:?} document, not a register")]
+    NotARegister(Kind),
+    /// The register refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// The tables a write transaction works on.
+pub(super) struct Tables<'txn> {
+    pub(super) log: Table<'txn, (&'static str, u64), &'static [u8]>,
+    pub(super) snapshots: Table<'txn, &'static str, &'static [u8]>,
+    documents: Table<'txn, &'static str, &'static [u8]>,
+    registers: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            log: txn.open_table(UPDATE_LOG)?,
+            snapshots: txn.open_table(SNAPSHOTS)?,
+            documents: txn.open_table(DOCUMENTS)?,
+            registers: txn.open_table(REGISTERS)?,
+        })
+    }
+
+    /// Creates `doc` as `meta.kind` unless a document of that name exists.
+    pub(super) fn create(
+        &mut self,
+        doc: &DocName,
+        meta: DocumentMeta,
+    ) -> Result<super::writer::WriteResult, StoreError> {
+        use super::writer::WriteResult;
+        if let Some(existing) = self.meta(doc)? {
+            return Ok(WriteResult::Exists(existing));
+        }
+        self.documents
+            .insert(doc.as_str(), to_json(&meta)?.as_slice())?;
+        if let Some(register) = Register::new(meta.kind) {
+            self.registers
+                .insert(doc.as_str(), to_json(&register)?.as_slice())?;
+        }
+        Ok(WriteResult::Created(meta))
+    }
+
+    /// Applies `command` to register `doc` and stores the result.
+    pub(super) fn apply_command(
+        &mut self,
+        doc: &DocName,
+        command: Command,
+    ) -> Result<Result<Outcome, RegisterFailure>, StoreError> {
+        let Some(bytes) = self
+            .registers
+            .get(doc.as_str())?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(Err(match self.meta(doc)? {
+                Some(meta) => RegisterFailure::NotARegister(meta.kind),
+                None => RegisterFailure::NotFound,
+            }));
+        };
+        let mut register: Register = from_json(&bytes)?;
+        let outcome = match register.apply(command) {
+            Ok(outcome) => outcome,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        self.registers
+            .insert(doc.as_str(), to_json(&register)?.as_slice())?;
+        Ok(Ok(outcome))
+    }
+
+    fn meta(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
+        meta_in(&self.documents, &self.snapshots, &self.log, doc)
+    }
+}
+
+/// A document's metadata, reading the given tables (of a read or a write transaction).
+pub(super) fn meta_in(
+    documents: &impl ReadableTable<&'static str, &'static [u8]>,
+    snapshots: &impl ReadableTable<&'static str, &'static [u8]>,
+    log: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    doc: &DocName,
+) -> Result<Option<DocumentMeta>, StoreError> {
+    if let Some(meta) = documents.get(doc.as_str())? {
+        return Ok(Some(from_json(meta.value())?));
+    }
+    let name = doc.as_str();
+    let has_data =
+        snapshots.get(name)?.is_some() || log.range((name, 0)..=(name, u64::MAX))?.next().is_some();
+    Ok(has_data.then_some(DocumentMeta {
+        kind: Kind::Yjs,
+        created_ms: None,
+    }))
+}
+
+pub(super) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Redb(format!("encode: {e}")))
+}
+
+pub(super) fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Redb(format!("corrupt record: {e}")))
+}
