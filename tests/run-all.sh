@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every AetherFlow check and test: formatting, lints, docs, Rust unit and integration
-# tests (real relay processes on port 0), and the interop tests with real npm Yjs clients.
-# Installs what it needs itself (npm packages via `npm ci`).
+# tests (real relay processes on port 0), the interop tests with real npm Yjs clients, and the
+# browser tests of the demo page (headless Chromium).
+# Installs what it needs itself (npm packages via `npm ci`, Chromium via apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,12 @@ step "interop: npm yjs + y-websocket against the relay"
 cargo build -p aetherflow-server --locked --quiet
 export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+step "browser: the demo page in headless Chromium against the relay"
+# The relay built above embeds web-demo/dist/; check-bundle fails if dist/ is stale.
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+(cd web-demo && npm ci --no-audit --no-fund --loglevel=error && npm run check-bundle && npm test)

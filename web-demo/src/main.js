@@ -1,0 +1,241 @@
+// The AetherFlow browser demo: a CodeMirror 6 editor bound to a Yjs text through the stock
+// y-websocket provider, talking to the relay that served this page (`/ws/<document>`).
+//
+// `window.aetherflowDemo` exposes the document, provider and editor for the browser tests and
+// for poking around in the developer tools.
+
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
+import { EditorState } from '@codemirror/state'
+import { EditorView, keymap, placeholder, drawSelection, highlightActiveLine } from '@codemirror/view'
+import { defaultKeymap } from '@codemirror/commands'
+
+import { docNameFromSearch, docNameProblem, docHref } from './doc-name.js'
+import { RelayMirror } from './relay-mirror.js'
+import { loadIdentity, saveIdentity, awarenessUser } from './identity.js'
+import { RateMeter, measureRoundTrip } from './live-stats.js'
+
+/** The shared text's name in the Y.Doc (the README's example writes to the same one). */
+const TEXT_NAME = 'content'
+/** How often the live panel measures the round trip to the relay. */
+const RTT_INTERVAL_MS = 3000
+
+/** @param {string} id */
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id))
+
+const { name: requested, problem } = docNameFromSearch(location.search)
+const docName = problem ? docNameFromSearch('').name : requested
+if (problem) {
+  const notice = $('doc-notice')
+  notice.textContent = `The address names a document the relay would refuse (${problem}) Showing “${docName}” instead.`
+  notice.hidden = false
+}
+$('doc-name').textContent = docName
+document.title = `${docName} · AetherFlow`
+
+// --- Yjs document, provider and editor ---------------------------------------------------
+
+const doc = new Y.Doc()
+const ytext = doc.getText(TEXT_NAME)
+const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`
+// y-websocket joins base and room name with '/' unencoded; the relay decodes the path.
+const provider = new WebsocketProvider(wsBase, encodeURIComponent(docName), doc, { connect: false })
+const mirror = new RelayMirror(doc, provider)
+const awareness = provider.awareness
+
+const identity = loadIdentity(localStorage)
+awareness.setLocalStateField('user', awarenessUser(identity))
+
+const view = new EditorView({
+  parent: $('editor'),
+  state: EditorState.create({
+    doc: ytext.toString(),
+    extensions: [
+      keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
+      drawSelection(),
+      highlightActiveLine(),
+      EditorView.lineWrapping,
+      placeholder('Start typing: everyone on this document sees it live.'),
+      EditorView.contentAttributes.of({ 'aria-label': `Text of document ${docName}`, 'aria-multiline': 'true' }),
+      yCollab(ytext, awareness)
+    ]
+  })
+})
+
+// --- Connection indicator ------------------------------------------------------------------
+
+/** @type {'connecting' | 'connected' | 'disconnected'} */
+let socketStatus = 'connecting'
+provider.on('status', ({ status }) => { socketStatus = status; scheduleStatus() })
+provider.on('sync', scheduleStatus)
+doc.on('update', scheduleStatus)
+
+let statusQueued = false
+function scheduleStatus () {
+  if (statusQueued) return
+  statusQueued = true
+  setTimeout(() => { statusQueued = false; renderStatus() }, 50)
+}
+
+/**
+ * One of: offline (no open socket: the network or relay is away and the provider retries by
+ * itself, or the user chose to work offline), online (socket open, initial sync not done yet),
+ * pending (synced, but local changes not yet sent back by the relay), synced (the relay has
+ * everything this page has).
+ */
+function connectionState () {
+  if (!provider.shouldConnect || socketStatus !== 'connected') return 'offline'
+  if (!provider.synced) return 'online'
+  return mirror.pending ? 'pending' : 'synced'
+}
+
+let everConnected = false
+provider.on('status', ({ status }) => { if (status === 'connected') everConnected = true })
+
+function statusText (state, pending) {
+  switch (state) {
+    case 'online': return 'Online: syncing…'
+    case 'pending': return 'Online: saving changes…'
+    case 'synced': return 'Synced: all changes saved'
+  }
+  const kept = pending ? '; your changes are kept and sent on reconnect' : ''
+  if (userOffline) return `Offline: working locally${kept}`
+  if (networkDown) return `Offline: no network${kept}`
+  return everConnected ? `Offline: reconnecting…${kept}` : 'Connecting…'
+}
+
+function renderStatus () {
+  const state = connectionState()
+  const pending = mirror.pending
+  const el = $('status')
+  el.dataset.state = state
+  el.dataset.pending = String(pending)
+  $('status-text').textContent = statusText(state, pending)
+  const toggle = $('offline-toggle')
+  toggle.setAttribute('aria-pressed', String(userOffline))
+  toggle.textContent = userOffline ? 'Reconnect' : 'Work offline'
+}
+
+/** Whether the user chose to work offline (the button), as opposed to losing the network. */
+let userOffline = false
+/** Whether the browser reports no network (`navigator.onLine`). */
+let networkDown = !navigator.onLine
+
+$('offline-toggle').addEventListener('click', () => {
+  userOffline = !userOffline
+  applyConnectionWish()
+})
+
+// When the browser says the network is gone, a WebSocket may stay open for a long time without
+// carrying anything (until TCP gives up or the provider's 30 s watchdog fires). Close it at once,
+// so the indicator tells the truth and edits are kept as pending, and reconnect as soon as the
+// browser reports the network back; y-websocket's own retries cover a relay that went away.
+window.addEventListener('offline', () => { networkDown = true; applyConnectionWish() })
+window.addEventListener('online', () => { networkDown = false; applyConnectionWish() })
+
+function applyConnectionWish () {
+  const wanted = !userOffline && !networkDown
+  if (wanted && !provider.shouldConnect) provider.connect()
+  if (!wanted && provider.shouldConnect) provider.disconnect()
+  renderStatus()
+}
+
+// The provider reports no event while its socket stays down; re-render now and then so the
+// indicator never lies for long.
+setInterval(renderStatus, 1000)
+applyConnectionWish()
+
+// --- Presence: you ------------------------------------------------------------------------
+
+const nameInput = /** @type {HTMLInputElement} */ ($('user-name'))
+const colorInput = /** @type {HTMLInputElement} */ ($('user-color'))
+nameInput.value = identity.name
+colorInput.value = identity.color
+
+function updateIdentity () {
+  identity.name = nameInput.value
+  identity.color = colorInput.value
+  saveIdentity(localStorage, identity)
+  awareness.setLocalStateField('user', awarenessUser(identity))
+}
+nameInput.addEventListener('input', updateIdentity)
+colorInput.addEventListener('input', updateIdentity)
+
+// --- Open another document ----------------------------------------------------------------
+
+const openForm = /** @type {HTMLFormElement} */ ($('open-form'))
+const openName = /** @type {HTMLInputElement} */ ($('open-name'))
+const openError = $('open-error')
+openForm.addEventListener('submit', (event) => {
+  event.preventDefault()
+  const name = openName.value.trim()
+  const why = docNameProblem(name)
+  if (why) {
+    openError.textContent = why
+    openName.setAttribute('aria-invalid', 'true')
+    openName.focus()
+    return
+  }
+  location.assign(docHref(name))
+})
+openName.addEventListener('input', () => {
+  openError.textContent = ''
+  openName.removeAttribute('aria-invalid')
+})
+
+// --- Live panel ---------------------------------------------------------------------------
+
+function renderPeople () {
+  const list = $('people')
+  const entries = [...awareness.getStates().entries()]
+    .filter(([, state]) => state.user)
+    .sort(([a], [b]) => (a === doc.clientID ? -1 : b === doc.clientID ? 1 : a - b))
+  list.replaceChildren(...entries.map(([clientId, state]) => {
+    const li = document.createElement('li')
+    li.dataset.clientId = String(clientId)
+    const dot = document.createElement('span')
+    dot.className = 'person-dot'
+    dot.style.backgroundColor = state.user.color
+    dot.setAttribute('aria-hidden', 'true')
+    const name = document.createElement('span')
+    name.className = 'person-name'
+    name.textContent = state.user.name
+    li.append(dot, name)
+    if (clientId === doc.clientID) {
+      const you = document.createElement('span')
+      you.className = 'person-you'
+      you.textContent = '(you)'
+      li.append(' ', you)
+    }
+    return li
+  }))
+  $('people-count').textContent = String(entries.length)
+}
+awareness.on('change', renderPeople)
+renderPeople()
+
+const updates = new RateMeter(5000)
+doc.on('update', () => updates.record(performance.now()))
+setInterval(() => {
+  $('update-rate').textContent = updates.perSecond(performance.now()).toFixed(1)
+}, 500)
+
+async function measureRtt () {
+  // Offline (no network, or working offline by choice) there is nothing to measure, and a
+  // request the browser knows will fail only adds a console error.
+  if (networkDown || userOffline) {
+    $('rtt').textContent = 'offline'
+    return
+  }
+  const ms = await measureRoundTrip('/healthz')
+  $('rtt').textContent = ms === null ? 'unreachable' : `${Math.max(1, Math.round(ms))} ms`
+}
+measureRtt()
+setInterval(measureRtt, RTT_INTERVAL_MS)
+
+// --- Test and debugging hook --------------------------------------------------------------
+
+Object.assign(window, {
+  aetherflowDemo: { doc, ytext, provider, awareness, view, mirror, docName, connectionState }
+})

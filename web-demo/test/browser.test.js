@@ -1,0 +1,256 @@
+// The demo page in a real browser (Debian's Chromium, headless, driven by playwright-core)
+// against the real relay binary, which serves the page itself. Each person is a separate
+// browser context: own storage, own network state, own WebSocket.
+//
+// What "offline" means here: `context.setOffline(true)` is Chromium's network emulation. It
+// makes `navigator.onLine` false, fires the page's `offline` event and fails new requests, but
+// it does not close a WebSocket that is already open; frames just stop flowing. The page reacts
+// to the browser's `offline` event by closing its socket (as it would when the operating system
+// reports a lost network) and to `online` by reconnecting, so the test checks the indicator
+// and that nothing the offline person typed reached the other person until the network
+// returned. A relay that is alive but not answering is a different case, tested by freezing the
+// relay process with SIGSTOP.
+//
+// Screenshots of every step go to test-artifacts/ (git-ignored).
+
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+
+import {
+  docName, indicator, launchBrowser, openPerson, screenshot, startRelay, textOf, typeAtEnd,
+  waitForIndicator, waitForPage, waitForSameText
+} from './harness.js'
+
+let relay
+let browser
+/** Contexts opened by the running test, closed after it whatever happens. */
+let open = []
+
+before(async () => {
+  relay = await startRelay()
+  browser = await launchBrowser()
+})
+
+after(async () => {
+  await browser?.close()
+  await relay?.stop()
+})
+
+/** Opens the page for a person on `doc` and waits until it has synced with the relay. */
+async function person (name, color, doc, options = {}) {
+  const p = await openPerson(browser, relay, { name, color, doc, ...options })
+  open.push(p)
+  await waitForIndicator(p, 'synced', false)
+  return p
+}
+
+/** Runs `fn`, then closes its browser contexts; on failure prints the relay's logs and page errors. */
+function browserTest (name, fn) {
+  test(name, { timeout: 90_000 }, async () => {
+    open = []
+    try {
+      await fn()
+      for (const p of open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
+    } catch (err) {
+      console.error(`\n##### ${name} failed: ${err.message}\n${relay.logs()}`)
+      for (const p of open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
+      throw err
+    } finally {
+      relay.signal('SIGCONT') // in case a test froze it and failed
+      await Promise.all(open.map((p) => p.context.close().catch(() => {})))
+    }
+  })
+}
+
+/** Whether the characters of `needle` appear in `haystack` in order (not necessarily together). */
+function isSubsequence (needle, haystack) {
+  let i = 0
+  for (const ch of haystack) if (ch === needle[i]) i++
+  return i === needle.length
+}
+
+describe('the demo page against the real relay', () => {
+  browserTest('two people type into the same document and both end with the same text', async () => {
+    const doc = docName('together')
+    const ada = await person('Ada', '#1f77b4', doc)
+    const bob = await person('Bob', '#d62728', doc)
+    await screenshot(ada, 'together-1-ada-opened')
+
+    // Both type at the same time, each at the end of the text.
+    await Promise.all([
+      typeAtEnd(ada, 'Ada writes the introduction. '),
+      typeAtEnd(bob, 'Bob adds a conclusion. ')
+    ])
+    // Each person's typing survives, in order. It need not stay contiguous: a caret standing
+    // exactly where the other person inserts may end up on either side of their text.
+    const adaTyped = 'Ada writes the introduction. '
+    const bobTyped = 'Bob adds a conclusion. '
+    const text = await waitForSameText([ada, bob], 'both texts to hold both edits',
+      (t) => t.length === adaTyped.length + bobTyped.length &&
+        isSubsequence(adaTyped, t) && isSubsequence(bobTyped, t))
+    await waitForIndicator(ada, 'synced', false)
+    await waitForIndicator(bob, 'synced', false)
+    await screenshot(ada, 'together-2-ada-converged')
+    await screenshot(bob, 'together-3-bob-converged')
+
+    // A third person opening the document later gets everything from the relay.
+    const cleo = await person('Cleo', '#2ca02c', doc)
+    assert.equal(await textOf(cleo), text)
+  })
+
+  browserTest('each person sees the other’s presence: caret with name, and the people list', async () => {
+    const doc = docName('presence')
+    const ada = await person('Ada', '#1f77b4', doc)
+    const bob = await person('Bob', '#d62728', doc)
+    await typeAtEnd(ada, 'Hello Bob')
+    await typeAtEnd(bob, ', hello Ada')
+    await waitForSameText([ada, bob], 'both greetings', (t) => t === 'Hello Bob, hello Ada')
+
+    for (const [viewer, other] of [[ada, bob], [bob, ada]]) {
+      await waitForPage(viewer, `${other.name}'s caret with their name in the editor`,
+        (name) => [...document.querySelectorAll('.cm-editor .cm-ySelectionCaret .cm-ySelectionInfo')]
+          .some((el) => el.textContent === name), other.name,
+        () => document.querySelector('.cm-editor')?.innerHTML.slice(0, 400))
+      await waitForPage(viewer, `${other.name} in the people list`,
+        (name) => [...document.querySelectorAll('#people .person-name')].some((el) => el.textContent === name) &&
+          document.getElementById('people-count').textContent === '2',
+        other.name, () => document.getElementById('people').textContent)
+    }
+    const caret = ada.page.locator('.cm-ySelectionCaret').first()
+    assert.equal(await caret.evaluate((el) => getComputedStyle(el).backgroundColor), 'rgb(214, 39, 40)', 'Bob’s caret in Bob’s colour')
+    await screenshot(ada, 'presence-1-ada-sees-bob')
+    await screenshot(bob, 'presence-2-bob-sees-ada')
+
+    // Renaming is live for the others and remembered by the browser.
+    await bob.page.getByLabel('Your name').fill('Robert')
+    await waitForPage(ada, 'Bob’s new name in the people list',
+      () => [...document.querySelectorAll('#people .person-name')].some((el) => el.textContent === 'Robert'),
+      undefined, () => document.getElementById('people').textContent)
+    await bob.page.reload()
+    await waitForIndicator(bob, 'synced', false)
+    assert.equal(await bob.page.getByLabel('Your name').inputValue(), 'Robert')
+
+    // When Bob leaves, Ada's page stops showing him.
+    await bob.context.close()
+    await waitForPage(ada, 'the people list to show only Ada',
+      () => document.getElementById('people-count').textContent === '1', undefined,
+      () => document.getElementById('people').textContent)
+    assert.equal(await ada.page.locator('.cm-ySelectionCaret').count(), 0)
+  })
+
+  browserTest('a person taken offline keeps editing and converges after reconnecting', async () => {
+    const doc = docName('offline')
+    const ada = await person('Ada', '#1f77b4', doc)
+    const bob = await person('Bob', '#d62728', doc)
+    await typeAtEnd(ada, 'Shared start. ')
+    await waitForSameText([ada, bob], 'the shared start', (t) => t === 'Shared start. ')
+    // Ada's own edit is saved (echoed back to her) before her network goes; otherwise it
+    // would rightly stay pending while she is offline.
+    await waitForIndicator(ada, 'synced', false)
+
+    await ada.context.setOffline(true)
+    await waitForIndicator(ada, 'offline', false)
+    await typeAtEnd(ada, 'Written offline by Ada. ')
+    await typeAtEnd(bob, 'Written online by Bob. ')
+    await waitForIndicator(ada, 'offline', true)
+    assert.match((await indicator(ada)).text, /Offline: no network; your changes are kept/)
+    await screenshot(ada, 'offline-1-ada-offline-with-pending-changes')
+    // Bob is online and synced; Ada's offline edit has not reached him, his has not reached her.
+    await waitForIndicator(bob, 'synced', false)
+    assert.equal(await textOf(bob), 'Shared start. Written online by Bob. ')
+    assert.equal(await textOf(ada), 'Shared start. Written offline by Ada. ')
+    await screenshot(bob, 'offline-2-bob-online-meanwhile')
+
+    await ada.context.setOffline(false)
+    await waitForIndicator(ada, 'synced', false)
+    const text = await waitForSameText([ada, bob], 'both edits on both sides',
+      (t) => t.includes('Written offline by Ada. ') && t.includes('Written online by Bob. '))
+    assert.ok(text.startsWith('Shared start. '), text)
+    await screenshot(ada, 'offline-3-ada-reconnected')
+    await screenshot(bob, 'offline-4-bob-after-merge')
+  })
+
+  browserTest('the connection indicator shows synced, pending, offline and synced again', async () => {
+    const doc = docName('indicator')
+    const ada = await person('Ada', '#1f77b4', doc)
+    assert.deepEqual(await indicator(ada), { state: 'synced', pending: false, text: 'Synced: all changes saved' })
+    await screenshot(ada, 'indicator-1-synced')
+
+    // A relay that holds the connection but answers nothing: the edit stays pending, online.
+    relay.signal('SIGSTOP')
+    await typeAtEnd(ada, 'typed while the relay is frozen')
+    await waitForIndicator(ada, 'pending', true)
+    assert.equal((await indicator(ada)).text, 'Online: saving changes…')
+    await screenshot(ada, 'indicator-2-pending')
+    relay.signal('SIGCONT')
+    await waitForIndicator(ada, 'synced', false)
+
+    // Working offline by choice, with the keyboard: the button toggles and says what it does.
+    const toggle = ada.page.getByRole('button', { name: 'Work offline' })
+    await toggle.focus()
+    await ada.page.keyboard.press('Enter')
+    await waitForIndicator(ada, 'offline', false)
+    assert.equal(await ada.page.locator('#offline-toggle').getAttribute('aria-pressed'), 'true')
+    await typeAtEnd(ada, ' and offline')
+    await waitForIndicator(ada, 'offline', true)
+    assert.match((await indicator(ada)).text, /^Offline: working locally; your changes are kept/)
+    await screenshot(ada, 'indicator-3-offline-pending')
+    await ada.page.getByRole('button', { name: 'Reconnect' }).click()
+    await waitForIndicator(ada, 'synced', false)
+    await screenshot(ada, 'indicator-4-synced-again')
+
+    // The relay has everything: a newcomer sees the whole text.
+    const bob = await person('Bob', '#d62728', doc)
+    assert.equal(await textOf(bob), 'typed while the relay is frozen and offline')
+  })
+
+  browserTest('documents are opened by name from the form; bad names are refused', async () => {
+    const doc = docName('first')
+    const ada = await person('Ada', '#1f77b4', doc)
+    await typeAtEnd(ada, 'in the first document')
+    await waitForIndicator(ada, 'synced', false)
+
+    const nameField = ada.page.getByLabel('Document name')
+    await nameField.fill('drafts/2024')
+    await nameField.press('Enter')
+    await waitForPage(ada, 'the form to refuse a name with a slash',
+      () => document.getElementById('open-error').textContent.includes('/'))
+    assert.equal(await nameField.getAttribute('aria-invalid'), 'true')
+    assert.equal(new URL(ada.page.url()).searchParams.get('doc'), doc)
+    await screenshot(ada, 'open-1-bad-name-refused')
+
+    const other = `${doc} notes ✓`
+    await nameField.fill(other)
+    await Promise.all([ada.page.waitForURL((url) => url.searchParams.get('doc') === other), nameField.press('Enter')])
+    await waitForIndicator(ada, 'synced', false)
+    assert.equal(await ada.page.locator('#doc-name').textContent(), other)
+    assert.equal(await textOf(ada), '', 'a new document starts empty')
+    await typeAtEnd(ada, 'second')
+
+    // Back to the first: its text is still there.
+    await ada.page.goBack()
+    await waitForIndicator(ada, 'synced', false)
+    assert.equal(await textOf(ada), 'in the first document')
+
+    // A bad name in the address is explained, and the default document opens instead.
+    await ada.page.goto(`${relay.url}/?doc=${encodeURIComponent('a\\b')}`)
+    await waitForIndicator(ada, 'synced', false)
+    assert.match(await ada.page.locator('#doc-notice').textContent(), /cannot contain \/ or \\/)
+    assert.equal(await ada.page.locator('#doc-name').textContent(), 'welcome')
+  })
+
+  browserTest('the page works at phone width without sideways scrolling', async () => {
+    const doc = docName('phone')
+    const phone = await person('Ada', '#1f77b4', doc, { viewport: { width: 375, height: 740 } })
+    const desk = await person('Bob', '#d62728', doc)
+    await typeAtEnd(phone, 'Typed on a phone. ')
+    await typeAtEnd(desk, 'Typed on a desk.')
+    await waitForSameText([phone, desk], 'both edits', (t) => t.includes('phone') && t.includes('desk'))
+    const widths = await phone.page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, view: innerWidth }))
+    assert.ok(widths.scroll <= widths.view, `page is ${widths.scroll}px wide in a ${widths.view}px viewport`)
+    const editorBox = await phone.page.locator('.cm-editor').boundingBox()
+    assert.ok(editorBox.width >= 300, `editor is ${editorBox.width}px wide`)
+    await screenshot(phone, 'phone-1-narrow-viewport')
+    await screenshot(desk, 'phone-2-desk-view')
+  })
+})

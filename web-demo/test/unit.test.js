@@ -1,0 +1,112 @@
+// Unit tests of the page's pure parts, in Node: document name rules, the pending-changes mirror,
+// the update rate.
+
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+
+import * as Y from 'yjs'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+
+import { docNameProblem, docNameFromSearch, docHref, DEFAULT_DOC_NAME } from '../src/doc-name.js'
+import { RelayMirror } from '../src/relay-mirror.js'
+import { RateMeter } from '../src/live-stats.js'
+import { awarenessUser } from '../src/identity.js'
+
+test('document names follow the relay’s rules', () => {
+  for (const ok of ['notes', 'team notes 2024', 'ünïcødé-📝', 'a.b_c-d', 'x'.repeat(255), 'é'.repeat(127)]) {
+    assert.equal(docNameProblem(ok), null, ok)
+  }
+  assert.match(docNameProblem(''), /Enter/)
+  assert.match(docNameProblem('x'.repeat(256)), /255 bytes/)
+  assert.match(docNameProblem('é'.repeat(128)), /256/, 'bytes of UTF-8, not characters')
+  for (const bad of ['a\nb', 'tab\there', '\u0000', 'del\u007f', 'c1\u0085']) {
+    assert.match(docNameProblem(bad), /control/, JSON.stringify(bad))
+  }
+  assert.match(docNameProblem('a/b'), /\//)
+  assert.match(docNameProblem('a\\b'), /\\/)
+})
+
+test('the address names the document; it round-trips through docHref', () => {
+  assert.deepEqual(docNameFromSearch(''), { name: DEFAULT_DOC_NAME, problem: null })
+  assert.deepEqual(docNameFromSearch('?doc='), { name: DEFAULT_DOC_NAME, problem: null })
+  for (const name of ['team notes', 'a&b=c?#d', '📝 100%']) {
+    assert.deepEqual(docNameFromSearch(docHref(name)), { name, problem: null })
+  }
+  assert.match(docNameFromSearch('?doc=a%2Fb').problem, /\//)
+})
+
+test('the awareness user has the fields y-codemirror.next draws', () => {
+  assert.deepEqual(awarenessUser({ name: ' Ada ', color: '#1f77b4' }), { name: 'Ada', color: '#1f77b4', colorLight: '#1f77b433' })
+  assert.equal(awarenessUser({ name: '  ', color: '#000000' }).name, 'Anonymous')
+})
+
+/** A stand-in for WebsocketProvider's message dispatch: what RelayMirror hooks into. */
+function fakeProvider (doc) {
+  const provider = {
+    messageHandlers: [(_encoder, decoder) => {
+      const kind = decoding.readVarUint(decoder)
+      const payload = decoding.readVarUint8Array(decoder)
+      if (kind !== 0) Y.applyUpdate(doc, payload, provider)
+    }]
+  }
+  /** Delivers a sync message (kind 0 step1, 1 step2, 2 update) as from the socket or a tab. */
+  provider.deliver = (kind, payload, fromSocket = true) => {
+    const e = encoding.createEncoder()
+    encoding.writeVarUint(e, kind)
+    encoding.writeVarUint8Array(e, payload)
+    provider.messageHandlers[0](encoding.createEncoder(), decoding.createDecoder(encoding.toUint8Array(e)), provider, fromSocket, 0)
+  }
+  return provider
+}
+
+test('a local change is pending until the relay sends it back, deletions included', () => {
+  const doc = new Y.Doc()
+  const provider = fakeProvider(doc)
+  const mirror = new RelayMirror(doc, provider)
+  const local = []
+  doc.on('update', (update, origin) => { if (origin !== provider) local.push(update) })
+  assert.equal(mirror.pending, false)
+
+  doc.getText('content').insert(0, 'hello')
+  assert.equal(mirror.pending, true)
+  provider.deliver(2, local.shift()) // the relay's echo
+  assert.equal(mirror.pending, false)
+
+  doc.getText('content').delete(0, 1) // a deletion does not move the state vector
+  assert.equal(mirror.pending, true)
+  // The relay batches: its echo may be a merge of several updates.
+  doc.getText('content').insert(0, 'J')
+  provider.deliver(2, Y.mergeUpdates(local.splice(0)))
+  assert.equal(mirror.pending, false)
+
+  // Someone else's update through the relay is not pending work of ours.
+  const other = new Y.Doc()
+  Y.applyUpdate(other, Y.encodeStateAsUpdate(doc))
+  other.getText('content').insert(0, '> ')
+  provider.deliver(2, Y.encodeStateAsUpdate(other, Y.encodeStateVector(doc)))
+  assert.equal(doc.getText('content').toString(), '> Jello')
+  assert.equal(mirror.pending, false)
+})
+
+test('changes from another tab (BroadcastChannel) are pending until the relay confirms them', () => {
+  const doc = new Y.Doc()
+  const provider = fakeProvider(doc)
+  const mirror = new RelayMirror(doc, provider)
+  const tab = new Y.Doc()
+  tab.getText('content').insert(0, 'from the other tab')
+  const update = Y.encodeStateAsUpdate(tab)
+  provider.deliver(2, update, false)
+  assert.equal(doc.getText('content').toString(), 'from the other tab')
+  assert.equal(mirror.pending, true)
+  provider.deliver(2, update, true)
+  assert.equal(mirror.pending, false)
+})
+
+test('the update rate is averaged over its window', () => {
+  const meter = new RateMeter(5000)
+  for (let t = 0; t < 1000; t += 100) meter.record(t)
+  assert.equal(meter.perSecond(1000), 2)
+  assert.equal(meter.perSecond(5050), 1.8, 'the event at 0 fell out of the window')
+  assert.equal(meter.perSecond(10_000), 0)
+})
