@@ -18,6 +18,18 @@ pub enum AppError {
     /// The client's token is missing, invalid, or not for this document.
     #[error("{0}")]
     Unauthorized(crate::auth::AuthError),
+    /// A write needs a `write` token; this one is `read`.
+    #[error("this token is read-only")]
+    ReadOnly,
+    /// The request body or parameters are not acceptable.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No such document or conflict.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the document's state (exists already, wrong kind).
+    #[error("{0}")]
+    Conflict(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -52,6 +64,10 @@ impl IntoResponse for AppError {
                 e.code(),
                 self.to_string(),
             ),
+            AppError::ReadOnly => (StatusCode::FORBIDDEN, "read_only", self.to_string()),
+            AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", self.to_string()),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");

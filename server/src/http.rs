@@ -1,8 +1,10 @@
-//! HTTP routes: `/healthz` and the WebSocket endpoint `/ws/{document}`.
+//! HTTP routes: `/healthz`, the WebSocket endpoint `/ws/{document}`, and the browser demo
+//! at `/` (see [`crate::web_demo`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{ConnId, DocName};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -43,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(empty_doc_name))
         .route("/ws/", get(empty_doc_name))
         .route("/ws/{*doc}", get(websocket))
+        .merge(crate::api::routes())
+        .merge(crate::web_demo::routes())
         .with_state(state)
 }
 
@@ -76,6 +80,21 @@ async fn websocket(
         Ok(grant) => grant,
         Err(e) => return AppError::Unauthorized(e).into_response(),
     };
+    // Register documents (lww, manual) have no Yjs content to sync.
+    let store = state.sessions.rooms.store().clone();
+    let lookup = doc.clone();
+    match tokio::task::spawn_blocking(move || store.document(&lookup)).await {
+        Ok(Ok(Some(meta))) if meta.kind != Kind::Yjs => {
+            return AppError::Conflict(format!(
+                "{doc} is a {:?} document; use /api/v1/docs/{doc}/register",
+                meta.kind
+            ))
+            .into_response();
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return AppError::Internal(e.to_string()).into_response(),
+        Err(e) => return AppError::Internal(e.to_string()).into_response(),
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(e) => return AppError::NotWebSocket(e.body_text()).into_response(),

@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod rooms;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod web_demo;
 
 use std::future::Future;
 use std::sync::Arc;

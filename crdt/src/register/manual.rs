@@ -6,8 +6,6 @@
 //! authors, times, the base version) and the value stays as it was until someone resolves the
 //! conflict with a chosen or merged value.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -79,7 +77,10 @@ pub enum ManualError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManualRegister {
     current: Option<Revision>,
-    conflicts: BTreeMap<u64, Conflict>,
+    /// Open conflicts, by increasing id. A list rather than a map: open conflicts are few,
+    /// and integer map keys do not survive serde's internally tagged enums (see
+    /// [`super::Register`]).
+    conflicts: Vec<Conflict>,
     next_conflict: u64,
 }
 
@@ -96,12 +97,12 @@ impl ManualRegister {
 
     /// Open conflicts, oldest first.
     pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
-        self.conflicts.values()
+        self.conflicts.iter()
     }
 
     /// One open conflict.
     pub fn conflict(&self, id: u64) -> Option<&Conflict> {
-        self.conflicts.get(&id)
+        self.conflicts.iter().find(|c| c.id == id)
     }
 
     /// Applies a write on the current version, or records a conflict for one on an older
@@ -123,7 +124,7 @@ impl ManualRegister {
                     proposed: write,
                 };
                 self.next_conflict += 1;
-                self.conflicts.insert(conflict.id, conflict.clone());
+                self.conflicts.push(conflict.clone());
                 Ok(Outcome::Conflict(conflict))
             }
             _ => Ok(Outcome::Applied(self.advance(
@@ -143,9 +144,10 @@ impl ManualRegister {
         author: impl Into<String>,
         at_ms: u64,
     ) -> Result<Revision, ManualError> {
-        if self.conflicts.remove(&id).is_none() {
+        let Some(index) = self.conflicts.iter().position(|c| c.id == id) else {
             return Err(ManualError::UnknownConflict(id));
-        }
+        };
+        self.conflicts.remove(index);
         Ok(self.advance(value, author.into(), at_ms))
     }
 

@@ -167,7 +167,13 @@ mod tests {
             author: "a".into(),
             at_ms: 5,
         };
-        manual.apply(Command::ManualWrite(write)).unwrap();
+        manual.apply(Command::ManualWrite(write.clone())).unwrap();
+        // A stale write: the conflict must survive the round trip too.
+        let outcome = manual.apply(Command::ManualWrite(write)).unwrap();
+        assert!(matches!(
+            outcome,
+            Outcome::Manual(manual::Outcome::Conflict(_))
+        ));
         let text = serde_json::to_string(&manual).unwrap();
         assert!(text.contains("\"kind\":\"manual\""), "{text}");
         assert_eq!(serde_json::from_str::<Register>(&text).unwrap(), manual);

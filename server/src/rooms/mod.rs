@@ -222,6 +222,16 @@ impl Rooms {
         Err(JoinError(doc.clone()))
     }
 
+    /// The store, for reads outside a room.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The store writer, for writes outside a room.
+    pub fn writer(&self) -> &StoreWriter {
+        &self.inner.writer
+    }
+
     /// Number of documents loaded now.
     pub fn loaded(&self) -> usize {
         self.lock().len()

@@ -276,6 +276,14 @@ impl YClient {
         }
     }
 
+    /// Waits for the relay to echo an update back: everything sent before is committed.
+    pub async fn wait_for_echo(&mut self) {
+        while !matches!(
+            self.next_message().await,
+            Message::Sync(SyncMessage::Update(_))
+        ) {}
+    }
+
     /// Waits for the relay to close this connection; returns the close frame.
     pub async fn expect_close(&mut self) -> CloseFrame {
         loop {
@@ -329,4 +337,45 @@ impl YClient {
             self.handle_next().await;
         }
     }
+}
+
+/// One HTTP/1.1 request on the relay; returns (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// [`http_request`] expecting a JSON body.
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let (status, text) = http_request(addr, method, path, bearer, body.as_ref()).await;
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: {status} not JSON ({e}): {text}"));
+    (status, json)
 }
