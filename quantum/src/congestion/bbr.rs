@@ -186,7 +186,8 @@ impl Bbr {
             return INITIAL_CWND_PACKETS * self.mss;
         };
         let bdp = bw as f64 * min_rtt.as_secs_f64();
-        (gain * bdp) as u64 + 3 * self.mss
+        // Float-to-int casts saturate, so an absurd estimate cannot overflow here.
+        ((gain * bdp) as u64).saturating_add(3 * self.mss)
     }
 
     fn save_cwnd(&mut self) {
@@ -228,7 +229,7 @@ impl Bbr {
         }
         let min_rtt = self.min_rtt().unwrap_or(Duration::ZERO);
         let full_length = self.cycle_start.is_none_or(|start| now - start > min_rtt);
-        let prior_inflight = ack.bytes_in_flight + ack.bytes;
+        let prior_inflight = ack.bytes_in_flight.saturating_add(ack.bytes);
         let gain = PACING_GAINS[self.cycle_index];
         let next = if gain > 1.0 {
             // Probe until the extra data is actually queued (or is being lost).
@@ -354,7 +355,7 @@ impl Bbr {
         match self.recovery {
             Recovery::Entering => {
                 self.save_cwnd();
-                self.cwnd = ack.bytes_in_flight + ack.bytes;
+                self.cwnd = ack.bytes_in_flight.saturating_add(ack.bytes);
                 self.recovery = Recovery::Active { conserving: true };
                 // Conserve for one full round from here.
                 self.next_round_delivered = self.delivered;
@@ -368,16 +369,16 @@ impl Bbr {
     fn set_cwnd(&mut self, ack: &Ack) {
         let conserving = self.update_recovery(ack);
         if conserving {
-            self.cwnd = self.cwnd.max(ack.bytes_in_flight + ack.bytes);
+            self.cwnd = self.cwnd.max(ack.bytes_in_flight.saturating_add(ack.bytes));
         } else {
             let mut target = self.inflight(self.gains().1);
             if self.state == BbrState::ProbeBw && self.cycle_index == 0 {
-                target += 2 * self.mss;
+                target = target.saturating_add(2 * self.mss);
             }
             if self.filled_pipe {
-                self.cwnd = (self.cwnd + ack.bytes).min(target);
+                self.cwnd = self.cwnd.saturating_add(ack.bytes).min(target);
             } else if self.cwnd < target || self.delivered < INITIAL_CWND_PACKETS * self.mss {
-                self.cwnd += ack.bytes;
+                self.cwnd = self.cwnd.saturating_add(ack.bytes);
             }
         }
         self.cwnd = self.cwnd.max(self.min_cwnd());

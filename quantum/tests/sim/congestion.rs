@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use aetherflow_quantum::congestion::{Algorithm, BbrState};
 use aetherflow_quantum::{Config, ConnectionId, ConnectionStats, Packet};
+use proptest::prelude::*;
 
 use crate::harness::{Link, Sim, config, numbered};
 
@@ -381,4 +382,64 @@ fn bbr_keeps_the_bottleneck_queue_short_where_newreno_fills_it() {
     let reno_peak = reno.upstream.max_backlog;
     println!("queue peaks: BBR {startup_peak} (steady {steady_peak}), NewReno {reno_peak}");
     assert!(reno_peak >= 10 * BDP, "NewReno queue peaked at {reno_peak}");
+}
+
+/// Any bottleneck, any loss: everything arrives, and the window never drops below four
+/// packets except in PROBE_RTT, where it is exactly four.
+fn bbr_delivers_through_any_bottleneck(
+    seed: u64,
+    rate: u64,
+    delay_ms: u64,
+    queue_bytes: u64,
+    loss: f64,
+) -> Result<(), TestCaseError> {
+    let link = Link {
+        loss,
+        jitter: Duration::from_millis(delay_ms / 4),
+        ..Link::bottleneck(delay_ms, rate, queue_bytes)
+    };
+    let patient = |seed| Config {
+        idle_timeout: Duration::from_secs(300),
+        max_rto: Duration::from_secs(5),
+        ..config(seed)
+    };
+    let server = Config {
+        accept_incoming: true,
+        ..patient(seed ^ 0x5eed)
+    };
+    let mut sim = Sim::with_configs(seed, link, patient(seed), server);
+    println!("rate {rate} B/s, delay {delay_ms} ms, queue {queue_bytes} B, loss {loss}");
+    let id = sim.connect();
+    let sent: Vec<Vec<u8>> = (0..40)
+        .map(|n| numbered(n, 500 + n as usize * 500))
+        .collect();
+    for message in &sent {
+        sim.client.send(id, message).expect("open");
+    }
+    let deadline = sim.now + Duration::from_secs(300);
+    while sim.server_message_count() < sent.len() && sim.now < deadline && sim.step() {
+        if let Some(stats) = sim.client.connection(id).map(|c| c.stats()) {
+            if stats.bbr_state == Some(BbrState::ProbeRtt) {
+                prop_assert_eq!(stats.cwnd, 4 * MTU, "seed {}", seed);
+            } else {
+                prop_assert!(stats.cwnd >= 4 * MTU, "seed {}: cwnd {}", seed, stats.cwnd);
+            }
+        }
+    }
+    prop_assert_eq!(sim.server_messages(), sent, "seed {}", seed);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn bbr_delivers_everything_through_random_bottlenecks(
+        seed in any::<u64>(),
+        rate in 20_000u64..5_000_000,
+        delay_ms in 1u64..150,
+        queue_bytes in 3_000u64..500_000,
+        loss in 0.0f64..0.1,
+    ) {
+        bbr_delivers_through_any_bottleneck(seed, rate, delay_ms, queue_bytes, loss)?;
+    }
 }
