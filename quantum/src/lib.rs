@@ -79,6 +79,21 @@
 //! - Reliability (the private `send` and `recv` modules): per-fragment sequence numbers, SACK,
 //!   loss after three later transmissions are acknowledged or 9/8 RTT passed (RACK-style, so
 //!   lost retransmissions are caught too), RFC 6298 RTO with exponential backoff ([`rtt`]).
+//! - Congestion control ([`congestion`]): BBR v1 by default, NewReno via
+//!   [`Config::congestion`]. Each transmission snapshots the delivery state, so each
+//!   acknowledgement yields a delivery-rate sample (draft-cheng-iccrg-delivery-rate-estimation);
+//!   BBR keeps the largest sample of the last ten round trips as the bottleneck bandwidth and
+//!   the smallest RTT of the last ten seconds, and moves through STARTUP, DRAIN, PROBE_BW and
+//!   PROBE_RTT. Samples taken while the application had nothing to send only count if they
+//!   raise the estimate, so a sparse sender keeps it; loss holds the window to what is in
+//!   flight for one round rather than halving it.
+//! - Pacing: data packets (retransmissions included) pass a token bucket filled at the
+//!   controller's pacing rate and holding about 1 ms of data (at least two packets).
+//!   [`Connection::poll_timeout`] includes the instant a held-back packet may leave. An idle
+//!   sender finds the bucket full, so a lone message leaves at once. Before any RTT sample
+//!   nothing is paced; then BBR paces at 2/ln 2 × the initial window per RTT until its first
+//!   bandwidth sample. [`ConnectionStats`] reports the window, pacing rate, BBR state, min RTT
+//!   and bandwidth estimate.
 //! - Migration: a packet for a known connection from a new address triggers a path challenge
 //!   to that address (within the 3× budget); only a correct response moves the connection.
 //! - Keepalive after [`Config::keepalive_interval`] of silence; close after
@@ -87,22 +102,25 @@
 //! # Status
 //!
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
-//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, and the simulator tests.
+//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, BBR with pacing (NewReno
+//! selectable), and the simulator tests, including a bottleneck model (a rate limit with a
+//! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against.
 //! Not built yet, in priority order:
 //!
-//! 1. BBR (STARTUP, DRAIN, PROBE_BW, PROBE_RTT) with pacing behind [`congestion::CongestionController`];
-//!    the connection uses the interim [`congestion::NewReno`], which does not pace, and the
-//!    trait's `pacing_rate` is not yet consulted by `poll_transmit`. BBR needs per-packet
-//!    delivery-rate samples, which `send` does not record yet.
-//! 2. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
-//!    deadline, loss-adaptive parity, repairs counted as losses). The FEC flag is reserved;
-//!    packets carrying it are currently treated like any other.
-//! 3. The tokio + quinn-udp driver (`Endpoint::bind`, `connect`, `accept`, `send/recv/close/stats`)
-//!    and its loopback tests.
-//! 4. A cargo-fuzz target for `Packet::decode` (proptests cover it for now).
-//! 5. Smaller gaps: congestion state is not reset on migration; a duplicate-ACK counter is
-//!    not kept separately (the transmission-order threshold stands in for it); ECN (ECE) is
-//!    unused; the endpoint forgets a closed connection only after its events are polled.
+//! 1. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
+//!    deadline, loss-adaptive parity, repairs counted as losses through
+//!    [`congestion::CongestionController::on_loss`]). The FEC flag is reserved; packets
+//!    carrying it are currently treated like any other.
+//! 2. The tokio + quinn-udp driver (`Endpoint::bind`, `connect`, `accept`, `send/recv/close/stats`)
+//!    and its loopback tests. A driver must arm its timer for `poll_timeout` after every
+//!    `poll_transmit` that returns `None`, since that is how paced packets get released.
+//! 3. A cargo-fuzz target for `Packet::decode` (proptests cover it for now).
+//! 4. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
+//!    loss or ECN response, no ack-aggregation compensation, no idle-restart gain reset);
+//!    ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
+//!    by up to `max_ack_delay` on a sparse connection); a duplicate-ACK counter is not kept
+//!    separately (the transmission-order threshold stands in for it); ECN (ECE) is unused;
+//!    the endpoint forgets a closed connection only after its events are polled.
 
 pub mod config;
 pub mod congestion;
