@@ -92,7 +92,8 @@
 //!   [`Connection::poll_timeout`] includes the instant a held-back packet may leave. An idle
 //!   sender finds the bucket full, so a lone message leaves at once. Before any RTT sample
 //!   nothing is paced; then BBR paces at 2/ln 2 × the initial window per RTT until its first
-//!   bandwidth sample. [`ConnectionStats`] reports the window, pacing rate, BBR state, min RTT
+//!   bandwidth sample. A sender back from idle paces at the estimate (not a probing gain) and
+//!   does not start with PROBE_RTT, as Linux's `idle_restart` does. [`ConnectionStats`] reports the window, pacing rate, BBR state, min RTT
 //!   and bandwidth estimate.
 //! - Migration: a packet for a known connection from a new address triggers a path challenge
 //!   to that address (within the 3× budget); only a correct response moves the connection.
@@ -116,8 +117,8 @@
 //!    `poll_transmit` that returns `None`, since that is how paced packets get released.
 //! 3. A cargo-fuzz target for `Packet::decode` (proptests cover it for now).
 //! 4. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
-//!    loss or ECN response, no ack-aggregation compensation, no idle-restart gain reset);
-//!    ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
+//!    loss or ECN response, no ack-aggregation compensation, no long-term bandwidth
+//!    sampling for policers); ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
 //!    by up to `max_ack_delay` on a sparse connection); a duplicate-ACK counter is not kept
 //!    separately (the transmission-order threshold stands in for it); ECN (ECE) is unused;
 //!    the endpoint forgets a closed connection only after its events are polled.

@@ -15,6 +15,10 @@
 //!   drops to four packets for at least 200 ms and one round trip, so the queue empties and the
 //!   true propagation delay can be seen.
 //!
+//! A sender restarting after idle (nothing in flight) paces at the estimate itself rather than
+//! at a probing gain, and its first acknowledgement refreshes an expired min RTT instead of
+//! entering PROBE_RTT: the idle period has already drained the queue.
+//!
 //! Loss does not enter the model. On a loss episode the window is held to what is in flight
 //! (packet conservation) for one round, then grows back towards its target; when a round
 //! passes without loss the window from before the episode is restored.
@@ -109,6 +113,8 @@ pub struct Bbr {
     probe_rtt_done: Option<Instant>,
     /// PROBE_RTT has also spent a round trip at the minimum window.
     probe_rtt_round_done: bool,
+    /// Sending restarted after idle and nothing has been delivered since.
+    idle_restart: bool,
     /// Window to restore after PROBE_RTT or a loss episode.
     prior_cwnd: u64,
     recovery: Recovery,
@@ -142,6 +148,7 @@ impl Bbr {
             cycle_start: None,
             probe_rtt_done: None,
             probe_rtt_round_done: false,
+            idle_restart: false,
             prior_cwnd: 0,
             recovery: Recovery::Open,
             loss_in_round: false,
@@ -287,13 +294,16 @@ impl Bbr {
         {
             self.min_rtt = Some((sample, now));
         }
-        if expired && self.state != BbrState::ProbeRtt {
+        if expired && !self.idle_restart && self.state != BbrState::ProbeRtt {
             self.save_cwnd();
             self.state = BbrState::ProbeRtt;
             self.probe_rtt_done = None;
         }
         if self.state == BbrState::ProbeRtt {
             self.step_probe_rtt(now, ack);
+        }
+        if ack.rate.is_some_and(|r| r.delivered > 0) {
+            self.idle_restart = false;
         }
     }
 
@@ -308,17 +318,21 @@ impl Bbr {
             Some(done) => {
                 self.probe_rtt_round_done |= self.round_start;
                 if self.probe_rtt_round_done && now >= done {
-                    if let Some((rtt, _)) = self.min_rtt {
-                        self.min_rtt = Some((rtt, now));
-                    }
-                    self.cwnd = self.cwnd.max(self.prior_cwnd);
-                    if self.filled_pipe {
-                        self.enter_probe_bw(now);
-                    } else {
-                        self.state = BbrState::Startup;
-                    }
+                    self.exit_probe_rtt(now);
                 }
             }
+        }
+    }
+
+    fn exit_probe_rtt(&mut self, now: Instant) {
+        if let Some((rtt, _)) = self.min_rtt {
+            self.min_rtt = Some((rtt, now));
+        }
+        self.cwnd = self.cwnd.max(self.prior_cwnd);
+        if self.filled_pipe {
+            self.enter_probe_bw(now);
+        } else {
+            self.state = BbrState::Startup;
         }
     }
 
@@ -389,7 +403,24 @@ impl Bbr {
 }
 
 impl CongestionController for Bbr {
-    fn on_sent(&mut self, _now: Instant, _bytes: u64) {}
+    fn on_sent(&mut self, now: Instant, _bytes: u64, bytes_in_flight: u64) {
+        if bytes_in_flight > 0 {
+            return;
+        }
+        self.idle_restart = true;
+        let bw = self.bandwidth();
+        match self.state {
+            // Restart at the estimate, not in the middle of a probe.
+            BbrState::ProbeBw if bw > 0 => {
+                self.pacing_rate = Some(((PACING_MARGIN * bw as f64) as u64).max(1));
+            }
+            // Idle time counts towards PROBE_RTT: the queue has drained meanwhile.
+            BbrState::ProbeRtt if self.probe_rtt_done.is_some_and(|done| now >= done) => {
+                self.exit_probe_rtt(now);
+            }
+            _ => {}
+        }
+    }
 
     fn on_ack(&mut self, now: Instant, ack: &Ack) {
         self.update_bandwidth(ack);

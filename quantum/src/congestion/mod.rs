@@ -66,8 +66,9 @@ pub struct PathModel {
 
 /// What a congestion controller must offer the connection.
 pub trait CongestionController: std::fmt::Debug + Send {
-    /// `bytes` left in a packet at `now`.
-    fn on_sent(&mut self, now: Instant, bytes: u64);
+    /// `bytes` left in a packet at `now`, with `bytes_in_flight` outstanding before it; zero
+    /// means the sender restarts after being idle.
+    fn on_sent(&mut self, now: Instant, bytes: u64, bytes_in_flight: u64);
     /// Some packets were acknowledged.
     fn on_ack(&mut self, now: Instant, ack: &Ack);
     /// Packets totalling `bytes` were declared lost (or, with FEC, repaired); the newest of

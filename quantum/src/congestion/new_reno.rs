@@ -41,7 +41,7 @@ impl NewReno {
 }
 
 impl CongestionController for NewReno {
-    fn on_sent(&mut self, _now: Instant, _bytes: u64) {}
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, _bytes_in_flight: u64) {}
 
     fn on_ack(&mut self, _now: Instant, ack: &Ack) {
         let bytes = ack.bytes;

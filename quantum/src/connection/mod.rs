@@ -564,7 +564,7 @@ impl Connection {
         if self.send.on_transmit(seq, now, len) {
             self.stats.retransmits += 1;
         }
-        self.cc.on_sent(now, len);
+        self.cc.on_sent(now, len, in_flight);
         self.rto_base.get_or_insert(now);
         Some(transmit)
     }

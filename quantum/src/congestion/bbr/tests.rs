@@ -64,7 +64,7 @@ impl Path {
         {
             let state = self.delivery.on_send(self.now, self.inflight);
             self.pacer.on_sent(self.now, MSS);
-            self.bbr.on_sent(self.now, MSS);
+            self.bbr.on_sent(self.now, MSS, self.inflight);
             self.inflight += MSS;
             self.backlog -= MSS;
             self.sent += 1;
@@ -238,4 +238,30 @@ fn pacing_starts_from_the_initial_window_over_the_first_rtt() {
     let expected = HIGH_GAIN * (10 * MSS) as f64 / 0.1;
     let rate = bbr.pacing_rate().expect("paced once an RTT is known") as f64;
     assert!((rate - expected).abs() <= 1.0, "{rate} vs {expected}");
+}
+
+#[test]
+fn a_sender_back_from_a_long_idle_skips_probe_rtt_and_paces_at_the_estimate() {
+    let mut path = Path::new(1_000_000, ms(40));
+    path.run(Duration::from_secs(3));
+    assert_eq!(path.bbr.state(), BbrState::ProbeBw);
+    let (bw, cwnd) = (path.bbr.bandwidth(), path.bbr.window());
+    // Eleven quiet seconds: the min-RTT sample expires meanwhile.
+    path.backlog = 0;
+    path.run(Duration::from_secs(11));
+    path.backlog = MSS;
+    path.send_what_is_allowed();
+    let rate = path.bbr.pacing_rate().expect("pacing");
+    assert_eq!(
+        rate,
+        (PACING_MARGIN * bw as f64) as u64,
+        "gain 1 on restart"
+    );
+    path.run(ms(100));
+    assert_eq!(path.states.last(), Some(&BbrState::ProbeBw));
+    assert!(!path.states.contains(&BbrState::ProbeRtt));
+    assert_eq!(path.bbr.window(), cwnd);
+    // The expired estimate was replaced by the fresh sample, so the ten seconds start afresh.
+    let stamp = path.bbr.min_rtt.map(|(_, at)| at).expect("measured");
+    assert!(path.now - stamp < ms(100));
 }
