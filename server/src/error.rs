@@ -30,6 +30,15 @@ pub enum AppError {
     /// The request contradicts the document's state (exists already, wrong kind).
     #[error("{0}")]
     Conflict(String),
+    /// An admin route was called without the admin key (or with a client token).
+    #[error("{0}")]
+    Admin(crate::auth::AdminError),
+    /// Too many requests from this address; retry after this many seconds.
+    #[error("too many connections from this address; retry in {0} s")]
+    RateLimited(u64),
+    /// Token minting needs the HS256 `--jwt-secret`, and the relay has none.
+    #[error("this relay has no --jwt-secret (HS256) to sign client tokens with")]
+    NoSigningSecret,
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +77,19 @@ impl IntoResponse for AppError {
             AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", self.to_string()),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
+            AppError::Admin(e) => (
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                e.code(),
+                self.to_string(),
+            ),
+            AppError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                self.to_string(),
+            ),
+            AppError::NoSigningSecret => {
+                (StatusCode::CONFLICT, "no_signing_secret", self.to_string())
+            }
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -81,6 +103,12 @@ impl IntoResponse for AppError {
         let body = Body {
             error: Detail { code, message },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let AppError::RateLimited(secs) = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -19,6 +19,8 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod rate_limit;
+pub mod registry;
 pub mod rooms;
 pub mod session;
 pub mod store;
@@ -89,12 +91,16 @@ pub async fn run(
             },
             shutdown: token.clone(),
             ping_interval: config.ping_interval,
+            message_rate: config.message_rate,
         },
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
         auth,
+        registry: registry::Registry::new(),
+        connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
+        admin: api::admin::Admin::from_config(&config),
     };
-    let app = http::router(state);
+    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
 
     let addr = listener.local_addr()?;
     info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");

@@ -5,6 +5,10 @@
 //! open); changes need a `write` token for the document. Errors are JSON
 //! `{ "error": { "code", "message" } }`.
 
+pub mod admin;
+mod sessions;
+mod tokens;
+
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::lww::{self, LwwWrite, WriteStamp};
 use aetherflow_crdt::register::manual::{self, ManualWrite};
@@ -26,6 +30,8 @@ use crate::store::{DocumentMeta, RegisterFailure, StoreError, WriteOp, WriteResu
 /// The `/api/v1` routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .merge(sessions::routes())
+        .merge(tokens::routes())
         .route("/api/v1/docs", post(create_document))
         .route("/api/v1/docs/{name}", get(get_document))
         .route(

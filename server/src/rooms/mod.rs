@@ -76,6 +76,8 @@ impl CloseReason {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// 1007: a well-formed message whose payload is invalid (not a Yjs update, bad awareness).
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1008: the client broke a policy (message rate limit) or an admin disconnected it.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// 1009: the message is larger than `--max-message-bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// 1011: the relay could not serve the document (storage failure, reload).
