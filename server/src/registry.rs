@@ -350,8 +350,12 @@ impl Registry {
 
     /// Locks the map after removing sessions closed longer than [`CLOSED_GRACE`] ago.
     fn sweep(&self) -> MutexGuard<'_, BTreeMap<Uuid, Arc<Entry>>> {
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> MutexGuard<'_, BTreeMap<Uuid, Arc<Entry>>> {
         let mut sessions = lock(&self.sessions);
-        if let Some(cutoff) = Instant::now().checked_sub(CLOSED_GRACE) {
+        if let Some(cutoff) = now.checked_sub(CLOSED_GRACE) {
             sessions.retain(|_, entry| !entry.closed_before(cutoff));
         }
         sessions
@@ -557,6 +561,22 @@ mod tests {
         let close = view.close.unwrap();
         assert_eq!(close.code, Some(CloseReason::POLICY_VIOLATION));
         assert_eq!(close.reason.as_deref(), Some("bye"));
+    }
+
+    #[test]
+    fn a_closed_session_stays_listed_for_the_grace_then_leaves() {
+        let registry = Registry::new();
+        let open_one = open(&registry, "ada", "d", Transport::Websocket);
+        let closed = open(&registry, "bob", "d", Transport::Websocket);
+        let id = closed.id();
+        drop(closed);
+        let now = Instant::now();
+        assert_eq!(registry.sweep_at(now).len(), 2);
+        assert_eq!(registry.get(id).unwrap().state, SessionState::Closed);
+        let later = now + CLOSED_GRACE + Duration::from_millis(1);
+        let remaining: Vec<Uuid> = registry.sweep_at(later).keys().copied().collect();
+        assert_eq!(remaining, vec![open_one.id()]);
+        assert!(registry.get(id).is_none());
     }
 
     #[test]
