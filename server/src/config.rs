@@ -122,8 +122,9 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
 
-    /// Ping every WebSocket this often, in seconds; a connection that has sent nothing (not
-    /// even a pong) for two intervals is closed and its presence removed [default: 30].
+    /// Ping every WebSocket this often, in seconds; a connection that leaves one ping
+    /// unanswered is shown IDLE, one that leaves two is closed (1001 "ping timeout") and its
+    /// presence removed [default: 30].
     #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
     pub ping_interval_secs: Option<u64>,
 

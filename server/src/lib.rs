@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod heartbeat;
 pub mod http;
 pub mod rate_limit;
 pub mod registry;

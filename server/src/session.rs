@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
 use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms};
@@ -84,35 +85,33 @@ where
     };
     debug!("joined");
     handle.set_state(SessionState::Active);
-    let mut heartbeat = tokio::time::interval(ctx.ping_interval);
-    heartbeat.tick().await;
-    // Whether the peer has sent anything (a pong counts) since the last ping.
-    let mut heard_from = true;
-    // Whether the previous ping also went unanswered (the session shows IDLE).
-    let mut missed_ping = false;
+    let mut ticks = tokio::time::interval(ctx.ping_interval);
+    ticks.tick().await;
+    let mut heartbeat = Heartbeat::new();
     let mut messages = ctx
         .message_rate
         .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+    let kicked = handle.disconnect_requested();
+    let mut kicked = std::pin::pin!(kicked);
     let reason = loop {
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => {
                 break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
             }
-            reason = handle.disconnect_requested() => {
+            reason = &mut kicked => {
                 info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
                 break Some(reason);
             }
-            _ = heartbeat.tick() => {
-                if !heard_from {
-                    if missed_ping {
+            _ = ticks.tick() => {
+                match heartbeat.tick() {
+                    Beat::Ping => {}
+                    Beat::PingIdle => handle.set_state(SessionState::Idle),
+                    Beat::Timeout => {
                         warn!("two pings unanswered; closing");
                         break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
                     }
-                    handle.set_state(SessionState::Idle);
                 }
-                missed_ping = !heard_from;
-                heard_from = false;
                 if sink.send(Frame::Ping(Default::default())).await.is_err() {
                     break None;
                 }
@@ -131,7 +130,7 @@ where
                 )),
             },
             frame = stream.next() => {
-                heard_from = true;
+                heartbeat.heard();
                 if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
                     break Some(reason);
                 }
