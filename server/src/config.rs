@@ -31,9 +31,9 @@ pub const DEFAULT_CONNECT_RATE_PER_MIN: u32 = 600;
 /// Default burst of WebSocket connections from one address after a quiet spell.
 pub const DEFAULT_CONNECT_BURST: u32 = 60;
 /// Default data messages per second one session may send.
-pub const DEFAULT_MESSAGE_RATE_PER_SEC: u32 = 100;
+pub const DEFAULT_MESSAGE_RATE_PER_SEC: u32 = 500;
 /// Default burst of data messages one session may send after a quiet spell.
-pub const DEFAULT_MESSAGE_BURST: u32 = 500;
+pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
 /// Default (and largest allowed) lifetime of a token minted by `POST /api/v1/tokens`: 1 day.
 pub const DEFAULT_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 /// Shortest admin key accepted.
@@ -163,11 +163,13 @@ pub struct Settings {
     pub connect_burst: Option<u32>,
 
     /// Data messages per second one session may send; over it the session is closed with 1008
-    /// (policy violation). 0 disables the limit [default: 100].
+    /// (policy violation). 0 disables the limit [default: 500].
     #[arg(long, env = "AETHERFLOW_MESSAGE_RATE_PER_SEC", value_name = "N")]
     pub message_rate_per_sec: Option<u32>,
 
-    /// Data messages one session may send at once after a quiet spell [default: 500].
+    /// Data messages one session may send at once after a quiet spell [default: 5000]. A
+    /// y-websocket client sends one message per transaction, so a script making thousands of
+    /// small edits in a loop needs this headroom; typing sends a few dozen a second.
     #[arg(long, env = "AETHERFLOW_MESSAGE_BURST", value_name = "N")]
     pub message_burst: Option<u32>,
 
