@@ -399,3 +399,54 @@ async fn minting_without_an_hs256_secret_is_refused_clearly() {
             .contains("--jwt-secret")
     );
 }
+
+#[test]
+fn help_documents_the_admin_and_rate_limit_settings() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in [
+        ("--admin-key", "AETHERFLOW_ADMIN_KEY"),
+        ("--connect-rate-per-min", "AETHERFLOW_CONNECT_RATE_PER_MIN"),
+        ("--connect-burst", "AETHERFLOW_CONNECT_BURST"),
+        ("--message-rate-per-sec", "AETHERFLOW_MESSAGE_RATE_PER_SEC"),
+        ("--message-burst", "AETHERFLOW_MESSAGE_BURST"),
+        ("--token-max-ttl-secs", "AETHERFLOW_TOKEN_MAX_TTL_SECS"),
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+        assert!(help.contains(env), "--help lacks {env}");
+    }
+}
+
+#[test]
+fn a_short_admin_key_stops_the_relay_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("AETHERFLOW_ADMIN_KEY", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--admin-key") && stderr.contains("16 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("short"), "the key is echoed: {stderr}");
+}
+
+#[tokio::test]
+async fn the_admin_key_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        dir.path(),
+        &["--jwt-secret", SECRET],
+        &[("AETHERFLOW_ADMIN_KEY", ADMIN_KEY)],
+    );
+    let (status, page) = admin(&relay, "GET", "/api/v1/sessions", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!relay.logs().contains(ADMIN_KEY), "the key is logged");
+}

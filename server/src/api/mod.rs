@@ -4,6 +4,9 @@
 //! Every route takes the client token as `Authorization: Bearer <JWT>` (none when the relay runs
 //! open); changes need a `write` token for the document. Errors are JSON
 //! `{ "error": { "code", "message" } }`.
+//!
+//! The admin routes (`/api/v1/sessions`, `/api/v1/tokens`; see [`admin`]) take the admin key
+//! instead of a client token.
 
 pub mod admin;
 mod sessions;
