@@ -29,6 +29,8 @@ pub struct AppState {
     pub next_conn: Arc<AtomicU64>,
     /// Token verification.
     pub auth: Auth,
+    /// Document locks (in memory; a restart frees them).
+    pub locks: crate::locks::Locks,
 }
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).

@@ -18,7 +18,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod locks;
 pub mod rooms;
 pub mod session;
 pub mod store;
@@ -81,6 +83,7 @@ pub async fn run(
         tracker.clone(),
         token.clone(),
     );
+    let locks = locks::Locks::new(rooms.events().clone());
     let state = AppState {
         sessions: SessionContext {
             rooms,
@@ -93,6 +96,7 @@ pub async fn run(
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
         auth,
+        locks,
     };
     let app = http::router(state);
 
