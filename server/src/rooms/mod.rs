@@ -259,25 +259,19 @@ impl Rooms {
     /// Applies a v1 update to `doc` through its room (loading it if needed), as a writer's
     /// WebSocket update would be: checked, committed, then broadcast to every connection.
     pub async fn apply(&self, doc: &DocName, update: Vec<u8>) -> Result<(), ApplyError> {
-        let mut update = Some(update);
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.find_or_start(doc);
             let (done, answer) = oneshot::channel();
-            let Some(bytes) = update.take() else { break };
             let command = RoomCommand::Apply {
-                update: bytes,
+                update: update.clone(),
                 done,
             };
-            match handle.inbox.send(command).await {
-                Ok(()) => match answer.await {
-                    Ok(result) => return result,
-                    // Dropped unanswered: the room was unloading before it took the update.
-                    Err(_) => return Err(ApplyError::Unavailable("room stopped".into())),
-                },
-                Err(mpsc::error::SendError(RoomCommand::Apply { update: bytes, .. })) => {
-                    update = Some(bytes);
-                }
-                Err(_) => break,
+            // A room answers every command it takes; an unanswered one was dropped unapplied
+            // by a room that was unloading (or deleting the document), so a retry is safe.
+            if handle.inbox.send(command).await.is_ok()
+                && let Ok(result) = answer.await
+            {
+                return result;
             }
             tokio::task::yield_now().await;
         }
