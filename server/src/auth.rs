@@ -228,6 +228,16 @@ impl Auth {
         matches!(self.verify(token), Ok(_) | Err(AuthError::Expired))
     }
 
+    /// Which documents `token` may see in a listing: all when the relay runs open, else the
+    /// patterns its `docs` claim names.
+    pub fn visible(&self, token: Option<&str>) -> Result<Visible, AuthError> {
+        if self.is_open() {
+            return Ok(Visible::All);
+        }
+        let claims = self.verify(token.ok_or(AuthError::Missing)?)?;
+        Ok(Visible::Patterns(claims.docs))
+    }
+
     fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let (algorithm, key) = self
@@ -246,6 +256,25 @@ impl Auth {
                 }
                 _ => AuthError::Malformed,
             })
+    }
+}
+
+/// The documents a client may see in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visible {
+    /// Every document (the relay runs open).
+    All,
+    /// Those covered by one of these patterns (exact names, or prefixes ending in `*`).
+    Patterns(Vec<String>),
+}
+
+impl Visible {
+    /// Whether `doc` may be listed.
+    pub fn covers(&self, doc: &str) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::Patterns(patterns) => patterns.iter().any(|p| covers(p, doc)),
+        }
     }
 }
 

@@ -39,6 +39,15 @@ pub enum AppError {
     /// Token minting needs the HS256 `--jwt-secret`, and the relay has none.
     #[error("this relay has no --jwt-secret (HS256) to sign client tokens with")]
     NoSigningSecret,
+    /// The document is locked by someone else (423).
+    #[error("{0}")]
+    Locked(String),
+    /// The request names another identity than the token's subject.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request body is larger than the relay accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -55,9 +64,10 @@ struct Detail<'a> {
     message: String,
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match &self {
+impl AppError {
+    /// The status, code and client-facing message; a 5xx is logged here under a fresh id.
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
             AppError::InvalidDocName(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_doc_name",
@@ -90,6 +100,9 @@ impl IntoResponse for AppError {
             AppError::NoSigningSecret => {
                 (StatusCode::CONFLICT, "no_signing_secret", self.to_string())
             }
+            AppError::Locked(_) => (StatusCode::LOCKED, "locked", self.to_string()),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -99,7 +112,20 @@ impl IntoResponse for AppError {
                     format!("internal error; reference {id}"),
                 )
             }
-        };
+        }
+    }
+
+    /// The JSON error body `{ "error": { "code", "message" } }`, for channels that are not
+    /// HTTP responses (the live WebSocket).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (_, code, message) = self.parts();
+        serde_json::json!({ "error": { "code": code, "message": message } })
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
         let body = Body {
             error: Detail { code, message },
         };

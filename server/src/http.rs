@@ -40,6 +40,8 @@ pub struct AppState {
     pub connections: ConnectionLimiter,
     /// Admin key and token minting.
     pub admin: crate::api::admin::Admin,
+    /// Document locks (in memory; a restart frees them).
+    pub locks: crate::locks::Locks,
 }
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).

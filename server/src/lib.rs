@@ -18,8 +18,10 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod heartbeat;
 pub mod http;
+pub mod locks;
 pub mod rate_limit;
 pub mod registry;
 pub mod rooms;
@@ -84,6 +86,7 @@ pub async fn run(
         tracker.clone(),
         token.clone(),
     );
+    let locks = locks::Locks::new(rooms.events().clone());
     let state = AppState {
         sessions: SessionContext {
             rooms,
@@ -100,6 +103,7 @@ pub async fn run(
         registry: registry::Registry::new(),
         connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
         admin: api::admin::Admin::from_config(&config),
+        locks,
     };
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
 

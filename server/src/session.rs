@@ -71,7 +71,7 @@ where
     let (outbox, mut from_room) = mpsc::channel(OUTBOX_CAPACITY);
     let membership = match ctx
         .rooms
-        .join(&doc, peer.conn, peer.can_write, outbox)
+        .join(&doc, peer.conn, &peer.user, peer.can_write, outbox)
         .await
     {
         Ok(membership) => membership,

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -34,6 +35,97 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/sessions/{id}",
             get(get_session).delete(disconnect_session),
         )
+}
+
+/// The admin-key security requirement and the error responses every admin route may give.
+pub(crate) fn admin_operation(
+    summary: &str,
+    params: Value,
+    ok: &[(u16, Value)],
+    errors: &[u16],
+) -> Value {
+    let mut responses = serde_json::Map::new();
+    for status in errors {
+        responses.insert(
+            status.to_string(),
+            json!({ "description": "error (401: admin key missing or wrong; 403: admin routes disabled, or a client token sent)",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    for (status, schema) in ok {
+        responses.insert(
+            status.to_string(),
+            json!({ "description": "ok", "content": { "application/json": { "schema": schema } } }),
+        );
+    }
+    json!({ "summary": summary, "parameters": params,
+        "description": "Admin route: send the admin key (--admin-key) as `Authorization: Bearer KEY` or `X-Admin-Key: KEY`.",
+        "security": [{ "bearer": [] }], "responses": responses })
+}
+
+/// A session as the admin routes show it.
+fn session_schema() -> Value {
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({ "type": "object",
+        "required": ["id", "user", "transport", "remote_addr", "documents", "state", "created_ms",
+            "last_active_ms", "bytes_in", "bytes_out", "messages_in", "messages_out"],
+        "properties": {
+            "id": { "type": "string", "format": "uuid", "description": "UUIDv7" },
+            "user": { "type": "string", "description": "token subject, or anonymous" },
+            "transport": { "type": "string", "enum": ["websocket", "quantum"] },
+            "remote_addr": { "type": "string" },
+            "documents": { "type": "array", "items": { "type": "string" } },
+            "state": { "type": "string", "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] },
+            "created_ms": count, "last_active_ms": count,
+            "bytes_in": count, "bytes_out": count, "messages_in": count, "messages_out": count,
+            "close": { "type": "object", "required": ["code", "reason", "closed_ms"], "properties": {
+                "code": { "type": ["integer", "null"] }, "reason": { "type": ["string", "null"] },
+                "closed_ms": count } } } })
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let string = |name: &str, description: &str| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } });
+    let list = admin_operation(
+        "List sessions, oldest first, a page at a time",
+        json!([
+            string("user", "exact user (token subject)"),
+            string("document", "sessions on this document (alias: doc)"),
+            { "name": "transport", "in": "query", "schema": { "type": "string", "enum": ["websocket", "quantum"] } },
+            { "name": "state", "in": "query", "schema": { "type": "string",
+                "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] } },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE } },
+            { "name": "after", "in": "query", "description": "next_after of the previous page",
+                "schema": { "type": "string", "format": "uuid" } }
+        ]),
+        &[(
+            200,
+            json!({ "type": "object", "required": ["sessions"], "properties": {
+            "sessions": { "type": "array", "items": session_schema() },
+            "next_after": { "type": "string", "format": "uuid" } } }),
+        )],
+        &[400, 401, 403],
+    );
+    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
+    let get = admin_operation(
+        "One session (open, or closed within the last 10 s)",
+        json!([id]),
+        &[(200, session_schema())],
+        &[400, 401, 403, 404],
+    );
+    let delete = admin_operation(
+        "Disconnect a session: closed with 1008 and the reason; 200 once closed, 202 if still closing after 5 s",
+        json!([
+            id,
+            string("reason", "added to the close reason (at most 80 bytes)")
+        ]),
+        &[(200, session_schema()), (202, session_schema())],
+        &[400, 401, 403, 404, 409],
+    );
+    json!({
+        "/api/v1/sessions": { "get": list },
+        "/api/v1/sessions/{id}": { "get": get, "delete": delete },
+    })
 }
 
 #[derive(Deserialize)]
@@ -163,4 +255,28 @@ async fn disconnect_session(
         .get(id)
         .ok_or_else(|| AppError::NotFound(format!("no session {id}")))?;
     Ok((status, Json(view)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_routes_are_in_the_openapi_description() {
+        let doc = super::super::openapi::document();
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, method) in [
+            ("/api/v1/sessions", "get"),
+            ("/api/v1/sessions/{id}", "get"),
+            ("/api/v1/sessions/{id}", "delete"),
+            ("/api/v1/tokens", "post"),
+        ] {
+            let operation = &paths[path][method];
+            assert!(operation.is_object(), "{method} {path} missing");
+            for status in ["400", "401", "403"] {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use jsonwebtoken::{Header, encode};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::auth::{Claims, Permission};
 use crate::error::AppError;
@@ -29,6 +30,32 @@ pub const MAX_SUB_BYTES: usize = 256;
 /// The token route.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/tokens", post(mint))
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let perm = json!({ "type": "string", "enum": ["read", "write"] });
+    let docs = json!({ "type": "array", "minItems": 1, "maxItems": MAX_DOC_PATTERNS,
+        "items": { "type": "string", "description": "a document name, or a prefix ending in * (* alone: every document)" } });
+    let request = json!({ "type": "object", "required": ["sub", "docs", "perm"], "additionalProperties": false,
+        "properties": {
+            "sub": { "type": "string", "minLength": 1, "maxLength": MAX_SUB_BYTES },
+            "docs": docs, "perm": perm,
+            "ttl_secs": { "type": "integer", "minimum": 1,
+                "description": "lifetime; default 3600 (or the maximum if lower); at most --token-max-ttl-secs (default 86400)" } } });
+    let minted = json!({ "type": "object", "required": ["token", "sub", "docs", "perm", "exp"], "properties": {
+        "token": { "type": "string", "description": "HS256 JWT" },
+        "sub": { "type": "string" }, "docs": { "type": "array", "items": { "type": "string" } },
+        "perm": perm, "exp": { "type": "integer", "description": "expiry, seconds since the Unix epoch" } } });
+    let mut mint = super::sessions::admin_operation(
+        "Mint a client token signed with --jwt-secret (409 when the relay has none)",
+        json!([]),
+        &[(201, minted)],
+        &[400, 401, 403, 409],
+    );
+    mint["requestBody"] =
+        json!({ "required": true, "content": { "application/json": { "schema": request } } });
+    json!({ "/api/v1/tokens": { "post": mint } })
 }
 
 /// What an admin asks for.
