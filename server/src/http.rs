@@ -71,6 +71,23 @@ async fn empty_doc_name() -> AppError {
     AppError::InvalidDocName("document name is empty".into())
 }
 
+/// Applies the per-address connection limit to a WebSocket request; returns the remote
+/// address, or 429 with the wait. Served without connect info (a router in a test), the
+/// address is unknown (`0.0.0.0:0`) and unlimited.
+pub(crate) fn admit_connection(
+    state: &AppState,
+    extensions: &Extensions,
+) -> Result<SocketAddr, AppError> {
+    let Some(ConnectInfo(remote)) = extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], 0)));
+    };
+    if let Err(wait) = state.connections.admit(remote.ip(), Instant::now()) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(AppError::RateLimited(secs.max(1)));
+    }
+    Ok(remote)
+}
+
 /// Upgrades to a y-websocket session on document `doc`. Too many connections from one
 /// address (429), a bad name (400) or token (401, 403) is refused before the upgrade, so no
 /// document data flows to an unauthorised client.
@@ -81,17 +98,10 @@ async fn websocket(
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // Served without connect info (a router in a test), the address is unknown: unlimited.
-    let remote = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
-    if let Some(remote) = remote
-        && let Err(wait) = state.connections.admit(remote.ip(), Instant::now())
-    {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return AppError::RateLimited(secs.max(1)).into_response();
-    }
-    let remote = remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let remote = match admit_connection(&state, &extensions) {
+        Ok(remote) => remote,
+        Err(e) => return e.into_response(),
+    };
     let name = match doc {
         Ok(Path(name)) => name,
         Err(e) => return AppError::InvalidDocName(e.body_text()).into_response(),

@@ -159,7 +159,7 @@ where
 
 /// Counts an incoming frame on the session and charges a data frame to the message rate; a
 /// frame over the rate is refused with 1008 before the room sees it.
-fn account(
+pub(crate) fn account(
     frame: Option<&Result<Frame, axum::Error>>,
     handle: &SessionHandle,
     bucket: Option<&mut TokenBucket>,

@@ -450,3 +450,64 @@ async fn the_admin_key_can_come_from_the_environment() {
     assert_eq!(status, 200, "{page}");
     assert!(!relay.logs().contains(ADMIN_KEY), "the key is logged");
 }
+
+#[tokio::test]
+async fn a_live_register_connection_is_a_session_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let relay = secured(&[]);
+    let token = mint(&relay, "ada", &["title"], "write").await;
+    let create = json!({ "name": "title", "kind": "lww" });
+    let (status, body) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        Some(&token),
+        Some(create),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let url = format!("ws://{}/api/v1/docs/title/live?token={token}", relay.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let write = json!({ "op": "write", "id": 1, "value": "Draft",
+        "stamp": { "clock": { "wall_ms": 1, "counter": 0 }, "writer": "tab" } });
+    socket
+        .send(Frame::Text(write.to_string().into()))
+        .await
+        .unwrap();
+    // The greeting, the write's event, then its result.
+    loop {
+        let frame = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Frame::Text(text) = frame else { continue };
+        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        if message["type"] == "result" {
+            assert_eq!(message["outcome"]["outcome"], "applied", "{message}");
+            break;
+        }
+    }
+    let session = session_of(&relay, "ada").await;
+    assert_eq!(session["documents"], json!(["title"]));
+    assert_eq!(session["state"], "ACTIVE");
+    assert_eq!(session["messages_in"], 1, "{session}");
+    assert!(session["messages_out"].as_u64().unwrap() >= 2, "{session}");
+
+    let path = format!("/api/v1/sessions/{}", session["id"].as_str().unwrap());
+    let (status, closed) = admin(&relay, "DELETE", &path, None).await;
+    assert_eq!(status, 200, "{closed}");
+    let close = loop {
+        let frame = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Frame::Close(Some(close)) = frame {
+            break close;
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("administrator"), "{}", close.reason);
+}

@@ -31,7 +31,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -49,7 +49,10 @@ use crate::auth::{Grant, Permission};
 use crate::error::AppError;
 use crate::events::DocEvent;
 use crate::http::AppState;
+use crate::rate_limit::TokenBucket;
+use crate::registry::{SessionHandle, SessionState, Transport};
 use crate::rooms::CloseReason;
+use crate::session::account;
 
 /// Largest request frame a live client may send.
 const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -81,19 +84,31 @@ enum LiveRequest {
 
 async fn live(
     State(state): State<AppState>,
+    extensions: Extensions,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
     query: Result<Query<TokenQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let remote = match crate::http::admit_connection(&state, &extensions) {
+        Ok(remote) => remote,
+        Err(e) => return e.into_response(),
+    };
     match prepare(&state, &headers, name, &query).await {
         Ok((doc, grant)) => match upgrade {
             Ok(upgrade) => {
                 let tracker = state.tracker.clone();
+                // A session like any other: listed, counted, rate-limited, disconnectable.
+                let handle = state.registry.open(
+                    &grant.user,
+                    Transport::Websocket,
+                    remote,
+                    vec![doc.as_str().to_owned()],
+                );
                 upgrade
                     .max_message_size(MAX_FRAME_BYTES)
                     .on_upgrade(move |socket| {
-                        tracker.track_future(serve(socket, doc, grant, state))
+                        tracker.track_future(serve(socket, doc, grant, state, handle))
                     })
             }
             Err(e) => AppError::NotWebSocket(e.body_text()).into_response(),
@@ -122,7 +137,13 @@ async fn prepare(
     Ok((doc, grant))
 }
 
-async fn serve(socket: WebSocket, doc: DocName, grant: Grant, state: AppState) {
+async fn serve(
+    socket: WebSocket,
+    doc: DocName,
+    grant: Grant,
+    state: AppState,
+    handle: SessionHandle,
+) {
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("live", conn, doc = %doc, user = %grant.user);
     let events = state.sessions.rooms.events().clone();
@@ -133,7 +154,7 @@ async fn serve(socket: WebSocket, doc: DocName, grant: Grant, state: AppState) {
         conn,
     };
     events.publish(&doc, joined);
-    let reason = run(socket, &doc, &grant, &state, listener)
+    let reason = run(socket, &doc, &grant, &state, listener, &handle)
         .instrument(span)
         .await;
     debug!(?reason, "live connection closed");
@@ -150,6 +171,7 @@ async fn run(
     grant: &Grant,
     state: &AppState,
     mut listener: broadcast::Receiver<Arc<DocEvent>>,
+    handle: &SessionHandle,
 ) -> Option<CloseReason> {
     let (mut sink, mut stream) = socket.split();
     let greeting = match load_register(state, doc).await {
@@ -160,40 +182,56 @@ async fn run(
         }),
         Err(e) => {
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, e.to_string());
+            handle.closing(Some(&reason));
             close(&mut sink, reason.clone()).await;
             return Some(reason);
         }
     };
-    if sink.send(text(&greeting)).await.is_err() {
+    if send(&mut sink, &greeting, handle).await.is_err() {
+        handle.closing(None);
         return None;
     }
+    handle.set_state(SessionState::Active);
     let shutdown = state.sessions.shutdown.clone();
+    let mut messages = state
+        .sessions
+        .message_rate
+        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+    let kicked = handle.disconnect_requested();
+    let mut kicked = std::pin::pin!(kicked);
     let reason = loop {
         tokio::select! {
+            reason = &mut kicked => break Some(reason),
             event = next_event(&mut listener, &shutdown) => match event {
                 Some(DocEvent::Deleted) => {
                     let _ = sink.send(text(&DocEvent::Deleted.to_json())).await;
                     break Some(CloseReason::new(CloseReason::DOCUMENT_DELETED, "document deleted"));
                 }
                 Some(event) => {
-                    if sink.send(text(&event.to_json())).await.is_err() {
+                    if send(&mut sink, &event.to_json(), handle).await.is_err() {
                         break None;
                     }
                 }
                 None => break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down")),
             },
-            frame = stream.next() => match on_frame(frame) {
-                Incoming::Request(request) => {
-                    let answer = answer(state, doc, grant, request).await;
-                    if sink.send(text(&answer)).await.is_err() {
-                        break None;
-                    }
+            frame = stream.next() => {
+                if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                    break Some(reason);
                 }
-                Incoming::Ignore => {}
-                Incoming::Close(reason) => break reason,
-            },
+                match on_frame(frame) {
+                    Incoming::Request(request) => {
+                        let answer = answer(state, doc, grant, request).await;
+                        if send(&mut sink, &answer, handle).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Incoming::Ignore => {}
+                    Incoming::Close(reason) => break reason,
+                }
+            }
         }
     };
+    handle.closing(reason.as_ref());
     if let Some(reason) = &reason {
         close(&mut sink, reason.clone()).await;
     }
@@ -259,6 +297,16 @@ async fn answer(state: &AppState, doc: &DocName, grant: &Grant, request: LiveReq
 
 fn text(value: &Value) -> Frame {
     Frame::Text(value.to_string().into())
+}
+
+/// Sends `value` as a text frame, counted on the session.
+async fn send<K>(sink: &mut K, value: &Value, handle: &SessionHandle) -> Result<(), K::Error>
+where
+    K: futures_util::Sink<Frame> + Unpin,
+{
+    let frame = value.to_string();
+    handle.sent(frame.len());
+    sink.send(Frame::Text(frame.into())).await
 }
 
 async fn close<K>(sink: &mut K, reason: CloseReason)
