@@ -228,3 +228,27 @@ async fn only_register_documents_and_valid_tokens_get_a_live_channel() {
         "read_only"
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_event_streams_and_closes_live_clients_with_1001() {
+    let mut relay = Relay::start(&[]);
+    create(&relay, "title", "lww").await;
+    let mut sse =
+        common::api_client::SseClient::open(relay.addr, "/api/v1/docs/title/events", None)
+            .await
+            .unwrap();
+    let mut client = LiveClient::connect(relay.addr, "title", None).await;
+    sse.wait_for("user_joined").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = relay.signal_and_wait("TERM");
+        (relay, status)
+    });
+    let close = client.expect_close().await;
+    assert_eq!(u16::from(close.code), 1001);
+    while sse.next_event().await.is_some() {}
+    let (_relay, status) = status.await.unwrap();
+    assert!(
+        status.success(),
+        "the relay exits cleanly with listeners attached"
+    );
+}

@@ -152,24 +152,34 @@ async fn run(
     mut listener: broadcast::Receiver<Arc<DocEvent>>,
 ) -> Option<CloseReason> {
     let (mut sink, mut stream) = socket.split();
-    let greeting = match load_register(state, doc).await {
-        Ok(register) => json!({
-            "type": "state",
-            "register": register_json(&register),
-            "lock": state.locks.current(doc),
-        }),
+    match greeting(state, doc).await {
+        Ok(greeting) => {
+            if sink.send(text(&greeting)).await.is_err() {
+                return None;
+            }
+        }
         Err(e) => {
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, e.to_string());
             close(&mut sink, reason.clone()).await;
             return Some(reason);
         }
-    };
-    if sink.send(text(&greeting)).await.is_err() {
-        return None;
     }
     let shutdown = state.sessions.shutdown.clone();
+    // Pings as on /ws: a peer silent for two intervals (no pong, no frame) is gone.
+    let mut heartbeat = tokio::time::interval(state.sessions.ping_interval);
+    heartbeat.tick().await;
+    let mut heard_from = true;
     let reason = loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                if !heard_from {
+                    break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+                }
+                heard_from = false;
+                if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
             event = next_event(&mut listener, &shutdown) => match event {
                 Some(DocEvent::Deleted) => {
                     let _ = sink.send(text(&DocEvent::Deleted.to_json())).await;
@@ -182,22 +192,35 @@ async fn run(
                 }
                 None => break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down")),
             },
-            frame = stream.next() => match on_frame(frame) {
-                Incoming::Request(request) => {
-                    let answer = answer(state, doc, grant, request).await;
-                    if sink.send(text(&answer)).await.is_err() {
-                        break None;
+            frame = stream.next() => {
+                heard_from = true;
+                match on_frame(frame) {
+                    Incoming::Request(request) => {
+                        let answer = answer(state, doc, grant, request).await;
+                        if sink.send(text(&answer)).await.is_err() {
+                            break None;
+                        }
                     }
+                    Incoming::Ignore => {}
+                    Incoming::Close(reason) => break reason,
                 }
-                Incoming::Ignore => {}
-                Incoming::Close(reason) => break reason,
-            },
+            }
         }
     };
     if let Some(reason) = &reason {
         close(&mut sink, reason.clone()).await;
     }
     reason
+}
+
+/// The first message: the register as it is now, and the lock.
+async fn greeting(state: &AppState, doc: &DocName) -> Result<Value, AppError> {
+    let register = load_register(state, doc).await?;
+    Ok(json!({
+        "type": "state",
+        "register": register_json(&register),
+        "lock": state.locks.current(doc),
+    }))
 }
 
 enum Incoming {
