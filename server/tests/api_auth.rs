@@ -177,3 +177,25 @@ async fn lock_holders_are_token_subjects() {
     let (status, _) = http_json(relay.addr, "DELETE", lock, Some(&bo), None).await;
     assert_eq!(status, 423, "bo cannot release ada's lock");
 }
+
+#[tokio::test]
+async fn the_event_stream_takes_a_query_token_and_events_never_carry_tokens() {
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let ada = token("ada", &["title"], Permission::Write);
+    let body = json!({ "name": "title", "kind": "lww" });
+    http_json(relay.addr, "POST", "/api/v1/docs", Some(&ada), Some(body)).await;
+    let watcher = token("bo", &["title"], Permission::Read);
+    let path = format!("/api/v1/docs/title/events?token={watcher}");
+    let mut sse = SseClient::open(relay.addr, &path, None).await.unwrap();
+    let mut live = common::api_client::LiveClient::connect(relay.addr, "title", Some(&ada)).await;
+    let write = json!({ "op": "write", "id": 1, "value": "T", "stamp": { "clock": { "wall_ms": 1, "counter": 0 }, "writer": "ada" } });
+    live.send(write).await;
+    let joined = sse.wait_for("user_joined").await;
+    assert_eq!(joined["user"], "ada");
+    let updated = sse.wait_for("updated").await;
+    assert_eq!(updated["register"]["value"], "T");
+    for event in [joined, updated] {
+        let text = event.to_string();
+        assert!(!text.contains(&ada) && !text.contains(&watcher), "{text}");
+    }
+}
