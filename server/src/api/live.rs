@@ -41,6 +41,7 @@ use tokio::sync::broadcast;
 use tracing::{Instrument, debug, info_span};
 
 use super::events::{TokenQuery, must_exist, next_event, token_of};
+use super::openapi::{name_param, operation, statuses};
 use super::registers::{
     RegisterChange, RegisterWrite, Resolution, load_register, register_json, write,
 };
@@ -297,4 +298,16 @@ where
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let mut live = operation(
+        "WebSocket (JSON text frames) for register documents: events, writes, resolutions; see the relay's docs",
+        json!([name_param(), { "name": "token", "in": "query", "schema": { "type": "string" } }]),
+        (101, json!({ "description": "switching to WebSocket" })),
+        &statuses(&[404, 409, 426]),
+    );
+    live["x-websocket"] = json!(true);
+    json!({ "/api/v1/docs/{name}/live": { "get": live } })
 }
