@@ -262,3 +262,29 @@ async fn register_documents_have_no_yjs_content() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn bad_names_and_ids_in_paths_get_json_400s() {
+    let relay = Relay::start(&[]);
+    for (method, path, code) in [
+        ("GET", "/api/v1/docs/a%01b", "invalid_doc_name"),
+        ("DELETE", "/api/v1/docs/a%01b", "invalid_doc_name"),
+        ("GET", "/api/v1/docs/%FF%FE/content", "invalid_doc_name"),
+        ("POST", "/api/v1/docs/a%5Cb/update", "invalid_doc_name"),
+        ("GET", "/api/v1/docs/a%01b/lock", "invalid_doc_name"),
+        ("GET", "/api/v1/docs/notes/conflicts/first", "bad_request"),
+        (
+            "POST",
+            "/api/v1/docs/notes/conflicts/-1/resolve",
+            "bad_request",
+        ),
+    ] {
+        let (status, _, body) = http_bytes(relay.addr, method, path, None, b"{}").await;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{method} {path}: {body}"
+        );
+    }
+}

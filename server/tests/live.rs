@@ -252,3 +252,34 @@ async fn shutdown_ends_event_streams_and_closes_live_clients_with_1001() {
         "the relay exits cleanly with listeners attached"
     );
 }
+
+#[tokio::test]
+async fn concurrent_manual_writers_on_one_version_make_one_revision_and_conflicts_for_the_rest() {
+    let relay = Relay::start(&[]);
+    create(&relay, "notes", "manual").await;
+    let addr = relay.addr;
+    let writers: Vec<_> = (0..6u64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut client = LiveClient::connect(addr, "notes", None).await;
+                let write = json!({ "op": "write", "id": i, "value": format!("v-{i}"), "base_version": 0, "author": format!("w{i}") });
+                client.send(write).await;
+                result_of(&mut client, i).await["outcome"]["outcome"].as_str().unwrap().to_owned()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for writer in writers {
+        outcomes.push(writer.await.unwrap());
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            "applied", "conflict", "conflict", "conflict", "conflict", "conflict"
+        ]
+    );
+    let (_, register) = http_json(addr, "GET", "/api/v1/docs/notes/register", None, None).await;
+    assert_eq!(register["version"], 1);
+    assert_eq!(register["open_conflicts"], 5);
+}
