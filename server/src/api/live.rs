@@ -160,7 +160,9 @@ async fn run(
             }
         }
         Err(e) => {
-            let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, e.to_string());
+            // The client-facing text: a 5xx shows only its log reference.
+            let (_, _, message) = e.parts();
+            let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, message);
             close(&mut sink, reason.clone()).await;
             return Some(reason);
         }
