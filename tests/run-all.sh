@@ -20,6 +20,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test (unit, property and integration tests)"
 cargo test --workspace --locked
 
+step "schemathesis: generated requests against the /api/v1 OpenAPI description"
+tests/schemathesis.sh
+
 step "interop: npm yjs + y-websocket against the relay"
 cargo build -p aetherflow-server --locked --quiet
 export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"
