@@ -138,6 +138,19 @@ fn docs_paths() -> Value {
         (200, json_response("the document", schema("Document"))),
         &statuses(&[404]),
     );
+    let mut ensure = with_body(
+        operation(
+            "Create the document unless it exists with this kind (idempotent): 201 created, 200 already there, 409 another kind",
+            json!([name_param()]),
+            (
+                200,
+                json_response("it exists with this kind", schema("Document")),
+            ),
+            &statuses(&[409]),
+        ),
+        json_body(schema("EnsureDocument")),
+    );
+    ensure["responses"]["201"] = json_response("created", schema("Document"));
     let mut delete = operation(
         "Delete a document: content, register, conflicts; its connections are closed (4410)",
         json!([name_param()]),
@@ -147,7 +160,7 @@ fn docs_paths() -> Value {
     delete["responses"]["204"] = json!({ "description": "deleted" });
     json!({
         "/api/v1/docs": { "get": list, "post": create },
-        "/api/v1/docs/{name}": { "get": get, "delete": delete },
+        "/api/v1/docs/{name}": { "get": get, "put": ensure, "delete": delete },
     })
 }
 
@@ -317,6 +330,7 @@ pub fn components() -> Value {
             "Kind": { "type": "string", "enum": ["yjs", "lww", "manual"] },
             "CreateDocument": { "type": "object", "required": ["name"], "properties": {
                 "name": { "type": "string" }, "kind": schema("Kind") } },
+            "EnsureDocument": { "type": "object", "properties": { "kind": schema("Kind") } },
             "Document": { "type": "object", "required": ["name", "kind", "created_ms"], "properties": {
                 "name": { "type": "string" }, "kind": schema("Kind"),
                 "created_ms": { "type": ["integer", "null"] },
