@@ -288,3 +288,40 @@ async fn bad_names_and_ids_in_paths_get_json_400s() {
         );
     }
 }
+
+#[tokio::test]
+async fn put_makes_sure_a_document_exists_without_an_error_when_it_already_does() {
+    let relay = Relay::start(&[]);
+    let put = |kind: &'static str| {
+        http_json(
+            relay.addr,
+            "PUT",
+            "/api/v1/docs/plan.title",
+            None,
+            Some(json!({ "kind": kind })),
+        )
+    };
+    let (status, first) = put("lww").await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["kind"], "lww");
+    // Again with the same kind: nothing to do, and no error for the page that asks each visit.
+    let (status, again) = put("lww").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["created_ms"], first["created_ms"]);
+    // Another kind is a real conflict, and the document keeps its kind.
+    let (status, other) = put("manual").await;
+    assert_eq!(status, 409, "{other}");
+    assert_eq!(other["error"]["code"], "conflict");
+    let (_, meta) = http_json(relay.addr, "GET", "/api/v1/docs/plan.title", None, None).await;
+    assert_eq!(meta["kind"], "lww");
+    // A hostile name is refused before anything is stored.
+    let (status, bad) = http_json(
+        relay.addr,
+        "PUT",
+        "/api/v1/docs/%01bad",
+        None,
+        Some(json!({ "kind": "lww" })),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+}

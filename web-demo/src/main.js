@@ -15,6 +15,7 @@ import { docNameFromSearch, docNameProblem, docHref } from './doc-name.js'
 import { RelayMirror } from './relay-mirror.js'
 import { loadIdentity, saveIdentity, awarenessUser } from './identity.js'
 import { RateMeter, measureRoundTrip } from './live-stats.js'
+import { startRegisterPanels } from './register-panels.js'
 
 /** The shared text's name in the Y.Doc (the README's example writes to the same one). */
 const TEXT_NAME = 'content'
@@ -138,8 +139,13 @@ function applyConnectionWish () {
   const wanted = !userOffline && !networkDown
   if (wanted && !provider.shouldConnect) provider.connect()
   if (!wanted && provider.shouldConnect) provider.disconnect()
+  registers.setOnline(wanted)
   renderStatus()
 }
+
+// --- Title (lww) and publishing notes (manual) --------------------------------------------
+
+const registers = startRegisterPanels(docName, () => identity.name)
 
 // The provider reports no event while its socket stays down; re-render now and then so the
 // indicator never lies for long.
@@ -237,5 +243,5 @@ setInterval(measureRtt, RTT_INTERVAL_MS)
 // --- Test and debugging hook --------------------------------------------------------------
 
 Object.assign(window, {
-  aetherflowDemo: { doc, ytext, provider, awareness, view, mirror, docName, connectionState }
+  aetherflowDemo: { doc, ytext, provider, awareness, view, mirror, docName, connectionState, registers }
 })

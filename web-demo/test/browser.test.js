@@ -253,4 +253,87 @@ describe('the demo page against the real relay', () => {
     await screenshot(phone, 'phone-1-narrow-viewport')
     await screenshot(desk, 'phone-2-desk-view')
   })
+
+  browserTest('the title is last-writer-wins: whoever sets it last, both see it', async () => {
+    const doc = docName('title')
+    const ada = await person('Ada', '#1f77b4', doc)
+    const bob = await person('Bob', '#d62728', doc)
+    const titleOf = (p) => waitForPage(p, 'the title panel to connect',
+      () => !document.getElementById('title-form').hasAttribute('data-offline') &&
+        document.getElementById('title-status').textContent !== '')
+    await Promise.all([titleOf(ada), titleOf(bob)])
+
+    await ada.page.getByLabel('Document title', { exact: true }).fill('Q3 plan')
+    await ada.page.getByLabel('Document title', { exact: true }).press('Enter')
+    await waitForPage(bob, 'Ada’s title', () => document.getElementById('title-input').value === 'Q3 plan',
+      undefined, () => document.getElementById('title-input').value)
+    assert.match(await bob.page.locator('#title-status').textContent(), /set by Ada/)
+
+    await bob.page.getByLabel('Document title', { exact: true }).fill('Q4 plan')
+    await bob.page.getByRole('button', { name: 'Set title' }).click()
+    for (const p of [ada, bob]) {
+      await waitForPage(p, 'Bob’s later title', () => document.getElementById('title-input').dataset.value === 'Q4 plan',
+        undefined, () => document.getElementById('title-input').dataset.value)
+    }
+    assert.equal(await ada.page.getByLabel('Document title', { exact: true }).inputValue(), 'Q4 plan')
+    await screenshot(ada, 'title-1-ada-sees-bobs-title')
+
+    // The relay holds the winner: a newcomer sees it.
+    const cleo = await person('Cleo', '#2ca02c', doc)
+    await waitForPage(cleo, 'the stored title', () => document.getElementById('title-input').value === 'Q4 plan')
+  })
+
+  browserTest('notes saved by two people from the same version show a conflict; resolving it updates both', async () => {
+    const doc = docName('notes')
+    const ada = await person('Ada', '#1f77b4', doc)
+    const bob = await person('Bob', '#d62728', doc)
+    for (const p of [ada, bob]) {
+      await waitForPage(p, 'the notes panel on version 0', () =>
+        !document.getElementById('notes-form').hasAttribute('data-offline') &&
+        document.getElementById('notes-input').dataset.version === '0')
+    }
+    // Both start from version 0 and write different notes.
+    await ada.page.getByLabel('Notes', { exact: true }).fill('Ship on Monday.')
+    await bob.page.getByLabel('Notes', { exact: true }).fill('Ship after the review.')
+    await ada.page.getByRole('button', { name: 'Save notes' }).click()
+    await waitForPage(ada, 'Ada’s save to make version 1', () => document.getElementById('notes-version').textContent === 'Version 1')
+    // Bob is told, and keeps his unsaved text.
+    await waitForPage(bob, 'Bob to learn of version 1', () => document.getElementById('notes-version').textContent.startsWith('Version 1'),
+      undefined, () => document.getElementById('notes-version').textContent)
+    assert.equal(await bob.page.getByLabel('Notes', { exact: true }).inputValue(), 'Ship after the review.')
+
+    await bob.page.getByRole('button', { name: 'Save notes' }).click()
+    const conflictShown = () => {
+      const card = document.querySelector('#conflicts .conflict')
+      if (!card || document.getElementById('conflicts').hidden) return null
+      return [...card.querySelectorAll('.conflict-value')].map((el) => el.textContent)
+    }
+    for (const p of [ada, bob]) {
+      const values = await waitForPage(p, 'the conflict with both values', conflictShown, undefined,
+        () => document.getElementById('conflicts').innerHTML.slice(0, 300))
+      assert.deepEqual(values, ['Ship on Monday.', 'Ship after the review.'], `${p.name} sees both values`)
+    }
+    assert.equal(await ada.page.locator('#notes-input').inputValue(), 'Ship on Monday.', 'a conflict changes nothing yet')
+    await screenshot(ada, 'notes-1-ada-sees-the-conflict')
+    await screenshot(bob, 'notes-2-bob-sees-the-conflict')
+
+    // Ada resolves it with a merge, using the keyboard.
+    const merged = ada.page.getByLabel('Or merge them')
+    await merged.fill('Ship after the review, on Monday.')
+    await ada.page.getByRole('button', { name: 'Save merged notes' }).focus()
+    await ada.page.keyboard.press('Enter')
+    for (const p of [ada, bob]) {
+      await waitForPage(p, 'the merged notes and no conflict', () =>
+        document.getElementById('conflicts').hidden &&
+        document.getElementById('notes-input').value === 'Ship after the review, on Monday.',
+      undefined, () => [document.getElementById('notes-input').value, document.getElementById('conflicts').hidden])
+    }
+    await screenshot(bob, 'notes-3-bob-after-resolution')
+
+    // The relay kept the resolution: a newcomer sees it and no open conflict.
+    const cleo = await person('Cleo', '#2ca02c', doc)
+    await waitForPage(cleo, 'the resolved notes', () =>
+      document.getElementById('notes-input').value === 'Ship after the review, on Monday.')
+    assert.equal(await cleo.page.locator('#conflicts .conflict').count(), 0)
+  })
 })

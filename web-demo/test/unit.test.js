@@ -12,6 +12,8 @@ import { docNameProblem, docNameFromSearch, docHref, DEFAULT_DOC_NAME } from '..
 import { RelayMirror } from '../src/relay-mirror.js'
 import { RateMeter } from '../src/live-stats.js'
 import { awarenessUser } from '../src/identity.js'
+import { HybridClock, compareStamps } from '../src/hlc.js'
+import { companionNames } from '../src/register-panels.js'
 
 test('document names follow the relay’s rules', () => {
   for (const ok of ['notes', 'team notes 2024', 'ünïcødé-📝', 'a.b_c-d', 'x'.repeat(255), 'é'.repeat(127)]) {
@@ -109,4 +111,32 @@ test('the update rate is averaged over its window', () => {
   assert.equal(meter.perSecond(1000), 2)
   assert.equal(meter.perSecond(5050), 1.8, 'the event at 0 fell out of the window')
   assert.equal(meter.perSecond(10_000), 0)
+})
+
+test('the hybrid clock never runs backwards and always passes what it saw', () => {
+  const clock = new HybridClock()
+  assert.deepEqual(clock.tick(1000), { wall_ms: 1000, counter: 0 })
+  // The same millisecond, or a clock that went back: the counter moves on.
+  assert.deepEqual(clock.tick(1000), { wall_ms: 1000, counter: 1 })
+  assert.deepEqual(clock.tick(900), { wall_ms: 1000, counter: 2 })
+  // A stamp seen from a tab whose clock runs ahead: the next local stamp exceeds it.
+  clock.observe({ wall_ms: 5000, counter: 7 })
+  assert.deepEqual(clock.tick(1001), { wall_ms: 5000, counter: 8 })
+  // An older stamp changes nothing.
+  clock.observe({ wall_ms: 10, counter: 0 })
+  assert.deepEqual(clock.tick(1002), { wall_ms: 5000, counter: 9 })
+})
+
+test('write stamps order by clock, then writer, as on the relay', () => {
+  const at = (wall_ms, counter, writer) => ({ clock: { wall_ms, counter }, writer })
+  assert.ok(compareStamps(at(2, 0, 'a'), at(1, 9, 'z')) > 0)
+  assert.ok(compareStamps(at(1, 1, 'a'), at(1, 0, 'z')) > 0)
+  assert.ok(compareStamps(at(1, 1, 'b'), at(1, 1, 'a')) > 0)
+  assert.equal(compareStamps(at(1, 1, 'a'), at(1, 1, 'a')), 0)
+})
+
+test('the title and notes documents sit next to the text, when the name leaves room', () => {
+  assert.deepEqual(companionNames('plan'), { title: 'plan.title', notes: 'plan.notes' })
+  assert.ok(companionNames('x'.repeat(249)))
+  assert.equal(companionNames('x'.repeat(250)), null)
 })

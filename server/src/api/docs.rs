@@ -31,13 +31,22 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/docs", post(create_document).get(list_documents))
         .route(
             "/api/v1/docs/{name}",
-            get(get_document).delete(delete_document),
+            get(get_document)
+                .put(ensure_document)
+                .delete(delete_document),
         )
 }
 
 #[derive(Deserialize)]
 struct CreateDocument {
     name: String,
+    #[serde(default = "default_kind")]
+    kind: Kind,
+}
+
+/// The body of `PUT /api/v1/docs/{name}`.
+#[derive(Deserialize)]
+struct EnsureDocument {
     #[serde(default = "default_kind")]
     kind: Kind,
 }
@@ -71,33 +80,76 @@ async fn create_document(
 ) -> Result<Response, AppError> {
     let request = json_body(body)?;
     let doc = doc_name(&request.name)?;
-    authorize(&state, &headers, &doc, true)?;
+    match create(&state, &headers, &doc, request.kind).await? {
+        WriteResult::Created(meta) => Ok(created(&doc, &meta)),
+        WriteResult::Exists(meta) => Err(already_exists(&doc, &meta)),
+        other => Err(AppError::Internal(format!(
+            "unexpected write result {other:?}"
+        ))),
+    }
+}
+
+/// Creates the document unless it exists with the same kind (idempotent, so a page can make
+/// sure its documents exist without an error on every visit): 201 when created, 200 when it
+/// was there already, 409 when it exists as another kind.
+async fn ensure_document(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    NamePath(doc): NamePath,
+    body: Result<Json<EnsureDocument>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let kind = json_body(body)?.kind;
+    match create(&state, &headers, &doc, kind).await? {
+        WriteResult::Created(meta) => Ok(created(&doc, &meta)),
+        WriteResult::Exists(meta) if meta.kind == kind => {
+            Ok(Json(meta_json(&doc, &meta, None)).into_response())
+        }
+        WriteResult::Exists(meta) => Err(already_exists(&doc, &meta)),
+        other => Err(AppError::Internal(format!(
+            "unexpected write result {other:?}"
+        ))),
+    }
+}
+
+/// Asks the store to create `doc` as `kind`, for a writer.
+async fn create(
+    state: &AppState,
+    headers: &HeaderMap,
+    doc: &DocName,
+    kind: Kind,
+) -> Result<WriteResult, AppError> {
+    authorize(state, headers, doc, true)?;
     let meta = DocumentMeta {
-        kind: request.kind,
+        kind,
         created_ms: Some(now_ms()),
     };
     let op = WriteOp::CreateDocument {
         doc: doc.clone(),
         meta,
     };
-    match state.sessions.rooms.writer().commit(op).await {
-        Ok(WriteResult::Created(meta)) => {
-            let stats = DocStats {
-                modified_ms: meta.created_ms,
-                ..DocStats::default()
-            };
-            let body = Json(meta_json(&doc, &meta, Some(stats)));
-            Ok((StatusCode::CREATED, body).into_response())
-        }
-        Ok(WriteResult::Exists(meta)) => Err(AppError::Conflict(format!(
-            "document {} already exists as a {:?} document",
-            doc, meta.kind
-        ))),
-        Ok(other) => Err(AppError::Internal(format!(
-            "unexpected write result {other:?}"
-        ))),
-        Err(e) => Err(AppError::Internal(e.to_string())),
-    }
+    state
+        .sessions
+        .rooms
+        .writer()
+        .commit(op)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+fn created(doc: &DocName, meta: &DocumentMeta) -> Response {
+    let stats = DocStats {
+        modified_ms: meta.created_ms,
+        ..DocStats::default()
+    };
+    let body = Json(meta_json(doc, meta, Some(stats)));
+    (StatusCode::CREATED, body).into_response()
+}
+
+fn already_exists(doc: &DocName, meta: &DocumentMeta) -> AppError {
+    AppError::Conflict(format!(
+        "document {} already exists as a {:?} document",
+        doc, meta.kind
+    ))
 }
 
 async fn get_document(
@@ -205,6 +257,19 @@ pub fn paths() -> Value {
         (200, json_response("the document", schema("Document"))),
         &statuses(&[404]),
     );
+    let mut ensure = with_body(
+        operation(
+            "Create the document unless it exists with this kind (idempotent): 201 created, 200 already there, 409 another kind",
+            json!([name_param()]),
+            (
+                200,
+                json_response("it exists with this kind", schema("Document")),
+            ),
+            &statuses(&[409]),
+        ),
+        request_body(schema("EnsureDocument")),
+    );
+    ensure["responses"]["201"] = json_response("created", schema("Document"));
     let mut delete = operation(
         "Delete a document: content, register, conflicts; its connections are closed (4410)",
         json!([name_param()]),
@@ -214,6 +279,6 @@ pub fn paths() -> Value {
     delete["responses"]["204"] = json!({ "description": "deleted" });
     json!({
         "/api/v1/docs": { "get": list, "post": create },
-        "/api/v1/docs/{name}": { "get": get, "delete": delete },
+        "/api/v1/docs/{name}": { "get": get, "put": ensure, "delete": delete },
     })
 }

@@ -147,6 +147,7 @@ pub fn components() -> Value {
             "Kind": { "type": "string", "enum": ["yjs", "lww", "manual"] },
             "CreateDocument": { "type": "object", "required": ["name"], "properties": {
                 "name": { "type": "string" }, "kind": schema("Kind") } },
+            "EnsureDocument": { "type": "object", "properties": { "kind": schema("Kind") } },
             "Document": { "type": "object", "required": ["name", "kind", "created_ms"], "properties": {
                 "name": { "type": "string" }, "kind": schema("Kind"),
                 "created_ms": { "type": ["integer", "null"] },
