@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::congestion::Algorithm;
 use crate::packet::MAX_OVERHEAD;
 
 /// Settings for an endpoint and every connection it runs.
@@ -39,6 +40,8 @@ pub struct Config {
     pub cookie_key: [u8; 16],
     /// How long one cookie time bucket lasts; a cookie is valid for one to two buckets.
     pub cookie_lifetime: Duration,
+    /// Congestion controller of every connection: BBR with pacing unless NewReno is chosen.
+    pub congestion: Algorithm,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             require_retry: true,
             cookie_key: [0; 16],
             cookie_lifetime: Duration::from_secs(10),
+            congestion: Algorithm::Bbr,
         }
     }
 }
