@@ -135,6 +135,7 @@ pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod cookie;
+#[cfg(feature = "driver")]
 pub mod driver;
 pub mod endpoint;
 pub mod packet;
@@ -144,6 +145,7 @@ mod send;
 
 pub use config::{Config, ConfigError};
 pub use connection::{CloseReason, Connection, ConnectionStats, Event, Role, SendError, Transmit};
+#[cfg(feature = "driver")]
 pub use driver::{
     Connection as QuantumConnection, DriverConfig, DriverError, DriverStats,
     Endpoint as QuantumEndpoint,

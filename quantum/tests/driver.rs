@@ -2,6 +2,8 @@
 //! fragmentation, many connections, graceful close, resets, refused connects, garbage on the
 //! socket and a client changing its local address.
 
+#![cfg(feature = "driver")]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
