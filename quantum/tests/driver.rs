@@ -1,6 +1,6 @@
 //! The tokio driver over real loopback sockets: handshakes, ordered delivery both ways,
 //! fragmentation, many connections, graceful close, resets, refused connects, garbage on the
-//! socket and a client changing its local address.
+//! socket, a client changing its local address and a path that goes silent.
 
 #![cfg(feature = "driver")]
 
@@ -402,6 +402,76 @@ async fn a_small_send_buffer_pushes_back_without_losing_messages() {
             assert_eq!(got[..4], i.to_be_bytes());
         }
         drop(sender.await.expect("sender"));
+    })
+    .await;
+}
+
+/// Forwards datagrams between one client and `server` until `cut` is set, then drops them
+/// all, as a network that stops delivering.
+async fn spawn_cuttable_path(
+    server: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let socket = tokio::net::UdpSocket::bind(loopback())
+        .await
+        .expect("bind path");
+    let addr = socket.local_addr().expect("addr");
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_flag = cut.clone();
+    tokio::spawn(async move {
+        let mut client = None;
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            if cut_flag.load(Ordering::SeqCst) {
+                continue;
+            }
+            let to = if from == server {
+                match client {
+                    Some(client) => client,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            let _ = socket.send_to(&buf[..len], to).await;
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_ends_in_an_idle_timeout() {
+    bounded(async {
+        let server = server().await;
+        let (path, cut) = spawn_cuttable_path(server.local_addr()).await;
+        let mut config = DriverConfig::default();
+        config.quantum.idle_timeout = Duration::from_secs(1);
+        config.quantum.keepalive_interval = Duration::from_millis(250);
+        let client = QuantumEndpoint::bind(loopback(), config)
+            .await
+            .expect("bind");
+        let (conn, accepted) = tokio::join!(client.connect(path), server.accept());
+        let (conn, accepted) = (conn.expect("connect"), accepted.expect("accept"));
+        conn.send("through the path").await.expect("send");
+        assert_eq!(
+            accepted.recv().await.expect("recv"),
+            Some(Bytes::from("through the path"))
+        );
+
+        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        match conn.recv().await {
+            Err(DriverError::ConnectionLost(CloseReason::TimedOut)) => {}
+            other => panic!("expected an idle timeout, got {other:?}"),
+        }
+        // The end is sticky, and sending on a dead connection is refused.
+        assert!(matches!(
+            conn.recv().await,
+            Err(DriverError::ConnectionLost(CloseReason::TimedOut))
+        ));
+        assert!(matches!(conn.send("lost").await, Err(DriverError::Closed)));
+        assert!(matches!(conn.stats().await, Err(DriverError::Closed)));
     })
     .await;
 }
