@@ -25,6 +25,9 @@ step "fuzz targets compile (quantum/fuzz, outside the workspace)"
 # quantum core gains a dependency.
 cargo build --manifest-path quantum/fuzz/Cargo.toml --quiet
 
+step "schemathesis: generated requests against the /api/v1 OpenAPI description"
+tests/schemathesis.sh
+
 step "interop: npm yjs + y-websocket against the relay"
 cargo build -p aetherflow-server --locked --quiet
 export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"

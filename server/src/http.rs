@@ -145,7 +145,9 @@ async fn websocket(
     );
     let limit = state.sessions.limits.max_message_bytes;
     let ctx = state.sessions.clone();
-    let tracker = state.tracker.clone();
+    // Counted from now, not from when the upgrade completes: a shutdown that starts in
+    // between still waits for this session to send its close frame.
+    let in_flight = state.tracker.token();
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
@@ -155,6 +157,9 @@ async fn websocket(
                 user: grant.user,
                 can_write: grant.permission == Permission::Write,
             };
-            tracker.track_future(session::run(socket, doc, peer, handle, ctx))
+            async move {
+                let _in_flight = in_flight;
+                session::run(socket, doc, peer, handle, ctx).await
+            }
         })
 }

@@ -185,6 +185,9 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Locks {
     table: Arc<Mutex<LockTable>>,
+    /// The expiry timer of each document's current lease; a renewal or release stops the
+    /// old one, so frequent renewals do not pile up sleeping tasks.
+    timers: Arc<Mutex<HashMap<DocName, tokio::task::AbortHandle>>>,
     events: Events,
 }
 
@@ -193,6 +196,7 @@ impl Locks {
     pub fn new(events: Events) -> Locks {
         Locks {
             table: Arc::default(),
+            timers: Arc::default(),
             events,
         }
     }
@@ -248,6 +252,7 @@ impl Locks {
     pub fn release(&self, doc: &DocName, holder: &str) -> Result<Lock, LockError> {
         self.current(doc);
         let lock = self.lock().release(doc, holder, now_ms())?;
+        self.disarm(doc);
         let event = DocEvent::LockReleased {
             holder: lock.holder.clone(),
         };
@@ -264,6 +269,7 @@ impl Locks {
     /// Drops `doc`'s lock without an event (the document was deleted).
     pub fn forget(&self, doc: &DocName) {
         self.lock().forget(doc);
+        self.disarm(doc);
     }
 
     /// Starts the timer that frees this lease when its time is up.
@@ -271,13 +277,39 @@ impl Locks {
         let locks = self.clone();
         let doc = doc.clone();
         let lease = lock.lease;
-        tokio::spawn(async move {
+        let key = doc.clone();
+        // Held until the handle is in the map, so even a 1 ms timer finds its own entry.
+        let mut timers = self.timers();
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ttl_ms)).await;
+            let me = tokio::task::id();
+            let mut timers = locks.timers();
+            if timers.get(&doc).is_some_and(|t| t.id() == me) {
+                timers.remove(&doc);
+            }
+            drop(timers);
             let expired = locks.lock().expire(&doc, lease);
             if let Some(lock) = expired {
                 locks.announce_expiry(&doc, lock);
             }
         });
+        if let Some(old) = timers.insert(key, timer.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Stops `doc`'s expiry timer (the lease ended another way).
+    fn disarm(&self, doc: &DocName) {
+        if let Some(timer) = self.timers().remove(doc) {
+            timer.abort();
+        }
+    }
+
+    fn timers(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, tokio::task::AbortHandle>> {
+        // Single inserts and removes cannot leave the map inconsistent.
+        self.timers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn announce_expiry(&self, doc: &DocName, lock: Lock) {

@@ -68,6 +68,13 @@ where
 {
     let (mut sink, stream) = socket.split();
     let mut stream = std::pin::pin!(stream);
+    if ctx.shutdown.is_cancelled() {
+        // Upgraded while the relay was shutting down: say so rather than join a room.
+        let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
+        handle.closing(Some(&reason));
+        close(&mut sink, reason).await;
+        return;
+    }
     let (outbox, mut from_room) = mpsc::channel(OUTBOX_CAPACITY);
     let membership = match ctx
         .rooms

@@ -22,6 +22,7 @@ use yrs::types::AsPrelim;
 use yrs::types::ToJson;
 use yrs::{Doc, In, ReadTxn, Transact};
 
+use super::openapi::{json_response, name_param, operation, schema, statuses, with_body};
 use super::{NamePath, authorize, blocking};
 use crate::error::AppError;
 use crate::http::AppState;
@@ -175,4 +176,35 @@ async fn post_update(
 
 fn too_large(limit: usize) -> AppError {
     AppError::TooLarge(format!("the update is larger than {limit} bytes"))
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let content = operation(
+        "A Yjs document's root types as JSON (map: object, array: array, text: string)",
+        json!([name_param()]),
+        (200, json_response("the content", schema("Content"))),
+        &statuses(&[404, 409]),
+    );
+    let binary = json!({ "description": "the document's state as one Yjs v1 update",
+        "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+    let get_update = operation(
+        "A Yjs document's state as one binary v1 update",
+        json!([name_param()]),
+        (200, binary),
+        &statuses(&[404, 409]),
+    );
+    let post_update = with_body(
+        operation(
+            "Apply a binary Yjs v1 update through the document's room; answered after the commit",
+            json!([name_param()]),
+            (204, json!({ "description": "committed and broadcast" })),
+            &statuses(&[409, 413]),
+        ),
+        json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+    );
+    json!({
+        "/api/v1/docs/{name}/content": { "get": content },
+        "/api/v1/docs/{name}/update": { "get": get_update, "post": post_update },
+    })
 }

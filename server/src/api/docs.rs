@@ -11,6 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::{
+    json_response, name_param, operation, request_body, schema, statuses, with_body,
+};
 use super::{NamePath, authorize, bearer, blocking, doc_name, json_body, now_ms};
 use crate::error::AppError;
 use crate::http::AppState;
@@ -171,4 +174,46 @@ async fn delete_document(
         Ok(false) => Err(AppError::NotFound(format!("no document {doc}"))),
         Err(ApplyError::Invalid(e) | ApplyError::Unavailable(e)) => Err(AppError::Internal(e)),
     }
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let list = operation(
+        "List documents in name order, a page at a time",
+        json!([
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+            { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+        ]),
+        (
+            200,
+            json_response("a page of documents", schema("DocumentPage")),
+        ),
+        &[400, 401],
+    );
+    let create = with_body(
+        operation(
+            "Create a document of a kind",
+            json!([]),
+            (201, json_response("created", schema("Document"))),
+            &statuses(&[409]),
+        ),
+        request_body(schema("CreateDocument")),
+    );
+    let get = operation(
+        "A document's metadata",
+        json!([name_param()]),
+        (200, json_response("the document", schema("Document"))),
+        &statuses(&[404]),
+    );
+    let mut delete = operation(
+        "Delete a document: content, register, conflicts; its connections are closed (4410)",
+        json!([name_param()]),
+        (204, json!({ "description": "deleted" })),
+        &statuses(&[404]),
+    );
+    delete["responses"]["204"] = json!({ "description": "deleted" });
+    json!({
+        "/api/v1/docs": { "get": list, "post": create },
+        "/api/v1/docs/{name}": { "get": get, "delete": delete },
+    })
 }

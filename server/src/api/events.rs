@@ -20,10 +20,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures_util::Stream;
 use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+use super::openapi::{name_param, operation, schema, statuses};
 use super::{NamePath, authorize_token, bearer, blocking};
 use crate::error::AppError;
 use crate::events::DocEvent;
@@ -115,4 +117,18 @@ pub(crate) async fn next_event(
             Err(RecvError::Closed) => None,
         },
     }
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let sse = json!({ "description": "Server-Sent Events; each event's name is its type, its data the Event JSON",
+        "content": { "text/event-stream": { "schema": { "type": "string" } } } });
+    let mut events = operation(
+        "The document's events as Server-Sent Events (token also as ?token=)",
+        json!([name_param(), { "name": "token", "in": "query", "schema": { "type": "string" } }]),
+        (200, sse),
+        &statuses(&[404]),
+    );
+    events["x-event-schema"] = schema("Event");
+    json!({ "/api/v1/docs/{name}/events": { "get": events } })
 }

@@ -41,6 +41,7 @@ use tokio::sync::broadcast;
 use tracing::{Instrument, debug, info_span};
 
 use super::events::{TokenQuery, must_exist, next_event, token_of};
+use super::openapi::{name_param, operation, statuses};
 use super::registers::{
     RegisterChange, RegisterWrite, Resolution, load_register, register_json, write,
 };
@@ -48,6 +49,7 @@ use super::{authorize_token, doc_name};
 use crate::auth::{Grant, Permission};
 use crate::error::AppError;
 use crate::events::DocEvent;
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::http::AppState;
 use crate::rate_limit::TokenBucket;
 use crate::registry::{SessionHandle, SessionState, Transport};
@@ -97,7 +99,8 @@ async fn live(
     match prepare(&state, &headers, name, &query).await {
         Ok((doc, grant)) => match upgrade {
             Ok(upgrade) => {
-                let tracker = state.tracker.clone();
+                // Tracked from before the upgrade, so shutdown waits for its close frame.
+                let in_flight = state.tracker.token();
                 // A session like any other: listed, counted, rate-limited, disconnectable.
                 let handle = state.registry.open(
                     &grant.user,
@@ -107,8 +110,9 @@ async fn live(
                 );
                 upgrade
                     .max_message_size(MAX_FRAME_BYTES)
-                    .on_upgrade(move |socket| {
-                        tracker.track_future(serve(socket, doc, grant, state, handle))
+                    .on_upgrade(move |socket| async move {
+                        let _in_flight = in_flight;
+                        serve(socket, doc, grant, state, handle).await
                     })
             }
             Err(e) => AppError::NotWebSocket(e.body_text()).into_response(),
@@ -174,22 +178,21 @@ async fn run(
     handle: &SessionHandle,
 ) -> Option<CloseReason> {
     let (mut sink, mut stream) = socket.split();
-    let greeting = match load_register(state, doc).await {
-        Ok(register) => json!({
-            "type": "state",
-            "register": register_json(&register),
-            "lock": state.locks.current(doc),
-        }),
+    match greeting(state, doc).await {
+        Ok(greeting) => {
+            if send(&mut sink, &greeting, handle).await.is_err() {
+                handle.closing(None);
+                return None;
+            }
+        }
         Err(e) => {
-            let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, e.to_string());
+            // The client-facing text: a 5xx shows only its log reference.
+            let (_, _, message) = e.parts();
+            let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, message);
             handle.closing(Some(&reason));
             close(&mut sink, reason.clone()).await;
             return Some(reason);
         }
-    };
-    if send(&mut sink, &greeting, handle).await.is_err() {
-        handle.closing(None);
-        return None;
     }
     handle.set_state(SessionState::Active);
     let shutdown = state.sessions.shutdown.clone();
@@ -199,9 +202,25 @@ async fn run(
         .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
     let kicked = handle.disconnect_requested();
     let mut kicked = std::pin::pin!(kicked);
+    // Pings as on /ws: one unanswered ping makes the session IDLE, two close it.
+    let mut ticks = tokio::time::interval(state.sessions.ping_interval);
+    ticks.tick().await;
+    let mut heartbeat = Heartbeat::new();
     let reason = loop {
         tokio::select! {
             reason = &mut kicked => break Some(reason),
+            _ = ticks.tick() => {
+                match heartbeat.tick() {
+                    Beat::Ping => {}
+                    Beat::PingIdle => handle.set_state(SessionState::Idle),
+                    Beat::Timeout => {
+                        break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+                    }
+                }
+                if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
             event = next_event(&mut listener, &shutdown) => match event {
                 Some(DocEvent::Deleted) => {
                     let _ = sink.send(text(&DocEvent::Deleted.to_json())).await;
@@ -215,6 +234,7 @@ async fn run(
                 None => break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down")),
             },
             frame = stream.next() => {
+                heartbeat.heard();
                 if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
                     break Some(reason);
                 }
@@ -236,6 +256,16 @@ async fn run(
         close(&mut sink, reason.clone()).await;
     }
     reason
+}
+
+/// The first message: the register as it is now, and the lock.
+async fn greeting(state: &AppState, doc: &DocName) -> Result<Value, AppError> {
+    let register = load_register(state, doc).await?;
+    Ok(json!({
+        "type": "state",
+        "register": register_json(&register),
+        "lock": state.locks.current(doc),
+    }))
 }
 
 enum Incoming {
@@ -322,4 +352,16 @@ where
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let mut live = operation(
+        "WebSocket (JSON text frames) for register documents: events, writes, resolutions; see the relay's docs",
+        json!([name_param(), { "name": "token", "in": "query", "schema": { "type": "string" } }]),
+        (101, json!({ "description": "switching to WebSocket" })),
+        &statuses(&[404, 409, 426]),
+    );
+    live["x-websocket"] = json!(true);
+    json!({ "/api/v1/docs/{name}/live": { "get": live } })
 }

@@ -13,6 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::{
+    json_response, name_param, operation, request_body, schema, statuses, with_body,
+};
 use super::{NamePath, authorize, blocking, identity, json_body};
 use crate::error::AppError;
 use crate::http::AppState;
@@ -118,4 +121,40 @@ async fn release(
     let holder = identity(&state, &grant, query.holder)?;
     state.locks.release(&doc, &holder).map_err(lock_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let get = operation(
+        "The document's lock, if any",
+        json!([name_param()]),
+        (200, json_response("the lock", schema("Lock"))),
+        &statuses(&[404]),
+    );
+    let acquire = with_body(
+        operation(
+            "Acquire the lock for ttl_ms (or renew one's own)",
+            json!([name_param()]),
+            (200, json_response("the lock", schema("Lock"))),
+            &statuses(&[404, 423]),
+        ),
+        request_body(schema("LockRequest")),
+    );
+    let renew = with_body(
+        operation(
+            "Renew one's own lock",
+            json!([name_param()]),
+            (200, json_response("the lock", schema("Lock"))),
+            &statuses(&[409, 423]),
+        ),
+        request_body(schema("LockRequest")),
+    );
+    let release = operation(
+        "Release one's own lock",
+        json!([name_param(), { "name": "holder", "in": "query", "schema": { "type": "string" },
+            "description": "the holder (open relays only; otherwise the token's subject)" }]),
+        (204, json!({ "description": "released" })),
+        &statuses(&[409, 423]),
+    );
+    json!({ "/api/v1/docs/{name}/lock": { "get": get, "post": acquire, "put": renew, "delete": release } })
 }

@@ -15,6 +15,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::{
+    id_param, json_response, name_param, operation, request_body, schema, statuses, with_body,
+};
 use super::{ConflictPath, NamePath, authorize, blocking, json_body, now_ms};
 use crate::auth::Grant;
 use crate::error::AppError;
@@ -343,4 +346,57 @@ async fn resolve_conflict(
         resolution: json_body(body)?,
     };
     Ok(Json(write(&state, &doc, &grant, change).await?))
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let get = operation(
+        "A register document's value",
+        json!([name_param()]),
+        (200, json_response("the register", schema("Register"))),
+        &statuses(&[404, 409]),
+    );
+    let put = with_body(
+        operation(
+            "Write a register: lww with a stamp, manual with the version it was based on",
+            json!([name_param()]),
+            (200, json_response("what the write did", schema("Outcome"))),
+            &statuses(&[404, 409, 423]),
+        ),
+        request_body(json!({ "oneOf": [schema("LwwWrite"), schema("ManualWrite")] })),
+    );
+    let list = operation(
+        "Open conflicts of a manual document",
+        json!([name_param()]),
+        (
+            200,
+            json_response(
+                "the conflicts",
+                json!({ "type": "object", "required": ["conflicts"],
+            "properties": { "conflicts": { "type": "array", "items": schema("Conflict") } } }),
+            ),
+        ),
+        &statuses(&[404, 409]),
+    );
+    let one = operation(
+        "One open conflict",
+        json!([name_param(), id_param()]),
+        (200, json_response("the conflict", schema("Conflict"))),
+        &statuses(&[404, 409]),
+    );
+    let resolve = with_body(
+        operation(
+            "Resolve a conflict with a value",
+            json!([name_param(), id_param()]),
+            (200, json_response("the new revision", schema("Outcome"))),
+            &statuses(&[404, 409, 423]),
+        ),
+        request_body(schema("Resolution")),
+    );
+    json!({
+        "/api/v1/docs/{name}/register": { "get": get, "put": put },
+        "/api/v1/docs/{name}/conflicts": { "get": list },
+        "/api/v1/docs/{name}/conflicts/{id}": { "get": one },
+        "/api/v1/docs/{name}/conflicts/{id}/resolve": { "post": resolve },
+    })
 }

@@ -2,6 +2,8 @@
 //! y-websocket client backed by a yrs document.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod api_client;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
