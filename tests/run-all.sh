@@ -20,6 +20,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test (unit, property and integration tests)"
 cargo test --workspace --locked
 
+step "fuzz targets compile (quantum/fuzz, outside the workspace)"
+# Not --locked: the fuzz crate has its own lock file, which would go stale whenever the
+# quantum core gains a dependency.
+cargo build --manifest-path quantum/fuzz/Cargo.toml --quiet
+
 step "schemathesis: generated requests against the /api/v1 OpenAPI description"
 tests/schemathesis.sh
 

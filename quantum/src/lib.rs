@@ -42,6 +42,13 @@
 //! assert_eq!(received, vec![b"hello".to_vec()]);
 //! ```
 //!
+//! # Running it over UDP
+//!
+//! The [`driver`] module runs the core on a real socket under tokio:
+//! [`QuantumEndpoint::bind`], [`QuantumEndpoint::connect`] / [`QuantumEndpoint::accept`], then
+//! [`QuantumConnection::send`], [`QuantumConnection::recv`] and [`QuantumConnection::close`].
+//! Its module docs have an example.
+//!
 //! # Packet layout
 //!
 //! Every datagram is one packet; integers are big-endian.
@@ -105,28 +112,31 @@
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
 //! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, BBR with pacing (NewReno
 //! selectable), and the simulator tests, including a bottleneck model (a rate limit with a
-//! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against.
+//! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against; the
+//! tokio + quinn-udp runtime [`driver`] ([`QuantumEndpoint`], [`QuantumConnection`]) with
+//! loopback tests in `tests/driver.rs`; a cargo-fuzz target for `Packet::decode` and
+//! `Endpoint::handle` in `fuzz/`.
 //! Not built yet, in priority order:
 //!
 //! 1. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
 //!    deadline, loss-adaptive parity, repairs counted as losses through
 //!    [`congestion::CongestionController::on_loss`]). The FEC flag is reserved; packets
 //!    carrying it are currently treated like any other.
-//! 2. The tokio + quinn-udp driver (`Endpoint::bind`, `connect`, `accept`, `send/recv/close/stats`)
-//!    and its loopback tests. A driver must arm its timer for `poll_timeout` after every
-//!    `poll_transmit` that returns `None`, since that is how paced packets get released.
-//! 3. A cargo-fuzz target for `Packet::decode` (proptests cover it for now).
-//! 4. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
+//! 2. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
 //!    loss or ECN response, no ack-aggregation compensation, no long-term bandwidth
 //!    sampling for policers); ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
 //!    by up to `max_ack_delay` on a sparse connection); a duplicate-ACK counter is not kept
 //!    separately (the transmission-order threshold stands in for it); ECN (ECE) is unused;
-//!    the endpoint forgets a closed connection only after its events are polled.
+//!    the endpoint forgets a closed connection only after its events are polled; the
+//!    driver does not act on ICMP errors (a connect to a closed port fails by its handshake
+//!    timeout) and does not bound undelivered received messages or unaccepted connections.
 
 pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod cookie;
+#[cfg(feature = "driver")]
+pub mod driver;
 pub mod endpoint;
 pub mod packet;
 mod recv;
@@ -135,5 +145,10 @@ mod send;
 
 pub use config::{Config, ConfigError};
 pub use connection::{CloseReason, Connection, ConnectionStats, Event, Role, SendError, Transmit};
+#[cfg(feature = "driver")]
+pub use driver::{
+    Connection as QuantumConnection, DriverConfig, DriverError, DriverStats,
+    Endpoint as QuantumEndpoint,
+};
 pub use endpoint::{Endpoint, EndpointStats};
 pub use packet::{ConnectionId, DecodeError, Packet};
