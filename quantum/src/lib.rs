@@ -109,6 +109,7 @@ pub mod congestion;
 pub mod connection;
 pub mod cookie;
 pub mod endpoint;
+pub mod fec;
 pub mod packet;
 mod recv;
 pub mod rtt;
