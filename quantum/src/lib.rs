@@ -68,7 +68,14 @@
 //! - **Pure ACK** (also the keepalive): no payload, no PSH/FIN; its sequence is not consumed.
 //! - **URG**: the payload is a control frame, a type byte then a fixed body: `1` retry
 //!   cookie (20 bytes: time bucket 4, SipHash-2-4-128 tag 16), `2` path challenge (8-byte
-//!   token), `3` path response (the token echoed). Control frames are not retransmitted.
+//!   token), `3` path response (the token echoed), `4` FEC repairs (4 bytes: how many data
+//!   packets the sender of the frame has rebuilt from parity so far, modulo 2³²). Control
+//!   frames are not retransmitted, and their acknowledgement field is ignored.
+//! - **FEC**: a Reed-Solomon parity packet. Its sequence is not consumed (like a pure ACK's);
+//!   the payload is a 7-byte sub-header, first sequence of the group (4), data packets `k`
+//!   (1), parity packets `m` (1), parity index (1), then the parity shard. Data shards are a
+//!   packet's payload length (2), its PSH/FIN flags (1) and payload, zero-padded to the
+//!   group's longest. Layouts and rules in [`fec`].
 //! - **RST** aborts at once.
 //!
 //! # Mechanisms
@@ -81,22 +88,31 @@
 //!   lost retransmissions are caught too), RFC 6298 RTO with exponential backoff ([`rtt`]).
 //! - Migration: a packet for a known connection from a new address triggers a path challenge
 //!   to that address (within the 3× budget); only a correct response moves the connection.
+//! - Forward error correction ([`fec`]): first transmissions are grouped, up to 10 per
+//!   group; a group closes when full, or 5 ms after its newest packet once it holds 4 (or its
+//!   oldest is 200 ms old), and gets 0 to 3 Reed-Solomon parity packets sized by the measured
+//!   loss rate (none below 0.5 %). The receiver rebuilds missing packets from any `k` of the
+//!   `k + m` and feeds them through the normal receive path; it reports its repair count, and
+//!   the sender counts repairs as losses for congestion control and its loss measurement.
+//!   Loss detection of protected packets starts from their parity's send time, so a repair
+//!   can arrive before a retransmission is sent.
 //! - Keepalive after [`Config::keepalive_interval`] of silence; close after
 //!   [`Config::idle_timeout`] without hearing anything; FIN/FIN close then a drain of 3 RTO.
 //!
 //! # Status
 //!
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
-//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, and the simulator tests.
+//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, forward error correction, and
+//! the simulator tests.
 //! Not built yet, in priority order:
 //!
 //! 1. BBR (STARTUP, DRAIN, PROBE_BW, PROBE_RTT) with pacing behind [`congestion::CongestionController`];
 //!    the connection uses the interim [`congestion::NewReno`], which does not pace, and the
 //!    trait's `pacing_rate` is not yet consulted by `poll_transmit`. BBR needs per-packet
 //!    delivery-rate samples, which `send` does not record yet.
-//! 2. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
-//!    deadline, loss-adaptive parity, repairs counted as losses). The FEC flag is reserved;
-//!    packets carrying it are currently treated like any other.
+//! 2. FEC gaps: parity is not paced or limited by the congestion window (it is not counted in
+//!    flight); repairs are reported to congestion control as sent one smoothed RTT ago, since
+//!    the exact packets are not named; a lost repair report is only made good by a later one.
 //! 3. The tokio + quinn-udp driver (`Endpoint::bind`, `connect`, `accept`, `send/recv/close/stats`)
 //!    and its loopback tests.
 //! 4. A cargo-fuzz target for `Packet::decode` (proptests cover it for now).

@@ -170,6 +170,12 @@ impl Sim {
 
     /// Advances to the next arrival or timeout; returns false when nothing is left to happen.
     pub fn step(&mut self) -> bool {
+        self.step_capped(None)
+    }
+
+    /// Like [`Sim::step`], but never beyond `cap`: with nothing due by then, the clock stops
+    /// at `cap`, so an application can act at exact times.
+    pub fn step_capped(&mut self, cap: Option<Instant>) -> bool {
         self.flush();
         let arrival = self.wire.peek().map(|Reverse((at, _, _))| *at);
         let next = [
@@ -180,7 +186,7 @@ impl Sim {
         .into_iter()
         .flatten()
         .min();
-        let Some(next) = next else {
+        let Some(next) = next.map(|n| cap.map_or(n, |c| n.min(c))).or(cap) else {
             return false;
         };
         self.now = self.now.max(next);
@@ -219,6 +225,12 @@ impl Sim {
     pub fn run_for(&mut self, span: Duration) {
         let deadline = self.now + span;
         while self.now < deadline && self.step() {}
+    }
+
+    /// Steps until exactly `span` of virtual time has passed.
+    pub fn run_exactly(&mut self, span: Duration) {
+        let deadline = self.now + span;
+        while self.now < deadline && self.step_capped(Some(deadline)) {}
     }
 
     pub fn server_messages(&self) -> Vec<Vec<u8>> {
