@@ -89,10 +89,12 @@ impl FecReceiver {
         let mut errors = Vec::new();
         let mut finished = Vec::new();
         for (&first, group) in &self.groups {
-            let data: Vec<Option<Vec<u8>>> = (first..first + group.data as u64)
-                .map(|seq| self.history.get(&seq).cloned())
-                .collect();
-            let missing = data.iter().filter(|s| s.is_none()).count();
+            let seqs = first..first + group.data as u64;
+            // Count before copying anything: this runs after every data packet.
+            let missing = seqs
+                .clone()
+                .filter(|seq| !self.history.contains_key(seq))
+                .count();
             let parity_held = group.parity.iter().filter(|s| s.is_some()).count();
             if missing == 0 {
                 finished.push(first);
@@ -102,10 +104,8 @@ impl FecReceiver {
                 continue;
             }
             finished.push(first);
-            let shards = data
-                .into_iter()
-                .chain(group.parity.iter().cloned())
-                .collect();
+            let data = seqs.map(|seq| self.history.get(&seq).cloned());
+            let shards = data.chain(group.parity.iter().cloned()).collect();
             match reconstruct(shards, group.data, group.len) {
                 Ok(rebuilt) => {
                     repaired.extend(rebuilt.into_iter().map(|(index, shard)| Repaired {
