@@ -5,6 +5,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::congestion::Algorithm;
+use crate::fec::{FecConfig, FecError};
 use crate::packet::MAX_OVERHEAD;
 
 /// Settings for an endpoint and every connection it runs.
@@ -42,6 +43,8 @@ pub struct Config {
     pub cookie_lifetime: Duration,
     /// Congestion controller of every connection: BBR with pacing unless NewReno is chosen.
     pub congestion: Algorithm,
+    /// Forward error correction (see [`crate::fec`]).
+    pub fec: FecConfig,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             cookie_key: [0; 16],
             cookie_lifetime: Duration::from_secs(10),
             congestion: Algorithm::Bbr,
+            fec: FecConfig::default(),
         }
     }
 }
@@ -81,6 +85,9 @@ pub enum ConfigError {
     /// The keepalive must fire before the idle timeout.
     #[error("keepalive interval must be shorter than the idle timeout")]
     Keepalive,
+    /// The FEC settings are out of range.
+    #[error("fec: {0}")]
+    Fec(#[from] FecError),
 }
 
 impl Config {
@@ -101,6 +108,7 @@ impl Config {
         if self.keepalive_interval >= self.idle_timeout {
             return Err(ConfigError::Keepalive);
         }
+        self.fec.validate()?;
         Ok(())
     }
 

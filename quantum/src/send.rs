@@ -43,6 +43,9 @@ struct Outstanding {
     size: u64,
     /// Delivery-rate snapshot of the latest transmission.
     rate: Option<SendState>,
+    /// FEC parity covering this transmission went out at this instant with this order
+    /// number; loss is judged from there, giving the receiver time to repair it.
+    loss_anchor: Option<(Instant, u64)>,
 }
 
 /// What an acknowledgement changed.
@@ -127,6 +130,7 @@ impl SendBuffer {
             in_flight: false,
             size: 0,
             rate: None,
+            loss_anchor: None,
         };
         self.packets.insert(self.next_seq, outstanding);
         self.next_seq += 1;
@@ -200,6 +204,7 @@ impl SendBuffer {
         packet.rate = Some(self.delivery.on_send(now, others_in_flight));
         packet.retransmitted |= retransmission;
         packet.sent_at = Some(now);
+        packet.loss_anchor = None;
         packet.tx_order = self.next_tx;
         self.next_tx += 1;
         if packet.in_flight {
@@ -212,6 +217,18 @@ impl SendBuffer {
             self.next_new += 1;
         }
         retransmission
+    }
+
+    /// FEC parity protecting `range` goes out at `now`: judge those packets' loss as if they
+    /// had been sent now, after everything sent so far, so a repair can arrive first.
+    pub fn defer_loss(&mut self, range: std::ops::Range<u64>, now: Instant) {
+        let order = self.next_tx;
+        self.next_tx += 1;
+        for packet in self.packets.range_mut(range).map(|(_, p)| p) {
+            if packet.in_flight {
+                packet.loss_anchor = Some((now, order));
+            }
+        }
     }
 
     /// Applies a cumulative acknowledgement `cum` and selective ranges `[start, end)`.
@@ -275,11 +292,12 @@ impl SendBuffer {
             let Some(sent_at) = packet.sent_at else {
                 continue;
             };
-            if !packet.in_flight || packet.tx_order >= largest {
+            let (sent_at, tx_order) = packet.loss_anchor.unwrap_or((sent_at, packet.tx_order));
+            if !packet.in_flight || tx_order >= largest {
                 continue;
             }
             let deadline = sent_at + loss_delay;
-            if packet.tx_order + DUP_THRESHOLD <= largest || deadline <= now {
+            if tx_order + DUP_THRESHOLD <= largest || deadline <= now {
                 packet.in_flight = false;
                 self.bytes_in_flight -= packet.size;
                 self.lost.insert(seq);
@@ -373,6 +391,35 @@ mod tests {
         assert_eq!(ack.acked_packets, 2);
         assert_eq!(buf.acked_below(), 102);
         assert_eq!(buf.next_to_send(u64::MAX), Some(102));
+    }
+
+    #[test]
+    fn parity_defers_loss_detection_of_the_packets_it_protects() {
+        let t0 = Instant::now();
+        let mut buf = sent_buffer(t0, 2);
+        // Parity for 100 and 101 goes out after them; then three more packets are sent.
+        let t1 = t0 + Duration::from_millis(5);
+        buf.defer_loss(100..102, t1);
+        for n in 0..3 {
+            buf.push(fragment(n));
+            let seq = buf.next_to_send(u64::MAX).expect("queued");
+            buf.on_transmit(seq, t1, 42);
+        }
+        // 101 arrives, 100 does not: 101 went out before the parity, so it says nothing yet.
+        buf.on_ack(t1, 100, &[(101, 102)]);
+        let late = t0 + Duration::from_millis(60);
+        assert_eq!(
+            buf.detect_losses(late, Duration::from_millis(50)).packets,
+            0
+        );
+        assert_eq!(buf.loss_time(), None);
+        // A packet sent after the parity arrives: the time threshold runs from the parity.
+        buf.on_ack(t1, 100, &[(101, 103)]);
+        assert_eq!(buf.detect_losses(t1, Duration::from_millis(50)).packets, 0);
+        assert_eq!(buf.loss_time(), Some(t1 + Duration::from_millis(50)));
+        // Once three transmissions after the parity are acknowledged, 100 is lost after all.
+        buf.on_ack(t1, 100, &[(101, 105)]);
+        assert_eq!(buf.detect_losses(t1, Duration::from_millis(50)).packets, 1);
     }
 
     #[test]
