@@ -133,7 +133,10 @@ impl Endpoint {
                 return;
             }
             if !self.cookies.verify(now, remote, id, &packet.payload) {
+                // An expired cookie is what a client echoes after its SYN-ACKs were lost for a
+                // cookie lifetime; a fresh one lets it finish, still without state kept here.
                 self.stats.invalid_cookies += 1;
+                self.send_retry(now, remote, id, datagram.len());
                 return;
             }
         }

@@ -51,11 +51,16 @@ fn spoofed_syn_flood_leaves_no_per_connection_state() {
         server.handle(now, from, &datagram);
         let retry = server.poll_transmit(now).expect("a retry answers each SYN");
         assert!(retry.contents.len() <= 3 * datagram.len());
-        // A forged cookie does not help either.
-        server.handle(now, from, &syn(id, vec![0; 20]));
+        // A forged cookie does not help either: it only earns another retry.
+        let forged = syn(id, vec![0; 20]);
+        server.handle(now, from, &forged);
+        let retry = server
+            .poll_transmit(now)
+            .expect("a retry answers a bad cookie");
+        assert!(retry.contents.len() <= 3 * forged.len());
     }
     assert_eq!(server.connection_count(), 0);
-    assert_eq!(server.stats().retries_sent, 10_000);
+    assert_eq!(server.stats().retries_sent, 20_000);
     assert_eq!(server.stats().invalid_cookies, 10_000);
     assert_eq!(server.poll_timeout(), None, "no timers either");
 }

@@ -8,8 +8,8 @@ mod reliability;
 
 use std::time::Duration;
 
-use aetherflow_quantum::{CloseReason, Event, Packet};
-use harness::{Link, Sim, numbered};
+use aetherflow_quantum::{CloseReason, Config, Event, Packet};
+use harness::{Link, Sim, config, numbered};
 
 #[test]
 fn handshake_with_retry_cookie_connects_both_sides() {
@@ -40,6 +40,35 @@ fn handshake_survives_lost_syn_ack() {
         sim.now - sim.start >= Duration::from_secs(1),
         "waited for the handshake timer"
     );
+}
+
+#[test]
+fn handshake_survives_its_retry_cookie_expiring() {
+    // The client's SYNs carrying its cookie are lost for longer than a cookie lives, so it
+    // echoes an expired one at last; the server answers with a fresh cookie (still keeping no
+    // state) instead of ignoring it, and the handshake completes.
+    let server = Config {
+        accept_incoming: true,
+        cookie_lifetime: Duration::from_millis(500),
+        ..config(9 ^ 0x5eed)
+    };
+    let mut sim = Sim::with_configs(9, Link::clean(25), config(9), server);
+    let start = sim.start;
+    sim.drop_rule = Some(Box::new(move |now, d| {
+        let syn_with_cookie = Packet::decode(&d.bytes)
+            .is_ok_and(|p| p.header.flags.bits() == 0x01 && !p.payload.is_empty());
+        syn_with_cookie && now - start < Duration::from_secs(2)
+    }));
+    sim.establish();
+    assert!(
+        sim.server.stats().invalid_cookies >= 1,
+        "an expired cookie came back"
+    );
+    assert!(
+        sim.server.stats().retries_sent >= 2,
+        "and earned a fresh one"
+    );
+    assert_eq!(sim.server.stats().accepted, 1);
 }
 
 #[test]
