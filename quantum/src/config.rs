@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::fec::{FecConfig, FecError};
 use crate::packet::MAX_OVERHEAD;
 
 /// Settings for an endpoint and every connection it runs.
@@ -39,6 +40,8 @@ pub struct Config {
     pub cookie_key: [u8; 16],
     /// How long one cookie time bucket lasts; a cookie is valid for one to two buckets.
     pub cookie_lifetime: Duration,
+    /// Forward error correction (see [`crate::fec`]).
+    pub fec: FecConfig,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             require_retry: true,
             cookie_key: [0; 16],
             cookie_lifetime: Duration::from_secs(10),
+            fec: FecConfig::default(),
         }
     }
 }
@@ -77,6 +81,9 @@ pub enum ConfigError {
     /// The keepalive must fire before the idle timeout.
     #[error("keepalive interval must be shorter than the idle timeout")]
     Keepalive,
+    /// The FEC settings are out of range.
+    #[error("fec: {0}")]
+    Fec(#[from] FecError),
 }
 
 impl Config {
@@ -97,6 +104,7 @@ impl Config {
         if self.keepalive_interval >= self.idle_timeout {
             return Err(ConfigError::Keepalive);
         }
+        self.fec.validate()?;
         Ok(())
     }
 

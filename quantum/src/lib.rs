@@ -116,6 +116,7 @@ pub mod connection;
 pub mod cookie;
 pub mod driver;
 pub mod endpoint;
+pub mod fec;
 pub mod packet;
 mod recv;
 pub mod rtt;

@@ -37,7 +37,7 @@ impl Flags {
     pub const FIN: Flags = Flags(0x04);
     /// Aborts the connection at once.
     pub const RST: Flags = Flags(0x08);
-    /// The payload is forward-error-correction parity (reserved; not yet produced).
+    /// The payload is forward-error-correction parity (see [`crate::fec`]).
     pub const FEC: Flags = Flags(0x10);
     /// This data packet carries the last fragment of a message.
     pub const PSH: Flags = Flags(0x20);
@@ -320,6 +320,9 @@ pub enum Control {
     PathChallenge(u64),
     /// Answers a [`Control::PathChallenge`] with its token.
     PathResponse(u64),
+    /// How many data packets the receiver has rebuilt from FEC parity so far (modulo 2^32),
+    /// so the sender can count them as losses.
+    FecRepaired(u32),
 }
 
 /// Why a control frame is malformed.
@@ -342,6 +345,7 @@ impl Control {
     const RETRY: u8 = 1;
     const PATH_CHALLENGE: u8 = 2;
     const PATH_RESPONSE: u8 = 3;
+    const FEC_REPAIRED: u8 = 4;
 
     /// The frame's bytes: one type byte, then a fixed-length body.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -358,6 +362,10 @@ impl Control {
             Control::PathResponse(token) => {
                 out.push(Self::PATH_RESPONSE);
                 out.extend_from_slice(&token.to_be_bytes());
+            }
+            Control::FecRepaired(count) => {
+                out.push(Self::FEC_REPAIRED);
+                out.extend_from_slice(&count.to_be_bytes());
             }
         }
         out
@@ -381,6 +389,10 @@ impl Control {
                     Control::PathResponse(token)
                 })
             }
+            Self::FEC_REPAIRED => body
+                .try_into()
+                .map(|count| Control::FecRepaired(u32::from_be_bytes(count)))
+                .map_err(|_| bad_length),
             other => Err(ControlError::UnknownType(Some(other))),
         }
     }
@@ -463,6 +475,7 @@ mod tests {
             Control::Retry([3; COOKIE_LEN]),
             Control::PathChallenge(42),
             Control::PathResponse(u64::MAX),
+            Control::FecRepaired(7),
         ] {
             assert_eq!(Control::decode(&frame.to_bytes()), Ok(frame));
         }
@@ -470,6 +483,10 @@ mod tests {
         assert_eq!(
             Control::decode(&[2, 1]),
             Err(ControlError::BadLength { kind: 2, len: 1 })
+        );
+        assert_eq!(
+            Control::decode(&[4, 0, 0, 1]),
+            Err(ControlError::BadLength { kind: 4, len: 3 })
         );
     }
 

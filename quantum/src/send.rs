@@ -38,6 +38,9 @@ struct Outstanding {
     in_flight: bool,
     /// Bytes on the wire of the latest transmission.
     size: u64,
+    /// FEC parity covering this transmission went out at this instant with this order
+    /// number; loss is judged from there, giving the receiver time to repair it.
+    loss_anchor: Option<(Instant, u64)>,
 }
 
 /// What an acknowledgement changed.
@@ -116,6 +119,7 @@ impl SendBuffer {
             retransmitted: false,
             in_flight: false,
             size: 0,
+            loss_anchor: None,
         };
         self.packets.insert(self.next_seq, outstanding);
         self.next_seq += 1;
@@ -175,6 +179,7 @@ impl SendBuffer {
         let retransmission = packet.sent_at.is_some();
         packet.retransmitted |= retransmission;
         packet.sent_at = Some(now);
+        packet.loss_anchor = None;
         packet.tx_order = self.next_tx;
         self.next_tx += 1;
         if packet.in_flight {
@@ -187,6 +192,18 @@ impl SendBuffer {
             self.next_new += 1;
         }
         retransmission
+    }
+
+    /// FEC parity protecting `range` goes out at `now`: judge those packets' loss as if they
+    /// had been sent now, after everything sent so far, so a repair can arrive first.
+    pub fn defer_loss(&mut self, range: std::ops::Range<u64>, now: Instant) {
+        let order = self.next_tx;
+        self.next_tx += 1;
+        for packet in self.packets.range_mut(range).map(|(_, p)| p) {
+            if packet.in_flight {
+                packet.loss_anchor = Some((now, order));
+            }
+        }
     }
 
     /// Applies a cumulative acknowledgement `cum` and selective ranges `[start, end)`.
@@ -244,11 +261,12 @@ impl SendBuffer {
             let Some(sent_at) = packet.sent_at else {
                 continue;
             };
-            if !packet.in_flight || packet.tx_order >= largest {
+            let (sent_at, tx_order) = packet.loss_anchor.unwrap_or((sent_at, packet.tx_order));
+            if !packet.in_flight || tx_order >= largest {
                 continue;
             }
             let deadline = sent_at + loss_delay;
-            if packet.tx_order + DUP_THRESHOLD <= largest || deadline <= now {
+            if tx_order + DUP_THRESHOLD <= largest || deadline <= now {
                 packet.in_flight = false;
                 self.bytes_in_flight -= packet.size;
                 self.lost.insert(seq);

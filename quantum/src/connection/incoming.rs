@@ -63,7 +63,7 @@ impl Connection {
             return;
         }
         if flags.contains(Flags::URG) {
-            self.handle_control(remote, &packet);
+            self.handle_control(now, remote, &packet);
             return;
         }
         if flags.contains(Flags::SYN) {
@@ -76,10 +76,18 @@ impl Connection {
         if flags.contains(Flags::ACK) {
             self.handle_ack(now, &packet);
         }
+        if flags.contains(Flags::FEC) {
+            if self.state != State::SynReceived {
+                self.handle_parity(now, &packet.payload);
+            }
+            self.maybe_finish_close(now);
+            return;
+        }
         let carries_data =
             !packet.payload.is_empty() || flags.contains(Flags::PSH) || flags.contains(Flags::FIN);
         if carries_data && self.state != State::SynReceived {
             self.handle_data(now, packet);
+            self.fec_repair(now);
         }
         self.maybe_finish_close(now);
     }
@@ -107,7 +115,7 @@ impl Connection {
         }
     }
 
-    fn handle_control(&mut self, remote: SocketAddr, packet: &Packet) {
+    fn handle_control(&mut self, now: Instant, remote: SocketAddr, packet: &Packet) {
         let Ok(control) = Control::decode(&packet.payload) else {
             self.stats.malformed += 1;
             return;
@@ -143,6 +151,10 @@ impl Connection {
                     self.events.push_back(Event::Migrated(remote));
                 }
             }
+            Control::FecRepaired(total) if remote == self.remote => {
+                self.on_repairs_reported(now, total);
+            }
+            Control::FecRepaired(_) => {}
         }
     }
 
@@ -223,6 +235,7 @@ impl Connection {
         let lost = self.send.detect_losses(now, self.rtt.loss_delay());
         if let Some(newest) = lost.newest_sent {
             self.stats.fast_losses += lost.packets;
+            self.fec.tx.meter.on_lost(lost.packets);
             self.cc.on_loss(now, lost.bytes, newest);
         }
         if self.send.bytes_in_flight() == 0 {
@@ -230,13 +243,16 @@ impl Connection {
         }
     }
 
-    fn handle_data(&mut self, now: Instant, packet: Packet) {
+    /// Takes one data packet, received or rebuilt from parity; returns whether it was new.
+    pub(super) fn handle_data(&mut self, now: Instant, packet: Packet) -> bool {
         let Some(recv) = self.recv.as_mut() else {
-            return;
+            return false;
         };
         let had_gap = recv.has_gap();
         let seq = expand(packet.header.sequence, recv.ack());
         let flags = packet.header.flags;
+        self.fec
+            .record_data(seq, &packet, recv.ack(), self.config.window_packets);
         let arrival = recv.insert(
             seq,
             packet.payload,
@@ -274,6 +290,7 @@ impl Connection {
             self.reset_due = true;
             self.enter_closed(CloseReason::MessageTooLarge);
         }
+        matches!(arrival, Arrival::InOrder | Arrival::OutOfOrder)
     }
 
     pub(super) fn maybe_finish_close(&mut self, now: Instant) {

@@ -8,8 +8,11 @@
 //!
 //! [`Endpoint`]: crate::Endpoint
 
+mod fec;
 mod incoming;
 mod timers;
+
+pub(crate) use incoming::expand as expand_sequence;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -126,6 +129,16 @@ pub struct ConnectionStats {
     pub messages_delivered: u64,
     /// Datagrams for this connection that failed to decode.
     pub malformed: u64,
+    /// FEC parity packets sent.
+    pub fec_packets_sent: u64,
+    /// Bytes of FEC parity packets sent.
+    pub fec_bytes_sent: u64,
+    /// Data packets this side rebuilt from the peer's parity.
+    pub fec_repaired: u64,
+    /// Data packets the peer reported it rebuilt from our parity (counted as losses).
+    pub fec_repairs_reported: u64,
+    /// Parity packets or groups from the peer that were malformed or inconsistent.
+    pub fec_rejected: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +217,8 @@ pub struct Connection {
     reset_due: bool,
     events: VecDeque<Event>,
     stats: ConnectionStats,
+    /// Forward error correction, both directions.
+    fec: fec::FecLink,
 }
 
 /// Path challenges answered per flight; more are dropped so a flood cannot grow the queue.
@@ -254,6 +269,7 @@ impl Connection {
             reset_due: false,
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
+            fec: fec::FecLink::new(config.fec.clone()),
             config,
         }
     }
@@ -465,7 +481,10 @@ impl Connection {
         }
         match self.state {
             State::SynSent | State::SynReceived => self.poll_handshake(now),
-            _ => self.poll_data(now).or_else(|| self.poll_ack(now)),
+            _ => self
+                .poll_fec(now)
+                .or_else(|| self.poll_data(now))
+                .or_else(|| self.poll_ack(now)),
         }
     }
 
@@ -539,6 +558,8 @@ impl Connection {
         let transmit = self.emit(now, self.remote, &packet);
         if self.send.on_transmit(seq, now, len) {
             self.stats.retransmits += 1;
+        } else {
+            self.fec_on_first_transmit(now, seq, &packet);
         }
         self.cc.on_sent(now, len);
         self.rto_base.get_or_insert(now);

@@ -35,6 +35,7 @@ impl Connection {
             self.rto_deadline(),
             self.send.loss_time(),
             self.ack.deadline,
+            self.fec.tx.deadline(),
             self.keepalive_deadline(),
             Some(self.last_recv + self.config.idle_timeout),
             drain,
@@ -61,12 +62,14 @@ impl Connection {
             self.backoff += 1;
             self.handshake_due = true;
         }
+        self.fec_timeout(now);
         if self.send.loss_time().is_some_and(|d| now >= d) {
             self.detect_losses(now);
         }
         if self.rto_deadline().is_some_and(|d| now >= d) {
             self.stats.rto_expiries += 1;
-            self.send.on_rto();
+            let presumed_lost = self.send.on_rto();
+            self.fec.tx.meter.on_lost(presumed_lost);
             self.cc.on_rto(now);
             self.backoff += 1;
             self.rto_base = None;
