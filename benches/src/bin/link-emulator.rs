@@ -127,13 +127,14 @@ async fn run(spec: LinkSpec) -> anyhow::Result<()> {
 fn print_stats(stats: &LinkStats) {
     for (name, d) in [("A->B", stats.a_to_b), ("B->A", stats.b_to_a)] {
         println!(
-            "{name}: {} packets in ({} bytes), {} dropped ({:.2} %), {} out ({} bytes)",
+            "{name}: {} packets in ({} bytes), {} dropped ({:.2} %), {} out ({} bytes), {} held",
             d.packets_in,
             d.bytes_in,
             d.packets_dropped,
             percent(d.packets_dropped, d.packets_in),
             d.packets_out,
-            d.bytes_out
+            d.bytes_out,
+            d.packets_held
         );
     }
     for (flow, bytes) in &stats.flows {

@@ -137,6 +137,10 @@ pub struct DirectionStats {
     pub packets_out: u64,
     /// IP bytes written out the far side.
     pub bytes_out: u64,
+    /// Packets the far side's TUN refused (e.g. while it was going down).
+    pub write_errors: u64,
+    /// Packets still in the delay line when forwarding stopped.
+    pub packets_held: u64,
 }
 
 /// IP bytes that entered the link for one flow, per direction.
@@ -300,7 +304,11 @@ impl Forwarder {
             };
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    let held = self.model.held() as u64;
+                    lock(&self.stats).direction(self.direction).packets_held = held;
+                    return;
+                }
                 () = due => self.release_due().await,
                 read = self.from.recv(&mut buf) => match read {
                     Ok(n) => self.offer(&buf[..n]),
@@ -324,11 +332,14 @@ impl Forwarder {
         while let Some(packet) = self.model.pop_due(Instant::now()) {
             // The far side may be down for a moment (e.g. being reconfigured); a real link
             // loses the packet then too, so a failed write counts as not delivered.
-            if self.to.send(&packet).await.is_ok() {
-                let mut stats = lock(&self.stats);
-                let d = stats.direction(self.direction);
+            let written = self.to.send(&packet).await.is_ok();
+            let mut stats = lock(&self.stats);
+            let d = stats.direction(self.direction);
+            if written {
                 d.packets_out += 1;
                 d.bytes_out += packet.len() as u64;
+            } else {
+                d.write_errors += 1;
             }
         }
     }
