@@ -28,7 +28,7 @@ const MAX_FRAME: usize = 1 << 20;
 pub enum Transport {
     /// tokio `TcpStream`, `TCP_NODELAY`, length-prefixed frames.
     Tcp,
-    /// AetherFlow's reliable UDP transport with its default configuration (FEC on).
+    /// AetherFlow's reliable UDP transport (by default with its default configuration).
     Quantum,
 }
 
@@ -177,11 +177,12 @@ impl Arrivals {
 }
 
 /// Sends `workload` to `to`, paced at its rate; returns once the receiver confirmed it has
-/// every message.
+/// every message. `quantum` configures the Quantum sender (FEC is a sender-side choice).
 pub async fn send(
     transport: Transport,
     to: SocketAddr,
     workload: Workload,
+    quantum: DriverConfig,
 ) -> anyhow::Result<SenderReport> {
     if workload.size < HEADER || workload.rate.is_nan() || workload.rate <= 0.0 {
         bail!(
@@ -192,7 +193,7 @@ pub async fn send(
     }
     match transport {
         Transport::Tcp => send_tcp(to, workload).await,
-        Transport::Quantum => send_quantum(to, workload).await,
+        Transport::Quantum => send_quantum(to, workload, quantum).await,
     }
 }
 
@@ -222,9 +223,13 @@ async fn send_tcp(to: SocketAddr, workload: Workload) -> anyhow::Result<SenderRe
     Ok(SenderReport::default())
 }
 
-async fn send_quantum(to: SocketAddr, workload: Workload) -> anyhow::Result<SenderReport> {
+async fn send_quantum(
+    to: SocketAddr,
+    workload: Workload,
+    config: DriverConfig,
+) -> anyhow::Result<SenderReport> {
     let local = SocketAddr::new(unspecified_like(to), 0);
-    let endpoint = QuantumEndpoint::bind(local, DriverConfig::default()).await?;
+    let endpoint = QuantumEndpoint::bind(local, config).await?;
     let conn = endpoint.connect(to).await.context("Quantum connect")?;
     let mut pace = pacer(workload.rate);
     for seq in 0..workload.count {
@@ -374,7 +379,9 @@ mod tests {
                 let _ = ready_tx.send(addr);
             }));
             let listen = ready_rx.await.expect("receiver ready");
-            let sent = send(transport, listen, workload).await.expect("send");
+            let sent = send(transport, listen, workload, DriverConfig::default())
+                .await
+                .expect("send");
             let got = receiver.await.expect("join").expect("receive");
             assert_eq!(got.latencies_us.len(), 50, "{transport:?}");
             assert_eq!(got.out_of_order, 0, "{transport:?}");
@@ -392,7 +399,8 @@ mod tests {
                 rate,
                 size,
             };
-            assert!(send(Transport::Tcp, to, workload).await.is_err());
+            let quantum = DriverConfig::default();
+            assert!(send(Transport::Tcp, to, workload, quantum).await.is_err());
         }
     }
 }

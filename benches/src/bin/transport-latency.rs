@@ -28,6 +28,7 @@ use aetherflow_benches::latency::{
 use aetherflow_benches::link::emulator::{Link, LinkSpec, LinkStats};
 use aetherflow_benches::link::model::LinkConfig;
 use aetherflow_benches::link::packet::Flow;
+use aetherflow_quantum::DriverConfig;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -67,7 +68,42 @@ enum Mode {
         rate: f64,
         #[arg(long)]
         size: usize,
+        #[command(flatten)]
+        quantum: QuantumArgs,
     },
+}
+
+/// Settings of the Quantum sender, to see what its defaults cost.
+#[derive(Args, Clone, Default)]
+struct QuantumArgs {
+    /// Send no FEC parity.
+    #[arg(long)]
+    quantum_no_fec: bool,
+    /// Override the FEC group's longest span (default 200 ms).
+    #[arg(long)]
+    quantum_fec_span_ms: Option<u64>,
+}
+
+impl QuantumArgs {
+    fn config(&self) -> DriverConfig {
+        let mut config = DriverConfig::default();
+        config.quantum.fec.enabled = !self.quantum_no_fec;
+        if let Some(ms) = self.quantum_fec_span_ms {
+            config.quantum.fec.max_group_span = Duration::from_millis(ms);
+        }
+        config
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.quantum_no_fec {
+            args.push("--quantum-no-fec".to_owned());
+        }
+        if let Some(ms) = self.quantum_fec_span_ms {
+            args.extend(["--quantum-fec-span-ms".to_owned(), ms.to_string()]);
+        }
+        args
+    }
 }
 
 #[derive(Args, Clone)]
@@ -90,6 +126,8 @@ struct RunArgs {
     /// Seed of the first link's loss pattern (link N uses seed + 2N and seed + 2N + 1).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    quantum: QuantumArgs,
 }
 
 /// One transport's results on one link.
@@ -128,9 +166,10 @@ async fn main() -> anyhow::Result<()> {
             count,
             rate,
             size,
+            quantum,
         } => {
             let workload = Workload { count, rate, size };
-            let report = latency::send(transport, to, workload).await?;
+            let report = latency::send(transport, to, workload, quantum.config()).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -209,6 +248,7 @@ async fn run_cell(
         .args(["send", "--transport", name, "--to", &listen.to_string()])
         .args(["--count", &count, "--rate", &args.rate.to_string()])
         .args(["--size", &args.size.to_string()])
+        .args(args.quantum.to_args())
         .kill_on_drop(true)
         .output();
     // Generous: three times the sending time plus a minute, only to not hang forever.
@@ -257,8 +297,12 @@ fn fec_overhead(cell: &Cell) -> Option<f64> {
 
 fn print_report(args: &RunArgs, results: &[LinkResult]) {
     println!(
-        "{} messages of {} bytes at {}/s per cell, RTT {} ms, loss each way\n",
-        args.messages, args.size, args.rate, args.rtt_ms
+        "{} messages of {} bytes at {}/s per cell, RTT {} ms, loss each way; Quantum: {}\n",
+        args.messages,
+        args.size,
+        args.rate,
+        args.rtt_ms,
+        quantum_label(&args.quantum)
     );
     println!(
         "| loss | measured loss A→B / B→A | transport | delivered | p50 ms | p99 ms | max ms | wire bytes A→B | wire bytes B→A | FEC overhead | retransmits / RTOs / FEC repairs |"
@@ -299,6 +343,14 @@ fn print_report(args: &RunArgs, results: &[LinkResult]) {
         }
     }
     print_ratios(results);
+}
+
+fn quantum_label(q: &QuantumArgs) -> String {
+    match (q.quantum_no_fec, q.quantum_fec_span_ms) {
+        (true, _) => "FEC off".to_owned(),
+        (false, Some(ms)) => format!("FEC on, group span {ms} ms"),
+        (false, None) => "default configuration (FEC on)".to_owned(),
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
