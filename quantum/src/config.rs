@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::congestion::Algorithm;
 use crate::fec::{FecConfig, FecError};
 use crate::packet::MAX_OVERHEAD;
 
@@ -42,6 +43,8 @@ pub struct Config {
     pub cookie_lifetime: Duration,
     /// Forward error correction (see [`crate::fec`]).
     pub fec: FecConfig,
+    /// Congestion controller of every connection: BBR with pacing unless NewReno is chosen.
+    pub congestion: Algorithm,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             cookie_key: [0; 16],
             cookie_lifetime: Duration::from_secs(10),
             fec: FecConfig::default(),
+            congestion: Algorithm::Bbr,
         }
     }
 }

@@ -86,6 +86,22 @@
 //! - Reliability (the private `send` and `recv` modules): per-fragment sequence numbers, SACK,
 //!   loss after three later transmissions are acknowledged or 9/8 RTT passed (RACK-style, so
 //!   lost retransmissions are caught too), RFC 6298 RTO with exponential backoff ([`rtt`]).
+//! - Congestion control ([`congestion`]): BBR v1 by default, NewReno via
+//!   [`Config::congestion`]. Each transmission snapshots the delivery state, so each
+//!   acknowledgement yields a delivery-rate sample (draft-cheng-iccrg-delivery-rate-estimation);
+//!   BBR keeps the largest sample of the last ten round trips as the bottleneck bandwidth and
+//!   the smallest RTT of the last ten seconds, and moves through STARTUP, DRAIN, PROBE_BW and
+//!   PROBE_RTT. Samples taken while the application had nothing to send only count if they
+//!   raise the estimate, so a sparse sender keeps it; loss holds the window to what is in
+//!   flight for one round rather than halving it.
+//! - Pacing: data packets (retransmissions included) pass a token bucket filled at the
+//!   controller's pacing rate and holding about 1 ms of data (at least two packets).
+//!   [`Connection::poll_timeout`] includes the instant a held-back packet may leave. An idle
+//!   sender finds the bucket full, so a lone message leaves at once. Before any RTT sample
+//!   nothing is paced; then BBR paces at 2/ln 2 × the initial window per RTT until its first
+//!   bandwidth sample. A sender back from idle paces at the estimate (not a probing gain) and
+//!   does not start with PROBE_RTT, as Linux's `idle_restart` does. [`ConnectionStats`] reports the window, pacing rate, BBR state, min RTT
+//!   and bandwidth estimate.
 //! - Migration: a packet for a known connection from a new address triggers a path challenge
 //!   to that address (within the 3× budget); only a correct response moves the connection.
 //! - Keepalive after [`Config::keepalive_interval`] of silence; close after
@@ -94,21 +110,26 @@
 //! # Status
 //!
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
-//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, and the simulator tests; the
+//! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, BBR with pacing (NewReno
+//! selectable), and the simulator tests, including a bottleneck model (a rate limit with a
+//! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against; the
 //! tokio + quinn-udp runtime [`driver`] ([`QuantumEndpoint`], [`QuantumConnection`]) with
-//! loopback tests in `tests/driver.rs`.
+//! loopback tests in `tests/driver.rs`; a cargo-fuzz target for `Packet::decode` and
+//! `Endpoint::handle` in `fuzz/`.
 //! Not built yet, in priority order:
 //!
-//! 1. BBR (STARTUP, DRAIN, PROBE_BW, PROBE_RTT) with pacing behind [`congestion::CongestionController`];
-//!    the connection uses the interim [`congestion::NewReno`], which does not pace, and the
-//!    trait's `pacing_rate` is not yet consulted by `poll_transmit`. BBR needs per-packet
-//!    delivery-rate samples, which `send` does not record yet.
-//! 2. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
-//!    deadline, loss-adaptive parity, repairs counted as losses). The FEC flag is reserved;
-//!    packets carrying it are currently treated like any other.
-//! 3. Smaller gaps: congestion state is not reset on migration; a duplicate-ACK counter is
-//!    not kept separately (the transmission-order threshold stands in for it); ECN (ECE) is
-//!    unused; the endpoint forgets a closed connection only after its events are polled.
+//! 1. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
+//!    deadline, loss-adaptive parity, repairs counted as losses through
+//!    [`congestion::CongestionController::on_loss`]). The FEC flag is reserved; packets
+//!    carrying it are currently treated like any other.
+//! 2. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
+//!    loss or ECN response, no ack-aggregation compensation, no long-term bandwidth
+//!    sampling for policers); ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
+//!    by up to `max_ack_delay` on a sparse connection); a duplicate-ACK counter is not kept
+//!    separately (the transmission-order threshold stands in for it); ECN (ECE) is unused;
+//!    the endpoint forgets a closed connection only after its events are polled; the
+//!    driver does not act on ICMP errors (a connect to a closed port fails by its handshake
+//!    timeout) and does not bound undelivered received messages or unaccepted connections.
 
 pub mod config;
 pub mod congestion;

@@ -11,6 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::congestion::RateSample;
+use crate::congestion::delivery::{AckSampler, DeliveryRate, SendState};
+
 /// Acknowledged later transmissions after which an earlier one counts as lost.
 pub const DUP_THRESHOLD: u64 = 3;
 
@@ -41,6 +44,8 @@ struct Outstanding {
     /// FEC parity covering this transmission went out at this instant with this order
     /// number; loss is judged from there, giving the receiver time to repair it.
     loss_anchor: Option<(Instant, u64)>,
+    /// Delivery-rate snapshot of the latest transmission.
+    rate: Option<SendState>,
 }
 
 /// What an acknowledgement changed.
@@ -52,6 +57,8 @@ pub(crate) struct AckResult {
     pub acked_packets: u64,
     /// RTT sample from the newest newly acknowledged packet, if never retransmitted.
     pub rtt_sample: Option<Duration>,
+    /// Delivery rate measured by this acknowledgement.
+    pub rate: Option<RateSample>,
 }
 
 /// Packets newly declared lost.
@@ -88,6 +95,8 @@ pub(crate) struct SendBuffer {
     fin_seq: Option<u64>,
     /// When the time threshold will declare the next packet lost.
     loss_time: Option<Instant>,
+    /// Delivery-rate estimation state.
+    delivery: DeliveryRate,
 }
 
 impl SendBuffer {
@@ -104,6 +113,7 @@ impl SendBuffer {
             bytes_in_flight: 0,
             fin_seq: None,
             loss_time: None,
+            delivery: DeliveryRate::default(),
         }
     }
 
@@ -120,6 +130,7 @@ impl SendBuffer {
             in_flight: false,
             size: 0,
             loss_anchor: None,
+            rate: None,
         };
         self.packets.insert(self.next_seq, outstanding);
         self.next_seq += 1;
@@ -157,6 +168,17 @@ impl SendBuffer {
         self.loss_time
     }
 
+    /// Whether nothing waits to be sent: no lost packet to resend and no new data.
+    pub fn nothing_to_send(&self) -> bool {
+        self.lost.is_empty() && self.next_new == self.next_seq
+    }
+
+    /// The application has run out of data with room left in the window: delivery-rate
+    /// samples until the current flight is delivered measure the application, not the path.
+    pub fn mark_app_limited(&mut self) {
+        self.delivery.mark_app_limited(self.bytes_in_flight);
+    }
+
     /// The next sequence number to transmit: lost ones first, then new ones below `limit`.
     pub fn next_to_send(&self, limit: u64) -> Option<u64> {
         if let Some(&seq) = self.lost.first() {
@@ -177,6 +199,9 @@ impl SendBuffer {
             return false;
         };
         let retransmission = packet.sent_at.is_some();
+        let others_in_flight =
+            self.bytes_in_flight - if packet.in_flight { packet.size } else { 0 };
+        packet.rate = Some(self.delivery.on_send(now, others_in_flight));
         packet.retransmitted |= retransmission;
         packet.sent_at = Some(now);
         packet.loss_anchor = None;
@@ -211,6 +236,7 @@ impl SendBuffer {
     pub fn on_ack(&mut self, now: Instant, cum: u64, sacks: &[(u64, u64)]) -> AckResult {
         let mut result = AckResult::default();
         let mut newest: Option<(u64, Option<Duration>)> = None;
+        let mut sampler = AckSampler::default();
         let sent_limit = self.next_new;
         let mut ranges = vec![(self.acked_below, cum.min(sent_limit))];
         ranges.extend(
@@ -233,6 +259,10 @@ impl SendBuffer {
                 }
                 result.acked_bytes += packet.size;
                 result.acked_packets += 1;
+                if let Some(state) = &packet.rate {
+                    self.delivery
+                        .on_packet_acked(now, state, packet.size, &mut sampler);
+                }
                 if packet.sent_at.is_some() {
                     let tx = packet.tx_order;
                     self.largest_acked_tx = Some(self.largest_acked_tx.map_or(tx, |l| l.max(tx)));
@@ -247,6 +277,7 @@ impl SendBuffer {
         }
         self.acked_below = self.acked_below.max(cum.min(sent_limit));
         result.rtt_sample = newest.and_then(|(_, sample)| sample);
+        result.rate = self.delivery.finish(now, sampler);
         result
     }
 

@@ -64,7 +64,8 @@ async fn bounded<T>(test: impl std::future::Future<Output = T>) -> T {
         .expect("test exceeded its overall timeout")
 }
 
-#[tokio::test]
+// On a multi-threaded runtime, as applications usually run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_both_ways_arrive_in_order() {
     bounded(async {
         let (_client, conn, _server, accepted) = pair().await;
@@ -111,7 +112,8 @@ async fn a_one_mebibyte_message_is_fragmented_and_reassembled() {
     .await;
 }
 
-#[tokio::test]
+// On a multi-threaded runtime, as applications usually run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_serves_many_concurrent_connections() {
     bounded(async {
         let server = server().await;
@@ -183,6 +185,22 @@ async fn dropping_every_handle_closes_the_connection_gracefully() {
         assert_eq!(
             accepted.recv().await.expect("recv"),
             Some(Bytes::from("last words"))
+        );
+        assert_eq!(accepted.recv().await.expect("clean end"), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_a_whole_endpoint_closes_its_connections_gracefully() {
+    bounded(async {
+        let (client, conn, _server, accepted) = pair().await;
+        conn.send("goodbye").await.expect("send");
+        drop(conn);
+        drop(client);
+        assert_eq!(
+            accepted.recv().await.expect("recv"),
+            Some(Bytes::from("goodbye"))
         );
         assert_eq!(accepted.recv().await.expect("clean end"), None);
     })

@@ -87,6 +87,68 @@ impl AuthError {
     }
 }
 
+/// The admin key of `--admin-key`, compared in constant time so response timing tells an
+/// attacker nothing about how much of a guess was right.
+#[derive(Clone)]
+pub struct AdminKey(std::sync::Arc<str>);
+
+impl AdminKey {
+    /// Wraps the configured key.
+    pub fn new(key: &str) -> AdminKey {
+        AdminKey(key.into())
+    }
+
+    /// Whether `presented` is the key. Only the length can leak through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(..)")
+    }
+}
+
+/// Why an admin request was refused. The texts never echo what was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The relay has no `--admin-key`, so the admin routes are off.
+    #[error("admin routes are disabled: start the relay with --admin-key")]
+    Disabled,
+    /// No key was presented.
+    #[error("an admin key is required (Authorization: Bearer KEY or X-Admin-Key: KEY)")]
+    Missing,
+    /// The presented key is wrong.
+    #[error("the admin key is not valid")]
+    WrongKey,
+    /// A client token was presented where the admin key is needed.
+    #[error("a client token cannot use admin routes; send the admin key")]
+    ClientToken,
+}
+
+impl AdminError {
+    /// 401 when the caller must bring the key, 403 when the routes are off or a client token
+    /// was sent.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::Missing | AdminError::WrongKey => 401,
+            AdminError::Disabled | AdminError::ClientToken => 403,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Disabled => "admin_disabled",
+            AdminError::Missing => "admin_key_missing",
+            AdminError::WrongKey => "admin_key_invalid",
+            AdminError::ClientToken => "admin_client_token",
+        }
+    }
+}
+
 /// A configured key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -161,6 +223,21 @@ impl Auth {
         })
     }
 
+    /// Whether `token` is a client token this relay signed (expired or not).
+    pub fn is_client_token(&self, token: &str) -> bool {
+        matches!(self.verify(token), Ok(_) | Err(AuthError::Expired))
+    }
+
+    /// Which documents `token` may see in a listing: all when the relay runs open, else the
+    /// patterns its `docs` claim names.
+    pub fn visible(&self, token: Option<&str>) -> Result<Visible, AuthError> {
+        if self.is_open() {
+            return Ok(Visible::All);
+        }
+        let claims = self.verify(token.ok_or(AuthError::Missing)?)?;
+        Ok(Visible::Patterns(claims.docs))
+    }
+
     fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let (algorithm, key) = self
@@ -179,6 +256,25 @@ impl Auth {
                 }
                 _ => AuthError::Malformed,
             })
+    }
+}
+
+/// The documents a client may see in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visible {
+    /// Every document (the relay runs open).
+    All,
+    /// Those covered by one of these patterns (exact names, or prefixes ending in `*`).
+    Patterns(Vec<String>),
+}
+
+impl Visible {
+    /// Whether `doc` may be listed.
+    pub fn covers(&self, doc: &str) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::Patterns(patterns) => patterns.iter().any(|p| covers(p, doc)),
+        }
     }
 }
 
@@ -290,6 +386,33 @@ mod tests {
         for (t, expected) in cases {
             assert_eq!(auth.authorize(t.as_deref(), &d), Err(expected));
         }
+    }
+
+    #[test]
+    fn the_admin_key_matches_only_itself() {
+        let key = AdminKey::new("0123456789abcdef");
+        assert!(key.matches("0123456789abcdef"));
+        for wrong in [
+            "",
+            "0123456789abcdeF",
+            "0123456789abcdef0",
+            "0123456789abcde",
+        ] {
+            assert!(!key.matches(wrong), "{wrong}");
+        }
+        assert_eq!(format!("{key:?}"), "AdminKey(..)");
+    }
+
+    #[test]
+    fn only_tokens_signed_here_count_as_client_tokens() {
+        let auth = Auth::new(Some(SECRET), None).unwrap();
+        let ours = token(SECRET, &["a"], Permission::Write, now() + 600);
+        let expired = token(SECRET, &["a"], Permission::Write, now() - 3600);
+        let theirs = token("other", &["a"], Permission::Write, now() + 600);
+        assert!(auth.is_client_token(&ours));
+        assert!(auth.is_client_token(&expired));
+        assert!(!auth.is_client_token(&theirs));
+        assert!(!auth.is_client_token("garbage"));
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::rate_limit::Rate;
+
 /// Default HTTP and WebSocket listen address.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Default data directory; the database is `<data-dir>/aetherflow.redb`.
@@ -24,6 +26,18 @@ pub const DEFAULT_UNLOAD_AFTER_SECS: u64 = 30;
 pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 500;
 /// Default interval between WebSocket pings, in seconds.
 pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
+/// Default WebSocket connections a remote IP address may open per minute.
+pub const DEFAULT_CONNECT_RATE_PER_MIN: u32 = 600;
+/// Default burst of WebSocket connections from one address after a quiet spell.
+pub const DEFAULT_CONNECT_BURST: u32 = 60;
+/// Default data messages per second one session may send.
+pub const DEFAULT_MESSAGE_RATE_PER_SEC: u32 = 500;
+/// Default burst of data messages one session may send after a quiet spell.
+pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
+/// Default (and largest allowed) lifetime of a token minted by `POST /api/v1/tokens`: 1 day.
+pub const DEFAULT_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
@@ -108,8 +122,9 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
 
-    /// Ping every WebSocket this often, in seconds; a connection that has sent nothing (not
-    /// even a pong) for two intervals is closed and its presence removed [default: 30].
+    /// Ping every WebSocket this often, in seconds; a connection that leaves one ping
+    /// unanswered is shown IDLE, one that leaves two is closed (1001 "ping timeout") and its
+    /// presence removed [default: 30].
     #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
     pub ping_interval_secs: Option<u64>,
 
@@ -126,6 +141,42 @@ pub struct Settings {
     /// PEM public key (RSA or EC) verifying RS256/ES256 client tokens.
     #[arg(long, env = "AETHERFLOW_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
+
+    /// Admin key (at least 16 characters) for the admin routes (`/api/v1/sessions`,
+    /// `/api/v1/tokens`), sent as `Authorization: Bearer KEY` or `X-Admin-Key: KEY`. Without
+    /// it the admin routes are disabled.
+    #[arg(
+        long,
+        env = "AETHERFLOW_ADMIN_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+
+    /// WebSocket connections one remote IP address may open per minute; over it the upgrade
+    /// gets 429 with Retry-After. 0 disables the limit [default: 600].
+    #[arg(long, env = "AETHERFLOW_CONNECT_RATE_PER_MIN", value_name = "N")]
+    pub connect_rate_per_min: Option<u32>,
+
+    /// Connections one address may open at once after a quiet spell [default: 60].
+    #[arg(long, env = "AETHERFLOW_CONNECT_BURST", value_name = "N")]
+    pub connect_burst: Option<u32>,
+
+    /// Data messages per second one session may send; over it the session is closed with 1008
+    /// (policy violation). 0 disables the limit [default: 500].
+    #[arg(long, env = "AETHERFLOW_MESSAGE_RATE_PER_SEC", value_name = "N")]
+    pub message_rate_per_sec: Option<u32>,
+
+    /// Data messages one session may send at once after a quiet spell [default: 5000]. A
+    /// y-websocket client sends one message per transaction, so a script making thousands of
+    /// small edits in a loop needs this headroom; typing sends a few dozen a second.
+    #[arg(long, env = "AETHERFLOW_MESSAGE_BURST", value_name = "N")]
+    pub message_burst: Option<u32>,
+
+    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds
+    /// [default: 86400 (1 day)].
+    #[arg(long, env = "AETHERFLOW_TOKEN_MAX_TTL_SECS", value_name = "SECS")]
+    pub token_max_ttl_secs: Option<u64>,
 }
 
 /// The relay's resolved configuration.
@@ -153,6 +204,14 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256 client tokens.
     pub jwt_public_key: Option<PathBuf>,
+    /// Key for the admin routes; `None` disables them.
+    pub admin_key: Option<String>,
+    /// WebSocket connections per remote IP address; `None` is unlimited.
+    pub connect_rate: Option<Rate>,
+    /// Data messages per session; `None` is unlimited.
+    pub message_rate: Option<Rate>,
+    /// Longest lifetime of a minted token.
+    pub token_max_ttl: Duration,
 }
 
 /// Why the configuration could not be built.
@@ -199,6 +258,12 @@ impl Settings {
             ping_interval_secs: self.ping_interval_secs.or(lower.ping_interval_secs),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             jwt_public_key: self.jwt_public_key.or(lower.jwt_public_key),
+            admin_key: self.admin_key.or(lower.admin_key),
+            connect_rate_per_min: self.connect_rate_per_min.or(lower.connect_rate_per_min),
+            connect_burst: self.connect_burst.or(lower.connect_burst),
+            message_rate_per_sec: self.message_rate_per_sec.or(lower.message_rate_per_sec),
+            message_burst: self.message_burst.or(lower.message_burst),
+            token_max_ttl_secs: self.token_max_ttl_secs.or(lower.token_max_ttl_secs),
         }
     }
 
@@ -253,6 +318,30 @@ impl Config {
             ),
             jwt_secret: s.jwt_secret.filter(|secret| !secret.is_empty()),
             jwt_public_key: s.jwt_public_key,
+            admin_key: s.admin_key.filter(|key| !key.is_empty()),
+            connect_rate: match s
+                .connect_rate_per_min
+                .unwrap_or(DEFAULT_CONNECT_RATE_PER_MIN)
+            {
+                0 => None,
+                n => Some(Rate::per_minute(
+                    n,
+                    s.connect_burst.unwrap_or(DEFAULT_CONNECT_BURST),
+                )),
+            },
+            message_rate: match s
+                .message_rate_per_sec
+                .unwrap_or(DEFAULT_MESSAGE_RATE_PER_SEC)
+            {
+                0 => None,
+                n => Some(Rate::per_second(
+                    n,
+                    s.message_burst.unwrap_or(DEFAULT_MESSAGE_BURST),
+                )),
+            },
+            token_max_ttl: Duration::from_secs(
+                s.token_max_ttl_secs.unwrap_or(DEFAULT_TOKEN_MAX_TTL_SECS),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -286,6 +375,26 @@ impl Config {
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "--ping-interval-secs",
+                why: "must be at least 1",
+            });
+        }
+        if let Some(key) = &self.admin_key {
+            if key.chars().count() < MIN_ADMIN_KEY_LEN {
+                return Err(ConfigError::Invalid {
+                    name: "--admin-key",
+                    why: "must be at least 16 characters",
+                });
+            }
+            if self.jwt_secret.as_ref() == Some(key) {
+                return Err(ConfigError::Invalid {
+                    name: "--admin-key",
+                    why: "must differ from --jwt-secret, or every token holder could sign an admin key",
+                });
+            }
+        }
+        if self.token_max_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--token-max-ttl-secs",
                 why: "must be at least 1",
             });
         }
@@ -365,6 +474,43 @@ mod tests {
             ..Settings::default()
         };
         assert!(Config::from_settings(with_key).is_ok());
+    }
+
+    #[test]
+    fn a_short_admin_key_or_one_equal_to_the_jwt_secret_is_refused() {
+        let short = Settings {
+            admin_key: Some("short".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(short).unwrap_err();
+        assert!(err.to_string().contains("--admin-key"), "{err}");
+        let same = Settings {
+            admin_key: Some("the-same-long-secret".into()),
+            jwt_secret: Some("the-same-long-secret".into()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(same).unwrap_err();
+        assert!(err.to_string().contains("--jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_rate_disables_its_limit_and_defaults_are_on() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(
+            config.message_rate,
+            Some(Rate::per_second(
+                DEFAULT_MESSAGE_RATE_PER_SEC,
+                DEFAULT_MESSAGE_BURST
+            ))
+        );
+        assert!(config.connect_rate.is_some());
+        let off = Settings {
+            connect_rate_per_min: Some(0),
+            message_rate_per_sec: Some(0),
+            ..Settings::default()
+        };
+        let config = Config::from_settings(off).unwrap();
+        assert_eq!((config.connect_rate, config.message_rate), (None, None));
     }
 
     #[test]

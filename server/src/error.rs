@@ -30,6 +30,24 @@ pub enum AppError {
     /// The request contradicts the document's state (exists already, wrong kind).
     #[error("{0}")]
     Conflict(String),
+    /// An admin route was called without the admin key (or with a client token).
+    #[error("{0}")]
+    Admin(crate::auth::AdminError),
+    /// Too many requests from this address; retry after this many seconds.
+    #[error("too many connections from this address; retry in {0} s")]
+    RateLimited(u64),
+    /// Token minting needs the HS256 `--jwt-secret`, and the relay has none.
+    #[error("this relay has no --jwt-secret (HS256) to sign client tokens with")]
+    NoSigningSecret,
+    /// The document is locked by someone else (423).
+    #[error("{0}")]
+    Locked(String),
+    /// The request names another identity than the token's subject.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request body is larger than the relay accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -46,9 +64,10 @@ struct Detail<'a> {
     message: String,
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match &self {
+impl AppError {
+    /// The status, code and client-facing message; a 5xx is logged here under a fresh id.
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
             AppError::InvalidDocName(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_doc_name",
@@ -68,6 +87,22 @@ impl IntoResponse for AppError {
             AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", self.to_string()),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
+            AppError::Admin(e) => (
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                e.code(),
+                self.to_string(),
+            ),
+            AppError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                self.to_string(),
+            ),
+            AppError::NoSigningSecret => {
+                (StatusCode::CONFLICT, "no_signing_secret", self.to_string())
+            }
+            AppError::Locked(_) => (StatusCode::LOCKED, "locked", self.to_string()),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -77,10 +112,29 @@ impl IntoResponse for AppError {
                     format!("internal error; reference {id}"),
                 )
             }
-        };
+        }
+    }
+
+    /// The JSON error body `{ "error": { "code", "message" } }`, for channels that are not
+    /// HTTP responses (the live WebSocket).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (_, code, message) = self.parts();
+        serde_json::json!({ "error": { "code": code, "message": message } })
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
         let body = Body {
             error: Detail { code, message },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let AppError::RateLimited(secs) = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

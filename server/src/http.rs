@@ -1,21 +1,26 @@
 //! HTTP routes: `/healthz`, the WebSocket endpoint `/ws/{document}`, and the browser demo
 //! at `/` (see [`crate::web_demo`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{ConnId, DocName};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::Extensions;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Permission};
 use crate::error::AppError;
+use crate::rate_limit::ConnectionLimiter;
+use crate::registry::{Registry, Transport};
 use crate::session::{self, SessionContext};
 
 /// Shared state of every route.
@@ -29,6 +34,14 @@ pub struct AppState {
     pub next_conn: Arc<AtomicU64>,
     /// Token verification.
     pub auth: Auth,
+    /// Every live session, for the admin routes.
+    pub registry: Registry,
+    /// Per-address WebSocket connection limit.
+    pub connections: ConnectionLimiter,
+    /// Admin key and token minting.
+    pub admin: crate::api::admin::Admin,
+    /// Document locks (in memory; a restart frees them).
+    pub locks: crate::locks::Locks,
 }
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
@@ -58,14 +71,37 @@ async fn empty_doc_name() -> AppError {
     AppError::InvalidDocName("document name is empty".into())
 }
 
-/// Upgrades to a y-websocket session on document `doc`. A bad name (400) or token (401, 403)
-/// is refused before the upgrade, so no document data flows to an unauthorised client.
+/// Applies the per-address connection limit to a WebSocket request; returns the remote
+/// address, or 429 with the wait. Served without connect info (a router in a test), the
+/// address is unknown (`0.0.0.0:0`) and unlimited.
+pub(crate) fn admit_connection(
+    state: &AppState,
+    extensions: &Extensions,
+) -> Result<SocketAddr, AppError> {
+    let Some(ConnectInfo(remote)) = extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], 0)));
+    };
+    if let Err(wait) = state.connections.admit(remote.ip(), Instant::now()) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(AppError::RateLimited(secs.max(1)));
+    }
+    Ok(remote)
+}
+
+/// Upgrades to a y-websocket session on document `doc`. Too many connections from one
+/// address (429), a bad name (400) or token (401, 403) is refused before the upgrade, so no
+/// document data flows to an unauthorised client.
 async fn websocket(
     State(state): State<AppState>,
+    extensions: Extensions,
     doc: Result<Path<String>, PathRejection>,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let remote = match admit_connection(&state, &extensions) {
+        Ok(remote) => remote,
+        Err(e) => return e.into_response(),
+    };
     let name = match doc {
         Ok(Path(name)) => name,
         Err(e) => return AppError::InvalidDocName(e.body_text()).into_response(),
@@ -100,6 +136,13 @@ async fn websocket(
         Err(e) => return AppError::NotWebSocket(e.body_text()).into_response(),
     };
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    // Registered now, so the admin sees CONNECTING; dropped (CLOSED) if the upgrade fails.
+    let handle = state.registry.open(
+        &grant.user,
+        Transport::Websocket,
+        remote,
+        vec![doc.as_str().to_owned()],
+    );
     let limit = state.sessions.limits.max_message_bytes;
     let ctx = state.sessions.clone();
     let tracker = state.tracker.clone();
@@ -112,6 +155,6 @@ async fn websocket(
                 user: grant.user,
                 can_write: grant.permission == Permission::Write,
             };
-            tracker.track_future(session::run(socket, doc, peer, ctx))
+            tracker.track_future(session::run(socket, doc, peer, handle, ctx))
         })
 }

@@ -18,7 +18,12 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod heartbeat;
 pub mod http;
+pub mod locks;
+pub mod rate_limit;
+pub mod registry;
 pub mod rooms;
 pub mod session;
 pub mod store;
@@ -81,6 +86,7 @@ pub async fn run(
         tracker.clone(),
         token.clone(),
     );
+    let locks = locks::Locks::new(rooms.events().clone());
     let state = AppState {
         sessions: SessionContext {
             rooms,
@@ -89,12 +95,17 @@ pub async fn run(
             },
             shutdown: token.clone(),
             ping_interval: config.ping_interval,
+            message_rate: config.message_rate,
         },
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
         auth,
+        registry: registry::Registry::new(),
+        connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
+        admin: api::admin::Admin::from_config(&config),
+        locks,
     };
-    let app = http::router(state);
+    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
 
     let addr = listener.local_addr()?;
     info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");

@@ -13,8 +13,11 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::rate_limit::{Rate, TokenBucket};
+use crate::registry::{SessionHandle, SessionState};
 use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms};
 
 /// Everything a session needs besides its socket.
@@ -26,8 +29,10 @@ pub struct SessionContext {
     pub limits: Limits,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
-    /// Interval between pings; two silent intervals close the connection.
+    /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
     pub ping_interval: Duration,
+    /// Data messages a session may send (`None`: unlimited); over it, closed with 1008.
+    pub message_rate: Option<Rate>,
 }
 
 /// Longest wait for a close frame to go out before the connection is dropped anyway.
@@ -44,16 +49,20 @@ pub struct Peer {
     pub can_write: bool,
 }
 
-/// Serves one connection until either side closes it.
-pub async fn run<S>(socket: S, doc: DocName, peer: Peer, ctx: SessionContext)
+/// Serves one connection until either side closes it, reporting its state and traffic through
+/// `handle` (dropped, so CLOSED, when this returns).
+pub async fn run<S>(socket: S, doc: DocName, peer: Peer, handle: SessionHandle, ctx: SessionContext)
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
-    let span = info_span!("session", conn = peer.conn.0, doc = %doc, user = %peer.user);
-    serve(socket, doc, peer, ctx).instrument(span).await;
+    let span =
+        info_span!("session", id = %handle.id(), conn = peer.conn.0, doc = %doc, user = %peer.user);
+    serve(socket, doc, peer, &handle, ctx)
+        .instrument(span)
+        .await;
 }
 
-async fn serve<S>(socket: S, doc: DocName, peer: Peer, ctx: SessionContext)
+async fn serve<S>(socket: S, doc: DocName, peer: Peer, handle: &SessionHandle, ctx: SessionContext)
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
@@ -62,40 +71,54 @@ where
     let (outbox, mut from_room) = mpsc::channel(OUTBOX_CAPACITY);
     let membership = match ctx
         .rooms
-        .join(&doc, peer.conn, peer.can_write, outbox)
+        .join(&doc, peer.conn, &peer.user, peer.can_write, outbox)
         .await
     {
         Ok(membership) => membership,
         Err(e) => {
             warn!(error = %e, "join failed");
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, "document unavailable");
+            handle.closing(Some(&reason));
             close(&mut sink, reason).await;
             return;
         }
     };
     debug!("joined");
-    let mut heartbeat = tokio::time::interval(ctx.ping_interval);
-    heartbeat.tick().await;
-    // Whether the peer has sent anything (a pong counts) since the last ping.
-    let mut heard_from = true;
+    handle.set_state(SessionState::Active);
+    let mut ticks = tokio::time::interval(ctx.ping_interval);
+    ticks.tick().await;
+    let mut heartbeat = Heartbeat::new();
+    let mut messages = ctx
+        .message_rate
+        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+    let kicked = handle.disconnect_requested();
+    let mut kicked = std::pin::pin!(kicked);
     let reason = loop {
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => {
                 break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
             }
-            _ = heartbeat.tick() => {
-                if !heard_from {
-                    warn!("no pong within the ping interval; closing");
-                    break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+            reason = &mut kicked => {
+                info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                break Some(reason);
+            }
+            _ = ticks.tick() => {
+                match heartbeat.tick() {
+                    Beat::Ping => {}
+                    Beat::PingIdle => handle.set_state(SessionState::Idle),
+                    Beat::Timeout => {
+                        warn!("two pings unanswered; closing");
+                        break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+                    }
                 }
-                heard_from = false;
                 if sink.send(Frame::Ping(Default::default())).await.is_err() {
                     break None;
                 }
             }
             out = from_room.recv() => match out {
                 Some(Outbound::Frame(bytes)) => {
+                    handle.sent(bytes.len());
                     if sink.send(Frame::Binary(bytes)).await.is_err() {
                         break None;
                     }
@@ -107,7 +130,10 @@ where
                 )),
             },
             frame = stream.next() => {
-                heard_from = true;
+                heartbeat.heard();
+                if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                    break Some(reason);
+                }
                 match on_frame(frame, &ctx.limits) {
                     FrameOutcome::Message(message) => {
                         if membership.send(message).await.is_err() {
@@ -124,10 +150,43 @@ where
         }
     };
     drop(membership);
+    handle.closing(reason.as_ref());
     if let Some(reason) = reason {
         debug!(code = reason.code, reason = %reason.reason, "closing");
         close(&mut sink, reason).await;
     }
+}
+
+/// Counts an incoming frame on the session and charges a data frame to the message rate; a
+/// frame over the rate is refused with 1008 before the room sees it.
+pub(crate) fn account(
+    frame: Option<&Result<Frame, axum::Error>>,
+    handle: &SessionHandle,
+    bucket: Option<&mut TokenBucket>,
+) -> Option<CloseReason> {
+    let bytes = match frame {
+        Some(Ok(Frame::Binary(bytes))) => bytes.len(),
+        Some(Ok(Frame::Text(text))) => text.len(),
+        Some(Ok(_)) => {
+            handle.heard_from();
+            return None;
+        }
+        _ => return None,
+    };
+    handle.received(bytes);
+    let bucket = bucket?;
+    if bucket.try_take(std::time::Instant::now()).is_ok() {
+        return None;
+    }
+    warn!("message rate limit exceeded; closing");
+    Some(CloseReason::new(
+        CloseReason::POLICY_VIOLATION,
+        format!(
+            "message rate limit exceeded ({}/s, bursts of {}); slow down and reconnect",
+            bucket.rate().tokens_per_second(),
+            bucket.rate().burst()
+        ),
+    ))
 }
 
 enum FrameOutcome {

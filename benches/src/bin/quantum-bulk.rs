@@ -97,8 +97,8 @@ async fn quantum(options: &Options) -> anyhow::Result<Duration> {
     );
     let served = server.stats().await?;
     println!(
-        "  quantum server: {} datagrams in {} receive calls",
-        served.datagrams_received, served.receive_calls
+        "  quantum server: {} datagrams in {} receive calls; sent {} acknowledgements in {} send calls",
+        served.datagrams_received, served.receive_calls, served.datagrams_sent, served.send_calls
     );
     conn.close().await;
     Ok(elapsed)

@@ -118,6 +118,9 @@ fn start_relay(
             "127.0.0.1:0",
             "--durability",
             durability,
+            // A trace replayed as fast as possible is far over any sane per-session limit.
+            "--message-rate-per-sec",
+            "0",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Candidate, CloseReason, Connection, Event, MAX_PENDING_RESPONSES, Role, State};
+use crate::congestion::Ack;
 use crate::packet::{Control, Flags, Packet};
 use crate::recv::{Arrival, Delivery, RecvBuffer};
 
@@ -226,7 +227,13 @@ impl Connection {
         if result.acked_packets > 0 {
             self.backoff = 0;
             self.rto_base = (self.send.bytes_in_flight() > 0).then_some(now);
-            self.cc.on_ack(now, result.acked_bytes, self.rtt.latest());
+            let ack = Ack {
+                bytes: result.acked_bytes,
+                rtt: result.rtt_sample,
+                bytes_in_flight: self.send.bytes_in_flight(),
+                rate: result.rate,
+            };
+            self.cc.on_ack(now, &ack);
         }
         self.detect_losses(now);
     }

@@ -23,7 +23,8 @@ use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::congestion::{CongestionController, NewReno};
+use crate::congestion::pacer::Pacer;
+use crate::congestion::{BbrState, CongestionController};
 use crate::packet::{
     COOKIE_LEN, ConnectionId, Control, Flags, Header, MAX_SACK_BLOCKS, Packet, SackBlock,
 };
@@ -109,6 +110,14 @@ pub struct ConnectionStats {
     pub rto: Duration,
     /// Congestion window in bytes.
     pub cwnd: u64,
+    /// Pacing rate in bytes per second; `None` while unpaced (always, under NewReno).
+    pub pacing_rate: Option<u64>,
+    /// BBR's state; `None` under NewReno.
+    pub bbr_state: Option<BbrState>,
+    /// Minimum RTT: BBR's ten-second windowed estimate, or under NewReno the smallest sample.
+    pub min_rtt: Option<Duration>,
+    /// BBR's bottleneck bandwidth estimate in bytes per second, once it has a sample.
+    pub bottleneck_bandwidth: Option<u64>,
     /// Bytes in flight.
     pub bytes_in_flight: u64,
     /// Datagrams sent.
@@ -195,6 +204,10 @@ pub struct Connection {
     recv: Option<RecvBuffer>,
     rtt: RttEstimator,
     cc: Box<dyn CongestionController>,
+    /// Spaces data packets at the controller's pacing rate.
+    pacer: Pacer,
+    /// When the pacer will release the data packet it is holding back.
+    pacing_release: Option<Instant>,
     /// Consecutive expiries of the retransmission or handshake timer.
     backoff: u32,
     /// Start of the running retransmission timer.
@@ -252,7 +265,9 @@ impl Connection {
             send: SendBuffer::new(u64::from(local_isn) + 1),
             recv: None,
             rtt,
-            cc: Box::new(NewReno::new(mss)),
+            cc: config.congestion.build(mss, seed ^ 0xbb5e_ed00),
+            pacer: Pacer::new(mss),
+            pacing_release: None,
             backoff: 0,
             rto_base: None,
             handshake_due: true,
@@ -334,10 +349,15 @@ impl Connection {
 
     /// Counters.
     pub fn stats(&self) -> ConnectionStats {
+        let model = self.cc.path_model();
         ConnectionStats {
             srtt: self.rtt.smoothed(),
             rto: self.rtt.rto(),
             cwnd: self.cc.window(),
+            pacing_rate: self.cc.pacing_rate(),
+            bbr_state: model.map(|m| m.state),
+            min_rtt: model.map_or(self.rtt.min(), |m| m.min_rtt),
+            bottleneck_bandwidth: model.map(|m| m.bottleneck_bandwidth).filter(|&bw| bw > 0),
             bytes_in_flight: self.send.bytes_in_flight(),
             ..self.stats.clone()
         }
@@ -536,8 +556,14 @@ impl Connection {
     }
 
     fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
+        // Recomputed on every call, so a stale release time never lingers in `poll_timeout`.
+        self.pacing_release = None;
         if self.state != State::Established {
             return None;
+        }
+        let in_flight = self.send.bytes_in_flight();
+        if self.send.nothing_to_send() && in_flight < self.cc.window() {
+            self.send.mark_app_limited();
         }
         let limit = self.send.acked_below() + self.config.window_packets;
         let seq = self.send.next_to_send(limit)?;
@@ -551,17 +577,21 @@ impl Connection {
         }
         let packet = self.packet(flags, seq, fragment.payload.clone());
         let len = packet.encoded_len() as u64;
-        let in_flight = self.send.bytes_in_flight();
         if in_flight > 0 && in_flight + len > self.cc.window() {
             return None;
         }
+        if let Some(release) = self.pacer.release(now, len, self.cc.pacing_rate()) {
+            self.pacing_release = Some(release);
+            return None;
+        }
+        self.pacer.on_sent(now, len);
         let transmit = self.emit(now, self.remote, &packet);
         if self.send.on_transmit(seq, now, len) {
             self.stats.retransmits += 1;
         } else {
             self.fec_on_first_transmit(now, seq, &packet);
         }
-        self.cc.on_sent(now, len);
+        self.cc.on_sent(now, len, in_flight);
         self.rto_base.get_or_insert(now);
         Some(transmit)
     }

@@ -1,5 +1,8 @@
 //! The connection's timers: handshake and data retransmission, loss threshold, delayed
-//! acknowledgement, keepalive, idle timeout and draining.
+//! acknowledgement, pacing release, keepalive, idle timeout and draining.
+//!
+//! The pacing release needs no handling here: when it passes, the next
+//! [`Connection::poll_transmit`] sends the packet the pacer was holding back.
 
 use std::time::Instant;
 
@@ -36,6 +39,7 @@ impl Connection {
             self.send.loss_time(),
             self.ack.deadline,
             self.fec.tx.deadline(),
+            self.pacing_release,
             self.keepalive_deadline(),
             Some(self.last_recv + self.config.idle_timeout),
             drain,

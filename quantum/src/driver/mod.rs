@@ -340,7 +340,8 @@ impl Connection {
     }
 
     /// Queues a message for ordered, reliable delivery. Waits while the connection holds
-    /// [`DriverConfig::send_buffer`] bytes or more that the peer has not acknowledged.
+    /// [`DriverConfig::send_buffer`] bytes or more that the peer has not acknowledged. If the
+    /// future is dropped while it waits, the message may still be sent.
     pub async fn send(&self, message: impl Into<Bytes>) -> Result<(), DriverError> {
         let id = self.inner.id;
         let message = message.into();

@@ -1,5 +1,6 @@
 //! A simulated network for two endpoints: virtual time stepped to the next event, and a
-//! seeded link with loss, delay, jitter, reordering and duplication.
+//! seeded link with loss, delay, jitter, reordering, duplication and, optionally, a bottleneck:
+//! a rate limit with a finite tail-drop queue in each direction.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -21,6 +22,11 @@ pub struct Link {
     pub jitter: Duration,
     /// Probability a datagram is delivered twice.
     pub duplicate: f64,
+    /// Bottleneck rate in bytes per second, if any; datagrams queue behind each other there.
+    pub rate: Option<u64>,
+    /// Bytes the bottleneck queue holds (the datagram being serialised included); a datagram
+    /// that does not fit is dropped.
+    pub queue_bytes: u64,
 }
 
 impl Link {
@@ -30,7 +36,46 @@ impl Link {
             delay: Duration::from_millis(delay_ms),
             jitter: Duration::ZERO,
             duplicate: 0.0,
+            rate: None,
+            queue_bytes: u64::MAX,
         }
+    }
+
+    /// A clean link through a bottleneck of `rate` bytes/s with a queue of `queue_bytes`.
+    pub fn bottleneck(delay_ms: u64, rate: u64, queue_bytes: u64) -> Link {
+        Link {
+            rate: Some(rate),
+            queue_bytes,
+            ..Link::clean(delay_ms)
+        }
+    }
+}
+
+/// One direction's bottleneck queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Queue {
+    /// When the bottleneck finishes sending what is queued.
+    busy_until: Option<Instant>,
+    /// Most bytes ever queued at once, the arriving datagram included.
+    pub max_backlog: u64,
+    /// Datagrams dropped because the queue was full.
+    pub drops: u64,
+}
+
+impl Queue {
+    /// Queues `len` bytes arriving at `now`; returns when they leave the bottleneck, or
+    /// `None` if the queue is full.
+    fn enqueue(&mut self, now: Instant, len: u64, rate: u64, capacity: u64) -> Option<Instant> {
+        let busy = self.busy_until.filter(|&b| b > now).unwrap_or(now);
+        let backlog = ((busy - now).as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
+        if backlog + len > capacity {
+            self.drops += 1;
+            return None;
+        }
+        self.max_backlog = self.max_backlog.max(backlog + len);
+        let done = busy + Duration::from_nanos(len * 1_000_000_000 / rate);
+        self.busy_until = Some(done);
+        Some(done)
     }
 }
 
@@ -62,6 +107,10 @@ pub struct Sim {
     /// Every datagram handed to the link, with its send time.
     pub sent: Vec<(Instant, Datagram)>,
     pub drop_rule: Option<DropRule>,
+    /// The bottleneck queue towards the server.
+    pub upstream: Queue,
+    /// The bottleneck queue towards the client.
+    pub downstream: Queue,
 }
 
 pub fn config(seed: u64) -> Config {
@@ -105,6 +154,8 @@ impl Sim {
             server_events: Vec::new(),
             sent: Vec::new(),
             drop_rule: None,
+            upstream: Queue::default(),
+            downstream: Queue::default(),
         }
     }
 
@@ -137,7 +188,20 @@ impl Sim {
             } else {
                 self.rng.random_range(0..=jitter_ns)
             });
-            let at = self.now + self.link.delay + jitter;
+            let mut at = self.now;
+            if let Some(rate) = self.link.rate {
+                let queue = if datagram.to == self.server_addr {
+                    &mut self.upstream
+                } else {
+                    &mut self.downstream
+                };
+                let len = datagram.bytes.len() as u64;
+                let Some(done) = queue.enqueue(self.now, len, rate, self.link.queue_bytes) else {
+                    continue;
+                };
+                at = done;
+            }
+            let at = at + self.link.delay + jitter;
             self.order += 1;
             self.wire.push(Reverse((at, self.order, datagram.clone())));
         }
@@ -168,19 +232,31 @@ impl Sim {
         }
     }
 
-    /// Advances to the next arrival or timeout; returns false when nothing is left to happen.
-    pub fn step(&mut self) -> bool {
+    /// The next arrival or timeout, once everything due has been sent.
+    fn next_event(&mut self) -> Option<Instant> {
         self.flush();
         let arrival = self.wire.peek().map(|Reverse((at, _, _))| *at);
-        let next = [
+        [
             arrival,
             self.client.poll_timeout(),
             self.server.poll_timeout(),
         ]
         .into_iter()
         .flatten()
-        .min();
-        let Some(next) = next else {
+        .min()
+    }
+
+    /// Handles every event up to `at`, then sets the clock to `at` (for actions at set times).
+    pub fn advance_to(&mut self, at: Instant) {
+        while self.next_event().is_some_and(|next| next <= at) {
+            self.step();
+        }
+        self.now = self.now.max(at);
+    }
+
+    /// Advances to the next arrival or timeout; returns false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        let Some(next) = self.next_event() else {
             return false;
         };
         self.now = self.now.max(next);
@@ -223,6 +299,14 @@ impl Sim {
 
     pub fn server_messages(&self) -> Vec<Vec<u8>> {
         messages(&self.server_events)
+    }
+
+    /// How many messages the server received, without copying them.
+    pub fn server_message_count(&self) -> usize {
+        self.server_events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Message(_)))
+            .count()
     }
 
     pub fn client_messages(&self) -> Vec<Vec<u8>> {

@@ -1,5 +1,6 @@
 //! Seeded simulations of two Quantum endpoints; each prints its seed.
 
+mod congestion;
 mod harness;
 mod hostile;
 mod reliability;

@@ -112,6 +112,7 @@ fn lossy_jittery_duplicating_link_delivers_everything_in_order() {
         delay: Duration::from_millis(30),
         jitter: Duration::from_millis(20),
         duplicate: 0.05,
+        ..Link::clean(0)
     };
     let mut sim = Sim::new(23, link);
     let id = sim.establish();
@@ -135,6 +136,7 @@ fn exactly_once_in_order(seed: u64, loss: f64) -> Result<(), TestCaseError> {
         delay: Duration::from_millis(25),
         jitter: Duration::from_millis(15),
         duplicate: 0.02,
+        ..Link::clean(0)
     };
     // At 30% loss each way a handshake can need many attempts (seed 14801141330647226238 lost
     // five retries in a row); cap the backoff and give the connection time, rather than let

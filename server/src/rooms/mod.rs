@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Durability};
+use crate::events::Events;
 use crate::store::{Store, StoreWriter};
 
 /// Commands a room's inbox holds before senders wait.
@@ -37,6 +38,8 @@ pub enum RoomCommand {
     Join {
         /// The connection.
         conn: ConnId,
+        /// The token's subject, for `user_joined`/`user_left` events.
+        user: String,
         /// Whether its updates may be applied.
         can_write: bool,
         /// Where the room sends this connection's frames.
@@ -56,6 +59,31 @@ pub enum RoomCommand {
         /// The connection.
         conn: ConnId,
     },
+    /// A v1 update from the HTTP API: applied like a writer's update; `done` is told once it
+    /// is committed (and broadcast), or why it was refused.
+    Apply {
+        /// The update.
+        update: Vec<u8>,
+        /// The answer.
+        done: oneshot::Sender<Result<(), ApplyError>>,
+    },
+    /// Delete the document: close every connection, remove it from the store, unload.
+    /// `done` is told whether it existed.
+    Delete {
+        /// The answer.
+        done: oneshot::Sender<Result<bool, ApplyError>>,
+    },
+}
+
+/// Why the room did not apply an update from the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The bytes are not an acceptable Yjs v1 update; nothing was applied.
+    #[error("{0}")]
+    Invalid(String),
+    /// The room could not commit (storage failure) or is gone.
+    #[error("document unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why the relay closes a connection: a WebSocket close code and a short reason.
@@ -76,12 +104,16 @@ impl CloseReason {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// 1007: a well-formed message whose payload is invalid (not a Yjs update, bad awareness).
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1008: the client broke a policy (message rate limit) or an admin disconnected it.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// 1009: the message is larger than `--max-message-bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// 1011: the relay could not serve the document (storage failure, reload).
     pub const INTERNAL_ERROR: u16 = 1011;
     /// 1013: the connection fell too far behind; reconnect to resync.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// 4410: the document was deleted through the API.
+    pub const DOCUMENT_DELETED: u16 = 4410;
 
     /// A close reason, with the text cut to fit a close frame.
     pub fn new(code: u16, reason: impl Into<String>) -> CloseReason {
@@ -149,6 +181,7 @@ struct RoomsInner {
     settings: RoomSettings,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    events: Events,
 }
 
 /// A session's membership of a room: where to send its messages.
@@ -185,6 +218,7 @@ impl Rooms {
             settings,
             tracker,
             shutdown,
+            events: Events::new(),
         };
         Rooms {
             inner: Arc::new(inner),
@@ -198,6 +232,7 @@ impl Rooms {
         &self,
         doc: &DocName,
         conn: ConnId,
+        user: &str,
         can_write: bool,
         outbox: mpsc::Sender<Outbound>,
     ) -> Result<Membership, JoinError> {
@@ -206,6 +241,7 @@ impl Rooms {
             let (joined, answer) = oneshot::channel();
             let join = RoomCommand::Join {
                 conn,
+                user: user.to_owned(),
                 can_write,
                 outbox: outbox.clone(),
                 joined,
@@ -220,6 +256,54 @@ impl Rooms {
             tokio::task::yield_now().await;
         }
         Err(JoinError(doc.clone()))
+    }
+
+    /// Applies a v1 update to `doc` through its room (loading it if needed), as a writer's
+    /// WebSocket update would be: checked, committed, then broadcast to every connection.
+    pub async fn apply(&self, doc: &DocName, update: Vec<u8>) -> Result<(), ApplyError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let handle = self.find_or_start(doc);
+            let (done, answer) = oneshot::channel();
+            let command = RoomCommand::Apply {
+                update: update.clone(),
+                done,
+            };
+            // A room answers every command it takes; an unanswered one was dropped unapplied
+            // by a room that was unloading (or deleting the document), so a retry is safe.
+            if handle.inbox.send(command).await.is_ok()
+                && let Ok(result) = answer.await
+            {
+                return result;
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(ApplyError::Unavailable("room did not start".into()))
+    }
+
+    /// Deletes `doc` through its room: its connections are closed with
+    /// [`CloseReason::DOCUMENT_DELETED`] and everything stored is removed. Returns whether
+    /// the document existed.
+    pub async fn delete(&self, doc: &DocName) -> Result<bool, ApplyError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let handle = self.find_or_start(doc);
+            let (done, answer) = oneshot::channel();
+            if handle
+                .inbox
+                .send(RoomCommand::Delete { done })
+                .await
+                .is_ok()
+                && let Ok(result) = answer.await
+            {
+                return result;
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(ApplyError::Unavailable("room did not start".into()))
+    }
+
+    /// The per-document event bus.
+    pub fn events(&self) -> &Events {
+        &self.inner.events
     }
 
     /// The store, for reads outside a room.

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
 use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::{CloseReason, Outbound, RoomCommand, Rooms};
+use super::{ApplyError, CloseReason, Outbound, RoomCommand, Rooms};
 use crate::config::Durability;
-use crate::store::writer::WriteOp;
+use crate::events::DocEvent;
+use crate::store::writer::{WriteOp, WriteResult};
 
 /// Commands taken from the inbox in one turn.
 const MAX_COMMANDS_PER_TURN: usize = 1024;
@@ -27,6 +28,8 @@ struct Subscriber {
     outbox: mpsc::Sender<Outbound>,
     /// Whether its updates may be applied.
     can_write: bool,
+    /// The token's subject, for presence events.
+    user: String,
 }
 
 pub(super) struct RoomTask {
@@ -39,6 +42,21 @@ pub(super) struct RoomTask {
     log_entries: usize,
     /// Set when the room must stop serving (storage failure, tainted document).
     failed: bool,
+    /// Set once the document is deleted: the room unloads without another turn.
+    deleted: bool,
+}
+
+/// Connection ids at and above this one stand for HTTP API writers inside one turn; sessions
+/// count up from 0 and never get near it.
+const HTTP_CONN_BASE: u64 = u64::MAX - MAX_COMMANDS_PER_TURN as u64;
+
+/// What became of a batch of updates.
+#[derive(Default)]
+struct Applied {
+    /// Connections whose update was refused, and why.
+    rejected: HashMap<ConnId, String>,
+    /// Whether the batch's entry (if any) was committed.
+    committed: bool,
 }
 
 impl RoomTask {
@@ -56,6 +74,7 @@ impl RoomTask {
             subscribers: HashMap::new(),
             log_entries: 0,
             failed: false,
+            deleted: false,
         }
     }
 
@@ -80,6 +99,10 @@ impl RoomTask {
                     CloseReason::INTERNAL_ERROR,
                     "document reloading, reconnect",
                 ));
+                self.unload(true).await;
+                return;
+            }
+            if self.deleted {
                 self.unload(true).await;
                 return;
             }
@@ -140,11 +163,13 @@ impl RoomTask {
     }
 
     /// One turn: the batch's updates first (commit, then broadcast), then everything else in
-    /// arrival order.
+    /// arrival order, then deletions.
     async fn turn(&mut self, room: &mut Room, commands: Vec<RoomCommand>) {
         let mut updates = Vec::new();
         let mut denied = Vec::new();
         let mut others = Vec::new();
+        let mut http = Vec::new();
+        let mut deletes = Vec::new();
         for command in commands {
             match command {
                 RoomCommand::Message {
@@ -156,6 +181,12 @@ impl RoomTask {
                     Some(_) if update != EMPTY_UPDATE => denied.push(conn),
                     _ => {}
                 },
+                RoomCommand::Apply { update, done } => {
+                    let conn = ConnId(HTTP_CONN_BASE + http.len() as u64);
+                    updates.push((conn, update));
+                    http.push((conn, done));
+                }
+                RoomCommand::Delete { done } => deletes.push(done),
                 other => others.push(other),
             }
         }
@@ -165,18 +196,59 @@ impl RoomTask {
             });
             self.send_to(room, conn, refusal.encode());
         }
+        let mut applied = Applied::default();
         if !updates.is_empty() {
-            self.apply_updates(room, updates).await;
+            applied = self.apply_updates(room, updates).await;
+        }
+        for (conn, done) in http {
+            let answer = match applied.rejected.remove(&conn) {
+                Some(reason) => Err(ApplyError::Invalid(reason)),
+                None if applied.committed => Ok(()),
+                None => Err(ApplyError::Unavailable("commit failed".into())),
+            };
+            let _ = done.send(answer);
         }
         for command in others {
             self.handle(room, command);
         }
+        if !deletes.is_empty() {
+            self.delete(deletes).await;
+        }
     }
 
-    async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) {
+    /// Closes every connection, removes the document from the store and marks the room for
+    /// unloading; a later connection starts an empty document of the same name.
+    async fn delete(&mut self, waiters: Vec<oneshot::Sender<Result<bool, ApplyError>>>) {
+        self.close_all(CloseReason::new(
+            CloseReason::DOCUMENT_DELETED,
+            "document deleted",
+        ));
+        let op = WriteOp::DeleteDocument {
+            doc: self.name.clone(),
+        };
+        let answer = match self.rooms.inner.writer.commit(op).await {
+            Ok(WriteResult::Deleted(existed)) => Ok(existed),
+            Ok(other) => Err(ApplyError::Unavailable(format!(
+                "unexpected write result {other:?}"
+            ))),
+            Err(e) => Err(ApplyError::Unavailable(e.to_string())),
+        };
+        if answer.is_ok() {
+            info!("document deleted");
+            self.rooms.events().publish(&self.name, DocEvent::Deleted);
+        }
+        for done in waiters {
+            let _ = done.send(answer.clone());
+        }
+        self.deleted = true;
+    }
+
+    async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) -> Applied {
         let batch = room.apply_updates(updates);
+        let mut applied = Applied::default();
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
+            applied.rejected.insert(conn, err.reason());
             self.kick(
                 room,
                 conn,
@@ -189,8 +261,11 @@ impl RoomTask {
             self.failed = true;
         }
         let (Some(entry), Some(broadcast)) = (batch.log_entry, batch.broadcast) else {
-            return;
+            // Nothing new to store: every accepted update was already known.
+            applied.committed = true;
+            return applied;
         };
+        let bytes = entry.len();
         let writer = self.rooms.inner.writer.clone();
         let append = WriteOp::Append {
             doc: self.name.clone(),
@@ -203,7 +278,7 @@ impl RoomTask {
                     // Not on disk, so nobody may see it: drop the room and its memory.
                     error!(error = %e, "commit failed; closing the document");
                     self.failed = true;
-                    return;
+                    return applied;
                 }
             },
             Durability::Relaxed => {
@@ -211,16 +286,23 @@ impl RoomTask {
                 if let Err(e) = writer.submit(append).await {
                     error!(error = %e, "store writer gone; closing the document");
                     self.failed = true;
-                    return;
+                    return applied;
                 }
             }
         }
+        applied.committed = true;
+        let event = DocEvent::Updated {
+            kind: "yjs".into(),
+            bytes: Some(bytes),
+            register: None,
+        };
+        self.rooms.events().publish(&self.name, event);
         self.log_entries += 1;
         if self.log_entries >= self.rooms.inner.settings.compact_after_updates && !self.failed {
             self.compact(room).await;
         }
+        applied
     }
-
     /// Folds the log into a snapshot. The writer applies it after this room's earlier
     /// appends, so the log entries it drops are all in the snapshot.
     async fn compact(&mut self, room: &Room) {
@@ -247,6 +329,7 @@ impl RoomTask {
         match command {
             RoomCommand::Join {
                 conn,
+                user,
                 can_write,
                 outbox,
                 joined,
@@ -254,17 +337,31 @@ impl RoomTask {
                 for frame in room.greeting() {
                     let _ = outbox.try_send(Outbound::Frame(Bytes::from(frame)));
                 }
-                self.subscribers
-                    .insert(conn, Subscriber { outbox, can_write });
+                let event = DocEvent::UserJoined {
+                    user: user.clone(),
+                    conn: conn.0,
+                };
+                self.subscribers.insert(
+                    conn,
+                    Subscriber {
+                        outbox,
+                        can_write,
+                        user,
+                    },
+                );
+                self.rooms.events().publish(&self.name, event);
                 let _ = joined.send(());
             }
             RoomCommand::Leave { conn } => {
-                if self.subscribers.remove(&conn).is_some()
-                    && let Some(removal) = room.disconnect(conn)
-                {
-                    self.broadcast(room, removal);
+                if let Some(sub) = self.subscribers.remove(&conn) {
+                    self.announce_left(conn, &sub);
+                    if let Some(removal) = room.disconnect(conn) {
+                        self.broadcast(room, removal);
+                    }
                 }
             }
+            // Taken out of the batch in `turn`.
+            RoomCommand::Apply { .. } | RoomCommand::Delete { .. } => {}
             RoomCommand::Message { conn, message } => {
                 if self.subscribers.contains_key(&conn) {
                     self.handle_message(room, conn, message);
@@ -322,19 +419,12 @@ impl RoomTask {
     fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
         let bytes = Bytes::from(frame);
         let mut slow = Vec::new();
-        self.subscribers.retain(|conn, sub| {
+        for (conn, sub) in &self.subscribers {
             match sub.outbox.try_send(Outbound::Frame(bytes.clone())) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    slow.push(*conn);
-                    false
-                }
-                Err(TrySendError::Closed(_)) => {
-                    slow.push(*conn);
-                    false
-                }
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => slow.push(*conn),
             }
-        });
+        }
         if !slow.is_empty() {
             self.drop_slow(room, slow);
         }
@@ -343,8 +433,9 @@ impl RoomTask {
     fn drop_slow(&mut self, room: &mut Room, conns: Vec<ConnId>) {
         for conn in conns {
             // Dropping the outbox sender tells the session it fell behind.
-            if self.subscribers.remove(&conn).is_some() {
-                warn!(conn = conn.0, "connection too slow; disconnected");
+            if let Some(sub) = self.subscribers.remove(&conn) {
+                warn!(conn = conn.0, "connection too slow or gone; disconnected");
+                self.announce_left(conn, &sub);
             }
             if let Some(removal) = room.disconnect(conn) {
                 self.broadcast(room, removal);
@@ -355,6 +446,7 @@ impl RoomTask {
     fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason) {
         if let Some(sub) = self.subscribers.remove(&conn) {
             let _ = sub.outbox.try_send(Outbound::Close(reason));
+            self.announce_left(conn, &sub);
         }
         if let Some(removal) = room.disconnect(conn) {
             self.broadcast(room, removal);
@@ -362,9 +454,19 @@ impl RoomTask {
     }
 
     fn close_all(&mut self, reason: CloseReason) {
-        for (_, sub) in self.subscribers.drain() {
+        let subscribers: Vec<_> = self.subscribers.drain().collect();
+        for (conn, sub) in subscribers {
             let _ = sub.outbox.try_send(Outbound::Close(reason.clone()));
+            self.announce_left(conn, &sub);
         }
+    }
+
+    fn announce_left(&self, conn: ConnId, sub: &Subscriber) {
+        let event = DocEvent::UserLeft {
+            user: sub.user.clone(),
+            conn: conn.0,
+        };
+        self.rooms.events().publish(&self.name, event);
     }
 
     /// Makes every write of this room durable, then leaves the registry unless a command

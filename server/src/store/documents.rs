@@ -17,6 +17,8 @@ use super::{SNAPSHOTS, StoreError, UPDATE_LOG};
 pub(super) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 /// Register document name → [`Register`] as JSON.
 pub(super) const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers");
+/// Document name → time of its last change, milliseconds since the Unix epoch.
+pub(super) const MODIFIED: TableDefinition<&str, u64> = TableDefinition::new("modified");
 
 /// What the store knows about a document besides its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +50,7 @@ pub(super) struct Tables<'txn> {
     pub(super) snapshots: Table<'txn, &'static str, &'static [u8]>,
     documents: Table<'txn, &'static str, &'static [u8]>,
     registers: Table<'txn, &'static str, &'static [u8]>,
+    modified: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -57,7 +60,28 @@ impl<'txn> Tables<'txn> {
             snapshots: txn.open_table(SNAPSHOTS)?,
             documents: txn.open_table(DOCUMENTS)?,
             registers: txn.open_table(REGISTERS)?,
+            modified: txn.open_table(MODIFIED)?,
         })
+    }
+
+    /// Records that `doc` changed at `at_ms`.
+    pub(super) fn touch(&mut self, doc: &DocName, at_ms: u64) -> Result<(), StoreError> {
+        self.modified.insert(doc.as_str(), at_ms)?;
+        Ok(())
+    }
+
+    /// Removes everything stored for `doc`: snapshot, log, metadata, register (with its
+    /// conflicts). Returns whether there was anything.
+    pub(super) fn delete(&mut self, doc: &DocName) -> Result<bool, StoreError> {
+        let existed = self.meta(doc)?.is_some();
+        let name = doc.as_str();
+        self.snapshots.remove(name)?;
+        self.log
+            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        self.documents.remove(name)?;
+        self.registers.remove(name)?;
+        self.modified.remove(name)?;
+        Ok(existed)
     }
 
     /// Creates `doc` as `meta.kind` unless a document of that name exists.
@@ -69,6 +93,9 @@ impl<'txn> Tables<'txn> {
         use super::writer::WriteResult;
         if let Some(existing) = self.meta(doc)? {
             return Ok(WriteResult::Exists(existing));
+        }
+        if let Some(at_ms) = meta.created_ms {
+            self.touch(doc, at_ms)?;
         }
         self.documents
             .insert(doc.as_str(), to_json(&meta)?.as_slice())?;
@@ -102,12 +129,31 @@ impl<'txn> Tables<'txn> {
         };
         self.registers
             .insert(doc.as_str(), to_json(&register)?.as_slice())?;
+        if changes_register(&outcome) {
+            self.touch(doc, now_ms())?;
+        }
         Ok(Ok(outcome))
     }
 
     fn meta(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
         meta_in(&self.documents, &self.snapshots, &self.log, doc)
     }
+}
+
+/// Whether an outcome changed the stored register (a stale or duplicate LWW write did not).
+fn changes_register(outcome: &Outcome) -> bool {
+    use aetherflow_crdt::register::lww;
+    !matches!(
+        outcome,
+        Outcome::Lww(lww::Outcome::Duplicate | lww::Outcome::Stale { .. })
+    )
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A document's metadata, reading the given tables (of a read or a write transaction).

@@ -65,6 +65,17 @@ pub struct StoredDoc {
     pub log: Vec<Vec<u8>>,
 }
 
+/// Size and age of a stored document.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DocStats {
+    /// Entries in the update log since the last snapshot (Yjs documents).
+    pub updates: u64,
+    /// Bytes stored: snapshot, log entries and register.
+    pub size_bytes: u64,
+    /// Time of the last change, milliseconds since the Unix epoch, if known.
+    pub modified_ms: Option<u64>,
+}
+
 /// Handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -83,6 +94,7 @@ impl Store {
         txn.open_table(UPDATE_LOG)?;
         txn.open_table(documents::DOCUMENTS)?;
         txn.open_table(documents::REGISTERS)?;
+        txn.open_table(documents::MODIFIED)?;
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -122,6 +134,93 @@ impl Store {
             return Ok(None);
         };
         documents::from_json(bytes.value()).map(Some)
+    }
+
+    /// How much the store holds of `doc`: log entries since the last snapshot, bytes of
+    /// snapshot, log and register, and the time of its last change. Blocking.
+    pub fn stats(&self, doc: &DocName) -> Result<DocStats, StoreError> {
+        let txn = self.db.begin_read()?;
+        let name = doc.as_str();
+        let mut stats = DocStats::default();
+        if let Some(snapshot) = txn.open_table(SNAPSHOTS)?.get(name)? {
+            stats.size_bytes += snapshot.value().len() as u64;
+        }
+        for entry in txn
+            .open_table(UPDATE_LOG)?
+            .range((name, 0)..=(name, u64::MAX))?
+        {
+            let (_, value) = entry?;
+            stats.updates += 1;
+            stats.size_bytes += value.value().len() as u64;
+        }
+        if let Some(register) = txn.open_table(documents::REGISTERS)?.get(name)? {
+            stats.size_bytes += register.value().len() as u64;
+        }
+        stats.modified_ms = txn
+            .open_table(documents::MODIFIED)?
+            .get(name)?
+            .map(|v| v.value());
+        Ok(stats)
+    }
+
+    /// Up to `limit` documents whose names sort after `after` (all, if `None`) and pass
+    /// `keep`, in name order (bytewise). Blocking.
+    pub fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(DocName, DocumentMeta)>, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let documents = txn.open_table(documents::DOCUMENTS)?;
+        let snapshots = txn.open_table(SNAPSHOTS)?;
+        let log = txn.open_table(UPDATE_LOG)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // Every document has a metadata record, a snapshot or a log entry; merge the three
+        // name-ordered tables, keeping at most `limit` names from each.
+        let mut names = std::collections::BTreeSet::new();
+        for table in [&documents, &snapshots] {
+            let mut taken = 0;
+            for entry in table.range::<&str>((start, Bound::Unbounded))? {
+                let (key, _) = entry?;
+                let name = key.value();
+                if keep(name) && names.insert(name.to_owned()) {
+                    taken += 1;
+                }
+                if taken >= limit {
+                    break;
+                }
+            }
+        }
+        let log_start = after.map_or(Bound::Unbounded, |a| Bound::Excluded((a, u64::MAX)));
+        let mut taken = 0;
+        let mut last = String::new();
+        for entry in log.range::<(&str, u64)>((log_start, Bound::Unbounded))? {
+            let (key, _) = entry?;
+            let name = key.value().0;
+            if name == last {
+                continue;
+            }
+            name.clone_into(&mut last);
+            if keep(name) && names.insert(name.to_owned()) {
+                taken += 1;
+            }
+            if taken >= limit {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for name in names.into_iter().take(limit) {
+            // Names in the store were validated when written; skip any that no longer are.
+            let Ok(doc) = DocName::parse(&name) else {
+                continue;
+            };
+            if let Some(meta) = documents::meta_in(&documents, &snapshots, &log, &doc)? {
+                out.push((doc, meta));
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) fn database(&self) -> &Database {

@@ -71,6 +71,11 @@ pub enum WriteOp {
         /// The change.
         command: Command,
     },
+    /// Remove a document entirely: snapshot, log, metadata, register and its conflicts.
+    DeleteDocument {
+        /// The document.
+        doc: DocName,
+    },
 }
 
 /// What one committed write did.
@@ -84,6 +89,8 @@ pub enum WriteResult {
     Exists(DocumentMeta),
     /// A register command's outcome; only applied outcomes changed anything.
     Register(Result<Outcome, RegisterFailure>),
+    /// A deletion: whether the document existed.
+    Deleted(bool),
 }
 
 type Waiter = oneshot::Sender<Result<WriteResult, StoreError>>;
@@ -263,6 +270,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
                         None => next_seq(&tables.log, &doc)?,
                     };
                     tables.log.insert((doc.as_str(), seq), update.as_slice())?;
+                    tables.touch(&doc, super::documents::now_ms())?;
                     seqs.insert(doc, seq + 1);
                     WriteResult::Done
                 }
@@ -277,6 +285,11 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
                 Some(WriteOp::CreateDocument { doc, meta }) => tables.create(&doc, meta)?,
                 Some(WriteOp::Register { doc, command }) => {
                     WriteResult::Register(tables.apply_command(&doc, command)?)
+                }
+                Some(WriteOp::DeleteDocument { doc }) => {
+                    // The log restarts at 0 for a document of this name made later.
+                    seqs.remove(&doc);
+                    WriteResult::Deleted(tables.delete(&doc)?)
                 }
             };
             results.push(result);

@@ -371,3 +371,55 @@ pub async fn http_json(
         .unwrap_or_else(|e| panic!("{method} {path}: {status} not JSON ({e}): {text}"));
     (status, json)
 }
+
+/// A response with its headers: (status, lower-cased header block, body).
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{} not JSON ({e}): {}", self.status, self.body))
+    }
+}
+
+/// One HTTP/1.1 request with arbitrary extra headers and a raw body.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    RawResponse {
+        status: response[9..12].parse().unwrap(),
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}

@@ -1,31 +1,14 @@
-//! Congestion control behind a small trait, so BBR can replace the interim NewReno.
-//!
-//! The connection tells its controller about every transmission, acknowledgement, loss and
-//! retransmission timeout; the controller answers with a congestion window (bytes that may be
-//! in flight) and, optionally, a pacing rate.
+//! NewReno, the loss-based controller Quantum used before BBR; kept as an option.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// What a congestion controller must offer the connection.
-pub trait CongestionController: std::fmt::Debug + Send {
-    /// `bytes` left in a packet at `now`.
-    fn on_sent(&mut self, now: Instant, bytes: u64);
-    /// Packets totalling `bytes` were acknowledged; `rtt` is the latest sample, if any.
-    fn on_ack(&mut self, now: Instant, bytes: u64, rtt: Option<Duration>);
-    /// Packets totalling `bytes` were declared lost; the newest of them was sent at `sent`.
-    fn on_loss(&mut self, now: Instant, bytes: u64, sent: Instant);
-    /// The retransmission timer expired.
-    fn on_rto(&mut self, now: Instant);
-    /// Bytes that may be in flight.
-    fn window(&self) -> u64;
-    /// Bytes per second to pace at, or `None` to send as the window allows.
-    fn pacing_rate(&self) -> Option<u64>;
-}
+use super::{Ack, CongestionController};
 
 /// NewReno (RFC 9002 section 7 flavour): slow start, congestion avoidance, one window halving
 /// per loss episode, and collapse to the minimum window on a retransmission timeout.
 ///
-/// An interim controller until BBR lands; it does not pace.
+/// It does not pace, and every loss episode halves the window; choose it with
+/// [`Algorithm::NewReno`](super::Algorithm::NewReno).
 #[derive(Debug, Clone)]
 pub struct NewReno {
     /// Maximum packet size the window is counted in.
@@ -58,9 +41,10 @@ impl NewReno {
 }
 
 impl CongestionController for NewReno {
-    fn on_sent(&mut self, _now: Instant, _bytes: u64) {}
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, _bytes_in_flight: u64) {}
 
-    fn on_ack(&mut self, _now: Instant, bytes: u64, _rtt: Option<Duration>) {
+    fn on_ack(&mut self, _now: Instant, ack: &Ack) {
+        let bytes = ack.bytes;
         if self.window < self.ssthresh {
             self.window += bytes;
             return;
@@ -100,13 +84,21 @@ impl CongestionController for NewReno {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn slow_start_then_one_halving_per_episode() {
         let t0 = Instant::now();
         let mut cc = NewReno::new(1000);
-        cc.on_ack(t0, 5000, None);
+        let ack = Ack {
+            bytes: 5000,
+            rtt: None,
+            bytes_in_flight: 0,
+            rate: None,
+        };
+        cc.on_ack(t0, &ack);
         assert_eq!(cc.window(), 15_000);
         let t1 = t0 + Duration::from_millis(100);
         cc.on_loss(t1, 1000, t0);

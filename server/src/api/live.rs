@@ -1,0 +1,325 @@
+//! `/api/v1/docs/{name}/live`: a WebSocket channel for register documents (`lww`, `manual`),
+//! speaking JSON text frames, for browsers.
+//!
+//! The token comes as `?token=` (or `Authorization: Bearer`), checked before the upgrade like
+//! `/ws/{doc}`. The relay first sends `{"type":"state","register":{...},"lock":{...}|null}`,
+//! then every event of the document (the same JSON as the SSE stream, see
+//! [`crate::events::DocEvent`]), including the writes of this connection.
+//!
+//! A client sends one request per text frame; `id` (any JSON, optional) is echoed back:
+//!
+//! - `{"op":"write","id":1,"value":"Title","stamp":{"clock":{"wall_ms":1,"counter":0},"writer":"tab-1"}}`
+//!   writes an `lww` register;
+//! - `{"op":"write","id":2,"value":"Notes","base_version":3}` writes a `manual` register
+//!   (optional `author`);
+//! - `{"op":"resolve","id":3,"conflict":1,"value":"Merged"}` resolves a manual conflict.
+//!
+//! Each request is answered with `{"type":"result","id":..,"outcome":{...}}` (the body the HTTP
+//! route would return) or `{"type":"error","id":..,"error":{"code","message"}}` (the same codes
+//! as HTTP: `read_only`, `locked`, `not_found`, `bad_request`, ...); the connection stays open.
+//! A frame that is not such a request closes the connection: binary frames with 1003, text that
+//! is not a request with 1007, each with a reason. Deleting the document closes it with 4410;
+//! shutdown with 1001.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::Kind;
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{Extensions, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tracing::{Instrument, debug, info_span};
+
+use super::events::{TokenQuery, must_exist, next_event, token_of};
+use super::registers::{
+    RegisterChange, RegisterWrite, Resolution, load_register, register_json, write,
+};
+use super::{authorize_token, doc_name};
+use crate::auth::{Grant, Permission};
+use crate::error::AppError;
+use crate::events::DocEvent;
+use crate::http::AppState;
+use crate::rate_limit::TokenBucket;
+use crate::registry::{SessionHandle, SessionState, Transport};
+use crate::rooms::CloseReason;
+use crate::session::account;
+
+/// Largest request frame a live client may send.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The routes of this group.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/docs/{name}/live", get(live))
+}
+
+/// One request of a live client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum LiveRequest {
+    Write {
+        #[serde(default)]
+        id: Option<Value>,
+        #[serde(flatten)]
+        write: RegisterWrite,
+    },
+    Resolve {
+        #[serde(default)]
+        id: Option<Value>,
+        conflict: u64,
+        value: Value,
+        #[serde(default)]
+        author: Option<String>,
+    },
+}
+
+async fn live(
+    State(state): State<AppState>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let remote = match crate::http::admit_connection(&state, &extensions) {
+        Ok(remote) => remote,
+        Err(e) => return e.into_response(),
+    };
+    match prepare(&state, &headers, name, &query).await {
+        Ok((doc, grant)) => match upgrade {
+            Ok(upgrade) => {
+                let tracker = state.tracker.clone();
+                // A session like any other: listed, counted, rate-limited, disconnectable.
+                let handle = state.registry.open(
+                    &grant.user,
+                    Transport::Websocket,
+                    remote,
+                    vec![doc.as_str().to_owned()],
+                );
+                upgrade
+                    .max_message_size(MAX_FRAME_BYTES)
+                    .on_upgrade(move |socket| {
+                        tracker.track_future(serve(socket, doc, grant, state, handle))
+                    })
+            }
+            Err(e) => AppError::NotWebSocket(e.body_text()).into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Checks name, token and kind before the upgrade, so nothing flows to a refused client.
+async fn prepare(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    query: &Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<(DocName, Grant), AppError> {
+    let Path(name) = name.map_err(|e| AppError::InvalidDocName(e.body_text()))?;
+    let doc = doc_name(&name)?;
+    let token = token_of(query, headers);
+    let grant = authorize_token(state, token.as_deref(), &doc, false)?;
+    let meta = must_exist(state, &doc).await?;
+    if meta.kind == Kind::Yjs {
+        return Err(AppError::Conflict(format!(
+            "{doc} is a Yjs document; use the y-websocket endpoint /ws/{doc}"
+        )));
+    }
+    Ok((doc, grant))
+}
+
+async fn serve(
+    socket: WebSocket,
+    doc: DocName,
+    grant: Grant,
+    state: AppState,
+    handle: SessionHandle,
+) {
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("live", conn, doc = %doc, user = %grant.user);
+    let events = state.sessions.rooms.events().clone();
+    // Subscribed before the state is read, so no change falls between the two.
+    let listener = events.subscribe(&doc);
+    let joined = DocEvent::UserJoined {
+        user: grant.user.clone(),
+        conn,
+    };
+    events.publish(&doc, joined);
+    let reason = run(socket, &doc, &grant, &state, listener, &handle)
+        .instrument(span)
+        .await;
+    debug!(?reason, "live connection closed");
+    let left = DocEvent::UserLeft {
+        user: grant.user.clone(),
+        conn,
+    };
+    events.publish(&doc, left);
+}
+
+async fn run(
+    socket: WebSocket,
+    doc: &DocName,
+    grant: &Grant,
+    state: &AppState,
+    mut listener: broadcast::Receiver<Arc<DocEvent>>,
+    handle: &SessionHandle,
+) -> Option<CloseReason> {
+    let (mut sink, mut stream) = socket.split();
+    let greeting = match load_register(state, doc).await {
+        Ok(register) => json!({
+            "type": "state",
+            "register": register_json(&register),
+            "lock": state.locks.current(doc),
+        }),
+        Err(e) => {
+            let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, e.to_string());
+            handle.closing(Some(&reason));
+            close(&mut sink, reason.clone()).await;
+            return Some(reason);
+        }
+    };
+    if send(&mut sink, &greeting, handle).await.is_err() {
+        handle.closing(None);
+        return None;
+    }
+    handle.set_state(SessionState::Active);
+    let shutdown = state.sessions.shutdown.clone();
+    let mut messages = state
+        .sessions
+        .message_rate
+        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+    let kicked = handle.disconnect_requested();
+    let mut kicked = std::pin::pin!(kicked);
+    let reason = loop {
+        tokio::select! {
+            reason = &mut kicked => break Some(reason),
+            event = next_event(&mut listener, &shutdown) => match event {
+                Some(DocEvent::Deleted) => {
+                    let _ = sink.send(text(&DocEvent::Deleted.to_json())).await;
+                    break Some(CloseReason::new(CloseReason::DOCUMENT_DELETED, "document deleted"));
+                }
+                Some(event) => {
+                    if send(&mut sink, &event.to_json(), handle).await.is_err() {
+                        break None;
+                    }
+                }
+                None => break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down")),
+            },
+            frame = stream.next() => {
+                if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                    break Some(reason);
+                }
+                match on_frame(frame) {
+                    Incoming::Request(request) => {
+                        let answer = answer(state, doc, grant, request).await;
+                        if send(&mut sink, &answer, handle).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Incoming::Ignore => {}
+                    Incoming::Close(reason) => break reason,
+                }
+            }
+        }
+    };
+    handle.closing(reason.as_ref());
+    if let Some(reason) = &reason {
+        close(&mut sink, reason.clone()).await;
+    }
+    reason
+}
+
+enum Incoming {
+    Request(LiveRequest),
+    Ignore,
+    Close(Option<CloseReason>),
+}
+
+fn on_frame(frame: Option<Result<Frame, axum::Error>>) -> Incoming {
+    match frame {
+        None | Some(Ok(Frame::Close(_))) | Some(Err(_)) => Incoming::Close(None),
+        Some(Ok(Frame::Text(text))) => match serde_json::from_str::<LiveRequest>(text.as_str()) {
+            Ok(request) => Incoming::Request(request),
+            Err(e) => Incoming::Close(Some(CloseReason::new(
+                CloseReason::INVALID_PAYLOAD,
+                format!("not a live request: {e}"),
+            ))),
+        },
+        Some(Ok(Frame::Binary(_))) => Incoming::Close(Some(CloseReason::new(
+            CloseReason::UNSUPPORTED_DATA,
+            "binary frames are not supported; send JSON text frames",
+        ))),
+        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => Incoming::Ignore,
+    }
+}
+
+/// Runs one request through the same path as the HTTP routes; the answer echoes its `id`.
+async fn answer(state: &AppState, doc: &DocName, grant: &Grant, request: LiveRequest) -> Value {
+    let (id, change) = match request {
+        LiveRequest::Write { id, write } => (id, RegisterChange::Write(write)),
+        LiveRequest::Resolve {
+            id,
+            conflict,
+            value,
+            author,
+        } => (
+            id,
+            RegisterChange::Resolve {
+                conflict,
+                resolution: Resolution { value, author },
+            },
+        ),
+    };
+    let result = if grant.permission == Permission::Write {
+        write(state, doc, grant, change).await
+    } else {
+        Err(AppError::ReadOnly)
+    };
+    match result {
+        Ok(outcome) => json!({ "type": "result", "id": id, "outcome": outcome }),
+        Err(e) => {
+            let mut body = e.to_json();
+            body["type"] = json!("error");
+            body["id"] = json!(id);
+            body
+        }
+    }
+}
+
+fn text(value: &Value) -> Frame {
+    Frame::Text(value.to_string().into())
+}
+
+/// Sends `value` as a text frame, counted on the session.
+async fn send<K>(sink: &mut K, value: &Value, handle: &SessionHandle) -> Result<(), K::Error>
+where
+    K: futures_util::Sink<Frame> + Unpin,
+{
+    let frame = value.to_string();
+    handle.sent(frame.len());
+    sink.send(Frame::Text(frame.into())).await
+}
+
+async fn close<K>(sink: &mut K, reason: CloseReason)
+where
+    K: futures_util::Sink<Frame> + Unpin,
+{
+    let frame = CloseFrame {
+        code: reason.code,
+        reason: reason.reason.into(),
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = sink.send(Frame::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}

@@ -1,0 +1,282 @@
+//! Admin routes for sessions: `GET /api/v1/sessions` (filters and paging),
+//! `GET /api/v1/sessions/{id}` and `DELETE /api/v1/sessions/{id}` (closes the connection with
+//! 1008 and a reason).
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::http::AppState;
+use crate::registry::{DisconnectError, Filter, Page, SessionState, SessionView, Transport};
+use crate::rooms::CloseReason;
+
+/// Sessions per page unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest `limit` accepted.
+pub const MAX_PAGE: usize = 1000;
+/// How long `DELETE` waits for the connection to finish closing before answering 202.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Longest admin-supplied close reason, in bytes (a close frame holds 123).
+const MAX_REASON_BYTES: usize = 80;
+
+/// The session routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/sessions", get(list_sessions))
+        .route(
+            "/api/v1/sessions/{id}",
+            get(get_session).delete(disconnect_session),
+        )
+}
+
+/// The admin-key security requirement and the error responses every admin route may give.
+pub(crate) fn admin_operation(
+    summary: &str,
+    params: Value,
+    ok: &[(u16, Value)],
+    errors: &[u16],
+) -> Value {
+    let mut responses = serde_json::Map::new();
+    for status in errors {
+        responses.insert(
+            status.to_string(),
+            json!({ "description": "error (401: admin key missing or wrong; 403: admin routes disabled, or a client token sent)",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    for (status, schema) in ok {
+        responses.insert(
+            status.to_string(),
+            json!({ "description": "ok", "content": { "application/json": { "schema": schema } } }),
+        );
+    }
+    json!({ "summary": summary, "parameters": params,
+        "description": "Admin route: send the admin key (--admin-key) as `Authorization: Bearer KEY` or `X-Admin-Key: KEY`.",
+        "security": [{ "bearer": [] }], "responses": responses })
+}
+
+/// A session as the admin routes show it.
+fn session_schema() -> Value {
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({ "type": "object",
+        "required": ["id", "user", "transport", "remote_addr", "documents", "state", "created_ms",
+            "last_active_ms", "bytes_in", "bytes_out", "messages_in", "messages_out"],
+        "properties": {
+            "id": { "type": "string", "format": "uuid", "description": "UUIDv7" },
+            "user": { "type": "string", "description": "token subject, or anonymous" },
+            "transport": { "type": "string", "enum": ["websocket", "quantum"] },
+            "remote_addr": { "type": "string" },
+            "documents": { "type": "array", "items": { "type": "string" } },
+            "state": { "type": "string", "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] },
+            "created_ms": count, "last_active_ms": count,
+            "bytes_in": count, "bytes_out": count, "messages_in": count, "messages_out": count,
+            "close": { "type": "object", "required": ["code", "reason", "closed_ms"], "properties": {
+                "code": { "type": ["integer", "null"] }, "reason": { "type": ["string", "null"] },
+                "closed_ms": count } } } })
+}
+
+/// This group's part of the OpenAPI description.
+pub fn paths() -> Value {
+    let string = |name: &str, description: &str| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } });
+    let list = admin_operation(
+        "List sessions, oldest first, a page at a time",
+        json!([
+            string("user", "exact user (token subject)"),
+            string("document", "sessions on this document (alias: doc)"),
+            { "name": "transport", "in": "query", "schema": { "type": "string", "enum": ["websocket", "quantum"] } },
+            { "name": "state", "in": "query", "schema": { "type": "string",
+                "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] } },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE } },
+            { "name": "after", "in": "query", "description": "next_after of the previous page",
+                "schema": { "type": "string", "format": "uuid" } }
+        ]),
+        &[(
+            200,
+            json!({ "type": "object", "required": ["sessions"], "properties": {
+            "sessions": { "type": "array", "items": session_schema() },
+            "next_after": { "type": "string", "format": "uuid" } } }),
+        )],
+        &[400, 401, 403],
+    );
+    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
+    let get = admin_operation(
+        "One session (open, or closed within the last 10 s)",
+        json!([id]),
+        &[(200, session_schema())],
+        &[400, 401, 403, 404],
+    );
+    let delete = admin_operation(
+        "Disconnect a session: closed with 1008 and the reason; 200 once closed, 202 if still closing after 5 s",
+        json!([
+            id,
+            string("reason", "added to the close reason (at most 80 bytes)")
+        ]),
+        &[(200, session_schema()), (202, session_schema())],
+        &[400, 401, 403, 404, 409],
+    );
+    json!({
+        "/api/v1/sessions": { "get": list },
+        "/api/v1/sessions/{id}": { "get": get, "delete": delete },
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    user: Option<String>,
+    #[serde(alias = "doc")]
+    document: Option<String>,
+    transport: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectQuery {
+    reason: Option<String>,
+}
+
+fn parse_id(text: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(text).map_err(|_| AppError::BadRequest(format!("invalid session id {text:?}")))
+}
+
+fn parse_transport(text: &str) -> Result<Transport, AppError> {
+    match text.to_ascii_lowercase().as_str() {
+        "websocket" => Ok(Transport::Websocket),
+        "quantum" => Ok(Transport::Quantum),
+        _ => Err(AppError::BadRequest(format!(
+            "unknown transport {text:?}; expected websocket or quantum"
+        ))),
+    }
+}
+
+fn parse_state(text: &str) -> Result<SessionState, AppError> {
+    match text.to_ascii_uppercase().as_str() {
+        "CONNECTING" => Ok(SessionState::Connecting),
+        "ACTIVE" => Ok(SessionState::Active),
+        "IDLE" => Ok(SessionState::Idle),
+        "DISCONNECTING" => Ok(SessionState::Disconnecting),
+        "CLOSED" => Ok(SessionState::Closed),
+        _ => Err(AppError::BadRequest(format!(
+            "unknown state {text:?}; expected CONNECTING, ACTIVE, IDLE, DISCONNECTING or CLOSED"
+        ))),
+    }
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| AppError::BadRequest(e.body_text()))
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, AppError> {
+    state.admin.require(&state.auth, &headers)?;
+    let params = query(params)?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(AppError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let filter = Filter {
+        user: params.user,
+        document: params.document,
+        transport: params
+            .transport
+            .as_deref()
+            .map(parse_transport)
+            .transpose()?,
+        state: params.state.as_deref().map(parse_state).transpose()?,
+    };
+    let after = params.after.as_deref().map(parse_id).transpose()?;
+    Ok(Json(state.registry.list(&filter, after, limit)))
+}
+
+async fn get_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, AppError> {
+    state.admin.require(&state.auth, &headers)?;
+    let id = parse_id(&id)?;
+    state
+        .registry
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))
+}
+
+/// Closes the session with 1008 and answers its final state (200), or its state so far (202)
+/// if it has not finished closing within [`DISCONNECT_WAIT`].
+async fn disconnect_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<DisconnectQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<SessionView>), AppError> {
+    state.admin.require(&state.auth, &headers)?;
+    let id = parse_id(&id)?;
+    let reason = match query(params)?.reason {
+        Some(reason) if reason.len() > MAX_REASON_BYTES => {
+            return Err(AppError::BadRequest(format!(
+                "reason must be at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
+        Some(reason) if !reason.trim().is_empty() => {
+            format!("disconnected by an administrator: {}", reason.trim())
+        }
+        _ => "disconnected by an administrator".to_owned(),
+    };
+    let close = CloseReason::new(CloseReason::POLICY_VIOLATION, reason);
+    let closed = state.registry.disconnect(id, close).map_err(|e| match e {
+        DisconnectError::NotFound(_) => AppError::NotFound(e.to_string()),
+        DisconnectError::AlreadyClosing(_) => AppError::Conflict(e.to_string()),
+    })?;
+    let status = match tokio::time::timeout(DISCONNECT_WAIT, closed).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::ACCEPTED,
+    };
+    let view = state
+        .registry
+        .get(id)
+        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))?;
+    Ok((status, Json(view)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_routes_are_in_the_openapi_description() {
+        let doc = super::super::openapi::document();
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, method) in [
+            ("/api/v1/sessions", "get"),
+            ("/api/v1/sessions/{id}", "get"),
+            ("/api/v1/sessions/{id}", "delete"),
+            ("/api/v1/tokens", "post"),
+        ] {
+            let operation = &paths[path][method];
+            assert!(operation.is_object(), "{method} {path} missing");
+            for status in ["400", "401", "403"] {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The per-document event bus: who joined or left, what changed, conflicts, locks.
+//!
+//! Rooms, register writes and locks publish [`DocEvent`]s; the SSE stream
+//! (`GET /api/v1/docs/{name}/events`) and the live WebSocket channel
+//! (`/api/v1/docs/{name}/live`) subscribe. An event is JSON with a `type` field; it never
+//! carries a token. Publishing to a document nobody listens to costs one map lookup.
+//!
+//! ```
+//! use aetherflow_crdt::DocName;
+//! use aetherflow_server::events::{DocEvent, Events};
+//! let events = Events::new();
+//! let doc = DocName::parse("notes").unwrap();
+//! let mut listener = events.subscribe(&doc);
+//! events.publish(&doc, DocEvent::Deleted);
+//! let event = listener.try_recv().unwrap();
+//! assert_eq!(event.to_json()["type"], "deleted");
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aetherflow_crdt::DocName;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Events a listener may fall behind by before it is told it missed some (`lagged`).
+pub const EVENT_BUFFER: usize = 256;
+
+/// Something that happened to a document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DocEvent {
+    /// A WebSocket client joined the document's room (or its live channel).
+    UserJoined {
+        /// The token's subject (`anonymous` when the relay runs open).
+        user: String,
+        /// The connection's id, to tell apart two tabs of one user.
+        conn: u64,
+    },
+    /// A WebSocket client left.
+    UserLeft {
+        /// The token's subject.
+        user: String,
+        /// The connection's id.
+        conn: u64,
+    },
+    /// The content changed: a Yjs update was committed, or a register write was applied.
+    Updated {
+        /// `yjs`, `lww` or `manual`.
+        kind: String,
+        /// Bytes of the committed Yjs update (Yjs documents only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes: Option<usize>,
+        /// The register after the write (register documents only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        register: Option<Value>,
+    },
+    /// A write on a stale version of a manual document became a conflict.
+    ConflictDetected {
+        /// The conflict record.
+        conflict: Value,
+    },
+    /// A conflict was resolved.
+    ConflictResolved {
+        /// The conflict's id.
+        conflict: u64,
+        /// The revision the resolution made.
+        revision: Value,
+    },
+    /// Someone took the document's lock.
+    LockAcquired {
+        /// Who holds it.
+        holder: String,
+        /// When it expires unless renewed, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// The holder extended the lock.
+    LockRenewed {
+        /// Who holds it.
+        holder: String,
+        /// The new expiry, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// The holder released the lock.
+    LockReleased {
+        /// Who held it.
+        holder: String,
+    },
+    /// The lock's time ran out.
+    LockExpired {
+        /// Who held it.
+        holder: String,
+    },
+    /// The document was deleted; listeners are disconnected after this event.
+    Deleted,
+    /// This listener fell behind and missed `missed` events (sent only to that listener).
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
+impl DocEvent {
+    /// The event as a JSON object with its `type`.
+    pub fn to_json(&self) -> Value {
+        // Serializing these plain structs cannot fail; an empty object would only lose text.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// The event's `type`, which is also the SSE event name.
+    pub fn name(&self) -> String {
+        self.to_json()["type"]
+            .as_str()
+            .unwrap_or("event")
+            .to_owned()
+    }
+}
+
+/// The registry of per-document channels; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Events {
+    channels: Arc<Mutex<HashMap<DocName, broadcast::Sender<Arc<DocEvent>>>>>,
+}
+
+impl Events {
+    /// An empty bus.
+    pub fn new() -> Events {
+        Events::default()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<DocName, broadcast::Sender<Arc<DocEvent>>>> {
+        // Single inserts and removes cannot leave the map inconsistent.
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Listens to `doc`'s events from now on.
+    pub fn subscribe(&self, doc: &DocName) -> broadcast::Receiver<Arc<DocEvent>> {
+        let mut channels = self.lock();
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        channels
+            .entry(doc.clone())
+            .or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Tells `doc`'s listeners, if any.
+    pub fn publish(&self, doc: &DocName, event: DocEvent) {
+        let mut channels = self.lock();
+        if let Some(tx) = channels.get(doc)
+            && tx.send(Arc::new(event)).is_err()
+        {
+            // Nobody listens any more.
+            channels.remove(doc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_a_type_and_no_empty_fields() {
+        let event = DocEvent::Updated {
+            kind: "yjs".into(),
+            bytes: Some(12),
+            register: None,
+        };
+        assert_eq!(
+            event.to_json(),
+            serde_json::json!({ "type": "updated", "kind": "yjs", "bytes": 12 })
+        );
+        assert_eq!(event.name(), "updated");
+    }
+
+    #[test]
+    fn listeners_hear_only_their_document() {
+        let events = Events::new();
+        let a = DocName::parse("a").expect("valid name");
+        let b = DocName::parse("b").expect("valid name");
+        let mut on_a = events.subscribe(&a);
+        events.publish(&b, DocEvent::Deleted);
+        events.publish(
+            &a,
+            DocEvent::LockReleased {
+                holder: "ann".into(),
+            },
+        );
+        let got = on_a.try_recv().expect("one event");
+        assert_eq!(
+            *got,
+            DocEvent::LockReleased {
+                holder: "ann".into()
+            }
+        );
+        assert!(on_a.try_recv().is_err());
+    }
+}
