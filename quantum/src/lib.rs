@@ -75,7 +75,14 @@
 //! - **Pure ACK** (also the keepalive): no payload, no PSH/FIN; its sequence is not consumed.
 //! - **URG**: the payload is a control frame, a type byte then a fixed body: `1` retry
 //!   cookie (20 bytes: time bucket 4, SipHash-2-4-128 tag 16), `2` path challenge (8-byte
-//!   token), `3` path response (the token echoed). Control frames are not retransmitted.
+//!   token), `3` path response (the token echoed), `4` FEC repairs (4 bytes: how many data
+//!   packets the sender of the frame has rebuilt from parity so far, modulo 2³²). Control
+//!   frames are not retransmitted, and their acknowledgement field is ignored.
+//! - **FEC**: a Reed-Solomon parity packet. Its sequence is not consumed (like a pure ACK's);
+//!   the payload is a 7-byte sub-header, first sequence of the group (4), data packets `k`
+//!   (1), parity packets `m` (1), parity index (1), then the parity shard. Data shards are a
+//!   packet's payload length (2), its PSH/FIN flags (1) and payload, zero-padded to the
+//!   group's longest. Layouts and rules in [`fec`].
 //! - **RST** aborts at once.
 //!
 //! # Mechanisms
@@ -104,6 +111,14 @@
 //!   and bandwidth estimate.
 //! - Migration: a packet for a known connection from a new address triggers a path challenge
 //!   to that address (within the 3× budget); only a correct response moves the connection.
+//! - Forward error correction ([`fec`]): first transmissions are grouped, up to 10 per
+//!   group; a group closes when full, or 5 ms after its newest packet once it holds 4 (or its
+//!   oldest is 200 ms old), and gets 0 to 3 Reed-Solomon parity packets sized by the measured
+//!   loss rate (none below 0.5 %). The receiver rebuilds missing packets from any `k` of the
+//!   `k + m` and feeds them through the normal receive path; it reports its repair count, and
+//!   the sender counts repairs as losses for congestion control and its loss measurement.
+//!   Loss detection of protected packets starts from their parity's send time, so a repair
+//!   can arrive before a retransmission is sent.
 //! - Keepalive after [`Config::keepalive_interval`] of silence; close after
 //!   [`Config::idle_timeout`] without hearing anything; FIN/FIN close then a drain of 3 RTO.
 //!
@@ -111,17 +126,16 @@
 //!
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
 //! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, BBR with pacing (NewReno
-//! selectable), and the simulator tests, including a bottleneck model (a rate limit with a
-//! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against; the
-//! tokio + quinn-udp runtime [`driver`] ([`QuantumEndpoint`], [`QuantumConnection`]) with
-//! loopback tests in `tests/driver.rs`; a cargo-fuzz target for `Packet::decode` and
-//! `Endpoint::handle` in `fuzz/`.
+//! selectable), forward error correction, and the simulator tests, including a bottleneck
+//! model (a rate limit with a finite queue) that the congestion scenarios in
+//! `tests/sim/congestion.rs` run against; the tokio + quinn-udp runtime [`driver`]
+//! ([`QuantumEndpoint`], [`QuantumConnection`]) with loopback tests in `tests/driver.rs`; a
+//! cargo-fuzz target for `Packet::decode` and `Endpoint::handle` in `fuzz/`.
 //! Not built yet, in priority order:
 //!
-//! 1. Forward error correction with `reed-solomon-erasure` (10+3 groups, early close on a
-//!    deadline, loss-adaptive parity, repairs counted as losses through
-//!    [`congestion::CongestionController::on_loss`]). The FEC flag is reserved; packets
-//!    carrying it are currently treated like any other.
+//! 1. FEC gaps: parity is not paced or limited by the congestion window (it is not counted in
+//!    flight); repairs are reported to congestion control as sent one smoothed RTT ago, since
+//!    the exact packets are not named; a lost repair report is only made good by a later one.
 //! 2. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
 //!    loss or ECN response, no ack-aggregation compensation, no long-term bandwidth
 //!    sampling for policers); ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT

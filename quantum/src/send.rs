@@ -394,6 +394,35 @@ mod tests {
     }
 
     #[test]
+    fn parity_defers_loss_detection_of_the_packets_it_protects() {
+        let t0 = Instant::now();
+        let mut buf = sent_buffer(t0, 2);
+        // Parity for 100 and 101 goes out after them; then three more packets are sent.
+        let t1 = t0 + Duration::from_millis(5);
+        buf.defer_loss(100..102, t1);
+        for n in 0..3 {
+            buf.push(fragment(n));
+            let seq = buf.next_to_send(u64::MAX).expect("queued");
+            buf.on_transmit(seq, t1, 42);
+        }
+        // 101 arrives, 100 does not: 101 went out before the parity, so it says nothing yet.
+        buf.on_ack(t1, 100, &[(101, 102)]);
+        let late = t0 + Duration::from_millis(60);
+        assert_eq!(
+            buf.detect_losses(late, Duration::from_millis(50)).packets,
+            0
+        );
+        assert_eq!(buf.loss_time(), None);
+        // A packet sent after the parity arrives: the time threshold runs from the parity.
+        buf.on_ack(t1, 100, &[(101, 103)]);
+        assert_eq!(buf.detect_losses(t1, Duration::from_millis(50)).packets, 0);
+        assert_eq!(buf.loss_time(), Some(t1 + Duration::from_millis(50)));
+        // Once three transmissions after the parity are acknowledged, 100 is lost after all.
+        buf.on_ack(t1, 100, &[(101, 105)]);
+        assert_eq!(buf.detect_losses(t1, Duration::from_millis(50)).packets, 1);
+    }
+
+    #[test]
     fn rto_marks_everything_in_flight_lost() {
         let t0 = Instant::now();
         let mut buf = sent_buffer(t0, 3);

@@ -89,8 +89,18 @@ impl Connection {
         }
         if self.fec.report_due {
             self.fec.report_due = false;
-            let report = Control::FecRepaired(self.fec.repaired_total).to_bytes();
-            let packet = self.packet(Flags::URG, self.send.next_seq(), report);
+            // Receivers ignore the acknowledgement on control frames, so the report carries
+            // none and leaves any acknowledgement due to the next packet.
+            let packet = Packet {
+                header: Header {
+                    flags: Flags::URG,
+                    connection_id: self.id,
+                    sequence: self.send.next_seq() as u32,
+                    acknowledgement: 0,
+                },
+                sack: Vec::new(),
+                payload: Control::FecRepaired(self.fec.repaired_total).to_bytes(),
+            };
             return Some(self.emit(now, self.remote, &packet));
         }
         None

@@ -256,7 +256,14 @@ impl Sim {
 
     /// Advances to the next arrival or timeout; returns false when nothing is left to happen.
     pub fn step(&mut self) -> bool {
-        let Some(next) = self.next_event() else {
+        self.step_capped(None)
+    }
+
+    /// Like [`Sim::step`], but never beyond `cap`: with nothing due by then, the clock stops
+    /// at `cap`, so an application can act at exact times.
+    pub fn step_capped(&mut self, cap: Option<Instant>) -> bool {
+        let next = self.next_event();
+        let Some(next) = next.map(|n| cap.map_or(n, |c| n.min(c))).or(cap) else {
             return false;
         };
         self.now = self.now.max(next);
@@ -295,6 +302,12 @@ impl Sim {
     pub fn run_for(&mut self, span: Duration) {
         let deadline = self.now + span;
         while self.now < deadline && self.step() {}
+    }
+
+    /// Steps until exactly `span` of virtual time has passed.
+    pub fn run_exactly(&mut self, span: Duration) {
+        let deadline = self.now + span;
+        while self.now < deadline && self.step_capped(Some(deadline)) {}
     }
 
     pub fn server_messages(&self) -> Vec<Vec<u8>> {

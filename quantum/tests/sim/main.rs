@@ -1,6 +1,7 @@
 //! Seeded simulations of two Quantum endpoints; each prints its seed.
 
 mod congestion;
+mod fec;
 mod harness;
 mod hostile;
 mod reliability;
