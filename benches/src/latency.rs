@@ -20,6 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// Bytes of a message taken by its sequence number and send time.
 pub const HEADER: usize = 16;
 
+/// How long a Quantum receiver waits for the sender's close after confirming; the
+/// confirmation is retransmitted many times within it at any RTT the benchmark uses.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Largest message a TCP frame may announce; anything above is a corrupt stream.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -317,8 +321,11 @@ async fn receive_quantum(
     }
     let stats = conn.stats().await?;
     conn.send(&b"done"[..]).await?;
-    // The sender closes once it has the confirmation; wait for that end.
-    while conn.recv().await.ok().flatten().is_some() {}
+    // The sender closes once it has the confirmation; wait for that end, but not forever: the
+    // sender's process exits right after `close()`, and the driver offers no way to await the
+    // close's delivery, so a lost FIN would otherwise keep us here for the idle timeout.
+    let peer_closed = async { while conn.recv().await.ok().flatten().is_some() {} };
+    let _ = tokio::time::timeout(CLOSE_WAIT, peer_closed).await;
     let mut report = arrivals.report;
     report.fec_repaired = Some(stats.fec_repaired);
     Ok(report)
