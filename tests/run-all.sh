@@ -18,6 +18,13 @@ step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "cargo test (unit, property and integration tests)"
+# The link emulator's test (benches/tests/link_emulator.rs) builds network namespaces with
+# iproute2 and TUN devices; it needs root, as CI has.
+if ! command -v ip >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq iproute2 >/dev/null
+fi
 cargo test --workspace --locked
 
 step "fuzz targets compile (quantum/fuzz, outside the workspace)"
