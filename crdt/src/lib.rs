@@ -1,4 +1,5 @@
-//! AetherFlow's pure sync core: the y-websocket protocol codec, awareness, document names and
+//! AetherFlow's pure sync core: the y-websocket protocol codec, the multi-document
+//! [`envelope`] codec, awareness, document names and
 //! the [`Room`] state machine that merges Yjs updates.
 //!
 //! Nothing here touches a socket, a clock, a thread or a random number generator: the server
@@ -32,6 +33,7 @@
 
 pub mod awareness;
 pub mod doc_name;
+pub mod envelope;
 mod lib0;
 pub mod protocol;
 pub mod register;
