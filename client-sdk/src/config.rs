@@ -1,0 +1,108 @@
+//! The client's configuration, built once and handed to [`crate::Client::open`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long to wait between reconnection attempts: `initial`, doubled after each failure, at
+/// most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Upper bound on the delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `failures + 1`, after `failures` failed attempts in a row.
+    pub fn delay(&self, failures: u32) -> Duration {
+        // 2^20 × any sane initial delay is past any sane max; capping the shift avoids overflow.
+        let factor = 1u32 << failures.min(20);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Everything a [`crate::Client`] needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The relay's Quantum (UDP) address. Reserved for the Quantum transport, which is not built
+    /// into the SDK yet; documents sync over [`ClientConfig::websocket_url`] meanwhile.
+    pub quantum_addr: Option<SocketAddr>,
+    /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`; a document `d` syncs at
+    /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
+    pub websocket_url: Option<String>,
+    /// A JWT client token, sent as `?token=` when the relay runs with auth.
+    pub token: Option<String>,
+    /// Directory of the local database `aetherflow-client.redb` (created if missing).
+    pub data_dir: PathBuf,
+    /// Longest wait for a connection to open.
+    pub connect_timeout: Duration,
+    /// Delays between reconnection attempts.
+    pub backoff: Backoff,
+}
+
+/// File name of the local database inside [`ClientConfig::data_dir`].
+pub const DATABASE_FILE: &str = "aetherflow-client.redb";
+
+impl ClientConfig {
+    /// A configuration storing its data in `data_dir`, with no relay yet (offline).
+    pub fn new(data_dir: impl Into<PathBuf>) -> ClientConfig {
+        ClientConfig {
+            quantum_addr: None,
+            websocket_url: None,
+            token: None,
+            data_dir: data_dir.into(),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`).
+    pub fn websocket(mut self, url: impl Into<String>) -> ClientConfig {
+        self.websocket_url = Some(url.into());
+        self
+    }
+
+    /// Authenticates with `token`.
+    pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Uses `backoff` between reconnection attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> ClientConfig {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The local database's path.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let delays: Vec<_> = (0..6).map(|n| backoff.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,160 @@
+//! The sync task of one document: connect, run a session, reconnect with backoff.
+
+use std::sync::Arc;
+
+use aetherflow_crdt::protocol::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::config::Backoff;
+use crate::doc::{Connection, Outgoing, Shared};
+use crate::error::TransportError;
+use crate::sync::SyncSession;
+use crate::transport::{Link, Transport};
+
+/// What a sync task needs besides its document.
+pub(crate) struct TaskContext {
+    pub transport: Arc<dyn Transport>,
+    pub connect_timeout: std::time::Duration,
+    pub backoff: Backoff,
+    pub cancel: CancellationToken,
+}
+
+/// Runs until `ctx.cancel` fires.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    ctx: TaskContext,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        shared.state.send_modify(|s| {
+            s.connection = Connection::Connecting {
+                attempt: failures + 1,
+            };
+        });
+        let connect =
+            tokio::time::timeout(ctx.connect_timeout, ctx.transport.connect(&shared.name));
+        let connected = tokio::select! {
+            result = connect => result.unwrap_or(Err(TransportError::Timeout)),
+            () = ctx.cancel.cancelled() => break,
+        };
+        match connected {
+            Ok(link) => {
+                info!(doc = %shared.name, transport = %link.kind, "connected");
+                failures = 0;
+                session(&shared, link, &mut outbox, &ctx.cancel).await;
+                info!(doc = %shared.name, "disconnected");
+            }
+            Err(TransportError::NotConfigured) => {
+                shared
+                    .state
+                    .send_modify(|s| s.connection = Connection::Offline);
+                ctx.cancel.cancelled().await;
+                break;
+            }
+            Err(e) => debug!(doc = %shared.name, error = %e, "connection failed"),
+        }
+        shared.state.send_modify(|s| {
+            s.connection = Connection::Offline;
+            s.synced = false;
+        });
+        tokio::select! {
+            () = tokio::time::sleep(ctx.backoff.delay(failures)) => {}
+            () = ctx.cancel.cancelled() => break,
+        }
+        failures = failures.saturating_add(1);
+    }
+    shared.state.send_modify(|s| {
+        s.connection = Connection::Offline;
+        s.synced = false;
+    });
+}
+
+/// One connection's life. Returns when the link closes, the relay refuses us, or on cancel.
+async fn session(
+    shared: &Shared,
+    mut link: Link,
+    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+    cancel: &CancellationToken,
+) {
+    // Updates queued while offline are all in our answer to the relay's step 1.
+    while outbox.try_recv().is_ok() {}
+    let (mut sync, step1) = SyncSession::start(&shared.doc);
+    let mut first = vec![step1];
+    first.extend(shared.presence_message());
+    if !send_all(&link, first).await {
+        return;
+    }
+    let kind = link.kind;
+    shared.state.send_modify(|s| {
+        s.connection = Connection::Online(kind);
+        s.denied = None;
+    });
+    loop {
+        tokio::select! {
+            incoming = link.incoming.recv() => {
+                let Some(message) = incoming else { return };
+                let last_seq = shared.last_seq();
+                let (actions, replies) = sync.receive(&shared.doc, message, last_seq);
+                for update in &actions.apply {
+                    if !shared.apply_remote(update) {
+                        return;
+                    }
+                }
+                if let Some(upto) = actions.acked {
+                    shared.ack(upto);
+                }
+                if actions.synced {
+                    shared.state.send_modify(|s| s.synced = true);
+                }
+                if let Some(update) = actions.presence {
+                    shared.apply_presence(&update);
+                }
+                if let Some(reason) = actions.denied {
+                    shared.state.send_modify(|s| s.denied = Some(reason));
+                    return;
+                }
+                let mut out = replies;
+                if actions.send_presence {
+                    out.extend(shared.presence_message());
+                }
+                if !send_all(&link, out).await {
+                    return;
+                }
+            }
+            outgoing = outbox.recv() => {
+                let Some(first) = outgoing else { return };
+                // Send everything queued, then one barrier acknowledging all of it.
+                let mut messages = Vec::new();
+                let mut last = None;
+                for item in std::iter::once(first).chain(std::iter::from_fn(|| outbox.try_recv().ok())) {
+                    match item {
+                        Outgoing::Update { seq, update } => {
+                            last = Some(seq);
+                            messages.push(Message::Sync(aetherflow_crdt::protocol::SyncMessage::Update(update)));
+                        }
+                        Outgoing::Presence(update) => messages.push(Message::Awareness(update)),
+                    }
+                }
+                if let Some(upto) = last {
+                    messages.push(sync.barrier(&shared.doc, upto));
+                }
+                if !send_all(&link, messages).await {
+                    return;
+                }
+            }
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn send_all(link: &Link, messages: Vec<Message>) -> bool {
+    for message in messages {
+        if link.outgoing.send(message).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
