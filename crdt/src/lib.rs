@@ -39,6 +39,7 @@ pub mod protocol;
 pub mod register;
 pub mod room;
 pub mod update_check;
+pub mod update_file;
 
 pub use awareness::{Awareness, AwarenessError};
 pub use doc_name::{DocName, DocNameError, MAX_DOC_NAME_BYTES};
