@@ -63,6 +63,10 @@ pub struct Cli {
     /// The relay's settings.
     #[command(flatten)]
     pub settings: Settings,
+
+    /// An offline tool to run instead of the relay.
+    #[command(subcommand)]
+    pub tool: Option<crate::tools::Tool>,
 }
 
 /// Every setting, each optional so that the layers can be merged.

@@ -23,6 +23,7 @@ pub mod rooms;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod web_demo;
 
 use std::future::Future;
