@@ -45,6 +45,15 @@ pub enum TransportError {
     /// The connection could not be opened.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The relay refused the connection (a missing, expired or wrong token: 401/403; a
+    /// register document: 409). Retrying with the same credentials will not help.
+    #[error("refused by the relay ({status}): {reason}")]
+    Refused {
+        /// The HTTP status of the refusal.
+        status: u16,
+        /// The relay's error code (e.g. `token_expired`), or its response text.
+        reason: String,
+    },
     /// The connection did not open in time.
     #[error("connection timed out")]
     Timeout,

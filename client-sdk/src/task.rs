@@ -43,9 +43,18 @@ pub(crate) async fn run(
         match connected {
             Ok(link) => {
                 info!(doc = %shared.name, transport = %link.kind, "connected");
-                failures = 0;
-                session(&shared, link, &mut outbox, &ctx.cancel).await;
+                // Only a connection that got as far as a full sync resets the backoff, so a
+                // relay that accepts and then refuses us is not hammered.
+                if session(&shared, link, &mut outbox, &ctx.cancel).await {
+                    failures = 0;
+                }
                 info!(doc = %shared.name, "disconnected");
+            }
+            Err(TransportError::Refused { status, reason }) => {
+                info!(doc = %shared.name, status, %reason, "relay refused the connection");
+                shared
+                    .state
+                    .send_modify(|s| s.denied = Some(format!("{status} {reason}")));
             }
             Err(TransportError::NotConfigured) => {
                 shared
@@ -72,20 +81,47 @@ pub(crate) async fn run(
     });
 }
 
-/// One connection's life. Returns when the link closes, the relay refuses us, or on cancel.
+/// One connection's life. Returns when the link closes, the relay refuses us, or on cancel;
+/// returns whether the session got synced.
 async fn session(
     shared: &Shared,
     mut link: Link,
     outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
     cancel: &CancellationToken,
-) {
+) -> bool {
+    let mut synced = false;
+    let result = run_session(shared, &mut link, outbox, cancel, &mut synced).await;
+    debug!(doc = %shared.name, ?result, "session ended");
+    synced
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The link closed (relay gone, network down, relay closed us).
+    Closed,
+    /// The relay sent something we could not apply.
+    BadInput,
+    /// The relay refused access.
+    Denied,
+    /// The client is closing.
+    Cancelled,
+}
+
+async fn run_session(
+    shared: &Shared,
+    link: &mut Link,
+    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+    cancel: &CancellationToken,
+    synced: &mut bool,
+) -> SessionEnd {
     // Updates queued while offline are all in our answer to the relay's step 1.
     while outbox.try_recv().is_ok() {}
     let (mut sync, step1) = SyncSession::start(&shared.doc);
     let mut first = vec![step1];
     first.extend(shared.presence_message());
-    if !send_all(&link, first).await {
-        return;
+    if !send_all(link, first).await {
+        return SessionEnd::Closed;
     }
     let kind = link.kind;
     shared.state.send_modify(|s| {
@@ -95,18 +131,19 @@ async fn session(
     loop {
         tokio::select! {
             incoming = link.incoming.recv() => {
-                let Some(message) = incoming else { return };
+                let Some(message) = incoming else { return SessionEnd::Closed };
                 let last_seq = shared.last_seq();
                 let (actions, replies) = sync.receive(&shared.doc, message, last_seq);
                 for update in &actions.apply {
                     if !shared.apply_remote(update) {
-                        return;
+                        return SessionEnd::BadInput;
                     }
                 }
                 if let Some(upto) = actions.acked {
                     shared.ack(upto);
                 }
                 if actions.synced {
+                    *synced = true;
                     shared.state.send_modify(|s| s.synced = true);
                 }
                 if let Some(update) = actions.presence {
@@ -114,18 +151,18 @@ async fn session(
                 }
                 if let Some(reason) = actions.denied {
                     shared.state.send_modify(|s| s.denied = Some(reason));
-                    return;
+                    return SessionEnd::Denied;
                 }
                 let mut out = replies;
                 if actions.send_presence {
                     out.extend(shared.presence_message());
                 }
-                if !send_all(&link, out).await {
-                    return;
+                if !send_all(link, out).await {
+                    return SessionEnd::Closed;
                 }
             }
             outgoing = outbox.recv() => {
-                let Some(first) = outgoing else { return };
+                let Some(first) = outgoing else { return SessionEnd::Cancelled };
                 // Send everything queued, then one barrier acknowledging all of it.
                 let mut messages = Vec::new();
                 let mut last = None;
@@ -141,11 +178,11 @@ async fn session(
                 if let Some(upto) = last {
                     messages.push(sync.barrier(&shared.doc, upto));
                 }
-                if !send_all(&link, messages).await {
-                    return;
+                if !send_all(link, messages).await {
+                    return SessionEnd::Closed;
                 }
             }
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return SessionEnd::Cancelled,
         }
     }
 }

@@ -51,6 +51,28 @@ fn encode_path_segment(s: &str) -> String {
     out
 }
 
+/// A refusal by the relay (an HTTP answer instead of the upgrade) keeps its status and the
+/// relay's error code; anything else is a connection failure.
+fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
+        return TransportError::Connect(e.to_string());
+    };
+    let body = response.body().as_deref().unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json["error"]["code"].as_str().map(str::to_owned));
+    let reason = code.unwrap_or_else(|| {
+        String::from_utf8_lossy(body)
+            .chars()
+            .take(120)
+            .collect::<String>()
+    });
+    TransportError::Refused {
+        status: response.status().as_u16(),
+        reason,
+    }
+}
+
 impl Transport for WebSocketTransport {
     fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
         Box::pin(async move {
@@ -61,7 +83,7 @@ impl Transport for WebSocketTransport {
             }
             let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
-                .map_err(|e| TransportError::Connect(e.to_string()))?;
+                .map_err(connect_error)?;
             let (out_tx, mut out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             let (in_tx, in_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             let limits = self.limits;

@@ -298,3 +298,61 @@ async fn a_client_restarted_with_pending_offline_edits_delivers_them() {
     assert_eq!(text(&doc), "typed offline, then the app quit");
     offline.close().await.unwrap();
 }
+
+const SECRET: &str = "sdk-secret";
+
+fn token(secret: &str, docs: &[&str], perm: aetherflow_server::auth::Permission) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = aetherflow_server::auth::Claims {
+        sub: "ada".into(),
+        docs: docs.iter().map(|d| d.to_string()).collect(),
+        perm,
+        exp,
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_valid_token_the_sdk_syncs_and_with_a_bad_one_it_reports_the_refusal() {
+    use aetherflow_server::auth::Permission;
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let url = format!("ws://{}", relay.addr);
+    let good = token(SECRET, &["plans"], Permission::Write);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::open(config(dir.path()).websocket(&url).token(&good)).unwrap();
+    let doc = c.doc("plans").await.unwrap();
+    append(&doc, "authorised");
+    wait_settled(&doc).await;
+    let read_url = format!("{}?token={good}", relay.ws_url("plans"));
+    assert_eq!(common::read_text_with(&read_url).await, "authorised");
+    c.close().await.unwrap();
+
+    let forged = token("not-the-secret", &["plans"], Permission::Write);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::open(config(dir.path()).websocket(&url).token(forged)).unwrap();
+    let doc = c.doc("plans").await.unwrap();
+    append(&doc, "forged");
+    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    assert_eq!(state.denied.as_deref(), Some("401 token_bad_signature"));
+    assert_eq!(state.pending, 1, "a refused edit stays pending locally");
+    c.close().await.unwrap();
+
+    // A read-only token: the relay's permission-denied message is reported, the edit stays
+    // pending, and the relay's text is unchanged.
+    let read_only = token(SECRET, &["plans"], Permission::Read);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::open(config(dir.path()).websocket(&url).token(read_only)).unwrap();
+    let doc = c.doc("plans").await.unwrap();
+    wait_text(&doc, |t| t == "authorised").await;
+    append(&doc, " by a reader");
+    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    assert!(state.denied.unwrap().contains("read-only"));
+    assert_eq!(doc.state().borrow().pending, 1);
+    assert_eq!(common::read_text_with(&read_url).await, "authorised");
+    c.close().await.unwrap();
+}
