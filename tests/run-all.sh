@@ -20,6 +20,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test (unit, property and integration tests)"
 cargo test --workspace --locked
 
+step "fuzz targets compile (quantum/fuzz, outside the workspace)"
+cargo build --manifest-path quantum/fuzz/Cargo.toml --locked --quiet
+
 step "interop: npm yjs + y-websocket against the relay"
 cargo build -p aetherflow-server --locked --quiet
 export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"

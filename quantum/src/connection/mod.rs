@@ -327,6 +327,12 @@ impl Connection {
         }
     }
 
+    /// Fragments queued or in flight that the peer has not yet cumulatively acknowledged. The
+    /// core buffers whatever it is given; a driver bounds this to push back on its senders.
+    pub fn unacked_fragments(&self) -> u64 {
+        self.send.next_seq() - self.send.acked_below()
+    }
+
     /// Queues a message for ordered, reliable delivery; it goes out once the handshake is done.
     pub fn send(&mut self, message: &[u8]) -> Result<(), SendError> {
         if self.close_requested || matches!(self.state, State::Closed | State::Draining(_)) {
