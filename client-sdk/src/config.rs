@@ -35,9 +35,10 @@ impl Backoff {
 /// Everything a [`crate::Client`] needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The relay's Quantum (UDP) address. Reserved for the Quantum transport, which is not built
-    /// into the SDK yet; documents sync over [`ClientConfig::websocket_url`] meanwhile.
+    /// The relay's Quantum (UDP) address, tried first when set.
     pub quantum_addr: Option<SocketAddr>,
+    /// How long to wait for a Quantum handshake before falling back to WebSocket.
+    pub quantum_handshake_timeout: Duration,
     /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`; a document `d` syncs at
     /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
     pub websocket_url: Option<String>,
@@ -59,6 +60,7 @@ impl ClientConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ClientConfig {
         ClientConfig {
             quantum_addr: None,
+            quantum_handshake_timeout: Duration::from_secs(2),
             websocket_url: None,
             token: None,
             data_dir: data_dir.into(),
@@ -70,6 +72,13 @@ impl ClientConfig {
     /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`).
     pub fn websocket(mut self, url: impl Into<String>) -> ClientConfig {
         self.websocket_url = Some(url.into());
+        self
+    }
+
+    /// Syncs over Quantum with the relay's UDP listener at `addr` (WebSocket, if also set, is
+    /// the fallback).
+    pub fn quantum(mut self, addr: SocketAddr) -> ClientConfig {
+        self.quantum_addr = Some(addr);
         self
     }
 

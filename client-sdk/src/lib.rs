@@ -8,9 +8,10 @@
 //! directions, so each gets exactly what it lacks (no loss, no duplicates), even a relay
 //! restored from an old backup.
 //!
-//! The transport sits behind the [`Transport`] trait. Today the SDK speaks WebSocket (one
-//! y-websocket connection per document); the Quantum transport will plug in behind the same
-//! trait.
+//! The transport sits behind the [`Transport`] trait: [`QuantumTransport`] (one reliable-UDP
+//! connection carrying every document in envelopes) first, [`WebSocketTransport`] (one
+//! y-websocket connection per document) as the fallback; [`SyncState::connection`] says which
+//! one a document is using.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -40,6 +41,7 @@
 pub mod config;
 pub mod doc;
 pub mod error;
+pub mod quantum;
 pub mod store;
 pub mod sync;
 mod task;
@@ -57,6 +59,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Backoff, ClientConfig};
 pub use doc::{Change, Changes, Connection, DocHandle, REMOTE_ORIGIN, SyncState};
 pub use error::{ClientError, TransportError};
+pub use quantum::{Fallback, QuantumTransport};
 pub use transport::{Link, Offline, Transport, TransportKind};
 pub use websocket::WebSocketTransport;
 
@@ -82,12 +85,24 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Opens the local database and picks the transport from `config`: WebSocket when
-    /// [`ClientConfig::websocket_url`] is set, otherwise offline.
+    /// Opens the local database and picks the transport from `config`: Quantum when
+    /// [`ClientConfig::quantum_addr`] is set, falling back to WebSocket when
+    /// [`ClientConfig::websocket_url`] is set too; offline when neither is.
     pub fn open(config: ClientConfig) -> Result<Client, ClientError> {
-        let transport: Arc<dyn Transport> = match &config.websocket_url {
-            Some(url) => Arc::new(WebSocketTransport::new(url, config.token.clone())),
-            None => Arc::new(Offline),
+        let websocket = config.websocket_url.as_ref().map(|url| {
+            Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
+        });
+        let quantum = config.quantum_addr.map(|addr| {
+            Arc::new(QuantumTransport::new(
+                addr,
+                config.token.clone(),
+                config.quantum_handshake_timeout,
+            )) as Arc<dyn Transport>
+        });
+        let transport: Arc<dyn Transport> = match (quantum, websocket) {
+            (Some(primary), Some(fallback)) => Arc::new(Fallback { primary, fallback }),
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => Arc::new(Offline),
         };
         Client::with_transport(config, transport)
     }
