@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aetherflow_crdt::protocol::Message;
+use aetherflow_crdt::protocol::{Message, SyncMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -129,62 +129,82 @@ async fn run_session(
         s.denied = None;
     });
     loop {
-        tokio::select! {
+        let out = tokio::select! {
             incoming = link.incoming.recv() => {
                 let Some(message) = incoming else { return SessionEnd::Closed };
-                let last_seq = shared.last_seq();
-                let (actions, replies) = sync.receive(&shared.doc, message, last_seq);
-                for update in &actions.apply {
-                    if !shared.apply_remote(update) {
-                        return SessionEnd::BadInput;
-                    }
-                }
-                if let Some(upto) = actions.acked {
-                    shared.ack(upto);
-                }
-                if actions.synced {
-                    *synced = true;
-                    shared.state.send_modify(|s| s.synced = true);
-                }
-                if let Some(update) = actions.presence {
-                    shared.apply_presence(&update);
-                }
-                if let Some(reason) = actions.denied {
-                    shared.state.send_modify(|s| s.denied = Some(reason));
-                    return SessionEnd::Denied;
-                }
-                let mut out = replies;
-                if actions.send_presence {
-                    out.extend(shared.presence_message());
-                }
-                if !send_all(link, out).await {
-                    return SessionEnd::Closed;
+                match on_message(shared, &mut sync, message, synced) {
+                    Ok(out) => out,
+                    Err(end) => return end,
                 }
             }
             outgoing = outbox.recv() => {
                 let Some(first) = outgoing else { return SessionEnd::Cancelled };
-                // Send everything queued, then one barrier acknowledging all of it.
-                let mut messages = Vec::new();
-                let mut last = None;
-                for item in std::iter::once(first).chain(std::iter::from_fn(|| outbox.try_recv().ok())) {
-                    match item {
-                        Outgoing::Update { seq, update } => {
-                            last = Some(seq);
-                            messages.push(Message::Sync(aetherflow_crdt::protocol::SyncMessage::Update(update)));
-                        }
-                        Outgoing::Presence(update) => messages.push(Message::Awareness(update)),
-                    }
-                }
-                if let Some(upto) = last {
-                    messages.push(sync.barrier(&shared.doc, upto));
-                }
-                if !send_all(link, messages).await {
-                    return SessionEnd::Closed;
-                }
+                batch(shared, &mut sync, first, outbox)
             }
             () = cancel.cancelled() => return SessionEnd::Cancelled,
+        };
+        if !send_all(link, out).await {
+            return SessionEnd::Closed;
         }
     }
+}
+
+/// Acts on one message from the relay; returns the messages to send back.
+fn on_message(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    message: Message,
+    synced: &mut bool,
+) -> Result<Vec<Message>, SessionEnd> {
+    let last_seq = shared.last_seq();
+    let (actions, mut replies) = sync.receive(&shared.doc, message, last_seq);
+    for update in &actions.apply {
+        if !shared.apply_remote(update) {
+            return Err(SessionEnd::BadInput);
+        }
+    }
+    if let Some(upto) = actions.acked {
+        shared.ack(upto);
+    }
+    if actions.synced {
+        *synced = true;
+        shared.state.send_modify(|s| s.synced = true);
+    }
+    if let Some(update) = actions.presence {
+        shared.apply_presence(&update);
+    }
+    if let Some(reason) = actions.denied {
+        shared.state.send_modify(|s| s.denied = Some(reason));
+        return Err(SessionEnd::Denied);
+    }
+    if actions.send_presence {
+        replies.extend(shared.presence_message());
+    }
+    Ok(replies)
+}
+
+/// Everything queued for the relay, then one barrier acknowledging all of its updates.
+fn batch(
+    shared: &Shared,
+    sync: &mut SyncSession,
+    first: Outgoing,
+    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut last = None;
+    for item in std::iter::once(first).chain(std::iter::from_fn(|| outbox.try_recv().ok())) {
+        match item {
+            Outgoing::Update { seq, update } => {
+                last = Some(seq);
+                messages.push(Message::Sync(SyncMessage::Update(update)));
+            }
+            Outgoing::Presence(update) => messages.push(Message::Awareness(update)),
+        }
+    }
+    if let Some(upto) = last {
+        messages.push(sync.barrier(&shared.doc, upto));
+    }
+    messages
 }
 
 async fn send_all(link: &Link, messages: Vec<Message>) -> bool {

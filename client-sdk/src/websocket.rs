@@ -3,8 +3,10 @@
 use aetherflow_crdt::protocol::{Limits, Message};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::error::TransportError;
@@ -84,51 +86,9 @@ impl Transport for WebSocketTransport {
             let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .map_err(connect_error)?;
-            let (out_tx, mut out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
+            let (out_tx, out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             let (in_tx, in_rx) = mpsc::channel::<Message>(LINK_BUFFER);
-            let limits = self.limits;
-            let (mut sink, mut stream) = socket.split();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        outgoing = out_rx.recv() => {
-                            let Some(message) = outgoing else { break };
-                            if sink.send(Frame::Binary(message.encode().into())).await.is_err() {
-                                break;
-                            }
-                        }
-                        incoming = stream.next() => {
-                            match incoming {
-                                Some(Ok(Frame::Binary(bytes))) => {
-                                    match Message::decode(&bytes, &limits) {
-                                        Ok(message) => {
-                                            if in_tx.send(message).await.is_err() {
-                                                break;
-                                            }
-                                        }
-                                        Err(e) => {
-                                            debug!(error = %e, "undecodable frame from the relay");
-                                            break;
-                                        }
-                                    }
-                                }
-                                Some(Ok(Frame::Close(close))) => {
-                                    debug!(?close, "relay closed the connection");
-                                    break;
-                                }
-                                // Pings are answered by tungstenite itself.
-                                Some(Ok(_)) => {}
-                                Some(Err(e)) => {
-                                    debug!(error = %e, "connection lost");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                }
-                let _ = sink.close().await;
-            });
+            tokio::spawn(pump(socket, out_rx, in_tx, self.limits));
             Ok(Link {
                 kind: TransportKind::WebSocket,
                 outgoing: out_tx,
@@ -136,6 +96,51 @@ impl Transport for WebSocketTransport {
             })
         })
     }
+}
+
+/// Moves messages between the link's channels and the socket until either side ends.
+async fn pump(
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    mut out_rx: mpsc::Receiver<Message>,
+    in_tx: mpsc::Sender<Message>,
+    limits: Limits,
+) {
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            outgoing = out_rx.recv() => {
+                let Some(message) = outgoing else { break };
+                if sink.send(Frame::Binary(message.encode().into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = stream.next() => match incoming {
+                Some(Ok(Frame::Binary(bytes))) => match Message::decode(&bytes, &limits) {
+                    Ok(message) => {
+                        if in_tx.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "undecodable frame from the relay");
+                        break;
+                    }
+                },
+                Some(Ok(Frame::Close(close))) => {
+                    debug!(?close, "relay closed the connection");
+                    break;
+                }
+                // Pings are answered by tungstenite itself.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!(error = %e, "connection lost");
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = sink.close().await;
 }
 
 #[cfg(test)]

@@ -207,21 +207,7 @@ async fn on_envelope(
             subscriptions.remove(&doc);
             None
         }
-        (Payload::Yjs(message), Some(doc)) => match subscriptions.get(&doc) {
-            Some((membership, _)) => match membership.send(message).await {
-                Ok(()) => None,
-                Err(_) => {
-                    subscriptions.remove(&doc);
-                    let code = u32::from(CloseReason::INTERNAL_ERROR);
-                    Some((
-                        doc.to_string(),
-                        code,
-                        "document reloading, subscribe again".into(),
-                    ))
-                }
-            },
-            None => Some((doc.to_string(), ERROR_PROTOCOL, "not subscribed".into())),
-        },
+        (Payload::Yjs(message), Some(doc)) => forward_to_room(doc, message, subscriptions).await,
         (Payload::Register(_), _) => Some((
             envelope.doc,
             ERROR_NOT_SUPPORTED,
@@ -239,6 +225,28 @@ async fn on_envelope(
         );
     }
     Next::Continue
+}
+
+/// Hands a y-protocols message to the room of a subscribed document; returns the error to
+/// send otherwise.
+async fn forward_to_room(
+    doc: DocName,
+    message: aetherflow_crdt::protocol::Message,
+    subscriptions: &mut HashMap<DocName, (Membership, tokio::task::JoinHandle<()>)>,
+) -> Option<(String, u32, String)> {
+    let Some((membership, _)) = subscriptions.get(&doc) else {
+        return Some((doc.to_string(), ERROR_PROTOCOL, "not subscribed".into()));
+    };
+    if membership.send(message).await.is_ok() {
+        return None;
+    }
+    subscriptions.remove(&doc);
+    let code = u32::from(CloseReason::INTERNAL_ERROR);
+    Some((
+        doc.to_string(),
+        code,
+        "document reloading, subscribe again".into(),
+    ))
 }
 
 /// Authorises and joins `doc`; spawns the task that wraps the room's frames in envelopes.
