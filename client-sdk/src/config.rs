@@ -30,6 +30,19 @@ impl Backoff {
         let factor = 1u32 << failures.min(20);
         self.initial.saturating_mul(factor).min(self.max)
     }
+
+    /// [`Backoff::delay`] less up to half of it, chosen by `seed` (the client's id): clients
+    /// that lost the relay together spread their reconnections out instead of arriving at once.
+    pub fn jittered(&self, failures: u32, seed: u64) -> Duration {
+        let full = self.delay(failures);
+        // splitmix64's finaliser: a well-mixed value from the seed and the attempt number.
+        let mut x = seed ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let per_mille = (x % 1000) as f64;
+        full.saturating_sub(full.mul_f64(per_mille / 2000.0))
+    }
 }
 
 /// Everything a [`crate::Client`] needs.
@@ -113,5 +126,23 @@ mod tests {
         let delays: Vec<_> = (0..6).map(|n| backoff.delay(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_delay_and_differs_by_client() {
+        let backoff = Backoff::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..50u64 {
+            for failures in 0..8 {
+                let full = backoff.delay(failures);
+                let jittered = backoff.jittered(failures, seed);
+                assert!(
+                    jittered <= full && jittered >= full / 2,
+                    "{jittered:?} of {full:?}"
+                );
+            }
+            seen.insert(backoff.jittered(3, seed));
+        }
+        assert!(seen.len() > 25, "clients should not share delays: {seen:?}");
     }
 }

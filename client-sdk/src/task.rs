@@ -70,7 +70,7 @@ pub(crate) async fn run(
             s.synced = false;
         });
         tokio::select! {
-            () = tokio::time::sleep(ctx.backoff.delay(failures)) => {}
+            () = tokio::time::sleep(ctx.backoff.jittered(failures, shared.doc.client_id().get())) => {}
             () = ctx.cancel.cancelled() => break,
         }
         failures = failures.saturating_add(1);
