@@ -69,6 +69,10 @@ impl LocalDoc for yrs::Doc {
 #[derive(Debug, Default)]
 pub struct SyncSession {
     barriers: VecDeque<Barrier>,
+    /// Whether we have answered the relay's step 1, i.e. sent everything it lacked, offline
+    /// edits included. Until then a barrier after live updates acknowledges nothing: the
+    /// offline edits numbered before them have not been sent on this connection yet.
+    answered_relay: bool,
 }
 
 impl SyncSession {
@@ -86,7 +90,7 @@ impl SyncSession {
     /// Local updates up to `upto` were just sent: returns the barrier to send after them.
     pub fn barrier(&mut self, doc: &impl LocalDoc, upto: u64) -> Message {
         self.barriers.push_back(Barrier {
-            acks: Some(upto),
+            acks: self.answered_relay.then_some(upto),
             completes_sync: false,
         });
         Message::Sync(SyncMessage::Step1(doc.state_vector()))
@@ -108,6 +112,7 @@ impl SyncSession {
                 // The relay's state vector: answer with all it lacks, then a barrier whose
                 // answer tells us it has stored all of it.
                 if let Some(diff) = doc.diff(&sv) {
+                    self.answered_relay = true;
                     send.push(Message::Sync(SyncMessage::Step2(diff)));
                     self.barriers.push_back(Barrier {
                         acks: last_seq,
@@ -207,6 +212,44 @@ mod tests {
         let relay_text = relay_text.get_string(&room.doc().transact());
         assert_eq!(relay_text, text.get_string(&client.transact()));
         assert!(relay_text.contains("ab") && relay_text.contains("relay"));
+    }
+
+    #[test]
+    fn a_live_edit_before_the_handshake_does_not_acknowledge_older_offline_edits() {
+        // Regression: seeded simulation (tests/sync_sim.rs) found a barrier after a live edit
+        // acknowledging an offline edit that was still waiting for the relay's step 1.
+        let mut room = Room::new();
+        let client = Doc::with_client_id(1);
+        let text = client.get_or_insert_text("t");
+        text.insert(&mut client.transact_mut(), 0, "offline"); // seq 0
+        let (mut session, step1) = SyncSession::start(&client);
+        text.insert(&mut client.transact_mut(), 7, "!"); // seq 1, made online
+        let live = client
+            .transact()
+            .encode_diff_v1(&StateVector::from_iter([(yrs::block::ClientID::new(1), 7)]));
+        let barrier = session.barrier(&client, 1);
+        // The relay handles step 1, the live update and the barrier before the client has
+        // read its greeting.
+        let mut acked = None;
+        for message in [step1, Message::Sync(SyncMessage::Update(live)), barrier] {
+            for reply in relay_handle(&mut room, message) {
+                let (actions, _) = session.receive(&client, reply, Some(1));
+                acked = actions.acked.or(acked);
+            }
+        }
+        assert_eq!(acked, None, "the relay lacks the offline edit");
+        // Now the greeting: the answer carries the offline edit, and its barrier acks both.
+        let greeting = Message::decode(&room.greeting()[0], &Default::default()).unwrap();
+        let (_, answer) = session.receive(&client, greeting, Some(1));
+        for message in answer {
+            for reply in relay_handle(&mut room, message) {
+                let (actions, _) = session.receive(&client, reply, Some(1));
+                acked = actions.acked.or(acked);
+            }
+        }
+        assert_eq!(acked, Some(1));
+        let relay_text = room.doc().get_or_insert_text("t");
+        assert_eq!(relay_text.get_string(&room.doc().transact()), "offline!");
     }
 
     #[test]
