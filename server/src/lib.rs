@@ -28,6 +28,7 @@ pub mod tools;
 pub mod web_demo;
 
 use std::future::Future;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -111,7 +112,12 @@ pub async fn run(
     if let Some(endpoint) = quantum_endpoint {
         let quantum_addr = endpoint.local_addr();
         info!(addr = %quantum_addr, "quantum ready");
-        println!("aetherflow quantum ready: udp://{quantum_addr}");
+        // After the ready line, which tools read as the first line; some stop reading after
+        // it, so a closed stdout must not be fatal (println! would panic).
+        let _ = writeln!(
+            std::io::stdout(),
+            "aetherflow quantum ready: udp://{quantum_addr}"
+        );
         tracker.spawn(quantum::serve(endpoint, quantum_ctx));
     }
 
