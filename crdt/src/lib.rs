@@ -1,4 +1,5 @@
-//! AetherFlow's pure sync core: the y-websocket protocol codec, awareness, document names and
+//! AetherFlow's pure sync core: the y-websocket protocol codec, the multi-document
+//! [`envelope`] codec, awareness, document names and
 //! the [`Room`] state machine that merges Yjs updates.
 //!
 //! Nothing here touches a socket, a clock, a thread or a random number generator: the server
@@ -32,11 +33,13 @@
 
 pub mod awareness;
 pub mod doc_name;
+pub mod envelope;
 mod lib0;
 pub mod protocol;
 pub mod register;
 pub mod room;
 pub mod update_check;
+pub mod update_file;
 
 pub use awareness::{Awareness, AwarenessError};
 pub use doc_name::{DocName, DocNameError, MAX_DOC_NAME_BYTES};

@@ -14,6 +14,8 @@ use crate::rate_limit::Rate;
 
 /// Default HTTP and WebSocket listen address.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default Quantum (reliable UDP) listen address.
+pub const DEFAULT_QUANTUM_ADDR: &str = "127.0.0.1:9090";
 /// Default data directory; the database is `<data-dir>/aetherflow.redb`.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default largest WebSocket message accepted: 16 MiB.
@@ -77,6 +79,10 @@ pub struct Cli {
     /// The relay's settings.
     #[command(flatten)]
     pub settings: Settings,
+
+    /// An offline tool to run instead of the relay.
+    #[command(subcommand)]
+    pub tool: Option<crate::tools::Tool>,
 }
 
 /// Every setting, each optional so that the layers can be merged.
@@ -87,6 +93,13 @@ pub struct Settings {
     /// the chosen address is printed on stdout as `aetherflow ready: http://ADDR`.
     #[arg(long, env = "AETHERFLOW_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+
+    /// UDP address for Quantum clients, or `off` [default: 127.0.0.1:9090]. Port 0 picks a
+    /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR`. If the default
+    /// address is taken the relay serves without Quantum (with a warning); an address given
+    /// explicitly must be free.
+    #[arg(long, env = "AETHERFLOW_QUANTUM_ADDR", value_name = "ADDR|off")]
+    pub quantum_addr: Option<String>,
 
     /// Directory holding the database `aetherflow.redb` [default: ./data]. Created if missing.
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
@@ -184,6 +197,10 @@ pub struct Settings {
 pub struct Config {
     /// Address for HTTP and WebSocket.
     pub http_addr: SocketAddr,
+    /// UDP address for Quantum clients; `None` when turned off.
+    pub quantum_addr: Option<SocketAddr>,
+    /// Whether the Quantum address was given explicitly, so failing to bind it is fatal.
+    pub quantum_required: bool,
     /// Directory holding the database.
     pub data_dir: PathBuf,
     /// Broadcast-after-commit or broadcast-first.
@@ -248,6 +265,7 @@ impl Settings {
     fn or(self, lower: Settings) -> Settings {
         Settings {
             http_addr: self.http_addr.or(lower.http_addr),
+            quantum_addr: self.quantum_addr.or(lower.quantum_addr),
             data_dir: self.data_dir.or(lower.data_dir),
             durability: self.durability.or(lower.durability),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
@@ -296,8 +314,28 @@ impl Config {
         let default_addr = DEFAULT_HTTP_ADDR
             .parse()
             .expect("the default address parses");
+        let (quantum_addr, quantum_required) = match s.quantum_addr.as_deref() {
+            None => (
+                Some(
+                    DEFAULT_QUANTUM_ADDR
+                        .parse()
+                        .expect("the default Quantum address parses"),
+                ),
+                false,
+            ),
+            Some("off") => (None, false),
+            Some(addr) => (
+                Some(addr.parse().map_err(|_| ConfigError::Invalid {
+                    name: "--quantum-addr",
+                    why: "must be an IP address with a port, or `off`",
+                })?),
+                true,
+            ),
+        };
         let config = Config {
             http_addr: s.http_addr.unwrap_or(default_addr),
+            quantum_addr,
+            quantum_required,
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -358,6 +396,12 @@ impl Config {
                 name: "--http-addr",
                 why: "a non-loopback address needs auth: set --jwt-secret or --jwt-public-key \
                       (without keys the relay is open to anyone and binds only to loopback)",
+            });
+        }
+        if !self.requires_auth() && self.quantum_addr.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::Invalid {
+                name: "--quantum-addr",
+                why: "a non-loopback address needs auth: set --jwt-secret or --jwt-public-key",
             });
         }
         if self.max_message_bytes < 1024 {
@@ -490,6 +534,30 @@ mod tests {
             ..Settings::default()
         };
         let err = Config::from_settings(same).unwrap_err();
+        assert!(err.to_string().contains("--jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn the_quantum_address_defaults_to_9090_can_be_set_or_turned_off() {
+        let default = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(
+            default.quantum_addr,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert!(!default.quantum_required);
+        let set = |value: &str| {
+            Config::from_settings(Settings {
+                quantum_addr: Some(value.into()),
+                ..Settings::default()
+            })
+        };
+        let explicit = set("127.0.0.1:0").unwrap();
+        assert_eq!(explicit.quantum_addr, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(explicit.quantum_required);
+        assert_eq!(set("off").unwrap().quantum_addr, None);
+        let err = set("nine").unwrap_err();
+        assert!(err.to_string().contains("--quantum-addr"), "{err}");
+        let err = set("0.0.0.0:9090").unwrap_err();
         assert!(err.to_string().contains("--jwt-secret"), "{err}");
     }
 

@@ -22,15 +22,18 @@ pub mod events;
 pub mod heartbeat;
 pub mod http;
 pub mod locks;
+pub mod quantum;
 pub mod rate_limit;
 pub mod registry;
 pub mod rooms;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod web_demo;
 
 use std::future::Future;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -105,11 +108,29 @@ pub async fn run(
         admin: api::admin::Admin::from_config(&config),
         locks,
     };
+    let quantum_ctx = quantum::QuantumContext {
+        sessions: state.sessions.clone(),
+        auth: state.auth.clone(),
+        next_conn: state.next_conn.clone(),
+        tracker: tracker.clone(),
+    };
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let quantum_endpoint = bind_quantum(&config).await?;
 
     let addr = listener.local_addr()?;
     info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");
     println!("aetherflow ready: http://{addr}");
+    if let Some(endpoint) = quantum_endpoint {
+        let quantum_addr = endpoint.local_addr();
+        info!(addr = %quantum_addr, "quantum ready");
+        // After the ready line, which tools read as the first line; some stop reading after
+        // it, so a closed stdout must not be fatal (println! would panic).
+        let _ = writeln!(
+            std::io::stdout(),
+            "aetherflow quantum ready: udp://{quantum_addr}"
+        );
+        tracker.spawn(quantum::serve(endpoint, quantum_ctx));
+    }
 
     let signal = token.clone();
     tokio::spawn(async move {
@@ -129,4 +150,26 @@ pub async fn run(
     writer_task.await.context("store writer failed")?;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Binds the Quantum listener. The default address is best effort (another relay on this
+/// machine may hold it); an explicit one must bind.
+async fn bind_quantum(
+    config: &Config,
+) -> anyhow::Result<Option<aetherflow_quantum::QuantumEndpoint>> {
+    let Some(addr) = config.quantum_addr else {
+        return Ok(None);
+    };
+    let mut driver = aetherflow_quantum::DriverConfig::default();
+    driver.quantum.accept_incoming = true;
+    // Room for the largest y-protocols message plus its envelope header.
+    driver.quantum.max_message_size = config.max_message_bytes + 1024;
+    match aetherflow_quantum::QuantumEndpoint::bind(addr, driver).await {
+        Ok(endpoint) => Ok(Some(endpoint)),
+        Err(e) if !config.quantum_required => {
+            warn!(%addr, error = %e, "Quantum listener not started (the default address is unavailable); pass --quantum-addr to choose one");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot listen for Quantum on {addr}: {e}")),
+    }
 }

@@ -1,5 +1,5 @@
 //! `aetherflow`: the relay binary. Parses the configuration, sets up logging, serves until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. `aetherflow merge` and `aetherflow inspect` run an offline tool instead.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,20 @@ use aetherflow_server::config::{Cli, Config};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let config = match Config::from_cli(Cli::parse()) {
+    let mut cli = Cli::parse();
+    if let Some(tool) = cli.tool.take() {
+        return match aetherflow_server::tools::run(&tool) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("aetherflow: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("aetherflow: {e}");

@@ -28,6 +28,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Relay {
     child: Child,
     pub addr: SocketAddr,
+    /// The Quantum (UDP) listener's address, unless the test turned it off.
+    pub quantum_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     _temp: Option<tempfile::TempDir>,
@@ -49,9 +51,17 @@ impl Relay {
 
     /// Starts a relay on `data_dir` with extra environment variables.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Relay {
+        // A free UDP port too, unless the test chooses: relays of parallel tests must not
+        // compete for the default 9090.
+        let quantum_default: &[&str] = if args.contains(&"--quantum-addr") {
+            &[]
+        } else {
+            &["--quantum-addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
             .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(quantum_default)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -89,9 +99,20 @@ impl Relay {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .unwrap();
+        let quantum_addr = args
+            .windows(2)
+            .all(|w| w != ["--quantum-addr", "off"])
+            .then(|| {
+                let line = rx.recv_timeout(TIMEOUT).unwrap();
+                line.strip_prefix("aetherflow quantum ready: udp://")
+                    .unwrap_or_else(|| panic!("unexpected second line: {line}"))
+                    .parse()
+                    .unwrap()
+            });
         Relay {
             child,
             addr,
+            quantum_addr,
             data_dir: data_dir.to_owned(),
             stderr,
             _temp: None,

@@ -1,0 +1,148 @@
+//! The client's configuration, built once and handed to [`crate::Client::open`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long to wait between reconnection attempts: `initial`, doubled after each failure, at
+/// most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Upper bound on the delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `failures + 1`, after `failures` failed attempts in a row.
+    pub fn delay(&self, failures: u32) -> Duration {
+        // 2^20 × any sane initial delay is past any sane max; capping the shift avoids overflow.
+        let factor = 1u32 << failures.min(20);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// [`Backoff::delay`] less up to half of it, chosen by `seed` (the client's id): clients
+    /// that lost the relay together spread their reconnections out instead of arriving at once.
+    pub fn jittered(&self, failures: u32, seed: u64) -> Duration {
+        let full = self.delay(failures);
+        // splitmix64's finaliser: a well-mixed value from the seed and the attempt number.
+        let mut x = seed ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let per_mille = (x % 1000) as f64;
+        full.saturating_sub(full.mul_f64(per_mille / 2000.0))
+    }
+}
+
+/// Everything a [`crate::Client`] needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The relay's Quantum (UDP) address, tried first when set.
+    pub quantum_addr: Option<SocketAddr>,
+    /// How long to wait for a Quantum handshake before falling back to WebSocket.
+    pub quantum_handshake_timeout: Duration,
+    /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`; a document `d` syncs at
+    /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
+    pub websocket_url: Option<String>,
+    /// A JWT client token, sent as `?token=` when the relay runs with auth.
+    pub token: Option<String>,
+    /// Directory of the local database `aetherflow-client.redb` (created if missing).
+    pub data_dir: PathBuf,
+    /// Longest wait for a connection to open.
+    pub connect_timeout: Duration,
+    /// Delays between reconnection attempts.
+    pub backoff: Backoff,
+}
+
+/// File name of the local database inside [`ClientConfig::data_dir`].
+pub const DATABASE_FILE: &str = "aetherflow-client.redb";
+
+impl ClientConfig {
+    /// A configuration storing its data in `data_dir`, with no relay yet (offline).
+    pub fn new(data_dir: impl Into<PathBuf>) -> ClientConfig {
+        ClientConfig {
+            quantum_addr: None,
+            quantum_handshake_timeout: Duration::from_secs(2),
+            websocket_url: None,
+            token: None,
+            data_dir: data_dir.into(),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`).
+    pub fn websocket(mut self, url: impl Into<String>) -> ClientConfig {
+        self.websocket_url = Some(url.into());
+        self
+    }
+
+    /// Syncs over Quantum with the relay's UDP listener at `addr` (WebSocket, if also set, is
+    /// the fallback).
+    pub fn quantum(mut self, addr: SocketAddr) -> ClientConfig {
+        self.quantum_addr = Some(addr);
+        self
+    }
+
+    /// Authenticates with `token`.
+    pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Uses `backoff` between reconnection attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> ClientConfig {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The local database's path.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let delays: Vec<_> = (0..6).map(|n| backoff.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_delay_and_differs_by_client() {
+        let backoff = Backoff::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..50u64 {
+            for failures in 0..8 {
+                let full = backoff.delay(failures);
+                let jittered = backoff.jittered(failures, seed);
+                assert!(
+                    jittered <= full && jittered >= full / 2,
+                    "{jittered:?} of {full:?}"
+                );
+            }
+            seen.insert(backoff.jittered(3, seed));
+        }
+        assert!(seen.len() > 25, "clients should not share delays: {seen:?}");
+    }
+}

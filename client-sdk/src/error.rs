@@ -1,0 +1,60 @@
+//! The SDK's errors.
+
+use std::path::PathBuf;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The local database could not be opened (missing permissions, another process holds it, a
+    /// corrupt file).
+    #[error("cannot open the local database {path}: {reason}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Reading or writing the local database failed.
+    #[error("local database: {0}")]
+    Store(String),
+    /// The document name is not valid.
+    #[error(transparent)]
+    DocName(#[from] aetherflow_crdt::DocNameError),
+    /// The stored state of a document could not be decoded (a damaged database).
+    #[error("stored state of document {doc} is damaged: {reason}")]
+    Corrupt {
+        /// The document.
+        doc: String,
+        /// What yrs said.
+        reason: String,
+    },
+    /// A presence state is not a JSON value that can be shared.
+    #[error("invalid presence state: {0}")]
+    Presence(String),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// Why a transport could not connect or lost its connection.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TransportError {
+    /// No relay address is configured for this transport.
+    #[error("no relay address configured")]
+    NotConfigured,
+    /// The connection could not be opened.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The relay refused the connection (a missing, expired or wrong token: 401/403; a
+    /// register document: 409). Retrying with the same credentials will not help.
+    #[error("refused by the relay ({status}): {reason}")]
+    Refused {
+        /// The HTTP status of the refusal.
+        status: u16,
+        /// The relay's error code (e.g. `token_expired`), or its response text.
+        reason: String,
+    },
+    /// The connection did not open in time.
+    #[error("connection timed out")]
+    Timeout,
+}

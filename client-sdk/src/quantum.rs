@@ -1,0 +1,283 @@
+//! The Quantum transport: one reliable-UDP connection to the relay carries every document,
+//! each message an [`Envelope`] naming its document.
+//!
+//! The first `connect` opens the connection and sends `hello` with the token; each document
+//! then subscribes. A demultiplexing task routes the relay's envelopes to the documents'
+//! links. A subscription counts as open once the relay's greeting (sync step 1) arrives; an
+//! `error` envelope instead becomes [`TransportError::Refused`]. When the connection dies,
+//! every link closes and the documents reconnect, which opens a new connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::protocol::Message;
+use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::doc::lock;
+use crate::error::TransportError;
+use crate::transport::{Link, Transport, TransportKind};
+
+/// Messages buffered per document and direction.
+const LINK_BUFFER: usize = 256;
+
+/// What the relay sends a document's link.
+enum Routed {
+    Message(Message),
+    Error { code: u32, reason: String },
+}
+
+/// The open connection shared by every document.
+struct Mux {
+    conn: QuantumConnection,
+    /// Each document's route, with an id telling a replaced subscription from its successor.
+    routes: Mutex<HashMap<String, (u64, mpsc::Sender<Routed>)>>,
+    next_route: std::sync::atomic::AtomicU64,
+    /// Cancelled when the connection has ended.
+    dead: CancellationToken,
+}
+
+/// Connects documents over Quantum.
+pub struct QuantumTransport {
+    relay: SocketAddr,
+    token: Option<String>,
+    handshake_timeout: Duration,
+    limits: EnvelopeLimits,
+    state: tokio::sync::Mutex<(Option<QuantumEndpoint>, Option<Arc<Mux>>)>,
+}
+
+impl std::fmt::Debug for QuantumTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantumTransport")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuantumTransport {
+    /// A transport for the relay's Quantum listener at `relay`.
+    pub fn new(relay: SocketAddr, token: Option<String>, handshake_timeout: Duration) -> Self {
+        QuantumTransport {
+            relay,
+            token,
+            handshake_timeout,
+            limits: EnvelopeLimits::default(),
+            state: tokio::sync::Mutex::new((None, None)),
+        }
+    }
+
+    /// The live connection, opening one (and the local socket) if needed.
+    async fn mux(&self) -> Result<Arc<Mux>, TransportError> {
+        let mut state = self.state.lock().await;
+        if let Some(mux) = &state.1
+            && !mux.dead.is_cancelled()
+        {
+            return Ok(mux.clone());
+        }
+        let endpoint = match &state.0 {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let local: SocketAddr = if self.relay.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .expect("a literal socket address parses");
+                let config = DriverConfig {
+                    handshake_timeout: self.handshake_timeout,
+                    ..DriverConfig::default()
+                };
+                let endpoint = QuantumEndpoint::bind(local, config)
+                    .await
+                    .map_err(|e| TransportError::Connect(e.to_string()))?;
+                state.0 = Some(endpoint.clone());
+                endpoint
+            }
+        };
+        let conn = endpoint
+            .connect(self.relay)
+            .await
+            .map_err(|e| TransportError::Connect(e.to_string()))?;
+        let hello = Envelope::connection(Control::Hello {
+            client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            token: self.token.clone(),
+        });
+        conn.send(hello.encode())
+            .await
+            .map_err(|e| TransportError::Connect(e.to_string()))?;
+        let mux = Arc::new(Mux {
+            conn,
+            routes: Mutex::new(HashMap::new()),
+            next_route: std::sync::atomic::AtomicU64::new(0),
+            dead: CancellationToken::new(),
+        });
+        tokio::spawn(demux(mux.clone(), self.limits));
+        state.1 = Some(mux.clone());
+        Ok(mux)
+    }
+}
+
+/// Routes the relay's envelopes to the documents until the connection ends.
+async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
+    while let Ok(Some(bytes)) = mux.conn.recv().await {
+        let envelope = match Envelope::decode(&bytes, &limits) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                debug!(error = %e, "malformed envelope from the relay; dropping the connection");
+                break;
+            }
+        };
+        let routed = match envelope.payload {
+            Payload::Yjs(message) => Routed::Message(message),
+            Payload::Control(Control::Error { code, reason }) if envelope.doc.is_empty() => {
+                debug!(code, %reason, "relay closed the connection");
+                break;
+            }
+            Payload::Control(Control::Error { code, reason }) => Routed::Error { code, reason },
+            _ => continue,
+        };
+        let route = lock(&mux.routes)
+            .get(&envelope.doc)
+            .map(|(_, route)| route.clone());
+        if let Some(route) = route {
+            // A link that is gone just misses the message; it resubscribes and resyncs.
+            let _ = route.send(routed).await;
+        }
+    }
+    mux.dead.cancel();
+    lock(&mux.routes).clear();
+    mux.conn.close().await;
+}
+
+/// Maps a subscription refusal to a transport error.
+fn refusal(code: u32, reason: String) -> TransportError {
+    match code {
+        4401 | 4403 | 4409 => TransportError::Refused {
+            status: (code - 4000) as u16,
+            reason,
+        },
+        _ => TransportError::Connect(format!("{code} {reason}")),
+    }
+}
+
+impl Transport for QuantumTransport {
+    fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
+        Box::pin(async move {
+            let mux = self.mux().await?;
+            let (route, mut routed) = mpsc::channel(LINK_BUFFER);
+            let route_id = mux
+                .next_route
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Replacing an older route closes that subscription's link.
+            lock(&mux.routes).insert(doc.to_owned(), (route_id, route));
+            let subscribe = Envelope::new(doc, Payload::Control(Control::Subscribe));
+            mux.conn
+                .send(subscribe.encode())
+                .await
+                .map_err(|e| TransportError::Connect(e.to_string()))?;
+            // The relay greets a subscription with its step 1, or refuses it.
+            let first = match routed.recv().await {
+                Some(Routed::Message(message)) => message,
+                Some(Routed::Error { code, reason }) => {
+                    remove_route(&mux, doc, route_id);
+                    return Err(refusal(code, reason));
+                }
+                None => return Err(TransportError::Connect("connection lost".into())),
+            };
+            let (outgoing, from_doc) = mpsc::channel(LINK_BUFFER);
+            let (to_doc, incoming) = mpsc::channel(LINK_BUFFER);
+            let _ = to_doc.send(first).await;
+            tokio::spawn(pump(
+                mux,
+                doc.to_owned(),
+                route_id,
+                routed,
+                from_doc,
+                to_doc,
+            ));
+            Ok(Link {
+                kind: TransportKind::Quantum,
+                outgoing,
+                incoming,
+            })
+        })
+    }
+}
+
+fn remove_route(mux: &Mux, doc: &str, route_id: u64) {
+    let mut routes = lock(&mux.routes);
+    if routes.get(doc).is_some_and(|(id, _)| *id == route_id) {
+        routes.remove(doc);
+    }
+}
+
+/// Moves one document's messages between its link and the shared connection.
+async fn pump(
+    mux: Arc<Mux>,
+    doc: String,
+    route_id: u64,
+    mut routed: mpsc::Receiver<Routed>,
+    mut from_doc: mpsc::Receiver<Message>,
+    to_doc: mpsc::Sender<Message>,
+) {
+    loop {
+        tokio::select! {
+            incoming = routed.recv() => match incoming {
+                Some(Routed::Message(message)) => {
+                    if to_doc.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Routed::Error { code, reason }) => {
+                    debug!(%doc, code, %reason, "relay ended the subscription");
+                    break;
+                }
+                None => break,
+            },
+            outgoing = from_doc.recv() => match outgoing {
+                Some(message) => {
+                    let envelope = Envelope::new(doc.as_str(), Payload::Yjs(message));
+                    if mux.conn.send(envelope.encode()).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    remove_route(&mux, &doc, route_id);
+    if !mux.dead.is_cancelled() {
+        let unsubscribe = Envelope::new(doc.as_str(), Payload::Control(Control::Unsubscribe));
+        let _ = mux.conn.send(unsubscribe.encode()).await;
+    }
+}
+
+/// Tries `primary` (Quantum), then `fallback` (WebSocket) unless the relay refused us.
+pub struct Fallback {
+    /// Tried first.
+    pub primary: Arc<dyn Transport>,
+    /// Tried when the primary cannot connect.
+    pub fallback: Arc<dyn Transport>,
+}
+
+impl Transport for Fallback {
+    fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
+        Box::pin(async move {
+            match self.primary.connect(doc).await {
+                Ok(link) => Ok(link),
+                Err(refused @ TransportError::Refused { .. }) => Err(refused),
+                Err(e) => {
+                    debug!(error = %e, "primary transport failed; falling back");
+                    self.fallback.connect(doc).await
+                }
+            }
+        })
+    }
+}

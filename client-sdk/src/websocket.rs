@@ -1,0 +1,159 @@
+//! The WebSocket transport: one y-websocket connection per document at `{base}/ws/{doc}`.
+
+use aetherflow_crdt::protocol::{Limits, Message};
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::debug;
+
+use crate::error::TransportError;
+use crate::transport::{Link, Transport, TransportKind};
+
+/// Messages buffered per direction before the sender waits.
+const LINK_BUFFER: usize = 256;
+
+/// Connects documents over the relay's WebSocket endpoint.
+#[derive(Debug, Clone)]
+pub struct WebSocketTransport {
+    base: String,
+    token: Option<String>,
+    limits: Limits,
+}
+
+impl WebSocketTransport {
+    /// A transport for the relay at `base` (`ws://HOST:PORT`), sending `token` if given.
+    pub fn new(base: impl Into<String>, token: Option<String>) -> WebSocketTransport {
+        WebSocketTransport {
+            base: base.into().trim_end_matches('/').to_owned(),
+            token,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The URL document `doc` connects to (without the token, so it can be logged).
+    pub fn url(&self, doc: &str) -> String {
+        format!("{}/ws/{}", self.base, encode_path_segment(doc))
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, so any valid document name is one
+/// path segment.
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A refusal by the relay (an HTTP answer instead of the upgrade) keeps its status and the
+/// relay's error code; anything else is a connection failure.
+fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
+        return TransportError::Connect(e.to_string());
+    };
+    let body = response.body().as_deref().unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json["error"]["code"].as_str().map(str::to_owned));
+    let reason = code.unwrap_or_else(|| {
+        String::from_utf8_lossy(body)
+            .chars()
+            .take(120)
+            .collect::<String>()
+    });
+    TransportError::Refused {
+        status: response.status().as_u16(),
+        reason,
+    }
+}
+
+impl Transport for WebSocketTransport {
+    fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
+        Box::pin(async move {
+            let mut url = self.url(doc);
+            if let Some(token) = &self.token {
+                url.push_str("?token=");
+                url.push_str(&encode_path_segment(token));
+            }
+            let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .map_err(connect_error)?;
+            let (out_tx, out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
+            let (in_tx, in_rx) = mpsc::channel::<Message>(LINK_BUFFER);
+            tokio::spawn(pump(socket, out_rx, in_tx, self.limits));
+            Ok(Link {
+                kind: TransportKind::WebSocket,
+                outgoing: out_tx,
+                incoming: in_rx,
+            })
+        })
+    }
+}
+
+/// Moves messages between the link's channels and the socket until either side ends.
+async fn pump(
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    mut out_rx: mpsc::Receiver<Message>,
+    in_tx: mpsc::Sender<Message>,
+    limits: Limits,
+) {
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            outgoing = out_rx.recv() => {
+                let Some(message) = outgoing else { break };
+                if sink.send(Frame::Binary(message.encode().into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = stream.next() => match incoming {
+                Some(Ok(Frame::Binary(bytes))) => match Message::decode(&bytes, &limits) {
+                    Ok(message) => {
+                        if in_tx.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "undecodable frame from the relay");
+                        break;
+                    }
+                },
+                Some(Ok(Frame::Close(close))) => {
+                    debug!(?close, "relay closed the connection");
+                    break;
+                }
+                // Pings are answered by tungstenite itself.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!(error = %e, "connection lost");
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_names_are_one_path_segment() {
+        let transport = WebSocketTransport::new("ws://127.0.0.1:1/", None);
+        assert_eq!(transport.url("notes"), "ws://127.0.0.1:1/ws/notes");
+        assert_eq!(
+            transport.url("a b?#é"),
+            "ws://127.0.0.1:1/ws/a%20b%3F%23%C3%A9"
+        );
+    }
+}

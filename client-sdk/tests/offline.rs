@@ -1,0 +1,148 @@
+//! The client without a relay, and bad input: invalid names, a database in use, a damaged
+//! database, a relay that sends garbage.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aetherflow_client::store::{LocalStore, WriteOp};
+use aetherflow_client::{
+    Backoff, Change, Client, ClientConfig, ClientError, Link, Transport, TransportError,
+    TransportKind,
+};
+use aetherflow_crdt::DocNameError;
+use aetherflow_crdt::protocol::{Message, SyncMessage};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use yrs::{GetString, Text, Transact};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn edits_work_offline_and_are_reported_as_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::open(ClientConfig::new(dir.path())).unwrap();
+    let doc = client.doc("offline").await.unwrap();
+    let mut changes = doc.changes();
+    let text = doc.doc().get_or_insert_text("text");
+    text.insert(&mut doc.doc().transact_mut(), 0, "hi");
+    let change = tokio::time::timeout(TIMEOUT, changes.next()).await.unwrap();
+    assert!(matches!(change, Some(Change::Local(_))));
+    assert_eq!(doc.state().borrow().pending, 1);
+    doc.flush().await.unwrap();
+    // Opening the same name again gives the same document.
+    let again = client.doc("offline").await.unwrap();
+    let text = again.doc().get_or_insert_text("text");
+    assert_eq!(text.get_string(&again.doc().transact()), "hi");
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_document_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::open(ClientConfig::new(dir.path())).unwrap();
+    assert!(matches!(
+        client.doc("").await,
+        Err(ClientError::DocName(DocNameError::Empty))
+    ));
+    assert!(matches!(
+        client.doc("a/b").await,
+        Err(ClientError::DocName(DocNameError::Slash))
+    ));
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_in_use_by_another_client_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Client::open(ClientConfig::new(dir.path())).unwrap();
+    let err = Client::open(ClientConfig::new(dir.path())).unwrap_err();
+    assert!(matches!(err, ClientError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("aetherflow-client.redb"), "{err}");
+    first.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_is_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let err = Client::open(ClientConfig::new(file.path())).unwrap_err();
+    assert!(matches!(err, ClientError::Open { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_damaged_stored_document_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClientConfig::new(dir.path());
+    let store = LocalStore::open(&config.database_path()).unwrap();
+    store
+        .writer()
+        .send(WriteOp::Record {
+            doc: "damaged".into(),
+            update: vec![0xff, 0xff, 0x01],
+            pending: None,
+        })
+        .unwrap();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .unwrap();
+    let client = Client::open(config).unwrap();
+    let err = client.doc("damaged").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Corrupt { doc, .. } if doc == "damaged"),
+        "{err}"
+    );
+    // Other documents are unaffected.
+    client.doc("fine").await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// A relay that answers every connection with a malformed update.
+struct GarbageRelay {
+    connects: mpsc::UnboundedSender<()>,
+}
+
+impl Transport for GarbageRelay {
+    fn connect<'a>(&'a self, _doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
+        Box::pin(async move {
+            let _ = self.connects.send(());
+            let (outgoing, mut sent) = mpsc::channel(16);
+            let (to_client, incoming) = mpsc::channel(16);
+            tokio::spawn(async move {
+                let garbage = Message::Sync(SyncMessage::Update(vec![5, 0xff, 0xff, 0xff]));
+                let _ = to_client.send(garbage).await;
+                // Keep the link open until the client drops it.
+                while sent.recv().await.is_some() {}
+            });
+            Ok(Link {
+                kind: TransportKind::WebSocket,
+                outgoing,
+                incoming,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_update_from_the_relay_drops_the_connection_not_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let (connects, mut connected) = mpsc::unbounded_channel();
+    let config = ClientConfig::new(dir.path()).backoff(Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    });
+    let client = Client::with_transport(config, Arc::new(GarbageRelay { connects })).unwrap();
+    let doc = client.doc("victim").await.unwrap();
+    let text = doc.doc().get_or_insert_text("text");
+    text.insert(&mut doc.doc().transact_mut(), 0, "intact");
+    // The client drops the bad connection and tries again.
+    for _ in 0..3 {
+        tokio::time::timeout(TIMEOUT, connected.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(text.get_string(&doc.doc().transact()), "intact");
+    assert!(!doc.state().borrow().synced);
+    assert_eq!(doc.state().borrow().pending, 1);
+    client.close().await.unwrap();
+}

@@ -1,0 +1,274 @@
+//! The SDK over Quantum against the real relay binary: envelopes multiplexing documents on one
+//! reliable-UDP connection, interop with WebSocket clients, fallback, restart, and the relay's
+//! answers to bad input on its Quantum listener.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aetherflow_client::{Client, ClientConfig, Connection, DocHandle, SyncState, TransportKind};
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::protocol::{Message, SyncMessage};
+use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use common::{Relay, TIMEOUT, read_text};
+use yrs::{GetString, Text, Transact};
+
+fn config(dir: &std::path::Path) -> ClientConfig {
+    let mut config = ClientConfig::new(dir).backoff(aetherflow_client::Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    });
+    config.quantum_handshake_timeout = Duration::from_millis(500);
+    config
+}
+
+fn text(handle: &DocHandle) -> String {
+    let text = handle.doc().get_or_insert_text("text");
+    text.get_string(&handle.doc().transact())
+}
+
+fn append(handle: &DocHandle, s: &str) {
+    let text = handle.doc().get_or_insert_text("text");
+    let mut txn = handle.doc().transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+}
+
+async fn wait_state(handle: &DocHandle, condition: impl FnMut(&SyncState) -> bool) -> SyncState {
+    tokio::time::timeout(TIMEOUT, handle.wait_for(condition))
+        .await
+        .unwrap_or_else(|_| panic!("state never matched: {:?}", handle.state().borrow()))
+}
+
+async fn wait_settled_on(handle: &DocHandle, kind: TransportKind) {
+    wait_state(handle, |s| {
+        s.synced && s.pending == 0 && s.connection == Connection::Online(kind)
+    })
+    .await;
+}
+
+async fn wait_text(handle: &DocHandle, expected: &str) {
+    let mut changes = handle.changes();
+    while text(handle) != expected {
+        tokio::time::timeout(TIMEOUT, changes.next())
+            .await
+            .unwrap_or_else(|_| panic!("text is {:?}, never {expected:?}", text(handle)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
+    let relay = Relay::start(&[]);
+    let (dir_q, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let q = Client::open(config(dir_q.path()).quantum(relay.quantum_addr.unwrap())).unwrap();
+    let w = Client::open(config(dir_w.path()).websocket(format!("ws://{}", relay.addr))).unwrap();
+    // Two documents share the one Quantum connection.
+    let (q1, q2) = (q.doc("one").await.unwrap(), q.doc("two").await.unwrap());
+    let (w1, w2) = (w.doc("one").await.unwrap(), w.doc("two").await.unwrap());
+    append(&q1, "quantum in one;");
+    append(&q2, "quantum in two;");
+    wait_text(&w1, "quantum in one;").await;
+    wait_text(&w2, "quantum in two;").await;
+    append(&w1, "websocket in one;");
+    wait_text(&q1, "quantum in one;websocket in one;").await;
+    wait_settled_on(&q1, TransportKind::Quantum).await;
+    wait_settled_on(&q2, TransportKind::Quantum).await;
+    assert_eq!(
+        read_text(&relay, "one").await,
+        "quantum in one;websocket in one;"
+    );
+    assert_eq!(read_text(&relay, "two").await, "quantum in two;");
+    q.close().await.unwrap();
+    w.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quantum_listener_the_sdk_falls_back_to_websocket() {
+    let relay = Relay::start(&["--quantum-addr", "off"]);
+    assert_eq!(relay.quantum_addr, None);
+    // Nothing answers on this UDP port: the handshake times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::open(
+        config(dir.path())
+            .quantum(silent.local_addr().unwrap())
+            .websocket(format!("ws://{}", relay.addr)),
+    )
+    .unwrap();
+    let doc = c.doc("fallback").await.unwrap();
+    append(&doc, "via websocket");
+    wait_settled_on(&doc, TransportKind::WebSocket).await;
+    assert_eq!(read_text(&relay, "fallback").await, "via websocket");
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantum_clients_edit_through_a_relay_restart_and_converge() {
+    let mut relay = Relay::start(&[]);
+    let data = relay.take_temp().unwrap();
+    let udp = relay.quantum_addr.unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Client::open(config(dir_a.path()).quantum(udp)).unwrap();
+    let b = Client::open(config(dir_b.path()).quantum(udp)).unwrap();
+    let (doc_a, doc_b) = (a.doc("r").await.unwrap(), b.doc("r").await.unwrap());
+    append(&doc_a, "before;");
+    wait_text(&doc_b, "before;").await;
+
+    relay.signal_and_wait("TERM");
+    wait_state(&doc_a, |s| !matches!(s.connection, Connection::Online(_))).await;
+    wait_state(&doc_b, |s| !matches!(s.connection, Connection::Online(_))).await;
+    append(&doc_a, "A;");
+    append(&doc_b, "B;");
+
+    // Same data, same UDP port (UDP ports are free again at once).
+    let udp_arg = udp.to_string();
+    let relay = Relay::start_in(data.path(), &["--quantum-addr", &udp_arg]);
+    assert_eq!(relay.quantum_addr, Some(udp));
+    wait_settled_on(&doc_a, TransportKind::Quantum).await;
+    wait_settled_on(&doc_b, TransportKind::Quantum).await;
+    let expected = read_text(&relay, "r").await;
+    assert!(
+        expected == "before;A;B;" || expected == "before;B;A;",
+        "{expected}"
+    );
+    wait_text(&doc_a, &expected).await;
+    wait_text(&doc_b, &expected).await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_over_quantum_is_reported_as_the_refusal() {
+    let relay = Relay::start(&["--jwt-secret", "quantum-secret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::open(
+        config(dir.path())
+            .quantum(relay.quantum_addr.unwrap())
+            .token("not.a.jwt"),
+    )
+    .unwrap();
+    let doc = c.doc("secret").await.unwrap();
+    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    assert_eq!(state.denied.as_deref(), Some("401 token_malformed"));
+    c.close().await.unwrap();
+}
+
+/// A raw Quantum connection to the relay, for bad input.
+async fn raw(relay: &Relay) -> (QuantumEndpoint, QuantumConnection) {
+    let endpoint = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
+        .await
+        .unwrap();
+    let addr: SocketAddr = relay.quantum_addr.unwrap();
+    let conn = endpoint.connect(addr).await.unwrap();
+    (endpoint, conn)
+}
+
+async fn next_envelope(conn: &QuantumConnection) -> Option<Envelope> {
+    let bytes = tokio::time::timeout(TIMEOUT, conn.recv())
+        .await
+        .unwrap()
+        .ok()??;
+    Some(Envelope::decode(&bytes, &EnvelopeLimits::default()).unwrap())
+}
+
+/// The next error envelope for `doc`, skipping anything else.
+async fn next_error(conn: &QuantumConnection, doc: &str) -> (u32, String) {
+    loop {
+        let envelope = next_envelope(conn).await.expect("connection ended first");
+        if let (true, Payload::Control(Control::Error { code, reason })) =
+            (envelope.doc == doc, envelope.payload)
+        {
+            return (code, reason);
+        }
+    }
+}
+
+fn hello() -> Vec<u8> {
+    Envelope::connection(Control::Hello {
+        client_version: "test".into(),
+        token: None,
+    })
+    .encode()
+}
+
+#[tokio::test]
+async fn garbage_on_the_quantum_listener_gets_error_1002_and_the_connection_ends() {
+    let relay = Relay::start(&[]);
+    let (_endpoint, conn) = raw(&relay).await;
+    conn.send(hello()).await.unwrap();
+    conn.send(&b"\x07garbage"[..]).await.unwrap();
+    let (code, reason) = next_error(&conn, "").await;
+    assert_eq!(code, 1002);
+    assert!(
+        reason.contains("unsupported envelope version 7"),
+        "{reason}"
+    );
+    assert!(next_envelope(&conn).await.is_none());
+    // The relay is fine.
+    assert_eq!(read_text(&relay, "fine").await, "");
+}
+
+#[tokio::test]
+async fn subscribing_before_hello_is_refused_with_4400() {
+    let relay = Relay::start(&[]);
+    let (_endpoint, conn) = raw(&relay).await;
+    let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe));
+    conn.send(subscribe.encode()).await.unwrap();
+    let (code, reason) = next_error(&conn, "").await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4400, "the first message must be hello")
+    );
+    assert!(next_envelope(&conn).await.is_none());
+}
+
+#[tokio::test]
+async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
+    let relay = Relay::start(&[]);
+    let (_endpoint, conn) = raw(&relay).await;
+    conn.send(hello()).await.unwrap();
+    // A message for a document it never subscribed to.
+    let stray = Envelope::new(
+        "stray",
+        Payload::Yjs(Message::Sync(SyncMessage::Update(vec![0, 0]))),
+    );
+    conn.send(stray.encode()).await.unwrap();
+    assert_eq!(
+        next_error(&conn, "stray").await,
+        (4400, "not subscribed".into())
+    );
+    // A register operation.
+    let op = aetherflow_crdt::register::Command::Resolve {
+        conflict: 1,
+        value: serde_json::json!(1),
+        author: "a".into(),
+        at_ms: 0,
+    };
+    conn.send(Envelope::new("reg", Payload::Register(op)).encode())
+        .await
+        .unwrap();
+    assert_eq!(next_error(&conn, "reg").await.0, 4501);
+    // A register document cannot be subscribed to.
+    let (status, _) = common::http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        None,
+        Some(serde_json::json!({"name": "title", "kind": "lww"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let subscribe = |doc: &str| Envelope::new(doc, Payload::Control(Control::Subscribe)).encode();
+    conn.send(subscribe("title")).await.unwrap();
+    assert_eq!(next_error(&conn, "title").await.0, 4409);
+    // Still usable: a Yjs document subscribes and gets the relay's greeting.
+    conn.send(subscribe("notes")).await.unwrap();
+    let greeting = next_envelope(&conn).await.unwrap();
+    assert_eq!(greeting.doc, "notes");
+    assert!(matches!(
+        greeting.payload,
+        Payload::Yjs(Message::Sync(SyncMessage::Step1(_)))
+    ));
+}

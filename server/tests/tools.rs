@@ -1,0 +1,124 @@
+//! `aetherflow merge` and `aetherflow inspect` on Yjs v1 update files, run as the real binary.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aetherflow_client::testing::Replicas;
+use common::{Relay, read_text};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+fn aetherflow(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn save(doc: &Doc) -> Vec<u8> {
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+fn text_of(update: &[u8]) -> String {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("text");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).unwrap())
+        .unwrap();
+    text.get_string(&doc.transact())
+}
+
+#[test]
+fn merge_combines_replicas_edited_apart_and_inspect_describes_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Doc::new();
+    base.get_or_insert_text("text")
+        .insert(&mut base.transact_mut(), 0, "draft");
+    let replicas = Replicas::fork(&base, 2);
+    replicas.edit_text(0, "text", |t, txn| t.insert(txn, 0, "My "));
+    replicas.edit_text(1, "text", |t, txn| t.push(txn, " v2"));
+    std::fs::write(dir.path().join("a.bin"), save(replicas.get(0))).unwrap();
+    std::fs::write(dir.path().join("b.bin"), save(replicas.get(1))).unwrap();
+
+    let out = aetherflow(&["merge", "a.bin", "b.bin", "-o", "out.bin"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("merged 2 files into out.bin"));
+    let merged = std::fs::read(dir.path().join("out.bin")).unwrap();
+    replicas.merge();
+    assert_eq!(replicas.assert_converged("text"), "My draft v2");
+    assert_eq!(text_of(&merged), "My draft v2");
+
+    let out = aetherflow(&["inspect", "out.bin"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(report.contains("clients: 3"), "{report}");
+    assert!(
+        report.contains("\"text\": text, length 11: \"My draft v2\""),
+        "{report}"
+    );
+    assert!(report.contains("missing dependencies: no"), "{report}");
+}
+
+#[test]
+fn a_missing_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = aetherflow(&["merge", "nope.bin", "-o", "out.bin"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read nope.bin"), "{err}");
+    assert!(!dir.path().join("out.bin").exists());
+    let out = aetherflow(&["inspect", "nope.bin"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read nope.bin"));
+}
+
+#[test]
+fn an_invalid_input_is_a_clear_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.bin"), save(&Doc::new())).unwrap();
+    std::fs::write(dir.path().join("junk.bin"), b"{\"not\": \"an update\"}").unwrap();
+    let out = aetherflow(
+        &["merge", "good.bin", "junk.bin", "-o", "out.bin"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("junk.bin is not a valid Yjs v1 update"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = aetherflow(&["inspect", "junk.bin"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.bin is not a valid"));
+}
+
+#[test]
+fn an_unwritable_output_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), save(&Doc::new())).unwrap();
+    let out = aetherflow(&["merge", "a.bin", "-o", "no/such/dir/out.bin"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write no/such/dir/out.bin"), "{err}");
+}
+
+#[test]
+fn merge_without_an_output_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = aetherflow(&["merge", "a.bin"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--output"));
+}
+
+#[tokio::test]
+async fn without_a_subcommand_the_binary_still_serves() {
+    // The harness starts the binary with flags only, as `cargo run --release` does.
+    let relay = Relay::start(&[]);
+    assert_eq!(read_text(&relay, "fresh").await, "");
+}
