@@ -126,6 +126,8 @@ async fn websocket(
     let grant = match state.auth.authorize(token.as_deref(), &doc) {
         Ok(grant) => grant,
         Err(e) => {
+            // The reason, never the token.
+            tracing::debug!(%remote, %doc, reason = e.code(), "connection refused");
             state.metrics.reject(Rejection::from(&e));
             return AppError::Unauthorized(e).into_response();
         }

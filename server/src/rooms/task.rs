@@ -248,7 +248,8 @@ impl RoomTask {
     }
 
     async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) -> Applied {
-        let count = updates.len();
+        // Handshake answers with nothing new (the empty update) are not edits.
+        let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
