@@ -67,7 +67,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// Every reason, in the order of [`Rejection::index`].
+    /// Every reason, in declaration order (which indexes the counters).
     pub const ALL: [Rejection; 11] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
