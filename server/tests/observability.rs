@@ -419,3 +419,55 @@ async fn json_logs_are_json_and_carry_session_ids() {
     }
     assert!(session_lines >= 2, "{logs}");
 }
+
+#[tokio::test]
+async fn rate_limits_and_compactions_are_counted() {
+    let relay = Relay::start(&[
+        "--admin-key",
+        ADMIN_KEY,
+        "--jwt-secret",
+        SECRET,
+        "--connect-rate-per-min",
+        "1",
+        "--connect-burst",
+        "3",
+        "--message-rate-per-sec",
+        "1",
+        "--message-burst",
+        "12",
+        "--compact-after-updates",
+        "2",
+    ]);
+    let url = format!(
+        "{}?token={}",
+        relay.ws_url(DOC),
+        token(&[DOC], Permission::Write, SECRET)
+    );
+    let mut flooder = YClient::connect(&url).await;
+    for _ in 0..3 {
+        flooder.append("x").await;
+        flooder.wait_for_echo().await;
+    }
+    // Query-awareness messages, far over the burst: closed with 1008.
+    for _ in 0..40 {
+        if flooder
+            .socket
+            .send(Frame::Binary(vec![3].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(u16::from(flooder.expect_close().await.code), 1008);
+    let _second = YClient::connect(&url).await;
+    let _third = YClient::connect(&url).await;
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+
+    let after = scrape_until(&relay, "a compaction", |s| {
+        s.get("aetherflow_compactions_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(rejected(&after, "message_rate"), 1.0);
+    assert_eq!(rejected(&after, "connection_rate"), 1.0);
+}
