@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Permission};
 use crate::error::AppError;
+use crate::metrics::Rejection;
 use crate::rate_limit::ConnectionLimiter;
 use crate::registry::{Registry, Transport};
 use crate::session::{self, SessionContext};
@@ -42,6 +43,8 @@ pub struct AppState {
     pub admin: crate::api::admin::Admin,
     /// Document locks (in memory; a restart frees them).
     pub locks: crate::locks::Locks,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/", get(empty_doc_name))
         .route("/ws/{*doc}", get(websocket))
         .merge(crate::api::routes())
+        .merge(crate::metrics::routes())
         .merge(crate::web_demo::routes())
         .with_state(state)
 }
@@ -83,6 +87,7 @@ pub(crate) fn admit_connection(
     };
     if let Err(wait) = state.connections.admit(remote.ip(), Instant::now()) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        state.metrics.reject(Rejection::ConnectionRate);
         return Err(AppError::RateLimited(secs.max(1)));
     }
     Ok(remote)
@@ -104,17 +109,28 @@ async fn websocket(
     };
     let name = match doc {
         Ok(Path(name)) => name,
-        Err(e) => return AppError::InvalidDocName(e.body_text()).into_response(),
+        Err(e) => {
+            state.metrics.reject(Rejection::InvalidDocName);
+            return AppError::InvalidDocName(e.body_text()).into_response();
+        }
     };
     let doc = match DocName::parse(&name) {
         Ok(doc) => doc,
-        Err(e) => return AppError::InvalidDocName(e.to_string()).into_response(),
+        Err(e) => {
+            state.metrics.reject(Rejection::InvalidDocName);
+            return AppError::InvalidDocName(e.to_string()).into_response();
+        }
     };
     // An unparsable query carries no usable token: with auth on, that is a missing token.
     let token = query.ok().and_then(|Query(q)| q.token);
     let grant = match state.auth.authorize(token.as_deref(), &doc) {
         Ok(grant) => grant,
-        Err(e) => return AppError::Unauthorized(e).into_response(),
+        Err(e) => {
+            // The reason, never the token.
+            tracing::debug!(%remote, %doc, reason = e.code(), "connection refused");
+            state.metrics.reject(Rejection::from(&e));
+            return AppError::Unauthorized(e).into_response();
+        }
     };
     // Register documents (lww, manual) have no Yjs content to sync.
     let store = state.sessions.rooms.store().clone();
@@ -156,6 +172,7 @@ async fn websocket(
                 conn,
                 user: grant.user,
                 can_write: grant.permission == Permission::Write,
+                remote,
             };
             async move {
                 let _in_flight = in_flight;

@@ -22,6 +22,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod http;
 pub mod locks;
+pub mod metrics;
 pub mod quantum;
 pub mod rate_limit;
 pub mod registry;
@@ -78,7 +79,9 @@ pub async fn run(
              loopback address can read and write every document"
         );
     }
-    let (writer, writer_task) = StoreWriter::spawn(store.clone(), mode);
+    let metrics = metrics::Metrics::new();
+    let (writer, writer_task) =
+        StoreWriter::spawn_with_metrics(store.clone(), mode, metrics.clone());
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -88,6 +91,7 @@ pub async fn run(
         RoomSettings::from(&config),
         tracker.clone(),
         token.clone(),
+        metrics.clone(),
     );
     let locks = locks::Locks::new(rooms.events().clone());
     let state = AppState {
@@ -103,10 +107,11 @@ pub async fn run(
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
         auth,
-        registry: registry::Registry::new(),
+        registry: registry::Registry::with_metrics(&metrics),
         connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
         admin: api::admin::Admin::from_config(&config),
         locks,
+        metrics,
     };
     let quantum_ctx = quantum::QuantumContext {
         sessions: state.sessions.clone(),

@@ -27,7 +27,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    aetherflow_server::telemetry::init(config.log_format);
+    // Held to the end: dropping it flushes exported traces (with the `otel` feature).
+    let _telemetry = aetherflow_server::telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

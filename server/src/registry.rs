@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::metrics::{Metrics, Traffic};
 use crate::rooms::CloseReason;
 
 /// How long a closed session stays listed, so an admin can see how it ended.
@@ -180,6 +181,8 @@ struct Entry {
     sent_close: Mutex<Option<CloseReason>>,
     /// Cancelled when the handle is dropped.
     closed: CancellationToken,
+    /// The relay-wide counters of this transport, next to the session's own.
+    traffic: Traffic,
     /// Set once: the close frame sent (if any), then the instant the session ended.
     close: Mutex<Option<(Option<CloseReason>, u64, Instant)>>,
 }
@@ -247,12 +250,35 @@ impl Entry {
 #[derive(Clone, Default)]
 pub struct Registry {
     sessions: Arc<Mutex<BTreeMap<Uuid, Arc<Entry>>>>,
+    /// Where traffic is also counted relay-wide (a detached set without metrics).
+    metrics: Metrics,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// An empty registry whose sessions also count their traffic in `metrics`.
+    pub fn with_metrics(metrics: &Metrics) -> Registry {
+        Registry {
+            sessions: Arc::default(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Transport and state of every listed session, for the metrics' gauges.
+    pub fn census(&self) -> Vec<(Transport, SessionState)> {
+        self.sweep()
+            .values()
+            .map(|e| {
+                (
+                    e.transport,
+                    SessionState::from_u8(e.state.load(Ordering::Acquire)),
+                )
+            })
+            .collect()
     }
 
     /// Registers a new connection in state CONNECTING.
@@ -282,6 +308,7 @@ impl Registry {
             sent_close: Mutex::new(None),
             closed: CancellationToken::new(),
             close: Mutex::new(None),
+            traffic: self.metrics.traffic(transport),
         });
         let mut sessions = self.sweep();
         sessions.insert(entry.id, entry.clone());
@@ -392,6 +419,7 @@ impl SessionHandle {
     /// One data message of `bytes` payload bytes arrived from the client.
     pub fn received(&self, bytes: usize) {
         self.heard_from();
+        self.entry.traffic.received(bytes);
         self.entry.messages_in.fetch_add(1, Ordering::Relaxed);
         self.entry
             .bytes_in
@@ -400,6 +428,7 @@ impl SessionHandle {
 
     /// One data message of `bytes` payload bytes went to the client.
     pub fn sent(&self, bytes: usize) {
+        self.entry.traffic.sent(bytes);
         self.entry.messages_out.fetch_add(1, Ordering::Relaxed);
         self.entry
             .bytes_out

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::heartbeat::{Beat, Heartbeat};
+use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
 use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms};
@@ -47,6 +48,8 @@ pub struct Peer {
     pub user: String,
     /// Whether its updates may be applied; read-only peers get permission-denied instead.
     pub can_write: bool,
+    /// Its address as the relay sees it.
+    pub remote: std::net::SocketAddr,
 }
 
 /// Serves one connection until either side closes it, reporting its state and traffic through
@@ -55,8 +58,16 @@ pub async fn run<S>(socket: S, doc: DocName, peer: Peer, handle: SessionHandle, 
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
-    let span =
-        info_span!("session", id = %handle.id(), conn = peer.conn.0, doc = %doc, user = %peer.user);
+    // Every line the session logs carries who it is; never its token.
+    let span = info_span!(
+        "session",
+        id = %handle.id(),
+        transport = "websocket",
+        remote = %peer.remote,
+        conn = peer.conn.0,
+        doc = %doc,
+        user = %peer.user
+    );
     serve(socket, doc, peer, &handle, ctx)
         .instrument(span)
         .await;
@@ -139,9 +150,10 @@ where
             frame = stream.next() => {
                 heartbeat.heard();
                 if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                    ctx.rooms.metrics().reject(Rejection::MessageRate);
                     break Some(reason);
                 }
-                match on_frame(frame, &ctx.limits) {
+                match on_frame(frame, &ctx.limits, ctx.rooms.metrics()) {
                     FrameOutcome::Message(message) => {
                         if membership.send(message).await.is_err() {
                             break Some(CloseReason::new(
@@ -203,12 +215,17 @@ enum FrameOutcome {
     Close(Option<CloseReason>),
 }
 
-fn on_frame(frame: Option<Result<Frame, axum::Error>>, limits: &Limits) -> FrameOutcome {
+fn on_frame(
+    frame: Option<Result<Frame, axum::Error>>,
+    limits: &Limits,
+    metrics: &Metrics,
+) -> FrameOutcome {
     match frame {
         None | Some(Ok(Frame::Close(_))) => FrameOutcome::Close(None),
         Some(Ok(Frame::Binary(bytes))) => match Message::decode(&bytes, limits) {
             Ok(message) => FrameOutcome::Message(message),
             Err(e) => {
+                metrics.reject(Rejection::MalformedMessage);
                 warn!(reason = %e.reason(), "malformed message");
                 FrameOutcome::Close(Some(CloseReason::new(
                     CloseReason::PROTOCOL_ERROR,
@@ -216,13 +233,22 @@ fn on_frame(frame: Option<Result<Frame, axum::Error>>, limits: &Limits) -> Frame
                 )))
             }
         },
-        Some(Ok(Frame::Text(_))) => FrameOutcome::Close(Some(CloseReason::new(
-            CloseReason::UNSUPPORTED_DATA,
-            "text frames are not supported; y-websocket messages are binary",
-        ))),
+        Some(Ok(Frame::Text(_))) => {
+            metrics.reject(Rejection::TextFrame);
+            FrameOutcome::Close(Some(CloseReason::new(
+                CloseReason::UNSUPPORTED_DATA,
+                "text frames are not supported; y-websocket messages are binary",
+            )))
+        }
         // Pongs to pings are sent by the WebSocket layer itself.
         Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => FrameOutcome::Ignore,
-        Some(Err(e)) => FrameOutcome::Close(close_for_error(&e, limits)),
+        Some(Err(e)) => {
+            let reason = close_for_error(&e, limits);
+            if reason.is_some() {
+                metrics.reject(Rejection::MessageTooBig);
+            }
+            FrameOutcome::Close(reason)
+        }
     }
 }
 

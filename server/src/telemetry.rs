@@ -1,17 +1,114 @@
 //! Log output through `tracing`, pretty or JSON, on stderr. Verbosity follows `RUST_LOG`.
+//!
+//! Sessions log inside a `session` span (session id, transport, remote address, connection,
+//! document, user) and rooms inside a `room` span (document), so every line says whose it
+//! is. Tokens, keys and document contents are never logged.
+//!
+//! Built with the `otel` feature, the same spans are also exported as OpenTelemetry traces
+//! over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*`
+//! variables apply, e.g. `OTEL_SERVICE_NAME`); without the variable nothing is exported.
 
-use tracing_subscriber::EnvFilter;
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Call once, early in `main`.
-pub fn init(format: LogFormat) {
+/// Keeps trace export running; dropping it flushes the spans not yet sent.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    otel: Option<otel::Exporter>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.otel.take() {
+            exporter.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Call once, early in `main`, outside any async runtime,
+/// and keep the guard until the end.
+pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a file or a collector.
+        .with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        LogFormat::Pretty => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otel")]
+    {
+        let (layer, exporter) = otel::layer();
+        subscriber.with(layer).init();
+        Telemetry { otel: exporter }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        subscriber.init();
+        Telemetry {}
+    }
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    //! The OpenTelemetry layer: OTLP/HTTP export in batches from a background thread.
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The tracer provider, shut down (flushed) at exit.
+    pub(super) struct Exporter(SdkTracerProvider);
+
+    impl Exporter {
+        pub(super) fn shutdown(self) {
+            if let Err(e) = self.0.shutdown() {
+                eprintln!("aetherflow: trace export did not shut down cleanly: {e}");
+            }
+        }
+    }
+
+    /// The export layer, if `OTEL_EXPORTER_OTLP_ENDPOINT` is set and the exporter builds.
+    pub(super) fn layer<S>() -> (Option<impl Layer<S>>, Option<Exporter>)
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+            return (None, None);
+        }
+        // The endpoint and the other OTEL_* settings are read from the environment.
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("aetherflow: trace export disabled: {e}");
+                return (None, None);
+            }
+        };
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        // OTEL_SERVICE_NAME, when set, names the service; "aetherflow" otherwise.
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("aetherflow");
+        }
+        let resource = resource.build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("aetherflow");
+        let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+        (Some(layer), Some(Exporter(provider)))
     }
 }

@@ -208,7 +208,8 @@ async fn an_admin_disconnect_closes_only_that_connection_with_its_reason() {
     assert_eq!(status, 409, "{again}");
     // The other connection on the document is untouched.
     stays.append("still here").await;
-    stays.wait_for_text("still here").await;
+    // The echo, not the local text: the reader below must find the update committed.
+    stays.wait_for_echo().await;
     let fresh = mint(&relay, "cy", &["notes"], "read").await;
     assert_eq!(
         read_text_with(&url(&relay, "notes", &fresh)).await,

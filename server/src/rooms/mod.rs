@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Durability};
 use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreWriter};
 
 /// Commands a room's inbox holds before senders wait.
@@ -182,6 +183,7 @@ struct RoomsInner {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     events: Events,
+    metrics: Metrics,
 }
 
 /// A session's membership of a room: where to send its messages.
@@ -202,13 +204,15 @@ pub struct RoomGone;
 
 impl Rooms {
     /// A registry whose rooms use `store` and `writer`; room tasks are tracked by `tracker`
-    /// and stop once `shutdown` is cancelled and their connections have left.
+    /// and stop once `shutdown` is cancelled and their connections have left. They record
+    /// into `metrics`.
     pub fn new(
         store: Store,
         writer: StoreWriter,
         settings: RoomSettings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Rooms {
         let inner = RoomsInner {
             loaded: Mutex::new(HashMap::new()),
@@ -219,6 +223,7 @@ impl Rooms {
             tracker,
             shutdown,
             events: Events::new(),
+            metrics,
         };
         Rooms {
             inner: Arc::new(inner),
@@ -304,6 +309,11 @@ impl Rooms {
     /// The per-document event bus.
     pub fn events(&self) -> &Events {
         &self.inner.events
+    }
+
+    /// What rooms and their sessions record into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The store, for reads outside a room.

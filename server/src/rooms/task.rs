@@ -6,6 +6,7 @@
 //! joins follow, so nobody is ever shown an update that is not yet on disk.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
 use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
@@ -17,6 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::{ApplyError, CloseReason, Outbound, RoomCommand, Rooms};
 use crate::config::Durability;
 use crate::events::DocEvent;
+use crate::metrics::Rejection;
 use crate::store::writer::{WriteOp, WriteResult};
 
 /// Commands taken from the inbox in one turn.
@@ -90,6 +92,7 @@ impl RoomTask {
                 .retire(&self.name, self.id, &mut self.inbox, true);
             return;
         };
+        let _loaded = self.rooms.inner.metrics.document_loaded();
         let settings = self.rooms.inner.settings;
         let shutdown = self.rooms.inner.shutdown.clone();
         loop {
@@ -191,6 +194,7 @@ impl RoomTask {
             }
         }
         for conn in denied {
+            self.rooms.inner.metrics.reject(Rejection::ReadOnly);
             let refusal = Message::Auth(AuthMessage::PermissionDenied {
                 reason: "read-only access: updates are not accepted".into(),
             });
@@ -244,7 +248,11 @@ impl RoomTask {
     }
 
     async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) -> Applied {
+        // Handshake answers with nothing new (the empty update) are not edits.
+        let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
+        let started = Instant::now();
         let batch = room.apply_updates(updates);
+        self.rooms.inner.metrics.applied(count, started.elapsed());
         let mut applied = Applied::default();
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
@@ -273,7 +281,7 @@ impl RoomTask {
         };
         match self.rooms.inner.settings.durability {
             Durability::Durable => match writer.commit(append).await {
-                Ok(_) => self.broadcast(room, broadcast),
+                Ok(_) => self.broadcast_update(room, broadcast),
                 Err(e) => {
                     // Not on disk, so nobody may see it: drop the room and its memory.
                     error!(error = %e, "commit failed; closing the document");
@@ -282,7 +290,7 @@ impl RoomTask {
                 }
             },
             Durability::Relaxed => {
-                self.broadcast(room, broadcast);
+                self.broadcast_update(room, broadcast);
                 if let Err(e) = writer.submit(append).await {
                     error!(error = %e, "store writer gone; closing the document");
                     self.failed = true;
@@ -314,6 +322,7 @@ impl RoomTask {
         };
         match self.rooms.inner.writer.submit(compact).await {
             Ok(()) => {
+                self.rooms.inner.metrics.compacted();
                 info!(
                     entries = self.log_entries,
                     snapshot_bytes = bytes,
@@ -414,6 +423,15 @@ impl RoomTask {
         }
     }
 
+    /// Broadcasts a committed update, timed for the metrics.
+    fn broadcast_update(&mut self, room: &mut Room, frame: Vec<u8>) {
+        let started = Instant::now();
+        let subscribers = self.subscribers.len();
+        self.broadcast(room, frame);
+        let metrics = &self.rooms.inner.metrics;
+        metrics.broadcast(subscribers, started.elapsed());
+    }
+
     /// Sends one frame to every subscriber, sharing its bytes. Subscribers whose outbox is
     /// full are disconnected (their awareness removal is broadcast in turn).
     fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
@@ -443,7 +461,9 @@ impl RoomTask {
         }
     }
 
+    /// Closes `conn` for invalid input.
     fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason) {
+        self.rooms.inner.metrics.reject(Rejection::InvalidPayload);
         if let Some(sub) = self.subscribers.remove(&conn) {
             let _ = sub.outbox.try_send(Outbound::Close(reason));
             self.announce_left(conn, &sub);

@@ -14,6 +14,8 @@ use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
+
+use crate::metrics::Metrics;
 use tracing::{debug, error};
 
 use aetherflow_crdt::register::{Command, Outcome};
@@ -110,8 +112,17 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer task.
     pub fn spawn(store: Store, mode: WriteMode) -> (StoreWriter, JoinHandle<()>) {
+        StoreWriter::spawn_with_metrics(store, mode, Metrics::new())
+    }
+
+    /// Starts the writer task, recording commit latency and batch sizes in `metrics`.
+    pub fn spawn_with_metrics(
+        store: Store,
+        mode: WriteMode,
+        metrics: Metrics,
+    ) -> (StoreWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(store, mode, rx));
+        let task = tokio::spawn(run(store, mode, rx, metrics));
         (StoreWriter { tx }, task)
     }
 
@@ -155,7 +166,7 @@ impl StoreWriter {
 /// Next sequence number per document, so an append does not look up the log's tail.
 type SeqCache = HashMap<DocName, u64>;
 
-async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>) {
+async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, metrics: Metrics) {
     let mut seqs = SeqCache::new();
     // Set while commits made with `Durability::None` await an fsync'd commit.
     let mut unsynced_since: Option<Instant> = None;
@@ -189,8 +200,16 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>) {
         };
         let (ops, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.done)).unzip();
         let count = ops.len();
+        let appends = ops
+            .iter()
+            .filter(|op| matches!(op, Some(WriteOp::Append { .. })))
+            .count();
+        let started = Instant::now();
         let result;
         (seqs, result) = commit_blocking(store.clone(), ops, sync, seqs).await;
+        if result.is_ok() {
+            metrics.committed(appends, started.elapsed());
+        }
         match &result {
             Ok(_) if sync => unsynced_since = None,
             Ok(_) => {

@@ -1,0 +1,62 @@
+//! `GET /metrics`.
+//!
+//! Who may scrape: with `--admin-key` set, only a request carrying that key (as
+//! `Authorization: Bearer KEY`, which Prometheus sends with `authorization: {credentials:
+//! KEY}`, or `X-Admin-Key`). Without an admin key, only clients on a loopback address, so a
+//! relay exposed on a public address does not hand out its session counts, document counts
+//! and traffic to anyone; a scraper on the same host (or behind a local agent) still works.
+//! Metrics never hold tokens, user names or document names: every label is a fixed word.
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::auth::AdminError;
+use crate::error::AppError;
+use crate::http::AppState;
+
+/// The OpenMetrics text content type, which Prometheus negotiates and parses.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `/metrics` route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    if let Err(refusal) = admit(&state, &headers, &extensions) {
+        return refusal.into_response();
+    }
+    let text = state.metrics.render(&state.registry);
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        text,
+    )
+        .into_response()
+}
+
+/// The admin key when one is configured, else a loopback peer.
+fn admit(state: &AppState, headers: &HeaderMap, extensions: &Extensions) -> Result<(), AppError> {
+    match state.admin.require(&state.auth, headers) {
+        Ok(()) => Ok(()),
+        Err(AppError::Admin(AdminError::Disabled)) => {
+            let loopback = extensions
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(AppError::Forbidden(
+                    "metrics are served to loopback clients only unless --admin-key is set".into(),
+                ))
+            }
+        }
+        Err(other) => Err(other),
+    }
+}
