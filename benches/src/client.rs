@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::wire::{Dialect, Incoming};
 
@@ -19,6 +20,8 @@ use crate::wire::{Dialect, Incoming};
 const EMPTY_STATE_VECTOR: &[u8] = &[0];
 /// Encoded empty v1 update: the step 2 a client with no content answers.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
+/// Read buffer per client socket; frames larger than this still arrive, in several reads.
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
 /// Token sent where the dialect wants one; the benchmark servers accept any.
 const TOKEN: &str = "loadgen";
 
@@ -94,7 +97,12 @@ impl Session {
         }
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (socket, _) = tokio_tungstenite::client_async(target.url(doc), stream).await?;
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read; with
+        // thousands of client sockets in this process that would be gigabytes for nothing.
+        let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(target.url(doc), stream, Some(config))
+                .await?;
         let mut session = Session {
             doc: doc.to_owned(),
             dialect: target.dialect,
