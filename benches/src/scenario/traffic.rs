@@ -112,25 +112,14 @@ pub async fn run(target: &Target, p: &TrafficParams) -> anyhow::Result<TrafficRe
     let start = Instant::now() + Duration::from_millis(200);
     let stop_listening = start + p.duration + p.grace;
     let mut errors = Vec::new();
-    let mut readers_per_doc = vec![0u64; p.docs];
-    let mut reader_tasks = Vec::new();
-    for (i, session) in readers.into_iter().enumerate() {
-        let doc = i / p.readers_per_doc.max(1);
-        match session {
-            Ok(session) => {
-                readers_per_doc[doc] += 1;
-                let (_, rx) = session.split();
-                let follow = Follow {
-                    dialect: target.dialect,
-                    first_writer: doc * p.writers_per_doc,
-                    writers: p.writers_per_doc,
-                    times: times.clone(),
-                };
-                reader_tasks.push(tokio::spawn(read_deliveries(rx, follow, stop_listening)));
-            }
-            Err(e) => errors.push(e),
-        }
-    }
+    let (reader_tasks, readers_per_doc) = spawn_readers(
+        readers,
+        target.dialect,
+        p,
+        &times,
+        stop_listening,
+        &mut errors,
+    );
     let writer_tasks = spawn_writers(writers, p, start, &times, &mut errors);
     let (readers, writers) = (reader_tasks.len(), writer_tasks.len());
     let failed_connections = reader_docs.len() + writer_docs.len() - readers - writers;
@@ -164,6 +153,41 @@ pub async fn run(target: &Target, p: &TrafficParams) -> anyhow::Result<TrafficRe
         deliveries_per_s: deliveries as f64 / duration_s,
         latency: LatencySummary::from_micros(&mut latencies),
     })
+}
+
+/// A reader's task: what it observed.
+type ReaderTask = tokio::task::JoinHandle<Tally>;
+
+/// Starts a listening task for every reader that connected; also returns how many readers
+/// each document has.
+fn spawn_readers(
+    readers: Vec<Result<crate::client::Session, String>>,
+    dialect: Dialect,
+    p: &TrafficParams,
+    times: &Arc<SendTimes>,
+    until: Instant,
+    errors: &mut Vec<String>,
+) -> (Vec<ReaderTask>, Vec<u64>) {
+    let mut tasks = Vec::new();
+    let mut per_doc = vec![0u64; p.docs];
+    for (i, session) in readers.into_iter().enumerate() {
+        let doc = i / p.readers_per_doc.max(1);
+        match session {
+            Ok(session) => {
+                per_doc[doc] += 1;
+                let (_, rx) = session.split();
+                let follow = Follow {
+                    dialect,
+                    first_writer: doc * p.writers_per_doc,
+                    writers: p.writers_per_doc,
+                    times: times.clone(),
+                };
+                tasks.push(tokio::spawn(read_deliveries(rx, follow, until)));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (tasks, per_doc)
 }
 
 /// What one writer does: when to start, how often to send, when to stop.
