@@ -49,7 +49,8 @@ echo "open-file limit: $(ulimit -n)"
 (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 (cd "$root" && cargo build --release -p aetherflow-server -p aetherflow-benches)
 loadgen="$target_dir/release/loadgen"
-relay="$target_dir/release/aetherflow"
+# RELAY_BIN: another relay binary (e.g. an experimental build) in place of this checkout's.
+relay="${RELAY_BIN:-$target_dir/release/aetherflow}"
 
 mkdir -p "$out"
 results="$out/results.jsonl"
