@@ -7,7 +7,7 @@
 #                          [--scenarios "ingest fanout idle mixed conns"] [--out DIR]
 #
 # Writes DIR/results.jsonl (one line per run, from `loadgen --json`) and DIR/loadgen.log, then
-# renders DIR/report.md and the charts (benches/charts/*.png) with report.py.
+# renders DIR/report.md and the charts (benches/charts/*.png, or $CHARTS) with report.py.
 # Scale knobs (environment): FANOUT_READERS, FANOUT_RATE, DURATION, IDLE_CONNS, IDLE_DOCS,
 # MIXED_DOCS, MIXED_WRITERS, MIXED_READERS, MIXED_RATE, CONNS, CONNS_DOCS, INGEST_UPDATES,
 # TRACE (trace file; default: loadgen's, ../shared/traces/automerge-paper.json.gz next to the
@@ -137,5 +137,6 @@ done
 venv="${VENV:-$here/.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet -r "$here/requirements.txt"
-"$venv/bin/python" "$here/report.py" "$results" --charts "$root/benches/charts" > "$out/report.md"
+"$venv/bin/python" "$here/report.py" "$results" --charts "${CHARTS:-$root/benches/charts}" \
+  > "$out/report.md"
 echo "report: $out/report.md"
