@@ -1,4 +1,4 @@
-//! The load generator's scenarios. Each takes a [`Target`](crate::client::Target) and its own
+//! The load generator's scenarios. Each takes a [`Target`] and its own
 //! parameters and returns a serialisable report; none of them starts or stops a server.
 
 pub mod idle;
