@@ -1,0 +1,263 @@
+//! Load generator for y-websocket-compatible servers (AetherFlow, the y-websocket reference
+//! server, Hocuspocus). It only drives clients: start the server yourself (or use
+//! `benches/anchors/run.sh`, which starts each server in turn and runs every scenario).
+//!
+//! ```text
+//! cargo run --release -p aetherflow-benches --bin loadgen -- \
+//!     --url 'ws://127.0.0.1:8080/ws/{doc}' --server aetherflow fanout --readers 1000 --rate 20
+//! ```
+//!
+//! Each run prints a human-readable summary and, with `--json FILE`, appends one JSON line
+//! `{server, scenario, params, report}` for the report generator.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aetherflow_benches::client::{Target, loopback_sources};
+use aetherflow_benches::scenario::{idle, ingest, traffic};
+use aetherflow_benches::trace;
+use aetherflow_benches::wire::Dialect;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, Transact, Update};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for y-websocket-compatible servers")]
+struct Cli {
+    /// WebSocket URL; `{doc}` is replaced by the document name.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws/{doc}")]
+    url: String,
+    /// The server's framing.
+    #[arg(long, value_enum, default_value_t = DialectArg::YWebsocket)]
+    dialect: DialectArg,
+    /// Label of the server in the JSON output.
+    #[arg(long, default_value = "server")]
+    server: String,
+    /// Scenario name in the JSON output (default: the subcommand's name).
+    #[arg(long)]
+    label: Option<String>,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Spread connections over loopback source addresses 127.0.0.1..=127.0.0.N.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Concurrent handshakes while connecting.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds a handshake and initial sync may take.
+    #[arg(long, default_value_t = 30)]
+    handshake_timeout: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DialectArg {
+    YWebsocket,
+    Hocuspocus,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Replay an editing trace from one client to another through the server.
+    Ingest {
+        /// Trace file (`.json.gz`); default: the shared automerge-paper trace.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Replay only the first N updates.
+        #[arg(long)]
+        updates: Option<usize>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        limit_secs: u64,
+    },
+    /// One document, one writer at `rate` updates/s, `readers` synced readers.
+    Fanout {
+        /// Readers.
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        /// Updates per second from the writer.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds readers keep listening after the last update.
+        #[arg(long, default_value_t = 3)]
+        grace: u64,
+    },
+    /// Many documents, a few writers and several readers each.
+    Mixed {
+        /// Documents.
+        #[arg(long, default_value_t = 100)]
+        docs: usize,
+        /// Writers per document.
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+        /// Readers per document.
+        #[arg(long, default_value_t = 10)]
+        readers: usize,
+        /// Updates per second from each writer.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds readers keep listening after the last update.
+        #[arg(long, default_value_t = 3)]
+        grace: u64,
+    },
+    /// Hold many synced connections open and measure the server's memory.
+    Idle {
+        /// Connections.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        /// Documents they spread over.
+        #[arg(long, default_value_t = 500)]
+        docs: usize,
+        /// Server process id, for its resident memory (`/proc/PID/status`).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds to wait after connecting before measuring.
+        #[arg(long, default_value_t = 2)]
+        settle: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let target = Target {
+        url_template: cli.url.clone(),
+        dialect: match cli.dialect {
+            DialectArg::YWebsocket => Dialect::YWebsocket,
+            DialectArg::Hocuspocus => Dialect::Hocuspocus,
+        },
+        handshake_timeout: Duration::from_secs(cli.handshake_timeout),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (name, params, report) = runtime.block_on(run(&cli, &target))?;
+    let name = cli.label.as_deref().unwrap_or(name);
+    println!(
+        "{} {name}: {}",
+        cli.server,
+        serde_json::to_string_pretty(&report)?
+    );
+    if let Some(path) = &cli.json {
+        let line = serde_json::json!({
+            "server": cli.server, "scenario": name, "params": params, "report": report,
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        writeln!(file, "{line}")?;
+    }
+    Ok(())
+}
+
+type Outcome = (&'static str, serde_json::Value, serde_json::Value);
+
+async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
+    let sources = if cli.sources > 1 {
+        loopback_sources(cli.sources)
+    } else {
+        Vec::new()
+    };
+    let traffic_params =
+        |docs, writers_per_doc, readers_per_doc, rate, duration, grace| traffic::TrafficParams {
+            docs,
+            writers_per_doc,
+            readers_per_doc,
+            rate,
+            duration: Duration::from_secs(duration),
+            grace: Duration::from_secs(grace),
+            concurrency: cli.concurrency,
+            sources: sources.clone(),
+        };
+    Ok(match &cli.scenario {
+        Scenario::Ingest {
+            trace,
+            updates,
+            limit_secs,
+        } => {
+            let path = trace
+                .clone()
+                .unwrap_or_else(|| trace::traces_dir().join("automerge-paper.json.gz"));
+            let (updates, end) = load_updates(&path, *updates)?;
+            let limit = Duration::from_secs(*limit_secs);
+            let report = ingest::run(target, "ingest", &updates, &end, limit).await?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let params = serde_json::json!({ "trace": name, "updates": updates.len() });
+            ("ingest", params, serde_json::to_value(report)?)
+        }
+        Scenario::Fanout {
+            readers,
+            rate,
+            duration,
+            grace,
+        } => {
+            let p = traffic_params(1, 1, *readers, *rate, *duration, *grace);
+            let report = traffic::run(target, &p).await?;
+            let params =
+                serde_json::json!({ "readers": readers, "rate": rate, "duration": duration });
+            ("fanout", params, serde_json::to_value(report)?)
+        }
+        Scenario::Mixed {
+            docs,
+            writers,
+            readers,
+            rate,
+            duration,
+            grace,
+        } => {
+            let p = traffic_params(*docs, *writers, *readers, *rate, *duration, *grace);
+            let report = traffic::run(target, &p).await?;
+            let params = serde_json::json!({
+                "docs": docs, "writers": writers, "readers": readers, "rate": rate, "duration": duration,
+            });
+            ("mixed", params, serde_json::to_value(report)?)
+        }
+        Scenario::Idle {
+            connections,
+            docs,
+            server_pid,
+            settle,
+        } => {
+            let p = idle::IdleParams {
+                connections: *connections,
+                docs: *docs,
+                settle: Duration::from_secs(*settle),
+                server_pid: *server_pid,
+                concurrency: cli.concurrency,
+                sources: sources.clone(),
+            };
+            let report = idle::run(target, &p).await?;
+            let params = serde_json::json!({ "connections": connections, "docs": docs });
+            ("idle", params, serde_json::to_value(report)?)
+        }
+    })
+}
+
+/// The trace's updates, cut to the first `limit` if given, and the text they produce.
+fn load_updates(
+    path: &std::path::Path,
+    limit: Option<usize>,
+) -> anyhow::Result<(Vec<Vec<u8>>, String)> {
+    let trace = trace::load(path)?;
+    let (mut updates, mut end) = trace::to_updates(&trace);
+    if let Some(limit) = limit.filter(|&l| l < updates.len()) {
+        updates.truncate(limit);
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("text");
+        for bytes in &updates {
+            doc.transact_mut().apply_update(Update::decode_v1(bytes)?)?;
+        }
+        end = text.get_string(&doc.transact());
+    }
+    Ok((updates, end))
+}
