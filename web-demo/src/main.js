@@ -16,6 +16,7 @@ import { RelayMirror } from './relay-mirror.js'
 import { loadIdentity, saveIdentity, awarenessUser } from './identity.js'
 import { RateMeter, measureRoundTrip } from './live-stats.js'
 import { startRegisterPanels } from './register-panels.js'
+import { loadToken } from './token.js'
 
 /** The shared text's name in the Y.Doc (the README's example writes to the same one). */
 const TEXT_NAME = 'content'
@@ -41,7 +42,18 @@ const doc = new Y.Doc()
 const ytext = doc.getText(TEXT_NAME)
 const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`
 // y-websocket joins base and room name with '/' unencoded; the relay decodes the path.
-const provider = new WebsocketProvider(wsBase, encodeURIComponent(docName), doc, { connect: false })
+/** The client token, when the relay runs with auth (`?token=JWT` once per tab). */
+const token = loadToken(location.search, sessionStorage)
+if (new URLSearchParams(location.search).has('token')) {
+  // Kept for the tab; out of the address bar, so copying the link does not hand it out.
+  const url = new URL(location.href)
+  url.searchParams.delete('token')
+  history.replaceState(null, '', url)
+}
+const provider = new WebsocketProvider(wsBase, encodeURIComponent(docName), doc, {
+  connect: false,
+  params: token ? { token } : {}
+})
 const mirror = new RelayMirror(doc, provider)
 const awareness = provider.awareness
 
@@ -145,7 +157,7 @@ function applyConnectionWish () {
 
 // --- Title (lww) and publishing notes (manual) --------------------------------------------
 
-const registers = startRegisterPanels(docName, () => identity.name)
+const registers = startRegisterPanels(docName, () => identity.name, token)
 
 // The provider reports no event while its socket stays down; re-render now and then so the
 // indicator never lies for long.

@@ -6,6 +6,8 @@
 // The channel reconnects by itself with a growing delay, except after the document was deleted
 // (close code 4410) or when the owner asked it to stay closed.
 
+import { authHeaders } from './token.js'
+
 const DELETED_CLOSE_CODE = 4410
 const RETRY_MIN_MS = 500
 const RETRY_MAX_MS = 8000
@@ -15,10 +17,10 @@ const RETRY_MAX_MS = 8000
  * idempotent). Resolves to null when the document is of that kind, or to a sentence saying why
  * it cannot be used.
  */
-export async function ensureRegisterDoc (name, kind) {
+export async function ensureRegisterDoc (name, kind, token) {
   const response = await fetch(`/api/v1/docs/${encodeURIComponent(name)}`, {
     method: 'PUT',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...authHeaders(token) },
     body: JSON.stringify({ kind })
   })
   return response.ok ? null : await errorMessage(response)
@@ -36,11 +38,13 @@ async function errorMessage (response) {
 export class RegisterChannel {
   /**
    * @param {string} name the register document
+   * @param {string | null} token the client token, if the relay wants one
    * @param {{ onState: (state: object) => void, onEvent: (event: object) => void,
    *           onStatus: (connected: boolean) => void }} handlers
    */
-  constructor (name, handlers) {
+  constructor (name, token, handlers) {
     this.name = name
+    this.token = token
     this.handlers = handlers
     /** @type {WebSocket | null} */
     this.socket = null
@@ -68,7 +72,8 @@ export class RegisterChannel {
 
   open () {
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws'
-    const socket = new WebSocket(`${scheme}://${location.host}/api/v1/docs/${encodeURIComponent(this.name)}/live`)
+    const query = this.token ? `?token=${encodeURIComponent(this.token)}` : ''
+    const socket = new WebSocket(`${scheme}://${location.host}/api/v1/docs/${encodeURIComponent(this.name)}/live${query}`)
     this.socket = socket
     socket.addEventListener('open', () => {
       this.retryMs = RETRY_MIN_MS
@@ -104,6 +109,11 @@ export class RegisterChannel {
       return
     }
     this.handlers.onEvent(frame)
+  }
+
+  /** Fetches `path` on the relay with this channel's token. */
+  fetch (path) {
+    return fetch(path, { headers: authHeaders(this.token) })
   }
 
   /** Sends a request (without `id`); resolves to the relay's outcome or rejects with its error. */

@@ -37,8 +37,11 @@ function say (el, text, isError = false) {
 }
 
 export class TitlePanel {
-  /** @param {string} name the lww document @param {() => string} who the person's name */
-  constructor (name, who) {
+  /**
+   * @param {string} name the lww document @param {() => string} who the person's name
+   * @param {string | null} token the client token, if any
+   */
+  constructor (name, who, token) {
     this.clock = new HybridClock()
     this.writer = `${who()}·${tabId()}`
     this.who = who
@@ -46,7 +49,7 @@ export class TitlePanel {
     this.current = null
     this.input = /** @type {HTMLInputElement} */ ($('title-input'))
     this.status = $('title-status')
-    this.channel = new RegisterChannel(name, {
+    this.channel = new RegisterChannel(name, token, {
       onState: ({ register }) => this.show(register),
       onEvent: (event) => { if (event.type === 'updated' && event.register) this.show(event.register) },
       onStatus: (connected) => { $('title-form').toggleAttribute('data-offline', !connected) }
@@ -89,8 +92,11 @@ export class TitlePanel {
 }
 
 export class NotesPanel {
-  /** @param {string} name the manual document @param {() => string} who the person's name */
-  constructor (name, who) {
+  /**
+   * @param {string} name the manual document @param {() => string} who the person's name
+   * @param {string | null} token the client token, if any
+   */
+  constructor (name, who, token) {
     this.name = name
     this.who = who
     /** The version the text area is based on. */
@@ -105,7 +111,7 @@ export class NotesPanel {
     this.conflicts = new Map()
     this.input = /** @type {HTMLTextAreaElement} */ ($('notes-input'))
     this.status = $('notes-status')
-    this.channel = new RegisterChannel(name, {
+    this.channel = new RegisterChannel(name, token, {
       onState: ({ register }) => { this.show(register, true); this.loadConflicts() },
       onEvent: (event) => this.onEvent(event),
       onStatus: (connected) => { $('notes-form').toggleAttribute('data-offline', !connected) }
@@ -152,7 +158,7 @@ export class NotesPanel {
   }
 
   async loadConflicts () {
-    const response = await fetch(`/api/v1/docs/${encodeURIComponent(this.name)}/conflicts`)
+    const response = await this.channel.fetch(`/api/v1/docs/${encodeURIComponent(this.name)}/conflicts`)
     if (!response.ok) return
     const { conflicts } = await response.json()
     this.conflicts = new Map(conflicts.map((c) => [c.id, c]))
@@ -253,10 +259,10 @@ function button (text, action, onClick) {
 }
 
 /**
- * Sets up both panels for Yjs document `docName`; returns an object whose `setOnline` follows
- * the page's connection wish.
+ * Sets up both panels for Yjs document `docName` (with the client `token`, if any); returns
+ * an object whose `setOnline` follows the page's connection wish.
  */
-export function startRegisterPanels (docName, who) {
+export function startRegisterPanels (docName, who, token = null) {
   const names = companionNames(docName)
   if (!names) {
     say($('registers-note'), 'This document name is too long to add a title and notes to it.', true)
@@ -264,9 +270,9 @@ export function startRegisterPanels (docName, who) {
     $('notes-form').hidden = true
     return { setOnline () {} }
   }
-  const title = new TitlePanel(names.title, who)
-  const notes = new NotesPanel(names.notes, who)
-  const ready = Promise.all([ensureRegisterDoc(names.title, 'lww'), ensureRegisterDoc(names.notes, 'manual')])
+  const title = new TitlePanel(names.title, who, token)
+  const notes = new NotesPanel(names.notes, who, token)
+  const ready = Promise.all([ensureRegisterDoc(names.title, 'lww', token), ensureRegisterDoc(names.notes, 'manual', token)])
     .then(([titleProblem, notesProblem]) => {
       if (titleProblem) say(title.status, titleProblem, true)
       if (notesProblem) say(notes.status, notesProblem, true)

@@ -7,6 +7,7 @@
 // packages install separately).
 
 import { spawn } from 'node:child_process'
+import { createHmac } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -79,14 +80,14 @@ export class Relay {
 }
 
 /** Starts the relay binary on 127.0.0.1:0 with a fresh data dir; resolves once it is ready. */
-export async function startRelay () {
+export async function startRelay (extraArgs = []) {
   const bin = process.env.AETHERFLOW_BIN || path.join(REPO_ROOT, 'target', 'debug', 'aetherflow')
   if (!existsSync(bin)) {
     throw new Error(`relay binary not found at ${bin}: run \`cargo build -p aetherflow-server\` ` +
       'at the repo root or set AETHERFLOW_BIN')
   }
   const dataDir = await mkdtemp(path.join(tmpdir(), 'aetherflow-browser-'))
-  const args = ['--http-addr', '127.0.0.1:0', '--data-dir', dataDir]
+  const args = ['--http-addr', '127.0.0.1:0', '--data-dir', dataDir, '--quantum-addr', 'off', ...extraArgs]
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { RUST_BACKTRACE: '1', ...process.env } })
   liveChildren.add(child)
   const relay = new Relay(child, dataDir)
@@ -141,7 +142,8 @@ export async function launchBrowser () {
  * A person at the demo page: a fresh browser context (own storage, own network state) whose
  * saved identity is `name` and `color`, with the page open on document `doc`.
  */
-export async function openPerson (browser, relay, { name, color, doc, viewport = { width: 1100, height: 760 } }) {
+export async function openPerson (browser, relay, options) {
+  const { name, color, doc, viewport = { width: 1100, height: 760 } } = options
   const context = await browser.newContext({ viewport })
   await context.addInitScript(([name, color]) => {
     if (!localStorage.getItem('aetherflow-demo-user')) {
@@ -152,7 +154,8 @@ export async function openPerson (browser, relay, { name, color, doc, viewport =
   const errors = []
   page.on('pageerror', (err) => errors.push(err.message))
   page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()) })
-  await page.goto(`${relay.url}/?doc=${encodeURIComponent(doc)}`)
+  const token = options.token ? `&token=${encodeURIComponent(options.token)}` : ''
+  await page.goto(`${relay.url}/?doc=${encodeURIComponent(doc)}${token}`)
   return { name, context, page, errors }
 }
 
@@ -228,4 +231,12 @@ export async function screenshot (person, name) {
 /** A unique document name per test. */
 export function docName (prefix) {
   return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`
+}
+
+/** An HS256 client token signed with `secret`, as the relay verifies them. */
+export function mintToken (secret, claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const body = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`
+  const signature = createHmac('sha256', secret).update(body).digest('base64url')
+  return `${body}.${signature}`
 }

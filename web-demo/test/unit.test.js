@@ -14,6 +14,7 @@ import { RateMeter } from '../src/live-stats.js'
 import { awarenessUser } from '../src/identity.js'
 import { HybridClock, compareStamps } from '../src/hlc.js'
 import { companionNames } from '../src/register-panels.js'
+import { loadToken, authHeaders } from '../src/token.js'
 
 test('document names follow the relay’s rules', () => {
   for (const ok of ['notes', 'team notes 2024', 'ünïcødé-📝', 'a.b_c-d', 'x'.repeat(255), 'é'.repeat(127)]) {
@@ -139,4 +140,14 @@ test('the title and notes documents sit next to the text, when the name leaves r
   assert.deepEqual(companionNames('plan'), { title: 'plan.title', notes: 'plan.notes' })
   assert.ok(companionNames('x'.repeat(249)))
   assert.equal(companionNames('x'.repeat(250)), null)
+})
+
+test('a token given in the address is kept for the tab and sent as a bearer token', () => {
+  const store = new Map()
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) }
+  assert.equal(loadToken('?doc=a', storage), null, 'no token: the relay must be open')
+  assert.equal(loadToken('?doc=a&token=abc.def.ghi', storage), 'abc.def.ghi')
+  assert.equal(loadToken('?doc=b', storage), 'abc.def.ghi', 'remembered when opening another document')
+  assert.deepEqual(authHeaders('abc.def.ghi'), { authorization: 'Bearer abc.def.ghi' })
+  assert.deepEqual(authHeaders(null), {})
 })
