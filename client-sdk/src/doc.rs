@@ -49,7 +49,8 @@ pub struct SyncState {
     /// Both sides have exchanged state vectors on the current connection: the client has all
     /// the relay held and the relay has stored all the client held at that moment.
     pub synced: bool,
-    /// Local updates the relay has not acknowledged yet (kept in the local database).
+    /// Local updates, and updates from peers, that the relay has not acknowledged yet (kept in
+    /// the local database).
     pub pending: usize,
     /// Why the relay last refused access, if it did.
     pub denied: Option<String>,

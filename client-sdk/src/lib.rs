@@ -37,6 +37,46 @@
 //! # client.close().await
 //! # }
 //! ```
+//!
+//! # Peers
+//!
+//! SDK instances on one network can also sync with each other directly, with or without a
+//! relay: one [`Client::listen`]s (a [`Peer`]), the others add its address with
+//! [`ClientConfig::peer`]. Every replica of the group shares one secret
+//! ([`ClientConfig::peer_secret`]); a peer presenting another one is refused. What a replica
+//! gets from a peer stays *pending* until the relay acknowledges it, so when the relay is back
+//! everyone's edits reach it, each exactly once. [`SyncState::peers`] says which peer links
+//! are up. See [`peer`] for the protocol.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aetherflow_client::ClientError> {
+//! use aetherflow_client::{Client, ClientConfig};
+//! use yrs::{GetString, Text, Transact};
+//!
+//! let (dir_a, dir_b) = (tempfile::tempdir().expect("a dir"), tempfile::tempdir().expect("a dir"));
+//! // A listens for peers that know the group's secret...
+//! let a = Client::open(ClientConfig::new(dir_a.path()).peer_secret("team secret"))?;
+//! let peer = a.listen("127.0.0.1:0".parse().expect("an address")).await?;
+//! // ...and B syncs with A directly: no relay anywhere.
+//! let b_config = ClientConfig::new(dir_b.path())
+//!     .peer(peer.local_addr())
+//!     .peer_secret("team secret");
+//! let b = Client::open(b_config)?;
+//! let (notes_a, notes_b) = (a.doc("notes").await?, b.doc("notes").await?);
+//! let text_a = notes_a.doc().get_or_insert_text("text");
+//! text_a.insert(&mut notes_a.doc().transact_mut(), 0, "hello, peer");
+//!
+//! let text_b = notes_b.doc().get_or_insert_text("text");
+//! let mut changes = notes_b.changes();
+//! while text_b.get_string(&notes_b.doc().transact()) != "hello, peer" {
+//!     changes.next().await;
+//! }
+//! assert!(notes_b.state().borrow().peers[&peer.local_addr()].online);
+//! # a.close().await?;
+//! # b.close().await
+//! # }
+//! ```
 
 pub mod config;
 pub mod doc;
@@ -72,7 +112,8 @@ pub use websocket::WebSocketTransport;
 use crate::doc::lock;
 use crate::store::{LocalStore, StoreReader, WriteOp};
 
-/// The client: a local database and a transport, shared by every open document.
+/// The client: a local database, a transport to the relay and links to peers, shared by every
+/// open document.
 pub struct Client {
     store: LocalStore,
     docs: Arc<OpenDocs>,
