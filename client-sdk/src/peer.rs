@@ -74,7 +74,8 @@ impl Peer {
         self.addr
     }
 
-    /// Stops listening and closes every peer connection (the client keeps running).
+    /// Stops listening and closes every peer connection (the client keeps running). Returns at
+    /// once; the UDP port is released just after.
     pub fn stop(&self) {
         self.cancel.cancel();
     }

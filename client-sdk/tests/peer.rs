@@ -221,3 +221,63 @@ async fn garbage_datagrams_do_not_disturb_a_peer() {
         client.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn presence_crosses_a_peer_link() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, addr, b) = pair(dir_a.path(), dir_b.path(), SECRET).await;
+    let doc_a = a.doc("room").await.unwrap();
+    let doc_b = b.doc("room").await.unwrap();
+    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.synced)).await;
+    let mut changes = doc_b.changes();
+    doc_a
+        .set_presence(&serde_json::json!({"name": "Ada"}))
+        .unwrap();
+    let seen = async {
+        loop {
+            if doc_b.presence().values().any(|v| v["name"] == "Ada") {
+                return;
+            }
+            changes.next().await.expect("the document is open");
+        }
+    };
+    tokio::time::timeout(TIMEOUT, seen)
+        .await
+        .unwrap_or_else(|_| panic!("B never saw A: {:?}", doc_b.presence()));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_peer_shows_as_down_and_edits_stay_local_until_it_listens_again() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Client::open(config(dir_a.path()).peer_secret(SECRET)).unwrap();
+    let peer = a.listen(loopback()).await.unwrap();
+    let addr = peer.local_addr();
+    let b = Client::open(config(dir_b.path()).peer(addr).peer_secret(SECRET)).unwrap();
+    let doc_a = a.doc("later").await.unwrap();
+    let doc_b = b.doc("later").await.unwrap();
+    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.online)).await;
+
+    peer.stop();
+    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| !p.online)).await;
+    append(&doc_b, "while A was away. ");
+    assert_eq!(text(&doc_a), "");
+
+    // A listens again on the same address; B's link comes back and delivers the edit.
+    // The stopped endpoint releases its socket just after its connections end: poll, bounded.
+    let relisten = async {
+        loop {
+            match a.listen(addr).await {
+                Ok(peer) => return peer,
+                Err(ClientError::Listen { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let again = tokio::time::timeout(TIMEOUT, relisten).await.unwrap();
+    assert_eq!(again.local_addr(), addr);
+    wait_text(&doc_a, |t| t == "while A was away. ").await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
