@@ -19,8 +19,9 @@ use crate::transport::TransportKind;
 
 /// Transaction origin of updates that came from the relay.
 pub const REMOTE_ORIGIN: &str = "aetherflow-remote";
-/// Transaction origin of updates that came from another SDK instance (a peer). They are kept
-/// as pending until the relay acknowledges them, so they reach the relay like local edits.
+/// Prefix of the transaction origin of updates that came from another SDK instance (a peer);
+/// an id of the link follows it. They are kept as pending until the relay acknowledges them, so
+/// they reach the relay like local edits.
 pub const PEER_ORIGIN: &str = "aetherflow-peer";
 /// Transaction origin of state read back from the local database.
 const LOAD_ORIGIN: &str = "aetherflow-load";
@@ -98,6 +99,11 @@ pub(crate) struct Shared {
     pub changes: broadcast::Sender<Change>,
     /// Our own presence updates, for the peer links (the relay's goes through the outbox).
     pub presence_out: broadcast::Sender<Vec<u8>>,
+    /// Every stored update with the peer link it came from, if any: peer links forward all but
+    /// their own, so a peer does not get its updates echoed back.
+    pub forward: broadcast::Sender<(Option<u64>, Vec<u8>)>,
+    /// Source of peer link ids.
+    next_link: AtomicU64,
     pending: Mutex<BTreeSet<u64>>,
     next_seq: AtomicU64,
     store: std::sync::mpsc::Sender<WriteOp>,
@@ -167,6 +173,8 @@ impl DocHandle {
             state,
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             presence_out: broadcast::channel(CHANGES_CAPACITY).0,
+            forward: broadcast::channel(CHANGES_CAPACITY).0,
+            next_link: AtomicU64::new(0),
             pending: Mutex::new(pending),
             next_seq: AtomicU64::new(next_seq),
             store,
@@ -294,7 +302,8 @@ fn on_update(shared: &Weak<Shared>, origin: Option<&Origin>, update: &[u8]) {
         return;
     }
     let from_relay = origin == Some(&Origin::from(REMOTE_ORIGIN));
-    let from_peer = origin == Some(&Origin::from(PEER_ORIGIN));
+    let link = origin.and_then(peer_link_of);
+    let from_peer = link.is_some();
     // What came from a peer may be missing at the relay: it is pending like a local edit.
     let seq = (!from_relay).then(|| shared.next_seq.fetch_add(1, Ordering::SeqCst));
     let record = WriteOp::Record {
@@ -317,12 +326,19 @@ fn on_update(shared: &Weak<Shared>, origin: Option<&Origin>, update: &[u8]) {
             update: update.to_vec(),
         });
     }
+    let _ = shared.forward.send((link, update.to_vec()));
     let change = if from_relay || from_peer {
         Change::Remote(update.to_vec())
     } else {
         Change::Local(update.to_vec())
     };
     let _ = shared.changes.send(change);
+}
+
+/// The peer link id in a [`PEER_ORIGIN`] origin.
+fn peer_link_of(origin: &Origin) -> Option<u64> {
+    let id = origin.as_ref().strip_prefix(PEER_ORIGIN.as_bytes())?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
 }
 
 impl Shared {
@@ -347,12 +363,19 @@ impl Shared {
 
     /// Applies an update from the relay. Returns false if it is malformed.
     pub fn apply_remote(&self, bytes: &[u8]) -> bool {
-        self.apply_with_origin(bytes, REMOTE_ORIGIN)
+        self.apply_with_origin(bytes, Origin::from(REMOTE_ORIGIN))
     }
 
-    /// Applies an update from a peer. Returns false if it is malformed.
-    pub fn apply_from_peer(&self, bytes: &[u8]) -> bool {
-        self.apply_with_origin(bytes, PEER_ORIGIN)
+    /// A new id for a peer link.
+    pub fn new_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies an update from the peer on link `link`. Returns false if it is malformed.
+    pub fn apply_from_peer(&self, bytes: &[u8], link: u64) -> bool {
+        let mut origin = PEER_ORIGIN.as_bytes().to_vec();
+        origin.extend(link.to_be_bytes());
+        self.apply_with_origin(bytes, Origin::from(origin.as_slice()))
     }
 
     /// Our whole state as one v1 update, for a peer link that fell behind the change stream.
@@ -363,7 +386,7 @@ impl Shared {
             .encode_state_as_update_v1(&yrs::StateVector::default())
     }
 
-    fn apply_with_origin(&self, bytes: &[u8], origin: &'static str) -> bool {
+    fn apply_with_origin(&self, bytes: &[u8], origin: Origin) -> bool {
         if let Err(e) = aetherflow_crdt::check_update_v1(bytes) {
             warn!(doc = %self.name, error = %e, "malformed remote update");
             return false;

@@ -5,8 +5,9 @@
 //! Both ends run the same exchange: the connecting side drives a [`SyncSession`] (step 1,
 //! answer to the greeting, barriers), the serving side answers with [`sync::serve`], as the
 //! relay does. Every local edit and every update from the relay or another peer is forwarded
-//! to the link, so edits hop across a chain of peers; an update a replica already holds
-//! applies as a no-op and is not forwarded again, so forwarding cannot loop.
+//! to the link (except the link's own updates), so edits hop across a chain of peers; an
+//! update a replica already holds applies as a no-op and is not forwarded again, so forwarding
+//! in a cycle of peers cannot loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Backoff;
-use crate::doc::{Change, PeerState, Shared};
+use crate::doc::{PeerState, Shared};
 use crate::error::TransportError;
 use crate::sync::{self, LocalDoc, SyncSession};
 use crate::transport::{Link, Transport};
@@ -83,7 +84,8 @@ pub(crate) async fn exchange(
     sink: &Sink,
     cancel: &CancellationToken,
 ) -> LinkEnd {
-    let mut changes = shared.changes.subscribe();
+    let link = shared.new_link_id();
+    let mut changes = shared.forward.subscribe();
     let mut presence = shared.presence_out.subscribe();
     let mut first = vec![Message::Sync(SyncMessage::Step1(shared.doc.state_vector()))];
     first.extend(shared.presence_message());
@@ -100,16 +102,15 @@ pub(crate) async fn exchange(
         let out = tokio::select! {
             message = incoming.recv() => {
                 let Some(message) = message else { return LinkEnd::Closed };
-                match receive(shared, role, message) {
+                match receive(shared, role, message, link) {
                     Some(out) => out,
                     None => return LinkEnd::BadInput,
                 }
             }
             change = changes.recv() => match change {
-                Ok(Change::Local(update) | Change::Remote(update)) => {
-                    vec![Message::Sync(SyncMessage::Update(update))]
-                }
-                Ok(Change::Presence) => continue,
+                // Its own updates, back from the document: the peer has them.
+                Ok((Some(from), _)) if from == link => continue,
+                Ok((_, update)) => vec![Message::Sync(SyncMessage::Update(update))],
                 // Missed changes: send everything; the peer keeps what it lacks.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     vec![Message::Sync(SyncMessage::Update(shared.full_state()))]
@@ -132,13 +133,13 @@ pub(crate) async fn exchange(
 }
 
 /// Acts on one message from the peer; returns the replies, or `None` on a bad update.
-fn receive(shared: &Shared, role: &mut Role, message: Message) -> Option<Vec<Message>> {
+fn receive(shared: &Shared, role: &mut Role, message: Message, link: u64) -> Option<Vec<Message>> {
     let (actions, mut replies) = match role {
         Role::Connecting(session, _) => session.receive(&shared.doc, message, None),
         Role::Serving => sync::serve(&shared.doc, message),
     };
     for update in &actions.apply {
-        if !shared.apply_from_peer(update) {
+        if !shared.apply_from_peer(update, link) {
             return None;
         }
     }

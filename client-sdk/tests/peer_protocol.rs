@@ -195,3 +195,45 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     assert_eq!(copied.get_string(&copy.transact()), "kept");
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_peer_gets_others_updates_but_not_its_own_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, addr, doc) = listener(dir.path()).await;
+    let (_endpoint, conn) = raw(addr).await;
+    conn.send(hello(Some(SECRET))).await.unwrap();
+    conn.send(subscribe("doc")).await.unwrap();
+    next_message(&conn, "doc").await;
+
+    let theirs = yrs::Doc::with_client_id(77);
+    let their_text = theirs.get_or_insert_text("text");
+    their_text.insert(&mut theirs.transact_mut(), 0, "from raw peer");
+    let update =
+        yrs::ReadTxn::encode_state_as_update_v1(&theirs.transact(), &yrs::StateVector::default());
+    let mut changes = doc.changes();
+    let envelope = Envelope::new(
+        "doc",
+        Payload::Yjs(Message::Sync(SyncMessage::Update(update))),
+    );
+    conn.send(envelope.encode()).await.unwrap();
+    let applied = async {
+        while !text(&doc).contains("from raw peer") {
+            changes.next().await.unwrap();
+        }
+    };
+    tokio::time::timeout(TIMEOUT, applied).await.unwrap();
+
+    // A local edit after it: the next update on the link is that edit, not an echo.
+    let local = doc.doc().get_or_insert_text("text");
+    local.insert(&mut doc.doc().transact_mut(), 0, "marker");
+    let contains =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let next_update = loop {
+        if let Message::Sync(SyncMessage::Update(update)) = next_message(&conn, "doc").await {
+            break update;
+        }
+    };
+    assert!(contains(&next_update, b"marker"));
+    assert!(!contains(&next_update, b"from raw peer"), "echoed back");
+    client.close().await.unwrap();
+}
