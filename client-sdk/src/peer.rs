@@ -19,9 +19,9 @@
 //! | code | meaning | connection |
 //! |---:|---|---|
 //! | 1001 | the peer is shutting down | closed |
-//! | 1002 | malformed envelope | closed |
+//! | 1002 | malformed envelope (an invalid document name included) | closed |
 //! | 1011 | the document could not be opened locally | kept |
-//! | 4400 | protocol misuse: no hello first, a bad document name, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
+//! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
 //! | 4401 | missing or wrong peer secret | closed |
 //! | 4501 | register operations are not served by peers | kept |
 

@@ -237,3 +237,25 @@ async fn a_peer_gets_others_updates_but_not_its_own_back() {
     assert!(!contains(&next_update, b"from raw peer"), "echoed back");
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn subscribing_without_a_valid_document_name_is_a_malformed_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, addr, _doc) = listener(dir.path()).await;
+    for name in ["", "../etc"] {
+        let (_endpoint, conn) = raw(addr).await;
+        conn.send(hello(Some(SECRET))).await.unwrap();
+        conn.send(subscribe(name)).await.unwrap();
+        assert_eq!(next_error(&conn, "").await.0, ERROR_MALFORMED, "{name:?}");
+        assert!(next_envelope(&conn).await.is_none());
+    }
+    // The listener still serves others.
+    let (_endpoint, conn) = raw(addr).await;
+    conn.send(hello(Some(SECRET))).await.unwrap();
+    conn.send(subscribe("doc")).await.unwrap();
+    assert!(matches!(
+        next_message(&conn, "doc").await,
+        Message::Sync(SyncMessage::Step1(_))
+    ));
+    client.close().await.unwrap();
+}
