@@ -281,3 +281,73 @@ async fn a_stopped_peer_shows_as_down_and_edits_stay_local_until_it_listens_agai
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_full_mesh_of_three_peers_converges_with_every_edit_once() {
+    let seed: u64 = std::env::var("PEER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xA11CE);
+    println!("seed {seed} (rerun with PEER_SEED={seed})");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Peers are configured before a client opens: learn three free ports by listening once,
+    // then reopen each client with the other two as peers and listen on its port again.
+    let mut listeners = Vec::new();
+    for dir in &dirs {
+        let client = Client::open(config(dir.path()).peer_secret(SECRET)).unwrap();
+        let addr = client.listen(loopback()).await.unwrap().local_addr();
+        listeners.push((client, addr));
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|(_, addr)| *addr).collect();
+    let mut clients = Vec::new();
+    for (i, (listening, _)) in listeners.into_iter().enumerate() {
+        listening.close().await.unwrap();
+        let mut cfg = config(dirs[i].path()).peer_secret(SECRET);
+        for (j, addr) in addrs.iter().enumerate() {
+            if j != i {
+                cfg = cfg.peer(*addr);
+            }
+        }
+        let client = Client::open(cfg).unwrap();
+        let relisten = async {
+            loop {
+                match client.listen(addrs[i]).await {
+                    Ok(peer) => return peer,
+                    Err(ClientError::Listen { .. }) => tokio::task::yield_now().await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        tokio::time::timeout(TIMEOUT, relisten).await.unwrap();
+        clients.push(client);
+    }
+    let mut docs = Vec::new();
+    for client in &clients {
+        docs.push(client.doc("mesh").await.unwrap());
+    }
+    let mut rng = seed;
+    let mut markers = Vec::new();
+    for n in 0..30 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let who = (rng >> 33) as usize % 3;
+        let marker = format!("<{who}:{n}>");
+        append(&docs[who], &marker);
+        markers.push(marker);
+    }
+    let all = |t: &str| markers.iter().all(|m| t.contains(m.as_str()));
+    let first = wait_text(&docs[0], all).await;
+    for doc in &docs[1..] {
+        assert_eq!(wait_text(doc, all).await, first, "seed {seed}");
+    }
+    let total: usize = markers.iter().map(String::len).sum();
+    assert_eq!(
+        first.len(),
+        total,
+        "each edit exactly once (seed {seed}): {first}"
+    );
+    for client in clients {
+        client.close().await.unwrap();
+    }
+}
