@@ -63,6 +63,13 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Delays between reconnection attempts.
     pub backoff: Backoff,
+    /// Other SDK instances listening with [`crate::Client::listen`] to sync with directly, in
+    /// addition to the relay (or instead of it, when no relay is configured).
+    pub peers: Vec<SocketAddr>,
+    /// The secret shared by every peer of a group: sent to the peers we connect to, and
+    /// required from those connecting to [`crate::Client::listen`]. It is unrelated to the
+    /// relay's token.
+    pub peer_secret: Option<String>,
 }
 
 /// File name of the local database inside [`ClientConfig::data_dir`].
@@ -79,6 +86,8 @@ impl ClientConfig {
             data_dir: data_dir.into(),
             connect_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            peers: Vec::new(),
+            peer_secret: None,
         }
     }
 
@@ -98,6 +107,19 @@ impl ClientConfig {
     /// Authenticates with `token`.
     pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Also syncs directly with the SDK instance listening (see [`crate::Client::listen`]) at
+    /// `addr`. Call once per peer.
+    pub fn peer(mut self, addr: SocketAddr) -> ClientConfig {
+        self.peers.push(addr);
+        self
+    }
+
+    /// Sets the secret shared with peers (see [`ClientConfig::peer_secret`]).
+    pub fn peer_secret(mut self, secret: impl Into<String>) -> ClientConfig {
+        self.peer_secret = Some(secret.into());
         self
     }
 

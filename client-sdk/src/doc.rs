@@ -1,6 +1,7 @@
 //! One document on the client: a local yrs document, its persistence and its sync task.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -18,6 +19,10 @@ use crate::transport::TransportKind;
 
 /// Transaction origin of updates that came from the relay.
 pub const REMOTE_ORIGIN: &str = "aetherflow-remote";
+/// Prefix of the transaction origin of updates that came from another SDK instance (a peer);
+/// an id of the link follows it. They are kept as pending until the relay acknowledges them, so
+/// they reach the relay like local edits.
+pub const PEER_ORIGIN: &str = "aetherflow-peer";
 /// Transaction origin of state read back from the local database.
 const LOAD_ORIGIN: &str = "aetherflow-load";
 /// How many changes a slow [`Changes`] reader may fall behind before it misses some.
@@ -45,9 +50,23 @@ pub struct SyncState {
     /// Both sides have exchanged state vectors on the current connection: the client has all
     /// the relay held and the relay has stored all the client held at that moment.
     pub synced: bool,
-    /// Local updates the relay has not acknowledged yet (kept in the local database).
+    /// Local updates, and updates from peers, that the relay has not acknowledged yet (kept in
+    /// the local database).
     pub pending: usize,
     /// Why the relay last refused access, if it did.
+    pub denied: Option<String>,
+    /// The links to peers configured with [`crate::ClientConfig::peer`], by peer address.
+    pub peers: BTreeMap<SocketAddr, PeerState>,
+}
+
+/// Where the link of one document to one configured peer stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// The link is open: the peer accepted our secret and the subscription.
+    pub online: bool,
+    /// Both sides have exchanged state vectors on the current link.
+    pub synced: bool,
+    /// Why the peer last refused us (e.g. a wrong secret), if it did.
     pub denied: Option<String>,
 }
 
@@ -56,7 +75,7 @@ pub struct SyncState {
 pub enum Change {
     /// A local edit, as a v1 update.
     Local(Vec<u8>),
-    /// An update from the relay, as applied.
+    /// An update from the relay or a peer, as applied.
     Remote(Vec<u8>),
     /// Someone's presence changed (see [`DocHandle::presence`]).
     Presence,
@@ -78,6 +97,13 @@ pub(crate) struct Shared {
     pub awareness: Mutex<Awareness>,
     pub state: watch::Sender<SyncState>,
     pub changes: broadcast::Sender<Change>,
+    /// Our own presence updates, for the peer links (the relay's goes through the outbox).
+    pub presence_out: broadcast::Sender<Vec<u8>>,
+    /// Every stored update with the peer link it came from, if any: peer links forward all but
+    /// their own, so a peer does not get its updates echoed back.
+    pub forward: broadcast::Sender<(Option<u64>, Vec<u8>)>,
+    /// Source of peer link ids.
+    next_link: AtomicU64,
     pending: Mutex<BTreeSet<u64>>,
     next_seq: AtomicU64,
     store: std::sync::mpsc::Sender<WriteOp>,
@@ -138,6 +164,7 @@ impl DocHandle {
             synced: false,
             pending: pending.len(),
             denied: None,
+            peers: BTreeMap::new(),
         });
         let shared = Arc::new(Shared {
             name,
@@ -145,6 +172,9 @@ impl DocHandle {
             doc,
             state,
             changes: broadcast::channel(CHANGES_CAPACITY).0,
+            presence_out: broadcast::channel(CHANGES_CAPACITY).0,
+            forward: broadcast::channel(CHANGES_CAPACITY).0,
+            next_link: AtomicU64::new(0),
             pending: Mutex::new(pending),
             next_seq: AtomicU64::new(next_seq),
             store,
@@ -201,6 +231,7 @@ impl DocHandle {
             local_presence(&awareness)
         };
         if let Some(update) = update {
+            let _ = self.shared.presence_out.send(update.clone());
             let _ = self.shared.outbox.send(Outgoing::Presence(update));
         }
         Ok(())
@@ -270,8 +301,11 @@ fn on_update(shared: &Weak<Shared>, origin: Option<&Origin>, update: &[u8]) {
     if origin == Some(&Origin::from(LOAD_ORIGIN)) || update == aetherflow_crdt::EMPTY_UPDATE {
         return;
     }
-    let remote = origin == Some(&Origin::from(REMOTE_ORIGIN));
-    let seq = (!remote).then(|| shared.next_seq.fetch_add(1, Ordering::SeqCst));
+    let from_relay = origin == Some(&Origin::from(REMOTE_ORIGIN));
+    let link = origin.and_then(peer_link_of);
+    let from_peer = link.is_some();
+    // What came from a peer may be missing at the relay: it is pending like a local edit.
+    let seq = (!from_relay).then(|| shared.next_seq.fetch_add(1, Ordering::SeqCst));
     let record = WriteOp::Record {
         doc: shared.name.clone(),
         update: update.to_vec(),
@@ -291,10 +325,20 @@ fn on_update(shared: &Weak<Shared>, origin: Option<&Origin>, update: &[u8]) {
             seq,
             update: update.to_vec(),
         });
-        let _ = shared.changes.send(Change::Local(update.to_vec()));
-    } else {
-        let _ = shared.changes.send(Change::Remote(update.to_vec()));
     }
+    let _ = shared.forward.send((link, update.to_vec()));
+    let change = if from_relay || from_peer {
+        Change::Remote(update.to_vec())
+    } else {
+        Change::Local(update.to_vec())
+    };
+    let _ = shared.changes.send(change);
+}
+
+/// The peer link id in a [`PEER_ORIGIN`] origin.
+fn peer_link_of(origin: &Origin) -> Option<u64> {
+    let id = origin.as_ref().strip_prefix(PEER_ORIGIN.as_bytes())?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
 }
 
 impl Shared {
@@ -319,26 +363,50 @@ impl Shared {
 
     /// Applies an update from the relay. Returns false if it is malformed.
     pub fn apply_remote(&self, bytes: &[u8]) -> bool {
+        self.apply_with_origin(bytes, Origin::from(REMOTE_ORIGIN))
+    }
+
+    /// A new id for a peer link.
+    pub fn new_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies an update from the peer on link `link`. Returns false if it is malformed.
+    pub fn apply_from_peer(&self, bytes: &[u8], link: u64) -> bool {
+        let mut origin = PEER_ORIGIN.as_bytes().to_vec();
+        origin.extend(link.to_be_bytes());
+        self.apply_with_origin(bytes, Origin::from(origin.as_slice()))
+    }
+
+    /// Our whole state as one v1 update, for a peer link that fell behind the change stream.
+    pub fn full_state(&self) -> Vec<u8> {
+        use yrs::ReadTxn;
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+    }
+
+    fn apply_with_origin(&self, bytes: &[u8], origin: Origin) -> bool {
         if let Err(e) = aetherflow_crdt::check_update_v1(bytes) {
-            warn!(doc = %self.name, error = %e, "malformed update from the relay");
+            warn!(doc = %self.name, error = %e, "malformed remote update");
             return false;
         }
         let Ok(update) = Update::decode_v1(bytes) else {
-            warn!(doc = %self.name, "undecodable update from the relay");
+            warn!(doc = %self.name, "undecodable remote update");
             return false;
         };
-        let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+        let mut txn = self.doc.transact_mut_with(origin);
         if let Err(e) = txn.apply_update(update) {
-            warn!(doc = %self.name, error = %e, "update from the relay not applied");
+            warn!(doc = %self.name, error = %e, "remote update not applied");
             return false;
         }
         true
     }
 
-    /// Applies a presence update from the relay.
+    /// Applies a presence update from the relay or a peer.
     pub fn apply_presence(&self, bytes: &[u8]) {
         let Ok(update) = AwarenessUpdate::decode_v1(bytes) else {
-            debug!(doc = %self.name, "undecodable presence update from the relay");
+            debug!(doc = %self.name, "undecodable presence update");
             return;
         };
         let applied = lock(&self.awareness).apply_update(update);

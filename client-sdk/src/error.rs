@@ -34,6 +34,18 @@ pub enum ClientError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// [`crate::Client::listen`] needs [`crate::ClientConfig::peer_secret`]: a listener that
+    /// accepted anyone would hand every document to whoever reaches the port.
+    #[error("listening for peers needs a peer secret (ClientConfig::peer_secret)")]
+    NoPeerSecret,
+    /// The peer listener's socket could not be opened (address in use, no permission).
+    #[error("cannot listen for peers at {addr}: {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Why a transport could not connect or lost its connection.

@@ -37,10 +37,52 @@
 //! # client.close().await
 //! # }
 //! ```
+//!
+//! # Peers
+//!
+//! SDK instances on one network can also sync with each other directly, with or without a
+//! relay: one [`Client::listen`]s (a [`Peer`]), the others add its address with
+//! [`ClientConfig::peer`]. Every replica of the group shares one secret
+//! ([`ClientConfig::peer_secret`]); a peer presenting another one is refused. What a replica
+//! gets from a peer stays *pending* until the relay acknowledges it, so when the relay is back
+//! everyone's edits reach it, each exactly once. [`SyncState::peers`] says which peer links
+//! are up. See [`peer`] for the protocol.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aetherflow_client::ClientError> {
+//! use aetherflow_client::{Client, ClientConfig};
+//! use yrs::{GetString, Text, Transact};
+//!
+//! let (dir_a, dir_b) = (tempfile::tempdir().expect("a dir"), tempfile::tempdir().expect("a dir"));
+//! // A listens for peers that know the group's secret...
+//! let a = Client::open(ClientConfig::new(dir_a.path()).peer_secret("team secret"))?;
+//! let peer = a.listen("127.0.0.1:0".parse().expect("an address")).await?;
+//! // ...and B syncs with A directly: no relay anywhere.
+//! let b_config = ClientConfig::new(dir_b.path())
+//!     .peer(peer.local_addr())
+//!     .peer_secret("team secret");
+//! let b = Client::open(b_config)?;
+//! let (notes_a, notes_b) = (a.doc("notes").await?, b.doc("notes").await?);
+//! let text_a = notes_a.doc().get_or_insert_text("text");
+//! text_a.insert(&mut notes_a.doc().transact_mut(), 0, "hello, peer");
+//!
+//! let text_b = notes_b.doc().get_or_insert_text("text");
+//! let mut changes = notes_b.changes();
+//! while text_b.get_string(&notes_b.doc().transact()) != "hello, peer" {
+//!     changes.next().await;
+//! }
+//! assert!(notes_b.state().borrow().peers[&peer.local_addr()].online);
+//! # a.close().await?;
+//! # b.close().await
+//! # }
+//! ```
 
 pub mod config;
 pub mod doc;
 pub mod error;
+pub mod peer;
+mod peer_link;
 pub mod quantum;
 pub mod store;
 pub mod sync;
@@ -50,6 +92,7 @@ pub mod transport;
 pub mod websocket;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use aetherflow_crdt::DocName;
@@ -57,20 +100,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Backoff, ClientConfig};
-pub use doc::{Change, Changes, Connection, DocHandle, REMOTE_ORIGIN, SyncState};
+pub use doc::{
+    Change, Changes, Connection, DocHandle, PEER_ORIGIN, PeerState, REMOTE_ORIGIN, SyncState,
+};
 pub use error::{ClientError, TransportError};
+pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
 pub use transport::{Link, Offline, Transport, TransportKind};
 pub use websocket::WebSocketTransport;
 
 use crate::doc::lock;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, StoreReader, WriteOp};
 
-/// The client: a local database and a transport, shared by every open document.
+/// The client: a local database, a transport to the relay and links to peers, shared by every
+/// open document.
 pub struct Client {
-    config: ClientConfig,
     store: LocalStore,
+    docs: Arc<OpenDocs>,
+}
+
+/// The open documents and what opening one needs; shared with [`Peer`] listeners, which open
+/// the documents peers subscribe to.
+pub(crate) struct OpenDocs {
+    config: ClientConfig,
+    reader: StoreReader,
+    writer: std::sync::mpsc::Sender<WriteOp>,
     transport: Arc<dyn Transport>,
+    /// A Quantum transport per configured peer.
+    peers: Vec<(SocketAddr, Arc<dyn Transport>)>,
     docs: Mutex<HashMap<String, DocHandle>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -79,7 +136,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("data_dir", &self.config.data_dir)
+            .field("data_dir", &self.docs.config.data_dir)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +144,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Opens the local database and picks the transport from `config`: Quantum when
     /// [`ClientConfig::quantum_addr`] is set, falling back to WebSocket when
-    /// [`ClientConfig::websocket_url`] is set too; offline when neither is.
+    /// [`ClientConfig::websocket_url`] is set too; offline when neither is. Documents also
+    /// sync with every peer in [`ClientConfig::peers`].
     pub fn open(config: ClientConfig) -> Result<Client, ClientError> {
         let websocket = config.websocket_url.as_ref().map(|url| {
             Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
@@ -107,25 +165,80 @@ impl Client {
         Client::with_transport(config, transport)
     }
 
-    /// Opens the local database and syncs through `transport`.
+    /// Opens the local database and syncs through `transport` (and with the configured peers).
     pub fn with_transport(
         config: ClientConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Client, ClientError> {
         let store = LocalStore::open(&config.database_path())?;
-        Ok(Client {
+        let peers = config
+            .peers
+            .iter()
+            .map(|&addr| {
+                let quantum = QuantumTransport::new(
+                    addr,
+                    config.peer_secret.clone(),
+                    config.quantum_handshake_timeout,
+                );
+                (addr, Arc::new(quantum) as Arc<dyn Transport>)
+            })
+            .collect();
+        let docs = Arc::new(OpenDocs {
+            reader: store.reader(),
+            writer: store.writer(),
             config,
-            store,
             transport,
+            peers,
             docs: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        })
+        });
+        Ok(Client { store, docs })
     }
 
     /// Opens document `name` (the same handle if it is open already): loads its local state
     /// and pending updates and starts syncing it. Must be called inside a tokio runtime.
     pub async fn doc(&self, name: &str) -> Result<DocHandle, ClientError> {
+        self.docs.open(name).await
+    }
+
+    /// Listens for other SDK instances at `addr` (port 0 picks a free one) and serves them
+    /// this client's documents over Quantum, with the relay's envelope protocol (see
+    /// [`peer`]). Only peers presenting [`ClientConfig::peer_secret`] are accepted, so a
+    /// secret must be configured. The listener stops when the client closes.
+    pub async fn listen(&self, addr: SocketAddr) -> Result<Peer, ClientError> {
+        if self.docs.cancel.is_cancelled() {
+            return Err(ClientError::Closed);
+        }
+        peer::listen(self.docs.clone(), addr).await
+    }
+
+    /// Stops syncing, commits every local change to the database and closes it. Handles still
+    /// held keep their in-memory document, but their further edits are not stored.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.docs.cancel.cancel();
+        self.docs.tasks.close();
+        self.docs.tasks.wait().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let flushed = self.store.writer().send(WriteOp::Flush(tx)).is_ok();
+        if flushed {
+            rx.await
+                .map_err(|_| ClientError::Closed)?
+                .map_err(ClientError::Store)?;
+        }
+        lock(&self.docs.docs).clear();
+        let Client { store, docs } = self;
+        // The last reference to the database besides the store's: release it with the store.
+        drop(docs);
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| ClientError::Store(e.to_string()))
+    }
+}
+
+impl OpenDocs {
+    /// [`Client::doc`].
+    async fn open(&self, name: &str) -> Result<DocHandle, ClientError> {
         let name = DocName::parse(name)?.as_str().to_owned();
         if let Some(handle) = lock(&self.docs).get(&name) {
             return Ok(handle.clone());
@@ -133,12 +246,12 @@ impl Client {
         if self.cancel.is_cancelled() {
             return Err(ClientError::Closed);
         }
-        let reader = self.store.reader();
+        let reader = self.reader.clone();
         let loading = name.clone();
         let stored = tokio::task::spawn_blocking(move || reader.load(&loading))
             .await
             .map_err(|e| ClientError::Store(e.to_string()))??;
-        let (handle, outbox) = DocHandle::load(name.clone(), stored, self.store.writer())?;
+        let (handle, outbox) = DocHandle::load(name.clone(), stored, self.writer.clone())?;
         let mut docs = lock(&self.docs);
         // Another caller may have opened it meanwhile; keep theirs.
         if let Some(existing) = docs.get(&name) {
@@ -153,26 +266,16 @@ impl Client {
         };
         self.tasks
             .spawn(task::run(handle.shared.clone(), outbox, ctx));
-        Ok(handle)
-    }
-
-    /// Stops syncing, commits every local change to the database and closes it. Handles still
-    /// held keep their in-memory document, but their further edits are not stored.
-    pub async fn close(self) -> Result<(), ClientError> {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let flushed = self.store.writer().send(store::WriteOp::Flush(tx)).is_ok();
-        if flushed {
-            rx.await
-                .map_err(|_| ClientError::Closed)?
-                .map_err(ClientError::Store)?;
+        for (addr, transport) in &self.peers {
+            let ctx = peer_link::LinkContext {
+                addr: *addr,
+                transport: transport.clone(),
+                connect_timeout: self.config.connect_timeout,
+                backoff: self.config.backoff,
+                cancel: self.cancel.child_token(),
+            };
+            self.tasks.spawn(peer_link::run(handle.shared.clone(), ctx));
         }
-        lock(&self.docs).clear();
-        let store = self.store;
-        tokio::task::spawn_blocking(move || store.close())
-            .await
-            .map_err(|e| ClientError::Store(e.to_string()))
+        Ok(handle)
     }
 }

@@ -41,6 +41,8 @@ struct Mux {
     next_route: std::sync::atomic::AtomicU64,
     /// Cancelled when the connection has ended.
     dead: CancellationToken,
+    /// The connection-level refusal that ended it (a wrong token), if any.
+    refused: Mutex<Option<(u32, String)>>,
 }
 
 /// Connects documents over Quantum.
@@ -117,6 +119,7 @@ impl QuantumTransport {
             routes: Mutex::new(HashMap::new()),
             next_route: std::sync::atomic::AtomicU64::new(0),
             dead: CancellationToken::new(),
+            refused: Mutex::new(None),
         });
         tokio::spawn(demux(mux.clone(), self.limits));
         state.1 = Some(mux.clone());
@@ -138,6 +141,7 @@ async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
             Payload::Yjs(message) => Routed::Message(message),
             Payload::Control(Control::Error { code, reason }) if envelope.doc.is_empty() => {
                 debug!(code, %reason, "relay closed the connection");
+                *lock(&mux.refused) = Some((code, reason));
                 break;
             }
             Payload::Control(Control::Error { code, reason }) => Routed::Error { code, reason },
@@ -189,7 +193,13 @@ impl Transport for QuantumTransport {
                     remove_route(&mux, doc, route_id);
                     return Err(refusal(code, reason));
                 }
-                None => return Err(TransportError::Connect("connection lost".into())),
+                None => {
+                    // A refused hello ends the whole connection; say why.
+                    return Err(match lock(&mux.refused).clone() {
+                        Some((code, reason)) => refusal(code, reason),
+                        None => TransportError::Connect("connection lost".into()),
+                    });
+                }
             };
             let (outgoing, from_doc) = mpsc::channel(LINK_BUFFER);
             let (to_doc, incoming) = mpsc::channel(LINK_BUFFER);

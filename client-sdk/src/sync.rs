@@ -139,6 +139,30 @@ impl SyncSession {
     }
 }
 
+/// The serving side of a peer link (see [`crate::peer`]), as a pure function: what the relay
+/// does for one subscriber. A step 1 is answered with everything its sender lacks, in order,
+/// so the connecting side's barriers work against a peer exactly as against the relay; a peer
+/// never acknowledges or denies anything.
+pub fn serve(doc: &impl LocalDoc, message: Message) -> (Actions, Vec<Message>) {
+    let mut actions = Actions::default();
+    let mut send = Vec::new();
+    match message {
+        Message::Sync(SyncMessage::Step1(sv)) => {
+            if let Some(diff) = doc.diff(&sv) {
+                send.push(Message::Sync(SyncMessage::Step2(diff)));
+            }
+        }
+        Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
+            actions.apply.push(update);
+        }
+        Message::Awareness(update) => actions.presence = Some(update),
+        Message::QueryAwareness => actions.send_presence = true,
+        // Only a relay denies access; a peer that claims to is ignored.
+        Message::Auth(_) => {}
+    }
+    (actions, send)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -272,6 +296,55 @@ mod tests {
         let mut session = SyncSession::default();
         let (_, send) =
             session.receive(&client, Message::Sync(SyncMessage::Step1(vec![0xff])), None);
+        assert!(send.is_empty());
+    }
+
+    #[test]
+    fn a_connecting_session_against_a_serving_peer_syncs_both_ways_and_settles() {
+        let near = Doc::with_client_id(1);
+        near.get_or_insert_text("t")
+            .insert(&mut near.transact_mut(), 0, "near ");
+        let far = Doc::with_client_id(2);
+        far.get_or_insert_text("t")
+            .insert(&mut far.transact_mut(), 0, "far ");
+        let (mut session, step1) = SyncSession::start(&near);
+        // The serving side greets with its step 1, as the relay does.
+        let mut to_far = vec![step1];
+        let mut to_near = vec![Message::Sync(SyncMessage::Step1(far.state_vector()))];
+        let mut synced = false;
+        let mut rounds = 0;
+        while !to_far.is_empty() || !to_near.is_empty() {
+            rounds += 1;
+            assert!(rounds < 10, "the exchange must settle, not ping-pong");
+            for message in std::mem::take(&mut to_far) {
+                let (actions, replies) = serve(&far, message);
+                actions.apply.iter().for_each(|u| apply(&far, u));
+                to_near.extend(replies);
+            }
+            for message in std::mem::take(&mut to_near) {
+                let (actions, replies) = session.receive(&near, message, None);
+                actions.apply.iter().for_each(|u| apply(&near, u));
+                synced |= actions.synced;
+                assert_eq!(actions.acked, None, "nothing is acknowledged without a seq");
+                to_far.extend(replies);
+            }
+        }
+        assert!(synced);
+        let read = |d: &Doc| d.get_or_insert_text("t").get_string(&d.transact());
+        assert_eq!(read(&near), read(&far));
+        assert!(read(&near).contains("near") && read(&near).contains("far"));
+    }
+
+    #[test]
+    fn a_serving_peer_ignores_a_claimed_denial_and_bad_state_vectors() {
+        let doc = Doc::new();
+        let denial = Message::Auth(aetherflow_crdt::protocol::AuthMessage::PermissionDenied {
+            reason: "no".into(),
+        });
+        let (actions, send) = serve(&doc, denial);
+        assert_eq!(actions, Actions::default());
+        assert!(send.is_empty());
+        let (_, send) = serve(&doc, Message::Sync(SyncMessage::Step1(vec![0xff])));
         assert!(send.is_empty());
     }
 }

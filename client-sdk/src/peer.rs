@@ -1,0 +1,319 @@
+//! Peer-assisted sync: an SDK instance that listens ([`crate::Client::listen`]) serves its
+//! local documents to other SDK instances over Quantum, so replicas on one network keep
+//! syncing with each other while the relay is unreachable.
+//!
+//! A [`Peer`] speaks the relay's Quantum protocol ([`aetherflow_crdt::envelope`]), so another
+//! client reaches it with [`crate::ClientConfig::peer`] exactly as it reaches a relay: `hello`,
+//! then `subscribe` per document, then y-protocols sync messages both ways. Subscribing opens
+//! the document locally (and starts its sync with the relay, if one is configured). Updates
+//! from peers are stored and stay *pending* until the relay acknowledges them, so whatever
+//! replica reaches the relay first delivers everyone's edits; local edits and updates from the
+//! relay or other peers are forwarded to every subscribed peer.
+//!
+//! **Authentication.** Every replica of a group is configured with the same secret
+//! ([`crate::ClientConfig::peer_secret`]); a connecting client sends it as the `hello` token and
+//! the listener compares it in constant time. A listener needs a secret; a wrong or missing one
+//! is refused with a connection-level `error` envelope (code 4401) and the connection closes.
+//! The secret only gates access: Quantum does not encrypt, so use peers on trusted networks.
+//!
+//! | code | meaning | connection |
+//! |---:|---|---|
+//! | 1001 | the peer is shutting down | closed |
+//! | 1002 | malformed envelope (an invalid document name included) | closed |
+//! | 1011 | the document could not be opened locally | kept |
+//! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
+//! | 4401 | missing or wrong peer secret | closed |
+//! | 4501 | register operations are not served by peers | kept |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::protocol::Message;
+use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use crate::OpenDocs;
+use crate::error::ClientError;
+use crate::peer_link::{self, Role, Sink};
+
+/// Error code: the peer is shutting down.
+pub const ERROR_GOING_AWAY: u32 = 1001;
+/// Error code: malformed envelope.
+pub const ERROR_MALFORMED: u32 = 1002;
+/// Error code: the document could not be opened.
+pub const ERROR_UNAVAILABLE: u32 = 1011;
+/// Error code: protocol misuse.
+pub const ERROR_PROTOCOL: u32 = 4400;
+/// Error code: missing or wrong peer secret.
+pub const ERROR_UNAUTHORIZED: u32 = 4401;
+/// Error code: register operations are not served by peers.
+pub const ERROR_NOT_SUPPORTED: u32 = 4501;
+
+/// How long a new connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued per connection and per subscription.
+const BUFFER: usize = 256;
+
+/// A listening SDK instance, returned by [`crate::Client::listen`]. It stops when the client
+/// closes or when [`Peer::stop`] is called.
+#[derive(Debug)]
+pub struct Peer {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+}
+
+impl Peer {
+    /// The UDP address peers connect to (with the port picked, if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops listening and closes every peer connection (the client keeps running). Returns at
+    /// once; the UDP port is released just after.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Binds the listener and starts accepting.
+pub(crate) async fn listen(docs: Arc<OpenDocs>, addr: SocketAddr) -> Result<Peer, ClientError> {
+    let secret = docs
+        .config
+        .peer_secret
+        .clone()
+        .ok_or(ClientError::NoPeerSecret)?;
+    let mut driver = DriverConfig {
+        handshake_timeout: docs.config.quantum_handshake_timeout,
+        ..DriverConfig::default()
+    };
+    driver.quantum.accept_incoming = true;
+    let endpoint = QuantumEndpoint::bind(addr, driver)
+        .await
+        .map_err(|e| ClientError::Listen {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let cancel = docs.cancel.child_token();
+    let peer = Peer {
+        addr: endpoint.local_addr(),
+        cancel: cancel.clone(),
+    };
+    let tasks = docs.tasks.clone();
+    tasks.spawn(accept(endpoint, docs, Arc::new(secret), cancel));
+    Ok(peer)
+}
+
+/// Accepts connections until cancelled, then closes the endpoint.
+async fn accept(
+    endpoint: QuantumEndpoint,
+    docs: Arc<OpenDocs>,
+    secret: Arc<String>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            conn = endpoint.accept() => match conn {
+                Some(conn) => {
+                    let span = info_span!("peer", remote = %conn.remote_addr());
+                    let served = connection(conn, docs.clone(), secret.clone(), cancel.clone());
+                    docs.tasks.spawn(served.instrument(span));
+                }
+                None => break,
+            },
+            () = cancel.cancelled() => break,
+        }
+    }
+    endpoint.close().await;
+}
+
+/// One subscribed document: its link task and the way to hand it the peer's messages.
+struct Subscription {
+    to_doc: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one connection holds besides its socket.
+struct Served {
+    docs: Arc<OpenDocs>,
+    limits: EnvelopeLimits,
+    subscriptions: HashMap<String, Subscription>,
+    to_peer: mpsc::Sender<Vec<u8>>,
+}
+
+/// Serves one connection: hello with the secret, then subscriptions and their messages.
+async fn connection(
+    conn: QuantumConnection,
+    docs: Arc<OpenDocs>,
+    secret: Arc<String>,
+    cancel: CancellationToken,
+) {
+    let limits = EnvelopeLimits::default();
+    if let Err(refusal) = hello(&conn, &limits, &secret).await {
+        if let Some((code, reason)) = refusal {
+            debug!(code, reason, "refusing the peer");
+            let _ = conn.send(error("", code, reason)).await;
+        }
+        conn.close().await;
+        return;
+    }
+    debug!("peer accepted");
+    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(BUFFER);
+    let mut served = Served {
+        docs,
+        limits,
+        subscriptions: HashMap::new(),
+        to_peer,
+    };
+    let closing = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break Some((ERROR_GOING_AWAY, "peer shutting down")),
+            Some(bytes) = outgoing.recv() => {
+                if conn.send(bytes).await.is_err() {
+                    break None;
+                }
+            }
+            incoming = conn.recv() => {
+                let Ok(Some(bytes)) = incoming else { break None };
+                if let Err(close) = served.on_envelope(&bytes).await {
+                    break Some(close);
+                }
+            }
+        }
+    };
+    served.subscriptions.clear();
+    if let Some((code, reason)) = closing {
+        let _ = conn.send(error("", code, reason)).await;
+    }
+    conn.close().await;
+}
+
+/// Waits for the hello and checks its secret. `Err(Some)` is a refusal to send, `Err(None)` a
+/// connection that went away.
+async fn hello(
+    conn: &QuantumConnection,
+    limits: &EnvelopeLimits,
+    secret: &str,
+) -> Result<(), Option<(u32, &'static str)>> {
+    let bytes = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv()).await {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(_) => return Err(None),
+        Err(_) => return Err(Some((ERROR_PROTOCOL, "no hello in time"))),
+    };
+    match Envelope::decode(&bytes, limits) {
+        Ok(Envelope {
+            payload: Payload::Control(Control::Hello { token, .. }),
+            ..
+        }) => {
+            let offered = token.unwrap_or_default();
+            if bool::from(offered.as_bytes().ct_eq(secret.as_bytes())) {
+                Ok(())
+            } else {
+                Err(Some((ERROR_UNAUTHORIZED, "wrong peer secret")))
+            }
+        }
+        Ok(_) => Err(Some((ERROR_PROTOCOL, "the first message must be hello"))),
+        Err(_) => Err(Some((ERROR_MALFORMED, "malformed envelope"))),
+    }
+}
+
+/// An error envelope.
+fn error(doc: &str, code: u32, reason: &str) -> Vec<u8> {
+    let reason = reason.to_owned();
+    Envelope::new(doc, Payload::Control(Control::Error { code, reason })).encode()
+}
+
+impl Served {
+    /// Handles one envelope; `Err` closes the connection with that code and reason.
+    async fn on_envelope(&mut self, bytes: &[u8]) -> Result<(), (u32, &'static str)> {
+        let envelope = match Envelope::decode(bytes, &self.limits) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                debug!(error = %e, "malformed envelope from a peer");
+                return Err((ERROR_MALFORMED, "malformed envelope"));
+            }
+        };
+        let doc = envelope.doc;
+        let refusal = match envelope.payload {
+            Payload::Control(Control::Subscribe) => self.subscribe(&doc).await,
+            Payload::Control(Control::Unsubscribe) => {
+                self.subscriptions.remove(&doc);
+                None
+            }
+            Payload::Yjs(message) => self.forward(&doc, message).await,
+            Payload::Register(_) => Some((
+                ERROR_NOT_SUPPORTED,
+                "register operations are not served by peers",
+            )),
+            // A second hello, or errors and events from the peer: nothing to do.
+            Payload::Control(_) => None,
+        };
+        if let Some((code, reason)) = refusal
+            && self.to_peer.send(error(&doc, code, reason)).await.is_err()
+        {
+            return Err((ERROR_GOING_AWAY, "connection closing"));
+        }
+        Ok(())
+    }
+
+    /// Opens `doc` locally and starts serving it; returns the refusal to send otherwise.
+    async fn subscribe(&mut self, doc: &str) -> Option<(u32, &'static str)> {
+        self.subscriptions.remove(doc);
+        let handle = match self.docs.open(doc).await {
+            Ok(handle) => handle,
+            Err(ClientError::DocName(_)) => return Some((ERROR_PROTOCOL, "bad document name")),
+            Err(e) => {
+                debug!(doc, error = %e, "cannot open a document for a peer");
+                return Some((ERROR_UNAVAILABLE, "document unavailable"));
+            }
+        };
+        let (to_doc, mut incoming) = mpsc::channel(BUFFER);
+        let shared = handle.shared.clone();
+        let sink = Sink::Envelopes {
+            doc: doc.to_owned(),
+            to_peer: self.to_peer.clone(),
+        };
+        let cancel = self.docs.cancel.child_token();
+        let task = tokio::spawn(async move {
+            let end =
+                peer_link::exchange(&shared, &mut Role::Serving, &mut incoming, &sink, &cancel)
+                    .await;
+            debug!(doc = %shared.name, ?end, "peer subscription ended");
+            if end == peer_link::LinkEnd::BadInput
+                && let Sink::Envelopes { doc, to_peer } = &sink
+            {
+                let _ = to_peer
+                    .send(error(doc, ERROR_PROTOCOL, "malformed update"))
+                    .await;
+            }
+        });
+        self.subscriptions
+            .insert(doc.to_owned(), Subscription { to_doc, task });
+        None
+    }
+
+    /// Hands a message to its document's subscription.
+    async fn forward(&mut self, doc: &str, message: Message) -> Option<(u32, &'static str)> {
+        let Some(subscription) = self.subscriptions.get(doc) else {
+            return Some((ERROR_PROTOCOL, "not subscribed"));
+        };
+        if subscription.to_doc.send(message).await.is_ok() {
+            return None;
+        }
+        // The subscription ended (a malformed update); the peer may subscribe again.
+        self.subscriptions.remove(doc);
+        Some((ERROR_PROTOCOL, "subscription ended; subscribe again"))
+    }
+}
