@@ -101,6 +101,12 @@ pub struct QuantumCounters {
     pub rto_expiries: u64,
     /// Losses found by duplicate or time threshold.
     pub fast_losses: u64,
+    /// Tail loss probes sent (included in `retransmits`).
+    #[serde(default)]
+    pub tail_probes: u64,
+    /// Probes that turned out to repair a real loss; the rest were likely spurious.
+    #[serde(default)]
+    pub tail_probe_recoveries: u64,
 }
 
 impl From<&ConnectionStats> for QuantumCounters {
@@ -111,6 +117,8 @@ impl From<&ConnectionStats> for QuantumCounters {
             retransmits: s.retransmits,
             rto_expiries: s.rto_expiries,
             fast_losses: s.fast_losses,
+            tail_probes: s.tail_probes,
+            tail_probe_recoveries: s.tail_probe_recoveries,
         }
     }
 }

@@ -80,6 +80,9 @@ struct Outcome {
     fec_bytes: u64,
     retransmits: u64,
     repaired: u64,
+    probes: u64,
+    recoveries: u64,
+    duplicates: u64,
 }
 
 fn config(seed: u64, fec: bool, server: bool) -> Config {
@@ -154,14 +157,17 @@ fn run(seconds: u64, loss: f64, fec: bool, seed: u64) -> Outcome {
         server.handle_timeout(now);
     }
     let stats = client.connection(id).expect("open").stats();
-    let repaired = server.connection(id).map_or(0, |c| c.stats().fec_repaired);
+    let server_stats = server.connection(id).map(|c| c.stats()).unwrap_or_default();
     Outcome {
         latencies,
         sent: send_times.len() as u32,
         bytes_sent: stats.bytes_sent,
         fec_bytes: stats.fec_bytes_sent,
         retransmits: stats.retransmits,
-        repaired,
+        repaired: server_stats.fec_repaired,
+        probes: stats.tail_probes,
+        recoveries: stats.tail_probe_recoveries,
+        duplicates: server_stats.duplicates_received,
     }
 }
 
@@ -175,7 +181,9 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(600);
     let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     println!("{seconds} s of 20 x {MESSAGE_LEN} B messages/s, RTT 50 ms, seed {seed}");
-    println!("loss  fec  delivered  overhead  p50 ms  p99 ms  max ms  retransmits  repaired");
+    println!(
+        "loss  fec  delivered  overhead  p50 ms  p99 ms  max ms  retransmits  repaired  probes  recovered  duplicates"
+    );
     for loss in [0.0, 0.01, 0.05, 0.10] {
         let mut p99s = Vec::new();
         for fec in [true, false] {
@@ -187,7 +195,7 @@ fn main() {
             let p99 = percentile(&sorted, 0.99);
             p99s.push(p99);
             println!(
-                "{:4.0}%  {:3}  {:5}/{:<5}  {:6.1} %  {:6.1}  {:6.1}  {:6.1}  {:11}  {:8}",
+                "{:4.0}%  {:3}  {:5}/{:<5}  {:6.1} %  {:6.1}  {:6.1}  {:6.1}  {:11}  {:8}  {:6}  {:9}  {:10}",
                 loss * 100.0,
                 if fec { "on" } else { "off" },
                 sorted.len(),
@@ -198,6 +206,9 @@ fn main() {
                 sorted.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
                 outcome.retransmits,
                 outcome.repaired,
+                outcome.probes,
+                outcome.recoveries,
+                outcome.duplicates,
             );
         }
         println!(

@@ -93,6 +93,16 @@
 //! - Reliability (the private `send` and `recv` modules): per-fragment sequence numbers, SACK,
 //!   loss after three later transmissions are acknowledged or 9/8 RTT passed (RACK-style, so
 //!   lost retransmissions are caught too), RFC 6298 RTO with exponential backoff ([`rtt`]).
+//! - Sparse traffic (issue 3): a message's last packet arriving after a silence longer than
+//!   `max_ack_delay` is acknowledged at once (waiting would pair it with nothing), so a
+//!   sparse sender's RTT samples carry no ACK delay. While the application has nothing more
+//!   to send, a tail loss probe (after RACK-TLP, RFC 8985) resends the oldest packet in
+//!   flight if it is unacknowledged SRTT + max(2·RTTVAR, SRTT/8) after it left (plus
+//!   `max_ack_delay` if it followed another packet closely): a lone lost message is resent
+//!   about one RTT after sending instead of when the next message's SACK shows the hole. One
+//!   probe per acknowledgement progress; it declares nothing lost, but an acknowledgement
+//!   arriving at least half the minimum RTT after the probe shows the original was lost and
+//!   counts as a loss ([`ConnectionStats::tail_probe_recoveries`]).
 //! - Congestion control ([`congestion`]): BBR v1 by default, NewReno via
 //!   [`Config::congestion`]. Each transmission snapshots the delivery state, so each
 //!   acknowledgement yields a delivery-rate sample (draft-cheng-iccrg-delivery-rate-estimation);
@@ -118,7 +128,9 @@
 //!   `k + m` and feeds them through the normal receive path; it reports its repair count, and
 //!   the sender counts repairs as losses for congestion control and its loss measurement.
 //!   Loss detection of protected packets starts from their parity's send time, so a repair
-//!   can arrive before a retransmission is sent.
+//!   can arrive before a retransmission is sent, unless the parity left after the packet's
+//!   own time threshold expired (then it could not beat a retransmission); tail loss probes
+//!   ignore parity, so FEC never holds a sparse message's recovery back.
 //! - Keepalive after [`Config::keepalive_interval`] of silence; close after
 //!   [`Config::idle_timeout`] without hearing anything; FIN/FIN close then a drain of 3 RTO.
 //!
@@ -126,7 +138,8 @@
 //!
 //! Built: packet codec, endpoint, connection state machine, retry cookies, anti-amplification,
 //! migration, SACK loss recovery, RTO, keepalive/idle, FIN/RST, BBR with pacing (NewReno
-//! selectable), forward error correction, and the simulator tests, including a bottleneck model (a rate limit with a
+//! selectable), forward error correction, immediate ACKs and tail loss probes for sparse
+//! traffic (`tests/sim/tail.rs`), and the simulator tests, including a bottleneck model (a rate limit with a
 //! finite queue) that the congestion scenarios in `tests/sim/congestion.rs` run against; the
 //! tokio + quinn-udp runtime [`driver`] ([`QuantumEndpoint`], [`QuantumConnection`]) with
 //! loopback tests in `tests/driver.rs`; a cargo-fuzz target for `Packet::decode` and
@@ -136,7 +149,11 @@
 //! 1. FEC gaps: parity is not paced or limited by the congestion window (it is not counted in
 //!    flight); repairs are reported to congestion control as sent one smoothed RTT ago, since
 //!    the exact packets are not named; a lost repair report is only made good by a later one.
-//! 2. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
+//! 2. Sparse-traffic gaps: the probe's verdict (original lost or not) is inferred from the
+//!    acknowledgement's timing, as there is no DSACK; a probe that is itself lost is left
+//!    to the RTO; FEC parity on sparse traffic still leaves late (groups of 4) and rarely
+//!    repairs before the probe, so at 5 % loss it mostly costs overhead.
+//! 3. Smaller gaps: congestion state is not reset on migration; BBR v1 only (no BBRv2/v3
 //!    loss or ECN response, no ack-aggregation compensation, no long-term bandwidth
 //!    sampling for policers); ack delay is not subtracted from RTT samples (so delayed ACKs can inflate BBR's min RTT
 //!    by up to `max_ack_delay` on a sparse connection); a duplicate-ACK counter is not kept

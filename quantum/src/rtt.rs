@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Clock granularity `G` of RFC 6298; the core works in nanoseconds, but a floor keeps the
 /// variance term from collapsing to zero on a perfectly steady path.
-const GRANULARITY: Duration = Duration::from_millis(1);
+pub(crate) const GRANULARITY: Duration = Duration::from_millis(1);
 
 /// Smoothed RTT, RTT variance and the retransmission timeout derived from them.
 #[derive(Debug, Clone)]

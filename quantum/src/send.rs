@@ -46,6 +46,9 @@ struct Outstanding {
     /// FEC parity covering this transmission went out at this instant with this order
     /// number; loss is judged from there, giving the receiver time to repair it.
     loss_anchor: Option<(Instant, u64)>,
+    /// Time since the previous data transmission when this one went out; `None` for the
+    /// first. A gap longer than the peer's ACK delay means the peer acknowledges it at once.
+    gap_before: Option<Duration>,
 }
 
 /// What an acknowledgement changed.
@@ -97,6 +100,8 @@ pub(crate) struct SendBuffer {
     loss_time: Option<Instant>,
     /// Delivery-rate estimation state.
     delivery: DeliveryRate,
+    /// When the latest data transmission went out.
+    last_tx_at: Option<Instant>,
 }
 
 impl SendBuffer {
@@ -114,6 +119,7 @@ impl SendBuffer {
             fin_seq: None,
             loss_time: None,
             delivery: DeliveryRate::default(),
+            last_tx_at: None,
         }
     }
 
@@ -131,6 +137,7 @@ impl SendBuffer {
             size: 0,
             rate: None,
             loss_anchor: None,
+            gap_before: None,
         };
         self.packets.insert(self.next_seq, outstanding);
         self.next_seq += 1;
@@ -207,6 +214,8 @@ impl SendBuffer {
         packet.loss_anchor = None;
         packet.tx_order = self.next_tx;
         self.next_tx += 1;
+        packet.gap_before = self.last_tx_at.map(|at| now.saturating_duration_since(at));
+        self.last_tx_at = Some(now);
         if packet.in_flight {
             self.bytes_in_flight -= packet.size;
         }
@@ -228,6 +237,24 @@ impl SendBuffer {
             if packet.in_flight {
                 packet.loss_anchor = Some((now, order));
             }
+        }
+    }
+
+    /// The lowest-numbered packet in flight, the one a tail loss probe resends: its
+    /// sequence number, when it was sent, and the gap before that transmission.
+    pub fn tail_candidate(&self) -> Option<(u64, Instant, Option<Duration>)> {
+        self.packets
+            .iter()
+            .find(|(_, p)| p.in_flight)
+            .and_then(|(&seq, p)| Some((seq, p.sent_at?, p.gap_before)))
+    }
+
+    /// Tail loss probe: queues `seq` to be sent again ahead of new data. The packet stays
+    /// counted in flight and nothing is declared lost, so congestion control is not told of a
+    /// loss that may not have happened.
+    pub fn queue_probe(&mut self, seq: u64) {
+        if self.packets.get(&seq).is_some_and(|p| p.in_flight) {
+            self.lost.insert(seq);
         }
     }
 
@@ -292,7 +319,12 @@ impl SendBuffer {
             let Some(sent_at) = packet.sent_at else {
                 continue;
             };
-            let (sent_at, tx_order) = packet.loss_anchor.unwrap_or((sent_at, packet.tx_order));
+            // Parity that left after the packet's own time threshold would have expired
+            // cannot repair it sooner than a retransmission: judge it on its own send then.
+            let anchor = packet
+                .loss_anchor
+                .filter(|&(parity_at, _)| parity_at < sent_at + loss_delay);
+            let (sent_at, tx_order) = anchor.unwrap_or((sent_at, packet.tx_order));
             if !packet.in_flight || tx_order >= largest {
                 continue;
             }
@@ -420,6 +452,33 @@ mod tests {
         // Once three transmissions after the parity are acknowledged, 100 is lost after all.
         buf.on_ack(t1, 100, &[(101, 105)]);
         assert_eq!(buf.detect_losses(t1, Duration::from_millis(50)).packets, 1);
+    }
+
+    #[test]
+    fn late_parity_does_not_defer_loss_detection() {
+        let t0 = Instant::now();
+        let mut buf = sent_buffer(t0, 2);
+        let loss_delay = Duration::from_millis(50);
+        // The group's parity leaves only after 100's own time threshold has run out: it could
+        // not repair 100 sooner than a retransmission, so 100 is judged on its own send.
+        buf.defer_loss(100..102, t0 + loss_delay);
+        buf.on_ack(t0 + loss_delay, 100, &[(101, 102)]);
+        assert_eq!(buf.detect_losses(t0 + loss_delay, loss_delay).packets, 1);
+        assert_eq!(buf.next_to_send(u64::MAX), Some(100));
+    }
+
+    #[test]
+    fn a_tail_probe_resends_the_oldest_packet_in_flight_without_declaring_loss() {
+        let t0 = Instant::now();
+        let mut buf = sent_buffer(t0, 3);
+        let (seq, sent, gap) = buf.tail_candidate().expect("in flight");
+        assert_eq!((seq, sent, gap), (100, t0, None));
+        let before = buf.bytes_in_flight();
+        buf.queue_probe(seq);
+        assert_eq!(buf.next_to_send(u64::MAX), Some(100));
+        assert_eq!(buf.bytes_in_flight(), before, "still counted in flight");
+        assert!(buf.on_transmit(100, t0 + Duration::from_millis(60), 42));
+        assert_eq!(buf.bytes_in_flight(), before);
     }
 
     #[test]

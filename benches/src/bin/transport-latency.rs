@@ -305,7 +305,7 @@ fn print_report(args: &RunArgs, results: &[LinkResult]) {
         quantum_label(&args.quantum)
     );
     println!(
-        "| loss | measured loss A→B / B→A | transport | delivered | p50 ms | p99 ms | max ms | wire bytes A→B | wire bytes B→A | FEC overhead | retransmits / RTOs / FEC repairs |"
+        "| loss | measured loss A→B / B→A | transport | delivered | p50 ms | p99 ms | max ms | wire bytes A→B | wire bytes B→A | FEC overhead | retransmits (tail probes, of them recoveries) / RTOs / FEC repairs |"
     );
     println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
@@ -322,7 +322,10 @@ fn print_report(args: &RunArgs, results: &[LinkResult]) {
             let fec =
                 fec_overhead(cell).map_or("–".to_owned(), |f| format!("{:.1} %", f * 100.0));
             let repairs = match (&cell.sender.quantum, cell.receiver.fec_repaired) {
-                (Some(q), Some(rep)) => format!("{} / {} / {rep}", q.retransmits, q.rto_expiries),
+                (Some(q), Some(rep)) => format!(
+                    "{} ({}, {}) / {} / {rep}",
+                    q.retransmits, q.tail_probes, q.tail_probe_recoveries, q.rto_expiries
+                ),
                 _ => "–".to_owned(),
             };
             let order = if cell.out_of_order > 0 {

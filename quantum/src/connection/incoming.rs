@@ -221,11 +221,13 @@ impl Connection {
             })
             .collect();
         let result = self.send.on_ack(now, cum, &sacks);
+        self.judge_probe(now);
         if let Some(sample) = result.rtt_sample {
             self.rtt.update(sample);
         }
         if result.acked_packets > 0 {
             self.backoff = 0;
+            self.tail_probe_sent = false;
             self.rto_base = (self.send.bytes_in_flight() > 0).then_some(now);
             let ack = Ack {
                 bytes: result.acked_bytes,
@@ -236,6 +238,23 @@ impl Connection {
             self.cc.on_ack(now, &ack);
         }
         self.detect_losses(now);
+    }
+
+    /// Once the probed packet is acknowledged: if the acknowledgement came at least half
+    /// the minimum RTT after the probe, it answers the probe, so the original was lost.
+    fn judge_probe(&mut self, now: Instant) {
+        let Some((seq, probed_at)) = self.probed else {
+            return;
+        };
+        if seq < self.send.acked_below() || self.send.fragment(seq).is_none() {
+            self.probed = None;
+            let min_rtt = self.rtt.min().unwrap_or_default();
+            if now >= probed_at + min_rtt / 2 {
+                self.stats.tail_probe_recoveries += 1;
+                self.fec.tx.meter.on_lost(1);
+                self.cc.on_loss(now, self.config.mtu as u64, probed_at);
+            }
+        }
     }
 
     pub(super) fn detect_losses(&mut self, now: Instant) {
@@ -268,16 +287,28 @@ impl Connection {
         );
         let mut delivered = Vec::new();
         let result = recv.deliver(&mut delivered);
+        let after_silence = self
+            .ack
+            .last_data
+            .is_none_or(|at| now >= at + self.config.max_ack_delay);
+        self.ack.last_data = Some(now);
         match arrival {
             Arrival::InOrder if !had_gap => {
                 self.ack.unacked += 1;
-                if self.ack.unacked >= 2 {
+                // A message's last packet after a silence: a sparse sender has nothing more
+                // coming, so an immediate ACK keeps its RTT estimate and tail probe tight.
+                let sparse = after_silence && flags.contains(Flags::PSH);
+                if self.ack.unacked >= 2 || sparse {
                     self.ack.now = true;
                 } else {
                     self.ack
                         .deadline
                         .get_or_insert(now + self.config.max_ack_delay);
                 }
+            }
+            Arrival::Duplicate => {
+                self.stats.duplicates_received += 1;
+                self.ack.now = true;
             }
             _ => self.ack.now = true,
         }

@@ -134,6 +134,15 @@ pub struct ConnectionStats {
     pub fast_losses: u64,
     /// Retransmission timer expiries.
     pub rto_expiries: u64,
+    /// Tail loss probes sent (also counted in `retransmits`).
+    pub tail_probes: u64,
+    /// Probes whose acknowledgement came too late to be the original's (at least half the
+    /// minimum RTT after the probe): the original was lost, and this counts as a loss for
+    /// congestion control and the FEC loss rate. The remaining probes were likely spurious.
+    pub tail_probe_recoveries: u64,
+    /// Data packets received that had already arrived: the peer's spurious retransmissions
+    /// (tail loss probes of delivered packets among them) or network duplicates.
+    pub duplicates_received: u64,
     /// Messages delivered to the application.
     pub messages_delivered: u64,
     /// Datagrams for this connection that failed to decode.
@@ -184,6 +193,9 @@ struct AckState {
     deadline: Option<Instant>,
     /// In-order packets received since the last acknowledgement.
     unacked: u32,
+    /// When the latest data packet arrived: one that follows a longer silence than
+    /// `max_ack_delay` is acknowledged at once, since waiting would pair it with nothing.
+    last_data: Option<Instant>,
 }
 
 /// One connection's protocol state. See the module docs for the call order.
@@ -212,6 +224,10 @@ pub struct Connection {
     backoff: u32,
     /// Start of the running retransmission timer.
     rto_base: Option<Instant>,
+    /// A tail loss probe went out and nothing new has been acknowledged since.
+    tail_probe_sent: bool,
+    /// The latest probed packet and when the probe fired, until it is acknowledged.
+    probed: Option<(u64, Instant)>,
     /// SYN or SYN-ACK due.
     handshake_due: bool,
     /// Last SYN or SYN-ACK transmission, and whether it was a repeat.
@@ -270,6 +286,8 @@ impl Connection {
             pacing_release: None,
             backoff: 0,
             rto_base: None,
+            tail_probe_sent: false,
+            probed: None,
             handshake_due: true,
             handshake_sent: None,
             ack: AckState::default(),

@@ -5,6 +5,7 @@ mod fec;
 mod harness;
 mod hostile;
 mod reliability;
+mod tail;
 
 use std::time::Duration;
 

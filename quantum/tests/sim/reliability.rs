@@ -90,8 +90,14 @@ fn rto_backs_off_exponentially_in_a_blackout() {
         .filter(|(_, d)| d.from == client_addr && data_seq(&d.bytes).is_some())
         .map(|(t, _)| *t)
         .collect();
-    assert!(times.len() >= 5, "sent {} times", times.len());
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(times.len() >= 6, "sent {} times", times.len());
+    // The second transmission is the one tail loss probe; the RTO then runs from the first.
+    let stats = sim.client.connection(id).expect("open").stats();
+    assert_eq!(stats.tail_probes, 1, "one probe before the RTO");
+    let rto_times: Vec<Instant> = std::iter::once(times[0])
+        .chain(times[2..].iter().copied())
+        .collect();
+    let gaps: Vec<Duration> = rto_times.windows(2).map(|w| w[1] - w[0]).collect();
     for pair in gaps.windows(2) {
         assert_eq!(pair[1], pair[0] * 2, "each timeout doubles: {gaps:?}");
     }
