@@ -86,7 +86,9 @@ async fn settings_from_a_toml_file_and_the_environment_take_effect() {
     let mut client = YClient::connect(&relay.ws_url("configured")).await;
     client.send_raw(vec![0u8; 5000]).await;
     assert_eq!(u16::from(client.expect_close().await.code), 1009);
-    // The file's log format and the environment's durability show in the JSON logs.
+    // The file's log format and the environment's durability show in the JSON logs (read by
+    // a background thread, so wait for the line rather than race it).
+    relay.wait_for_log("relay ready").await;
     let logs = relay.logs();
     let ready = logs
         .lines()
