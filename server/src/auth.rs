@@ -223,6 +223,16 @@ impl Auth {
         })
     }
 
+    /// The user a connection-level token names, for listing the connection before any
+    /// document is authorised: `anonymous` when the relay runs open or the token is missing
+    /// or does not verify (each document is still authorised on its own).
+    pub fn user(&self, token: Option<&str>) -> String {
+        token
+            .filter(|_| !self.is_open())
+            .and_then(|token| self.verify(token).ok())
+            .map_or_else(|| "anonymous".to_owned(), |claims| claims.sub)
+    }
+
     /// Whether `token` is a client token this relay signed (expired or not).
     pub fn is_client_token(&self, token: &str) -> bool {
         matches!(self.verify(token), Ok(_) | Err(AuthError::Expired))

@@ -118,6 +118,8 @@ pub async fn run(
         auth: state.auth.clone(),
         next_conn: state.next_conn.clone(),
         tracker: tracker.clone(),
+        registry: state.registry.clone(),
+        connections: state.connections.clone(),
     };
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let quantum_endpoint = bind_quantum(&config).await?;

@@ -1,0 +1,342 @@
+//! The relay's Quantum listener: one reliable-UDP connection carries many documents, each
+//! message an [`Envelope`] naming its document (see [`aetherflow_crdt::envelope`]).
+//!
+//! A connection starts with `hello` (client version and token). The client then subscribes to
+//! documents; each subscription joins the document's room exactly as a WebSocket session does
+//! (the room greets with sync step 1 and answers step 1s after the updates sent before them),
+//! and the room's frames come back wrapped in `yjs` envelopes. Refusals are `error` envelopes:
+//!
+//! | code | meaning | connection |
+//! |---:|---|---|
+//! | 1001 | the relay is shutting down | closed |
+//! | 1002 | malformed envelope | closed |
+//! | 1008 | over the per-session message rate, or disconnected by an admin (`reason` says which) | closed |
+//! | 1011 | the document is unavailable (storage failure, reload); subscribe again | kept |
+//! | 1013 | the subscription fell behind; subscribe again to resync | kept |
+//! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document | kept (closed without hello) |
+//! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`) | kept |
+//! | 4409 | a register document (lww, manual), which has no Yjs content | kept |
+//! | 4501 | register operations over Quantum are not supported yet (use `/api/v1`) | kept |
+//! | 4429 | over the per-address connection rate (`reason` says when to retry) | closed, before the hello |
+//!
+//! Each connection is a session in the [`Registry`] (transport `quantum`), like a WebSocket
+//! session: user from the hello token, documents as it subscribes, envelopes and bytes
+//! counted both ways, an admin's disconnect honoured. Quantum has its own keepalive, so the
+//! relay sends no pings: a connection that delivered any packet (data, ACK or keepalive)
+//! within the heartbeat interval is ACTIVE, one that did not is IDLE, and the transport's
+//! idle timeout ends a dead one. The connection's RTT, congestion window, retransmits and
+//! FEC repairs go to `/metrics` every [`STATS_INTERVAL`].
+//!
+//! Permission-denied for read-only tokens is the y-protocols auth message inside a `yjs`
+//! envelope, as on the WebSocket.
+
+mod subscriptions;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_quantum::{QuantumConnection, QuantumEndpoint};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::Auth;
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
+use crate::rate_limit::{ConnectionLimiter, TokenBucket};
+use crate::registry::{Registry, SessionHandle, SessionState, Transport};
+use crate::rooms::{CloseReason, OUTBOX_CAPACITY};
+use crate::session::SessionContext;
+use subscriptions::{Next, Subscriptions, on_envelope};
+
+/// How long a new connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Error code: protocol misuse (no hello first, a message for an unsubscribed document).
+pub const ERROR_PROTOCOL: u32 = 4400;
+/// Error code: a register document, which has no Yjs content to sync.
+pub const ERROR_REGISTER_DOCUMENT: u32 = 4409;
+/// Error code: register operations are not served over Quantum yet.
+pub const ERROR_NOT_SUPPORTED: u32 = 4501;
+/// Error code: too many new connections from this address; the reason says when to retry.
+pub const ERROR_CONNECTION_RATE: u32 = 4429;
+
+/// How often a connection's transport figures are read: for `/metrics` and to see keepalives
+/// and ACKs as signs of life.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the listener needs besides its endpoint.
+#[derive(Clone)]
+pub struct QuantumContext {
+    /// Rooms, limits and the shutdown signal, shared with WebSocket sessions.
+    pub sessions: SessionContext,
+    /// Token verification.
+    pub auth: Auth,
+    /// Source of connection ids, shared with WebSocket sessions.
+    pub next_conn: Arc<AtomicU64>,
+    /// Tracks connection tasks so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// The session registry every connection is listed in, shared with WebSocket sessions.
+    pub registry: Registry,
+    /// The per-address connection rate, shared with WebSocket upgrades.
+    pub connections: ConnectionLimiter,
+}
+
+impl QuantumContext {
+    fn limits(&self) -> EnvelopeLimits {
+        EnvelopeLimits {
+            max_envelope_bytes: self.sessions.limits.max_message_bytes + 1024,
+            ..EnvelopeLimits::default()
+        }
+    }
+}
+
+/// Accepts connections until the relay shuts down.
+pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
+    loop {
+        tokio::select! {
+            conn = endpoint.accept() => match conn {
+                Some(conn) => {
+                    let ctx2 = ctx.clone();
+                    let span = info_span!("quantum", remote = %conn.remote_addr());
+                    ctx.tracker.spawn(connection(conn, ctx2).instrument(span));
+                }
+                None => break,
+            },
+            () = ctx.sessions.shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Serves one connection: the connection rate, the hello, then the session.
+async fn connection(conn: QuantumConnection, ctx: QuantumContext) {
+    let remote = conn.remote_addr();
+    if let Err(wait) = ctx.connections.admit(remote.ip(), Instant::now()) {
+        ctx.sessions
+            .rooms
+            .metrics()
+            .reject(Rejection::ConnectionRate);
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        warn!("connection rate limit exceeded; refusing");
+        let reason = format!("connection rate limit exceeded; retry in {secs} s");
+        refuse(&conn, ERROR_CONNECTION_RATE, &reason).await;
+        return;
+    }
+    let limits = ctx.limits();
+    let (token, hello_bytes) = match hello(&conn, &limits).await {
+        Ok(hello) => hello,
+        Err(Some((code, reason))) => {
+            refuse(&conn, code, &reason).await;
+            return;
+        }
+        Err(None) => return,
+    };
+    let user = ctx.auth.user(token.as_deref());
+    let handle = ctx
+        .registry
+        .open(&user, Transport::Quantum, remote, Vec::new());
+    handle.received(hello_bytes);
+    handle.set_state(SessionState::Active);
+    let span = info_span!("session", id = %handle.id(), transport = "quantum", user = %user);
+    session(&conn, &ctx, token.as_deref(), &handle)
+        .instrument(span)
+        .await;
+    conn.close().await;
+    // Dropping the handle marks the session CLOSED.
+    drop(handle);
+}
+
+/// Sends a connection-level error and closes.
+async fn refuse(conn: &QuantumConnection, code: u32, reason: &str) {
+    let _ = conn.send(error("", code, reason)).await;
+    conn.close().await;
+}
+
+/// The session after the hello: until the client leaves, the relay shuts down, an admin
+/// disconnects it or it breaks a rule.
+async fn session(
+    conn: &QuantumConnection,
+    ctx: &QuantumContext,
+    token: Option<&str>,
+    handle: &SessionHandle,
+) {
+    debug!("hello received");
+    let limits = ctx.limits();
+    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOX_CAPACITY);
+    let mut subscriptions = Subscriptions::new();
+    let mut liveness = Liveness::new(ctx.sessions.rooms.metrics().quantum().connection());
+    let mut stats_ticks = tokio::time::interval(STATS_INTERVAL);
+    let mut heartbeat_ticks = tokio::time::interval(ctx.sessions.ping_interval);
+    heartbeat_ticks.tick().await;
+    let mut messages = ctx
+        .sessions
+        .message_rate
+        .map(|rate| TokenBucket::new(rate, Instant::now()));
+    let kicked = handle.disconnect_requested();
+    let mut kicked = std::pin::pin!(kicked);
+    let closing = loop {
+        tokio::select! {
+            biased;
+            () = ctx.sessions.shutdown.cancelled() => {
+                break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
+            }
+            reason = &mut kicked => {
+                info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                break Some(reason);
+            }
+            _ = stats_ticks.tick() => {
+                let Ok(stats) = conn.stats().await else { break None };
+                liveness.sample(&stats, handle);
+            }
+            _ = heartbeat_ticks.tick() => liveness.beat(handle),
+            Some(bytes) = outgoing.recv() => {
+                handle.sent(bytes.len());
+                if conn.send(bytes).await.is_err() {
+                    break None;
+                }
+            }
+            incoming = conn.recv() => {
+                let Ok(Some(bytes)) = incoming else { break None };
+                liveness.heard();
+                handle.received(bytes.len());
+                if let Some(reason) = over_message_rate(messages.as_mut()) {
+                    ctx.sessions.rooms.metrics().reject(Rejection::MessageRate);
+                    break Some(reason);
+                }
+                let next = on_envelope(&bytes, ctx, &limits, token, &mut subscriptions, &to_peer, handle).await;
+                if let Next::Close(code, reason) = next {
+                    let code = u16::try_from(code).unwrap_or(CloseReason::PROTOCOL_ERROR);
+                    break Some(CloseReason::new(code, reason));
+                }
+            }
+        }
+    };
+    finish(conn, subscriptions, handle, closing).await;
+}
+
+/// Leaves every room, records how the session ended and tells the client why, if it is
+/// still there to hear it.
+async fn finish(
+    conn: &QuantumConnection,
+    mut subscriptions: Subscriptions,
+    handle: &SessionHandle,
+    closing: Option<CloseReason>,
+) {
+    for (_, (membership, forward)) in subscriptions.drain() {
+        forward.abort();
+        drop(membership);
+    }
+    handle.closing(closing.as_ref());
+    if let Some(reason) = closing {
+        debug!(code = reason.code, reason = %reason.reason, "closing");
+        let _ = conn
+            .send(error("", u32::from(reason.code), &reason.reason))
+            .await;
+    }
+}
+
+/// Charges one envelope to the session's message rate; over it, the reason to close with.
+fn over_message_rate(bucket: Option<&mut TokenBucket>) -> Option<CloseReason> {
+    let bucket = bucket?;
+    if bucket.try_take(Instant::now()).is_ok() {
+        return None;
+    }
+    warn!("message rate limit exceeded; closing");
+    Some(CloseReason::new(
+        CloseReason::POLICY_VIOLATION,
+        format!(
+            "message rate limit exceeded ({}/s, bursts of {}); slow down and reconnect",
+            bucket.rate().tokens_per_second(),
+            bucket.rate().burst()
+        ),
+    ))
+}
+
+/// A connection's signs of life and transport figures. Quantum's keepalives and ACKs never
+/// reach the application, so the packet count of the connection's stats stands in for the
+/// WebSocket's pongs.
+struct Liveness {
+    heartbeat: Heartbeat,
+    packets_received: u64,
+    recorder: QuantumConnectionMetrics,
+}
+
+impl Liveness {
+    fn new(recorder: QuantumConnectionMetrics) -> Liveness {
+        Liveness {
+            heartbeat: Heartbeat::new(),
+            packets_received: 0,
+            recorder,
+        }
+    }
+
+    /// A message arrived.
+    fn heard(&mut self) {
+        self.heartbeat.heard();
+    }
+
+    /// Records a stats sample; any new packet counts as hearing from the peer.
+    fn sample(&mut self, stats: &aetherflow_quantum::ConnectionStats, handle: &SessionHandle) {
+        if stats.packets_received > self.packets_received {
+            self.packets_received = stats.packets_received;
+            self.heartbeat.heard();
+            handle.heard_from();
+        }
+        // Before the first RTT sample there is nothing meaningful to record.
+        if let Some(rtt) = stats.srtt {
+            self.recorder.record(&QuantumStats {
+                rtt,
+                congestion_window: stats.cwnd,
+                retransmits: stats.retransmits,
+                fec_repairs: stats.fec_repaired,
+            });
+        }
+    }
+
+    /// One heartbeat interval passed. A silent connection shows IDLE; ending it is left to
+    /// the transport's idle timeout, which knows about keepalives the relay cannot see.
+    fn beat(&mut self, handle: &SessionHandle) {
+        match self.heartbeat.tick() {
+            Beat::Ping => {}
+            Beat::PingIdle | Beat::Timeout => handle.set_state(SessionState::Idle),
+        }
+    }
+}
+
+/// Waits for the hello; returns its token and size. `Err(Some)` is a refusal to send,
+/// `Err(None)` a connection that went away.
+async fn hello(
+    conn: &QuantumConnection,
+    limits: &EnvelopeLimits,
+) -> Result<(Option<String>, usize), Option<(u32, String)>> {
+    let bytes = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv()).await {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(_) => return Err(None),
+        Err(_) => return Err(Some((ERROR_PROTOCOL, "no hello in time".into()))),
+    };
+    match Envelope::decode(&bytes, limits) {
+        Ok(Envelope {
+            payload: Payload::Control(Control::Hello { token, .. }),
+            ..
+        }) => Ok((token, bytes.len())),
+        Ok(_) => Err(Some((
+            ERROR_PROTOCOL,
+            "the first message must be hello".into(),
+        ))),
+        Err(e) => {
+            warn!(error = %e, "malformed envelope");
+            Err(Some((
+                u32::from(CloseReason::PROTOCOL_ERROR),
+                e.to_string(),
+            )))
+        }
+    }
+}
+
+/// An error envelope.
+fn error(doc: &str, code: u32, reason: &str) -> Vec<u8> {
+    let reason: String = reason.chars().take(120).collect();
+    Envelope::new(doc, Payload::Control(Control::Error { code, reason })).encode()
+}

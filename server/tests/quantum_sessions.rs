@@ -1,0 +1,328 @@
+//! Quantum connections as first-class sessions, against the real relay binary: listed by the
+//! admin API with moving counters, disconnected by an admin (and the SDK comes back), held to
+//! the message and connection rates, and reporting their transport figures to `/metrics`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aetherflow_client::{Client, ClientConfig, DocHandle};
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::protocol::{Message, SyncMessage};
+use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use common::{Relay, TIMEOUT, YClient, http_json, http_raw};
+use serde_json::{Value, json};
+use yrs::{GetString, Text, Transact};
+
+const ADMIN_KEY: &str = "admin-key-for-tests-0123";
+const SECRET: &str = "jwt-secret-for-tests";
+
+fn secured(extra: &[&str]) -> Relay {
+    let mut args = vec!["--admin-key", ADMIN_KEY, "--jwt-secret", SECRET];
+    args.extend_from_slice(extra);
+    Relay::start(&args)
+}
+
+async fn admin(relay: &Relay, method: &str, path: &str) -> (u16, Value) {
+    http_json(relay.addr, method, path, Some(ADMIN_KEY), None).await
+}
+
+async fn mint(relay: &Relay, sub: &str, docs: &[&str]) -> String {
+    let body = json!({ "sub": sub, "docs": docs, "perm": "write", "ttl_secs": 600 });
+    let (status, minted) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/tokens",
+        Some(ADMIN_KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+fn sdk(relay: &Relay, dir: &std::path::Path, token: &str) -> Client {
+    let mut config = ClientConfig::new(dir)
+        .backoff(aetherflow_client::Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        })
+        .token(token)
+        .quantum(relay.quantum_addr.unwrap());
+    config.quantum_handshake_timeout = Duration::from_millis(500);
+    Client::open(config).unwrap()
+}
+
+fn append(handle: &DocHandle, s: &str) {
+    let text = handle.doc().get_or_insert_text("text");
+    let mut txn = handle.doc().transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+}
+
+/// Polls `probe` until it returns `Some`, bounded by [`TIMEOUT`].
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The open (not CLOSED) Quantum sessions of `user`.
+async fn quantum_sessions(relay: &Relay, user: &str) -> Vec<Value> {
+    let path = format!("/api/v1/sessions?user={user}&transport=quantum");
+    let (status, page) = admin(relay, "GET", &path).await;
+    assert_eq!(status, 200, "{page}");
+    page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] != "CLOSED")
+        .cloned()
+        .collect()
+}
+
+async fn raw(relay: &Relay) -> (QuantumEndpoint, QuantumConnection) {
+    let endpoint = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
+        .await
+        .unwrap();
+    let conn = endpoint.connect(relay.quantum_addr.unwrap()).await.unwrap();
+    (endpoint, conn)
+}
+
+fn hello(token: Option<String>) -> Vec<u8> {
+    Envelope::connection(Control::Hello {
+        client_version: "test".into(),
+        token,
+    })
+    .encode()
+}
+
+/// The next connection-level error, skipping everything else; `None` if the connection
+/// ended without one.
+async fn connection_error(conn: &QuantumConnection) -> Option<(u32, String)> {
+    loop {
+        let bytes = tokio::time::timeout(TIMEOUT, conn.recv())
+            .await
+            .expect("no connection-level error in time")
+            .ok()??;
+        let envelope = Envelope::decode(&bytes, &EnvelopeLimits::default()).unwrap();
+        if let (true, Payload::Control(Control::Error { code, reason })) =
+            (envelope.doc.is_empty(), envelope.payload)
+        {
+            return Some((code, reason));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quantum_client_is_a_session_with_moving_counters_and_an_admin_disconnect_reconnects_it()
+{
+    let relay = secured(&[]);
+    let token = mint(&relay, "ada", &["notes"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = sdk(&relay, dir.path(), &token);
+    let notes = client.doc("notes").await.unwrap();
+    let reader_token = mint(&relay, "rex", &["notes"]).await;
+    let mut reader =
+        YClient::connect(&format!("{}?token={reader_token}", relay.ws_url("notes"))).await;
+    append(&notes, "one;");
+    reader.wait_for_text("one;").await;
+
+    let first = eventually("ada's quantum session", || async {
+        let sessions = quantum_sessions(&relay, "ada").await;
+        (sessions.len() == 1 && sessions[0]["messages_in"].as_u64() > Some(1))
+            .then(|| sessions[0].clone())
+    })
+    .await;
+    assert_eq!(first["transport"], "quantum");
+    assert_eq!(first["documents"], json!(["notes"]));
+    assert_eq!(first["state"], "ACTIVE");
+    assert!(first["bytes_out"].as_u64() > Some(0), "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+
+    // Another edit moves the counters.
+    append(&notes, "two;");
+    reader.wait_for_text("one;two;").await;
+    eventually("counters moved", || async {
+        let (_, now) = admin(&relay, "GET", &format!("/api/v1/sessions/{id}")).await;
+        (now["messages_in"].as_u64() > first["messages_in"].as_u64()
+            && now["bytes_in"].as_u64() > first["bytes_in"].as_u64())
+        .then_some(())
+    })
+    .await;
+
+    let (status, closed) = admin(
+        &relay,
+        "DELETE",
+        &format!("/api/v1/sessions/{id}?reason=maintenance"),
+    )
+    .await;
+    assert_eq!(status, 200, "{closed}");
+    assert_eq!(closed["state"], "CLOSED");
+    assert_eq!(closed["close"]["code"], 1008);
+    assert!(
+        closed["close"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maintenance"),
+        "{closed}"
+    );
+
+    // The SDK reconnects: a new session, and edits flow again.
+    eventually("a new session after the disconnect", || async {
+        let sessions = quantum_sessions(&relay, "ada").await;
+        sessions
+            .iter()
+            .any(|s| s["id"] != id.as_str())
+            .then_some(())
+    })
+    .await;
+    append(&notes, "three;");
+    reader.wait_for_text("one;two;three;").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_syncing() {
+    let relay = Relay::start(&["--message-rate-per-sec", "1", "--message-burst", "40"]);
+    let (_endpoint, flood) = raw(&relay).await;
+    flood.send(hello(None)).await.unwrap();
+    let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
+    flood.send(subscribe.encode()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap());
+    config.quantum_handshake_timeout = Duration::from_millis(500);
+    let calm = Client::open(config).unwrap();
+    let notes = calm.doc("notes").await.unwrap();
+    let mut reader = YClient::connect(&relay.ws_url("notes")).await;
+
+    let empty_update = Envelope::new(
+        "notes",
+        Payload::Yjs(Message::Sync(SyncMessage::Update(vec![0, 0]))),
+    )
+    .encode();
+    for _ in 0..100 {
+        if flood.send(empty_update.clone()).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = connection_error(&flood)
+        .await
+        .expect("closed without a reason");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("message rate limit exceeded"), "{reason}");
+
+    append(&notes, "still syncing");
+    reader.wait_for_text("still syncing").await;
+    assert_eq!(
+        notes
+            .doc()
+            .get_or_insert_text("text")
+            .get_string(&notes.doc().transact()),
+        "still syncing"
+    );
+}
+
+#[tokio::test]
+async fn new_quantum_connections_over_the_address_rate_are_refused_with_a_retry_time() {
+    let relay = Relay::start(&["--connect-rate-per-min", "1", "--connect-burst", "2"]);
+    let (_e1, first) = raw(&relay).await;
+    let (_e2, second) = raw(&relay).await;
+    for conn in [&first, &second] {
+        conn.send(hello(None)).await.unwrap();
+        let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
+        conn.send(subscribe.encode()).await.unwrap();
+    }
+    let (_e3, third) = raw(&relay).await;
+    let (code, reason) = connection_error(&third)
+        .await
+        .expect("refused without a reason");
+    assert_eq!(code, 4429);
+    assert!(reason.contains("retry in"), "{reason}");
+    // The admitted ones still work: the relay greets their subscriptions.
+    let greeting = tokio::time::timeout(TIMEOUT, first.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let greeting = Envelope::decode(&greeting, &EnvelopeLimits::default()).unwrap();
+    assert_eq!(greeting.doc, "notes");
+}
+
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_quantum_rtt_and_congestion_window_after_a_client_synced() {
+    let relay = secured(&[]);
+    let token = mint(&relay, "ada", &["notes"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = sdk(&relay, dir.path(), &token);
+    let notes = client.doc("notes").await.unwrap();
+    append(&notes, "measured");
+    let reader_token = mint(&relay, "rex", &["notes"]).await;
+    let mut reader =
+        YClient::connect(&format!("{}?token={reader_token}", relay.ws_url("notes"))).await;
+    reader.wait_for_text("measured").await;
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let text = eventually("quantum series in /metrics", || {
+        let auth = auth.clone();
+        let addr = relay.addr;
+        async move {
+            let response = http_raw(addr, "GET", "/metrics", &[("Authorization", &auth)], "").await;
+            assert_eq!(response.status, 200, "{}", response.body);
+            let rtt = series(&response.body, "aetherflow_quantum_rtt_seconds_count")?;
+            (rtt > 0.0).then_some(response.body)
+        }
+    })
+    .await;
+    let rtt_sum = series(&text, "aetherflow_quantum_rtt_seconds_sum").unwrap();
+    assert!(rtt_sum > 0.0, "{text}");
+    let cwnd_count = series(&text, "aetherflow_quantum_congestion_window_bytes_count").unwrap();
+    let cwnd_sum = series(&text, "aetherflow_quantum_congestion_window_bytes_sum").unwrap();
+    assert!(cwnd_count > 0.0 && cwnd_sum > 0.0, "{text}");
+    assert!(
+        series(
+            &text,
+            "aetherflow_received_bytes_total{transport=\"quantum\"}"
+        ) > Some(0.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
+    let relay = secured(&["--ping-interval-secs", "1"]);
+    let token = mint(&relay, "ada", &["notes"]).await;
+    let (_endpoint, conn) = raw(&relay).await;
+    conn.send(hello(Some(token))).await.unwrap();
+    let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe)).encode();
+    conn.send(subscribe.clone()).await.unwrap();
+    // Quantum keepalives come only after 10 s of silence, so a second of it shows.
+    let idle = eventually("the session turns IDLE", || async {
+        let sessions = quantum_sessions(&relay, "ada").await;
+        sessions.into_iter().find(|s| s["state"] == "IDLE")
+    })
+    .await;
+    assert_eq!(idle["documents"], json!(["notes"]));
+    conn.send(subscribe).await.unwrap();
+    eventually("the session is ACTIVE again", || async {
+        let sessions = quantum_sessions(&relay, "ada").await;
+        sessions
+            .iter()
+            .any(|s| s["state"] == "ACTIVE")
+            .then_some(())
+    })
+    .await;
+}
