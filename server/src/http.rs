@@ -47,6 +47,9 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// Initial read buffer of a WebSocket connection; see [`websocket`].
+const READ_BUFFER_BYTES: usize = 1024;
+
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
 #[derive(serde::Deserialize)]
 struct WsQuery {
@@ -165,6 +168,11 @@ async fn websocket(
     // between still waits for this session to send its close frame.
     let in_flight = state.tracker.token();
     upgrade
+        // Sized for idle connections (issue 7): tungstenite's default 128 KiB read buffer is
+        // allocated and zero-filled per connection. The buffer still grows to hold a larger
+        // frame (up to `limit`), and frames are written out as they are sent.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
@@ -174,9 +182,11 @@ async fn websocket(
                 can_write: grant.permission == Permission::Write,
                 remote,
             };
+            // Built outside the `async` block so the socket is split before it is captured.
+            let session = session::run(socket, doc, peer, handle, ctx);
             async move {
                 let _in_flight = in_flight;
-                session::run(socket, doc, peer, handle, ctx).await
+                session.await
             }
         })
 }

@@ -11,7 +11,6 @@ use axum::extract::ws::{CloseFrame, Message as Frame};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -19,7 +18,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
-use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms};
+use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms, outbox};
 
 /// Everything a session needs besides its socket.
 #[derive(Clone)]
@@ -53,8 +52,18 @@ pub struct Peer {
 }
 
 /// Serves one connection until either side closes it, reporting its state and traffic through
-/// `handle` (dropped, so CLOSED, when this returns).
-pub async fn run<S>(socket: S, doc: DocName, peer: Peer, handle: SessionHandle, ctx: SessionContext)
+/// `handle` (dropped, so CLOSED, when the returned future ends).
+///
+/// Not an `async fn`: the socket is split here, before the future exists, so the future holds
+/// only the two halves (pointers to the shared socket) rather than the socket itself for the
+/// whole life of the connection; that is a few hundred bytes per idle connection (issue 7).
+pub fn run<S>(
+    socket: S,
+    doc: DocName,
+    peer: Peer,
+    handle: SessionHandle,
+    ctx: SessionContext,
+) -> impl Future<Output = ()> + Send
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
@@ -68,36 +77,45 @@ where
         doc = %doc,
         user = %peer.user
     );
-    serve(socket, doc, peer, &handle, ctx)
-        .instrument(span)
-        .await;
+    let (sink, stream) = socket.split();
+    serve(sink, stream, doc, peer, handle, ctx).instrument(span)
 }
 
-async fn serve<S>(socket: S, doc: DocName, peer: Peer, handle: &SessionHandle, ctx: SessionContext)
-where
-    S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
+async fn serve<K, R>(
+    mut sink: K,
+    stream: R,
+    doc: DocName,
+    peer: Peer,
+    handle: SessionHandle,
+    ctx: SessionContext,
+) where
+    K: Sink<Frame, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Frame, axum::Error>>,
 {
-    let (mut sink, stream) = socket.split();
+    let handle = &handle;
     let mut stream = std::pin::pin!(stream);
     if ctx.shutdown.is_cancelled() {
         // Upgraded while the relay was shutting down: say so rather than join a room.
         let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
         handle.closing(Some(&reason));
-        close(&mut sink, reason).await;
+        Box::pin(close(&mut sink, reason)).await;
         return;
     }
-    let (outbox, mut from_room) = mpsc::channel(OUTBOX_CAPACITY);
-    let membership = match ctx
-        .rooms
-        .join(&doc, peer.conn, &peer.user, peer.can_write, outbox)
-        .await
-    {
+    let (outbox, mut from_room) = outbox::channel(OUTBOX_CAPACITY);
+    // Boxed, like every close below: the session's future is held for the whole life of
+    // the connection, so state needed only at its start or end lives on the heap briefly
+    // instead of in every idle session.
+    let joining = Box::pin(
+        ctx.rooms
+            .join(&doc, peer.conn, &peer.user, peer.can_write, outbox),
+    );
+    let membership = match joining.await {
         Ok(membership) => membership,
         Err(e) => {
             warn!(error = %e, "join failed");
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, "document unavailable");
             handle.closing(Some(&reason));
-            close(&mut sink, reason).await;
+            Box::pin(close(&mut sink, reason)).await;
             return;
         }
     };
@@ -172,7 +190,7 @@ where
     handle.closing(reason.as_ref());
     if let Some(reason) = reason {
         debug!(code = reason.code, reason = %reason.reason, "closing");
-        close(&mut sink, reason).await;
+        Box::pin(close(&mut sink, reason)).await;
     }
 }
 

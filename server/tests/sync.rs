@@ -188,3 +188,25 @@ async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suff
     after.append("still fine").await;
     after.wait_for_text("still fine").await;
 }
+
+/// The relay reads with a 1 KiB buffer so idle connections stay small (issue 7); a message
+/// hundreds of times larger must still arrive whole, reach other readers and be stored.
+#[tokio::test]
+async fn a_message_far_larger_than_the_read_buffer_syncs_and_is_stored() {
+    let relay = Relay::start(&[]);
+    let url = relay.ws_url("big-paste");
+    let mut writer = YClient::connect(&url).await;
+    let mut reader = YClient::connect(&url).await;
+    // 1 MiB of varied text, past the old 128 KiB default buffer too.
+    let paste: String = (0..1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let update = writer.append(&paste).await;
+    assert!(
+        update.len() > 1024 * 1024,
+        "the update is one large message"
+    );
+    reader.wait_for_text(&paste).await;
+    writer.wait_for_echo().await;
+    assert_eq!(read_text(&relay, "big-paste").await, paste);
+}

@@ -147,7 +147,7 @@ async fn subscribe(
         }
     }
     let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
-    let (outbox, from_room) = mpsc::channel(OUTBOX_CAPACITY);
+    let (outbox, from_room) = crate::rooms::outbox::channel(OUTBOX_CAPACITY);
     let can_write = grant.permission == Permission::Write;
     let membership = ctx
         .sessions
@@ -168,7 +168,7 @@ async fn subscribe(
 /// Wraps the room's frames for `doc` in envelopes until the room or the connection stops.
 async fn forward(
     doc: String,
-    mut from_room: mpsc::Receiver<Outbound>,
+    mut from_room: crate::rooms::OutboxReceiver,
     to_peer: mpsc::Sender<Vec<u8>>,
 ) {
     let last = loop {

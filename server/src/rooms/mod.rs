@@ -5,6 +5,7 @@
 //! their own outbox ([`Outbound`]); no lock is held across an await. A room loads its
 //! document on first use and unloads itself after an idle period.
 
+pub mod outbox;
 mod task;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::outbox::{OutboxReceiver, OutboxSender};
 use crate::config::{Config, Durability};
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -44,7 +46,7 @@ pub enum RoomCommand {
         /// Whether its updates may be applied.
         can_write: bool,
         /// Where the room sends this connection's frames.
-        outbox: mpsc::Sender<Outbound>,
+        outbox: OutboxSender,
         /// Told once the connection is subscribed; dropped if the room is going away.
         joined: oneshot::Sender<()>,
     },
@@ -239,7 +241,7 @@ impl Rooms {
         conn: ConnId,
         user: &str,
         can_write: bool,
-        outbox: mpsc::Sender<Outbound>,
+        outbox: OutboxSender,
     ) -> Result<Membership, JoinError> {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.find_or_start(doc);
@@ -388,7 +390,16 @@ impl Membership {
             conn: self.conn,
             message,
         };
-        self.inbox.send(command).await.map_err(|_| RoomGone)
+        // The waiting send is boxed: its future (the command plus a semaphore wait) would
+        // otherwise be part of every session's future, idle or not, and it is only needed
+        // when the room is behind.
+        match self.inbox.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(RoomGone),
+            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.inbox.send(command))
+                .await
+                .map_err(|_| RoomGone),
+        }
     }
 }
 

@@ -11,10 +11,10 @@ use std::time::Instant;
 use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
 use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
 use bytes::Bytes;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::outbox::{OutboxSender, TrySendError};
 use super::{ApplyError, CloseReason, Outbound, RoomCommand, Rooms};
 use crate::config::Durability;
 use crate::events::DocEvent;
@@ -27,7 +27,7 @@ const MAX_COMMANDS_PER_TURN: usize = 1024;
 /// A connection subscribed to the room.
 struct Subscriber {
     /// Where its frames go.
-    outbox: mpsc::Sender<Outbound>,
+    outbox: OutboxSender,
     /// Whether its updates may be applied.
     can_write: bool,
     /// The token's subject, for presence events.
