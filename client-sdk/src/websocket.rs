@@ -83,9 +83,11 @@ impl Transport for WebSocketTransport {
                 url.push_str("?token=");
                 url.push_str(&encode_path_segment(token));
             }
-            let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .map_err(connect_error)?;
+            // TCP_NODELAY: an edit is a small frame that must leave at once.
+            let (socket, _) =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+                    .await
+                    .map_err(connect_error)?;
             let (out_tx, out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             let (in_tx, in_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             tokio::spawn(pump(socket, out_rx, in_tx, self.limits));

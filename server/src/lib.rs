@@ -43,7 +43,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
@@ -144,6 +144,13 @@ pub async fn run(
         shutdown.await;
         info!("shutting down: closing connections and flushing");
         signal.cancel();
+    });
+    // Small y-websocket frames (one keystroke) must leave at once, not wait for Nagle's
+    // algorithm to pair them with an acknowledgement.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not set");
+        }
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(token.clone().cancelled_owned())

@@ -85,7 +85,7 @@ async fn a_write_token_for_a_prefix_syncs() {
     let url = format!("{}?token={t}", relay.ws_url("team-roadmap"));
     let mut client = YClient::connect(&url).await;
     client.append("q3 goals").await;
-    client.wait_for_text("q3 goals").await;
+    client.barrier().await;
     assert_eq!(read_text_with(&url).await, "q3 goals");
 }
 
@@ -104,7 +104,7 @@ async fn a_read_token_reads_and_shares_presence_but_cannot_write() {
     );
     let mut writer = YClient::connect(&writer_url).await;
     writer.append("official").await;
-    writer.wait_for_text("official").await;
+    writer.barrier().await;
 
     let mut reader = YClient::connect(&reader_url).await;
     assert_eq!(reader.text(), "official", "a reader receives the document");
@@ -130,7 +130,7 @@ async fn a_read_token_reads_and_shares_presence_but_cannot_write() {
         }
     }
     writer.append("!").await;
-    writer.wait_for_text("official!").await;
+    writer.barrier().await;
     assert_eq!(read_text_with(&writer_url).await, "official!");
 }
 

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 async fn room_with_bystander(relay: &Relay, doc: &str) -> YClient {
     let mut bystander = YClient::connect(&relay.ws_url(doc)).await;
     bystander.append("intact").await;
-    bystander.wait_for_text("intact").await;
+    bystander.barrier().await;
     bystander
 }
 
@@ -25,7 +25,7 @@ async fn assert_refused(relay: &Relay, doc: &str, bytes: Vec<u8>, code: u16) -> 
     assert_eq!(u16::from(close.code), code, "reason: {}", close.reason);
     assert!(!close.reason.is_empty(), "a close reason is given");
     bystander.append(" still-syncing").await;
-    bystander.wait_for_text("intact still-syncing").await;
+    bystander.barrier().await;
     assert_eq!(read_text(relay, doc).await, "intact still-syncing");
     close.reason.to_string()
 }
@@ -92,7 +92,7 @@ async fn text_frame_closes_with_1003() {
         .unwrap();
     assert_eq!(u16::from(offender.expect_close().await.code), 1003);
     bystander.append("!").await;
-    bystander.wait_for_text("intact!").await;
+    bystander.barrier().await;
 }
 
 #[tokio::test]
@@ -123,7 +123,7 @@ async fn invalid_document_names_are_refused_before_the_upgrade() {
     let ok_name = "y".repeat(255);
     let mut client = YClient::connect(&relay.ws_url(&ok_name)).await;
     client.append("fine").await;
-    client.wait_for_text("fine").await;
+    client.barrier().await;
 }
 
 #[tokio::test]
@@ -160,5 +160,5 @@ async fn an_update_yrs_cannot_integrate_closes_the_sender_and_the_room_reloads_i
     let mut back = YClient::connect(&url).await;
     assert_eq!(back.text(), "abc");
     back.append("d").await;
-    back.wait_for_text("abcd").await;
+    back.barrier().await;
 }

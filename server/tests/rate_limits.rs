@@ -50,7 +50,7 @@ async fn a_flooding_session_is_closed_with_1008_while_its_neighbour_keeps_workin
     let url = relay.ws_url("shared");
     let mut neighbour = YClient::connect(&url).await;
     neighbour.append("before ").await;
-    neighbour.wait_for_text("before ").await;
+    neighbour.barrier().await;
 
     let flooder = YClient::connect(&url).await;
     let (mut tx, mut rx) = flooder.socket.split();
@@ -94,7 +94,7 @@ async fn a_flooding_session_is_closed_with_1008_while_its_neighbour_keeps_workin
 
     // The neighbour on the same document still syncs.
     neighbour.append("after").await;
-    neighbour.wait_for_text("before after").await;
+    neighbour.barrier().await;
     let seen = read_text(&relay, "shared").await;
     assert_eq!(seen, "before after");
 

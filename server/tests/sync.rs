@@ -67,7 +67,7 @@ async fn documents_are_isolated_from_each_other() {
     let relay = Relay::start(&[]);
     let mut a = YClient::connect(&relay.ws_url("doc-a")).await;
     a.append("only in a").await;
-    a.wait_for_text("only in a").await;
+    a.barrier().await;
     assert_eq!(read_text(&relay, "doc-b").await, "");
     assert_eq!(read_text(&relay, "doc-a").await, "only in a");
 }
@@ -186,7 +186,7 @@ async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suff
     assert!(echoes.await.unwrap() >= 4000, "the writer saw every echo");
     let mut after = YClient::connect(&url).await;
     after.append("still fine").await;
-    after.wait_for_text("still fine").await;
+    after.barrier().await;
 }
 
 /// The relay reads with a 1 KiB buffer so idle connections stay small (issue 7); a message

@@ -282,6 +282,25 @@ impl YClient {
         }
     }
 
+    /// Waits until the relay has applied (in durable mode, committed) everything this client
+    /// sent: the relay answers a sync step 1 only after the updates sent before it, so its
+    /// step 2 is the barrier. Incoming updates are applied meanwhile.
+    pub async fn barrier(&mut self) {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(&Message::Sync(SyncMessage::Step1(sv))).await;
+        loop {
+            match self.next_message().await {
+                Message::Sync(SyncMessage::Step2(u)) => {
+                    self.apply(&u);
+                    return;
+                }
+                Message::Sync(SyncMessage::Update(u)) => self.apply(&u),
+                Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
+                _ => {}
+            }
+        }
+    }
+
     /// Reads one message and acts on it as a provider would.
     async fn handle_next(&mut self) {
         match self.next_message().await {
