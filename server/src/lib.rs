@@ -137,6 +137,10 @@ pub async fn run(
             "aetherflow quantum ready: udp://{quantum_addr}"
         );
         tracker.spawn(quantum::serve(endpoint, quantum_ctx));
+    } else {
+        // It holds a handle on the rooms and so on the store writer, whose final commit
+        // shutdown waits for.
+        drop(quantum_ctx);
     }
 
     let signal = token.clone();

@@ -69,6 +69,19 @@ async fn sigint_is_a_clean_shutdown_too() {
 }
 
 #[tokio::test]
+async fn sigterm_shuts_down_cleanly_without_a_quantum_listener() {
+    // Regression: with --quantum-addr off, the unused Quantum context kept the store writer
+    // alive and shutdown waited for it forever.
+    let mut relay = Relay::start(&["--quantum-addr", "off"]);
+    let mut client = YClient::connect(&relay.ws_url("no-udp")).await;
+    client.append("kept").await;
+    client.barrier().await;
+    let status = relay.signal_and_wait("TERM");
+    assert_eq!(u16::from(client.expect_close().await.code), 1001);
+    assert!(status.success());
+}
+
+#[tokio::test]
 async fn the_log_is_folded_into_a_snapshot_and_nothing_is_lost() {
     let mut relay = Relay::start(&["--compact-after-updates", "10"]);
     let temp = relay.take_temp().unwrap();
