@@ -62,6 +62,19 @@ use crate::packet::ConnectionId;
 
 use task::{Command, Delivery};
 
+/// Sends `command` to the endpoint task and waits for its reply; either side gone means the
+/// endpoint is closed.
+async fn request<T>(
+    commands: &mpsc::UnboundedSender<Command>,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, DriverError> {
+    let (reply, response) = oneshot::channel();
+    commands
+        .send(command(reply))
+        .map_err(|_| DriverError::EndpointClosed)?;
+    response.await.map_err(|_| DriverError::EndpointClosed)
+}
+
 /// Settings of a driven endpoint: the core's [`Config`] plus what only the driver knows.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -214,12 +227,7 @@ impl Endpoint {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, DriverError> {
-        let (reply, response) = oneshot::channel();
-        self.inner
-            .commands
-            .send(command(reply))
-            .map_err(|_| DriverError::EndpointClosed)?;
-        response.await.map_err(|_| DriverError::EndpointClosed)
+        request(&self.inner.commands, command).await
     }
 
     /// Opens a connection to `remote`; resolves once the handshake completes, or fails after
@@ -331,12 +339,7 @@ impl Connection {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, DriverError> {
-        let (reply, response) = oneshot::channel();
-        self.inner
-            .commands
-            .send(command(reply))
-            .map_err(|_| DriverError::EndpointClosed)?;
-        response.await.map_err(|_| DriverError::EndpointClosed)
+        request(&self.inner.commands, command).await
     }
 
     /// Queues a message for ordered, reliable delivery. Waits while the connection holds
