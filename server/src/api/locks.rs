@@ -13,10 +13,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::events::must_exist;
 use super::openapi::{
     json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
-use super::{NamePath, authorize, blocking, identity, json_body};
+use super::{NamePath, authorize, identity, json_body};
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::locks::{Lock, LockError};
@@ -54,23 +55,13 @@ fn lock_error(error: LockError) -> AppError {
     }
 }
 
-/// 404 unless the document exists: a lock on nothing would be a trap for typos.
-async fn existing(state: &AppState, doc: &DocName) -> Result<(), AppError> {
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    match blocking(move || store.document(&lookup)).await? {
-        Some(_) => Ok(()),
-        None => Err(AppError::NotFound(format!("no document {doc}"))),
-    }
-}
-
 async fn get_lock(
     State(state): State<AppState>,
     headers: HeaderMap,
     NamePath(doc): NamePath,
 ) -> Result<Json<Value>, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    existing(&state, &doc).await?;
+    must_exist(&state, &doc).await?;
     Ok(Json(match state.locks.current(&doc) {
         Some(lock) => lock_json(&doc, &lock),
         None => json!({ "name": doc.as_str(), "locked": false }),
@@ -86,7 +77,7 @@ async fn acquire(
     let grant = authorize(&state, &headers, &doc, true)?;
     let request = json_body(body)?;
     let holder = identity(&state, &grant, request.holder)?;
-    existing(&state, &doc).await?;
+    must_exist(&state, &doc).await?;
     let lock = state
         .locks
         .acquire(&doc, &holder, request.ttl_ms)
