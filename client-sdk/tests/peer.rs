@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aetherflow_client::{Backoff, Client, ClientConfig, ClientError, DocHandle, SyncState};
-use yrs::{GetString, Text, Transact};
+use aetherflow_client::testing::{append_text, text, wait_state, wait_text};
+use aetherflow_client::{Backoff, Client, ClientConfig, ClientError};
 
 /// Generous bound on every wait; nothing sleeps, everything waits on the SDK's streams.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -21,41 +21,6 @@ fn config(dir: &std::path::Path) -> ClientConfig {
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-fn text(handle: &DocHandle) -> String {
-    let text = handle.doc().get_or_insert_text("text");
-    text.get_string(&handle.doc().transact())
-}
-
-fn append(handle: &DocHandle, s: &str) {
-    let text = handle.doc().get_or_insert_text("text");
-    let mut txn = handle.doc().transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-}
-
-/// Waits (bounded) until the document's text satisfies `condition`, on its change stream.
-async fn wait_text(handle: &DocHandle, condition: impl Fn(&str) -> bool) -> String {
-    let mut changes = handle.changes();
-    let wait = async {
-        loop {
-            let now = text(handle);
-            if condition(&now) {
-                return now;
-            }
-            changes.next().await.expect("the document is open");
-        }
-    };
-    tokio::time::timeout(TIMEOUT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("text never matched: {:?}", text(handle)))
-}
-
-async fn wait_state(handle: &DocHandle, condition: impl FnMut(&SyncState) -> bool) -> SyncState {
-    tokio::time::timeout(TIMEOUT, handle.wait_for(condition))
-        .await
-        .unwrap_or_else(|_| panic!("state never matched: {:?}", handle.state().borrow()))
 }
 
 /// A listening client and a client pointed at it, both with `SECRET` unless told otherwise.
@@ -75,23 +40,26 @@ async fn two_clients_without_a_relay_sync_a_document_both_ways_through_a_peer() 
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, addr, b) = pair(dir_a.path(), dir_b.path(), SECRET).await;
     let doc_a = a.doc("notes").await.unwrap();
-    append(&doc_a, "from A before the link. ");
+    append_text(&doc_a, "text", "from A before the link. ");
     let doc_b = b.doc("notes").await.unwrap();
-    append(&doc_b, "from B before the link. ");
+    append_text(&doc_b, "text", "from B before the link. ");
 
-    let state = wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.synced)).await;
+    let state = wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&addr).is_some_and(|p| p.synced)
+    })
+    .await;
     assert_eq!(state.peers[&addr].denied, None);
     // Both offline edits crossed, in both directions.
     let both = |t: &str| t.contains("from A before") && t.contains("from B before");
-    let seen_by_a = wait_text(&doc_a, both).await;
-    assert_eq!(wait_text(&doc_b, both).await, seen_by_a);
+    let seen_by_a = wait_text(&doc_a, "text", TIMEOUT, both).await;
+    assert_eq!(wait_text(&doc_b, "text", TIMEOUT, both).await, seen_by_a);
 
     // Live edits after the initial exchange, both ways.
-    append(&doc_a, "A live. ");
-    wait_text(&doc_b, |t| t.contains("A live.")).await;
-    append(&doc_b, "B live. ");
-    let final_a = wait_text(&doc_a, |t| t.contains("B live.")).await;
-    assert_eq!(text(&doc_b), final_a);
+    append_text(&doc_a, "text", "A live. ");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t.contains("A live.")).await;
+    append_text(&doc_b, "text", "B live. ");
+    let final_a = wait_text(&doc_a, "text", TIMEOUT, |t| t.contains("B live.")).await;
+    assert_eq!(text(&doc_b, "text"), final_a);
     assert_eq!(final_a.matches("A live.").count(), 1);
 
     // No relay: what came from the peer waits, stored, as pending for the relay.
@@ -100,7 +68,11 @@ async fn two_clients_without_a_relay_sync_a_document_both_ways_through_a_peer() 
     b.close().await.unwrap();
     let reopened = Client::open(config(dir_a.path())).unwrap();
     let doc = reopened.doc("notes").await.unwrap();
-    assert_eq!(text(&doc), final_a, "the peer's edits were stored locally");
+    assert_eq!(
+        text(&doc, "text"),
+        final_a,
+        "the peer's edits were stored locally"
+    );
     reopened.close().await.unwrap();
 }
 
@@ -118,14 +90,20 @@ async fn edits_hop_across_a_chain_of_peers() {
         b.doc("chain").await.unwrap(),
         c.doc("chain").await.unwrap(),
     );
-    wait_state(&doc_c, |s| s.peers.get(&b_addr).is_some_and(|p| p.synced)).await;
-    wait_state(&doc_b, |s| s.peers.get(&a_addr).is_some_and(|p| p.synced)).await;
-    append(&doc_a, "A. ");
-    append(&doc_c, "C. ");
+    wait_state(&doc_c, TIMEOUT, |s| {
+        s.peers.get(&b_addr).is_some_and(|p| p.synced)
+    })
+    .await;
+    wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&a_addr).is_some_and(|p| p.synced)
+    })
+    .await;
+    append_text(&doc_a, "text", "A. ");
+    append_text(&doc_c, "text", "C. ");
     let all = |t: &str| t.contains("A. ") && t.contains("C. ");
-    let at_a = wait_text(&doc_a, all).await;
-    assert_eq!(wait_text(&doc_b, all).await, at_a);
-    assert_eq!(wait_text(&doc_c, all).await, at_a);
+    let at_a = wait_text(&doc_a, "text", TIMEOUT, all).await;
+    assert_eq!(wait_text(&doc_b, "text", TIMEOUT, all).await, at_a);
+    assert_eq!(wait_text(&doc_c, "text", TIMEOUT, all).await, at_a);
     assert_eq!(
         at_a.len(),
         "A. C. ".len(),
@@ -141,32 +119,35 @@ async fn a_peer_with_a_wrong_secret_is_refused_and_gets_nothing() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, addr, intruder) = pair(dir_a.path(), dir_b.path(), "guessed").await;
     let doc_a = a.doc("secret").await.unwrap();
-    append(&doc_a, "private");
+    append_text(&doc_a, "text", "private");
     let doc_x = intruder.doc("secret").await.unwrap();
-    append(&doc_x, "injected");
-    let state = wait_state(&doc_x, |s| {
+    append_text(&doc_x, "text", "injected");
+    let state = wait_state(&doc_x, TIMEOUT, |s| {
         s.peers.get(&addr).is_some_and(|p| p.denied.is_some())
     })
     .await;
     let peer = &state.peers[&addr];
     assert!(!peer.online && !peer.synced);
     assert!(peer.denied.as_deref().unwrap().contains("401"), "{peer:?}");
-    assert_eq!(text(&doc_x), "injected");
-    assert_eq!(text(&doc_a), "private");
+    assert_eq!(text(&doc_x, "text"), "injected");
+    assert_eq!(text(&doc_a, "text"), "private");
 
     // A client without any secret is refused the same way.
     let dir_c = tempfile::tempdir().unwrap();
     let anonymous = Client::open(config(dir_c.path()).peer(addr)).unwrap();
     let doc_c = anonymous.doc("secret").await.unwrap();
-    wait_state(&doc_c, |s| {
+    wait_state(&doc_c, TIMEOUT, |s| {
         s.peers.get(&addr).is_some_and(|p| p.denied.is_some())
     })
     .await;
-    assert_eq!(text(&doc_c), "");
+    assert_eq!(text(&doc_c, "text"), "");
     // The listener's document never saw the intruders.
     a.close().await.unwrap();
     let reopened = Client::open(config(dir_a.path())).unwrap();
-    assert_eq!(text(&reopened.doc("secret").await.unwrap()), "private");
+    assert_eq!(
+        text(&reopened.doc("secret").await.unwrap(), "text"),
+        "private"
+    );
     for client in [reopened, intruder, anonymous] {
         client.close().await.unwrap();
     }
@@ -187,7 +168,10 @@ async fn garbage_datagrams_do_not_disturb_a_peer() {
     let (a, addr, b) = pair(dir_a.path(), dir_b.path(), SECRET).await;
     let doc_a = a.doc("sturdy").await.unwrap();
     let doc_b = b.doc("sturdy").await.unwrap();
-    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.synced)).await;
+    wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&addr).is_some_and(|p| p.synced)
+    })
+    .await;
 
     // Seeded junk of every size, including empty datagrams and ones shaped like a header.
     let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -204,19 +188,19 @@ async fn garbage_datagrams_do_not_disturb_a_peer() {
     }
 
     // The established link still carries edits both ways...
-    append(&doc_a, "after the junk. ");
-    wait_text(&doc_b, |t| t.contains("after the junk.")).await;
-    append(&doc_b, "reply. ");
-    wait_text(&doc_a, |t| t.contains("reply.")).await;
+    append_text(&doc_a, "text", "after the junk. ");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t.contains("after the junk.")).await;
+    append_text(&doc_b, "text", "reply. ");
+    wait_text(&doc_a, "text", TIMEOUT, |t| t.contains("reply.")).await;
     // ...and a new peer still gets in.
     let dir_c = tempfile::tempdir().unwrap();
     let c = Client::open(config(dir_c.path()).peer(addr).peer_secret(SECRET)).unwrap();
     let doc_c = c.doc("sturdy").await.unwrap();
-    let at_c = wait_text(&doc_c, |t| {
+    let at_c = wait_text(&doc_c, "text", TIMEOUT, |t| {
         t.contains("after the junk.") && t.contains("reply.")
     })
     .await;
-    assert_eq!(at_c, text(&doc_a));
+    assert_eq!(at_c, text(&doc_a, "text"));
     for client in [a, b, c] {
         client.close().await.unwrap();
     }
@@ -228,7 +212,10 @@ async fn presence_crosses_a_peer_link() {
     let (a, addr, b) = pair(dir_a.path(), dir_b.path(), SECRET).await;
     let doc_a = a.doc("room").await.unwrap();
     let doc_b = b.doc("room").await.unwrap();
-    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.synced)).await;
+    wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&addr).is_some_and(|p| p.synced)
+    })
+    .await;
     let mut changes = doc_b.changes();
     doc_a
         .set_presence(&serde_json::json!({"name": "Ada"}))
@@ -257,12 +244,18 @@ async fn a_stopped_peer_shows_as_down_and_edits_stay_local_until_it_listens_agai
     let b = Client::open(config(dir_b.path()).peer(addr).peer_secret(SECRET)).unwrap();
     let doc_a = a.doc("later").await.unwrap();
     let doc_b = b.doc("later").await.unwrap();
-    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| p.online)).await;
+    wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&addr).is_some_and(|p| p.online)
+    })
+    .await;
 
     peer.stop();
-    wait_state(&doc_b, |s| s.peers.get(&addr).is_some_and(|p| !p.online)).await;
-    append(&doc_b, "while A was away. ");
-    assert_eq!(text(&doc_a), "");
+    wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&addr).is_some_and(|p| !p.online)
+    })
+    .await;
+    append_text(&doc_b, "text", "while A was away. ");
+    assert_eq!(text(&doc_a, "text"), "");
 
     // A listens again on the same address; B's link comes back and delivers the edit.
     // The stopped endpoint releases its socket just after its connections end: poll, bounded.
@@ -277,7 +270,7 @@ async fn a_stopped_peer_shows_as_down_and_edits_stay_local_until_it_listens_agai
     };
     let again = tokio::time::timeout(TIMEOUT, relisten).await.unwrap();
     assert_eq!(again.local_addr(), addr);
-    wait_text(&doc_a, |t| t == "while A was away. ").await;
+    wait_text(&doc_a, "text", TIMEOUT, |t| t == "while A was away. ").await;
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
@@ -333,13 +326,17 @@ async fn a_full_mesh_of_three_peers_converges_with_every_edit_once() {
             .wrapping_add(1442695040888963407);
         let who = (rng >> 33) as usize % 3;
         let marker = format!("<{who}:{n}>");
-        append(&docs[who], &marker);
+        append_text(&docs[who], "text", &marker);
         markers.push(marker);
     }
     let all = |t: &str| markers.iter().all(|m| t.contains(m.as_str()));
-    let first = wait_text(&docs[0], all).await;
+    let first = wait_text(&docs[0], "text", TIMEOUT, all).await;
     for doc in &docs[1..] {
-        assert_eq!(wait_text(doc, all).await, first, "seed {seed}");
+        assert_eq!(
+            wait_text(doc, "text", TIMEOUT, all).await,
+            first,
+            "seed {seed}"
+        );
     }
     let total: usize = markers.iter().map(String::len).sum();
     assert_eq!(

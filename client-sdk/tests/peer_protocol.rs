@@ -8,6 +8,7 @@ use std::time::Duration;
 use aetherflow_client::peer::{
     ERROR_MALFORMED, ERROR_NOT_SUPPORTED, ERROR_PROTOCOL, ERROR_UNAUTHORIZED,
 };
+use aetherflow_client::testing::text;
 use aetherflow_client::{Client, ClientConfig, DocHandle};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
@@ -81,11 +82,6 @@ fn subscribe(doc: &str) -> Vec<u8> {
     Envelope::new(doc, Payload::Control(Control::Subscribe)).encode()
 }
 
-fn text(handle: &DocHandle) -> String {
-    let text = handle.doc().get_or_insert_text("text");
-    text.get_string(&handle.doc().transact())
-}
-
 #[tokio::test]
 async fn a_wrong_or_missing_secret_gets_4401_and_the_connection_ends() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,7 +94,7 @@ async fn a_wrong_or_missing_secret_gets_4401_and_the_connection_ends() {
         assert_eq!(code, ERROR_UNAUTHORIZED, "{secret:?}");
         assert!(next_envelope(&conn).await.is_none(), "closed after refusal");
     }
-    assert_eq!(text(&doc), "kept");
+    assert_eq!(text(&doc, "text"), "kept");
     client.close().await.unwrap();
 }
 
@@ -176,7 +172,7 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
         next_error(&conn, "doc").await,
         (ERROR_PROTOCOL, "malformed update".into())
     );
-    assert_eq!(text(&doc), "kept");
+    assert_eq!(text(&doc, "text"), "kept");
     // Subscribing again works: the greeting and, asked for, the whole document.
     conn.send(subscribe("doc")).await.unwrap();
     next_message(&conn, "doc").await;
@@ -217,7 +213,7 @@ async fn a_peer_gets_others_updates_but_not_its_own_back() {
     );
     conn.send(envelope.encode()).await.unwrap();
     let applied = async {
-        while !text(&doc).contains("from raw peer") {
+        while !text(&doc, "text").contains("from raw peer") {
             changes.next().await.unwrap();
         }
     };

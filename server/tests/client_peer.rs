@@ -8,13 +8,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aetherflow_client::testing::{append_text, assert_exactly_once, wait_state, wait_text};
 use aetherflow_client::{
-    Backoff, Client, ClientConfig, Connection, DocHandle, Link, QuantumTransport, SyncState,
-    Transport, TransportError, TransportKind,
+    Backoff, Client, ClientConfig, Connection, Link, QuantumTransport, SyncState, Transport,
+    TransportError, TransportKind,
 };
 use common::{Relay, TIMEOUT, read_text};
 use futures_util::future::BoxFuture;
-use yrs::{GetString, Text, Transact};
 
 const SECRET: &str = "office LAN secret";
 
@@ -52,49 +52,6 @@ fn config(dir: &std::path::Path) -> ClientConfig {
     config
 }
 
-fn text(handle: &DocHandle) -> String {
-    let text = handle.doc().get_or_insert_text("text");
-    text.get_string(&handle.doc().transact())
-}
-
-fn append(handle: &DocHandle, s: &str) {
-    let text = handle.doc().get_or_insert_text("text");
-    let mut txn = handle.doc().transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-}
-
-async fn wait_state(handle: &DocHandle, condition: impl FnMut(&SyncState) -> bool) -> SyncState {
-    tokio::time::timeout(TIMEOUT, handle.wait_for(condition))
-        .await
-        .unwrap_or_else(|_| panic!("state never matched: {:?}", handle.state().borrow()))
-}
-
-/// Waits (bounded) on the change stream until the text holds every one of `parts`.
-async fn wait_holds(handle: &DocHandle, parts: &[&str]) -> String {
-    let mut changes = handle.changes();
-    let wait = async {
-        loop {
-            let now = text(handle);
-            if parts.iter().all(|p| now.contains(p)) {
-                return now;
-            }
-            changes.next().await.expect("the document is open");
-        }
-    };
-    tokio::time::timeout(TIMEOUT, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{:?} never held {parts:?}", text(handle)))
-}
-
-fn assert_each_once(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert_eq!(text.matches(part).count(), 1, "{part:?} in {text:?}");
-    }
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    assert_eq!(text.len(), total, "nothing else in {text:?}");
-}
-
 #[tokio::test]
 async fn replicas_sync_directly_while_the_relay_is_down_and_everyone_converges_when_it_is_back() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -115,12 +72,24 @@ async fn replicas_sync_directly_while_the_relay_is_down_and_everyone_converges_w
     let doc_b = b.doc("plan").await.unwrap();
 
     // The relay is down: A and B edit and sync with each other directly.
-    append(&doc_a, "A offline. ");
-    append(&doc_b, "B offline. ");
+    append_text(&doc_a, "text", "A offline. ");
+    append_text(&doc_b, "text", "B offline. ");
     let offline = ["A offline. ", "B offline. "];
-    let at_a = wait_holds(&doc_a, &offline).await;
-    assert_eq!(wait_holds(&doc_b, &offline).await, at_a);
-    let state = wait_state(&doc_b, |s| s.peers.get(&a_addr).is_some_and(|p| p.synced)).await;
+    let at_a = wait_text(&doc_a, "text", TIMEOUT, |t| {
+        offline.iter().all(|p| t.contains(p))
+    })
+    .await;
+    assert_eq!(
+        wait_text(&doc_b, "text", TIMEOUT, |t| offline
+            .iter()
+            .all(|p| t.contains(p)))
+        .await,
+        at_a
+    );
+    let state = wait_state(&doc_b, TIMEOUT, |s| {
+        s.peers.get(&a_addr).is_some_and(|p| p.synced)
+    })
+    .await;
     assert_ne!(state.connection, Connection::Online(TransportKind::Quantum));
     assert!(doc_a.state().borrow().pending > 0 && state.pending > 0);
 
@@ -131,21 +100,36 @@ async fn replicas_sync_directly_while_the_relay_is_down_and_everyone_converges_w
     let settled = |s: &SyncState| {
         s.synced && s.pending == 0 && s.connection == Connection::Online(TransportKind::Quantum)
     };
-    wait_state(&doc_a, settled).await;
-    wait_state(&doc_b, settled).await;
+    wait_state(&doc_a, TIMEOUT, settled).await;
+    wait_state(&doc_b, TIMEOUT, settled).await;
     // An edit made with everything up travels both routes and still counts once.
-    append(&doc_b, "B online. ");
+    append_text(&doc_b, "text", "B online. ");
     let all = ["A offline. ", "B offline. ", "B online. "];
 
     // A fresh client that only knows the relay.
     let c = Client::open(config(dirs[2].path()).quantum(relay.quantum_addr.unwrap())).unwrap();
     let doc_c = c.doc("plan").await.unwrap();
-    let at_c = wait_holds(&doc_c, &all).await;
-    assert_each_once(&at_c, &all);
-    assert_eq!(wait_holds(&doc_a, &all).await, at_c);
-    assert_eq!(wait_holds(&doc_b, &all).await, at_c);
-    wait_state(&doc_a, settled).await;
-    wait_state(&doc_b, settled).await;
+    let at_c = wait_text(&doc_c, "text", TIMEOUT, |t| {
+        all.iter().all(|p| t.contains(p))
+    })
+    .await;
+    assert_exactly_once(&at_c, &all);
+    assert_eq!(
+        wait_text(&doc_a, "text", TIMEOUT, |t| all
+            .iter()
+            .all(|p| t.contains(p)))
+        .await,
+        at_c
+    );
+    assert_eq!(
+        wait_text(&doc_b, "text", TIMEOUT, |t| all
+            .iter()
+            .all(|p| t.contains(p)))
+        .await,
+        at_c
+    );
+    wait_state(&doc_a, TIMEOUT, settled).await;
+    wait_state(&doc_b, TIMEOUT, settled).await;
     assert_eq!(
         read_text(&relay, "plan").await,
         at_c,

@@ -8,12 +8,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aetherflow_client::{Client, ClientConfig, Connection, DocHandle, SyncState, TransportKind};
+use aetherflow_client::testing::{append_text, wait_state, wait_text};
+use aetherflow_client::{Client, ClientConfig, Connection, DocHandle, TransportKind};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
 use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use common::{Relay, TIMEOUT, read_text};
-use yrs::{GetString, Text, Transact};
 
 fn config(dir: &std::path::Path) -> ClientConfig {
     let mut config = ClientConfig::new(dir).backoff(aetherflow_client::Backoff {
@@ -24,38 +24,11 @@ fn config(dir: &std::path::Path) -> ClientConfig {
     config
 }
 
-fn text(handle: &DocHandle) -> String {
-    let text = handle.doc().get_or_insert_text("text");
-    text.get_string(&handle.doc().transact())
-}
-
-fn append(handle: &DocHandle, s: &str) {
-    let text = handle.doc().get_or_insert_text("text");
-    let mut txn = handle.doc().transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-}
-
-async fn wait_state(handle: &DocHandle, condition: impl FnMut(&SyncState) -> bool) -> SyncState {
-    tokio::time::timeout(TIMEOUT, handle.wait_for(condition))
-        .await
-        .unwrap_or_else(|_| panic!("state never matched: {:?}", handle.state().borrow()))
-}
-
 async fn wait_settled_on(handle: &DocHandle, kind: TransportKind) {
-    wait_state(handle, |s| {
+    wait_state(handle, TIMEOUT, |s| {
         s.synced && s.pending == 0 && s.connection == Connection::Online(kind)
     })
     .await;
-}
-
-async fn wait_text(handle: &DocHandle, expected: &str) {
-    let mut changes = handle.changes();
-    while text(handle) != expected {
-        tokio::time::timeout(TIMEOUT, changes.next())
-            .await
-            .unwrap_or_else(|_| panic!("text is {:?}, never {expected:?}", text(handle)));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +40,15 @@ async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
     // Two documents share the one Quantum connection.
     let (q1, q2) = (q.doc("one").await.unwrap(), q.doc("two").await.unwrap());
     let (w1, w2) = (w.doc("one").await.unwrap(), w.doc("two").await.unwrap());
-    append(&q1, "quantum in one;");
-    append(&q2, "quantum in two;");
-    wait_text(&w1, "quantum in one;").await;
-    wait_text(&w2, "quantum in two;").await;
-    append(&w1, "websocket in one;");
-    wait_text(&q1, "quantum in one;websocket in one;").await;
+    append_text(&q1, "text", "quantum in one;");
+    append_text(&q2, "text", "quantum in two;");
+    wait_text(&w1, "text", TIMEOUT, |t| t == "quantum in one;").await;
+    wait_text(&w2, "text", TIMEOUT, |t| t == "quantum in two;").await;
+    append_text(&w1, "text", "websocket in one;");
+    wait_text(&q1, "text", TIMEOUT, |t| {
+        t == "quantum in one;websocket in one;"
+    })
+    .await;
     wait_settled_on(&q1, TransportKind::Quantum).await;
     wait_settled_on(&q2, TransportKind::Quantum).await;
     assert_eq!(
@@ -98,7 +74,7 @@ async fn without_a_quantum_listener_the_sdk_falls_back_to_websocket() {
     )
     .unwrap();
     let doc = c.doc("fallback").await.unwrap();
-    append(&doc, "via websocket");
+    append_text(&doc, "text", "via websocket");
     wait_settled_on(&doc, TransportKind::WebSocket).await;
     assert_eq!(read_text(&relay, "fallback").await, "via websocket");
     c.close().await.unwrap();
@@ -113,14 +89,20 @@ async fn quantum_clients_edit_through_a_relay_restart_and_converge() {
     let a = Client::open(config(dir_a.path()).quantum(udp)).unwrap();
     let b = Client::open(config(dir_b.path()).quantum(udp)).unwrap();
     let (doc_a, doc_b) = (a.doc("r").await.unwrap(), b.doc("r").await.unwrap());
-    append(&doc_a, "before;");
-    wait_text(&doc_b, "before;").await;
+    append_text(&doc_a, "text", "before;");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t == "before;").await;
 
     relay.signal_and_wait("TERM");
-    wait_state(&doc_a, |s| !matches!(s.connection, Connection::Online(_))).await;
-    wait_state(&doc_b, |s| !matches!(s.connection, Connection::Online(_))).await;
-    append(&doc_a, "A;");
-    append(&doc_b, "B;");
+    wait_state(&doc_a, TIMEOUT, |s| {
+        !matches!(s.connection, Connection::Online(_))
+    })
+    .await;
+    wait_state(&doc_b, TIMEOUT, |s| {
+        !matches!(s.connection, Connection::Online(_))
+    })
+    .await;
+    append_text(&doc_a, "text", "A;");
+    append_text(&doc_b, "text", "B;");
 
     // Same data, same UDP port (UDP ports are free again at once).
     let udp_arg = udp.to_string();
@@ -133,8 +115,8 @@ async fn quantum_clients_edit_through_a_relay_restart_and_converge() {
         expected == "before;A;B;" || expected == "before;B;A;",
         "{expected}"
     );
-    wait_text(&doc_a, &expected).await;
-    wait_text(&doc_b, &expected).await;
+    wait_text(&doc_a, "text", TIMEOUT, |t| t == expected).await;
+    wait_text(&doc_b, "text", TIMEOUT, |t| t == expected).await;
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
@@ -150,7 +132,7 @@ async fn a_bad_token_over_quantum_is_reported_as_the_refusal() {
     )
     .unwrap();
     let doc = c.doc("secret").await.unwrap();
-    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    let state = wait_state(&doc, TIMEOUT, |s| s.denied.is_some()).await;
     assert_eq!(state.denied.as_deref(), Some("401 token_malformed"));
     c.close().await.unwrap();
 }

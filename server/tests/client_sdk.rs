@@ -8,14 +8,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aetherflow_client::testing::{append_text, assert_exactly_once, text, wait_state, wait_text};
 use aetherflow_client::{
-    Backoff, Client, ClientConfig, Connection, DocHandle, Link, SyncState, Transport,
-    TransportError, TransportKind, WebSocketTransport,
+    Backoff, Client, ClientConfig, Connection, DocHandle, Link, Transport, TransportError,
+    TransportKind, WebSocketTransport,
 };
 use common::{Relay, TIMEOUT, read_text};
 use futures_util::future::BoxFuture;
 use serde_json::json;
-use yrs::{GetString, Text, Transact};
 
 /// A WebSocket transport whose relay address the test can change, since a restarted relay
 /// listens on a new port. Points at a closed port until told otherwise.
@@ -57,61 +57,19 @@ fn client(dir: &std::path::Path, transport: &MovableRelay) -> Client {
     Client::with_transport(config(dir), Arc::new(transport.clone())).unwrap()
 }
 
-fn text(handle: &DocHandle) -> String {
-    let text = handle.doc().get_or_insert_text("text");
-    text.get_string(&handle.doc().transact())
-}
-
-fn append(handle: &DocHandle, s: &str) {
-    let text = handle.doc().get_or_insert_text("text");
-    let mut txn = handle.doc().transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, s);
-}
-
-/// Waits (bounded by TIMEOUT) until the state satisfies `condition`.
-async fn wait_state(handle: &DocHandle, condition: impl FnMut(&SyncState) -> bool) -> SyncState {
-    tokio::time::timeout(TIMEOUT, handle.wait_for(condition))
-        .await
-        .unwrap_or_else(|_| panic!("state never matched: {:?}", handle.state().borrow()))
-}
-
 /// Online, synced, and the relay has acknowledged every local edit.
 async fn wait_settled(handle: &DocHandle) {
-    wait_state(handle, |s| {
+    wait_state(handle, TIMEOUT, |s| {
         s.synced && s.pending == 0 && matches!(s.connection, Connection::Online(_))
     })
     .await;
 }
 
 async fn wait_offline(handle: &DocHandle) {
-    wait_state(handle, |s| !matches!(s.connection, Connection::Online(_))).await;
-}
-
-/// Waits (bounded by TIMEOUT) on the change stream until the text satisfies `condition`.
-async fn wait_text(handle: &DocHandle, condition: impl Fn(&str) -> bool) -> String {
-    let mut changes = handle.changes();
-    loop {
-        let now = text(handle);
-        if condition(&now) {
-            return now;
-        }
-        tokio::time::timeout(TIMEOUT, changes.next())
-            .await
-            .unwrap_or_else(|_| panic!("text never matched; it is {now:?}"));
-    }
-}
-
-/// Each piece occurs exactly once (no loss, no duplicates) and nothing else is there.
-fn assert_exactly_once(text: &str, pieces: &[&str]) {
-    for piece in pieces {
-        assert_eq!(text.matches(piece).count(), 1, "{piece:?} in {text:?}");
-    }
-    assert_eq!(
-        text.len(),
-        pieces.iter().map(|p| p.len()).sum::<usize>(),
-        "{text:?}"
-    );
+    wait_state(handle, TIMEOUT, |s| {
+        !matches!(s.connection, Connection::Online(_))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,10 +88,10 @@ async fn two_sdk_clients_sync_through_the_relay_which_stores_the_result() {
         Connection::Online(TransportKind::WebSocket)
     );
 
-    append(&doc_a, "from A;");
-    wait_text(&doc_b, |t| t == "from A;").await;
-    append(&doc_b, "from B;");
-    wait_text(&doc_a, |t| t == "from A;from B;").await;
+    append_text(&doc_a, "text", "from A;");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t == "from A;").await;
+    append_text(&doc_b, "text", "from B;");
+    wait_text(&doc_a, "text", TIMEOUT, |t| t == "from A;from B;").await;
     wait_settled(&doc_a).await;
     wait_settled(&doc_b).await;
     assert_eq!(read_text(&relay, "shared").await, "from A;from B;");
@@ -159,15 +117,15 @@ async fn partition_and_heal_across_a_relay_restart() {
         client(dir_b.path(), &transport),
     );
     let (doc_a, doc_b) = (a.doc("p").await.unwrap(), b.doc("p").await.unwrap());
-    append(&doc_a, "before;");
-    wait_text(&doc_b, |t| t == "before;").await;
+    append_text(&doc_a, "text", "before;");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t == "before;").await;
 
     // The relay goes away; both sides keep editing.
     relay.signal_and_wait("TERM");
     wait_offline(&doc_a).await;
     wait_offline(&doc_b).await;
-    append(&doc_a, "A offline;");
-    append(&doc_b, "B offline;");
+    append_text(&doc_a, "text", "A offline;");
+    append_text(&doc_b, "text", "B offline;");
     assert_eq!(doc_a.state().borrow().pending, 1);
     assert_eq!(doc_b.state().borrow().pending, 1);
 
@@ -176,8 +134,8 @@ async fn partition_and_heal_across_a_relay_restart() {
     transport.point_at(&relay);
     let pieces = ["before;", "A offline;", "B offline;"];
     let done = |t: &str| pieces.iter().all(|p| t.contains(p));
-    let text_a = wait_text(&doc_a, done).await;
-    let text_b = wait_text(&doc_b, done).await;
+    let text_a = wait_text(&doc_a, "text", TIMEOUT, done).await;
+    let text_b = wait_text(&doc_b, "text", TIMEOUT, done).await;
     assert_eq!(text_a, text_b);
     assert_exactly_once(&text_a, &pieces);
     wait_settled(&doc_a).await;
@@ -195,7 +153,7 @@ async fn a_relay_restored_from_an_old_backup_regains_newer_state_from_clients() 
     let dir = tempfile::tempdir().unwrap();
     let c = client(dir.path(), &transport);
     let doc = c.doc("restore").await.unwrap();
-    append(&doc, "old;");
+    append_text(&doc, "text", "old;");
     wait_settled(&doc).await;
 
     // Back up the relay's data dir, then write more after the backup.
@@ -207,7 +165,7 @@ async fn a_relay_restored_from_an_old_backup_regains_newer_state_from_clients() 
     }
     let relay = Relay::start_in(data.path(), &[]);
     transport.point_at(&relay);
-    append(&doc, "new;");
+    append_text(&doc, "text", "new;");
     wait_settled(&doc).await;
     assert_eq!(read_text(&relay, "restore").await, "old;new;");
 
@@ -218,7 +176,7 @@ async fn a_relay_restored_from_an_old_backup_regains_newer_state_from_clients() 
     assert_eq!(read_text(&restored, "restore").await, "old;");
     transport.point_at(&restored);
     // The client reconnects, sees the relay's state vector and sends what it lacks.
-    wait_state(&doc, |s| s.synced).await;
+    wait_state(&doc, TIMEOUT, |s| s.synced).await;
     wait_settled(&doc).await;
     assert_eq!(read_text(&restored, "restore").await, "old;new;");
     c.close().await.unwrap();
@@ -232,8 +190,8 @@ async fn three_replicas_edit_offline_then_merge_through_the_relay() {
     let mut docs = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let doc = c.doc("three").await.unwrap();
-        append(&doc, &format!("replica {i} line 1;"));
-        append(&doc, &format!("replica {i} line 2;"));
+        append_text(&doc, "text", &format!("replica {i} line 1;"));
+        append_text(&doc, "text", &format!("replica {i} line 2;"));
         assert_eq!(doc.state().borrow().pending, 2);
         docs.push(doc);
     }
@@ -250,7 +208,12 @@ async fn three_replicas_edit_offline_then_merge_through_the_relay() {
     let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
     let mut texts = Vec::new();
     for doc in &docs {
-        texts.push(wait_text(doc, |t| pieces.iter().all(|p| t.contains(p))).await);
+        texts.push(
+            wait_text(doc, "text", TIMEOUT, |t| {
+                pieces.iter().all(|p| t.contains(p))
+            })
+            .await,
+        );
         wait_settled(doc).await;
     }
     assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
@@ -273,8 +236,8 @@ async fn a_client_restarted_with_pending_offline_edits_delivers_them() {
     let transport = MovableRelay::nowhere();
     let c = client(dir.path(), &transport);
     let doc = c.doc("restart").await.unwrap();
-    append(&doc, "typed offline, ");
-    append(&doc, "then the app quit");
+    append_text(&doc, "text", "typed offline, ");
+    append_text(&doc, "text", "then the app quit");
     assert_eq!(doc.state().borrow().pending, 2);
     c.close().await.unwrap();
     drop(doc);
@@ -283,7 +246,7 @@ async fn a_client_restarted_with_pending_offline_edits_delivers_them() {
     let reopened =
         Client::open(config(dir.path()).websocket(format!("ws://{}", relay.addr))).unwrap();
     let doc = reopened.doc("restart").await.unwrap();
-    assert_eq!(text(&doc), "typed offline, then the app quit");
+    assert_eq!(text(&doc, "text"), "typed offline, then the app quit");
     wait_settled(&doc).await;
     assert_eq!(
         read_text(&relay, "restart").await,
@@ -295,7 +258,7 @@ async fn a_client_restarted_with_pending_offline_edits_delivers_them() {
     let offline = Client::open(config(dir.path())).unwrap();
     let doc = offline.doc("restart").await.unwrap();
     assert_eq!(doc.state().borrow().pending, 0);
-    assert_eq!(text(&doc), "typed offline, then the app quit");
+    assert_eq!(text(&doc, "text"), "typed offline, then the app quit");
     offline.close().await.unwrap();
 }
 
@@ -326,7 +289,7 @@ async fn with_a_valid_token_the_sdk_syncs_and_with_a_bad_one_it_reports_the_refu
     let dir = tempfile::tempdir().unwrap();
     let c = Client::open(config(dir.path()).websocket(&url).token(&good)).unwrap();
     let doc = c.doc("plans").await.unwrap();
-    append(&doc, "authorised");
+    append_text(&doc, "text", "authorised");
     wait_settled(&doc).await;
     let read_url = format!("{}?token={good}", relay.ws_url("plans"));
     assert_eq!(common::read_text_with(&read_url).await, "authorised");
@@ -336,8 +299,8 @@ async fn with_a_valid_token_the_sdk_syncs_and_with_a_bad_one_it_reports_the_refu
     let dir = tempfile::tempdir().unwrap();
     let c = Client::open(config(dir.path()).websocket(&url).token(forged)).unwrap();
     let doc = c.doc("plans").await.unwrap();
-    append(&doc, "forged");
-    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    append_text(&doc, "text", "forged");
+    let state = wait_state(&doc, TIMEOUT, |s| s.denied.is_some()).await;
     assert_eq!(state.denied.as_deref(), Some("401 token_bad_signature"));
     assert_eq!(state.pending, 1, "a refused edit stays pending locally");
     c.close().await.unwrap();
@@ -348,9 +311,9 @@ async fn with_a_valid_token_the_sdk_syncs_and_with_a_bad_one_it_reports_the_refu
     let dir = tempfile::tempdir().unwrap();
     let c = Client::open(config(dir.path()).websocket(&url).token(read_only)).unwrap();
     let doc = c.doc("plans").await.unwrap();
-    wait_text(&doc, |t| t == "authorised").await;
-    append(&doc, " by a reader");
-    let state = wait_state(&doc, |s| s.denied.is_some()).await;
+    wait_text(&doc, "text", TIMEOUT, |t| t == "authorised").await;
+    append_text(&doc, "text", " by a reader");
+    let state = wait_state(&doc, TIMEOUT, |s| s.denied.is_some()).await;
     assert!(state.denied.unwrap().contains("read-only"));
     assert_eq!(doc.state().borrow().pending, 1);
     assert_eq!(common::read_text_with(&read_url).await, "authorised");

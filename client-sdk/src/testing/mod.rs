@@ -1,5 +1,6 @@
 //! Test helpers for offline editing: fork replicas of a document, edit them apart, merge them
-//! by exchanging state vectors, and check that they converged.
+//! by exchanging state vectors, and check that they converged. [`live`] has helpers for tests
+//! that drive live document handles.
 //!
 //! ```
 //! use aetherflow_client::testing::Replicas;
@@ -13,6 +14,10 @@
 //! replicas.merge();
 //! assert_eq!(replicas.assert_converged("text"), "A: hello!");
 //! ```
+
+pub mod live;
+
+pub use live::{append_text, assert_exactly_once, text, wait_state, wait_text};
 
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
