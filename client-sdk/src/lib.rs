@@ -38,6 +38,37 @@
 //! # }
 //! ```
 //!
+//! # Registers
+//!
+//! Documents that are not CRDTs, a title (`lww`) or publishing notes (`manual`), open with
+//! [`Client::register`] as a [`RegisterHandle`]. LWW writes are stamped with a hybrid
+//! logical clock and [`Client::client_id`], apply locally at once and converge to the highest
+//! stamp everywhere; manual writes name the version they were based on, and a stale one
+//! becomes a conflict record that anyone may resolve. Commands made offline wait in the
+//! database and go out on reconnect; each has a [`WriteTicket`] for the relay's answer.
+//! Over Quantum they travel as `register` envelopes, over the WebSocket fallback on the
+//! relay's live channel. See [`register`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aetherflow_client::{Client, ClientConfig, RegisterEvent};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let client = Client::open(ClientConfig::new(dir.path()))?;
+//! let title = client.register("doc.title").await?;
+//! let mut events = title.events();
+//! title.write(json!("Hello"))?;
+//! assert_eq!(
+//!     events.next().await,
+//!     Some(RegisterEvent::Changed { value: Some(json!("Hello")) })
+//! );
+//! # client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Peers
 //!
 //! SDK instances on one network can also sync with each other directly, with or without a

@@ -1,6 +1,6 @@
 //! The WebSocket transport: one y-websocket connection per document at `{base}/ws/{doc}`, and
 //! one live channel (`{base}/api/v1/docs/{doc}/live`, JSON) per register document (see
-//! [`crate::live`]).
+//! the `live` module).
 
 use aetherflow_crdt::protocol::{Limits, Message};
 use futures_util::future::BoxFuture;

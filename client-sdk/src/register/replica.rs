@@ -319,6 +319,10 @@ impl Replica {
             self.in_flight.pop_front();
             return effects;
         }
+        if self.in_flight.is_empty() {
+            // Nothing to answer: a confused relay; the error changes nothing.
+            return effects;
+        }
         let error = RegisterError::from_code(code, reason);
         effects.events.push(RegisterEvent::Refused(error.clone()));
         self.answer(Err(error), &mut effects);

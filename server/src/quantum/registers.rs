@@ -6,7 +6,7 @@
 //! documents), then every event of the document as `event NAME` with the SSE/live JSON
 //! (`updated`, `conflict_detected`, `conflict_resolved`, `lock_*`, `user_joined`,
 //! `user_left`, `lagged`, `deleted`). A `register` envelope goes through the HTTP write path
-//! ([`crate::api::registers::write`]: token permission, lock holder, event announcements,
+//! (`api::registers::write`: token permission, lock holder, event announcements,
 //! persistence) and is answered, in the order the envelopes came, by exactly one
 //! `event "result"` (the HTTP route's outcome JSON) or one `error` envelope.
 
