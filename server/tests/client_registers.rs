@@ -403,3 +403,77 @@ async fn a_read_only_token_is_refused_with_the_typed_error_and_nothing_is_stored
     ));
     client.close().await.unwrap();
 }
+
+/// The next event matching `wanted`, skipping others.
+async fn next_matching(
+    events: &mut aetherflow_client::RegisterEvents,
+    mut wanted: impl FnMut(&RegisterEvent) -> bool,
+) -> RegisterEvent {
+    loop {
+        let event = tokio::time::timeout(TIMEOUT, events.next())
+            .await
+            .expect("no such event in time")
+            .expect("events ended");
+        if wanted(&event) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_events_reach_the_sdk_and_a_lock_held_by_another_refuses_its_writes() {
+    let relay = Relay::start(&[]);
+    create(&relay, "notes", "manual", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = quantum(&relay, dir.path());
+    let notes = client.register("notes").await.unwrap();
+    wait_online(&notes, TransportKind::Quantum).await;
+    let mut events = notes.events();
+    let lock = "/api/v1/docs/notes/lock";
+    let body = json!({ "ttl_ms": 60_000, "holder": "ann" });
+    let (status, taken) = http_json(relay.addr, "POST", lock, None, Some(body)).await;
+    assert_eq!(status, 200, "{taken}");
+    let acquired = next_matching(&mut events, |e| matches!(e, RegisterEvent::Lock(_))).await;
+    assert_eq!(
+        acquired,
+        RegisterEvent::Lock(aetherflow_client::LockEvent::Acquired {
+            holder: "ann".into(),
+            expires_ms: taken["expires_ms"].as_u64().unwrap(),
+        })
+    );
+    assert_eq!(notes.lock().unwrap()["holder"], "ann");
+
+    // This client writes as the token's subject ("anonymous" on an open relay), not ann.
+    let refused = notes
+        .write_based_on(json!("mine"), 0)
+        .unwrap()
+        .outcome()
+        .await;
+    assert!(
+        matches!(refused, Err(RegisterError::Locked { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        relay_register(&relay, "notes", None).await["value"],
+        Value::Null
+    );
+
+    let path = format!("{lock}?holder=ann");
+    let (status, _) = common::http_request(relay.addr, "DELETE", &path, None, None).await;
+    assert_eq!(status, 204);
+    next_matching(&mut events, |e| {
+        matches!(e, RegisterEvent::Lock(aetherflow_client::LockEvent::Released { holder }) if holder == "ann")
+    })
+    .await;
+    assert_eq!(notes.lock(), None);
+    let allowed = notes
+        .write_based_on(json!("mine"), 0)
+        .unwrap()
+        .outcome()
+        .await;
+    assert!(
+        matches!(allowed, Ok(WriteOutcome::Applied { .. })),
+        "{allowed:?}"
+    );
+    client.close().await.unwrap();
+}
