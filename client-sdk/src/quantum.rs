@@ -176,7 +176,10 @@ impl QuantumTransport {
                 unsubscribe(&mux, doc, route_id).await;
                 return Err(TransportError::Refused {
                     status: 409,
-                    reason: format!("{doc} is a Yjs document, not a register; use Client::doc"),
+                    reason: format!(
+                        "{doc} is not a register document on the relay (a Yjs document, or \
+                         none yet: create it with POST /api/v1/docs)"
+                    ),
                 });
             }
             None => return Err(lost(&mux)),

@@ -100,7 +100,8 @@ pub enum Control {
     },
     /// Something happened to the document (a register changed, a conflict appeared, ...).
     Event {
-        /// The event's name, e.g. `register.changed`.
+        /// The event's name: for register documents the relay sends `state`, `result` and
+        /// its document events (`updated`, `conflict_detected`, `lock_acquired`, ...).
         name: String,
         /// Its data, as JSON.
         data: serde_json::Value,

@@ -477,3 +477,26 @@ async fn lock_events_reach_the_sdk_and_a_lock_held_by_another_refuses_its_writes
     );
     client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_opened_before_it_exists_is_denied_and_syncs_once_created() {
+    let relay = Relay::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let client = quantum(&relay, dir.path());
+    let title = client.register("later").await.unwrap();
+    let denied = wait_state(&title, |s| s.denied.is_some())
+        .await
+        .denied
+        .unwrap();
+    assert!(denied.starts_with("409"), "{denied}");
+    // The refused subscription did not claim the name for a Yjs document.
+    create(&relay, "later", "lww", None).await;
+    wait_online(&title, TransportKind::Quantum).await;
+    let written = title.write(json!("now")).unwrap().outcome().await;
+    assert!(
+        matches!(written, Ok(WriteOutcome::Applied { .. })),
+        "{written:?}"
+    );
+    assert_eq!(relay_register(&relay, "later", None).await["value"], "now");
+    client.close().await.unwrap();
+}

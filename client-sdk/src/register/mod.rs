@@ -21,7 +21,13 @@
 //! Over Quantum, registers use `register` envelopes and `event`s on the shared connection;
 //! after a fallback to WebSocket, the relay's live channel (`/api/v1/docs/{name}/live`)
 //! with the same semantics. Commands are sent at least once: one whose answer was lost with
-//! the connection is sent again (an LWW write then answers `duplicate`).
+//! the connection is sent again (an LWW write then answers `duplicate`; a manual write may
+//! then be recorded a second time, as a conflict). A handle that fell behind the relay's
+//! events (`lagged`) subscribes again to get a fresh state.
+//!
+//! A register must exist on the relay (`POST /api/v1/docs` with its kind): opening one that
+//! does not, or a Yjs document, leaves the handle offline with [`RegisterState::denied`]
+//! set (409 over Quantum, 404 or 409 over WebSocket).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

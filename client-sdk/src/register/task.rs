@@ -92,6 +92,11 @@ async fn session(shared: &RegisterShared, mut link: RegisterLink, ctx: &TaskCont
             incoming = link.incoming.recv() => match incoming {
                 Some(RegisterMessage::Event { name, data }) => {
                     let _ = shared.change(|replica| Ok::<_, ()>(replica.on_event(&name, data)));
+                    if name == "lagged" {
+                        // The relay dropped events for us: subscribe again for a fresh state.
+                        debug!(register = %shared.name, "fell behind the relay's events; resubscribing");
+                        return true;
+                    }
                 }
                 Some(RegisterMessage::Error { code, reason }) => {
                     debug!(register = %shared.name, code, %reason, "relay error");
