@@ -346,3 +346,29 @@ async fn deleting_a_register_document_ends_its_quantum_subscription() {
         Payload::Control(Control::Error { code: 4410, .. })
     ));
 }
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_the_order_they_were_sent() {
+    let relay = Relay::start(&[]);
+    create(&relay, "title", "lww", None).await;
+    create(&relay, "notes", "manual", None).await;
+    let ann = QClient::connect(&relay, None).await;
+    ann.subscribe("title").await;
+    let send = |command| Envelope::new("title", Payload::Register(command));
+    // Sent back to back, without waiting for answers.
+    ann.send(send(lww(json!("first"), 100, "ann"))).await;
+    ann.send(send(lww(json!("older"), 50, "ann"))).await;
+    let mut broken = send(lww(json!(1), 1, "a")).encode();
+    let json_at = broken.iter().position(|&b| b == b'{').unwrap();
+    broken[json_at] = b'[';
+    ann.conn.send(broken).await.unwrap();
+    ann.send(send(manual(json!("wrong kind"), 0, "ann"))).await;
+    ann.send(send(lww(json!("last"), 200, "ann"))).await;
+
+    assert_eq!(ann.answer("title").await.unwrap()["outcome"], "applied");
+    assert_eq!(ann.answer("title").await.unwrap()["outcome"], "stale");
+    assert_eq!(ann.answer("title").await.unwrap_err().0, 4400);
+    assert_eq!(ann.answer("title").await.unwrap_err().0, 4409);
+    assert_eq!(ann.answer("title").await.unwrap()["outcome"], "applied");
+    assert_eq!(register(&relay, "title", None).await["value"], "last");
+}

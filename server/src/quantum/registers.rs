@@ -9,6 +9,11 @@
 //! (`api::registers::write`: token permission, lock holder, event announcements,
 //! persistence) and is answered, in the order the envelopes came, by exactly one
 //! `event "result"` (the HTTP route's outcome JSON) or one `error` envelope.
+//!
+//! Each subscription applies its commands in a task of its own, one after the other, so a
+//! write waiting for its commit holds up neither the connection's other documents nor its
+//! Yjs traffic; that task drains its queue even after an unsubscribe, so a command that was
+//! accepted is also announced.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,22 +44,29 @@ pub const ERROR_WRONG_KIND: u32 = 4409;
 /// Error code: the document is locked by someone else.
 pub const ERROR_LOCKED: u32 = 4423;
 
-/// A connection's subscription to a register document: the task forwarding its events.
-/// Dropping it stops the forwarding and announces `user_left`.
+/// Register commands queued per subscription before the connection waits.
+const COMMAND_QUEUE: usize = 64;
+
+/// A connection's subscription to a register document: the task forwarding its events and
+/// the queue of its commands. Dropping it stops the forwarding and announces `user_left`.
 pub(super) struct RegisterSubscription {
     doc: DocName,
-    kind: Kind,
-    grant: Grant,
+    user: String,
     conn: u64,
     events: Events,
     forward: tokio::task::JoinHandle<()>,
+    commands: mpsc::Sender<Queued>,
 }
+
+/// What a subscription's writer answers, in order: a command, or the reason an envelope
+/// for this document could not be read as one.
+pub(super) type Queued = Result<Command, String>;
 
 impl Drop for RegisterSubscription {
     fn drop(&mut self) {
         self.forward.abort();
         let left = DocEvent::UserLeft {
-            user: self.grant.user.clone(),
+            user: self.user.clone(),
             conn: self.conn,
         };
         self.events.publish(&self.doc, left);
@@ -95,49 +107,84 @@ pub(super) async fn subscribe(
         to_peer.clone(),
         app.sessions.shutdown.clone(),
     ));
-    Ok(RegisterSubscription {
+    let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+    let writer = Writer {
         doc: doc.clone(),
         kind,
-        grant,
+        grant: grant.clone(),
+        ctx: ctx.clone(),
+    };
+    // Tracked, so shutdown lets queued commands finish before the store's last commit.
+    ctx.tracker.spawn(writer.run(queue, to_peer.clone()));
+    Ok(RegisterSubscription {
+        doc: doc.clone(),
+        user: grant.user,
         conn,
         events,
         forward,
+        commands,
     })
 }
 
-/// Runs one register command through the HTTP write path; returns the envelope answering it.
-pub(super) async fn apply(
-    subscription: &RegisterSubscription,
-    command: Command,
-    ctx: &QuantumContext,
-) -> Vec<u8> {
-    let doc = &subscription.doc;
-    let fits = matches!(
-        (subscription.kind, &command),
-        (Kind::Lww, Command::LwwWrite(_))
-            | (
-                Kind::Manual,
-                Command::ManualWrite(_) | Command::Resolve { .. }
-            )
-    );
-    if !fits {
-        let reason = format!(
-            "{doc} is a {} document; this operation does not apply to it",
-            kind_name(subscription.kind)
-        );
-        return error(doc.as_str(), ERROR_WRONG_KIND, &reason);
+impl RegisterSubscription {
+    /// Queues a command (or a command that could not be read, answered with 4400); its
+    /// answer follows those of the commands before it. Waits while the queue is full.
+    /// Returns `false` if the subscription's writer is gone.
+    pub(super) async fn queue(&self, command: Queued) -> bool {
+        self.commands.send(command).await.is_ok()
     }
-    let result = if subscription.grant.permission == Permission::Write {
-        write(&ctx.registers, doc, &subscription.grant, change(command)).await
-    } else {
-        Err(AppError::ReadOnly)
-    };
-    match result {
-        Ok(outcome) => event(doc, "result", outcome),
-        Err(e) => {
-            let (code, reason) = refusal(&e);
-            debug!(code, %reason, "register operation refused");
-            error(doc.as_str(), code, &reason)
+}
+
+/// Applies one subscription's commands in order and answers each.
+struct Writer {
+    doc: DocName,
+    kind: Kind,
+    grant: Grant,
+    ctx: QuantumContext,
+}
+
+impl Writer {
+    async fn run(self, mut queue: mpsc::Receiver<Queued>, to_peer: mpsc::Sender<Vec<u8>>) {
+        while let Some(queued) = queue.recv().await {
+            let answer = match queued {
+                Ok(command) => self.apply(command).await,
+                Err(reason) => error(self.doc.as_str(), super::ERROR_PROTOCOL, &reason),
+            };
+            // A connection that is gone misses the answer; the write itself stands.
+            let _ = to_peer.send(answer).await;
+        }
+    }
+
+    /// Runs one command through the HTTP write path; returns the envelope answering it.
+    async fn apply(&self, command: Command) -> Vec<u8> {
+        let doc = &self.doc;
+        let fits = matches!(
+            (self.kind, &command),
+            (Kind::Lww, Command::LwwWrite(_))
+                | (
+                    Kind::Manual,
+                    Command::ManualWrite(_) | Command::Resolve { .. }
+                )
+        );
+        if !fits {
+            let reason = format!(
+                "{doc} is a {} document; this operation does not apply to it",
+                kind_name(self.kind)
+            );
+            return error(doc.as_str(), ERROR_WRONG_KIND, &reason);
+        }
+        let result = if self.grant.permission == Permission::Write {
+            write(&self.ctx.registers, doc, &self.grant, change(command)).await
+        } else {
+            Err(AppError::ReadOnly)
+        };
+        match result {
+            Ok(outcome) => event(doc, "result", outcome),
+            Err(e) => {
+                let (code, reason) = refusal(&e);
+                debug!(code, %reason, "register operation refused");
+                error(doc.as_str(), code, &reason)
+            }
         }
     }
 }

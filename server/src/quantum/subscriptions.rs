@@ -61,7 +61,7 @@ pub(super) async fn on_envelope(
 ) -> Next {
     let envelope = match Envelope::decode(bytes, limits) {
         Ok(envelope) => envelope,
-        Err(e) => return malformed(bytes, &e, ctx, to_peer).await,
+        Err(e) => return malformed(bytes, &e, ctx, subscriptions, to_peer).await,
     };
     // Decoding checked the name of every envelope that is not connection-level.
     let doc = DocName::parse(&envelope.doc).ok();
@@ -90,7 +90,12 @@ pub(super) async fn on_envelope(
             .map(|(doc, code, reason)| error(&doc, code, &reason)),
         (Payload::Register(command), Some(doc)) => Some(match subscriptions.get(&doc) {
             Some(Subscription::Register(subscription)) => {
-                registers::apply(subscription, command, ctx).await
+                if subscription.queue(Ok(command)).await {
+                    // The subscription's writer answers it.
+                    return Next::Continue;
+                }
+                let code = u32::from(CloseReason::INTERNAL_ERROR);
+                error(doc.as_str(), code, "document unavailable, subscribe again")
             }
             Some(Subscription::Room(..)) => {
                 let reason = format!(
@@ -115,12 +120,14 @@ pub(super) async fn on_envelope(
 }
 
 /// An envelope that does not decode. A register command that is not valid JSON is answered
-/// with 4400 on its document (the connection and everything else stay as they were); any
-/// other malformed envelope closes the connection.
+/// with 4400 on its document, in order with the document's other answers (the connection
+/// and everything else stay as they were); any other malformed envelope closes the
+/// connection.
 async fn malformed(
     bytes: &[u8],
     e: &EnvelopeError,
     ctx: &QuantumContext,
+    subscriptions: &Subscriptions,
     to_peer: &mpsc::Sender<Vec<u8>>,
 ) -> Next {
     ctx.sessions
@@ -129,20 +136,23 @@ async fn malformed(
         .reject(Rejection::MalformedMessage);
     warn!(error = %e, "malformed envelope");
     let doc = Envelope::doc_of(bytes).and_then(|doc| DocName::parse(doc).ok());
-    if let (
+    let bad_command = matches!(
+        e,
         EnvelopeError::Json {
             what: "register operation",
             ..
-        },
-        Some(doc),
-    ) = (e, doc)
-    {
+        }
+    );
+    if let (true, Some(doc)) = (bad_command, doc) {
         let reason = format!("invalid register command: {e}");
-        if to_peer
-            .send(error(doc.as_str(), ERROR_PROTOCOL, &reason))
-            .await
-            .is_ok()
-        {
+        let answered = match subscriptions.get(&doc) {
+            Some(Subscription::Register(subscription)) => subscription.queue(Err(reason)).await,
+            _ => to_peer
+                .send(error(doc.as_str(), ERROR_PROTOCOL, &reason))
+                .await
+                .is_ok(),
+        };
+        if answered {
             return Next::Continue;
         }
     }
