@@ -88,23 +88,9 @@ pub(super) async fn on_envelope(
         (Payload::Yjs(message), Some(doc)) => forward_to_room(doc, message, subscriptions)
             .await
             .map(|(doc, code, reason)| error(&doc, code, &reason)),
-        (Payload::Register(command), Some(doc)) => Some(match subscriptions.get(&doc) {
-            Some(Subscription::Register(subscription)) => {
-                if subscription.queue(Ok(command)).await {
-                    // The subscription's writer answers it.
-                    return Next::Continue;
-                }
-                let code = u32::from(CloseReason::INTERNAL_ERROR);
-                error(doc.as_str(), code, "document unavailable, subscribe again")
-            }
-            Some(Subscription::Room(..)) => {
-                let reason = format!(
-                    "{doc} is a Yjs document; register operations need an lww or manual document"
-                );
-                error(doc.as_str(), ERROR_WRONG_KIND, &reason)
-            }
-            None => error(doc.as_str(), ERROR_PROTOCOL, "not subscribed"),
-        }),
+        (Payload::Register(command), Some(doc)) => {
+            register_command(&doc, command, subscriptions).await
+        }
         // A second hello, or errors and events from the client: nothing to do.
         _ => None,
     };
@@ -117,6 +103,35 @@ pub(super) async fn on_envelope(
         );
     }
     Next::Continue
+}
+
+/// Queues a register command with its subscription's writer, which answers it; returns
+/// the error to send otherwise.
+async fn register_command(
+    doc: &DocName,
+    command: aetherflow_crdt::register::Command,
+    subscriptions: &Subscriptions,
+) -> Option<Vec<u8>> {
+    match subscriptions.get(doc) {
+        Some(Subscription::Register(subscription)) => {
+            if subscription.queue(Ok(command)).await {
+                return None;
+            }
+            let code = u32::from(CloseReason::INTERNAL_ERROR);
+            Some(error(
+                doc.as_str(),
+                code,
+                "document unavailable, subscribe again",
+            ))
+        }
+        Some(Subscription::Room(..)) => {
+            let reason = format!(
+                "{doc} is a Yjs document; register operations need an lww or manual document"
+            );
+            Some(error(doc.as_str(), ERROR_WRONG_KIND, &reason))
+        }
+        None => Some(error(doc.as_str(), ERROR_PROTOCOL, "not subscribed")),
+    }
 }
 
 /// An envelope that does not decode. A register command that is not valid JSON is answered
