@@ -14,6 +14,10 @@ use serde_json::Value;
 
 use super::{LockEvent, RegisterError, RegisterEvent, WriteOutcome};
 
+/// Commands sent without their answers at most: the relay closes a connection that has more
+/// than 256 of one document waiting, and an offline backlog goes out in steps of this size.
+pub(crate) const MAX_IN_FLIGHT: usize = 32;
+
 /// The relay's view of the register as last heard; stored locally so a register opened
 /// offline knows its kind, value and conflicts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,14 +178,19 @@ impl Replica {
         (seq, command)
     }
 
-    /// Commands not sent on the current link yet, in order; from now on they are in flight.
+    /// Commands not sent on the current link yet, in order, at most [`MAX_IN_FLIGHT`] in
+    /// flight; from now on they are in flight.
     pub fn take_unsent(&mut self) -> Vec<Command> {
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
         let unsent: Vec<(u64, Command)> = self
             .pending
             .range(self.send_from..)
+            .take(room)
             .map(|(seq, command)| (*seq, command.clone()))
             .collect();
-        self.send_from = self.next_seq;
+        if let Some((last, _)) = unsent.last() {
+            self.send_from = last + 1;
+        }
         self.in_flight.extend(unsent.iter().map(|(seq, _)| *seq));
         unsent.into_iter().map(|(_, command)| command).collect()
     }
@@ -403,6 +412,21 @@ mod tests {
         assert_eq!(effects.done, [seq]);
         assert_eq!(replica.pending(), 0);
         assert_eq!(replica.value(), Some(json!("offline")));
+    }
+
+    #[test]
+    fn a_large_backlog_goes_out_a_window_at_a_time() {
+        let mut replica = Replica::load(Confirmed::default(), BTreeMap::new(), "me".into());
+        for n in 0..(MAX_IN_FLIGHT + 5) {
+            replica.lww_write(json!(n), 1_000).unwrap();
+        }
+        replica.connected(&lww_state(json!("older"), 500, "them"));
+        assert_eq!(replica.take_unsent().len(), MAX_IN_FLIGHT);
+        assert!(replica.take_unsent().is_empty());
+        replica.on_event("result", json!({ "outcome": "applied" }));
+        replica.on_event("result", json!({ "outcome": "applied" }));
+        assert_eq!(replica.take_unsent().len(), 2);
+        assert_eq!(replica.pending(), MAX_IN_FLIGHT + 3);
     }
 
     #[test]

@@ -44,8 +44,11 @@ pub const ERROR_WRONG_KIND: u32 = 4409;
 /// Error code: the document is locked by someone else.
 pub const ERROR_LOCKED: u32 = 4423;
 
-/// Register commands queued per subscription before the connection waits.
-const COMMAND_QUEUE: usize = 64;
+/// Register commands a subscription may have waiting for their answers. The session never
+/// waits for room in this queue (its writer may be waiting for the session to send an
+/// answer), so a client that sends more without reading answers is closed with 1008; the
+/// SDK keeps at most 32 in flight.
+pub const MAX_WAITING_COMMANDS: usize = 256;
 
 /// A connection's subscription to a register document: the task forwarding its events and
 /// the queue of its commands. Dropping it stops the forwarding and announces `user_left`.
@@ -107,7 +110,7 @@ pub(super) async fn subscribe(
         to_peer.clone(),
         app.sessions.shutdown.clone(),
     ));
-    let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+    let (commands, queue) = mpsc::channel(MAX_WAITING_COMMANDS);
     let writer = Writer {
         doc: doc.clone(),
         kind,
@@ -128,10 +131,23 @@ pub(super) async fn subscribe(
 
 impl RegisterSubscription {
     /// Queues a command (or a command that could not be read, answered with 4400); its
-    /// answer follows those of the commands before it. Waits while the queue is full.
-    /// Returns `false` if the subscription's writer is gone.
-    pub(super) async fn queue(&self, command: Queued) -> bool {
-        self.commands.send(command).await.is_ok()
+    /// answer follows those of the commands before it. Never waits: the error is the close
+    /// code and reason when [`MAX_WAITING_COMMANDS`] are waiting already (or the writer is
+    /// gone).
+    pub(super) fn queue(&self, command: Queued) -> Result<(), (u32, String)> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => (
+                u32::from(CloseReason::POLICY_VIOLATION),
+                format!(
+                    "over {MAX_WAITING_COMMANDS} register commands on {} wait for their answers; read them before sending more",
+                    self.doc
+                ),
+            ),
+            mpsc::error::TrySendError::Closed(_) => (
+                u32::from(CloseReason::INTERNAL_ERROR),
+                "register writer stopped".to_owned(),
+            ),
+        })
     }
 }
 
@@ -278,6 +294,7 @@ async fn forward(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use aetherflow_crdt::register::clock::HlcStamp;
@@ -316,6 +333,26 @@ mod tests {
             change(resolve),
             RegisterChange::Resolve { conflict: 2, resolution } if resolution.author.as_deref() == Some("ann")
         ));
+    }
+
+    #[tokio::test]
+    async fn a_full_command_queue_closes_with_1008_and_a_stopped_writer_with_1011() {
+        let (commands, mut queue) = mpsc::channel(1);
+        let subscription = RegisterSubscription {
+            doc: DocName::parse("title").expect("a valid name"),
+            user: "ann".into(),
+            conn: 1,
+            events: Events::new(),
+            forward: tokio::spawn(async {}),
+            commands,
+        };
+        assert!(subscription.queue(Err("first".into())).is_ok());
+        let (code, reason) = subscription.queue(Err("second".into())).unwrap_err();
+        assert_eq!(code, 1008);
+        assert!(reason.contains("wait for their answers"), "{reason}");
+        assert_eq!(queue.recv().await, Some(Err("first".into())));
+        queue.close();
+        assert_eq!(subscription.queue(Err("third".into())).unwrap_err().0, 1011);
     }
 
     #[test]

@@ -89,7 +89,10 @@ pub(super) async fn on_envelope(
             .await
             .map(|(doc, code, reason)| error(&doc, code, &reason)),
         (Payload::Register(command), Some(doc)) => {
-            register_command(&doc, command, subscriptions).await
+            match register_command(&doc, command, subscriptions).await {
+                Ok(reply) => reply,
+                Err((code, reason)) => return Next::Close(code, reason),
+            }
         }
         // A second hello, or errors and events from the client: nothing to do.
         _ => None,
@@ -105,32 +108,24 @@ pub(super) async fn on_envelope(
     Next::Continue
 }
 
-/// Queues a register command with its subscription's writer, which answers it; returns
-/// the error to send otherwise.
+/// Queues a register command with its subscription's writer, which answers it. `Ok` holds
+/// the error envelope to send instead, if any; `Err` the code and reason to close with.
 async fn register_command(
     doc: &DocName,
     command: aetherflow_crdt::register::Command,
     subscriptions: &Subscriptions,
-) -> Option<Vec<u8>> {
+) -> Result<Option<Vec<u8>>, (u32, String)> {
     match subscriptions.get(doc) {
         Some(Subscription::Register(subscription)) => {
-            if subscription.queue(Ok(command)).await {
-                return None;
-            }
-            let code = u32::from(CloseReason::INTERNAL_ERROR);
-            Some(error(
-                doc.as_str(),
-                code,
-                "document unavailable, subscribe again",
-            ))
+            subscription.queue(Ok(command)).map(|()| None)
         }
         Some(Subscription::Room(..)) => {
             let reason = format!(
                 "{doc} is a Yjs document; register operations need an lww or manual document"
             );
-            Some(error(doc.as_str(), ERROR_WRONG_KIND, &reason))
+            Ok(Some(error(doc.as_str(), ERROR_WRONG_KIND, &reason)))
         }
-        None => Some(error(doc.as_str(), ERROR_PROTOCOL, "not subscribed")),
+        None => Ok(Some(error(doc.as_str(), ERROR_PROTOCOL, "not subscribed"))),
     }
 }
 
@@ -160,14 +155,14 @@ async fn malformed(
     );
     if let (true, Some(doc)) = (bad_command, doc) {
         let reason = format!("invalid register command: {e}");
-        let answered = match subscriptions.get(&doc) {
-            Some(Subscription::Register(subscription)) => subscription.queue(Err(reason)).await,
-            _ => to_peer
-                .send(error(doc.as_str(), ERROR_PROTOCOL, &reason))
-                .await
-                .is_ok(),
-        };
-        if answered {
+        if let Some(Subscription::Register(subscription)) = subscriptions.get(&doc) {
+            return match subscription.queue(Err(reason)) {
+                Ok(()) => Next::Continue,
+                Err((code, reason)) => Next::Close(code, reason),
+            };
+        }
+        let answer = error(doc.as_str(), ERROR_PROTOCOL, &reason);
+        if to_peer.send(answer).await.is_ok() {
             return Next::Continue;
         }
     }
