@@ -38,6 +38,37 @@
 //! # }
 //! ```
 //!
+//! # Registers
+//!
+//! Documents that are not CRDTs, a title (`lww`) or publishing notes (`manual`), open with
+//! [`Client::register`] as a [`RegisterHandle`]. LWW writes are stamped with a hybrid
+//! logical clock and [`Client::client_id`], apply locally at once and converge to the highest
+//! stamp everywhere; manual writes name the version they were based on, and a stale one
+//! becomes a conflict record that anyone may resolve. Commands made offline wait in the
+//! database and go out on reconnect; each has a [`WriteTicket`] for the relay's answer.
+//! Over Quantum they travel as `register` envelopes, over the WebSocket fallback on the
+//! relay's live channel. See [`register`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aetherflow_client::{Client, ClientConfig, RegisterEvent};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let client = Client::open(ClientConfig::new(dir.path()))?;
+//! let title = client.register("doc.title").await?;
+//! let mut events = title.events();
+//! title.write(json!("Hello"))?;
+//! assert_eq!(
+//!     events.next().await,
+//!     Some(RegisterEvent::Changed { value: Some(json!("Hello")) })
+//! );
+//! # client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Peers
 //!
 //! SDK instances on one network can also sync with each other directly, with or without a
@@ -81,9 +112,11 @@
 pub mod config;
 pub mod doc;
 pub mod error;
+mod live;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
+pub mod register;
 pub mod store;
 pub mod sync;
 mod task;
@@ -106,7 +139,11 @@ pub use doc::{
 pub use error::{ClientError, TransportError};
 pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
-pub use transport::{Link, Offline, Transport, TransportKind};
+pub use register::{
+    LockEvent, RegisterError, RegisterEvent, RegisterEvents, RegisterHandle, RegisterState,
+    WriteOutcome, WriteTicket,
+};
+pub use transport::{Link, Offline, RegisterLink, RegisterMessage, Transport, TransportKind};
 pub use websocket::WebSocketTransport;
 
 use crate::doc::lock;
@@ -129,6 +166,10 @@ pub(crate) struct OpenDocs {
     /// A Quantum transport per configured peer.
     peers: Vec<(SocketAddr, Arc<dyn Transport>)>,
     docs: Mutex<HashMap<String, DocHandle>>,
+    /// Open register documents.
+    registers: Mutex<HashMap<String, RegisterHandle>>,
+    /// This client's id, the writer of its LWW register writes.
+    client_id: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -186,6 +227,8 @@ impl Client {
         let docs = Arc::new(OpenDocs {
             reader: store.reader(),
             writer: store.writer(),
+            registers: Mutex::new(HashMap::new()),
+            client_id: store.client_id().to_owned(),
             config,
             transport,
             peers,
@@ -200,6 +243,20 @@ impl Client {
     /// and pending updates and starts syncing it. Must be called inside a tokio runtime.
     pub async fn doc(&self, name: &str) -> Result<DocHandle, ClientError> {
         self.docs.open(name).await
+    }
+
+    /// Opens register document `name` (`lww` or `manual`, created on the relay through
+    /// `/api/v1/docs`; the same handle if it is open already): loads what the local database
+    /// holds of it and starts syncing it. See [`register`]. Must be called inside a tokio
+    /// runtime.
+    pub async fn register(&self, name: &str) -> Result<RegisterHandle, ClientError> {
+        self.docs.open_register(name).await
+    }
+
+    /// This client's id (made once per local database): the writer id stamped on its LWW
+    /// register writes.
+    pub fn client_id(&self) -> &str {
+        &self.docs.client_id
     }
 
     /// Listens for other SDK instances at `addr` (port 0 picks a free one) and serves them
@@ -227,6 +284,9 @@ impl Client {
                 .map_err(ClientError::Store)?;
         }
         lock(&self.docs.docs).clear();
+        for (_, register) in lock(&self.docs.registers).drain() {
+            register.shared.close();
+        }
         let Client { store, docs } = self;
         // The last reference to the database besides the store's: release it with the store.
         drop(docs);
@@ -276,6 +336,42 @@ impl OpenDocs {
             };
             self.tasks.spawn(peer_link::run(handle.shared.clone(), ctx));
         }
+        Ok(handle)
+    }
+
+    /// [`Client::register`].
+    async fn open_register(&self, name: &str) -> Result<RegisterHandle, ClientError> {
+        let name = DocName::parse(name)?.as_str().to_owned();
+        if let Some(handle) = lock(&self.registers).get(&name) {
+            return Ok(handle.clone());
+        }
+        if self.cancel.is_cancelled() {
+            return Err(ClientError::Closed);
+        }
+        let reader = self.reader.clone();
+        let loading = name.clone();
+        let stored = tokio::task::spawn_blocking(move || reader.load_register(&loading))
+            .await
+            .map_err(|e| ClientError::Store(e.to_string()))??;
+        let handle = RegisterHandle::load(
+            name.clone(),
+            stored,
+            self.client_id.clone(),
+            self.writer.clone(),
+        )?;
+        let mut registers = lock(&self.registers);
+        if let Some(existing) = registers.get(&name) {
+            return Ok(existing.clone());
+        }
+        registers.insert(name, handle.clone());
+        let ctx = task::TaskContext {
+            transport: self.transport.clone(),
+            connect_timeout: self.config.connect_timeout,
+            backoff: self.config.backoff,
+            cancel: self.cancel.child_token(),
+        };
+        self.tasks
+            .spawn(register::task::run(handle.shared.clone(), ctx));
         Ok(handle)
     }
 }

@@ -16,6 +16,12 @@
 //! is refused with a connection-level `error` envelope (code 4401) and the connection closes.
 //! The secret only gates access: Quantum does not encrypt, so use peers on trusted networks.
 //!
+//! **Registers are not served by peers.** A register document (`lww`, `manual`,
+//! [`crate::Client::register`]) needs the relay's authority: token permissions, locks, the
+//! one version order that turns stale manual writes into conflict records. A peer answers
+//! `register` envelopes with 4501; a client whose relay is unreachable keeps its register
+//! writes in its own database until the relay is back.
+//!
 //! | code | meaning | connection |
 //! |---:|---|---|
 //! | 1001 | the peer is shutting down | closed |
@@ -23,7 +29,7 @@
 //! | 1011 | the document could not be opened locally | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
 //! | 4401 | missing or wrong peer secret | closed |
-//! | 4501 | register operations are not served by peers | kept |
+//! | 4501 | register operations are not served by peers (they need the relay) | kept |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -6,6 +6,12 @@
 //! links. A subscription counts as open once the relay's greeting (sync step 1) arrives; an
 //! `error` envelope instead becomes [`TransportError::Refused`]. When the connection dies,
 //! every link closes and the documents reconnect, which opens a new connection.
+//!
+//! Register documents ([`crate::Client::register`]) subscribe the same way; the relay greets
+//! them with `event "state"` instead of a step 1, and their commands travel as `register`
+//! envelopes, each answered by `event "result"` or an `error` (see the relay's
+//! `quantum` module for the codes). A Yjs handle on a register document, or a register
+//! handle on a Yjs document, is refused with status 409.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +28,7 @@ use tracing::debug;
 
 use crate::doc::lock;
 use crate::error::TransportError;
-use crate::transport::{Link, Transport, TransportKind};
+use crate::transport::{Link, RegisterLink, RegisterMessage, Transport, TransportKind};
 
 /// Messages buffered per document and direction.
 const LINK_BUFFER: usize = 256;
@@ -30,7 +36,14 @@ const LINK_BUFFER: usize = 256;
 /// What the relay sends a document's link.
 enum Routed {
     Message(Message),
-    Error { code: u32, reason: String },
+    Event {
+        name: String,
+        data: serde_json::Value,
+    },
+    Error {
+        code: u32,
+        reason: String,
+    },
 }
 
 /// The open connection shared by every document.
@@ -127,6 +140,125 @@ impl QuantumTransport {
     }
 }
 
+impl QuantumTransport {
+    /// Routes `doc`'s envelopes to a new channel and subscribes; replacing an older route
+    /// closes that subscription's link.
+    async fn subscribe(
+        &self,
+        doc: &str,
+    ) -> Result<(Arc<Mux>, u64, mpsc::Receiver<Routed>), TransportError> {
+        let mux = self.mux().await?;
+        let (route, routed) = mpsc::channel(LINK_BUFFER);
+        let route_id = mux
+            .next_route
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&mux.routes).insert(doc.to_owned(), (route_id, route));
+        let subscribe = Envelope::new(doc, Payload::Control(Control::Subscribe));
+        mux.conn
+            .send(subscribe.encode())
+            .await
+            .map_err(|e| TransportError::Connect(e.to_string()))?;
+        Ok((mux, route_id, routed))
+    }
+
+    /// [`Transport::connect_register`]: subscribes and waits for the `state` event.
+    async fn open_register(&self, doc: &str) -> Result<RegisterLink, TransportError> {
+        let (mux, route_id, mut routed) = self.subscribe(doc).await?;
+        let state = match routed.recv().await {
+            Some(Routed::Event { name, data }) if name == "state" => {
+                RegisterMessage::Event { name, data }
+            }
+            Some(Routed::Error { code, reason }) => {
+                remove_route(&mux, doc, route_id);
+                return Err(refusal(code, reason));
+            }
+            Some(_) => {
+                unsubscribe(&mux, doc, route_id).await;
+                return Err(TransportError::Refused {
+                    status: 409,
+                    reason: format!(
+                        "{doc} is not a register document on the relay (a Yjs document, or \
+                         none yet: create it with POST /api/v1/docs)"
+                    ),
+                });
+            }
+            None => return Err(lost(&mux)),
+        };
+        let (outgoing, from_register) = mpsc::channel(LINK_BUFFER);
+        let (to_register, incoming) = mpsc::channel(LINK_BUFFER);
+        let _ = to_register.send(state).await;
+        tokio::spawn(register_pump(
+            mux,
+            doc.to_owned(),
+            route_id,
+            routed,
+            from_register,
+            to_register,
+        ));
+        Ok(RegisterLink {
+            kind: TransportKind::Quantum,
+            outgoing,
+            incoming,
+        })
+    }
+}
+
+/// Why a subscription got no answer: a refused hello ends the whole connection; say why.
+fn lost(mux: &Mux) -> TransportError {
+    match lock(&mux.refused).clone() {
+        Some((code, reason)) => refusal(code, reason),
+        None => TransportError::Connect("connection lost".into()),
+    }
+}
+
+/// Drops `doc`'s route and tells the relay.
+async fn unsubscribe(mux: &Mux, doc: &str, route_id: u64) {
+    remove_route(mux, doc, route_id);
+    let unsubscribe = Envelope::new(doc, Payload::Control(Control::Unsubscribe));
+    let _ = mux.conn.send(unsubscribe.encode()).await;
+}
+
+/// Moves one register document's commands and events between its link and the connection.
+async fn register_pump(
+    mux: Arc<Mux>,
+    doc: String,
+    route_id: u64,
+    mut routed: mpsc::Receiver<Routed>,
+    mut from_register: mpsc::Receiver<aetherflow_crdt::register::Command>,
+    to_register: mpsc::Sender<RegisterMessage>,
+) {
+    loop {
+        tokio::select! {
+            incoming = routed.recv() => {
+                let message = match incoming {
+                    Some(Routed::Event { name, data }) => RegisterMessage::Event { name, data },
+                    Some(Routed::Error { code, reason }) => RegisterMessage::Error { code, reason },
+                    Some(Routed::Message(_)) => continue,
+                    None => break,
+                };
+                let deleted = matches!(message, RegisterMessage::Error { code: 4410, .. });
+                if to_register.send(message).await.is_err() || deleted {
+                    break;
+                }
+            }
+            outgoing = from_register.recv() => match outgoing {
+                Some(command) => {
+                    let envelope = Envelope::new(doc.as_str(), Payload::Register(command));
+                    if mux.conn.send(envelope.encode()).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    if mux.dead.is_cancelled() {
+        remove_route(&mux, &doc, route_id);
+    } else {
+        unsubscribe(&mux, &doc, route_id).await;
+    }
+}
+
 /// Routes the relay's envelopes to the documents until the connection ends.
 async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
     while let Ok(Some(bytes)) = mux.conn.recv().await {
@@ -145,6 +277,7 @@ async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
                 break;
             }
             Payload::Control(Control::Error { code, reason }) => Routed::Error { code, reason },
+            Payload::Control(Control::Event { name, data }) => Routed::Event { name, data },
             _ => continue,
         };
         let route = lock(&mux.routes)
@@ -174,32 +307,22 @@ fn refusal(code: u32, reason: String) -> TransportError {
 impl Transport for QuantumTransport {
     fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
         Box::pin(async move {
-            let mux = self.mux().await?;
-            let (route, mut routed) = mpsc::channel(LINK_BUFFER);
-            let route_id = mux
-                .next_route
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Replacing an older route closes that subscription's link.
-            lock(&mux.routes).insert(doc.to_owned(), (route_id, route));
-            let subscribe = Envelope::new(doc, Payload::Control(Control::Subscribe));
-            mux.conn
-                .send(subscribe.encode())
-                .await
-                .map_err(|e| TransportError::Connect(e.to_string()))?;
+            let (mux, route_id, mut routed) = self.subscribe(doc).await?;
             // The relay greets a subscription with its step 1, or refuses it.
             let first = match routed.recv().await {
                 Some(Routed::Message(message)) => message,
+                Some(Routed::Event { .. }) => {
+                    unsubscribe(&mux, doc, route_id).await;
+                    return Err(TransportError::Refused {
+                        status: 409,
+                        reason: format!("{doc} is a register document; use Client::register"),
+                    });
+                }
                 Some(Routed::Error { code, reason }) => {
                     remove_route(&mux, doc, route_id);
                     return Err(refusal(code, reason));
                 }
-                None => {
-                    // A refused hello ends the whole connection; say why.
-                    return Err(match lock(&mux.refused).clone() {
-                        Some((code, reason)) => refusal(code, reason),
-                        None => TransportError::Connect("connection lost".into()),
-                    });
-                }
+                None => return Err(lost(&mux)),
             };
             let (outgoing, from_doc) = mpsc::channel(LINK_BUFFER);
             let (to_doc, incoming) = mpsc::channel(LINK_BUFFER);
@@ -218,6 +341,13 @@ impl Transport for QuantumTransport {
                 incoming,
             })
         })
+    }
+
+    fn connect_register<'a>(
+        &'a self,
+        doc: &'a str,
+    ) -> BoxFuture<'a, Result<RegisterLink, TransportError>> {
+        Box::pin(self.open_register(doc))
     }
 }
 
@@ -249,6 +379,7 @@ async fn pump(
                     debug!(%doc, code, %reason, "relay ended the subscription");
                     break;
                 }
+                Some(Routed::Event { .. }) => {}
                 None => break,
             },
             outgoing = from_doc.recv() => match outgoing {
@@ -286,6 +417,22 @@ impl Transport for Fallback {
                 Err(e) => {
                     debug!(error = %e, "primary transport failed; falling back");
                     self.fallback.connect(doc).await
+                }
+            }
+        })
+    }
+
+    fn connect_register<'a>(
+        &'a self,
+        doc: &'a str,
+    ) -> BoxFuture<'a, Result<RegisterLink, TransportError>> {
+        Box::pin(async move {
+            match self.primary.connect_register(doc).await {
+                Ok(link) => Ok(link),
+                Err(refused @ TransportError::Refused { .. }) => Err(refused),
+                Err(e) => {
+                    debug!(error = %e, "primary transport failed; falling back");
+                    self.fallback.connect_register(doc).await
                 }
             }
         })

@@ -4,7 +4,12 @@
 //! Tables:
 //! - `snapshots`: document → a v1 update holding the state folded so far;
 //! - `log`: (document, seq) → v1 updates applied after the snapshot (local and remote);
-//! - `pending`: (document, local seq) → local v1 updates the relay has not acknowledged.
+//! - `pending`: (document, local seq) → local v1 updates the relay has not acknowledged;
+//! - `register_state`: register document → the relay's last known state (JSON), so a register
+//!   opened offline knows its kind and value;
+//! - `register_pending`: (register document, local seq) → register commands (JSON) the relay
+//!   has not answered yet, sent again on every connection;
+//! - `meta`: `client_id` → this client's id, the writer id of its LWW writes.
 //!
 //! Writes go through one writer thread that batches whatever is queued into one fsync'd
 //! transaction. It is a plain thread, not a tokio task, so queued writes still reach the disk
@@ -24,6 +29,10 @@ use crate::error::ClientError;
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 const PENDING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("pending");
+const REGISTER_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("register_state");
+const REGISTER_PENDING: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("register_pending");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// A document's log is folded into its snapshot once it holds this many entries, so opening a
 /// document costs its size, not its history.
@@ -58,10 +67,42 @@ pub enum WriteOp {
         /// Highest acknowledged local sequence number.
         upto: u64,
     },
+    /// A register command the relay has not answered yet (JSON of a register `Command`).
+    RegisterCommand {
+        /// The register document.
+        doc: String,
+        /// Its local sequence number.
+        seq: u64,
+        /// The command as JSON.
+        command: Vec<u8>,
+    },
+    /// The relay answered register command `seq` (or refused it for good).
+    RegisterDone {
+        /// The register document.
+        doc: String,
+        /// The command's local sequence number.
+        seq: u64,
+    },
+    /// The relay's latest known state of a register document (JSON).
+    RegisterState {
+        /// The register document.
+        doc: String,
+        /// The state as JSON.
+        state: Vec<u8>,
+    },
     /// Reply once everything queued before is committed.
     Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Commit what is queued before, then stop (the client is closing).
     Stop,
+}
+
+/// What the database holds of one register document.
+#[derive(Debug, Default)]
+pub struct StoredRegister {
+    /// The relay's last known state, as JSON.
+    pub state: Option<Vec<u8>>,
+    /// Unanswered commands by local sequence number, as JSON.
+    pub pending: BTreeMap<u64, Vec<u8>>,
 }
 
 /// Reads documents from the local database; cheap to clone.
@@ -97,6 +138,30 @@ impl StoreReader {
         }
         Ok(stored)
     }
+
+    /// Reads a register document. Blocking.
+    pub fn load_register(&self, doc: &str) -> Result<StoredRegister, ClientError> {
+        let txn = self.0.begin_read().map_err(store_error)?;
+        let state = txn
+            .open_table(REGISTER_STATE)
+            .map_err(store_error)?
+            .get(doc)
+            .map_err(store_error)?
+            .map(|v| v.value().to_vec());
+        let mut stored = StoredRegister {
+            state,
+            ..StoredRegister::default()
+        };
+        let pending = txn.open_table(REGISTER_PENDING).map_err(store_error)?;
+        for entry in pending
+            .range((doc, 0)..=(doc, u64::MAX))
+            .map_err(store_error)?
+        {
+            let (key, value) = entry.map_err(store_error)?;
+            stored.pending.insert(key.value().1, value.value().to_vec());
+        }
+        Ok(stored)
+    }
 }
 
 /// Handle on the local database and its writer thread.
@@ -104,6 +169,7 @@ pub struct LocalStore {
     db: Arc<Database>,
     writer: mpsc::Sender<WriteOp>,
     thread: Option<JoinHandle<()>>,
+    client_id: String,
 }
 
 fn store_error(e: impl std::fmt::Display) -> ClientError {
@@ -125,6 +191,23 @@ impl LocalStore {
         txn.open_table(SNAPSHOTS).map_err(store_error)?;
         txn.open_table(LOG).map_err(store_error)?;
         txn.open_table(PENDING).map_err(store_error)?;
+        txn.open_table(REGISTER_STATE).map_err(store_error)?;
+        txn.open_table(REGISTER_PENDING).map_err(store_error)?;
+        let client_id = {
+            let mut meta = txn.open_table(META).map_err(store_error)?;
+            let stored = meta
+                .get("client_id")
+                .map_err(store_error)?
+                .map(|id| id.value().to_owned());
+            match stored {
+                Some(id) => id,
+                None => {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    meta.insert("client_id", id.as_str()).map_err(store_error)?;
+                    id
+                }
+            }
+        };
         txn.commit().map_err(store_error)?;
         let db = Arc::new(db);
         let (writer, rx) = mpsc::channel();
@@ -137,7 +220,14 @@ impl LocalStore {
             db,
             writer,
             thread: Some(thread),
+            client_id,
         })
+    }
+
+    /// This client's id (a UUIDv7 made when the database was created): the writer id of its
+    /// LWW register writes.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
     }
 
     /// A sender for the writer thread.
@@ -221,6 +311,9 @@ fn commit(
                         .retain_in((doc.as_str(), 0)..=(doc.as_str(), upto), |_, _| false)
                         .map_err(store_error)?;
                 }
+                WriteOp::RegisterCommand { .. }
+                | WriteOp::RegisterDone { .. }
+                | WriteOp::RegisterState { .. } => register_op(&txn, op)?,
                 WriteOp::Flush(reply) => flushes.push(reply),
                 WriteOp::Stop => {}
             }
@@ -231,6 +324,30 @@ fn commit(
         compact(&txn, &doc)?;
     }
     txn.commit().map_err(store_error)
+}
+
+/// Applies one register write inside `txn`.
+fn register_op(txn: &redb::WriteTransaction, op: WriteOp) -> Result<(), ClientError> {
+    match op {
+        WriteOp::RegisterCommand { doc, seq, command } => {
+            let mut pending = txn.open_table(REGISTER_PENDING).map_err(store_error)?;
+            pending
+                .insert((doc.as_str(), seq), command.as_slice())
+                .map_err(store_error)?;
+        }
+        WriteOp::RegisterDone { doc, seq } => {
+            let mut pending = txn.open_table(REGISTER_PENDING).map_err(store_error)?;
+            pending.remove((doc.as_str(), seq)).map_err(store_error)?;
+        }
+        WriteOp::RegisterState { doc, state } => {
+            let mut states = txn.open_table(REGISTER_STATE).map_err(store_error)?;
+            states
+                .insert(doc.as_str(), state.as_slice())
+                .map_err(store_error)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Folds `doc`'s log into its snapshot inside `txn`.

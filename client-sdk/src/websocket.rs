@@ -1,4 +1,6 @@
-//! The WebSocket transport: one y-websocket connection per document at `{base}/ws/{doc}`.
+//! The WebSocket transport: one y-websocket connection per document at `{base}/ws/{doc}`, and
+//! one live channel (`{base}/api/v1/docs/{doc}/live`, JSON) per register document (see
+//! the `live` module).
 
 use aetherflow_crdt::protocol::{Limits, Message};
 use futures_util::future::BoxFuture;
@@ -10,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::error::TransportError;
-use crate::transport::{Link, Transport, TransportKind};
+use crate::transport::{Link, RegisterLink, Transport, TransportKind};
 
 /// Messages buffered per direction before the sender waits.
 const LINK_BUFFER: usize = 256;
@@ -37,11 +39,29 @@ impl WebSocketTransport {
     pub fn url(&self, doc: &str) -> String {
         format!("{}/ws/{}", self.base, encode_path_segment(doc))
     }
+
+    /// The URL of register document `doc`'s live channel (without the token).
+    pub fn live_url(&self, doc: &str) -> String {
+        format!(
+            "{}/api/v1/docs/{}/live",
+            self.base,
+            encode_path_segment(doc)
+        )
+    }
+
+    /// `url` with the token appended, if there is one.
+    fn with_token(&self, mut url: String) -> String {
+        if let Some(token) = &self.token {
+            url.push_str("?token=");
+            url.push_str(&encode_path_segment(token));
+        }
+        url
+    }
 }
 
 /// Percent-encodes everything but unreserved characters, so any valid document name is one
 /// path segment.
-fn encode_path_segment(s: &str) -> String {
+pub(crate) fn encode_path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for byte in s.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -55,7 +75,7 @@ fn encode_path_segment(s: &str) -> String {
 
 /// A refusal by the relay (an HTTP answer instead of the upgrade) keeps its status and the
 /// relay's error code; anything else is a connection failure.
-fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+pub(crate) fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
     let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
         return TransportError::Connect(e.to_string());
     };
@@ -78,11 +98,7 @@ fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
 impl Transport for WebSocketTransport {
     fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
         Box::pin(async move {
-            let mut url = self.url(doc);
-            if let Some(token) = &self.token {
-                url.push_str("?token=");
-                url.push_str(&encode_path_segment(token));
-            }
+            let url = self.with_token(self.url(doc));
             // TCP_NODELAY: an edit is a small frame that must leave at once.
             let (socket, _) =
                 tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
@@ -97,6 +113,13 @@ impl Transport for WebSocketTransport {
                 incoming: in_rx,
             })
         })
+    }
+
+    fn connect_register<'a>(
+        &'a self,
+        doc: &'a str,
+    ) -> BoxFuture<'a, Result<RegisterLink, TransportError>> {
+        Box::pin(crate::live::connect(self.with_token(self.live_url(doc))))
     }
 }
 

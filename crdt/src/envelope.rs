@@ -100,7 +100,8 @@ pub enum Control {
     },
     /// Something happened to the document (a register changed, a conflict appeared, ...).
     Event {
-        /// The event's name, e.g. `register.changed`.
+        /// The event's name: for register documents the relay sends `state`, `result` and
+        /// its document events (`updated`, `conflict_detected`, `lock_acquired`, ...).
         name: String,
         /// Its data, as JSON.
         data: serde_json::Value,
@@ -229,6 +230,18 @@ impl Envelope {
         buf.push(KIND_YJS);
         write_var_bytes(&mut buf, frame);
         buf
+    }
+
+    /// The document name at the front of `bytes`, without decoding the rest: lets a relay
+    /// answer an envelope whose payload is malformed (e.g. a register command that is not
+    /// valid JSON) on that document instead of dropping the whole connection. `None` when
+    /// even the version or the name is unreadable.
+    pub fn doc_of(bytes: &[u8]) -> Option<&str> {
+        let mut r = Reader::new(bytes);
+        if r.read_u8().ok()? != ENVELOPE_VERSION {
+            return None;
+        }
+        r.read_var_string().ok()
     }
 
     /// Decodes exactly one envelope from `bytes`.
@@ -385,6 +398,18 @@ mod tests {
         for e in [hello, sub, err] {
             assert_eq!(decode(&e.encode()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn doc_of_reads_the_name_of_an_envelope_with_a_bad_payload() {
+        let mut bytes = vec![ENVELOPE_VERSION];
+        write_var_string(&mut bytes, "title");
+        bytes.push(KIND_REGISTER);
+        write_var_bytes(&mut bytes, b"{not json");
+        assert!(matches!(decode(&bytes), Err(EnvelopeError::Json { .. })));
+        assert_eq!(Envelope::doc_of(&bytes), Some("title"));
+        assert_eq!(Envelope::doc_of(&[7, 1, b'x']), None);
+        assert_eq!(Envelope::doc_of(&[ENVELOPE_VERSION, 9]), None);
     }
 
     #[test]

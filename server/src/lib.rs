@@ -120,6 +120,7 @@ pub async fn run(
         tracker: tracker.clone(),
         registry: state.registry.clone(),
         connections: state.connections.clone(),
+        registers: state.clone(),
     };
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let quantum_endpoint = bind_quantum(&config).await?;

@@ -2,7 +2,8 @@
 //! speaking JSON text frames, for browsers.
 //!
 //! The token comes as `?token=` (or `Authorization: Bearer`), checked before the upgrade like
-//! `/ws/{doc}`. The relay first sends `{"type":"state","register":{...},"lock":{...}|null}`,
+//! `/ws/{doc}`. The relay first sends `{"type":"state","register":{...},"lock":{...}|null}`
+//! (a manual document's also carries `"conflicts":[...]`, its open conflicts),
 //! then every event of the document (the same JSON as the SSE stream, see
 //! [`crate::events::DocEvent`]), including the writes of this connection.
 //!
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aetherflow_crdt::DocName;
-use aetherflow_crdt::register::Kind;
+use aetherflow_crdt::register::{Kind, Register};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -258,14 +259,20 @@ async fn run(
     reason
 }
 
-/// The first message: the register as it is now, and the lock.
-async fn greeting(state: &AppState, doc: &DocName) -> Result<Value, AppError> {
+/// The first message: the register as it is now, the lock, and for a manual document its
+/// open conflicts (so a client can list them without a second request). The Quantum
+/// listener sends the same JSON as its `state` event.
+pub(crate) async fn greeting(state: &AppState, doc: &DocName) -> Result<Value, AppError> {
     let register = load_register(state, doc).await?;
-    Ok(json!({
+    let mut greeting = json!({
         "type": "state",
         "register": register_json(&register),
         "lock": state.locks.current(doc),
-    }))
+    });
+    if let Register::Manual(manual) = &register {
+        greeting["conflicts"] = json!(manual.conflicts().collect::<Vec<_>>());
+    }
+    Ok(greeting)
 }
 
 enum Incoming {

@@ -2,21 +2,38 @@
 //! message an [`Envelope`] naming its document (see [`aetherflow_crdt::envelope`]).
 //!
 //! A connection starts with `hello` (client version and token). The client then subscribes to
-//! documents; each subscription joins the document's room exactly as a WebSocket session does
-//! (the room greets with sync step 1 and answers step 1s after the updates sent before them),
-//! and the room's frames come back wrapped in `yjs` envelopes. Refusals are `error` envelopes:
+//! documents. A subscription to a Yjs document joins the document's room exactly as a
+//! WebSocket session does (the room greets with sync step 1 and answers step 1s after the
+//! updates sent before them), and the room's frames come back wrapped in `yjs` envelopes.
+//!
+//! A subscription to a register document (`lww`, `manual`) speaks the live channel's
+//! protocol (`/api/v1/docs/{name}/live`) in envelopes, see [`registers`]: first
+//! `event "state"` (`{"type":"state","register":..,"lock":..}`, plus `"conflicts":[..]` for
+//! a manual document), then every event of the document as `event NAME` with the SSE JSON
+//! (`updated`, `conflict_detected`, `conflict_resolved`, `lock_acquired`, `lock_renewed`,
+//! `lock_released`, `lock_expired`, `user_joined`, `user_left`, `lagged`, `deleted`). Each
+//! `register` envelope (`lww_write`, `manual_write`, `resolve`) goes through the same write
+//! path as HTTP and is answered, in order, by exactly one `event "result"` (the outcome JSON
+//! of `PUT /api/v1/docs/{name}/register`: `applied`, `duplicate`, `stale` with the winning
+//! stamp, `conflict` with the record) or one `error` envelope for that document. An empty
+//! `author` in a manual write or resolution stands for the token's subject; the relay stamps
+//! revisions with its own clock (`at_ms` is ignored).
+//!
+//! Refusals are `error` envelopes:
 //!
 //! | code | meaning | connection |
 //! |---:|---|---|
 //! | 1001 | the relay is shutting down | closed |
 //! | 1002 | malformed envelope | closed |
-//! | 1008 | over the per-session message rate, or disconnected by an admin (`reason` says which) | closed |
+//! | 1008 | over the per-session message rate, disconnected by an admin, or more than [`registers::MAX_WAITING_COMMANDS`] register commands of one document waiting for their answers (`reason` says which) | closed |
 //! | 1011 | the document is unavailable (storage failure, reload); subscribe again | kept |
 //! | 1013 | the subscription fell behind; subscribe again to resync | kept |
-//! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document | kept (closed without hello) |
-//! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`) | kept |
-//! | 4409 | a register document (lww, manual), which has no Yjs content | kept |
-//! | 4501 | register operations over Quantum are not supported yet (use `/api/v1`) | kept |
+//! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document; a register command that is not valid JSON or not acceptable (e.g. a value too deep) | kept (closed without hello) |
+//! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`); 4403 also answers a register operation with a `read` token | kept |
+//! | 4404 | a register operation on a document that was deleted, or a resolution of no open conflict | kept |
+//! | 4409 | the operation does not fit the document's kind: a Yjs message on a register document, a register operation on a Yjs document, an LWW write on a manual document or the other way round | kept |
+//! | 4410 | the document was deleted (after `event "deleted"`); the subscription ends | kept |
+//! | 4423 | the manual document is locked by someone else | kept |
 //! | 4429 | over the per-address connection rate (`reason` says when to retry) | closed, before the hello |
 //!
 //! Each connection is a session in the [`Registry`] (transport `quantum`), like a WebSocket
@@ -30,6 +47,7 @@
 //! Permission-denied for read-only tokens is the y-protocols auth message inside a `yjs`
 //! envelope, as on the WebSocket.
 
+pub mod registers;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -56,10 +74,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Error code: protocol misuse (no hello first, a message for an unsubscribed document).
 pub const ERROR_PROTOCOL: u32 = 4400;
-/// Error code: a register document, which has no Yjs content to sync.
-pub const ERROR_REGISTER_DOCUMENT: u32 = 4409;
-/// Error code: register operations are not served over Quantum yet.
-pub const ERROR_NOT_SUPPORTED: u32 = 4501;
 /// Error code: too many new connections from this address; the reason says when to retry.
 pub const ERROR_CONNECTION_RATE: u32 = 4429;
 
@@ -82,6 +96,9 @@ pub struct QuantumContext {
     pub registry: Registry,
     /// The per-address connection rate, shared with WebSocket upgrades.
     pub connections: ConnectionLimiter,
+    /// The HTTP API's state: register operations go through its write path (locks, events,
+    /// store), exactly as `/api/v1` and the live channel do.
+    pub registers: crate::http::AppState,
 }
 
 impl QuantumContext {
@@ -224,9 +241,8 @@ async fn finish(
     handle: &SessionHandle,
     closing: Option<CloseReason>,
 ) {
-    for (_, (membership, forward)) in subscriptions.drain() {
-        forward.abort();
-        drop(membership);
+    for (_, subscription) in subscriptions.drain() {
+        subscription.close();
     }
     handle.closing(closing.as_ref());
     if let Some(reason) = closing {

@@ -1,23 +1,43 @@
 //! One Quantum connection's subscriptions: authorising and joining documents, handing
-//! their messages to the rooms, and wrapping the rooms' frames in envelopes.
+//! their messages to the rooms (Yjs) or the register write path (`lww`, `manual`, see
+//! [`super::registers`]), and wrapping what comes back in envelopes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeError, EnvelopeLimits, Payload};
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{ConnId, DocName};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{ERROR_NOT_SUPPORTED, ERROR_PROTOCOL, ERROR_REGISTER_DOCUMENT, QuantumContext, error};
+use super::registers::{self, ERROR_WRONG_KIND, RegisterSubscription};
+use super::{ERROR_PROTOCOL, QuantumContext, error};
 use crate::auth::Permission;
 use crate::metrics::Rejection;
 use crate::registry::SessionHandle;
 use crate::rooms::{CloseReason, Membership, OUTBOX_CAPACITY, Outbound};
 
-/// A joined document: the room membership and the task forwarding the room's frames.
-pub(super) type Subscription = (Membership, tokio::task::JoinHandle<()>);
+/// A subscribed document.
+pub(super) enum Subscription {
+    /// A Yjs document: the room membership and the task forwarding the room's frames.
+    Room(Membership, tokio::task::JoinHandle<()>),
+    /// A register document (`lww`, `manual`).
+    Register(RegisterSubscription),
+}
+
+impl Subscription {
+    /// Leaves the room or stops the event forwarding.
+    pub(super) fn close(self) {
+        match self {
+            Subscription::Room(membership, forward) => {
+                forward.abort();
+                drop(membership);
+            }
+            Subscription::Register(subscription) => drop(subscription),
+        }
+    }
+}
 
 /// A connection's subscriptions by document.
 pub(super) type Subscriptions = HashMap<DocName, Subscription>;
@@ -41,44 +61,44 @@ pub(super) async fn on_envelope(
 ) -> Next {
     let envelope = match Envelope::decode(bytes, limits) {
         Ok(envelope) => envelope,
-        Err(e) => {
-            ctx.sessions
-                .rooms
-                .metrics()
-                .reject(Rejection::MalformedMessage);
-            warn!(error = %e, "malformed envelope");
-            return Next::Close(u32::from(CloseReason::PROTOCOL_ERROR), e.to_string());
-        }
+        Err(e) => return malformed(bytes, &e, ctx, subscriptions, to_peer).await,
     };
     // Decoding checked the name of every envelope that is not connection-level.
     let doc = DocName::parse(&envelope.doc).ok();
     let reply = match (envelope.payload, doc) {
         (Payload::Control(Control::Subscribe), Some(doc)) => {
-            subscriptions.remove(&doc);
+            if let Some(old) = subscriptions.remove(&doc) {
+                old.close();
+            }
             match subscribe(&doc, ctx, token, to_peer).await {
                 Ok(subscription) => {
                     handle.add_document(doc.as_str());
                     subscriptions.insert(doc, subscription);
                     None
                 }
-                Err((code, reason)) => Some((doc.to_string(), code, reason)),
+                Err((code, reason)) => Some(error(doc.as_str(), code, &reason)),
             }
         }
         (Payload::Control(Control::Unsubscribe), Some(doc)) => {
-            subscriptions.remove(&doc);
+            if let Some(old) = subscriptions.remove(&doc) {
+                old.close();
+            }
             None
         }
-        (Payload::Yjs(message), Some(doc)) => forward_to_room(doc, message, subscriptions).await,
-        (Payload::Register(_), _) => Some((
-            envelope.doc,
-            ERROR_NOT_SUPPORTED,
-            "register operations over Quantum are not supported yet; use /api/v1".into(),
-        )),
+        (Payload::Yjs(message), Some(doc)) => forward_to_room(doc, message, subscriptions)
+            .await
+            .map(|(doc, code, reason)| error(&doc, code, &reason)),
+        (Payload::Register(command), Some(doc)) => {
+            match register_command(&doc, command, subscriptions).await {
+                Ok(reply) => reply,
+                Err((code, reason)) => return Next::Close(code, reason),
+            }
+        }
         // A second hello, or errors and events from the client: nothing to do.
         _ => None,
     };
-    if let Some((doc, code, reason)) = reply
-        && to_peer.send(error(&doc, code, &reason)).await.is_err()
+    if let Some(reply) = reply
+        && to_peer.send(reply).await.is_err()
     {
         return Next::Close(
             u32::from(CloseReason::INTERNAL_ERROR),
@@ -88,6 +108,67 @@ pub(super) async fn on_envelope(
     Next::Continue
 }
 
+/// Queues a register command with its subscription's writer, which answers it. `Ok` holds
+/// the error envelope to send instead, if any; `Err` the code and reason to close with.
+async fn register_command(
+    doc: &DocName,
+    command: aetherflow_crdt::register::Command,
+    subscriptions: &Subscriptions,
+) -> Result<Option<Vec<u8>>, (u32, String)> {
+    match subscriptions.get(doc) {
+        Some(Subscription::Register(subscription)) => {
+            subscription.queue(Ok(command)).map(|()| None)
+        }
+        Some(Subscription::Room(..)) => {
+            let reason = format!(
+                "{doc} is a Yjs document; register operations need an lww or manual document"
+            );
+            Ok(Some(error(doc.as_str(), ERROR_WRONG_KIND, &reason)))
+        }
+        None => Ok(Some(error(doc.as_str(), ERROR_PROTOCOL, "not subscribed"))),
+    }
+}
+
+/// An envelope that does not decode. A register command that is not valid JSON is answered
+/// with 4400 on its document, in order with the document's other answers (the connection
+/// and everything else stay as they were); any other malformed envelope closes the
+/// connection.
+async fn malformed(
+    bytes: &[u8],
+    e: &EnvelopeError,
+    ctx: &QuantumContext,
+    subscriptions: &Subscriptions,
+    to_peer: &mpsc::Sender<Vec<u8>>,
+) -> Next {
+    ctx.sessions
+        .rooms
+        .metrics()
+        .reject(Rejection::MalformedMessage);
+    warn!(error = %e, "malformed envelope");
+    let doc = Envelope::doc_of(bytes).and_then(|doc| DocName::parse(doc).ok());
+    let bad_command = matches!(
+        e,
+        EnvelopeError::Json {
+            what: "register operation",
+            ..
+        }
+    );
+    if let (true, Some(doc)) = (bad_command, doc) {
+        let reason = format!("invalid register command: {e}");
+        if let Some(Subscription::Register(subscription)) = subscriptions.get(&doc) {
+            return match subscription.queue(Err(reason)) {
+                Ok(()) => Next::Continue,
+                Err((code, reason)) => Next::Close(code, reason),
+            };
+        }
+        let answer = error(doc.as_str(), ERROR_PROTOCOL, &reason);
+        if to_peer.send(answer).await.is_ok() {
+            return Next::Continue;
+        }
+    }
+    Next::Close(u32::from(CloseReason::PROTOCOL_ERROR), e.to_string())
+}
+
 /// Hands a y-protocols message to the room of a subscribed document; returns the error to
 /// send otherwise.
 async fn forward_to_room(
@@ -95,13 +176,20 @@ async fn forward_to_room(
     message: aetherflow_crdt::protocol::Message,
     subscriptions: &mut Subscriptions,
 ) -> Option<(String, u32, String)> {
-    let Some((membership, _)) = subscriptions.get(&doc) else {
-        return Some((doc.to_string(), ERROR_PROTOCOL, "not subscribed".into()));
+    let membership = match subscriptions.get(&doc) {
+        Some(Subscription::Room(membership, _)) => membership,
+        Some(Subscription::Register(_)) => {
+            let reason = format!("{doc} is a register document, which has no Yjs content");
+            return Some((doc.to_string(), ERROR_WRONG_KIND, reason));
+        }
+        None => return Some((doc.to_string(), ERROR_PROTOCOL, "not subscribed".into())),
     };
     if membership.send(message).await.is_ok() {
         return None;
     }
-    subscriptions.remove(&doc);
+    if let Some(gone) = subscriptions.remove(&doc) {
+        gone.close();
+    }
     let code = u32::from(CloseReason::INTERNAL_ERROR);
     Some((
         doc.to_string(),
@@ -110,7 +198,8 @@ async fn forward_to_room(
     ))
 }
 
-/// Authorises and joins `doc`; spawns the task that wraps the room's frames in envelopes.
+/// Authorises `doc` and subscribes: a Yjs document joins its room (and a task wraps the
+/// room's frames in envelopes), a register document gets its state and events.
 async fn subscribe(
     doc: &DocName,
     ctx: &QuantumContext,
@@ -123,27 +212,25 @@ async fn subscribe(
         .map_err(|e| (4000 + u32::from(e.status()), e.code().to_owned()))?;
     let store = ctx.sessions.rooms.store().clone();
     let lookup = doc.clone();
+    let unavailable = || {
+        (
+            u32::from(CloseReason::INTERNAL_ERROR),
+            "document unavailable".to_owned(),
+        )
+    };
     match tokio::task::spawn_blocking(move || store.document(&lookup)).await {
         Ok(Ok(Some(meta))) if meta.kind != Kind::Yjs => {
-            return Err((
-                ERROR_REGISTER_DOCUMENT,
-                format!("{doc} is a {:?} register document", meta.kind),
-            ));
+            let subscription = registers::subscribe(doc, meta.kind, grant, ctx, to_peer).await?;
+            return Ok(Subscription::Register(subscription));
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             warn!(error = %e, "document lookup failed");
-            return Err((
-                u32::from(CloseReason::INTERNAL_ERROR),
-                "document unavailable".into(),
-            ));
+            return Err(unavailable());
         }
         Err(e) => {
             warn!(error = %e, "document lookup panicked");
-            return Err((
-                u32::from(CloseReason::INTERNAL_ERROR),
-                "document unavailable".into(),
-            ));
+            return Err(unavailable());
         }
     }
     let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
@@ -162,7 +249,7 @@ async fn subscribe(
             )
         })?;
     let forward = tokio::spawn(forward(doc.to_string(), from_room, to_peer.clone()));
-    Ok((membership, forward))
+    Ok(Subscription::Room(membership, forward))
 }
 
 /// Wraps the room's frames for `doc` in envelopes until the room or the connection stops.
