@@ -268,3 +268,20 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
         Payload::Yjs(Message::Sync(SyncMessage::Step1(_)))
     ));
 }
+
+#[tokio::test]
+async fn shutdown_tells_quantum_clients_1001_at_once_instead_of_leaving_them_to_time_out() {
+    let mut relay = Relay::start(&[]);
+    let (_endpoint, conn) = raw(&relay).await;
+    conn.send(hello()).await.unwrap();
+    let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe)).encode();
+    conn.send(subscribe).await.unwrap();
+    // The room's greeting (sync step 1) shows the session is up.
+    let greeting = next_envelope(&conn).await.expect("the relay greets");
+    assert_eq!(greeting.doc, "doc");
+
+    relay.signal_and_wait("TERM");
+    // Well within the transport's 30 s idle timeout: the relay said goodbye before exiting.
+    let (code, reason) = next_error(&conn, "").await;
+    assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+}

@@ -69,6 +69,9 @@ use crate::rooms::{CloseReason, OUTBOX_CAPACITY};
 use crate::session::SessionContext;
 use subscriptions::{Next, Subscriptions, on_envelope};
 
+/// How long shutdown waits for Quantum sessions to say goodbye before resetting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a new connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,7 +93,7 @@ pub struct QuantumContext {
     pub auth: Auth,
     /// Source of connection ids, shared with WebSocket sessions.
     pub next_conn: Arc<AtomicU64>,
-    /// Tracks connection tasks so shutdown waits for them.
+    /// Tracks the listener and the tasks it starts, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// The session registry every connection is listed in, shared with WebSocket sessions.
     pub registry: Registry,
@@ -110,21 +113,34 @@ impl QuantumContext {
     }
 }
 
-/// Accepts connections until the relay shuts down.
+/// Accepts connections until the relay shuts down, then ends every connection so that no
+/// client waits out its idle timeout for a relay that is gone.
 pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             conn = endpoint.accept() => match conn {
                 Some(conn) => {
                     let ctx2 = ctx.clone();
                     let span = info_span!("quantum", remote = %conn.remote_addr());
-                    ctx.tracker.spawn(connection(conn, ctx2).instrument(span));
+                    connections.spawn(connection(conn, ctx2).instrument(span));
                 }
                 None => break,
             },
             () = ctx.sessions.shutdown.cancelled() => break,
         }
     }
+    // Each session queues its goodbye (error 1001, then FIN). Closing the endpoint goes
+    // through the driver after those commands, so they are on the wire before the resets
+    // that end whatever is left; without it the process could exit with them still queued.
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("quantum sessions still closing at shutdown; resetting them");
+    }
+    endpoint.close().await;
 }
 
 /// Serves one connection: the connection rate, the hello, then the session.
