@@ -116,6 +116,7 @@ mod live;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
+mod reconnect;
 pub mod register;
 pub mod store;
 pub mod sync;
@@ -297,6 +298,16 @@ impl Client {
 }
 
 impl OpenDocs {
+    /// What a document's or register's reconnect loop needs.
+    fn reconnect_context(&self) -> reconnect::TaskContext {
+        reconnect::TaskContext {
+            transport: self.transport.clone(),
+            connect_timeout: self.config.connect_timeout,
+            backoff: self.config.backoff,
+            cancel: self.cancel.child_token(),
+        }
+    }
+
     /// [`Client::doc`].
     async fn open(&self, name: &str) -> Result<DocHandle, ClientError> {
         let name = DocName::parse(name)?.as_str().to_owned();
@@ -318,14 +329,12 @@ impl OpenDocs {
             return Ok(existing.clone());
         }
         docs.insert(name, handle.clone());
-        let ctx = task::TaskContext {
-            transport: self.transport.clone(),
-            connect_timeout: self.config.connect_timeout,
-            backoff: self.config.backoff,
-            cancel: self.cancel.child_token(),
+        let doc = task::DocLink {
+            shared: handle.shared.clone(),
+            outbox,
         };
         self.tasks
-            .spawn(task::run(handle.shared.clone(), outbox, ctx));
+            .spawn(reconnect::run(doc, self.reconnect_context()));
         for (addr, transport) in &self.peers {
             let ctx = peer_link::LinkContext {
                 addr: *addr,
@@ -364,14 +373,9 @@ impl OpenDocs {
             return Ok(existing.clone());
         }
         registers.insert(name, handle.clone());
-        let ctx = task::TaskContext {
-            transport: self.transport.clone(),
-            connect_timeout: self.config.connect_timeout,
-            backoff: self.config.backoff,
-            cancel: self.cancel.child_token(),
-        };
+        let register = register::task::RegisterLoop(handle.shared.clone());
         self.tasks
-            .spawn(register::task::run(handle.shared.clone(), ctx));
+            .spawn(reconnect::run(register, self.reconnect_context()));
         Ok(handle)
     }
 }

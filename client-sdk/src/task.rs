@@ -1,84 +1,60 @@
-//! The sync task of one document: connect, run a session, reconnect with backoff.
+//! The sync session of one document over one link, run by the reconnect loop
+//! ([`crate::reconnect`]).
 
 use std::sync::Arc;
 
 use aetherflow_crdt::protocol::{Message, SyncMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::config::Backoff;
 use crate::doc::{Connection, Outgoing, Shared};
 use crate::error::TransportError;
+use crate::reconnect::{HasKind, Reconnecting};
 use crate::sync::SyncSession;
-use crate::transport::{Link, Transport};
+use crate::transport::{Link, Transport, TransportKind};
 
-/// What a sync task needs besides its document.
-pub(crate) struct TaskContext {
-    pub transport: Arc<dyn Transport>,
-    pub connect_timeout: std::time::Duration,
-    pub backoff: Backoff,
-    pub cancel: CancellationToken,
+/// A document kept connected by the reconnect loop, with the queue of its local changes.
+pub(crate) struct DocLink {
+    pub shared: Arc<Shared>,
+    pub outbox: mpsc::UnboundedReceiver<Outgoing>,
 }
 
-/// Runs until `ctx.cancel` fires.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
-    ctx: TaskContext,
-) {
-    let mut failures: u32 = 0;
-    loop {
-        shared.state.send_modify(|s| {
-            s.connection = Connection::Connecting {
-                attempt: failures + 1,
-            };
-        });
-        let connect =
-            tokio::time::timeout(ctx.connect_timeout, ctx.transport.connect(&shared.name));
-        let connected = tokio::select! {
-            result = connect => result.unwrap_or(Err(TransportError::Timeout)),
-            () = ctx.cancel.cancelled() => break,
-        };
-        match connected {
-            Ok(link) => {
-                info!(doc = %shared.name, transport = %link.kind, "connected");
-                // Only a connection that got as far as a full sync resets the backoff, so a
-                // relay that accepts and then refuses us is not hammered.
-                if session(&shared, link, &mut outbox, &ctx.cancel).await {
-                    failures = 0;
-                }
-                info!(doc = %shared.name, "disconnected");
-            }
-            Err(TransportError::Refused { status, reason }) => {
-                info!(doc = %shared.name, status, %reason, "relay refused the connection");
-                shared
-                    .state
-                    .send_modify(|s| s.denied = Some(format!("{status} {reason}")));
-            }
-            Err(TransportError::NotConfigured) => {
-                shared
-                    .state
-                    .send_modify(|s| s.connection = Connection::Offline);
-                ctx.cancel.cancelled().await;
-                break;
-            }
-            Err(e) => debug!(doc = %shared.name, error = %e, "connection failed"),
-        }
-        shared.state.send_modify(|s| {
-            s.connection = Connection::Offline;
-            s.synced = false;
-        });
-        tokio::select! {
-            () = tokio::time::sleep(ctx.backoff.jittered(failures, shared.doc.client_id().get())) => {}
-            () = ctx.cancel.cancelled() => break,
-        }
-        failures = failures.saturating_add(1);
+impl HasKind for Link {
+    fn kind(&self) -> TransportKind {
+        self.kind
     }
-    shared.state.send_modify(|s| {
-        s.connection = Connection::Offline;
-        s.synced = false;
-    });
+}
+
+impl Reconnecting for DocLink {
+    type Link = Link;
+
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn seed(&self) -> u64 {
+        self.shared.doc.client_id().get()
+    }
+
+    async fn connect(&self, transport: &dyn Transport) -> Result<Link, TransportError> {
+        transport.connect(&self.shared.name).await
+    }
+
+    async fn session(&mut self, link: Link, cancel: &CancellationToken) -> bool {
+        session(&self.shared, link, &mut self.outbox, cancel).await
+    }
+
+    fn set_connection(&self, connection: Connection) {
+        self.shared.state.send_modify(|s| {
+            s.synced &= connection != Connection::Offline;
+            s.connection = connection;
+        });
+    }
+
+    fn set_denied(&self, reason: String) {
+        self.shared.state.send_modify(|s| s.denied = Some(reason));
+    }
 }
 
 /// One connection's life. Returns when the link closes, the relay refuses us, or on cancel;

@@ -3,74 +3,61 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, info};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use super::RegisterShared;
 use crate::doc::Connection;
 use crate::error::TransportError;
-use crate::task::TaskContext;
-use crate::transport::{RegisterLink, RegisterMessage};
+use crate::reconnect::{HasKind, Reconnecting};
+use crate::transport::{RegisterLink, RegisterMessage, Transport, TransportKind};
 
-/// Runs until `ctx.cancel` fires.
-pub(crate) async fn run(shared: Arc<RegisterShared>, ctx: TaskContext) {
-    let seed = shared
-        .name
-        .bytes()
-        .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-    let mut failures: u32 = 0;
-    loop {
-        shared.state.send_modify(|s| {
-            s.connection = Connection::Connecting {
-                attempt: failures + 1,
-            };
-        });
-        let connect = tokio::time::timeout(
-            ctx.connect_timeout,
-            ctx.transport.connect_register(&shared.name),
-        );
-        let connected = tokio::select! {
-            result = connect => result.unwrap_or(Err(TransportError::Timeout)),
-            () = ctx.cancel.cancelled() => break,
-        };
-        match connected {
-            Ok(link) => {
-                info!(register = %shared.name, transport = %link.kind, "connected");
-                if session(&shared, link, &ctx).await {
-                    failures = 0;
-                }
-                info!(register = %shared.name, "disconnected");
-            }
-            Err(TransportError::Refused { status, reason }) => {
-                info!(register = %shared.name, status, %reason, "relay refused the connection");
-                shared
-                    .state
-                    .send_modify(|s| s.denied = Some(format!("{status} {reason}")));
-            }
-            Err(TransportError::NotConfigured) => {
-                shared
-                    .state
-                    .send_modify(|s| s.connection = Connection::Offline);
-                ctx.cancel.cancelled().await;
-                break;
-            }
-            Err(e) => debug!(register = %shared.name, error = %e, "connection failed"),
-        }
-        shared
-            .state
-            .send_modify(|s| s.connection = Connection::Offline);
-        tokio::select! {
-            () = tokio::time::sleep(ctx.backoff.jittered(failures, seed)) => {}
-            () = ctx.cancel.cancelled() => break,
-        }
-        failures = failures.saturating_add(1);
+/// A register kept connected by the reconnect loop.
+pub(crate) struct RegisterLoop(pub Arc<RegisterShared>);
+
+impl HasKind for RegisterLink {
+    fn kind(&self) -> TransportKind {
+        self.kind
     }
-    shared
-        .state
-        .send_modify(|s| s.connection = Connection::Offline);
+}
+
+impl Reconnecting for RegisterLoop {
+    type Link = RegisterLink;
+
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn seed(&self) -> u64 {
+        self.0
+            .name
+            .bytes()
+            .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b))
+    }
+
+    async fn connect(&self, transport: &dyn Transport) -> Result<RegisterLink, TransportError> {
+        transport.connect_register(&self.0.name).await
+    }
+
+    async fn session(&mut self, link: RegisterLink, cancel: &CancellationToken) -> bool {
+        session(&self.0, link, cancel).await
+    }
+
+    fn set_connection(&self, connection: Connection) {
+        self.0.state.send_modify(|s| s.connection = connection);
+    }
+
+    fn set_denied(&self, reason: String) {
+        self.0.state.send_modify(|s| s.denied = Some(reason));
+    }
 }
 
 /// One link's life; returns whether the relay's state arrived.
-async fn session(shared: &RegisterShared, mut link: RegisterLink, ctx: &TaskContext) -> bool {
+async fn session(
+    shared: &RegisterShared,
+    mut link: RegisterLink,
+    cancel: &CancellationToken,
+) -> bool {
     let Some(RegisterMessage::Event { name, data }) = link.incoming.recv().await else {
         return false;
     };
@@ -108,7 +95,7 @@ async fn session(shared: &RegisterShared, mut link: RegisterLink, ctx: &TaskCont
                 None => return true,
             },
             () = shared.wake.notified() => {}
-            () = ctx.cancel.cancelled() => return true,
+            () = cancel.cancelled() => return true,
         }
     }
 }
