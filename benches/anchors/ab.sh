@@ -8,6 +8,8 @@
 #   TRACE=../shared/traces/automerge-paper.json.gz benches/anchors/ab.sh > ab.jsonl
 #
 # Labels in the output: A_LABEL/B_LABEL (default as-built / candidate) plus the mode.
+# Optional pinning: SERVER_PIN="taskset -c 0" LOADGEN_PIN="taskset -c 1" run every server and
+# the load generator on separate cores.
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 loadgen="${LOADGEN:-${CARGO_TARGET_DIR:-$here/../../target}/release/loadgen}"
@@ -19,12 +21,12 @@ out="$(mktemp)"
 start() { # label [binary mode]
   work="$(mktemp -d)"
   case "$1" in
-    hocuspocus) PORT="$PORT" node "$here/hocuspocus-server.js" > "$work/log" 2>&1 &
+    hocuspocus) PORT="$PORT" ${SERVER_PIN:-} node "$here/hocuspocus-server.js" > "$work/log" 2>&1 &
       url="ws://127.0.0.1:$PORT/"; dialect=hocuspocus ;;
-    y-websocket) HOST=127.0.0.1 PORT="$PORT" node "$here/node_modules/y-websocket/bin/server.js" \
+    y-websocket) HOST=127.0.0.1 PORT="$PORT" ${SERVER_PIN:-} node "$here/node_modules/y-websocket/bin/server.js" \
         > "$work/log" 2>&1 &
       url="ws://127.0.0.1:$PORT/{doc}"; dialect=y-websocket ;;
-    *) RUST_LOG=warn "$2" --http-addr "127.0.0.1:$PORT" --data-dir "$work/data" \
+    *) RUST_LOG=warn ${SERVER_PIN:-} "$2" --http-addr "127.0.0.1:$PORT" --data-dir "$work/data" \
         --durability "$3" --quantum-addr off \
         --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/log" 2>&1 &
       url="ws://127.0.0.1:$PORT/ws/{doc}"; dialect=y-websocket ;;
@@ -35,7 +37,7 @@ start() { # label [binary mode]
 stop() { kill "$pid"; wait "$pid" 2>/dev/null; rm -rf "$work"; }
 run() { # label scenario args...
   local label="$1"; shift
-  "$loadgen" --url "$url" --dialect "$dialect" --server "$label" --json "$out" --sources 8 "$@" \
+  ${LOADGEN_PIN:-} "$loadgen" --url "$url" --dialect "$dialect" --server "$label" --json "$out" --sources 8 "$@" \
     > /dev/null 2>&1 || echo "failed: $label $*" >&2
 }
 

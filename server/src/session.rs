@@ -10,7 +10,7 @@ use aetherflow_crdt::{ConnId, DocName};
 use axum::extract::ws::{CloseFrame, Message as Frame};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -34,6 +34,9 @@ pub struct SessionContext {
     /// Data messages a session may send (`None`: unlimited); over it, closed with 1008.
     pub message_rate: Option<Rate>,
 }
+
+/// Most incoming frames handled per wakeup before the session looks at its other duties.
+const READ_BURST: usize = 64;
 
 /// Longest wait for a close frame to go out before the connection is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,22 +169,40 @@ async fn serve<K, R>(
                 )),
             },
             frame = stream.next() => {
-                heartbeat.heard();
-                if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
-                    ctx.rooms.metrics().reject(Rejection::MessageRate);
-                    break Some(reason);
-                }
-                match on_frame(frame, &ctx.limits, ctx.rooms.metrics()) {
-                    FrameOutcome::Message(message) => {
-                        if membership.send(message).await.is_err() {
-                            break Some(CloseReason::new(
-                                CloseReason::INTERNAL_ERROR,
-                                "document reloading, reconnect",
-                            ));
-                        }
+                let mut frame = frame;
+                let mut burst = 1;
+                let end = loop {
+                    heartbeat.heard();
+                    if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                        ctx.rooms.metrics().reject(Rejection::MessageRate);
+                        break Some(Some(reason));
                     }
-                    FrameOutcome::Ignore => {}
-                    FrameOutcome::Close(reason) => break reason,
+                    match on_frame(frame, &ctx.limits, ctx.rooms.metrics()) {
+                        FrameOutcome::Message(message) => {
+                            if membership.send(message).await.is_err() {
+                                break Some(Some(CloseReason::new(
+                                    CloseReason::INTERNAL_ERROR,
+                                    "document reloading, reconnect",
+                                )));
+                            }
+                        }
+                        FrameOutcome::Ignore => {}
+                        FrameOutcome::Close(reason) => break Some(reason),
+                    }
+                    // Frames already read off the socket are taken here, not one round of
+                    // this select! each (that round is most of a small frame's cost; issue 7).
+                    // Bounded, so the room's frames still go out during a long burst.
+                    if burst == READ_BURST {
+                        break None;
+                    }
+                    burst += 1;
+                    match stream.next().now_or_never() {
+                        Some(next) => frame = next,
+                        None => break None,
+                    }
+                };
+                if let Some(reason) = end {
+                    break reason;
                 }
             }
         }

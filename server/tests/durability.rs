@@ -4,8 +4,12 @@
 mod common;
 
 use aetherflow_crdt::DocName;
+use aetherflow_crdt::protocol::{Message, SyncMessage};
 use aetherflow_server::store::Store;
 use common::{Relay, YClient, read_text};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use yrs::{Text, Transact};
 
 /// Writes `count` edits from one client and waits until a second client has seen them all.
 /// With `one_per_commit`, waits for each edit before the next, so each is its own log entry.
@@ -43,6 +47,55 @@ async fn what_a_client_has_seen_survives_sigkill() {
     relay.kill9();
     let relay = Relay::start_in(temp.path(), &[]);
     assert_eq!(read_text(&relay, "crash-me").await, expected);
+}
+
+/// Regression guard for the commit pipeline (several batches in flight per room): a writer
+/// streams thousands of edits without waiting, the relay is killed while they are still
+/// arriving, and whatever an observer had been shown by then must be on disk.
+#[tokio::test]
+async fn what_a_client_saw_mid_burst_survives_sigkill() {
+    let mut relay = Relay::start(&["--message-rate-per-sec", "0"]);
+    let temp = relay.take_temp().unwrap();
+    let url = relay.ws_url("burst");
+    let writer = YClient::connect(&url).await;
+    let mut observer = YClient::connect(&url).await;
+    let edits = 20_000;
+    let frames: Vec<Vec<u8>> = (0..edits)
+        .map(|i| {
+            let text = writer.doc.get_or_insert_text("text");
+            let mut txn = writer.doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, &format!("{i},"));
+            Message::Sync(SyncMessage::Update(txn.encode_update_v1())).encode()
+        })
+        .collect();
+    let (mut sink, mut echoes) = writer.socket.split();
+    // The writer never waits: it feeds every edit, and drains its echoes on the side.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = echoes.next().await {} });
+    let send = tokio::spawn(async move {
+        for frame in frames {
+            if sink.feed(Frame::Binary(frame.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.flush().await;
+    });
+    // Kill once the observer has been shown a good part of the stream, but not all of it.
+    let part = format!("{},", edits / 4);
+    while !observer.text().contains(&part) {
+        observer.handle_next().await;
+    }
+    relay.kill9();
+    let seen = observer.text();
+    let _ = tokio::join!(send, drain);
+    let relay = Relay::start_in(temp.path(), &[]);
+    let stored = read_text(&relay, "burst").await;
+    assert!(
+        stored.starts_with(&seen),
+        "the observer was shown {} characters; after the crash the document has {}",
+        seen.len(),
+        stored.len()
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! document on first use and unloads itself after an idle period.
 
 pub mod outbox;
+mod pipeline;
 mod task;
 
 use std::collections::HashMap;

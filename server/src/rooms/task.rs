@@ -1,9 +1,11 @@
 //! The room task: owns one document's [`Room`] and its subscribers.
 //!
-//! Each turn drains the inbox as one batch: the batch's updates are applied in one yrs
-//! transaction, appended to the store and (in durable mode) committed, and only then
-//! broadcast, encoded once and shared by every subscriber. Step 1 answers, awareness and
-//! joins follow, so nobody is ever shown an update that is not yet on disk.
+//! Each turn takes what waits in the inbox as one batch: the batch's updates are applied in one
+//! yrs transaction and appended to the store. In durable mode the batch then joins the commit
+//! [`Pipeline`] and is broadcast (encoded once, shared by every subscriber) when its commit is
+//! done, while the room goes on applying later batches; in relaxed mode it is broadcast at once.
+//! Step 1 answers, awareness and joins wait until every batch before them is committed, so
+//! nobody is ever shown an update that is not yet on disk.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -15,14 +17,23 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::outbox::{OutboxSender, TrySendError};
+use super::pipeline::{HttpWaiter, InFlight, Pipeline};
 use super::{ApplyError, CloseReason, Outbound, RoomCommand, Rooms};
 use crate::config::Durability;
 use crate::events::DocEvent;
 use crate::metrics::Rejection;
+use crate::store::StoreError;
 use crate::store::writer::{WriteOp, WriteResult};
 
-/// Commands taken from the inbox in one turn.
-const MAX_COMMANDS_PER_TURN: usize = 1024;
+/// Most commands taken as one turn. Also bounds what the room holds besides its inbox.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// Batches whose commit may be in flight at once (durable mode). More only deepens the
+/// writer's queue: it folds every waiting append into its next commit anyway.
+const MAX_IN_FLIGHT: usize = 4;
+/// While a commit is in flight, a new batch starts only once this many commands wait: small
+/// batches cost a frame to every subscriber each, and the commit's completion starts one
+/// anyway.
+const BUSY_BATCH: usize = 256;
 
 /// A connection subscribed to the room.
 struct Subscriber {
@@ -40,6 +51,10 @@ pub(super) struct RoomTask {
     inbox: mpsc::Receiver<RoomCommand>,
     rooms: Rooms,
     subscribers: HashMap<ConnId, Subscriber>,
+    /// Commands taken from the inbox for the next turn.
+    waiting: Vec<RoomCommand>,
+    /// Durable mode: applied batches waiting for their commit, oldest first.
+    pipeline: Pipeline,
     /// Entries in the store's log since the last snapshot.
     log_entries: usize,
     /// Set when the room must stop serving (storage failure, tainted document).
@@ -51,15 +66,6 @@ pub(super) struct RoomTask {
 /// Connection ids at and above this one stand for HTTP API writers inside one turn; sessions
 /// count up from 0 and never get near it.
 const HTTP_CONN_BASE: u64 = u64::MAX - MAX_COMMANDS_PER_TURN as u64;
-
-/// What became of a batch of updates.
-#[derive(Default)]
-struct Applied {
-    /// Connections whose update was refused, and why.
-    rejected: HashMap<ConnId, String>,
-    /// Whether the batch's entry (if any) was committed.
-    committed: bool,
-}
 
 impl RoomTask {
     pub(super) fn new(
@@ -74,6 +80,8 @@ impl RoomTask {
             inbox,
             rooms,
             subscribers: HashMap::new(),
+            waiting: Vec::new(),
+            pipeline: Pipeline::default(),
             log_entries: 0,
             failed: false,
             deleted: false,
@@ -98,6 +106,8 @@ impl RoomTask {
         loop {
             let stopping = shutdown.is_cancelled();
             if self.failed {
+                // Batches committed before the failure still reach everyone.
+                self.settle_all(&mut room).await;
                 self.close_all(CloseReason::new(
                     CloseReason::INTERNAL_ERROR,
                     "document reloading, reconnect",
@@ -109,29 +119,56 @@ impl RoomTask {
                 self.unload(true).await;
                 return;
             }
-            if stopping && self.subscribers.is_empty() && self.unload(false).await {
+            let quiet = self.waiting.is_empty() && self.pipeline.is_empty();
+            if stopping && quiet && self.subscribers.is_empty() && self.unload(false).await {
                 return;
             }
-            let first = tokio::select! {
-                command = self.inbox.recv() => command,
-                () = tokio::time::sleep(settings.unload_after), if self.subscribers.is_empty() => {
+            let idle = quiet && self.subscribers.is_empty();
+            tokio::select! {
+                // Commits first: they release broadcasts and make room in the pipeline.
+                biased;
+                Some((batch, result)) = self.pipeline.next(), if !self.pipeline.is_empty() => {
+                    self.settle(&mut room, batch, result);
+                }
+                command = self.inbox.recv(), if self.waiting.len() < MAX_COMMANDS_PER_TURN => {
+                    let Some(command) = command else {
+                        self.settle_all(&mut room).await;
+                        return;
+                    };
+                    self.take_waiting(command);
+                }
+                () = tokio::time::sleep(settings.unload_after), if idle => {
                     if self.unload(false).await {
                         return;
                     }
                     continue;
                 }
                 () = shutdown.cancelled(), if !stopping => continue,
-            };
-            let Some(first) = first else { return };
-            let mut commands = vec![first];
-            while commands.len() < MAX_COMMANDS_PER_TURN {
-                match self.inbox.try_recv() {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
             }
-            self.turn(&mut room, commands).await;
+            if self.ready_for_turn() {
+                let commands = std::mem::take(&mut self.waiting);
+                self.turn(&mut room, commands).await;
+            }
         }
+    }
+
+    /// Takes `first` and whatever else waits in the inbox, up to a turn's worth.
+    fn take_waiting(&mut self, first: RoomCommand) {
+        self.waiting.push(first);
+        while self.waiting.len() < MAX_COMMANDS_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(command) => self.waiting.push(command),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Whether to run a turn now: always when no commit is in flight; while one is, only for
+    /// a batch worth its own frame, and only while the pipeline has room.
+    fn ready_for_turn(&self) -> bool {
+        !self.waiting.is_empty()
+            && (self.pipeline.is_empty()
+                || (self.waiting.len() >= BUSY_BATCH && self.pipeline.len() < MAX_IN_FLIGHT))
     }
 
     async fn load(&mut self) -> Option<Room> {
@@ -165,8 +202,9 @@ impl RoomTask {
         }
     }
 
-    /// One turn: the batch's updates first (commit, then broadcast), then everything else in
-    /// arrival order, then deletions.
+    /// One turn: the batch's updates first (applied, then committed and broadcast), then,
+    /// once every batch in flight is committed, everything else in arrival order, then
+    /// deletions.
     async fn turn(&mut self, room: &mut Room, commands: Vec<RoomCommand>) {
         let mut updates = Vec::new();
         let mut denied = Vec::new();
@@ -200,17 +238,13 @@ impl RoomTask {
             });
             self.send_to(room, conn, refusal.encode());
         }
-        let mut applied = Applied::default();
         if !updates.is_empty() {
-            applied = self.apply_updates(room, updates).await;
+            self.apply_updates(room, updates, http).await;
         }
-        for (conn, done) in http {
-            let answer = match applied.rejected.remove(&conn) {
-                Some(reason) => Err(ApplyError::Invalid(reason)),
-                None if applied.committed => Ok(()),
-                None => Err(ApplyError::Unavailable("commit failed".into())),
-            };
-            let _ = done.send(answer);
+        if !others.is_empty() || !deletes.is_empty() {
+            // They may show the document's state (step 2, a join's greeting): only what is
+            // on disk.
+            self.settle_all(room).await;
         }
         for command in others {
             self.handle(room, command);
@@ -247,16 +281,26 @@ impl RoomTask {
         self.deleted = true;
     }
 
-    async fn apply_updates(&mut self, room: &mut Room, updates: Vec<(ConnId, Vec<u8>)>) -> Applied {
+    /// Applies a batch of updates and queues its log entry. Durable mode puts the batch in
+    /// the pipeline, to be broadcast once committed; relaxed mode broadcasts it now. `http`
+    /// are the HTTP writers among `updates`, answered when their fate is known.
+    async fn apply_updates(
+        &mut self,
+        room: &mut Room,
+        updates: Vec<(ConnId, Vec<u8>)>,
+        mut http: Vec<(ConnId, HttpWaiter)>,
+    ) {
         // Handshake answers with nothing new (the empty update) are not edits.
         let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
-        let mut applied = Applied::default();
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
-            applied.rejected.insert(conn, err.reason());
+            if let Some(at) = http.iter().position(|(c, _)| *c == conn) {
+                let (_, done) = http.swap_remove(at);
+                let _ = done.send(Err(ApplyError::Invalid(err.reason())));
+            }
             self.kick(
                 room,
                 conn,
@@ -268,49 +312,88 @@ impl RoomTask {
             warn!("document tainted by a rejected update; reloading from the store");
             self.failed = true;
         }
+        let waiters: Vec<HttpWaiter> = http.into_iter().map(|(_, done)| done).collect();
         let (Some(entry), Some(broadcast)) = (batch.log_entry, batch.broadcast) else {
-            // Nothing new to store: every accepted update was already known.
-            applied.committed = true;
-            return applied;
+            // Nothing new to store: every accepted update was already known, and is durable
+            // once the batches in flight are.
+            answer(self.pipeline.answer_with_last(waiters), Ok(()));
+            return;
         };
         let bytes = entry.len();
-        let writer = self.rooms.inner.writer.clone();
         let append = WriteOp::Append {
             doc: self.name.clone(),
             update: entry,
         };
-        match self.rooms.inner.settings.durability {
-            Durability::Durable => match writer.commit(append).await {
-                Ok(_) => self.broadcast_update(room, broadcast),
-                Err(e) => {
-                    // Not on disk, so nobody may see it: drop the room and its memory.
-                    error!(error = %e, "commit failed; closing the document");
-                    self.failed = true;
-                    return applied;
-                }
-            },
+        let writer = self.rooms.inner.writer.clone();
+        let queued = match self.rooms.inner.settings.durability {
+            Durability::Durable => writer.enqueue(append).await.map(|committing| {
+                let frame = Bytes::from(broadcast);
+                self.pipeline.push(committing, frame, bytes, waiters);
+            }),
             Durability::Relaxed => {
-                self.broadcast_update(room, broadcast);
-                if let Err(e) = writer.submit(append).await {
-                    error!(error = %e, "store writer gone; closing the document");
-                    self.failed = true;
-                    return applied;
+                self.broadcast_update(room, Bytes::from(broadcast));
+                let queued = writer.submit(append).await;
+                if queued.is_ok() {
+                    self.announce_update(bytes, waiters);
                 }
+                queued
+            }
+        };
+        if let Err(e) = queued {
+            // Not on its way to disk, so nobody may see it: drop the room and its memory.
+            error!(error = %e, "store writer gone; closing the document");
+            self.failed = true;
+            return;
+        }
+        self.log_entries += 1;
+        if self.log_entries >= self.rooms.inner.settings.compact_after_updates && !self.failed {
+            self.compact(room).await;
+        }
+    }
+
+    /// A batch's commit is done: broadcast it, or, if the commit failed, close the document.
+    fn settle(
+        &mut self,
+        room: &mut Room,
+        batch: InFlight,
+        result: Result<WriteResult, StoreError>,
+    ) {
+        match result {
+            Ok(_) => {
+                self.broadcast_update(room, batch.frame);
+                self.announce_update(batch.bytes, batch.http);
+            }
+            Err(e) => {
+                // Not on disk, so nobody may see it, nor anything applied after it.
+                error!(error = %e, "commit failed; closing the document");
+                self.failed = true;
+                answer(
+                    batch.http,
+                    Err(ApplyError::Unavailable("commit failed".into())),
+                );
+                self.pipeline.abandon("commit failed");
             }
         }
-        applied.committed = true;
+    }
+
+    /// Waits for every batch in flight and settles it.
+    async fn settle_all(&mut self, room: &mut Room) {
+        while let Some((batch, result)) = self.pipeline.next().await {
+            self.settle(room, batch, result);
+        }
+    }
+
+    /// An update of `bytes` is stored: tells its HTTP writers and the event bus.
+    fn announce_update(&self, bytes: usize, http: Vec<HttpWaiter>) {
+        answer(http, Ok(()));
         let event = DocEvent::Updated {
             kind: "yjs".into(),
             bytes: Some(bytes),
             register: None,
         };
         self.rooms.events().publish(&self.name, event);
-        self.log_entries += 1;
-        if self.log_entries >= self.rooms.inner.settings.compact_after_updates && !self.failed {
-            self.compact(room).await;
-        }
-        applied
     }
+
     /// Folds the log into a snapshot. The writer applies it after this room's earlier
     /// appends, so the log entries it drops are all in the snapshot.
     async fn compact(&mut self, room: &Room) {
@@ -424,10 +507,10 @@ impl RoomTask {
     }
 
     /// Broadcasts a committed update, timed for the metrics.
-    fn broadcast_update(&mut self, room: &mut Room, frame: Vec<u8>) {
+    fn broadcast_update(&mut self, room: &mut Room, frame: Bytes) {
         let started = Instant::now();
         let subscribers = self.subscribers.len();
-        self.broadcast(room, frame);
+        self.broadcast_bytes(room, frame);
         let metrics = &self.rooms.inner.metrics;
         metrics.broadcast(subscribers, started.elapsed());
     }
@@ -435,7 +518,10 @@ impl RoomTask {
     /// Sends one frame to every subscriber, sharing its bytes. Subscribers whose outbox is
     /// full are disconnected (their awareness removal is broadcast in turn).
     fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
-        let bytes = Bytes::from(frame);
+        self.broadcast_bytes(room, Bytes::from(frame));
+    }
+
+    fn broadcast_bytes(&mut self, room: &mut Room, bytes: Bytes) {
         let mut slow = Vec::new();
         for (conn, sub) in &self.subscribers {
             match sub.outbox.try_send(Outbound::Frame(bytes.clone())) {
@@ -507,5 +593,12 @@ impl RoomTask {
         while self.inbox.try_recv().is_ok() {}
         info!("document unloaded");
         true
+    }
+}
+
+/// Tells every HTTP writer in `waiters` the same answer.
+fn answer(waiters: Vec<HttpWaiter>, result: Result<(), ApplyError>) {
+    for done in waiters {
+        let _ = done.send(result.clone());
     }
 }

@@ -14,7 +14,7 @@ use aetherflow_crdt::DocName;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 pub use documents::{DocumentMeta, RegisterFailure};
-pub use writer::{StoreWriter, WriteMode, WriteOp, WriteResult};
+pub use writer::{Committing, StoreWriter, WriteMode, WriteOp, WriteResult};
 
 /// Snapshot of each document: name → v1 update of its whole state.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");

@@ -7,6 +7,8 @@
 //! flush interval, so the bound on loss after a crash is that interval plus one fsync.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aetherflow_crdt::DocName;
@@ -131,6 +133,23 @@ impl StoreWriter {
         self.request(Some(op)).await
     }
 
+    /// Queues `op` and returns at once with a [`Committing`] that resolves when the op is
+    /// committed and fsync'd. Waits only for room in the queue. Ops are committed in the
+    /// order they are queued, so a room can keep several batches in flight and still
+    /// broadcast each one only after its own commit.
+    pub async fn enqueue(&self, op: WriteOp) -> Result<Committing, StoreError> {
+        let (done, wait) = oneshot::channel();
+        let request = Request {
+            op: Some(op),
+            done: Some(done),
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(Committing { wait })
+    }
+
     /// Queues `op` without waiting for the commit (relaxed durability). Waits only for room
     /// in the queue.
     pub async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
@@ -160,6 +179,23 @@ impl StoreWriter {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         wait.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+/// A write queued by [`StoreWriter::enqueue`]; resolves to what it did once it is committed
+/// and fsync'd, or to the error that stopped it.
+#[derive(Debug)]
+pub struct Committing {
+    wait: oneshot::Receiver<Result<WriteResult, StoreError>>,
+}
+
+impl Future for Committing {
+    type Output = Result<WriteResult, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.wait)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(StoreError::WriterGone)))
     }
 }
 

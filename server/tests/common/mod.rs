@@ -302,7 +302,7 @@ impl YClient {
     }
 
     /// Reads one message and acts on it as a provider would.
-    async fn handle_next(&mut self) {
+    pub async fn handle_next(&mut self) {
         match self.next_message().await {
             Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) => self.apply(&u),
             Message::Sync(SyncMessage::Step1(sv)) => self.answer_step1(&sv).await,
