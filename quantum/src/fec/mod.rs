@@ -109,7 +109,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use group::{FEC_HEADER_LEN, FecHeader, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
-pub use sender::{MIN_LOSS_RATE, RESIDUAL_TARGET, parity_for};
+pub use sender::{MIN_LOSS_RATE, RESIDUAL_TARGET, SPARSE_FULL_BUDGET_LOSS, parity_for};
 
 /// FEC settings, part of [`crate::Config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +125,19 @@ pub struct FecConfig {
     /// least `ceil(k/m)` packets. Keep it small against the round trip.
     pub flush_delay: Duration,
     /// A group whose oldest packet is this old closes at the flush deadline whatever its
-    /// size, so very sparse traffic is protected too.
+    /// size. Sparse groups (app-limited, see "Sparse traffic" above) follow their own rule.
     pub max_group_span: Duration,
+    /// Most parity bytes per 100 data bytes that sparse (app-limited) traffic costs, reached
+    /// at 1 % measured loss ([`SPARSE_FULL_BUDGET_LOSS`]); 0 turns sparse parity off, up to
+    /// [`MAX_SPARSE_BUDGET_PERCENT`]. Each parity packet covers the packets sent since the
+    /// previous one whose tail loss probe is not yet due, so a higher budget protects more
+    /// of them in time.
+    pub sparse_budget_percent: u16,
 }
+
+/// Largest [`FecConfig::sparse_budget_percent`]: at 200 % every sparse packet can have a
+/// parity packet of its own, and more would buy nothing.
+pub const MAX_SPARSE_BUDGET_PERCENT: u16 = 200;
 
 impl Default for FecConfig {
     fn default() -> FecConfig {
@@ -137,6 +147,7 @@ impl Default for FecConfig {
             parity_shards: 3,
             flush_delay: Duration::from_millis(5),
             max_group_span: Duration::from_millis(200),
+            sparse_budget_percent: 30,
         }
     }
 }
@@ -147,6 +158,9 @@ impl FecConfig {
         let (data, parity) = (self.data_shards, self.parity_shards);
         if !(1..=MAX_DATA_SHARDS).contains(&data) || !(1..=MAX_PARITY_SHARDS).contains(&parity) {
             return Err(FecError::ShardCounts { data, parity });
+        }
+        if self.sparse_budget_percent > MAX_SPARSE_BUDGET_PERCENT {
+            return Err(FecError::SparseBudget(self.sparse_budget_percent));
         }
         Ok(())
     }
@@ -166,6 +180,9 @@ pub enum FecError {
         /// Parity shards claimed.
         parity: usize,
     },
+    /// The sparse parity budget is above [`MAX_SPARSE_BUDGET_PERCENT`].
+    #[error("sparse parity budget of {0} % is above the limit of 200 %")]
+    SparseBudget(u16),
     /// The parity index is not below the group's parity count.
     #[error("parity index {index} of a group with {parity} parity shards")]
     BadIndex {
@@ -215,5 +232,19 @@ mod tests {
                 Err(ConfigError::Fec(FecError::ShardCounts { data, parity }))
             );
         }
+    }
+
+    #[test]
+    fn a_sparse_budget_above_the_limit_is_refused() {
+        let fec = |sparse_budget_percent| FecConfig {
+            sparse_budget_percent,
+            ..FecConfig::default()
+        };
+        assert_eq!(fec(0).validate(), Ok(()));
+        assert_eq!(fec(MAX_SPARSE_BUDGET_PERCENT).validate(), Ok(()));
+        assert_eq!(
+            fec(MAX_SPARSE_BUDGET_PERCENT + 1).validate(),
+            Err(FecError::SparseBudget(MAX_SPARSE_BUDGET_PERCENT + 1))
+        );
     }
 }
