@@ -133,4 +133,7 @@ pub struct ConnectionStats {
     pub fec_repairs_reported: u64,
     /// Parity packets or groups from the peer that were malformed or inconsistent.
     pub fec_rejected: u64,
+    /// Times the peer moved to a new IP address and RTT, congestion and loss state started
+    /// afresh (a change of port alone keeps them).
+    pub path_resets: u64,
 }
