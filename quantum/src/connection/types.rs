@@ -52,7 +52,7 @@ pub enum CloseReason {
     MessageTooLarge,
 }
 
-/// Why [`Connection::send`] refused a message.
+/// Why [`Connection::send`](super::Connection::send) refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SendError {
     /// The connection is closing or closed.
