@@ -129,7 +129,8 @@ fn run(seconds: u64, loss: f64, fec: Option<u16>, seed: u64) -> Outcome {
             message.resize(MESSAGE_LEN, 0xab);
             client.send(id, &message).expect("open");
             send_times.push(now);
-            next_send = Some(now + INTERVAL);
+            // None once all are sent, or a lost last message would keep `now` from advancing.
+            next_send = (send_times.len() < total as usize).then_some(now + INTERVAL);
         }
         wire.take_from(&mut client, now, true);
         wire.take_from(&mut server, now, false);

@@ -129,7 +129,7 @@
 //!   (none below 0.5 %). Sparse (app-limited) traffic has its own rule (issue 3): its group
 //!   holds only packets whose tail loss probe is not yet due, and gets one parity packet 5 ms
 //!   after its newest packet whenever a byte budget pays for it (30 % of data bytes at 2 %
-//!   measured loss or more, less below, none below 0.5 %; [`fec::FecConfig`]), so a lost
+//!   measured loss or more, less below, none below 1 %; [`fec::FecConfig`]), so a lost
 //!   message that parity covers is rebuilt one one-way delay + 5 ms after it was sent. The
 //!   receiver rebuilds missing packets from any `k` of the
 //!   `k + m` and feeds them through the normal receive path; it reports its repair count, and

@@ -65,7 +65,8 @@
 //! pays for that parity packet, and otherwise waits for the next packet. Every first
 //! transmission earns credit worth its bytes times the sparse budget,
 //! [`FecConfig::sparse_budget_percent`] (30 %) at 2 % measured loss or more
-//! ([`SPARSE_FULL_BUDGET_LOSS`]), in proportion below, none below 0.5 %; credit is capped
+//! ([`SPARSE_FULL_BUDGET_LOSS`]), growing linearly from none at 1 % ([`SPARSE_MIN_LOSS`]:
+//! below it parity cannot move the p99, and jitter can fake that much); credit is capped
 //! at two parity packets, and each sparse parity packet spends its own size. Sparse parity so
 //! costs at most the budget, and nothing while no loss is measured.
 //!
@@ -126,7 +127,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use group::{FEC_HEADER_LEN, FecHeader, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
-pub use sender::{MIN_LOSS_RATE, RESIDUAL_TARGET, SPARSE_FULL_BUDGET_LOSS, parity_for};
+pub use sender::{
+    MIN_LOSS_RATE, RESIDUAL_TARGET, SPARSE_FULL_BUDGET_LOSS, SPARSE_MIN_LOSS, parity_for,
+};
 
 /// FEC settings, part of [`crate::Config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +148,8 @@ pub struct FecConfig {
     /// size. Sparse groups (app-limited, see "Sparse traffic" above) follow their own rule.
     pub max_group_span: Duration,
     /// Most parity bytes per 100 data bytes that sparse (app-limited) traffic costs, reached
-    /// at 2 % measured loss ([`SPARSE_FULL_BUDGET_LOSS`]); 0 turns sparse parity off, up to
+    /// at 2 % measured loss ([`SPARSE_FULL_BUDGET_LOSS`]), none below 1 %
+    /// ([`SPARSE_MIN_LOSS`]); 0 turns sparse parity off, up to
     /// [`MAX_SPARSE_BUDGET_PERCENT`]. Each parity packet covers the packets sent since the
     /// previous one whose tail loss probe is not yet due, so a higher budget protects more
     /// of them in time.
