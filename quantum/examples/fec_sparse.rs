@@ -1,8 +1,11 @@
 //! Measures FEC on sparse traffic in virtual time: 20 messages of 100 bytes per second over a
 //! link with a 50 ms round trip and seeded random loss in both directions, with FEC on and
-//! off, printing byte overhead and one-way delivery latency percentiles.
+//! off, printing byte overhead and one-way delivery latency percentiles. FEC runs once per
+//! sparse parity budget given (`FecConfig::sparse_budget_percent`, default just 30).
 //!
-//! `cargo run --release -p aetherflow-quantum --example fec_sparse [seconds] [seed]`
+//! `cargo run --release -p aetherflow-quantum --example fec_sparse [seconds] [seed] [budgets]`
+//!
+//! e.g. `... fec_sparse 300 1 0,30,60,200`.
 //!
 //! The network is simulated (no sockets, no wall clock), so figures depend only on the seed;
 //! results and their discussion are in `benches/RESULTS.md`.
@@ -85,12 +88,14 @@ struct Outcome {
     duplicates: u64,
 }
 
-fn config(seed: u64, fec: bool, server: bool) -> Config {
+/// FEC off (`None`) or on with a sparse parity budget in percent.
+fn config(seed: u64, fec: Option<u16>, server: bool) -> Config {
     Config {
         seed,
         accept_incoming: server,
         fec: FecConfig {
-            enabled: fec,
+            enabled: fec.is_some(),
+            sparse_budget_percent: fec.unwrap_or(0),
             ..FecConfig::default()
         },
         ..Config::default()
@@ -98,7 +103,7 @@ fn config(seed: u64, fec: bool, server: bool) -> Config {
 }
 
 /// One run: `seconds` of traffic at `loss`, FEC on or off, the same seed for the link.
-fn run(seconds: u64, loss: f64, fec: bool, seed: u64) -> Outcome {
+fn run(seconds: u64, loss: f64, fec: Option<u16>, seed: u64) -> Outcome {
     let start = Instant::now();
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
     let mut client = Endpoint::new(config(seed, fec, false), start, wall).expect("valid");
@@ -124,7 +129,8 @@ fn run(seconds: u64, loss: f64, fec: bool, seed: u64) -> Outcome {
             message.resize(MESSAGE_LEN, 0xab);
             client.send(id, &message).expect("open");
             send_times.push(now);
-            next_send = Some(now + INTERVAL);
+            // None once all are sent, or a lost last message would keep `now` from advancing.
+            next_send = (send_times.len() < total as usize).then_some(now + INTERVAL);
         }
         wire.take_from(&mut client, now, true);
         wire.take_from(&mut server, now, false);
@@ -176,34 +182,45 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(600);
     let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let budgets: Vec<u16> = args
+        .next()
+        .map(|s| s.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| vec![FecConfig::default().sparse_budget_percent]);
     println!("{seconds} s of 20 x {MESSAGE_LEN} B messages/s, RTT 50 ms, seed {seed}");
     println!(
-        "loss  fec  delivered  overhead  p50 ms  p99 ms  max ms  retransmits  repaired  probes  recovered  duplicates"
+        "loss  fec   delivered  overhead  p50 ms  p90 ms  p95 ms  p98 ms  p99 ms  max ms  mean ms  retransmits  repaired  probes  recovered  duplicates"
     );
     for loss in [0.0, 0.01, 0.05, 0.10] {
-        let mut p99s = Vec::new();
-        for fec in [true, false] {
+        let runs = budgets.iter().map(|&b| Some(b)).chain([None]);
+        for fec in runs {
             let outcome = run(seconds, loss, fec, seed);
             let mut sorted = outcome.latencies.clone();
             sorted.sort();
             let payload_bytes = outcome.bytes_sent - outcome.fec_bytes;
             let overhead = outcome.fec_bytes as f64 / payload_bytes as f64;
-            let p99 = percentile(&sorted, 0.99);
-            p99s.push(p99);
+            let mean = sorted.iter().sum::<Duration>() / sorted.len().max(1) as u32;
             println!(
-                "{:4.0}%  {:3}  {:5}/{:<5}  {:6.1} %  {:6.1}  {:6.1}  {:6.1}  {:11}  {:8}  {:6}  {:9}  {:10}",
+                "{:4.0}%  {:4}  {:5}/{:<5}  {:6.1} %  {:6.1}  {:6.1}  {:6.1}  {:6.1}  {:6.1}  {:6.1}  {:7.1}  {:11}  {:8}  {:6}  {:9}  {:10}",
                 loss * 100.0,
-                if fec { "on" } else { "off" },
+                fec.map_or("off".to_string(), |b| format!("{b}%")),
                 sorted.len(),
                 outcome.sent,
                 overhead * 100.0,
-                percentile(&sorted, 0.5).as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3,
-                sorted.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+                ms(percentile(&sorted, 0.5)),
+                ms(percentile(&sorted, 0.9)),
+                ms(percentile(&sorted, 0.95)),
+                ms(percentile(&sorted, 0.98)),
+                ms(percentile(&sorted, 0.99)),
+                ms(sorted.last().copied().unwrap_or_default()),
+                ms(mean),
                 outcome.retransmits,
                 outcome.repaired,
                 outcome.probes,
@@ -211,9 +228,5 @@ fn main() {
                 outcome.duplicates,
             );
         }
-        println!(
-            "      p99 ratio fec on / off: {:.2}",
-            p99s[0].as_secs_f64() / p99s[1].as_secs_f64()
-        );
     }
 }

@@ -82,6 +82,9 @@ struct QuantumArgs {
     /// Override the FEC group's longest span (default 200 ms).
     #[arg(long)]
     quantum_fec_span_ms: Option<u64>,
+    /// Override the sparse parity budget in percent of data bytes (default 30).
+    #[arg(long)]
+    quantum_sparse_budget: Option<u16>,
 }
 
 impl QuantumArgs {
@@ -90,6 +93,9 @@ impl QuantumArgs {
         config.quantum.fec.enabled = !self.quantum_no_fec;
         if let Some(ms) = self.quantum_fec_span_ms {
             config.quantum.fec.max_group_span = Duration::from_millis(ms);
+        }
+        if let Some(percent) = self.quantum_sparse_budget {
+            config.quantum.fec.sparse_budget_percent = percent;
         }
         config
     }
@@ -101,6 +107,9 @@ impl QuantumArgs {
         }
         if let Some(ms) = self.quantum_fec_span_ms {
             args.extend(["--quantum-fec-span-ms".to_owned(), ms.to_string()]);
+        }
+        if let Some(percent) = self.quantum_sparse_budget {
+            args.extend(["--quantum-sparse-budget".to_owned(), percent.to_string()]);
         }
         args
     }
@@ -349,10 +358,14 @@ fn print_report(args: &RunArgs, results: &[LinkResult]) {
 }
 
 fn quantum_label(q: &QuantumArgs) -> String {
-    match (q.quantum_no_fec, q.quantum_fec_span_ms) {
+    let label = match (q.quantum_no_fec, q.quantum_fec_span_ms) {
         (true, _) => "FEC off".to_owned(),
         (false, Some(ms)) => format!("FEC on, group span {ms} ms"),
         (false, None) => "default configuration (FEC on)".to_owned(),
+    };
+    match q.quantum_sparse_budget {
+        Some(percent) if !q.quantum_no_fec => format!("{label}, sparse parity budget {percent} %"),
+        _ => label,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{Connection, Transmit};
 use crate::fec::FecConfig;
 use crate::fec::receiver::FecReceiver;
-use crate::fec::sender::FecSender;
+use crate::fec::sender::{FecSender, SendContext};
 use crate::packet::{Control, Flags, Header, Packet};
 
 /// Most repairs one report may announce; a larger jump is capped, so a confused or hostile
@@ -59,12 +59,19 @@ impl Connection {
     /// A data packet went out for the first time: add it to the open group.
     pub(super) fn fec_on_first_transmit(&mut self, now: Instant, seq: u64, packet: &Packet) {
         let flags = packet.header.flags;
+        let context = SendContext {
+            app_limited: self.send.nothing_to_send(),
+            probe_timeout: self.probe_timeout(),
+        };
         let closed = self.fec.tx.on_data_sent(
             now,
             seq,
-            flags.contains(Flags::PSH),
-            flags.contains(Flags::FIN),
-            &packet.payload,
+            (
+                flags.contains(Flags::PSH),
+                flags.contains(Flags::FIN),
+                &packet.payload,
+            ),
+            context,
         );
         if let Some(range) = closed {
             self.send.defer_loss(range, now);

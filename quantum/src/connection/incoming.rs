@@ -3,10 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rand::Rng;
+
 use super::{Candidate, CloseReason, Connection, Event, MAX_PENDING_RESPONSES, Role, State};
 use crate::congestion::Ack;
+use crate::congestion::pacer::Pacer;
+use crate::fec::sender::LossMeter;
 use crate::packet::{Control, Flags, Packet};
 use crate::recv::{Arrival, Delivery, RecvBuffer};
+use crate::rtt::RttEstimator;
 
 /// Widens a 32-bit wire sequence number to the 64-bit value nearest `expected`.
 pub(crate) fn expand(truncated: u32, expected: u64) -> u64 {
@@ -147,6 +152,9 @@ impl Connection {
                     .is_some_and(|c| c.addr == remote && c.token == token);
                 if proven {
                     self.candidate = None;
+                    if remote.ip() != self.remote.ip() {
+                        self.reset_path_state();
+                    }
                     self.remote = remote;
                     self.ack.now = true;
                     self.events.push_back(Event::Migrated(remote));
@@ -157,6 +165,26 @@ impl Connection {
             }
             Control::FecRepaired(_) => {}
         }
+    }
+
+    /// The peer moved to a new IP address: what was learnt about the old path (RTT, window,
+    /// bandwidth, pacing, loss rate) says nothing about the new one, so it starts afresh as on
+    /// a new connection (RFC 9000, section 9.4). A change of port alone is taken for NAT
+    /// rebinding on the same path and keeps it. Packets in flight stay in flight; their
+    /// acknowledgements give the new estimator its first samples.
+    fn reset_path_state(&mut self) {
+        let mss = self.config.mtu as u64;
+        self.rtt = RttEstimator::new(
+            self.config.initial_rto,
+            self.config.min_rto,
+            self.config.max_rto,
+        );
+        self.cc = self.config.congestion.build(mss, self.rng.random());
+        self.pacer = Pacer::new(mss);
+        self.pacing_release = None;
+        self.backoff = 0;
+        self.fec.tx.meter = LossMeter::default();
+        self.stats.path_resets += 1;
     }
 
     fn handle_syn(&mut self, now: Instant, remote: SocketAddr, packet: &Packet) {

@@ -10,154 +10,27 @@
 
 mod fec;
 mod incoming;
+mod outgoing;
 mod timers;
+mod types;
 
 pub(crate) use incoming::expand as expand_sequence;
+pub use types::{CloseReason, ConnectionStats, Event, Role, SendError, Transmit};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use thiserror::Error;
 
 use crate::config::Config;
+use crate::congestion::CongestionController;
 use crate::congestion::pacer::Pacer;
-use crate::congestion::{BbrState, CongestionController};
-use crate::packet::{
-    COOKIE_LEN, ConnectionId, Control, Flags, Header, MAX_SACK_BLOCKS, Packet, SackBlock,
-};
+use crate::packet::{COOKIE_LEN, ConnectionId, Packet};
 use crate::recv::RecvBuffer;
 use crate::rtt::RttEstimator;
 use crate::send::{Fragment, SendBuffer};
-
-/// A datagram the caller must send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to send it.
-    pub destination: SocketAddr,
-    /// The bytes.
-    pub contents: Vec<u8>,
-}
-
-/// Something the application should know about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The handshake completed.
-    Connected,
-    /// A whole message arrived, in order, exactly once.
-    Message(Vec<u8>),
-    /// The peer closed its sending side; no further messages will arrive.
-    Finished,
-    /// The peer proved it owns a new address, and packets now go there.
-    Migrated(SocketAddr),
-    /// The connection is over.
-    Closed(CloseReason),
-}
-
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum CloseReason {
-    /// Both sides sent FIN and saw it acknowledged.
-    #[error("closed gracefully")]
-    Graceful,
-    /// The local application aborted it.
-    #[error("aborted locally")]
-    LocalAbort,
-    /// The peer sent RST.
-    #[error("reset by peer")]
-    PeerReset,
-    /// Nothing arrived for the idle timeout.
-    #[error("idle timeout")]
-    TimedOut,
-    /// The peer sent a message larger than the configured maximum.
-    #[error("peer sent a message over the size limit")]
-    MessageTooLarge,
-}
-
-/// Why [`Connection::send`] refused a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum SendError {
-    /// The connection is closing or closed.
-    #[error("connection is closing or closed")]
-    Closed,
-    /// The message exceeds the configured maximum.
-    #[error("message of {len} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The message's length.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-}
-
-/// Which side opened the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Sent the SYN.
-    Client,
-    /// Answered it.
-    Server,
-}
-
-/// Counters for monitoring and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionStats {
-    /// Smoothed RTT, once measured.
-    pub srtt: Option<Duration>,
-    /// Current retransmission timeout, without backoff.
-    pub rto: Duration,
-    /// Congestion window in bytes.
-    pub cwnd: u64,
-    /// Pacing rate in bytes per second; `None` while unpaced (always, under NewReno).
-    pub pacing_rate: Option<u64>,
-    /// BBR's state; `None` under NewReno.
-    pub bbr_state: Option<BbrState>,
-    /// Minimum RTT: BBR's ten-second windowed estimate, or under NewReno the smallest sample.
-    pub min_rtt: Option<Duration>,
-    /// BBR's bottleneck bandwidth estimate in bytes per second, once it has a sample.
-    pub bottleneck_bandwidth: Option<u64>,
-    /// Bytes in flight.
-    pub bytes_in_flight: u64,
-    /// Datagrams sent.
-    pub packets_sent: u64,
-    /// Bytes sent.
-    pub bytes_sent: u64,
-    /// Datagrams received for this connection.
-    pub packets_received: u64,
-    /// Bytes received.
-    pub bytes_received: u64,
-    /// Data packets sent again.
-    pub retransmits: u64,
-    /// Data packets declared lost by the duplicate or time threshold.
-    pub fast_losses: u64,
-    /// Retransmission timer expiries.
-    pub rto_expiries: u64,
-    /// Tail loss probes sent (also counted in `retransmits`).
-    pub tail_probes: u64,
-    /// Probes whose acknowledgement came too late to be the original's (at least half the
-    /// minimum RTT after the probe): the original was lost, and this counts as a loss for
-    /// congestion control and the FEC loss rate. The remaining probes were likely spurious.
-    pub tail_probe_recoveries: u64,
-    /// Data packets received that had already arrived: the peer's spurious retransmissions
-    /// (tail loss probes of delivered packets among them) or network duplicates.
-    pub duplicates_received: u64,
-    /// Messages delivered to the application.
-    pub messages_delivered: u64,
-    /// Datagrams for this connection that failed to decode.
-    pub malformed: u64,
-    /// FEC parity packets sent.
-    pub fec_packets_sent: u64,
-    /// Bytes of FEC parity packets sent.
-    pub fec_bytes_sent: u64,
-    /// Data packets this side rebuilt from the peer's parity.
-    pub fec_repaired: u64,
-    /// Data packets the peer reported it rebuilt from our parity (counted as losses).
-    pub fec_repairs_reported: u64,
-    /// Parity packets or groups from the peer that were malformed or inconsistent.
-    pub fec_rejected: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -444,185 +317,6 @@ impl Connection {
         self.state = State::Closed;
         self.candidate = None;
         self.events.push_back(Event::Closed(reason));
-    }
-
-    /// Builds a packet with the current acknowledgement state attached.
-    fn packet(&self, flags: Flags, sequence: u64, payload: Vec<u8>) -> Packet {
-        let mut flags = flags;
-        let (acknowledgement, sack) = match &self.recv {
-            Some(recv) => {
-                flags |= Flags::ACK;
-                let sack = recv.sack_blocks().into_iter().take(MAX_SACK_BLOCKS);
-                let sack = sack
-                    .map(|(start, end)| SackBlock {
-                        start: start as u32,
-                        end: end as u32,
-                    })
-                    .collect();
-                (recv.ack() as u32, sack)
-            }
-            None => (0, Vec::new()),
-        };
-        let header = Header {
-            flags,
-            connection_id: self.id,
-            sequence: sequence as u32,
-            acknowledgement,
-        };
-        Packet {
-            header,
-            sack,
-            payload,
-        }
-    }
-
-    /// Encodes and accounts for one outgoing packet.
-    fn emit(&mut self, now: Instant, destination: SocketAddr, packet: &Packet) -> Transmit {
-        let contents = packet
-            .to_bytes()
-            .expect("the core builds packets within the format's limits");
-        let len = contents.len() as u64;
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += len;
-        self.last_send = now;
-        if destination == self.remote {
-            self.amp_sent += len;
-            if packet.header.flags.contains(Flags::ACK) {
-                self.ack = AckState::default();
-            }
-        } else if let Some(candidate) = self.candidate.as_mut().filter(|c| c.addr == destination) {
-            candidate.sent += len;
-        }
-        Transmit {
-            destination,
-            contents,
-        }
-    }
-
-    /// Whether `len` more bytes fit the anti-amplification budget towards the peer.
-    fn may_send(&self, len: usize) -> bool {
-        self.validated || self.amp_sent + len as u64 <= 3 * self.amp_received
-    }
-
-    /// The next datagram to send, if any.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if self.reset_due {
-            self.reset_due = false;
-            let packet = self.packet(Flags::RST, self.send.next_seq(), Vec::new());
-            return Some(self.emit(now, self.remote, &packet));
-        }
-        if self.state == State::Closed {
-            return None;
-        }
-        if let Some(transmit) = self.poll_path(now) {
-            return Some(transmit);
-        }
-        match self.state {
-            State::SynSent | State::SynReceived => self.poll_handshake(now),
-            _ => self
-                .poll_fec(now)
-                .or_else(|| self.poll_data(now))
-                .or_else(|| self.poll_ack(now)),
-        }
-    }
-
-    fn poll_path(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some((addr, token)) = self.responses.pop_front() {
-            let packet = self.packet(
-                Flags::URG,
-                self.send.next_seq(),
-                Control::PathResponse(token).to_bytes(),
-            );
-            return Some(self.emit(now, addr, &packet));
-        }
-        let candidate = self.candidate.as_ref()?;
-        let packet = self.packet(
-            Flags::URG,
-            self.send.next_seq(),
-            Control::PathChallenge(candidate.token).to_bytes(),
-        );
-        let within_budget = candidate.sent + packet.encoded_len() as u64 <= 3 * candidate.received;
-        if !candidate.challenge_due || !within_budget {
-            return None;
-        }
-        let addr = candidate.addr;
-        if let Some(candidate) = self.candidate.as_mut() {
-            candidate.challenge_due = false;
-            candidate.challenged_at = Some(now);
-        }
-        Some(self.emit(now, addr, &packet))
-    }
-
-    fn poll_handshake(&mut self, now: Instant) -> Option<Transmit> {
-        if !self.handshake_due {
-            return None;
-        }
-        let packet = match self.role {
-            Role::Client => {
-                let payload = self.cookie.map(|c| c.to_vec()).unwrap_or_default();
-                self.packet(Flags::SYN, u64::from(self.local_isn), payload)
-            }
-            Role::Server => self.packet(Flags::SYN, u64::from(self.local_isn), Vec::new()),
-        };
-        if !self.may_send(packet.encoded_len()) {
-            return None;
-        }
-        self.handshake_due = false;
-        let repeat = self.handshake_sent.is_some();
-        self.handshake_sent = Some((now, repeat));
-        Some(self.emit(now, self.remote, &packet))
-    }
-
-    fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
-        // Recomputed on every call, so a stale release time never lingers in `poll_timeout`.
-        self.pacing_release = None;
-        if self.state != State::Established {
-            return None;
-        }
-        let in_flight = self.send.bytes_in_flight();
-        if self.send.nothing_to_send() && in_flight < self.cc.window() {
-            self.send.mark_app_limited();
-        }
-        let limit = self.send.acked_below() + self.config.window_packets;
-        let seq = self.send.next_to_send(limit)?;
-        let fragment = self.send.fragment(seq)?;
-        let mut flags = Flags::NONE;
-        if fragment.last {
-            flags |= Flags::PSH;
-        }
-        if fragment.fin {
-            flags |= Flags::FIN;
-        }
-        let packet = self.packet(flags, seq, fragment.payload.clone());
-        let len = packet.encoded_len() as u64;
-        if in_flight > 0 && in_flight + len > self.cc.window() {
-            return None;
-        }
-        if let Some(release) = self.pacer.release(now, len, self.cc.pacing_rate()) {
-            self.pacing_release = Some(release);
-            return None;
-        }
-        self.pacer.on_sent(now, len);
-        let transmit = self.emit(now, self.remote, &packet);
-        if self.send.on_transmit(seq, now, len) {
-            self.stats.retransmits += 1;
-        } else {
-            self.fec_on_first_transmit(now, seq, &packet);
-        }
-        self.cc.on_sent(now, len, in_flight);
-        self.rto_base.get_or_insert(now);
-        Some(transmit)
-    }
-
-    fn poll_ack(&mut self, now: Instant) -> Option<Transmit> {
-        let ack_due = self.ack.now || self.ack.deadline.is_some_and(|d| d <= now);
-        let keepalive_due = self.state == State::Established
-            && now >= self.last_send + self.config.keepalive_interval;
-        if !ack_due && !keepalive_due {
-            return None;
-        }
-        let packet = self.packet(Flags::NONE, self.send.next_seq(), Vec::new());
-        Some(self.emit(now, self.remote, &packet))
     }
 
     /// Draws a fresh path-challenge token.

@@ -38,19 +38,25 @@ impl Connection {
         {
             return None;
         }
-        let srtt = self.rtt.smoothed()?;
+        let timeout = self.probe_timeout()?;
         let (seq, sent, gap) = self.send.tail_candidate()?;
-        let margin = (self.rtt.variance() * 2).max(srtt / 8).max(GRANULARITY);
         let ack_delay = if gap.is_none_or(|gap| gap >= self.config.max_ack_delay) {
             Duration::ZERO
         } else {
             self.config.max_ack_delay
         };
-        let deadline = sent + srtt + margin + ack_delay;
+        let deadline = sent + timeout + ack_delay;
         // Past the retransmission timer a probe has nothing left to gain.
         self.rto_deadline()
             .is_none_or(|rto| deadline < rto)
             .then_some((deadline, seq))
+    }
+
+    /// How long after a packet left, with no ACK delay, its tail loss probe is due: SRTT plus
+    /// a jitter margin of max(2·RTTVAR, SRTT/8). `None` before the first RTT sample.
+    pub(super) fn probe_timeout(&self) -> Option<Duration> {
+        let srtt = self.rtt.smoothed()?;
+        Some(srtt + (self.rtt.variance() * 2).max(srtt / 8).max(GRANULARITY))
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {

@@ -52,45 +52,63 @@
 //!
 //! # Closing groups early, and sizing parity
 //!
-//! A group closes as soon as it holds `k` packets. Sparse traffic never fills one, so a group
-//! also closes [`FecConfig::flush_delay`] (5 ms, a tenth of a 50 ms round trip) after its
-//! newest packet once it holds at least `ceil(k/m)` packets (4 by default), or once its oldest
-//! packet is [`FecConfig::max_group_span`] (200 ms) old. `Connection::poll_timeout` includes
-//! that deadline.
+//! A group closes as soon as it holds `k` packets, which bulk traffic does at once. Other
+//! groups close at a deadline, under one of two rules.
 //!
-//! The reasoning, for the target case of 20 messages of 100 bytes per second over a 50 ms
-//! round trip (data packets of about 135 bytes every 50 ms):
+//! **Sparse groups.** A group is sparse when the application had nothing more to send after
+//! its newest packet (the connection is app-limited) and it holds fewer than `ceil(k/m)`
+//! packets. (Before a packet joins any group, packets whose tail loss probe is already due,
+//! sent longer than the probe timeout SRTT + max(2·RTTVAR, SRTT/8) ago, leave the group's
+//! front: parity sent from then on would arrive after the probe's resend, so covering them
+//! would cost bytes and buy nothing.) A sparse group closes with one parity packet [`FecConfig::flush_delay`]
+//! (at most an eighth of the probe timeout) after its newest packet if the *sparse credit*
+//! pays for that parity packet, and otherwise waits for the next packet. Every first
+//! transmission earns credit worth its bytes times the sparse budget,
+//! [`FecConfig::sparse_budget_percent`] (30 %) at 2 % measured loss or more
+//! ([`SPARSE_FULL_BUDGET_LOSS`]), growing linearly from none at 1 % ([`SPARSE_MIN_LOSS`]:
+//! below it parity cannot move the p99, and jitter can fake that much); credit is capped
+//! at two parity packets, and each sparse parity packet spends its own size. Sparse parity so
+//! costs at most the budget, and nothing while no loss is measured.
 //!
-//! - Overhead. A parity packet is about as long as the data packets it protects (32-byte
-//!   header, 7-byte sub-header, 3-byte shard prefix). Closing every sparse packet as a group of
-//!   one would need one parity packet per data packet, over 100 % overhead. Waiting for
-//!   `ceil(k/m)` = 4 packets (150 ms of sparse traffic, within the 200 ms span) makes one parity
-//!   packet cover four data packets: about 28 % overhead, under the 35 % target at 5 % loss.
-//!   Parity per group is capped at `k·m/k` of its size (at least one), so a small group never
-//!   costs more than a full one.
+//! **Other groups** (the sender was held back by pacing or the window, not the application)
+//! close `flush_delay` after their newest packet once they hold `ceil(k/m)` packets (4 by
+//! default), or once their oldest packet is [`FecConfig::max_group_span`] (200 ms) old.
+//! `Connection::poll_timeout` includes the deadline of either rule.
+//!
+//! Sizing the parity of non-sparse groups:
+//!
 //! - Adaptation. The sender measures loss as (packets declared lost + packets the peer
 //!   repaired) / first transmissions, halving both counts every 512 packets. Below 0.5 %
 //!   measured loss it sends no parity at all (0 % overhead at 0 % loss); above, the fewest
 //!   parity packets (up to `m`) that keep the chance of a group losing more than its parity
 //!   below 1 %: 3 for a full group at 5 %, 1 at 1 %.
-//! - Latency. For sparse traffic the parity of a group follows its last packet by the flush
-//!   delay, so a lost packet late in a group is repaired within about one one-way delay plus
-//!   a few ms, instead of the round trip and loss-detection delay of a retransmission.
-//!   Packets early in a sparse group are usually retransmitted before the parity arrives:
-//!   loss detection still runs for them, since the parity does not exist yet. Bulk traffic
-//!   fills groups at once and gets its parity within one packet time.
-//! - The limit. With one message per 50 ms, a lost message is retransmitted about 100 ms
-//!   after it was sent (the next message's SACK comes back one round trip after it), so it
-//!   arrives 125 ms after sending. Parity beats that only if it goes out less than about
-//!   75 ms after the lost packet, that is, within one message interval. For the p99 to drop
-//!   below the retransmission tier at 5 % loss, four in five losses would need such parity,
-//!   which takes nearly one parity packet per data packet: far beyond a 35 % byte budget. So
-//!   at 5 % loss this design repairs about half of the losses by FEC and halves the
-//!   retransmissions, but its p99 stays at the retransmission tier (about 2.5 round trips,
-//!   125 ms); at 1 % loss the p99 falls from 125 ms to 75 ms. Measured figures are in
-//!   `benches/RESULTS.md` (`examples/fec_sparse.rs`). Against TCP the p99 target (at most
-//!   half of TCP's) holds only if TCP's p99 at 5 % loss is at least 250 ms, as with a
-//!   200 ms minimum RTO; a TCP with RACK recovers in about the same 125 ms.
+//! - Overhead. Parity per group is capped at `k·m/k` of its size (at least one), so a small
+//!   group never costs more than a full one. A parity packet is about as long as the data
+//!   packets it protects (32-byte header, 7-byte sub-header, 3-byte shard prefix).
+//!
+//! For the target case of 20 messages of 100 bytes per second over a 50 ms round trip (data
+//! packets of 132 bytes every 50 ms, parity packets of 142 bytes): the probe timeout is about
+//! 56 ms, so a sparse group holds the newest packet and sometimes the one before; with a 30 %
+//! budget about one packet in 3.6 is followed by parity, for about 27 % overhead at 5 % loss.
+//! A lost packet that parity covers is rebuilt one one-way delay plus 5 ms after it was sent
+//! (30 ms), instead of the probe's SRTT + SRTT/8 + one-way delay (81 ms).
+//!
+//! # The limit
+//!
+//! The sparse budget buys coverage, not a shorter probe: with messages 50 ms apart and a
+//! probe due 56 ms after each, a parity packet can arrive before the probe's resend only for
+//! the packet just sent (and the one before, whose probe is nearly due), and it is as large as
+//! what it covers. So a budget `b` covers in time about a fraction `b × 132/142` of the
+//! packets, and the rest of the losses wait for the probe. For the p99 to leave the probe tier
+//! at loss rate `p`, fewer than 1 % of messages may wait for it: `p × (1 − coverage) < 0.01`,
+//! i.e. coverage above 80 % at 5 % loss, a budget of about 90–100 % of the data bytes. That
+//! is the price of a p99 near the one-way delay on such traffic, whatever the code (a
+//! sliding-window code or XOR parity carries the same bytes per covered packet). Within the
+//! default 30 % the sparse FEC repairs about half the losses at 5 % on arrival of the parity,
+//! which moves the p95 from the probe tier to about one one-way delay, but the p99 stays at
+//! the probe tier (about 81 ms simulated); a budget of 200 % brings the p99 to 30 ms at
+//! about 100 % overhead. Measured figures are in `benches/RESULTS.md`
+//! (`examples/fec_sparse.rs` sweeps budgets).
 //!
 //! # Hostile input
 //!
@@ -109,7 +127,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use group::{FEC_HEADER_LEN, FecHeader, MAX_DATA_SHARDS, MAX_PARITY_SHARDS};
-pub use sender::{MIN_LOSS_RATE, RESIDUAL_TARGET, parity_for};
+pub use sender::{
+    MIN_LOSS_RATE, RESIDUAL_TARGET, SPARSE_FULL_BUDGET_LOSS, SPARSE_MIN_LOSS, parity_for,
+};
 
 /// FEC settings, part of [`crate::Config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +145,20 @@ pub struct FecConfig {
     /// least `ceil(k/m)` packets. Keep it small against the round trip.
     pub flush_delay: Duration,
     /// A group whose oldest packet is this old closes at the flush deadline whatever its
-    /// size, so very sparse traffic is protected too.
+    /// size. Sparse groups (app-limited, see "Sparse traffic" above) follow their own rule.
     pub max_group_span: Duration,
+    /// Most parity bytes per 100 data bytes that sparse (app-limited) traffic costs, reached
+    /// at 2 % measured loss ([`SPARSE_FULL_BUDGET_LOSS`]), none below 1 %
+    /// ([`SPARSE_MIN_LOSS`]); 0 turns sparse parity off, up to
+    /// [`MAX_SPARSE_BUDGET_PERCENT`]. Each parity packet covers the packets sent since the
+    /// previous one whose tail loss probe is not yet due, so a higher budget protects more
+    /// of them in time.
+    pub sparse_budget_percent: u16,
 }
+
+/// Largest [`FecConfig::sparse_budget_percent`]: at 200 % every sparse packet can have a
+/// parity packet of its own, and more would buy nothing.
+pub const MAX_SPARSE_BUDGET_PERCENT: u16 = 200;
 
 impl Default for FecConfig {
     fn default() -> FecConfig {
@@ -137,6 +168,7 @@ impl Default for FecConfig {
             parity_shards: 3,
             flush_delay: Duration::from_millis(5),
             max_group_span: Duration::from_millis(200),
+            sparse_budget_percent: 30,
         }
     }
 }
@@ -147,6 +179,9 @@ impl FecConfig {
         let (data, parity) = (self.data_shards, self.parity_shards);
         if !(1..=MAX_DATA_SHARDS).contains(&data) || !(1..=MAX_PARITY_SHARDS).contains(&parity) {
             return Err(FecError::ShardCounts { data, parity });
+        }
+        if self.sparse_budget_percent > MAX_SPARSE_BUDGET_PERCENT {
+            return Err(FecError::SparseBudget(self.sparse_budget_percent));
         }
         Ok(())
     }
@@ -166,6 +201,9 @@ pub enum FecError {
         /// Parity shards claimed.
         parity: usize,
     },
+    /// The sparse parity budget is above [`MAX_SPARSE_BUDGET_PERCENT`].
+    #[error("sparse parity budget of {0} % is above the limit of 200 %")]
+    SparseBudget(u16),
     /// The parity index is not below the group's parity count.
     #[error("parity index {index} of a group with {parity} parity shards")]
     BadIndex {
@@ -215,5 +253,19 @@ mod tests {
                 Err(ConfigError::Fec(FecError::ShardCounts { data, parity }))
             );
         }
+    }
+
+    #[test]
+    fn a_sparse_budget_above_the_limit_is_refused() {
+        let fec = |sparse_budget_percent| FecConfig {
+            sparse_budget_percent,
+            ..FecConfig::default()
+        };
+        assert_eq!(fec(0).validate(), Ok(()));
+        assert_eq!(fec(MAX_SPARSE_BUDGET_PERCENT).validate(), Ok(()));
+        assert_eq!(
+            fec(MAX_SPARSE_BUDGET_PERCENT + 1).validate(),
+            Err(FecError::SparseBudget(MAX_SPARSE_BUDGET_PERCENT + 1))
+        );
     }
 }

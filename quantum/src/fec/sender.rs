@@ -1,12 +1,14 @@
-//! The sending side of FEC: grouping first transmissions, closing groups (full or on the
-//! flush deadline), sizing parity from the measured loss rate, and queueing parity payloads.
+//! The sending side of FEC: grouping first transmissions, closing groups (full, on the flush
+//! deadline, or sparse ones as soon as their credit pays for parity), sizing parity from the
+//! measured loss rate, and queueing parity payloads.
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::FecConfig;
-use super::group::{FecHeader, encode_parity, shard_bytes};
+use super::group::{FEC_HEADER_LEN, FecHeader, SHARD_PREFIX_LEN, encode_parity, shard_bytes};
+use crate::packet::HEADER_LEN;
 
 /// Below this measured loss rate no parity is sent: retransmission alone repairs rare losses
 /// more cheaply than parity on every group.
@@ -75,6 +77,28 @@ pub fn parity_for(config: &FecConfig, data: usize, p: f64) -> usize {
         .unwrap_or(cap)
 }
 
+/// Measured loss rate below which sparse traffic gets no parity. Below it fewer than one
+/// message in a hundred is lost, so sparse parity cannot move the p99; and on a loaded host
+/// jitter alone made a lossless link measure up to about 1 % (spurious probe "recoveries"
+/// and time-threshold losses, see `benches/RESULTS.md`), which must not buy parity.
+pub const SPARSE_MIN_LOSS: f64 = 0.01;
+/// Measured loss rate at which sparse parity gets its whole budget
+/// ([`FecConfig::sparse_budget_percent`]); from [`SPARSE_MIN_LOSS`] up to here the budget
+/// grows linearly, since a parity packet's worth is the chance that what it covers was lost.
+pub const SPARSE_FULL_BUDGET_LOSS: f64 = 0.02;
+
+/// What the connection knows about a first transmission besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SendContext {
+    /// Nothing else waits to be sent after it: the application, not the path, sets the pace,
+    /// so no further packet may join its group soon.
+    pub app_limited: bool,
+    /// How long after a packet leaves the tail loss probe would resend it, once an RTT is
+    /// measured. Parity sent later than that cannot beat the probe, so packets that old leave
+    /// an open group rather than make it wait.
+    pub probe_timeout: Option<Duration>,
+}
+
 /// A parity packet waiting to go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ParityPayload {
@@ -87,8 +111,23 @@ pub(crate) struct ParityPayload {
 struct OpenGroup {
     first: u64,
     shards: Vec<Vec<u8>>,
-    oldest: Instant,
+    /// When each shard's packet left, oldest first.
+    sent: Vec<Instant>,
     newest: Instant,
+    /// Its newest packet was app-limited (see [`SendContext::app_limited`]).
+    app_limited: bool,
+}
+
+impl OpenGroup {
+    fn oldest(&self) -> Instant {
+        self.sent.first().copied().unwrap_or(self.newest)
+    }
+
+    /// Bytes on the wire of one parity packet for this group (without SACK blocks).
+    fn parity_cost(&self) -> f64 {
+        let longest = self.shards.iter().map(Vec::len).max().unwrap_or(0);
+        (HEADER_LEN + FEC_HEADER_LEN + longest) as f64
+    }
 }
 
 /// Sender state of FEC for one connection.
@@ -97,6 +136,11 @@ pub(crate) struct FecSender {
     config: FecConfig,
     open: Option<OpenGroup>,
     queue: VecDeque<ParityPayload>,
+    /// Parity bytes sparse groups may still spend: first transmissions earn their bytes times
+    /// the sparse budget, each sparse parity packet spends its own.
+    credit: f64,
+    /// The latest [`SendContext::probe_timeout`].
+    probe_timeout: Option<Duration>,
     /// The measured loss rate that sizes parity.
     pub meter: LossMeter,
 }
@@ -108,18 +152,27 @@ impl FecSender {
             config,
             open: None,
             queue: VecDeque::new(),
+            credit: 0.0,
+            probe_timeout: None,
             meter: LossMeter::default(),
         }
     }
 
     /// The smallest group the flush deadline closes: the size at which one parity packet stays
     /// within the configured ratio `m/k`. Smaller groups wait, up to the span limit, for more
-    /// packets.
+    /// packets, unless they are sparse (see [`FecSender::deadline`]).
     fn min_sparse_group(&self) -> usize {
         self.config
             .data_shards
             .div_ceil(self.config.parity_shards)
             .min(self.config.data_shards)
+    }
+
+    /// Parity bytes per data byte that sparse groups may spend at the measured loss rate.
+    fn sparse_budget(&self) -> f64 {
+        let p = self.meter.rate();
+        let ramp = (p - SPARSE_MIN_LOSS) / (SPARSE_FULL_BUDGET_LOSS - SPARSE_MIN_LOSS);
+        f64::from(self.config.sparse_budget_percent) / 100.0 * ramp.clamp(0.0, 1.0)
     }
 
     /// A data packet went out for the first time under `seq`. Returns the sequence range of a
@@ -128,14 +181,14 @@ impl FecSender {
         &mut self,
         now: Instant,
         seq: u64,
-        last: bool,
-        fin: bool,
-        payload: &[u8],
+        (last, fin, payload): (bool, bool, &[u8]),
+        context: SendContext,
     ) -> Option<Range<u64>> {
         self.meter.on_sent();
         if !self.config.enabled {
             return None;
         }
+        self.probe_timeout = context.probe_timeout;
         let mut closed = None;
         // Groups are consecutive sequence numbers; anything else starts a new group.
         if self
@@ -143,40 +196,94 @@ impl FecSender {
             .as_ref()
             .is_some_and(|g| g.first + g.shards.len() as u64 != seq)
         {
-            closed = self.close();
+            closed = self.close(false);
         }
+        self.drop_stale(now);
+        let shard = shard_bytes(last, fin, payload);
+        self.earn_credit(&shard);
         let group = self.open.get_or_insert_with(|| OpenGroup {
             first: seq,
             shards: Vec::new(),
-            oldest: now,
+            sent: Vec::new(),
             newest: now,
+            app_limited: false,
         });
-        group.shards.push(shard_bytes(last, fin, payload));
+        group.shards.push(shard);
+        group.sent.push(now);
         group.newest = now;
+        group.app_limited = context.app_limited;
         if group.shards.len() >= self.config.data_shards {
-            closed = self.close().or(closed);
+            closed = self.close(false).or(closed);
         }
         closed
     }
 
-    /// When the open group closes early if no more data joins it.
+    /// A first transmission with `shard` earns sparse credit, up to two parity packets' worth
+    /// so a long quiet or bulk stretch cannot save up a burst of parity.
+    fn earn_credit(&mut self, shard: &[u8]) {
+        let data_bytes = (HEADER_LEN + shard.len().saturating_sub(SHARD_PREFIX_LEN)) as f64;
+        let cap = 2.0 * (HEADER_LEN + FEC_HEADER_LEN + shard.len()) as f64;
+        self.credit = (self.credit + self.sparse_budget() * data_bytes).min(cap.max(self.credit));
+    }
+
+    /// Removes from the front of the open group the packets whose tail loss probe is due by
+    /// `now`: parity sent from now on would arrive after the probe's resend.
+    fn drop_stale(&mut self, now: Instant) {
+        let (Some(group), Some(timeout)) = (self.open.as_mut(), self.probe_timeout) else {
+            return;
+        };
+        let stale = group
+            .sent
+            .iter()
+            .take_while(|&&t| t + timeout <= now)
+            .count();
+        if stale == 0 {
+            return;
+        }
+        if stale == group.shards.len() {
+            self.open = None;
+            return;
+        }
+        group.shards.drain(..stale);
+        group.sent.drain(..stale);
+        group.first += stale as u64;
+    }
+
+    /// Whether the open group is sparse: app-limited and smaller than a group the flush
+    /// deadline closes anyway.
+    fn is_sparse(&self, group: &OpenGroup) -> bool {
+        group.app_limited && group.shards.len() < self.min_sparse_group()
+    }
+
+    /// When the open group closes early if no more data joins it. A sparse group closes a
+    /// short flush (at most an eighth of the probe timeout) after its newest packet if the
+    /// credit pays for one parity packet, and otherwise waits for more packets; other groups
+    /// close at the flush deadline once they hold `ceil(k/m)` packets or their oldest is
+    /// [`FecConfig::max_group_span`] old.
     pub fn deadline(&self) -> Option<Instant> {
         let group = self.open.as_ref()?;
         let flush = group.newest + self.config.flush_delay;
+        if self.is_sparse(group) {
+            let flush = match self.probe_timeout {
+                Some(timeout) => flush.min(group.newest + timeout / 8),
+                None => flush,
+            };
+            return (self.credit >= group.parity_cost()).then_some(flush);
+        }
         if group.shards.len() >= self.min_sparse_group() {
             Some(flush)
         } else {
-            Some(flush.max(group.oldest + self.config.max_group_span))
+            Some(flush.max(group.oldest() + self.config.max_group_span))
         }
     }
 
     /// Closes the open group if its deadline passed; returns its range if parity was queued.
     pub fn on_timeout(&mut self, now: Instant) -> Option<Range<u64>> {
-        if self.deadline().is_some_and(|d| d <= now) {
-            self.close()
-        } else {
-            None
+        if self.deadline().is_none_or(|d| d > now) {
+            return None;
         }
+        let sparse = self.open.as_ref().is_some_and(|g| self.is_sparse(g));
+        self.close(sparse)
     }
 
     /// The next parity payload to send.
@@ -184,10 +291,21 @@ impl FecSender {
         self.queue.pop_front()
     }
 
-    fn close(&mut self) -> Option<Range<u64>> {
+    /// Closes the open group: a sparse one with one parity packet paid from the credit, any
+    /// other with parity sized by the loss rate.
+    fn close(&mut self, sparse: bool) -> Option<Range<u64>> {
         let group = self.open.take()?;
         let k = group.shards.len();
-        let m = parity_for(&self.config, k, self.meter.rate());
+        let m = if sparse {
+            let cost = group.parity_cost();
+            if self.credit < cost {
+                return None;
+            }
+            self.credit -= cost;
+            1
+        } else {
+            parity_for(&self.config, k, self.meter.rate())
+        };
         if m == 0 {
             return None;
         }
@@ -212,7 +330,7 @@ impl FecSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::fec::MAX_SPARSE_BUDGET_PERCENT;
 
     fn lossy_sender(lost_per_hundred: u64) -> FecSender {
         let mut sender = FecSender::new(FecConfig::default());
@@ -269,10 +387,13 @@ mod tests {
         let t0 = Instant::now();
         let mut sender = lossy_sender(5);
         for seq in 100..109 {
-            assert_eq!(sender.on_data_sent(t0, seq, true, false, b"abc"), None);
+            assert_eq!(
+                sender.on_data_sent(t0, seq, (true, false, b"abc"), SendContext::default()),
+                None
+            );
         }
         assert_eq!(
-            sender.on_data_sent(t0, 109, true, false, b"abcdef"),
+            sender.on_data_sent(t0, 109, (true, false, b"abcdef"), SendContext::default()),
             Some(100..110)
         );
         let parity: Vec<_> = std::iter::from_fn(|| sender.poll()).collect();
@@ -287,17 +408,22 @@ mod tests {
     }
 
     #[test]
-    fn sparse_packets_share_a_group_until_the_span_or_size_allows_closing() {
+    fn packets_that_are_not_app_limited_share_a_group_until_the_span_or_size_allows_closing() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut sender = lossy_sender(5);
         let config = FecConfig::default();
-        sender.on_data_sent(t0, 1, true, false, b"a");
+        sender.on_data_sent(t0, 1, (true, false, b"a"), SendContext::default());
         // One packet alone waits for the span limit.
         assert_eq!(sender.deadline(), Some(t0 + config.max_group_span));
         assert_eq!(sender.on_timeout(t0 + config.flush_delay), None);
         for (i, seq) in (2..=4).enumerate() {
-            sender.on_data_sent(t0 + ms(50 * (i as u64 + 1)), seq, true, false, b"b");
+            sender.on_data_sent(
+                t0 + ms(50 * (i as u64 + 1)),
+                seq,
+                (true, false, b"b"),
+                SendContext::default(),
+            );
         }
         // Four packets meet the minimum: the flush deadline after the newest closes them.
         let newest = t0 + ms(150);
@@ -311,7 +437,7 @@ mod tests {
         let t0 = Instant::now();
         let mut sender = FecSender::new(FecConfig::default());
         for seq in 0..10 {
-            sender.on_data_sent(t0, seq, true, false, b"x");
+            sender.on_data_sent(t0, seq, (true, false, b"x"), SendContext::default());
         }
         assert_eq!(sender.poll(), None);
     }
@@ -321,8 +447,126 @@ mod tests {
         let t0 = Instant::now();
         let mut sender = lossy_sender(5);
         for seq in 0..4 {
-            sender.on_data_sent(t0, seq, true, false, b"x");
+            sender.on_data_sent(t0, seq, (true, false, b"x"), SendContext::default());
         }
-        assert_eq!(sender.on_data_sent(t0, 9, true, false, b"x"), Some(0..4));
+        assert_eq!(
+            sender.on_data_sent(t0, 9, (true, false, b"x"), SendContext::default()),
+            Some(0..4)
+        );
+    }
+
+    /// One 100-byte message every 50 ms, app-limited, with a 56 ms probe timeout.
+    fn sparse() -> SendContext {
+        SendContext {
+            app_limited: true,
+            probe_timeout: Some(Duration::from_millis(56)),
+        }
+    }
+
+    /// Sends sparse packets `seqs` one per 50 ms from `t0` with the measured loss held at
+    /// `lost_per_thousand`; returns the parity payloads and when each went out (closed by the
+    /// deadline right after the packet that earned it).
+    fn send_sparse(
+        sender: &mut FecSender,
+        t0: Instant,
+        seqs: Range<u64>,
+        lost_per_thousand: u64,
+    ) -> Vec<(Instant, Vec<u8>)> {
+        let mut parity = Vec::new();
+        for (i, seq) in seqs.enumerate() {
+            sender.meter = LossMeter {
+                sent: 1000,
+                lost: lost_per_thousand,
+            };
+            let at = t0 + Duration::from_millis(50 * i as u64);
+            assert_eq!(
+                sender.on_data_sent(at, seq, (true, false, &[7; 100]), sparse()),
+                None
+            );
+            if let Some(deadline) = sender
+                .deadline()
+                .filter(|&d| d < at + Duration::from_millis(50))
+            {
+                assert!(sender.on_timeout(deadline).is_some());
+                parity.extend(std::iter::from_fn(|| sender.poll()).map(|p| (deadline, p.payload)));
+            }
+        }
+        parity
+    }
+
+    #[test]
+    fn sparse_parity_follows_its_newest_packet_within_an_eighth_of_the_probe_timeout() {
+        let t0 = Instant::now();
+        let mut sender = FecSender::new(FecConfig::default());
+        let parity = send_sparse(&mut sender, t0, 1000..1100, 50);
+        assert!(!parity.is_empty());
+        for (at, payload) in &parity {
+            let (header, _) = FecHeader::decode(payload).expect("valid parity");
+            let newest = header.first as u64 + u64::from(header.data) - 1;
+            let newest_sent = t0 + Duration::from_millis(50 * (newest - 1000));
+            assert_eq!(
+                *at - newest_sent,
+                Duration::from_millis(5),
+                "flush after the newest packet"
+            );
+            // Only packets whose probe is not yet due (sent less than 56 ms before) are covered.
+            assert!(header.data <= 2, "group of {}", header.data);
+            assert_eq!(header.parity, 1);
+        }
+    }
+
+    #[test]
+    fn sparse_parity_stays_within_its_budget() {
+        let t0 = Instant::now();
+        let mut sender = FecSender::new(FecConfig::default());
+        let parity = send_sparse(&mut sender, t0, 0..1000, 50);
+        let data_bytes = 1000.0 * (HEADER_LEN + 100) as f64;
+        let parity_bytes: f64 = parity
+            .iter()
+            .map(|(_, p)| (HEADER_LEN + p.len()) as f64)
+            .sum();
+        let ratio = parity_bytes / data_bytes;
+        let budget = f64::from(FecConfig::default().sparse_budget_percent) / 100.0;
+        assert!(ratio <= budget, "spent {ratio} of a {budget} budget");
+        assert!(
+            ratio >= budget * 0.9,
+            "spent only {ratio} of a {budget} budget"
+        );
+    }
+
+    #[test]
+    fn sparse_parity_grows_with_the_measured_loss_and_is_off_without_loss() {
+        let t0 = Instant::now();
+        // 0 %, 0.9 % (below SPARSE_MIN_LOSS), 1.5 %, and 5 % measured loss.
+        let counts: Vec<usize> = [0, 9, 15, 50]
+            .into_iter()
+            .map(|per_thousand| {
+                let mut sender = FecSender::new(FecConfig::default());
+                send_sparse(&mut sender, t0, 0..200, per_thousand).len()
+            })
+            .collect();
+        assert_eq!(counts[..2], [0, 0], "no parity below the minimum loss rate");
+        assert!(counts[2] > 0 && counts[2] < counts[3], "{counts:?}");
+        let off = FecConfig {
+            sparse_budget_percent: 0,
+            ..FecConfig::default()
+        };
+        let mut sender = FecSender::new(off);
+        assert!(
+            send_sparse(&mut sender, t0, 0..200, 50).is_empty(),
+            "a zero budget sends none"
+        );
+    }
+
+    #[test]
+    fn a_whole_budget_covers_every_sparse_packet_on_its_own() {
+        let t0 = Instant::now();
+        let mut sender = FecSender::new(FecConfig {
+            sparse_budget_percent: MAX_SPARSE_BUDGET_PERCENT,
+            ..FecConfig::default()
+        });
+        let parity = send_sparse(&mut sender, t0, 0..100, 50);
+        // The first packets earn the credit for the first parity; from then on each has one.
+        assert!(parity.len() >= 98, "{} parity packets", parity.len());
     }
 }

@@ -5,6 +5,7 @@ mod fec;
 mod harness;
 mod hostile;
 mod reliability;
+mod sparse_fec;
 mod tail;
 
 use std::time::Duration;
@@ -212,4 +213,70 @@ fn an_unproven_address_does_not_take_over_the_connection() {
         to_attacker <= 3 * captured.bytes.len(),
         "{to_attacker} bytes to an unproven address"
     );
+}
+
+/// Grows the server's view of the path: 40 replies of 1 KiB to the client over `sim`'s link.
+fn warm_server_path(sim: &mut Sim, id: aetherflow_quantum::ConnectionId) {
+    for n in 0..40 {
+        sim.server.send(id, &numbered(n, 1024)).expect("open");
+    }
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.client_messages().len() == 40));
+    sim.run_for(Duration::from_millis(500));
+}
+
+#[test]
+fn migration_to_a_new_ip_measures_the_new_path_afresh() {
+    let mut sim = Sim::new(10, Link::clean(10));
+    let id = sim.establish();
+    warm_server_path(&mut sim, id);
+    let before = sim.server.connection(id).expect("open").stats();
+    assert_eq!(before.srtt, Some(Duration::from_millis(20)));
+    let fresh = Config::default();
+    // The client moves to a new network whose path is five times longer.
+    sim.link.delay = Duration::from_millis(50);
+    let new_addr = "203.0.113.9:5000".parse().expect("literal");
+    sim.client_addr = new_addr;
+    sim.client.send(id, b"from the new network").expect("open");
+    assert!(sim.run_until(Duration::from_secs(10), |s| {
+        s.server_events.contains(&(id, Event::Migrated(new_addr)))
+    }));
+    let moved = sim.server.connection(id).expect("open").stats();
+    assert_eq!(moved.path_resets, 1);
+    assert_eq!(moved.srtt, None, "the old path's RTT is not reused");
+    assert!(
+        moved.cwnd < before.cwnd,
+        "{} vs {}",
+        moved.cwnd,
+        before.cwnd
+    );
+    assert_eq!(moved.rto, fresh.initial_rto);
+    // The first sample on the new path sets the estimate outright (RFC 6298), rather than
+    // moving an eighth of the way from the old path's 20 ms.
+    sim.server.send(id, b"reply").expect("open");
+    assert!(sim.run_until(Duration::from_secs(10), |s| {
+        s.client_messages().len() == 41
+            && s.server
+                .connection(id)
+                .is_some_and(|c| c.unacked_fragments() == 0)
+    }));
+    let after = sim.server.connection(id).expect("open").stats();
+    assert_eq!(after.srtt, Some(Duration::from_millis(100)));
+}
+
+#[test]
+fn nat_rebinding_to_a_new_port_keeps_the_path_state() {
+    let mut sim = Sim::new(11, Link::clean(10));
+    let id = sim.establish();
+    warm_server_path(&mut sim, id);
+    let before = sim.server.connection(id).expect("open").stats();
+    let new_addr = "192.0.2.1:6001".parse().expect("literal");
+    sim.client_addr = new_addr;
+    sim.client.send(id, b"rebound").expect("open");
+    assert!(sim.run_until(Duration::from_secs(10), |s| {
+        s.server_events.contains(&(id, Event::Migrated(new_addr)))
+    }));
+    let after = sim.server.connection(id).expect("open").stats();
+    assert_eq!(after.path_resets, 0);
+    assert_eq!(after.srtt, before.srtt);
+    assert_eq!(after.cwnd, before.cwnd);
 }
