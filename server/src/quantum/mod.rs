@@ -121,9 +121,12 @@ pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
         tokio::select! {
             conn = endpoint.accept() => match conn {
                 Some(conn) => {
+                    // Admitted here, in accept order, not in the spawned tasks, which may run
+                    // in any order.
+                    let admitted = ctx.connections.admit(conn.remote_addr().ip(), Instant::now());
                     let ctx2 = ctx.clone();
                     let span = info_span!("quantum", remote = %conn.remote_addr());
-                    connections.spawn(connection(conn, ctx2).instrument(span));
+                    connections.spawn(connection(conn, ctx2, admitted).instrument(span));
                 }
                 None => break,
             },
@@ -143,10 +146,11 @@ pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
     endpoint.close().await;
 }
 
-/// Serves one connection: the connection rate, the hello, then the session.
-async fn connection(conn: QuantumConnection, ctx: QuantumContext) {
+/// Serves one connection: a refusal if it was over the connection rate (`admitted` is the
+/// time to wait then), else the hello, then the session.
+async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Result<(), Duration>) {
     let remote = conn.remote_addr();
-    if let Err(wait) = ctx.connections.admit(remote.ip(), Instant::now()) {
+    if let Err(wait) = admitted {
         ctx.sessions
             .rooms
             .metrics()
