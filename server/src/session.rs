@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
@@ -67,18 +67,36 @@ pub fn run<S>(
 where
     S: Stream<Item = Result<Frame, axum::Error>> + Sink<Frame, Error = axum::Error> + Send,
 {
-    // Every line the session logs carries who it is; never its token.
-    let span = info_span!(
-        "session",
-        id = %handle.id(),
-        transport = "websocket",
-        remote = %peer.remote,
-        conn = peer.conn.0,
-        doc = %doc,
-        user = %peer.user
-    );
     let (sink, stream) = socket.split();
-    serve(sink, stream, doc, peer, handle, ctx).instrument(span)
+    serve(sink, stream, doc, peer, handle, ctx)
+}
+
+/// Who a session's log lines are about.
+///
+/// Every line the session logs is inside a `session` span naming it (never its token), but
+/// the span is built when a line is logged rather than held for the session's life: a live
+/// span costs each idle connection about half a kilobyte in the subscriber (its slot, its
+/// extension map and its formatted fields; issue 7), and an idle session logs nothing.
+struct SessionLabel<'a> {
+    handle: &'a SessionHandle,
+    peer: &'a Peer,
+    doc: &'a DocName,
+}
+
+impl SessionLabel<'_> {
+    /// A `session` span with the session's id, transport, address, connection, document
+    /// and user.
+    fn span(&self) -> Span {
+        info_span!(
+            "session",
+            id = %self.handle.id(),
+            transport = "websocket",
+            remote = %self.peer.remote,
+            conn = self.peer.conn.0,
+            doc = %self.doc,
+            user = %self.peer.user
+        )
+    }
 }
 
 /// The session's body. A plain function returning an `async move` block rather than an
@@ -102,6 +120,11 @@ where
 {
     async move {
         let handle = &handle;
+        let label = SessionLabel {
+            handle,
+            peer: &peer,
+            doc: &doc,
+        };
         if ctx.shutdown.is_cancelled() {
             // Upgraded while the relay was shutting down: say so rather than join a room.
             let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
@@ -115,19 +138,20 @@ where
         // instead of in every idle session.
         let joining = Box::pin(
             ctx.rooms
-                .join(&doc, peer.conn, &peer.user, peer.can_write, outbox),
+                .join(&doc, peer.conn, &peer.user, peer.can_write, outbox)
+                .instrument(label.span()),
         );
         let membership = match joining.await {
             Ok(membership) => membership,
             Err(e) => {
-                warn!(error = %e, "join failed");
+                label.span().in_scope(|| warn!(error = %e, "join failed"));
                 let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, "document unavailable");
                 handle.closing(Some(&reason));
                 Box::pin(close(&mut sink, reason)).await;
                 return;
             }
         };
-        debug!("joined");
+        label.span().in_scope(|| debug!("joined"));
         handle.set_state(SessionState::Active);
         let mut ticks = tokio::time::interval(ctx.ping_interval);
         ticks.tick().await;
@@ -144,7 +168,9 @@ where
                     break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
                 }
                 reason = &mut kicked => {
-                    info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                    label.span().in_scope(|| {
+                        info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                    });
                     break Some(reason);
                 }
                 _ = ticks.tick() => {
@@ -152,7 +178,7 @@ where
                         Beat::Ping => {}
                         Beat::PingIdle => handle.set_state(SessionState::Idle),
                         Beat::Timeout => {
-                            warn!("two pings unanswered; closing");
+                            label.span().in_scope(|| warn!("two pings unanswered; closing"));
                             break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
                         }
                     }
@@ -175,11 +201,12 @@ where
                 },
                 frame = stream.next() => {
                     heartbeat.heard();
-                    if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                    if let Some(reason) = charge(frame.as_ref(), handle, messages.as_mut()) {
+                        label.span().in_scope(|| warn!("message rate limit exceeded; closing"));
                         ctx.rooms.metrics().reject(Rejection::MessageRate);
                         break Some(reason);
                     }
-                    match on_frame(frame, &ctx.limits, ctx.rooms.metrics()) {
+                    match on_frame(frame, &ctx.limits, ctx.rooms.metrics(), &label) {
                         FrameOutcome::Message(message) => {
                             if membership.send(message).await.is_err() {
                                 break Some(CloseReason::new(
@@ -197,7 +224,9 @@ where
         drop(membership);
         handle.closing(reason.as_ref());
         if let Some(reason) = reason {
-            debug!(code = reason.code, reason = %reason.reason, "closing");
+            label
+                .span()
+                .in_scope(|| debug!(code = reason.code, reason = %reason.reason, "closing"));
             Box::pin(close(&mut sink, reason)).await;
         }
     }
@@ -206,6 +235,17 @@ where
 /// Counts an incoming frame on the session and charges a data frame to the message rate; a
 /// frame over the rate is refused with 1008 before the room sees it.
 pub(crate) fn account(
+    frame: Option<&Result<Frame, axum::Error>>,
+    handle: &SessionHandle,
+    bucket: Option<&mut TokenBucket>,
+) -> Option<CloseReason> {
+    let reason = charge(frame, handle, bucket)?;
+    warn!("message rate limit exceeded; closing");
+    Some(reason)
+}
+
+/// [`account`] without the log line, for a caller that logs it in its own span.
+fn charge(
     frame: Option<&Result<Frame, axum::Error>>,
     handle: &SessionHandle,
     bucket: Option<&mut TokenBucket>,
@@ -224,7 +264,6 @@ pub(crate) fn account(
     if bucket.try_take(std::time::Instant::now()).is_ok() {
         return None;
     }
-    warn!("message rate limit exceeded; closing");
     Some(CloseReason::new(
         CloseReason::POLICY_VIOLATION,
         format!(
@@ -246,6 +285,7 @@ fn on_frame(
     frame: Option<Result<Frame, axum::Error>>,
     limits: &Limits,
     metrics: &Metrics,
+    label: &SessionLabel<'_>,
 ) -> FrameOutcome {
     match frame {
         None | Some(Ok(Frame::Close(_))) => FrameOutcome::Close(None),
@@ -253,7 +293,9 @@ fn on_frame(
             Ok(message) => FrameOutcome::Message(message),
             Err(e) => {
                 metrics.reject(Rejection::MalformedMessage);
-                warn!(reason = %e.reason(), "malformed message");
+                label
+                    .span()
+                    .in_scope(|| warn!(reason = %e.reason(), "malformed message"));
                 FrameOutcome::Close(Some(CloseReason::new(
                     CloseReason::PROTOCOL_ERROR,
                     e.reason(),
@@ -270,7 +312,7 @@ fn on_frame(
         // Pongs to pings are sent by the WebSocket layer itself.
         Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => FrameOutcome::Ignore,
         Some(Err(e)) => {
-            let reason = close_for_error(&e, limits);
+            let reason = label.span().in_scope(|| close_for_error(&e, limits));
             if reason.is_some() {
                 metrics.reject(Rejection::MessageTooBig);
             }
