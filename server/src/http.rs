@@ -177,11 +177,10 @@ async fn websocket(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
+            // The user and the address are in the session's registry entry (`handle`).
             let peer = session::Peer {
                 conn,
-                user: grant.user,
                 can_write: grant.permission == Permission::Write,
-                remote,
             };
             // The session gets a task of its own, and axum's upgrade task ends here: that
             // task would otherwise hold the upgrade's state and this closure's captures next

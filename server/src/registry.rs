@@ -425,6 +425,16 @@ impl SessionHandle {
         self.entry.id
     }
 
+    /// The user the session was opened for.
+    pub fn user(&self) -> &str {
+        &self.entry.user
+    }
+
+    /// The client's address as the relay sees it.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.entry.remote_addr
+    }
+
     /// Moves the session to `state` (CLOSED is set by dropping the handle).
     pub fn set_state(&self, state: SessionState) {
         self.entry.state.store(state.as_u8(), Ordering::Release);
@@ -597,6 +607,7 @@ mod tests {
         handle.received(5);
         handle.sent(7);
         let view = registry.get(handle.id()).unwrap();
+        assert_eq!((handle.user(), handle.remote_addr()), ("ada", addr()));
         assert_eq!((view.messages_in, view.bytes_in), (2, 15));
         assert_eq!((view.messages_out, view.bytes_out), (1, 7));
     }
