@@ -47,8 +47,12 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// Initial read buffer of a WebSocket connection; see [`websocket`].
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a WebSocket connection, and the most one read asks the socket for; see
+/// [`websocket`]. Every idle connection holds it, zero-filled, so resident (issue 7). 256
+/// bytes hold several of the small updates typing sends; a larger frame gets room for all
+/// of itself once its header is read. Relay ingest with 256 rather than 1,024 bytes showed no
+/// loss of throughput or more CPU time (`benches/RESULTS.md`).
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
 #[derive(serde::Deserialize)]
