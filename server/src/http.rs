@@ -47,8 +47,12 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// Initial read buffer of a WebSocket connection; see [`websocket`].
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a WebSocket connection, and the most one read asks the socket for; see
+/// [`websocket`]. Every idle connection holds it, zero-filled, so resident (issue 7). 256
+/// bytes hold several of the small updates typing sends; a larger frame gets room for all
+/// of itself once its header is read. Relay ingest with 256 rather than 1,024 bytes showed no
+/// loss of throughput or more CPU time (`benches/RESULTS.md`).
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Query parameters of the WebSocket endpoint (y-websocket's `params` option).
 #[derive(serde::Deserialize)]
@@ -167,6 +171,7 @@ async fn websocket(
     // Counted from now, not from when the upgrade completes: a shutdown that starts in
     // between still waits for this session to send its close frame.
     let in_flight = state.tracker.token();
+    let tracker = state.tracker.clone();
     upgrade
         // Sized for idle connections (issue 7): tungstenite's default 128 KiB read buffer is
         // allocated and zero-filled per connection. The buffer still grows to hold a larger
@@ -176,17 +181,18 @@ async fn websocket(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
+            // The user and the address are in the session's registry entry (`handle`).
             let peer = session::Peer {
                 conn,
-                user: grant.user,
                 can_write: grant.permission == Permission::Write,
-                remote,
             };
-            // Built outside the `async` block so the socket is split before it is captured.
-            let session = session::run(socket, doc, peer, handle, ctx);
-            async move {
-                let _in_flight = in_flight;
-                session.await
-            }
+            // The session gets a task of its own, and axum's upgrade task ends here: that
+            // task would otherwise hold the upgrade's state and this closure's captures next
+            // to the session for the connection's whole life, about 1.3 KiB per idle
+            // connection (issue 7). The tracker counts the new task before `in_flight` drops,
+            // so a shutdown never sees a gap.
+            tracker.spawn(session::run(socket, doc, peer, handle, ctx));
+            drop(in_flight);
+            std::future::ready(())
         })
 }

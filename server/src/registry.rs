@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
@@ -174,17 +175,28 @@ struct Entry {
     bytes_out: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
-    /// Cancelled when an admin asks for a disconnect; the reason is in `kick_reason`.
-    kick: CancellationToken,
-    kick_reason: Mutex<Option<CloseReason>>,
-    /// The close frame the transport is sending, recorded when it starts closing.
-    sent_close: Mutex<Option<CloseReason>>,
-    /// Cancelled when the handle is dropped.
-    closed: CancellationToken,
+    /// Woken (with a stored permit, for the transport's one waiter) when an admin asks for a
+    /// disconnect; the reason is in `ending`.
+    kick: Notify,
+    /// How the session ends. Boxed and created only once it starts to (a disconnect request,
+    /// a close): an idle session pays one pointer for it, not the whole record (issue 7).
+    ending: Mutex<Option<Box<Ending>>>,
     /// The relay-wide counters of this transport, next to the session's own.
     traffic: Traffic,
-    /// Set once: the close frame sent (if any), then the instant the session ended.
-    close: Mutex<Option<(Option<CloseReason>, u64, Instant)>>,
+}
+
+/// The end of a session, as far as it got.
+#[derive(Default)]
+struct Ending {
+    /// The admin's disconnect request, once made.
+    kick_reason: Option<CloseReason>,
+    /// The close frame the transport is sending, recorded when it starts closing.
+    sent_close: Option<CloseReason>,
+    /// Set once: the close frame sent (if any), when (ms since the epoch) and the instant the
+    /// session ended.
+    closed: Option<(Option<CloseReason>, u64, Instant)>,
+    /// Cancelled when the session ends; created only for an admin's disconnect to wait on.
+    on_close: Option<CancellationToken>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,8 +215,9 @@ fn now_ms() -> u64 {
 
 impl Entry {
     fn view(&self) -> SessionView {
-        let close = lock(&self.close)
+        let close = lock(&self.ending)
             .as_ref()
+            .and_then(|ending| ending.closed.as_ref())
             .map(|(reason, closed_ms, _)| CloseView {
                 code: reason.as_ref().map(|r| r.code),
                 reason: reason.as_ref().map(|r| r.reason.clone()),
@@ -240,9 +253,15 @@ impl Entry {
     }
 
     fn closed_before(&self, cutoff: Instant) -> bool {
-        lock(&self.close)
+        lock(&self.ending)
             .as_ref()
+            .and_then(|ending| ending.closed.as_ref())
             .is_some_and(|(_, _, at)| *at < cutoff)
+    }
+
+    /// Runs `f` on the session's ending record, creating it first if need be.
+    fn ending<T>(&self, f: impl FnOnce(&mut Ending) -> T) -> T {
+        f(lock(&self.ending).get_or_insert_with(Box::default))
     }
 }
 
@@ -303,11 +322,8 @@ impl Registry {
             bytes_out: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
-            kick: CancellationToken::new(),
-            kick_reason: Mutex::new(None),
-            sent_close: Mutex::new(None),
-            closed: CancellationToken::new(),
-            close: Mutex::new(None),
+            kick: Notify::new(),
+            ending: Mutex::new(None),
             traffic: self.metrics.traffic(transport),
         });
         let mut sessions = self.sweep();
@@ -355,14 +371,23 @@ impl Registry {
             .cloned()
             .ok_or(DisconnectError::NotFound(id))?;
         let state = SessionState::from_u8(entry.state.load(Ordering::Acquire));
-        if matches!(state, SessionState::Disconnecting | SessionState::Closed)
-            || entry.kick.is_cancelled()
-        {
-            return Err(DisconnectError::AlreadyClosing(id));
-        }
-        *lock(&entry.kick_reason) = Some(reason);
-        entry.kick.cancel();
-        Ok(entry.closed.clone().cancelled_owned())
+        // Checked again under the lock: the handle's drop records the end under it too, so a
+        // session cannot close between the check and the token (which would never be cancelled).
+        let on_close = entry.ending(|ending| {
+            if matches!(state, SessionState::Disconnecting | SessionState::Closed)
+                || ending.kick_reason.is_some()
+                || ending.closed.is_some()
+            {
+                return Err(DisconnectError::AlreadyClosing(id));
+            }
+            ending.kick_reason = Some(reason);
+            Ok(ending
+                .on_close
+                .get_or_insert_with(CancellationToken::new)
+                .clone())
+        })?;
+        entry.kick.notify_one();
+        Ok(on_close.cancelled_owned())
     }
 
     /// Number of sessions listed (open, or closed within the grace).
@@ -398,6 +423,16 @@ impl SessionHandle {
     /// The session's id.
     pub fn id(&self) -> Uuid {
         self.entry.id
+    }
+
+    /// The user the session was opened for.
+    pub fn user(&self) -> &str {
+        &self.entry.user
+    }
+
+    /// The client's address as the relay sees it.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.entry.remote_addr
     }
 
     /// Moves the session to `state` (CLOSED is set by dropping the handle).
@@ -444,27 +479,36 @@ impl SessionHandle {
     }
 
     /// Resolves when an admin asks for this session to close; returns the close reason to send.
+    ///
+    /// Meant for one waiter, the transport's session loop: a request made before it waits is
+    /// kept for it.
     pub async fn disconnect_requested(&self) -> CloseReason {
-        self.entry.kick.cancelled().await;
-        lock(&self.entry.kick_reason)
-            .clone()
+        self.entry.kick.notified().await;
+        self.entry
+            .ending(|ending| ending.kick_reason.clone())
             .unwrap_or_else(|| CloseReason::new(CloseReason::POLICY_VIOLATION, "disconnected"))
     }
 
     /// Records the close frame about to be sent (`None`: the peer is gone, nothing to send)
     /// and moves to DISCONNECTING.
     pub fn closing(&self, reason: Option<&CloseReason>) {
-        *lock(&self.entry.sent_close) = reason.cloned();
+        self.entry
+            .ending(|ending| ending.sent_close = reason.cloned());
         self.set_state(SessionState::Disconnecting);
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        let reason = lock(&self.entry.sent_close).take();
-        *lock(&self.entry.close) = Some((reason, now_ms(), Instant::now()));
+        let on_close = self.entry.ending(|ending| {
+            let reason = ending.sent_close.take();
+            ending.closed = Some((reason, now_ms(), Instant::now()));
+            ending.on_close.take()
+        });
         self.set_state(SessionState::Closed);
-        self.entry.closed.cancel();
+        if let Some(on_close) = on_close {
+            on_close.cancel();
+        }
     }
 }
 
@@ -563,6 +607,7 @@ mod tests {
         handle.received(5);
         handle.sent(7);
         let view = registry.get(handle.id()).unwrap();
+        assert_eq!((handle.user(), handle.remote_addr()), ("ada", addr()));
         assert_eq!((view.messages_in, view.bytes_in), (2, 15));
         assert_eq!((view.messages_out, view.bytes_out), (1, 7));
     }
@@ -590,6 +635,45 @@ mod tests {
         let close = view.close.unwrap();
         assert_eq!(close.code, Some(CloseReason::POLICY_VIOLATION));
         assert_eq!(close.reason.as_deref(), Some("bye"));
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_of_a_transport_that_never_waits_still_resolves_when_it_closes() {
+        let registry = Registry::new();
+        let handle = open(&registry, "ada", "d", Transport::Websocket);
+        let closed = registry
+            .disconnect(
+                handle.id(),
+                CloseReason::new(CloseReason::POLICY_VIOLATION, "bye"),
+            )
+            .unwrap();
+        drop(handle);
+        closed.await;
+    }
+
+    #[test]
+    fn a_closed_session_cannot_be_disconnected() {
+        let registry = Registry::new();
+        let handle = open(&registry, "ada", "d", Transport::Websocket);
+        let id = handle.id();
+        drop(handle);
+        assert!(matches!(
+            registry.disconnect(id, CloseReason::new(CloseReason::POLICY_VIOLATION, "x")),
+            Err(DisconnectError::AlreadyClosing(_))
+        ));
+    }
+
+    #[test]
+    fn an_idle_session_keeps_no_ending_record() {
+        let registry = Registry::new();
+        let handle = open(&registry, "ada", "d", Transport::Websocket);
+        handle.set_state(SessionState::Active);
+        handle.received(3);
+        handle.sent(4);
+        let entry = registry.sweep().get(&handle.id()).cloned().unwrap();
+        assert!(lock(&entry.ending).is_none(), "allocated only once it ends");
+        handle.closing(None);
+        assert!(lock(&entry.ending).is_some());
     }
 
     #[test]

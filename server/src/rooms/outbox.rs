@@ -2,8 +2,8 @@
 //!
 //! One per connection, so its idle cost is what the relay pays per idle connection. A tokio
 //! `mpsc` channel allocates a 32-slot block (≈1.8 KiB here) up front; this queue is a
-//! `VecDeque` that allocates on the first frame and gives back a large buffer once drained,
-//! plus a [`Notify`] to wake the one reader: about a hundred bytes while idle.
+//! `VecDeque` that allocates when frames arrive and gives its buffer back once drained, plus
+//! a [`Notify`] to wake the one reader: about a hundred bytes while idle.
 //!
 //! Semantics follow `mpsc`: the room (sender side) never waits, [`OutboxSender::try_send`]
 //! fails with [`TrySendError::Full`] once `capacity` frames wait, and when every sender is
@@ -15,10 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::Outbound;
-
-/// A drained queue holding more slots than this gives its buffer back, so one burst does not
-/// pin up to `capacity` slots to an idle connection.
-const RETAINED_SLOTS: usize = 16;
 
 /// Creates an outbox holding at most `capacity` frames.
 pub fn channel(capacity: usize) -> (OutboxSender, OutboxReceiver) {
@@ -135,7 +131,10 @@ impl OutboxReceiver {
             {
                 let mut state = self.shared.lock();
                 if let Some(frame) = state.queue.pop_front() {
-                    if state.queue.is_empty() && state.queue.capacity() > RETAINED_SLOTS {
+                    // A drained queue gives its buffer back: most connections are idle most
+                    // of the time, and even a few retained slots cost every one of them
+                    // (issue 7). The price is one small allocation per burst of frames.
+                    if state.queue.is_empty() {
                         state.queue = VecDeque::new();
                     }
                     return Some(frame);
@@ -266,6 +265,28 @@ mod tests {
         for n in 0..200 {
             assert_eq!(byte(rx.recv().await), Some(n));
         }
-        assert!(rx.shared.lock().queue.capacity() <= RETAINED_SLOTS);
+        assert_eq!(rx.shared.lock().queue.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_outbox_holds_no_buffer_after_its_last_frame() {
+        let (tx, mut rx) = channel(1024);
+        assert_eq!(
+            rx.shared.lock().queue.capacity(),
+            0,
+            "nothing before the first frame"
+        );
+        tx.try_send(frame(1)).expect("room");
+        tx.try_send(frame(2)).expect("room");
+        assert_eq!(byte(rx.recv().await), Some(1));
+        assert!(
+            rx.shared.lock().queue.capacity() > 0,
+            "kept while frames wait"
+        );
+        assert_eq!(byte(rx.recv().await), Some(2));
+        assert_eq!(rx.shared.lock().queue.capacity(), 0);
+        // And it still works afterwards.
+        tx.try_send(frame(3)).expect("room");
+        assert_eq!(byte(rx.recv().await), Some(3));
     }
 }
