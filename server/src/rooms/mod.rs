@@ -35,22 +35,28 @@ pub const OUTBOX_CAPACITY: usize = 1024;
 /// Attempts to join a room that is unloading or failed to load, before giving up.
 const JOIN_ATTEMPTS: usize = 5;
 
+/// A connection's request to subscribe to a room.
+#[derive(Debug)]
+pub struct Join {
+    /// The connection.
+    pub conn: ConnId,
+    /// The token's subject, for `user_joined`/`user_left` events.
+    pub user: String,
+    /// Whether its updates may be applied.
+    pub can_write: bool,
+    /// Where the room sends this connection's frames.
+    pub outbox: OutboxSender,
+    /// Told once the connection is subscribed; dropped if the room is going away.
+    pub joined: oneshot::Sender<()>,
+}
+
 /// What a session asks of its room.
 #[derive(Debug)]
 pub enum RoomCommand {
     /// Subscribe a connection; the room answers on `joined` once the greeting is queued.
-    Join {
-        /// The connection.
-        conn: ConnId,
-        /// The token's subject, for `user_joined`/`user_left` events.
-        user: String,
-        /// Whether its updates may be applied.
-        can_write: bool,
-        /// Where the room sends this connection's frames.
-        outbox: OutboxSender,
-        /// Told once the connection is subscribed; dropped if the room is going away.
-        joined: oneshot::Sender<()>,
-    },
+    /// Boxed because it is the largest command and rare: every slot of every room's inbox
+    /// is as large as the largest command.
+    Join(Box<Join>),
     /// A decoded y-protocols message from a connection.
     Message {
         /// The sender.
@@ -247,13 +253,13 @@ impl Rooms {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.find_or_start(doc);
             let (joined, answer) = oneshot::channel();
-            let join = RoomCommand::Join {
+            let join = RoomCommand::Join(Box::new(Join {
                 conn,
                 user: user.to_owned(),
                 can_write,
                 outbox: outbox.clone(),
                 joined,
-            };
+            }));
             if handle.inbox.send(join).await.is_ok() && answer.await.is_ok() {
                 return Ok(Membership {
                     inbox: handle.inbox,

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::outbox::{OutboxSender, TrySendError};
 use super::pipeline::{HttpWaiter, InFlight, Pipeline};
-use super::{ApplyError, CloseReason, Outbound, RoomCommand, Rooms};
+use super::{ApplyError, CloseReason, Join, Outbound, RoomCommand, Rooms};
 use crate::config::Durability;
 use crate::events::DocEvent;
 use crate::metrics::Rejection;
@@ -93,8 +93,11 @@ impl RoomTask {
         self.serve().instrument(span).await;
     }
 
+    /// The room's life. Its future lives as long as the document is loaded, so every step
+    /// that awaits something big (load, a turn, unload) is boxed: its state is on the heap
+    /// only while it runs instead of in every idle room (issue 7's memory per connection).
     async fn serve(mut self) {
-        let Some(mut room) = self.load().await else {
+        let Some(mut room) = Box::pin(self.load()).await else {
             // Waiting joins are dropped unanswered: their sessions retry, then give up.
             self.rooms
                 .retire(&self.name, self.id, &mut self.inbox, true);
@@ -107,20 +110,24 @@ impl RoomTask {
             let stopping = shutdown.is_cancelled();
             if self.failed {
                 // Batches committed before the failure still reach everyone.
-                self.settle_all(&mut room).await;
+                Box::pin(self.settle_all(&mut room)).await;
                 self.close_all(CloseReason::new(
                     CloseReason::INTERNAL_ERROR,
                     "document reloading, reconnect",
                 ));
-                self.unload(true).await;
+                Box::pin(self.unload(true)).await;
                 return;
             }
             if self.deleted {
-                self.unload(true).await;
+                Box::pin(self.unload(true)).await;
                 return;
             }
             let quiet = self.waiting.is_empty() && self.pipeline.is_empty();
-            if stopping && quiet && self.subscribers.is_empty() && self.unload(false).await {
+            if stopping
+                && quiet
+                && self.subscribers.is_empty()
+                && Box::pin(self.unload(false)).await
+            {
                 return;
             }
             let idle = quiet && self.subscribers.is_empty();
@@ -132,13 +139,13 @@ impl RoomTask {
                 }
                 command = self.inbox.recv(), if self.waiting.len() < MAX_COMMANDS_PER_TURN => {
                     let Some(command) = command else {
-                        self.settle_all(&mut room).await;
+                        Box::pin(self.settle_all(&mut room)).await;
                         return;
                     };
                     self.take_waiting(command);
                 }
                 () = tokio::time::sleep(settings.unload_after), if idle => {
-                    if self.unload(false).await {
+                    if Box::pin(self.unload(false)).await {
                         return;
                     }
                     continue;
@@ -147,7 +154,7 @@ impl RoomTask {
             }
             if self.ready_for_turn() {
                 let commands = std::mem::take(&mut self.waiting);
-                self.turn(&mut room, commands).await;
+                Box::pin(self.turn(&mut room, commands)).await;
             }
         }
     }
@@ -419,13 +426,14 @@ impl RoomTask {
 
     fn handle(&mut self, room: &mut Room, command: RoomCommand) {
         match command {
-            RoomCommand::Join {
-                conn,
-                user,
-                can_write,
-                outbox,
-                joined,
-            } => {
+            RoomCommand::Join(join) => {
+                let Join {
+                    conn,
+                    user,
+                    can_write,
+                    outbox,
+                    joined,
+                } = *join;
                 for frame in room.greeting() {
                     let _ = outbox.try_send(Outbound::Frame(Bytes::from(frame)));
                 }
