@@ -181,7 +181,12 @@ async fn a_reader_that_falls_far_behind_is_closed_with_1013_and_nobody_else_suff
     // The stalled reader now reads: after what was buffered, the relay's verdict.
     let close = stalled.expect_close().await;
     assert_eq!(u16::from(close.code), 1013, "{}", close.reason);
-    // The writer was never held back and still syncs.
+    // The writer was never held back: it sees every echo, then leaves. (Echoes still queued
+    // when a client sends its close are not owed to it, so wait before closing.)
+    tokio::time::timeout(common::TIMEOUT, seen.wait_for(|&n| n >= 4000))
+        .await
+        .expect("the writer's last echoes never came")
+        .unwrap();
     tx.send(Frame::Close(None)).await.unwrap();
     assert!(echoes.await.unwrap() >= 4000, "the writer saw every echo");
     let mut after = YClient::connect(&url).await;
