@@ -8,25 +8,7 @@ use aetherflow_quantum::packet::{Flags, Header};
 use aetherflow_quantum::{Config, ConnectionId, ConnectionStats, Packet};
 use proptest::prelude::*;
 
-use crate::harness::{Datagram, Link, Sim, config, numbered};
-
-/// The sequence number of a data packet (message fragment or FIN), if `bytes` is one.
-fn data_seq(bytes: &[u8]) -> Option<u32> {
-    let packet = Packet::decode(bytes).ok()?;
-    let flags = packet.header.flags;
-    let control = Flags::SYN | Flags::URG | Flags::FEC;
-    let data = !packet.payload.is_empty() || flags.contains(Flags::PSH);
-    (data && flags.bits() & control.bits() == 0).then_some(packet.header.sequence)
-}
-
-/// The FEC sub-header of a parity packet, if `bytes` is one.
-fn parity_header(bytes: &[u8]) -> Option<FecHeader> {
-    let packet = Packet::decode(bytes).ok()?;
-    if !packet.header.flags.contains(Flags::FEC) {
-        return None;
-    }
-    FecHeader::decode(&packet.payload).ok().map(|(h, _)| h)
-}
+use crate::harness::{Datagram, Link, Sim, config, data_seq, numbered, parity_header};
 
 fn client_stats(sim: &Sim, id: ConnectionId) -> ConnectionStats {
     sim.client.connection(id).expect("open").stats()

@@ -7,7 +7,9 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event};
+use aetherflow_quantum::fec::FecHeader;
+use aetherflow_quantum::packet::Flags;
+use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event, Packet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -364,4 +366,22 @@ pub fn numbered(n: u32, len: usize) -> Vec<u8> {
     message.extend((0..len.saturating_sub(4)).map(|i| (i as u32 ^ n) as u8));
     message.truncate(len.max(4));
     message
+}
+
+/// The sequence number of a data packet (message fragment or FIN), if `bytes` is one.
+pub fn data_seq(bytes: &[u8]) -> Option<u32> {
+    let packet = Packet::decode(bytes).ok()?;
+    let flags = packet.header.flags;
+    let control = Flags::SYN | Flags::URG | Flags::FEC;
+    let data = !packet.payload.is_empty() || flags.contains(Flags::PSH);
+    (data && flags.bits() & control.bits() == 0).then_some(packet.header.sequence)
+}
+
+/// The FEC sub-header of a parity packet, if `bytes` is one.
+pub fn parity_header(bytes: &[u8]) -> Option<FecHeader> {
+    let packet = Packet::decode(bytes).ok()?;
+    if !packet.header.flags.contains(Flags::FEC) {
+        return None;
+    }
+    FecHeader::decode(&packet.payload).ok().map(|(h, _)| h)
 }

@@ -5,28 +5,9 @@
 use std::time::{Duration, Instant};
 
 use aetherflow_quantum::fec::{FecConfig, FecHeader};
-use aetherflow_quantum::packet::Flags;
-use aetherflow_quantum::{ConnectionId, ConnectionStats, Packet};
+use aetherflow_quantum::{ConnectionId, ConnectionStats};
 
-use crate::harness::{Link, Sim, numbered};
-
-/// The sequence number of a data packet (message fragment or FIN), if `bytes` is one.
-fn data_seq(bytes: &[u8]) -> Option<u32> {
-    let packet = Packet::decode(bytes).ok()?;
-    let flags = packet.header.flags;
-    let control = Flags::SYN | Flags::URG | Flags::FEC;
-    let data = !packet.payload.is_empty() || flags.contains(Flags::PSH);
-    (data && flags.bits() & control.bits() == 0).then_some(packet.header.sequence)
-}
-
-/// The FEC sub-header of a parity packet, if `bytes` is one.
-fn parity_header(bytes: &[u8]) -> Option<FecHeader> {
-    let packet = Packet::decode(bytes).ok()?;
-    if !packet.header.flags.contains(Flags::FEC) {
-        return None;
-    }
-    FecHeader::decode(&packet.payload).ok().map(|(h, _)| h)
-}
+use crate::harness::{Link, Sim, data_seq, numbered, parity_header};
 
 fn stats(sim: &Sim, id: ConnectionId, server: bool) -> ConnectionStats {
     let endpoint = if server { &sim.server } else { &sim.client };
