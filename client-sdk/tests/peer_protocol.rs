@@ -8,11 +8,13 @@ use std::time::Duration;
 use aetherflow_client::peer::{
     ERROR_MALFORMED, ERROR_NOT_SUPPORTED, ERROR_PROTOCOL, ERROR_UNAUTHORIZED,
 };
+use aetherflow_client::testing::envelopes::{
+    hello, next_envelope, next_error, next_message, raw_connect, subscribe,
+};
 use aetherflow_client::testing::text;
 use aetherflow_client::{Client, ClientConfig, DocHandle};
-use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::envelope::{Envelope, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use yrs::{GetString, Text, Transact};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,67 +34,22 @@ async fn listener(dir: &std::path::Path) -> (Client, SocketAddr, DocHandle) {
     (client, addr, doc)
 }
 
-async fn raw(addr: SocketAddr) -> (QuantumEndpoint, QuantumConnection) {
-    let endpoint = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
-        .await
-        .unwrap();
-    let conn = endpoint.connect(addr).await.unwrap();
-    (endpoint, conn)
-}
-
-fn hello(secret: Option<&str>) -> Vec<u8> {
-    Envelope::connection(Control::Hello {
-        client_version: "test".into(),
-        token: secret.map(str::to_owned),
-    })
-    .encode()
-}
-
-async fn next_envelope(conn: &QuantumConnection) -> Option<Envelope> {
-    let bytes = tokio::time::timeout(TIMEOUT, conn.recv())
-        .await
-        .unwrap()
-        .ok()??;
-    Some(Envelope::decode(&bytes, &EnvelopeLimits::default()).unwrap())
-}
-
-/// The next error envelope for `doc`, skipping anything else.
-async fn next_error(conn: &QuantumConnection, doc: &str) -> (u32, String) {
-    loop {
-        let envelope = next_envelope(conn).await.expect("connection ended first");
-        if let (true, Payload::Control(Control::Error { code, reason })) =
-            (envelope.doc == doc, envelope.payload)
-        {
-            return (code, reason);
-        }
-    }
-}
-
-/// The next y-protocols message for `doc`, skipping anything else.
-async fn next_message(conn: &QuantumConnection, doc: &str) -> Message {
-    loop {
-        let envelope = next_envelope(conn).await.expect("connection ended first");
-        if let (true, Payload::Yjs(message)) = (envelope.doc == doc, envelope.payload) {
-            return message;
-        }
-    }
-}
-
-fn subscribe(doc: &str) -> Vec<u8> {
-    Envelope::new(doc, Payload::Control(Control::Subscribe)).encode()
-}
-
 #[tokio::test]
 async fn a_wrong_or_missing_secret_gets_4401_and_the_connection_ends() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, doc) = listener(dir.path()).await;
     for secret in [Some("s3cre"), Some("s3cret "), None] {
-        let (_endpoint, conn) = raw(addr).await;
+        let (_endpoint, conn) = raw_connect(addr).await;
         conn.send(hello(secret)).await.unwrap();
         conn.send(subscribe("doc")).await.unwrap();
-        let (code, _) = next_error(&conn, "").await;
+        let (code, _) = next_error(&conn, "", TIMEOUT)
+            .await
+            .expect("connection ended first");
         assert_eq!(code, ERROR_UNAUTHORIZED, "{secret:?}");
-        assert!(next_envelope(&conn).await.is_none(), "closed after refusal");
+        assert!(
+            next_envelope(&conn, TIMEOUT).await.is_none(),
+            "closed after refusal"
+        );
     }
     assert_eq!(text(&doc, "text"), "kept");
     client.close().await.unwrap();
@@ -102,14 +59,16 @@ async fn a_wrong_or_missing_secret_gets_4401_and_the_connection_ends() {
 async fn subscribing_before_hello_gets_4400_and_the_connection_ends() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, _doc) = listener(dir.path()).await;
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(subscribe("doc")).await.unwrap();
-    let (code, reason) = next_error(&conn, "").await;
+    let (code, reason) = next_error(&conn, "", TIMEOUT)
+        .await
+        .expect("connection ended first");
     assert_eq!(
         (code, reason.as_str()),
         (ERROR_PROTOCOL, "the first message must be hello")
     );
-    assert!(next_envelope(&conn).await.is_none());
+    assert!(next_envelope(&conn, TIMEOUT).await.is_none());
     client.close().await.unwrap();
 }
 
@@ -117,17 +76,23 @@ async fn subscribing_before_hello_gets_4400_and_the_connection_ends() {
 async fn a_malformed_envelope_gets_1002_and_the_listener_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, _doc) = listener(dir.path()).await;
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(hello(Some(SECRET))).await.unwrap();
     conn.send(&b"\x07garbage"[..]).await.unwrap();
-    assert_eq!(next_error(&conn, "").await.0, ERROR_MALFORMED);
-    assert!(next_envelope(&conn).await.is_none());
+    assert_eq!(
+        next_error(&conn, "", TIMEOUT)
+            .await
+            .expect("connection ended first")
+            .0,
+        ERROR_MALFORMED
+    );
+    assert!(next_envelope(&conn, TIMEOUT).await.is_none());
     // A new connection is served.
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(hello(Some(SECRET))).await.unwrap();
     conn.send(subscribe("doc")).await.unwrap();
     assert!(matches!(
-        next_message(&conn, "doc").await,
+        next_message(&conn, "doc", TIMEOUT).await,
         Message::Sync(SyncMessage::Step1(_))
     ));
     client.close().await.unwrap();
@@ -137,7 +102,7 @@ async fn a_malformed_envelope_gets_1002_and_the_listener_keeps_serving() {
 async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, doc) = listener(dir.path()).await;
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(hello(Some(SECRET))).await.unwrap();
     // A message for a document it never subscribed to.
     let stray = Envelope::new(
@@ -146,7 +111,9 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     );
     conn.send(stray.encode()).await.unwrap();
     assert_eq!(
-        next_error(&conn, "stray").await,
+        next_error(&conn, "stray", TIMEOUT)
+            .await
+            .expect("connection ended first"),
         (ERROR_PROTOCOL, "not subscribed".into())
     );
     // A register operation.
@@ -159,29 +126,38 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     conn.send(Envelope::new("reg", Payload::Register(op)).encode())
         .await
         .unwrap();
-    assert_eq!(next_error(&conn, "reg").await.0, ERROR_NOT_SUPPORTED);
+    assert_eq!(
+        next_error(&conn, "reg", TIMEOUT)
+            .await
+            .expect("connection ended first")
+            .0,
+        ERROR_NOT_SUPPORTED
+    );
     // A malformed update on a subscribed document ends that subscription only.
     conn.send(subscribe("doc")).await.unwrap();
-    next_message(&conn, "doc").await;
+    next_message(&conn, "doc", TIMEOUT).await;
     let bad = Envelope::new(
         "doc",
         Payload::Yjs(Message::Sync(SyncMessage::Update(vec![0xff; 16]))),
     );
     conn.send(bad.encode()).await.unwrap();
     assert_eq!(
-        next_error(&conn, "doc").await,
+        next_error(&conn, "doc", TIMEOUT)
+            .await
+            .expect("connection ended first"),
         (ERROR_PROTOCOL, "malformed update".into())
     );
     assert_eq!(text(&doc, "text"), "kept");
     // Subscribing again works: the greeting and, asked for, the whole document.
     conn.send(subscribe("doc")).await.unwrap();
-    next_message(&conn, "doc").await;
+    next_message(&conn, "doc", TIMEOUT).await;
     let step1 = Envelope::new(
         "doc",
         Payload::Yjs(Message::Sync(SyncMessage::Step1(vec![0]))),
     );
     conn.send(step1.encode()).await.unwrap();
-    let Message::Sync(SyncMessage::Step2(update)) = next_message(&conn, "doc").await else {
+    let Message::Sync(SyncMessage::Step2(update)) = next_message(&conn, "doc", TIMEOUT).await
+    else {
         panic!("a step 1 is answered with a step 2");
     };
     let copy = yrs::Doc::new();
@@ -196,10 +172,10 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
 async fn a_peer_gets_others_updates_but_not_its_own_back() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, doc) = listener(dir.path()).await;
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(hello(Some(SECRET))).await.unwrap();
     conn.send(subscribe("doc")).await.unwrap();
-    next_message(&conn, "doc").await;
+    next_message(&conn, "doc", TIMEOUT).await;
 
     let theirs = yrs::Doc::with_client_id(77);
     let their_text = theirs.get_or_insert_text("text");
@@ -225,7 +201,9 @@ async fn a_peer_gets_others_updates_but_not_its_own_back() {
     let contains =
         |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
     let next_update = loop {
-        if let Message::Sync(SyncMessage::Update(update)) = next_message(&conn, "doc").await {
+        if let Message::Sync(SyncMessage::Update(update)) =
+            next_message(&conn, "doc", TIMEOUT).await
+        {
             break update;
         }
     };
@@ -239,18 +217,25 @@ async fn subscribing_without_a_valid_document_name_is_a_malformed_envelope() {
     let dir = tempfile::tempdir().unwrap();
     let (client, addr, _doc) = listener(dir.path()).await;
     for name in ["", "../etc"] {
-        let (_endpoint, conn) = raw(addr).await;
+        let (_endpoint, conn) = raw_connect(addr).await;
         conn.send(hello(Some(SECRET))).await.unwrap();
         conn.send(subscribe(name)).await.unwrap();
-        assert_eq!(next_error(&conn, "").await.0, ERROR_MALFORMED, "{name:?}");
-        assert!(next_envelope(&conn).await.is_none());
+        assert_eq!(
+            next_error(&conn, "", TIMEOUT)
+                .await
+                .expect("connection ended first")
+                .0,
+            ERROR_MALFORMED,
+            "{name:?}"
+        );
+        assert!(next_envelope(&conn, TIMEOUT).await.is_none());
     }
     // The listener still serves others.
-    let (_endpoint, conn) = raw(addr).await;
+    let (_endpoint, conn) = raw_connect(addr).await;
     conn.send(hello(Some(SECRET))).await.unwrap();
     conn.send(subscribe("doc")).await.unwrap();
     assert!(matches!(
-        next_message(&conn, "doc").await,
+        next_message(&conn, "doc", TIMEOUT).await,
         Message::Sync(SyncMessage::Step1(_))
     ));
     client.close().await.unwrap();

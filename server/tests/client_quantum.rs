@@ -5,14 +5,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use aetherflow_client::testing::envelopes::{
+    hello, next_envelope, next_error, raw_connect, subscribe,
+};
 use aetherflow_client::testing::{append_text, wait_state, wait_text};
 use aetherflow_client::{Client, ClientConfig, Connection, DocHandle, TransportKind};
-use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_crdt::envelope::{Control, Envelope, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use common::{Relay, TIMEOUT, read_text};
 
 fn config(dir: &std::path::Path) -> ClientConfig {
@@ -137,57 +138,21 @@ async fn a_bad_token_over_quantum_is_reported_as_the_refusal() {
     c.close().await.unwrap();
 }
 
-/// A raw Quantum connection to the relay, for bad input.
-async fn raw(relay: &Relay) -> (QuantumEndpoint, QuantumConnection) {
-    let endpoint = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
-        .await
-        .unwrap();
-    let addr: SocketAddr = relay.quantum_addr.unwrap();
-    let conn = endpoint.connect(addr).await.unwrap();
-    (endpoint, conn)
-}
-
-async fn next_envelope(conn: &QuantumConnection) -> Option<Envelope> {
-    let bytes = tokio::time::timeout(TIMEOUT, conn.recv())
-        .await
-        .unwrap()
-        .ok()??;
-    Some(Envelope::decode(&bytes, &EnvelopeLimits::default()).unwrap())
-}
-
-/// The next error envelope for `doc`, skipping anything else.
-async fn next_error(conn: &QuantumConnection, doc: &str) -> (u32, String) {
-    loop {
-        let envelope = next_envelope(conn).await.expect("connection ended first");
-        if let (true, Payload::Control(Control::Error { code, reason })) =
-            (envelope.doc == doc, envelope.payload)
-        {
-            return (code, reason);
-        }
-    }
-}
-
-fn hello() -> Vec<u8> {
-    Envelope::connection(Control::Hello {
-        client_version: "test".into(),
-        token: None,
-    })
-    .encode()
-}
-
 #[tokio::test]
 async fn garbage_on_the_quantum_listener_gets_error_1002_and_the_connection_ends() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw(&relay).await;
-    conn.send(hello()).await.unwrap();
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(None)).await.unwrap();
     conn.send(&b"\x07garbage"[..]).await.unwrap();
-    let (code, reason) = next_error(&conn, "").await;
+    let (code, reason) = next_error(&conn, "", TIMEOUT)
+        .await
+        .expect("connection ended first");
     assert_eq!(code, 1002);
     assert!(
         reason.contains("unsupported envelope version 7"),
         "{reason}"
     );
-    assert!(next_envelope(&conn).await.is_none());
+    assert!(next_envelope(&conn, TIMEOUT).await.is_none());
     // The relay is fine.
     assert_eq!(read_text(&relay, "fine").await, "");
 }
@@ -195,22 +160,24 @@ async fn garbage_on_the_quantum_listener_gets_error_1002_and_the_connection_ends
 #[tokio::test]
 async fn subscribing_before_hello_is_refused_with_4400() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw(&relay).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
     let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe));
     conn.send(subscribe.encode()).await.unwrap();
-    let (code, reason) = next_error(&conn, "").await;
+    let (code, reason) = next_error(&conn, "", TIMEOUT)
+        .await
+        .expect("connection ended first");
     assert_eq!(
         (code, reason.as_str()),
         (4400, "the first message must be hello")
     );
-    assert!(next_envelope(&conn).await.is_none());
+    assert!(next_envelope(&conn, TIMEOUT).await.is_none());
 }
 
 #[tokio::test]
 async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw(&relay).await;
-    conn.send(hello()).await.unwrap();
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(None)).await.unwrap();
     // A message for a document it never subscribed to.
     let stray = Envelope::new(
         "stray",
@@ -218,7 +185,9 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     );
     conn.send(stray.encode()).await.unwrap();
     assert_eq!(
-        next_error(&conn, "stray").await,
+        next_error(&conn, "stray", TIMEOUT)
+            .await
+            .expect("connection ended first"),
         (4400, "not subscribed".into())
     );
     // A register operation for a document it never subscribed to.
@@ -232,7 +201,9 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
         .await
         .unwrap();
     assert_eq!(
-        next_error(&conn, "reg").await,
+        next_error(&conn, "reg", TIMEOUT)
+            .await
+            .expect("connection ended first"),
         (4400, "not subscribed".into())
     );
     // A register document answers a subscription with its state, not a Yjs greeting.
@@ -245,9 +216,8 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     )
     .await;
     assert_eq!(status, 201);
-    let subscribe = |doc: &str| Envelope::new(doc, Payload::Control(Control::Subscribe)).encode();
     conn.send(subscribe("title")).await.unwrap();
-    let state = next_envelope(&conn).await.unwrap();
+    let state = next_envelope(&conn, TIMEOUT).await.unwrap();
     assert_eq!(state.doc, "title");
     assert!(
         matches!(&state.payload, Payload::Control(Control::Event { name, .. }) if name == "state"),
@@ -257,7 +227,7 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     conn.send(subscribe("notes")).await.unwrap();
     // Skipping the register document's events (its own `user_joined`).
     let greeting = loop {
-        let envelope = next_envelope(&conn).await.unwrap();
+        let envelope = next_envelope(&conn, TIMEOUT).await.unwrap();
         if envelope.doc != "title" {
             break envelope;
         }
@@ -272,16 +242,20 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn shutdown_tells_quantum_clients_1001_at_once_instead_of_leaving_them_to_time_out() {
     let mut relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw(&relay).await;
-    conn.send(hello()).await.unwrap();
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(None)).await.unwrap();
     let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe)).encode();
     conn.send(subscribe).await.unwrap();
     // The room's greeting (sync step 1) shows the session is up.
-    let greeting = next_envelope(&conn).await.expect("the relay greets");
+    let greeting = next_envelope(&conn, TIMEOUT)
+        .await
+        .expect("the relay greets");
     assert_eq!(greeting.doc, "doc");
 
     relay.signal_and_wait("TERM");
     // Well within the transport's 30 s idle timeout: the relay said goodbye before exiting.
-    let (code, reason) = next_error(&conn, "").await;
+    let (code, reason) = next_error(&conn, "", TIMEOUT)
+        .await
+        .expect("connection ended first");
     assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
 }

@@ -6,13 +6,14 @@
 
 mod common;
 
+use aetherflow_client::testing::envelopes::{hello, raw_connect};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
 use aetherflow_crdt::register::Command;
 use aetherflow_crdt::register::clock::HlcStamp;
 use aetherflow_crdt::register::lww::LwwWrite;
 use aetherflow_crdt::register::manual::ManualWrite;
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use aetherflow_quantum::{QuantumConnection, QuantumEndpoint};
 use aetherflow_server::auth::Permission;
 use common::api_client::{LiveClient, SECRET, token};
 use common::{Relay, TIMEOUT, http_json};
@@ -29,16 +30,8 @@ type Answer = Result<Value, (u32, String)>;
 
 impl QClient {
     async fn connect(relay: &Relay, token: Option<String>) -> QClient {
-        let endpoint =
-            QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
-                .await
-                .unwrap();
-        let conn = endpoint.connect(relay.quantum_addr.unwrap()).await.unwrap();
-        let hello = Envelope::connection(Control::Hello {
-            client_version: "test".into(),
-            token,
-        });
-        conn.send(hello.encode()).await.unwrap();
+        let (endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+        conn.send(hello(token.as_deref())).await.unwrap();
         QClient {
             _endpoint: endpoint,
             conn,

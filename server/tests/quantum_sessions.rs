@@ -7,10 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use aetherflow_client::testing::envelopes::{hello, next_error, raw_connect};
 use aetherflow_client::{Client, ClientConfig, DocHandle};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use common::{Relay, TIMEOUT, YClient, http_json, http_raw};
 use serde_json::{Value, json};
 use yrs::{GetString, Text, Transact};
@@ -90,39 +90,6 @@ async fn quantum_sessions(relay: &Relay, user: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn raw(relay: &Relay) -> (QuantumEndpoint, QuantumConnection) {
-    let endpoint = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default())
-        .await
-        .unwrap();
-    let conn = endpoint.connect(relay.quantum_addr.unwrap()).await.unwrap();
-    (endpoint, conn)
-}
-
-fn hello(token: Option<String>) -> Vec<u8> {
-    Envelope::connection(Control::Hello {
-        client_version: "test".into(),
-        token,
-    })
-    .encode()
-}
-
-/// The next connection-level error, skipping everything else; `None` if the connection
-/// ended without one.
-async fn connection_error(conn: &QuantumConnection) -> Option<(u32, String)> {
-    loop {
-        let bytes = tokio::time::timeout(TIMEOUT, conn.recv())
-            .await
-            .expect("no connection-level error in time")
-            .ok()??;
-        let envelope = Envelope::decode(&bytes, &EnvelopeLimits::default()).unwrap();
-        if let (true, Payload::Control(Control::Error { code, reason })) =
-            (envelope.doc.is_empty(), envelope.payload)
-        {
-            return Some((code, reason));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quantum_client_is_a_session_with_moving_counters_and_an_admin_disconnect_reconnects_it()
 {
@@ -193,7 +160,7 @@ async fn a_quantum_client_is_a_session_with_moving_counters_and_an_admin_disconn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_syncing() {
     let relay = Relay::start(&["--message-rate-per-sec", "1", "--message-burst", "40"]);
-    let (_endpoint, flood) = raw(&relay).await;
+    let (_endpoint, flood) = raw_connect(relay.quantum_addr.unwrap()).await;
     flood.send(hello(None)).await.unwrap();
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
     flood.send(subscribe.encode()).await.unwrap();
@@ -214,7 +181,7 @@ async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_sy
             break;
         }
     }
-    let (code, reason) = connection_error(&flood)
+    let (code, reason) = next_error(&flood, "", TIMEOUT)
         .await
         .expect("closed without a reason");
     assert_eq!(code, 1008);
@@ -234,15 +201,15 @@ async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_sy
 #[tokio::test]
 async fn new_quantum_connections_over_the_address_rate_are_refused_with_a_retry_time() {
     let relay = Relay::start(&["--connect-rate-per-min", "1", "--connect-burst", "2"]);
-    let (_e1, first) = raw(&relay).await;
-    let (_e2, second) = raw(&relay).await;
+    let (_e1, first) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e2, second) = raw_connect(relay.quantum_addr.unwrap()).await;
     for conn in [&first, &second] {
         conn.send(hello(None)).await.unwrap();
         let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
         conn.send(subscribe.encode()).await.unwrap();
     }
-    let (_e3, third) = raw(&relay).await;
-    let (code, reason) = connection_error(&third)
+    let (_e3, third) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (code, reason) = next_error(&third, "", TIMEOUT)
         .await
         .expect("refused without a reason");
     assert_eq!(code, 4429);
@@ -305,8 +272,8 @@ async fn metrics_show_quantum_rtt_and_congestion_window_after_a_client_synced() 
 async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
     let relay = secured(&["--ping-interval-secs", "1"]);
     let token = mint(&relay, "ada", &["notes"]).await;
-    let (_endpoint, conn) = raw(&relay).await;
-    conn.send(hello(Some(token))).await.unwrap();
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(Some(&token))).await.unwrap();
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe)).encode();
     conn.send(subscribe.clone()).await.unwrap();
     // Quantum keepalives come only after 10 s of silence, so a second of it shows.

@@ -1,6 +1,6 @@
 //! Test helpers for offline editing: fork replicas of a document, edit them apart, merge them
 //! by exchanging state vectors, and check that they converged. [`live`] has helpers for tests
-//! that drive live document handles.
+//! that drive live document handles, [`envelopes`] for raw envelope protocol tests.
 //!
 //! ```
 //! use aetherflow_client::testing::Replicas;
@@ -15,6 +15,7 @@
 //! assert_eq!(replicas.assert_converged("text"), "A: hello!");
 //! ```
 
+pub mod envelopes;
 pub mod live;
 
 pub use live::{append_text, assert_exactly_once, text, wait_state, wait_text};
