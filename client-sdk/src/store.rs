@@ -128,14 +128,7 @@ impl StoreReader {
             let (_, value) = entry.map_err(store_error)?;
             stored.log.push(value.value().to_vec());
         }
-        let pending = txn.open_table(PENDING).map_err(store_error)?;
-        for entry in pending
-            .range((doc, 0)..=(doc, u64::MAX))
-            .map_err(store_error)?
-        {
-            let (key, value) = entry.map_err(store_error)?;
-            stored.pending.insert(key.value().1, value.value().to_vec());
-        }
+        stored.pending = entries_of(&txn, PENDING, doc)?;
         Ok(stored)
     }
 
@@ -152,16 +145,27 @@ impl StoreReader {
             state,
             ..StoredRegister::default()
         };
-        let pending = txn.open_table(REGISTER_PENDING).map_err(store_error)?;
-        for entry in pending
-            .range((doc, 0)..=(doc, u64::MAX))
-            .map_err(store_error)?
-        {
-            let (key, value) = entry.map_err(store_error)?;
-            stored.pending.insert(key.value().1, value.value().to_vec());
-        }
+        stored.pending = entries_of(&txn, REGISTER_PENDING, doc)?;
         Ok(stored)
     }
+}
+
+/// The entries of `doc` in a table keyed by (document, sequence number), by sequence number.
+fn entries_of(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<(&str, u64), &[u8]>,
+    doc: &str,
+) -> Result<BTreeMap<u64, Vec<u8>>, ClientError> {
+    let table = txn.open_table(table).map_err(store_error)?;
+    let mut entries = BTreeMap::new();
+    for entry in table
+        .range((doc, 0)..=(doc, u64::MAX))
+        .map_err(store_error)?
+    {
+        let (key, value) = entry.map_err(store_error)?;
+        entries.insert(key.value().1, value.value().to_vec());
+    }
+    Ok(entries)
 }
 
 /// Handle on the local database and its writer thread.
