@@ -3,7 +3,7 @@
 # server (y-websocket@1 bin/server.js) vs Hocuspocus, every scenario of the load generator run
 # against each server in turn on this machine, each against a freshly started server.
 #
-#   benches/anchors/run.sh [--quick] [--servers "aetherflow-durable y-websocket ..."]
+#   benches/anchors/run.sh [--quick] [--servers "aetherflow-durable y-websocket ..."] (also: floor)
 #                          [--scenarios "ingest fanout idle mixed conns"] [--out DIR]
 #
 # Writes DIR/results.jsonl (one line per run, from `loadgen --json`) and DIR/loadgen.log, then
@@ -93,6 +93,11 @@ start_server() {
     hocuspocus)
       HOST=127.0.0.1 PORT="$port" node "$here/hocuspocus-server.js" > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/"; server_dialect="hocuspocus" ;;
+    # Not an alternative: a relay with no CRDT (benches/src/bin/broadcast-floor.rs), the
+    # floor of the fan-out figures on this machine.
+    floor)
+      "$target_dir/release/broadcast-floor" --addr "127.0.0.1:$port" > "$work/server.log" 2>&1 &
+      server_url="ws://127.0.0.1:$port/{doc}"; server_dialect="y-websocket" ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
   server_pid=$!

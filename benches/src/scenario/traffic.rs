@@ -303,11 +303,14 @@ struct Tally {
     error: Option<String>,
 }
 
-/// Records a latency for every writer clock value newly covered by a received update.
+/// Reads until `until`, noting when each frame arrived, then records a latency for every
+/// writer clock value newly covered by a received update.
+///
+/// Decoding and applying wait until reading is over: with a thousand readers in this one
+/// process, doing the yrs work on arrival would delay every other reader's next read by it,
+/// and the figures would measure the load generator more than the server.
 async fn read_deliveries(mut rx: Receiver, follow: Follow, until: Instant) -> Tally {
-    let mut seen = vec![0u64; follow.writers];
-    let replica = Doc::new();
-    let mut latencies = Vec::new();
+    let mut arrivals = Vec::new();
     let error = loop {
         let frame = match tokio::time::timeout_at(until, rx.next()).await {
             Err(_) => break None,
@@ -316,13 +319,26 @@ async fn read_deliveries(mut rx: Receiver, follow: Follow, until: Instant) -> Ta
             Ok(Some(Ok(frame))) => frame,
         };
         let received = Instant::now();
-        let Frame::Binary(bytes) = frame else {
-            continue;
-        };
-        let update = match follow.dialect.decode(&bytes) {
+        if let Frame::Binary(bytes) = frame {
+            arrivals.push((received, bytes));
+        }
+    };
+    let mut tally = tally_arrivals(&follow, &arrivals);
+    tally.error = tally.error.or(error);
+    tally
+}
+
+/// Applies the frames a reader received, in arrival order, to a replica; every writer clock
+/// value newly covered is one delivery, timed from its send to the arrival of its frame.
+fn tally_arrivals(follow: &Follow, arrivals: &[(Instant, bytes::Bytes)]) -> Tally {
+    let mut seen = vec![0u64; follow.writers];
+    let replica = Doc::new();
+    let mut latencies = Vec::new();
+    for (received, bytes) in arrivals {
+        let update = match follow.dialect.decode(bytes) {
             Ok(Incoming::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u))) => u,
             Ok(_) => continue,
-            Err(e) => break Some(format!("reader: {e}")),
+            Err(e) => return tally_error(latencies, format!("reader: {e}")),
         };
         // Applying to a replica (rather than reading clocks off the update) also counts
         // updates the server merged, or delivered out of order, correctly.
@@ -335,7 +351,7 @@ async fn read_deliveries(mut rx: Receiver, follow: Follow, until: Instant) -> Ta
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = applied {
-            break Some(format!("reader: bad update: {e}"));
+            return tally_error(latencies, format!("reader: bad update: {e}"));
         }
         for (client, clock) in replica.transact().state_vector().iter() {
             let Some(w) = (client.get() as usize)
@@ -353,6 +369,16 @@ async fn read_deliveries(mut rx: Receiver, follow: Follow, until: Instant) -> Ta
             }
             seen[w] = seen[w].max(u64::from(*clock));
         }
-    };
-    Tally { latencies, error }
+    }
+    Tally {
+        latencies,
+        error: None,
+    }
+}
+
+fn tally_error(latencies: Vec<u32>, error: String) -> Tally {
+    Tally {
+        latencies,
+        error: Some(error),
+    }
 }
