@@ -437,11 +437,10 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::{Store, StoreWriter, WriteMode};
 
-    #[tokio::test]
-    async fn an_idle_room_future_stays_small() {
-        // Needs a runtime: the store's writer task is spawned.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+    /// A room task for document "d" on a fresh store in `dir`. Needs a runtime: the store's
+    /// writer task is spawned.
+    fn room_task(dir: &std::path::Path) -> task::RoomTask {
+        let store = Store::open(&dir.join("db.redb")).expect("store");
         let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
         let settings = RoomSettings {
             durability: Durability::Durable,
@@ -458,12 +457,37 @@ mod tests {
         );
         let (_inbox, commands) = inbox::channel(INBOX_CAPACITY);
         let name = DocName::parse("d").expect("name");
-        let task = task::RoomTask::new(name, 0, commands, rooms);
-        let room = task.run();
+        task::RoomTask::new(name, 0, commands, rooms)
+    }
+
+    #[tokio::test]
+    async fn an_idle_room_future_stays_small() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let room = room_task(dir.path()).run();
         // The future is what every loaded document's task holds, however idle: 1,416 bytes
         // before issue 7's third round (`run` and `serve` as `async fn`s kept the room's
         // state three times, and the unload timer sat in the select), 800 after.
         let bytes = std::mem::size_of_val(&room);
         assert!(bytes <= 850, "an idle room's future grew to {bytes} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_room_span_is_not_a_child_of_the_session_that_started_it() {
+        use tracing_subscriber::registry::{LookupSpan, Registry};
+        // The room outlives the first session that joins it: as that session span's child,
+        // it would keep the session's span alive and log under it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let task = room_task(dir.path());
+        let dispatch = tracing::Dispatch::new(Registry::default());
+        tracing::dispatcher::with_default(&dispatch, || {
+            let session = tracing::info_span!("session", conn = 1);
+            let _inside = session.enter();
+            let room = task.run();
+            let id = room.span().id().expect("the room's span is enabled");
+            let registry = dispatch.downcast_ref::<Registry>().expect("a registry");
+            let span = registry.span(&id).expect("the room's span is live");
+            assert_eq!(span.name(), "room");
+            assert!(span.parent().is_none(), "the room's span has a parent");
+        });
     }
 }

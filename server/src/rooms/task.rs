@@ -15,6 +15,7 @@ use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use tokio::sync::oneshot;
+use tracing::instrument::Instrumented;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::inbox::InboxReceiver;
@@ -94,8 +95,11 @@ impl RoomTask {
     /// `async fn` moves its arguments into locals of its own and its future keeps both
     /// copies, so `run` and `serve` as `async fn`s held the room's state three times for as
     /// long as the document is loaded (issue 7).
-    pub(super) fn run(self) -> impl Future<Output = ()> + Send + 'static {
-        let span = info_span!("room", doc = %self.name);
+    pub(super) fn run(self) -> Instrumented<impl Future<Output = ()> + Send + 'static> {
+        // No parent: this runs inside the first joining session's span, and a child would
+        // tie that session's span (and its memory) to the room's life and nest the room's
+        // logs under one of its sessions.
+        let span = info_span!(parent: None, "room", doc = %self.name);
         self.serve().instrument(span)
     }
 
