@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     // there the accept loop would make each connection's first allocations in the main
     // thread's malloc arena, next to the workers' arenas that hold the rest, and glibc keeps
     // the freed handshake buffers of every arena resident. One arena fewer with connection
-    // churn was about 280 bytes less RSS per idle connection (issue 7; benches/RESULTS.md).
+    // churn was 200 to 280 bytes less RSS per idle connection (issue 7; benches/RESULTS.md).
     match runtime.block_on(async { tokio::spawn(serve(config)).await }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
