@@ -13,9 +13,12 @@ use std::time::Instant;
 use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
 use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use futures_util::future::OptionFuture;
+use tokio::sync::oneshot;
+use tracing::instrument::Instrumented;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::inbox::InboxReceiver;
 use super::outbox::{OutboxSender, TrySendError};
 use super::pipeline::{HttpWaiter, InFlight, Pipeline};
 use super::{ApplyError, CloseReason, Join, Outbound, RoomCommand, Rooms};
@@ -48,7 +51,7 @@ struct Subscriber {
 pub(super) struct RoomTask {
     name: DocName,
     id: u64,
-    inbox: mpsc::Receiver<RoomCommand>,
+    inbox: InboxReceiver<RoomCommand>,
     rooms: Rooms,
     subscribers: HashMap<ConnId, Subscriber>,
     /// Commands taken from the inbox for the next turn.
@@ -71,7 +74,7 @@ impl RoomTask {
     pub(super) fn new(
         name: DocName,
         id: u64,
-        inbox: mpsc::Receiver<RoomCommand>,
+        inbox: InboxReceiver<RoomCommand>,
         rooms: Rooms,
     ) -> RoomTask {
         RoomTask {
@@ -88,73 +91,90 @@ impl RoomTask {
         }
     }
 
-    pub(super) async fn run(self) {
-        let span = info_span!("room", doc = %self.name);
-        self.serve().instrument(span).await;
+    /// The room's task. Plain functions returning futures rather than `async fn`s: an
+    /// `async fn` moves its arguments into locals of its own and its future keeps both
+    /// copies, so `run` and `serve` as `async fn`s held the room's state three times for as
+    /// long as the document is loaded (issue 7).
+    pub(super) fn run(self) -> Instrumented<impl Future<Output = ()> + Send + 'static> {
+        // No parent: this runs inside the first joining session's span, and a child would
+        // tie that session's span (and its memory) to the room's life and nest the room's
+        // logs under one of its sessions.
+        let span = info_span!(parent: None, "room", doc = %self.name);
+        self.serve().instrument(span)
     }
 
     /// The room's life. Its future lives as long as the document is loaded, so every step
     /// that awaits something big (load, a turn, unload) is boxed: its state is on the heap
     /// only while it runs instead of in every idle room (issue 7's memory per connection).
-    async fn serve(mut self) {
-        let Some(mut room) = Box::pin(self.load()).await else {
-            // Waiting joins are dropped unanswered: their sessions retry, then give up.
-            self.rooms
-                .retire(&self.name, self.id, &mut self.inbox, true);
-            return;
-        };
-        let _loaded = self.rooms.inner.metrics.document_loaded();
-        let settings = self.rooms.inner.settings;
-        let shutdown = self.rooms.inner.shutdown.clone();
-        loop {
-            let stopping = shutdown.is_cancelled();
-            if self.failed {
-                // Batches committed before the failure still reach everyone.
-                Box::pin(self.settle_all(&mut room)).await;
-                self.close_all(CloseReason::new(
-                    CloseReason::INTERNAL_ERROR,
-                    "document reloading, reconnect",
-                ));
-                Box::pin(self.unload(true)).await;
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store the room's state twice"
+    )]
+    fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let Some(mut room) = Box::pin(self.load()).await else {
+                // Waiting joins are dropped unanswered: their sessions retry, then give up.
+                self.rooms
+                    .retire(&self.name, self.id, &mut self.inbox, true);
                 return;
-            }
-            if self.deleted {
-                Box::pin(self.unload(true)).await;
-                return;
-            }
-            let quiet = self.waiting.is_empty() && self.pipeline.is_empty();
-            if stopping
-                && quiet
-                && self.subscribers.is_empty()
-                && Box::pin(self.unload(false)).await
-            {
-                return;
-            }
-            let idle = quiet && self.subscribers.is_empty();
-            tokio::select! {
-                // Commits first: they release broadcasts and make room in the pipeline.
-                biased;
-                Some((batch, result)) = self.pipeline.next(), if !self.pipeline.is_empty() => {
-                    self.settle(&mut room, batch, result);
+            };
+            let _loaded = self.rooms.inner.metrics.document_loaded();
+            let settings = self.rooms.inner.settings;
+            let shutdown = self.rooms.inner.shutdown.clone();
+            loop {
+                let stopping = shutdown.is_cancelled();
+                if self.failed {
+                    // Batches committed before the failure still reach everyone.
+                    Box::pin(self.settle_all(&mut room)).await;
+                    self.close_all(CloseReason::new(
+                        CloseReason::INTERNAL_ERROR,
+                        "document reloading, reconnect",
+                    ));
+                    Box::pin(self.unload(true)).await;
+                    return;
                 }
-                command = self.inbox.recv(), if self.waiting.len() < MAX_COMMANDS_PER_TURN => {
-                    let Some(command) = command else {
-                        Box::pin(self.settle_all(&mut room)).await;
-                        return;
-                    };
-                    self.take_waiting(command);
+                if self.deleted {
+                    Box::pin(self.unload(true)).await;
+                    return;
                 }
-                () = tokio::time::sleep(settings.unload_after), if idle => {
-                    if Box::pin(self.unload(false)).await {
-                        return;
+                let quiet = self.waiting.is_empty() && self.pipeline.is_empty();
+                if stopping
+                    && quiet
+                    && self.subscribers.is_empty()
+                    && Box::pin(self.unload(false)).await
+                {
+                    return;
+                }
+                let idle = quiet && self.subscribers.is_empty();
+                // Boxed, and made only when the room is idle: a timer in the select itself
+                // would be part of every loaded room's future.
+                let unload_timer =
+                    idle.then(|| Box::pin(tokio::time::sleep(settings.unload_after)));
+                tokio::select! {
+                    // Commits first: they release broadcasts and make room in the pipeline.
+                    biased;
+                    Some((batch, result)) = self.pipeline.next(), if !self.pipeline.is_empty() => {
+                        self.settle(&mut room, batch, result);
                     }
-                    continue;
+                    command = self.inbox.recv(), if self.waiting.len() < MAX_COMMANDS_PER_TURN => {
+                        let Some(command) = command else {
+                            Box::pin(self.settle_all(&mut room)).await;
+                            return;
+                        };
+                        self.take_waiting(command);
+                    }
+                    Some(()) = OptionFuture::from(unload_timer) => {
+                        if Box::pin(self.unload(false)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    () = shutdown.cancelled(), if !stopping => continue,
                 }
-                () = shutdown.cancelled(), if !stopping => continue,
-            }
-            if self.ready_for_turn() {
-                let commands = std::mem::take(&mut self.waiting);
-                Box::pin(self.turn(&mut room, commands)).await;
+                if self.ready_for_turn() {
+                    let commands = std::mem::take(&mut self.waiting);
+                    Box::pin(self.turn(&mut room, commands)).await;
+                }
             }
         }
     }
@@ -162,12 +182,8 @@ impl RoomTask {
     /// Takes `first` and whatever else waits in the inbox, up to a turn's worth.
     fn take_waiting(&mut self, first: RoomCommand) {
         self.waiting.push(first);
-        while self.waiting.len() < MAX_COMMANDS_PER_TURN {
-            match self.inbox.try_recv() {
-                Ok(command) => self.waiting.push(command),
-                Err(_) => break,
-            }
-        }
+        let room = MAX_COMMANDS_PER_TURN.saturating_sub(self.waiting.len());
+        self.inbox.take_into(&mut self.waiting, room);
     }
 
     /// Whether to run a turn now: always when no commit is in flight; while one is, only for
@@ -598,7 +614,9 @@ impl RoomTask {
         }
         // Joins that raced in before the inbox closed are dropped unanswered; their sessions
         // retry and start a fresh room.
-        while self.inbox.try_recv().is_ok() {}
+        let mut raced = Vec::new();
+        self.inbox.take_into(&mut raced, usize::MAX);
+        drop(raced);
         info!("document unloaded");
         true
     }
