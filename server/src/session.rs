@@ -379,10 +379,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Durability;
     use crate::registry::{Registry, Transport};
-    use crate::rooms::RoomSettings;
-    use crate::store::{Store, StoreWriter, WriteMode};
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
@@ -413,23 +410,9 @@ mod tests {
     }
 
     fn context(dir: &std::path::Path) -> SessionContext {
-        let store = Store::open(&dir.join("db.redb")).expect("store");
-        let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-        let settings = RoomSettings {
-            durability: Durability::Durable,
-            unload_after: Duration::from_secs(30),
-            compact_after_updates: 1000,
-        };
         let shutdown = CancellationToken::new();
         SessionContext {
-            rooms: Rooms::new(
-                store,
-                writer,
-                settings,
-                tokio_util::task::TaskTracker::new(),
-                shutdown.clone(),
-                Metrics::new(),
-            ),
+            rooms: crate::rooms::tests::test_rooms(dir, shutdown.clone()),
             limits: Limits::default(),
             shutdown,
             ping_interval: Duration::from_secs(20),

@@ -429,7 +429,7 @@ impl Drop for Membership {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -437,9 +437,9 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::{Store, StoreWriter, WriteMode};
 
-    /// A room task for document "d" on a fresh store in `dir`. Needs a runtime: the store's
-    /// writer task is spawned.
-    fn room_task(dir: &std::path::Path) -> task::RoomTask {
+    /// Rooms on a fresh durable store in `dir`, stopping when `shutdown` is cancelled. Needs
+    /// a runtime: the store's writer task is spawned.
+    pub(crate) fn test_rooms(dir: &std::path::Path, shutdown: CancellationToken) -> Rooms {
         let store = Store::open(&dir.join("db.redb")).expect("store");
         let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
         let settings = RoomSettings {
@@ -447,14 +447,19 @@ mod tests {
             unload_after: Duration::from_secs(30),
             compact_after_updates: 1000,
         };
-        let rooms = Rooms::new(
+        Rooms::new(
             store,
             writer,
             settings,
             TaskTracker::new(),
-            CancellationToken::new(),
+            shutdown,
             Metrics::new(),
-        );
+        )
+    }
+
+    /// A room task for document "d" on a fresh store in `dir`. Needs a runtime.
+    fn room_task(dir: &std::path::Path) -> task::RoomTask {
+        let rooms = test_rooms(dir, CancellationToken::new());
         let (_inbox, commands) = inbox::channel(INBOX_CAPACITY);
         let name = DocName::parse("d").expect("name");
         task::RoomTask::new(name, 0, commands, rooms)
