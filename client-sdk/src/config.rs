@@ -91,12 +91,21 @@ pub struct ClientConfig {
     /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), 0 to
     /// 200 ([`DEFAULT_SPARSE_FEC_BUDGET`] by default), on the connection to the relay, to
     /// peers and on a [`crate::Peer`] listener. Spent only while loss is measured (none below
-    /// 1 %), so a clean network pays nothing. A higher budget buys a lower p99 under loss
-    /// for bytes: each lost edit that parity covers is rebuilt one one-way delay after it
-    /// was sent instead of waiting about 1.2 round trips for the tail loss probe's resend,
-    /// and 20 edits a second of ≈ 150 bytes cost ≈ 3 KB/s of parity at 100 %. At the
-    /// transport's 30 % most lost edits still wait for the probe, which sets the p99 (see
-    /// `aetherflow_quantum::fec`, "The limit"; figures in `benches/RESULTS.md`).
+    /// 1 %), so a clean network pays nothing.
+    ///
+    /// The trade-off is bytes for the p99 under loss: a lost edit that parity covers is
+    /// rebuilt one one-way delay after it was sent, one that it does not waits about 1.2
+    /// round trips for the tail loss probe's resend. At the transport's own 30 % readers
+    /// rebuilt 16–30 of the relay's lost packets per 1,000 edits from parity, at 100 %
+    /// 44–56 (about all of them), so at 30 % the probe sets the p99 more often. Measured with
+    /// `sdk-latency` (two clients through the relay, 20 edits/s, RTT 50 ms, 5 % loss each
+    /// way, three seeds): Quantum p99 114–148 ms at 30 % (0.37–0.66 × WebSocket's), 112–114
+    /// ms at 100 % (0.42–0.46 ×), 89–116 ms at 200 % (0.35–0.45 ×); the two clients' Quantum
+    /// bytes were 1.66–1.69 × WebSocket's at 30 % and 1.92–1.97 × at 100 % and 200 % (≈ 3
+    /// KB/s more for the pair). On the clean link 100 % sent no parity (1.29–1.33 ×), while
+    /// one 200 % run spent 10 % on parity after spurious losses. 200 % buys nothing
+    /// consistent over 100 % here, since a sparse group gets one parity packet whatever the
+    /// budget. Details in `benches/RESULTS.md`.
     pub quantum_sparse_fec_budget: u16,
 }
 

@@ -106,9 +106,10 @@ pub struct Settings {
     pub quantum_addr: Option<String>,
 
     /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), 0 to
-    /// 200, spent only while loss is measured (none below 1 %). Higher buys a lower p99 under
-    /// loss for bytes: at 100, a lost edit is rebuilt from parity one one-way delay after it
-    /// was sent instead of waiting about 1.2 RTT for a resend [default: 100].
+    /// 200, spent only while loss is measured (none below 1 %). Higher trades bytes for a
+    /// lower p99 under loss: a lost edit that parity covers is rebuilt one one-way delay after
+    /// it was sent instead of waiting about 1.2 RTT for a resend. 30 is the transport's
+    /// bytes-first default [default: 100].
     #[arg(
         long,
         env = "AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET",
