@@ -93,19 +93,18 @@ pub struct ClientConfig {
     /// peers and on a [`crate::Peer`] listener. Spent only while loss is measured (none below
     /// 1 %), so a clean network pays nothing.
     ///
-    /// The trade-off is bytes for the p99 under loss: a lost edit that parity covers is
-    /// rebuilt one one-way delay after it was sent, one that it does not waits about 1.2
-    /// round trips for the tail loss probe's resend. At the transport's own 30 % readers
-    /// rebuilt 16–30 of the relay's lost packets per 1,000 edits from parity, at 100 %
-    /// 44–56 (about all of them), so at 30 % the probe sets the p99 more often. Measured with
-    /// `sdk-latency` (two clients through the relay, 20 edits/s, RTT 50 ms, 5 % loss each
-    /// way, three seeds): Quantum p99 114–148 ms at 30 % (0.37–0.66 × WebSocket's), 112–114
-    /// ms at 100 % (0.42–0.46 ×), 89–116 ms at 200 % (0.35–0.45 ×); the two clients' Quantum
-    /// bytes were 1.66–1.69 × WebSocket's at 30 % and 1.92–1.97 × at 100 % and 200 % (≈ 3
-    /// KB/s more for the pair). On the clean link 100 % sent no parity (1.29–1.33 ×), while
-    /// one 200 % run spent 10 % on parity after spurious losses. 200 % buys nothing
-    /// consistent over 100 % here, since a sparse group gets one parity packet whatever the
-    /// budget. Details in `benches/RESULTS.md`.
+    /// The trade-off is bytes for the tail latency under loss: a lost edit that parity
+    /// covers is rebuilt one one-way delay after it was sent, one that it does not waits
+    /// about 1.2 round trips for the tail loss probe's resend. Measured with `sdk-latency`
+    /// (two clients through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way): edits
+    /// that waited for a resend fell from 61–78 per 1,000 at 30 % to 4–32 at 100 % and 11–14
+    /// at 200 % (three runs each), but the p99 stayed near the resend tier, 106–117 ms in 15
+    /// of 18 runs at all three budgets, because a sparse group gets one parity packet
+    /// whatever the budget and an edit crosses two lossy hops. Quantum bytes on the link went
+    /// from 1.65–1.69 × to 1.87–1.98 × WebSocket's (≈ 3 KB/s more for the pair); with no loss
+    /// no parity was sent at 100 % (1.26–1.33 ×). 200 % cost the same here, but in one run
+    /// spent 10 % on parity after spurious losses on a clean link. Details in
+    /// `benches/RESULTS.md`.
     pub quantum_sparse_fec_budget: u16,
 }
 

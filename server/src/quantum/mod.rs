@@ -50,14 +50,15 @@
 //! **Latency before bytes.** The listener's connections send sparse FEC parity from a budget
 //! of [`Config::quantum_sparse_fec_budget`] (`--quantum-sparse-fec-budget`, default
 //! [`DEFAULT_QUANTUM_SPARSE_FEC_BUDGET`] %) instead of the transport's 30 %: edits are small
-//! and few, so parity costs little in absolute bytes, while at 30 % most edits the relay
+//! and few, so parity costs little in absolute bytes, while at 30 % many edits the relay
 //! loses on the way to a reader wait for the tail loss probe, which sets the p99 (see
 //! `aetherflow_quantum::fec`, "The limit"). Parity is sent only while loss is measured (none
 //! below 1 %), so a clean network pays nothing. Measured (`sdk-latency`, two SDK clients
-//! through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way, three seeds): Quantum p99
-//! 114–148 ms at 30 % and 112–114 ms at 100 %, against WebSocket's 223–305 ms; readers
-//! rebuilt 16–30 of the relay's lost packets from parity at 30 % and 44–56 at 100 %; both
-//! clients' Quantum bytes rose from 1.66–1.69 × to 1.92–1.96 × WebSocket's (≈ 3 KB/s more).
+//! through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way): readers rebuilt 15–35 of
+//! the relay's lost packets per 1,000 edits from parity at 30 % and 42–57 at 100 % (six runs
+//! each); edits that waited for a resend fell from 61–78 to 4–32 (three runs each), for ≈ 3
+//! KB/s more on the link. The p99 stayed near the resend tier (106–117 ms in most runs at
+//! either budget), since a sparse group gets one parity packet whatever the budget.
 //! Details in `benches/RESULTS.md`.
 
 pub mod registers;
