@@ -1,4 +1,5 @@
-//! The client's configuration, built once and handed to [`crate::Client::open`].
+//! The client's configuration, built once and handed to [`crate::Client::open`], which checks
+//! it ([`ClientConfig::validate`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,23 @@ impl Backoff {
     }
 }
 
+/// Default [`ClientConfig::quantum_sparse_fec_budget`], in percent of data bytes: latency
+/// first, where the transport's own default (30 %) is bytes first.
+pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 100;
+
+/// Why a [`ClientConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// [`ClientConfig::quantum_sparse_fec_budget`] is above the transport's limit.
+    #[error("quantum_sparse_fec_budget must be a percentage from 0 to {max}, not {percent}")]
+    SparseFecBudget {
+        /// The budget asked for.
+        percent: u16,
+        /// The largest budget the transport accepts.
+        max: u16,
+    },
+}
+
 /// Everything a [`crate::Client`] needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -70,6 +88,24 @@ pub struct ClientConfig {
     /// required from those connecting to [`crate::Client::listen`]. It is unrelated to the
     /// relay's token.
     pub peer_secret: Option<String>,
+    /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), 0 to
+    /// 200 ([`DEFAULT_SPARSE_FEC_BUDGET`] by default), on the connection to the relay, to
+    /// peers and on a [`crate::Peer`] listener. Spent only while loss is measured (none below
+    /// 1 %), so a clean network pays nothing.
+    ///
+    /// The trade-off is bytes for the tail latency under loss: a lost edit that parity
+    /// covers is rebuilt one one-way delay after it was sent, one that it does not waits
+    /// about 1.2 round trips for the tail loss probe's resend. Measured with `sdk-latency`
+    /// (two clients through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way): edits
+    /// that waited for a resend fell from 61–78 per 1,000 at 30 % to 4–32 at 100 % and 11–14
+    /// at 200 % (three runs each), but the p99 stayed near the resend tier, 106–117 ms in 15
+    /// of 18 runs at all three budgets, because a sparse group gets one parity packet
+    /// whatever the budget and an edit crosses two lossy hops. Quantum bytes on the link went
+    /// from 1.65–1.69 × to 1.87–1.98 × WebSocket's (≈ 3 KB/s more for the pair); with no loss
+    /// no parity was sent at 100 % (1.26–1.33 ×). 200 % cost the same here, but in one run
+    /// spent 10 % on parity after spurious losses on a clean link. Details in
+    /// `benches/RESULTS.md`.
+    pub quantum_sparse_fec_budget: u16,
 }
 
 /// File name of the local database inside [`ClientConfig::data_dir`].
@@ -88,7 +124,36 @@ impl ClientConfig {
             backoff: Backoff::default(),
             peers: Vec::new(),
             peer_secret: None,
+            quantum_sparse_fec_budget: DEFAULT_SPARSE_FEC_BUDGET,
         }
+    }
+
+    /// Checks the settings the transport would otherwise refuse only when it connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let max = aetherflow_quantum::fec::MAX_SPARSE_BUDGET_PERCENT;
+        if self.quantum_sparse_fec_budget > max {
+            return Err(ConfigError::SparseFecBudget {
+                percent: self.quantum_sparse_fec_budget,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets [`ClientConfig::quantum_sparse_fec_budget`] (checked when the client opens).
+    pub fn quantum_sparse_fec_budget(mut self, percent: u16) -> ClientConfig {
+        self.quantum_sparse_fec_budget = percent;
+        self
+    }
+
+    /// The Quantum settings of this client's connections and [`crate::Peer`] listeners.
+    pub fn quantum_driver(&self) -> aetherflow_quantum::DriverConfig {
+        let mut driver = aetherflow_quantum::DriverConfig {
+            handshake_timeout: self.quantum_handshake_timeout,
+            ..aetherflow_quantum::DriverConfig::default()
+        };
+        driver.quantum.fec.sparse_budget_percent = self.quantum_sparse_fec_budget;
+        driver
     }
 
     /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`).
@@ -136,8 +201,37 @@ impl ClientConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_fec_budget_above_200_is_refused_and_0_to_200_reach_the_transport() {
+        let config = ClientConfig::new("unused");
+        assert_eq!(config.quantum_sparse_fec_budget, DEFAULT_SPARSE_FEC_BUDGET);
+        assert_eq!(
+            config.quantum_driver().quantum.fec.sparse_budget_percent,
+            DEFAULT_SPARSE_FEC_BUDGET
+        );
+        for percent in [0, 55, 200] {
+            let config = ClientConfig::new("unused").quantum_sparse_fec_budget(percent);
+            assert_eq!(config.validate(), Ok(()));
+            let driver = config.quantum_driver();
+            assert_eq!(driver.quantum.fec.sparse_budget_percent, percent);
+            assert_eq!(driver.quantum.validate(), Ok(()));
+        }
+        for percent in [201, u16::MAX] {
+            let err = ClientConfig::new("unused")
+                .quantum_sparse_fec_budget(percent)
+                .validate()
+                .unwrap_err();
+            assert_eq!(err, ConfigError::SparseFecBudget { percent, max: 200 });
+            assert!(
+                err.to_string().contains("quantum_sparse_fec_budget"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_bound() {

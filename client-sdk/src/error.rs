@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The configuration cannot be used (see [`crate::ClientConfig::validate`]).
+    #[error("invalid client configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
     /// The local database could not be opened (missing permissions, another process holds it, a
     /// corrupt file).
     #[error("cannot open the local database {path}: {reason}")]

@@ -164,6 +164,8 @@ pub(crate) struct OpenDocs {
     reader: StoreReader,
     writer: std::sync::mpsc::Sender<WriteOp>,
     transport: Arc<dyn Transport>,
+    /// The relay's Quantum transport, when [`Client::open`] made one.
+    quantum: Option<Arc<QuantumTransport>>,
     /// A Quantum transport per configured peer.
     peers: Vec<(SocketAddr, Arc<dyn Transport>)>,
     docs: Mutex<HashMap<String, DocHandle>>,
@@ -188,44 +190,59 @@ impl Client {
     /// [`ClientConfig::quantum_addr`] is set, falling back to WebSocket when
     /// [`ClientConfig::websocket_url`] is set too; offline when neither is. Documents also
     /// sync with every peer in [`ClientConfig::peers`].
+    ///
+    /// A configuration that [`ClientConfig::validate`] refuses is [`ClientError::Config`].
     pub fn open(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
         let websocket = config.websocket_url.as_ref().map(|url| {
             Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
         });
         let quantum = config.quantum_addr.map(|addr| {
-            Arc::new(QuantumTransport::new(
+            let driver = config.quantum_driver();
+            Arc::new(QuantumTransport::with_driver(
                 addr,
                 config.token.clone(),
-                config.quantum_handshake_timeout,
-            )) as Arc<dyn Transport>
+                driver,
+            ))
         });
-        let transport: Arc<dyn Transport> = match (quantum, websocket) {
+        let transport: Arc<dyn Transport> = match (quantum.clone(), websocket) {
             (Some(primary), Some(fallback)) => Arc::new(Fallback { primary, fallback }),
-            (Some(only), None) | (None, Some(only)) => only,
+            (Some(only), None) => only,
+            (None, Some(only)) => only,
             (None, None) => Arc::new(Offline),
         };
-        Client::with_transport(config, transport)
+        Client::build(config, transport, quantum)
     }
 
     /// Opens the local database and syncs through `transport` (and with the configured peers).
+    /// A configuration that [`ClientConfig::validate`] refuses is [`ClientError::Config`].
     pub fn with_transport(
         config: ClientConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Client, ClientError> {
+        Client::build(config, transport, None)
+    }
+
+    /// [`Client::with_transport`], keeping the relay's Quantum transport for
+    /// [`Client::quantum_stats`].
+    fn build(
+        config: ClientConfig,
+        transport: Arc<dyn Transport>,
+        quantum: Option<Arc<QuantumTransport>>,
+    ) -> Result<Client, ClientError> {
+        config.validate()?;
         let store = LocalStore::open(&config.database_path())?;
         let peers = config
             .peers
             .iter()
             .map(|&addr| {
-                let quantum = QuantumTransport::new(
-                    addr,
-                    config.peer_secret.clone(),
-                    config.quantum_handshake_timeout,
-                );
+                let secret = config.peer_secret.clone();
+                let quantum = QuantumTransport::with_driver(addr, secret, config.quantum_driver());
                 (addr, Arc::new(quantum) as Arc<dyn Transport>)
             })
             .collect();
         let docs = Arc::new(OpenDocs {
+            quantum,
             reader: store.reader(),
             writer: store.writer(),
             registers: Mutex::new(HashMap::new()),
@@ -258,6 +275,14 @@ impl Client {
     /// register writes.
     pub fn client_id(&self) -> &str {
         &self.docs.client_id
+    }
+
+    /// The figures of the Quantum connection to the relay (bytes on the wire, FEC parity sent
+    /// and repaired, retransmits), for diagnostics and benchmarks; `None` when the client has
+    /// no Quantum relay address (or was built [`Client::with_transport`]) or no connection
+    /// is open.
+    pub async fn quantum_stats(&self) -> Option<aetherflow_quantum::ConnectionStats> {
+        self.docs.quantum.as_ref()?.stats().await
     }
 
     /// Listens for other SDK instances at `addr` (port 0 picks a free one) and serves them

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::Message;
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use aetherflow_quantum::{QuantumConnection, QuantumEndpoint};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -94,10 +94,8 @@ pub(crate) async fn listen(docs: Arc<OpenDocs>, addr: SocketAddr) -> Result<Peer
         .peer_secret
         .clone()
         .ok_or(ClientError::NoPeerSecret)?;
-    let mut driver = DriverConfig {
-        handshake_timeout: docs.config.quantum_handshake_timeout,
-        ..DriverConfig::default()
-    };
+    // The client's sparse FEC budget, so edits served to peers are protected alike.
+    let mut driver = docs.config.quantum_driver();
     driver.quantum.accept_incoming = true;
     let endpoint = QuantumEndpoint::bind(addr, driver)
         .await

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::Message;
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use aetherflow_quantum::{ConnectionStats, DriverConfig, QuantumConnection, QuantumEndpoint};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ struct Mux {
 pub struct QuantumTransport {
     relay: SocketAddr,
     token: Option<String>,
-    handshake_timeout: Duration,
+    driver: DriverConfig,
     limits: EnvelopeLimits,
     state: tokio::sync::Mutex<(Option<QuantumEndpoint>, Option<Arc<Mux>>)>,
 }
@@ -76,15 +76,35 @@ impl std::fmt::Debug for QuantumTransport {
 }
 
 impl QuantumTransport {
-    /// A transport for the relay's Quantum listener at `relay`.
+    /// A transport for the relay's Quantum listener at `relay`, with the SDK's default
+    /// sparse FEC budget ([`crate::config::DEFAULT_SPARSE_FEC_BUDGET`]).
     pub fn new(relay: SocketAddr, token: Option<String>, handshake_timeout: Duration) -> Self {
+        let mut driver = DriverConfig {
+            handshake_timeout,
+            ..DriverConfig::default()
+        };
+        driver.quantum.fec.sparse_budget_percent = crate::config::DEFAULT_SPARSE_FEC_BUDGET;
+        QuantumTransport::with_driver(relay, token, driver)
+    }
+
+    /// A transport for `relay` whose local endpoint uses `driver` (for example
+    /// [`crate::ClientConfig::quantum_driver`]). Settings the transport refuses make every
+    /// connect fail with [`TransportError::Connect`] saying why.
+    pub fn with_driver(relay: SocketAddr, token: Option<String>, driver: DriverConfig) -> Self {
         QuantumTransport {
             relay,
             token,
-            handshake_timeout,
+            driver,
             limits: EnvelopeLimits::default(),
             state: tokio::sync::Mutex::new((None, None)),
         }
+    }
+
+    /// The open connection's figures (bytes and parity sent, retransmits, FEC repairs);
+    /// `None` while no connection is open. Waits while a connection is being opened.
+    pub async fn stats(&self) -> Option<ConnectionStats> {
+        let mux = self.state.lock().await.1.clone()?;
+        mux.conn.stats().await.ok()
     }
 
     /// The live connection, opening one (and the local socket) if needed.
@@ -105,11 +125,7 @@ impl QuantumTransport {
                 }
                 .parse()
                 .expect("a literal socket address parses");
-                let config = DriverConfig {
-                    handshake_timeout: self.handshake_timeout,
-                    ..DriverConfig::default()
-                };
-                let endpoint = QuantumEndpoint::bind(local, config)
+                let endpoint = QuantumEndpoint::bind(local, self.driver.clone())
                     .await
                     .map_err(|e| TransportError::Connect(e.to_string()))?;
                 state.0 = Some(endpoint.clone());

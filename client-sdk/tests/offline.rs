@@ -1,10 +1,11 @@
 //! The client without a relay, and bad input: invalid names, a database in use, a damaged
-//! database, a relay that sends garbage.
+//! database, a relay that sends garbage, an unusable configuration.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use aetherflow_client::config::ConfigError;
 use aetherflow_client::store::{LocalStore, WriteOp};
 use aetherflow_client::{
     Backoff, Change, Client, ClientConfig, ClientError, Link, Transport, TransportError,
@@ -60,6 +61,54 @@ async fn a_database_in_use_by_another_client_is_a_clear_error() {
     assert!(matches!(err, ClientError::Open { .. }), "{err}");
     assert!(err.to_string().contains("aetherflow-client.redb"), "{err}");
     first.close().await.unwrap();
+}
+
+/// A sparse FEC budget the transport would refuse stops the client at open, whichever way it
+/// is built, before it creates a database, binds a socket or reaches the relay or a peer.
+#[tokio::test]
+async fn a_sparse_fec_budget_above_200_is_refused_when_the_client_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = "127.0.0.1:9".parse().unwrap();
+    let bad = ClientConfig::new(dir.path())
+        .quantum(relay)
+        .peer(relay)
+        .peer_secret("secret")
+        .quantum_sparse_fec_budget(201);
+    let err = Client::open(bad.clone()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Config(ConfigError::SparseFecBudget {
+                percent: 201,
+                max: 200
+            })
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("quantum_sparse_fec_budget"),
+        "{err}"
+    );
+    let err = Client::with_transport(bad, Arc::new(aetherflow_client::Offline)).unwrap_err();
+    assert!(matches!(err, ClientError::Config(_)), "{err}");
+    assert!(!dir.path().join("aetherflow-client.redb").exists());
+    // The limit itself is fine.
+    let at_limit = ClientConfig::new(dir.path()).quantum_sparse_fec_budget(200);
+    Client::open(at_limit).unwrap().close().await.unwrap();
+}
+
+/// A transport built by hand with settings Quantum refuses fails to connect saying why,
+/// rather than connecting with other settings: the driver settings reach the endpoint.
+#[tokio::test]
+async fn a_quantum_transport_with_a_refused_budget_fails_to_connect_saying_why() {
+    let mut driver = ClientConfig::new("unused").quantum_driver();
+    driver.quantum.fec.sparse_budget_percent = 250;
+    let relay = "127.0.0.1:9".parse().unwrap();
+    let transport = aetherflow_client::QuantumTransport::with_driver(relay, None, driver);
+    match transport.connect("doc").await {
+        Err(TransportError::Connect(why)) => assert!(why.contains("250 %"), "{why}"),
+        other => panic!("expected a connect error, got {:?}", other.map(|l| l.kind)),
+    }
 }
 
 #[tokio::test]

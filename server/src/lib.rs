@@ -179,10 +179,7 @@ async fn bind_quantum(
     let Some(addr) = config.quantum_addr else {
         return Ok(None);
     };
-    let mut driver = aetherflow_quantum::DriverConfig::default();
-    driver.quantum.accept_incoming = true;
-    // Room for the largest y-protocols message plus its envelope header.
-    driver.quantum.max_message_size = config.max_message_bytes + 1024;
+    let driver = quantum::driver_config(config);
     match aetherflow_quantum::QuantumEndpoint::bind(addr, driver).await {
         Ok(endpoint) => Ok(Some(endpoint)),
         Err(e) if !config.quantum_required => {

@@ -61,6 +61,45 @@ async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
     w.close().await.unwrap();
 }
 
+/// The sparse FEC budget is a setting of each end (relay flag, SDK config); ends with
+/// different budgets sync, and the SDK reports its connection's figures once one is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_sdk_with_their_own_sparse_fec_budgets_sync_over_quantum() {
+    let relay = Relay::start(&["--quantum-sparse-fec-budget", "200"]);
+    let quantum = relay.quantum_addr.unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Client::open(
+        config(dir_a.path())
+            .quantum(quantum)
+            .quantum_sparse_fec_budget(0),
+    )
+    .unwrap();
+    let b = Client::open(config(dir_b.path()).quantum(quantum)).unwrap();
+    assert!(
+        a.quantum_stats().await.is_none(),
+        "no connection before a document"
+    );
+    let (doc_a, doc_b) = (
+        a.doc("budgets").await.unwrap(),
+        b.doc("budgets").await.unwrap(),
+    );
+    append_text(&doc_a, "text", "from a;");
+    wait_text(&doc_b, "text", TIMEOUT, |t| t == "from a;").await;
+    append_text(&doc_b, "text", "from b;");
+    wait_text(&doc_a, "text", TIMEOUT, |t| t == "from a;from b;").await;
+    wait_settled_on(&doc_a, TransportKind::Quantum).await;
+    wait_settled_on(&doc_b, TransportKind::Quantum).await;
+    for client in [&a, &b] {
+        let stats = client.quantum_stats().await.unwrap();
+        assert!(
+            stats.bytes_sent > 0 && stats.messages_delivered > 0,
+            "{stats:?}"
+        );
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quantum_listener_the_sdk_falls_back_to_websocket() {
     let relay = Relay::start(&["--quantum-addr", "off"]);

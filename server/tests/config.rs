@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{Relay, YClient};
 
-const FLAGS: [(&str, &str); 9] = [
+const FLAGS: [(&str, &str); 10] = [
     ("--http-addr", "AETHERFLOW_HTTP_ADDR"),
     ("--data-dir", "AETHERFLOW_DATA_DIR"),
     ("--durability", "AETHERFLOW_DURABILITY"),
@@ -21,6 +21,10 @@ const FLAGS: [(&str, &str); 9] = [
         "AETHERFLOW_COMPACT_AFTER_UPDATES",
     ),
     ("--config", "AETHERFLOW_CONFIG"),
+    (
+        "--quantum-sparse-fec-budget",
+        "AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET",
+    ),
 ];
 
 fn aetherflow(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
@@ -159,4 +163,62 @@ fn a_second_relay_on_the_same_data_dir_is_refused() {
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("aetherflow.redb"), "{stderr}");
+}
+
+/// The sparse FEC budget is a percentage from 0 to 200, however it is given; a bad one stops
+/// the relay with a message naming the setting, before it listens anywhere.
+#[test]
+fn a_sparse_fec_budget_outside_0_to_200_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let base = [
+        "--http-addr",
+        "127.0.0.1:0",
+        "--quantum-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    let refused = |out: std::process::Output, expect: &[&str]| {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        for word in expect {
+            assert!(stderr.contains(word), "{word} not in: {stderr}");
+        }
+    };
+    // Above the limit, as a flag and as an environment variable: the relay's own check.
+    let flag = [&base[..], &["--quantum-sparse-fec-budget", "201"]].concat();
+    refused(
+        aetherflow(&flag, &[]),
+        &["--quantum-sparse-fec-budget", "0 to 200"],
+    );
+    let env = [("AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET", "250")];
+    refused(
+        aetherflow(&base, &env),
+        &["--quantum-sparse-fec-budget", "0 to 200"],
+    );
+    // Not a number, or negative: refused by the parser, which names the flag and the value.
+    let words = [&base[..], &["--quantum-sparse-fec-budget", "lots"]].concat();
+    refused(
+        aetherflow(&words, &[]),
+        &["--quantum-sparse-fec-budget", "lots"],
+    );
+    let negative = [("AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET", "-5")];
+    refused(
+        aetherflow(&base, &negative),
+        &["--quantum-sparse-fec-budget", "-5"],
+    );
+    // In the config file: too large, and of the wrong type.
+    let path = dir.path().join("relay.toml");
+    let file = [&base[..], &["--config", path.to_str().unwrap()]].concat();
+    std::fs::write(&path, "quantum_sparse_fec_budget = 300\n").unwrap();
+    refused(
+        aetherflow(&file, &[]),
+        &["--quantum-sparse-fec-budget", "0 to 200"],
+    );
+    std::fs::write(&path, "quantum_sparse_fec_budget = \"high\"\n").unwrap();
+    refused(
+        aetherflow(&file, &[]),
+        &["relay.toml", "quantum_sparse_fec_budget"],
+    );
 }

@@ -5,7 +5,8 @@
 //! ```text
 //! cargo build --release -p aetherflow-server --bin aetherflow -p aetherflow-benches --bin sdk-latency
 //! sudo target/release/sdk-latency run --relay target/release/aetherflow \
-//!     [--edits 1000] [--rate 20] [--rtt-ms 50] [--losses 0,0.05] [--seed 1]
+//!     [--edits 1000] [--rate 20] [--rtt-ms 50] [--losses 0,0.05] [--seed 1] \
+//!     [--quantum-sparse-fec-budget PERCENT]
 //! ```
 //!
 //! Each cell is one relay. On loopback the relay and the clients share the host's loopback;
@@ -19,6 +20,18 @@
 //! document. Both ends are in one process, so one monotonic clock serves both.
 //!
 //! `clients` is one such process, which `run` starts; it prints one JSON line.
+//!
+//! Besides percentiles the report counts the edits later than p50 + 0.8 RTT: those that
+//! waited for a resend (Quantum's tail loss probe, TCP's retransmission) rather than arriving
+//! first time or being rebuilt from parity. Over 1,000 edits, ten or more of them put the p99
+//! in the resend tier.
+//!
+//! Bytes: on a link the relay listens on fixed ports ([`LINK_HTTP_PORT`], [`LINK_QUANTUM_PORT`])
+//! so the emulator counts each transport's wire bytes per direction. The Quantum writer's own
+//! figures ([`aetherflow_client::Client::quantum_stats`]) give the FEC overhead of the
+//! writer → relay hop (parity bytes / other bytes sent) and the relay's repairs from that
+//! parity; the reader's give its repairs from the relay's parity. The relay's own parity bytes
+//! are not visible to the benchmark; its hop carries the same edits under the same budget.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,8 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aetherflow_benches::latency::Percentiles;
-use aetherflow_benches::link::emulator::{Link, LinkSpec};
+use aetherflow_benches::link::emulator::{FlowBytes, Link, LinkSpec};
 use aetherflow_benches::link::model::LinkConfig;
+use aetherflow_benches::link::packet::Flow;
 use aetherflow_client::{Client, ClientConfig, Connection, DocHandle, TransportKind};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +54,10 @@ use yrs::{GetString, Text, Transact};
 const CHUNK: usize = 8;
 /// The relay's JWT secret in every cell; the clients sign their own tokens with it.
 const SECRET: &str = "sdk-latency-benchmark-secret";
+/// The relay's HTTP port on a link: below the clients' ephemeral ports, so it names the flow.
+const LINK_HTTP_PORT: u16 = 8080;
+/// The relay's Quantum port on a link.
+const LINK_QUANTUM_PORT: u16 = 9090;
 
 #[derive(Parser)]
 #[command(about = "SDK edit-to-visible latency, Quantum vs WebSocket (needs root for links)")]
@@ -63,6 +81,9 @@ enum Mode {
         edits: usize,
         #[arg(long)]
         rate: f64,
+        /// The Quantum clients' sparse FEC budget (the SDK's default if unset).
+        #[arg(long)]
+        quantum_sparse_fec_budget: Option<u16>,
     },
 }
 
@@ -86,6 +107,10 @@ struct RunArgs {
     /// Seed of the first link's loss pattern.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Sparse FEC budget of the relay's Quantum listener and the Quantum clients, in percent
+    /// (the relay's and the SDK's defaults if unset).
+    #[arg(long)]
+    quantum_sparse_fec_budget: Option<u16>,
 }
 
 /// The transport a client pair uses.
@@ -102,6 +127,23 @@ struct Report {
     latencies_us: Vec<u64>,
     /// Whether both clients were still online over the intended transport at the end.
     stayed_on_transport: bool,
+    /// The Quantum clients' connection figures; `None` for WebSocket.
+    quantum: Option<QuantumFigures>,
+}
+
+/// What the Quantum writer and reader saw of their connections to the relay.
+#[derive(Debug, Serialize, Deserialize)]
+struct QuantumFigures {
+    /// Bytes the writer sent, parity included.
+    writer_bytes_sent: u64,
+    /// Bytes of the writer's parity packets.
+    writer_fec_bytes_sent: u64,
+    /// Data packets the writer sent again (tail loss probes included).
+    writer_retransmits: u64,
+    /// Packets the relay rebuilt from the writer's parity.
+    relay_repaired: u64,
+    /// Packets the reader rebuilt from the relay's parity.
+    reader_repaired: u64,
 }
 
 #[tokio::main]
@@ -113,8 +155,14 @@ async fn main() -> anyhow::Result<()> {
             relay,
             edits,
             rate,
+            quantum_sparse_fec_budget,
         } => {
-            let report = clients(transport, relay, edits, rate).await?;
+            let pair = Pair {
+                kind: transport,
+                relay,
+                budget: quantum_sparse_fec_budget,
+            };
+            let report = clients(pair, edits, rate).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -132,13 +180,24 @@ fn token() -> anyhow::Result<String> {
     )?)
 }
 
-async fn open(
+/// Which transport a client pair uses, where the relay is, and the Quantum budget.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
     kind: Kind,
     relay: SocketAddr,
-    dir: &Path,
-    doc: &str,
-) -> anyhow::Result<(Client, DocHandle)> {
-    let config = ClientConfig::new(dir).token(token()?);
+    budget: Option<u16>,
+}
+
+async fn open(pair: Pair, dir: &Path, doc: &str) -> anyhow::Result<(Client, DocHandle)> {
+    let Pair {
+        kind,
+        relay,
+        budget,
+    } = pair;
+    let mut config = ClientConfig::new(dir).token(token()?);
+    if let Some(percent) = budget {
+        config = config.quantum_sparse_fec_budget(percent);
+    }
     let config = match kind {
         Kind::Websocket => config.websocket(format!("ws://{relay}")),
         Kind::Quantum => config.quantum(relay),
@@ -172,11 +231,12 @@ fn text_len(handle: &DocHandle) -> usize {
     text.get_string(&handle.doc().transact()).len()
 }
 
-async fn clients(kind: Kind, relay: SocketAddr, edits: usize, rate: f64) -> anyhow::Result<Report> {
+async fn clients(pair: Pair, edits: usize, rate: f64) -> anyhow::Result<Report> {
+    let kind = pair.kind;
     let (dir_w, dir_r) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let doc = format!("latency-{kind:?}").to_lowercase();
-    let (_writer_client, writer) = open(kind, relay, dir_w.path(), &doc).await?;
-    let (_reader_client, reader) = open(kind, relay, dir_r.path(), &doc).await?;
+    let (writer_client, writer) = open(pair, dir_w.path(), &doc).await?;
+    let (reader_client, reader) = open(pair, dir_r.path(), &doc).await?;
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(edits)));
     let watch = tokio::spawn(watch(reader.clone(), sent.clone(), edits));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -198,9 +258,23 @@ async fn clients(kind: Kind, relay: SocketAddr, edits: usize, rate: f64) -> anyh
         .context("the reader never saw every edit")??;
     let online =
         |h: &DocHandle| h.state().borrow().connection == Connection::Online(transport_kind(kind));
+    let quantum = match (
+        writer_client.quantum_stats().await,
+        reader_client.quantum_stats().await,
+    ) {
+        (Some(w), Some(r)) => Some(QuantumFigures {
+            writer_bytes_sent: w.bytes_sent,
+            writer_fec_bytes_sent: w.fec_bytes_sent,
+            writer_retransmits: w.retransmits,
+            relay_repaired: w.fec_repairs_reported,
+            reader_repaired: r.fec_repaired,
+        }),
+        _ => None,
+    };
     Ok(Report {
         stayed_on_transport: online(&writer) && online(&reader),
         latencies_us,
+        quantum,
     })
 }
 
@@ -237,6 +311,14 @@ struct Cell {
     label: String,
     websocket: Report,
     quantum: Report,
+    /// Wire bytes per transport on the link (none on loopback).
+    wire: Option<Wire>,
+}
+
+/// Bytes that entered the link, per transport: `a_to_b` is relay → clients.
+struct Wire {
+    websocket: FlowBytes,
+    quantum: FlowBytes,
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -260,6 +342,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let label = format!("RTT {} ms, {:.0} % loss", args.rtt_ms, loss * 100.0);
         let cell = run_cell(&args, &exe, Place::Link(&link), label).await;
         let stats = link.shutdown().await;
+        let flow = |f| stats.flows.get(&f).copied().unwrap_or_default();
+        let wire = Wire {
+            websocket: flow(Flow::Tcp(LINK_HTTP_PORT)),
+            quantum: flow(Flow::Udp(LINK_QUANTUM_PORT)),
+        };
         eprintln!(
             "link {loss}: A→B {} in / {} dropped, B→A {} in / {} dropped",
             stats.a_to_b.packets_in,
@@ -267,7 +354,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             stats.b_to_a.packets_in,
             stats.b_to_a.packets_dropped
         );
-        cells.push(cell?);
+        cells.push(Cell {
+            wire: Some(wire),
+            ..cell?
+        });
     }
     print_report(&args, &cells);
     Ok(())
@@ -280,10 +370,25 @@ async fn run_cell(
     label: String,
 ) -> anyhow::Result<Cell> {
     let data = tempfile::tempdir()?;
-    let host = match place {
-        Place::Loopback => "127.0.0.1".to_owned(),
-        Place::Link(link) => link.spec().addr_a().to_string(),
+    // Fixed ports on a link, where the relay has its namespace to itself and the emulator
+    // names flows by port; any free port on the shared loopback.
+    let (host, http_port, quantum_port) = match place {
+        Place::Loopback => ("127.0.0.1".to_owned(), 0, 0),
+        Place::Link(link) => (
+            link.spec().addr_a().to_string(),
+            LINK_HTTP_PORT,
+            LINK_QUANTUM_PORT,
+        ),
     };
+    let budget = args
+        .quantum_sparse_fec_budget
+        .map(|percent| {
+            vec![
+                "--quantum-sparse-fec-budget".to_owned(),
+                percent.to_string(),
+            ]
+        })
+        .unwrap_or_default();
     let relay_exe = args.relay.to_str().context("relay path is not UTF-8")?;
     let mut relay = match place {
         Place::Loopback => tokio::process::Command::new(relay_exe),
@@ -292,10 +397,11 @@ async fn run_cell(
     let mut relay = relay
         .args([
             "--http-addr",
-            &format!("{host}:0"),
+            &format!("{host}:{http_port}"),
             "--quantum-addr",
-            &format!("{host}:0"),
+            &format!("{host}:{quantum_port}"),
         ])
+        .args(&budget)
         .args(["--jwt-secret", SECRET, "--durability", "relaxed"])
         .arg("--data-dir")
         .arg(data.path())
@@ -324,6 +430,7 @@ async fn run_cell(
                 &args.edits.to_string(),
             ])
             .args(["--rate", &args.rate.to_string()])
+            .args(&budget)
             .kill_on_drop(true)
             .output()
     };
@@ -343,6 +450,7 @@ async fn run_cell(
         label,
         websocket: report(ws, "websocket")?,
         quantum: report(q, "quantum")?,
+        wire: None,
     })
 }
 
@@ -378,25 +486,40 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn print_report(args: &RunArgs, cells: &[Cell]) {
+    let budget = args
+        .quantum_sparse_fec_budget
+        .map_or("the relay's and the SDK's defaults".to_owned(), |b| {
+            format!("{b} %")
+        });
     println!(
-        "{} edits of {CHUNK} characters at {}/s per transport and cell; both transports at once in each cell\n",
+        "{} edits of {CHUNK} characters at {}/s per transport and cell; both transports at once in each cell; Quantum sparse FEC budget: {budget}\n",
         args.edits, args.rate
     );
-    println!("| cell | transport | visible | p50 ms | p99 ms | max ms | stayed on transport |");
-    println!("|---|---|---:|---:|---:|---:|---|");
+    // A resend (a tail loss probe, or TCP's retransmission) costs at least about one RTT; a
+    // repair from parity less than half of one.
+    let resend = Duration::from_secs_f64(args.rtt_ms * 0.8 / 1000.0);
+    println!(
+        "| cell | transport | visible | p50 ms | p99 ms | max ms | later than p50 + 0.8 RTT | stayed on transport |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---|");
     let mut ratios = Vec::new();
     for cell in cells {
         let mut figures = Vec::new();
         for (name, report) in [("WebSocket", &cell.websocket), ("Quantum", &cell.quantum)] {
             let Some(p) = Percentiles::of(&report.latencies_us) else {
                 println!(
-                    "| {} | {name} | 0 | – | – | – | {} |",
+                    "| {} | {name} | 0 | – | – | – | – | {} |",
                     cell.label, report.stayed_on_transport
                 );
                 continue;
             };
+            let late = report
+                .latencies_us
+                .iter()
+                .filter(|&&us| Duration::from_micros(us) > p.p50 + resend)
+                .count();
             println!(
-                "| {} | {name} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                "| {} | {name} | {} | {:.1} | {:.1} | {:.1} | {late} | {} |",
                 cell.label,
                 report.latencies_us.len(),
                 ms(p.p50),
@@ -420,5 +543,45 @@ fn print_report(args: &RunArgs, cells: &[Cell]) {
     println!("|---|---:|---:|---:|");
     for (label, p50, p99, max) in ratios {
         println!("| {label} | {p50:.2} | {p99:.2} | {max:.2} |");
+    }
+    print_bytes(cells);
+}
+
+/// Quantum's FEC figures and both transports' wire bytes, per cell.
+fn print_bytes(cells: &[Cell]) {
+    println!(
+        "\nQuantum FEC (writer → relay overhead = the writer's parity bytes / its other bytes) and wire bytes on the link:\n"
+    );
+    println!(
+        "| cell | writer FEC overhead | writer retransmits | relay repaired | reader repaired | WebSocket bytes to relay / from relay | Quantum bytes to relay / from relay | Quantum / WebSocket bytes |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for cell in cells {
+        let Some(q) = &cell.quantum.quantum else {
+            continue;
+        };
+        let overhead = q.writer_fec_bytes_sent as f64
+            / q.writer_bytes_sent
+                .saturating_sub(q.writer_fec_bytes_sent)
+                .max(1) as f64;
+        let (ws, qu, ratio) = match &cell.wire {
+            Some(w) => {
+                let total = |b: &FlowBytes| (b.a_to_b + b.b_to_a) as f64;
+                (
+                    format!("{} / {}", w.websocket.b_to_a, w.websocket.a_to_b),
+                    format!("{} / {}", w.quantum.b_to_a, w.quantum.a_to_b),
+                    format!("{:.2}", total(&w.quantum) / total(&w.websocket).max(1.0)),
+                )
+            }
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        println!(
+            "| {} | {:.1} % | {} | {} | {} | {ws} | {qu} | {ratio} |",
+            cell.label,
+            overhead * 100.0,
+            q.writer_retransmits,
+            q.relay_repaired,
+            q.reader_repaired
+        );
     }
 }
