@@ -60,14 +60,18 @@
 //! packets. (Before a packet joins any group, packets whose tail loss probe is already due,
 //! sent longer than the probe timeout SRTT + max(2·RTTVAR, SRTT/8) ago, leave the group's
 //! front: parity sent from then on would arrive after the probe's resend, so covering them
-//! would cost bytes and buy nothing.) A sparse group closes with one parity packet [`FecConfig::flush_delay`]
-//! (at most an eighth of the probe timeout) after its newest packet if the *sparse credit*
-//! pays for that parity packet, and otherwise waits for the next packet. Every first
+//! would cost bytes and buy nothing.) A sparse group closes [`FecConfig::flush_delay`] (at
+//! most an eighth of the probe timeout) after its newest packet if the *sparse credit* pays
+//! for at least one parity packet, and otherwise waits for the next packet. It gets one
+//! parity packet per data packet (at most `m`) as far as the credit pays: a group of two
+//! small messages sent together (an SDK edit and its barrier) with a single parity packet
+//! would leave its first message to the probe whenever a second of its three packets is
+//! lost too. Every first
 //! transmission earns credit worth its bytes times the sparse budget,
 //! [`FecConfig::sparse_budget_percent`] (30 %) at 2 % measured loss or more
 //! ([`SPARSE_FULL_BUDGET_LOSS`]), growing linearly from none at 1 % ([`SPARSE_MIN_LOSS`]:
 //! below it parity cannot move the p99, and jitter can fake that much); credit is capped
-//! at two parity packets, and each sparse parity packet spends its own size. Sparse parity so
+//! at `m` (at least two) parity packets, and each sparse parity packet spends its own size. Sparse parity so
 //! costs at most the budget, and nothing while no loss is measured.
 //!
 //! **Other groups** (the sender was held back by pacing or the window, not the application)

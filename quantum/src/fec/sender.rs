@@ -258,9 +258,9 @@ impl FecSender {
 
     /// When the open group closes early if no more data joins it. A sparse group closes a
     /// short flush (at most an eighth of the probe timeout) after its newest packet if the
-    /// credit pays for one parity packet, and otherwise waits for more packets; other groups
-    /// close at the flush deadline once they hold `ceil(k/m)` packets or their oldest is
-    /// [`FecConfig::max_group_span`] old.
+    /// credit pays for at least one parity packet, and otherwise waits for more packets;
+    /// other groups close at the flush deadline once they hold `ceil(k/m)` packets or their
+    /// oldest is [`FecConfig::max_group_span`] old.
     pub fn deadline(&self) -> Option<Instant> {
         let group = self.open.as_ref()?;
         let flush = group.newest + self.config.flush_delay;

@@ -1,0 +1,132 @@
+//! The configuration's unit tests.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+#[test]
+fn defaults_match_the_documented_ones() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.database_path(), Path::new("./data/aetherflow.redb"));
+    assert_eq!(config.durability, Durability::Durable);
+    assert_eq!(config.max_message_bytes, 16 * 1024 * 1024);
+    assert_eq!(config.log_format, LogFormat::Pretty);
+}
+
+#[test]
+fn flags_override_the_file_and_the_file_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "http_addr = \"127.0.0.1:9999\"\ndurability = \"relaxed\"\nmax_message_bytes = 2048\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--max-message-bytes",
+        "4096",
+    ]);
+    let config = Config::from_cli(cli).unwrap();
+    assert_eq!(config.http_addr.to_string(), "127.0.0.1:9999");
+    assert_eq!(config.durability, Durability::Relaxed);
+    assert_eq!(config.max_message_bytes, 4096);
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_an_error_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "http_adr = \"127.0.0.1:9999\"\n").unwrap();
+    let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+    let err = Config::from_cli(cli).unwrap_err();
+    assert!(err.to_string().contains("http_adr"), "{err}");
+}
+
+#[test]
+fn a_public_address_without_keys_is_refused() {
+    let public = Settings {
+        http_addr: Some("0.0.0.0:8080".parse().unwrap()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(public).unwrap_err();
+    assert!(err.to_string().contains("--jwt-secret"), "{err}");
+    let with_key = Settings {
+        http_addr: Some("0.0.0.0:8080".parse().unwrap()),
+        jwt_secret: Some("s3cret".into()),
+        ..Settings::default()
+    };
+    assert!(Config::from_settings(with_key).is_ok());
+}
+
+#[test]
+fn a_short_admin_key_or_one_equal_to_the_jwt_secret_is_refused() {
+    let short = Settings {
+        admin_key: Some("short".into()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(short).unwrap_err();
+    assert!(err.to_string().contains("--admin-key"), "{err}");
+    let same = Settings {
+        admin_key: Some("the-same-long-secret".into()),
+        jwt_secret: Some("the-same-long-secret".into()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(same).unwrap_err();
+    assert!(err.to_string().contains("--jwt-secret"), "{err}");
+}
+
+#[test]
+fn the_quantum_address_defaults_to_9090_can_be_set_or_turned_off() {
+    let default = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(
+        default.quantum_addr,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    assert!(!default.quantum_required);
+    let set = |value: &str| {
+        Config::from_settings(Settings {
+            quantum_addr: Some(value.into()),
+            ..Settings::default()
+        })
+    };
+    let explicit = set("127.0.0.1:0").unwrap();
+    assert_eq!(explicit.quantum_addr, Some("127.0.0.1:0".parse().unwrap()));
+    assert!(explicit.quantum_required);
+    assert_eq!(set("off").unwrap().quantum_addr, None);
+    let err = set("nine").unwrap_err();
+    assert!(err.to_string().contains("--quantum-addr"), "{err}");
+    let err = set("0.0.0.0:9090").unwrap_err();
+    assert!(err.to_string().contains("--jwt-secret"), "{err}");
+}
+
+#[test]
+fn a_zero_rate_disables_its_limit_and_defaults_are_on() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(
+        config.message_rate,
+        Some(Rate::per_second(
+            DEFAULT_MESSAGE_RATE_PER_SEC,
+            DEFAULT_MESSAGE_BURST
+        ))
+    );
+    assert!(config.connect_rate.is_some());
+    let off = Settings {
+        connect_rate_per_min: Some(0),
+        message_rate_per_sec: Some(0),
+        ..Settings::default()
+    };
+    let config = Config::from_settings(off).unwrap();
+    assert_eq!((config.connect_rate, config.message_rate), (None, None));
+}
+
+#[test]
+fn absurd_limits_are_refused() {
+    let settings = Settings {
+        max_message_bytes: Some(10),
+        ..Settings::default()
+    };
+    assert!(Config::from_settings(settings).is_err());
+}
