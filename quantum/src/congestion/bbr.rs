@@ -338,13 +338,20 @@ impl Bbr {
 
     fn set_pacing_rate(&mut self) {
         let bw = self.bandwidth();
-        let rate = if bw > 0 {
-            (self.gains().0 * PACING_MARGIN * bw as f64) as u64
-        } else if let Some(min_rtt) = self.min_rtt().filter(|rtt| !rtt.is_zero()) {
-            // No bandwidth sample yet: the initial window per round trip, at STARTUP's gain.
-            (HIGH_GAIN * self.cwnd as f64 / min_rtt.as_secs_f64()) as u64
-        } else {
-            return;
+        let measured = (bw > 0).then(|| (self.gains().0 * PACING_MARGIN * bw as f64) as u64);
+        // The initial window per round trip, at STARTUP's gain.
+        let initial = self.min_rtt().filter(|rtt| !rtt.is_zero()).map(|rtt| {
+            (HIGH_GAIN * (INITIAL_CWND_PACKETS * self.mss) as f64 / rtt.as_secs_f64()) as u64
+        });
+        let rate = match (measured, initial) {
+            (Some(measured), _) if self.filled_pipe => measured,
+            // Until the pipe is full, never below the initial window's rate (as Linux's
+            // `bbr_init_pacing_rate_from_rtt`): an app-limited sender, which never fills the
+            // pipe, measures only its own small rate, and pacing at a few times that spread
+            // each burst (an edit, its barrier and their parity) over tens of milliseconds.
+            (Some(measured), Some(initial)) => measured.max(initial),
+            (Some(rate), None) | (None, Some(rate)) => rate,
+            (None, None) => return,
         };
         // Until the pipe is full, never slow down: early samples are small by construction.
         if self.filled_pipe || self.pacing_rate.is_none_or(|current| rate > current) {

@@ -265,3 +265,40 @@ fn a_sender_back_from_a_long_idle_skips_probe_rtt_and_paces_at_the_estimate() {
     let stamp = path.bbr.min_rtt.map(|(_, at)| at).expect("measured");
     assert!(path.now - stamp < ms(100));
 }
+
+#[test]
+fn an_app_limited_sender_paces_no_slower_than_the_initial_window() {
+    // One small message per 50 ms round trip: the only rate samples are the application's
+    // own (200 bytes per 50 ms), and pacing at a few times that would spread a burst of a
+    // message, its barrier and their parity over tens of milliseconds.
+    let mut bbr = Bbr::new(MSS, 1);
+    let t0 = Instant::now();
+    let mut delivered = 0;
+    for round in 0..40u32 {
+        delivered += 200;
+        let ack = Ack {
+            bytes: 200,
+            rtt: Some(ms(50)),
+            bytes_in_flight: 0,
+            rate: Some(RateSample {
+                delivered: 200,
+                interval: ms(50),
+                prior_delivered: delivered - 200,
+                total_delivered: delivered,
+                app_limited: true,
+            }),
+        };
+        bbr.on_ack(t0 + ms(50) * round, &ack);
+    }
+    assert_eq!(
+        bbr.state(),
+        BbrState::Startup,
+        "an app-limited sender never fills the pipe"
+    );
+    let initial = HIGH_GAIN * (10 * MSS) as f64 / 0.05;
+    let rate = bbr.pacing_rate().expect("paced") as f64;
+    assert!(
+        rate >= initial - 1.0,
+        "{rate} bytes/s paced, initial window {initial}"
+    );
+}
