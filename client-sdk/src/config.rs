@@ -47,8 +47,9 @@ impl Backoff {
 }
 
 /// Default [`ClientConfig::quantum_sparse_fec_budget`], in percent of data bytes: latency
-/// first, where the transport's own default (30 %) is bytes first.
-pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 100;
+/// first (a parity packet for every edit), where the transport's own default (30 %) is
+/// bytes first.
+pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 200;
 
 /// Why a [`ClientConfig`] cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,15 +96,13 @@ pub struct ClientConfig {
     ///
     /// The trade-off is bytes for the tail latency under loss: a lost edit that parity
     /// covers is rebuilt one one-way delay after it was sent, one that it does not waits
-    /// about 1.2 round trips for the tail loss probe's resend. Measured with `sdk-latency`
-    /// (two clients through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way): edits
-    /// that waited for a resend fell from 61–78 per 1,000 at 30 % to 4–32 at 100 % and 11–14
-    /// at 200 % (three runs each), but the p99 stayed near the resend tier, 106–117 ms in 15
-    /// of 18 runs at all three budgets, because a sparse group gets one parity packet
-    /// whatever the budget and an edit crosses two lossy hops. Quantum bytes on the link went
-    /// from 1.65–1.69 × to 1.87–1.98 × WebSocket's (≈ 3 KB/s more for the pair); with no loss
-    /// no parity was sent at 100 % (1.26–1.33 ×). 200 % cost the same here, but in one run
-    /// spent 10 % on parity after spurious losses on a clean link. Details in
+    /// about 1.2 round trips for the tail loss probe's resend. A parity packet is about ten
+    /// bytes longer than the packet it covers, so only a budget above 100 % covers every
+    /// edit. Measured with `sdk-latency` (two clients through the relay, 20 edits/s, RTT 50
+    /// ms, 5 % loss each way): edits that waited for a resend were 61–78 per 1,000 at 30 %,
+    /// about 10–25 at 100 % and 5–6 at 200 %; the Quantum p99 went from the resend tier
+    /// (106–148 ms) to about 61–64 ms at 200 %, for about 2.35 × WebSocket's bytes on the
+    /// link (1.65 × at 30 %). With no loss measured no parity is sent. Details in
     /// `benches/RESULTS.md`.
     pub quantum_sparse_fec_budget: u16,
 }

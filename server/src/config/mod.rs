@@ -40,10 +40,11 @@ pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
 pub const DEFAULT_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 /// Shortest admin key accepted.
 pub const MIN_ADMIN_KEY_LEN: usize = 16;
-/// Default sparse FEC parity budget of the Quantum listener, in percent of data bytes: one
-/// parity packet per edit at 5 % measured loss, so a lost edit is rebuilt on arrival instead
-/// of waiting for the tail loss probe (see [`Settings::quantum_sparse_fec_budget`]).
-pub const DEFAULT_QUANTUM_SPARSE_FEC_BUDGET: u16 = 100;
+/// Default sparse FEC parity budget of the Quantum listener, in percent of data bytes: a
+/// parity packet for every edit (a parity packet is ~10 bytes longer than what it covers, so
+/// 100 % leaves about one edit in fourteen without), so a lost edit is rebuilt on arrival
+/// instead of waiting for the tail loss probe (see [`Settings::quantum_sparse_fec_budget`]).
+pub const DEFAULT_QUANTUM_SPARSE_FEC_BUDGET: u16 = 200;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
