@@ -33,17 +33,11 @@ use crate::transport::{Link, RegisterLink, RegisterMessage, Transport, Transport
 /// Messages buffered per document and direction.
 const LINK_BUFFER: usize = 256;
 
-/// What the relay sends a document's link.
+/// What the relay sends a document's link: a Yjs message, or an event or refusal (for a
+/// register document, exactly what its link hands on).
 enum Routed {
     Message(Message),
-    Event {
-        name: String,
-        data: serde_json::Value,
-    },
-    Error {
-        code: u32,
-        reason: String,
-    },
+    Relay(RegisterMessage),
 }
 
 /// The open connection shared by every document.
@@ -181,10 +175,10 @@ impl QuantumTransport {
     async fn open_register(&self, doc: &str) -> Result<RegisterLink, TransportError> {
         let (mux, route_id, mut routed) = self.subscribe(doc).await?;
         let state = match routed.recv().await {
-            Some(Routed::Event { name, data }) if name == "state" => {
+            Some(Routed::Relay(RegisterMessage::Event { name, data })) if name == "state" => {
                 RegisterMessage::Event { name, data }
             }
-            Some(Routed::Error { code, reason }) => {
+            Some(Routed::Relay(RegisterMessage::Error { code, reason })) => {
                 remove_route(&mux, doc, route_id);
                 return Err(refusal(code, reason));
             }
@@ -247,8 +241,7 @@ async fn register_pump(
         tokio::select! {
             incoming = routed.recv() => {
                 let message = match incoming {
-                    Some(Routed::Event { name, data }) => RegisterMessage::Event { name, data },
-                    Some(Routed::Error { code, reason }) => RegisterMessage::Error { code, reason },
+                    Some(Routed::Relay(message)) => message,
                     Some(Routed::Message(_)) => continue,
                     None => break,
                 };
@@ -292,8 +285,12 @@ async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
                 *lock(&mux.refused) = Some((code, reason));
                 break;
             }
-            Payload::Control(Control::Error { code, reason }) => Routed::Error { code, reason },
-            Payload::Control(Control::Event { name, data }) => Routed::Event { name, data },
+            Payload::Control(Control::Error { code, reason }) => {
+                Routed::Relay(RegisterMessage::Error { code, reason })
+            }
+            Payload::Control(Control::Event { name, data }) => {
+                Routed::Relay(RegisterMessage::Event { name, data })
+            }
             _ => continue,
         };
         let route = lock(&mux.routes)
@@ -327,14 +324,14 @@ impl Transport for QuantumTransport {
             // The relay greets a subscription with its step 1, or refuses it.
             let first = match routed.recv().await {
                 Some(Routed::Message(message)) => message,
-                Some(Routed::Event { .. }) => {
+                Some(Routed::Relay(RegisterMessage::Event { .. })) => {
                     unsubscribe(&mux, doc, route_id).await;
                     return Err(TransportError::Refused {
                         status: 409,
                         reason: format!("{doc} is a register document; use Client::register"),
                     });
                 }
-                Some(Routed::Error { code, reason }) => {
+                Some(Routed::Relay(RegisterMessage::Error { code, reason })) => {
                     remove_route(&mux, doc, route_id);
                     return Err(refusal(code, reason));
                 }
@@ -391,11 +388,11 @@ async fn pump(
                         break;
                     }
                 }
-                Some(Routed::Error { code, reason }) => {
+                Some(Routed::Relay(RegisterMessage::Error { code, reason })) => {
                     debug!(%doc, code, %reason, "relay ended the subscription");
                     break;
                 }
-                Some(Routed::Event { .. }) => {}
+                Some(Routed::Relay(RegisterMessage::Event { .. })) => {}
                 None => break,
             },
             outgoing = from_doc.recv() => match outgoing {
