@@ -8,7 +8,7 @@ use aetherflow_quantum::packet::{Flags, Header};
 use aetherflow_quantum::{Config, ConnectionId, ConnectionStats, Packet};
 use proptest::prelude::*;
 
-use crate::harness::{Datagram, Link, Sim, config, data_seq, numbered, parity_header};
+use crate::harness::{Link, Sim, config, data_seq, numbered, parity_header};
 
 fn client_stats(sim: &Sim, id: ConnectionId) -> ConnectionStats {
     sim.client.connection(id).expect("open").stats()
@@ -20,28 +20,12 @@ fn server_stats(sim: &Sim, id: ConnectionId) -> ConnectionStats {
 
 /// Drops the client's data packets whose 1-based count since the rule was set is in `victims`.
 fn drop_nth_client_data(sim: &mut Sim, victims: Vec<usize>) {
-    let client_addr = sim.client_addr;
-    let mut seen = 0;
-    sim.drop_rule = Some(Box::new(move |_, d: &Datagram| {
-        if d.from != client_addr || data_seq(&d.bytes).is_none() {
-            return false;
-        }
-        seen += 1;
-        victims.contains(&seen)
-    }));
+    sim.drop_client_data(move |n| victims.contains(&n));
 }
 
 /// Drops every `n`th data packet from the client, retransmissions included.
 fn drop_every_nth_client_data(sim: &mut Sim, n: usize) {
-    let client_addr = sim.client_addr;
-    let mut seen = 0;
-    sim.drop_rule = Some(Box::new(move |_, d: &Datagram| {
-        if d.from != client_addr || data_seq(&d.bytes).is_none() {
-            return false;
-        }
-        seen += 1;
-        seen % n == 0
-    }));
+    sim.drop_client_data(move |seen| seen % n == 0);
 }
 
 /// Sends `count` messages of 100 bytes at 20 per second, starting at message number `from`.

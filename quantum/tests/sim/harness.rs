@@ -161,6 +161,20 @@ impl Sim {
         }
     }
 
+    /// Drops the client's data packets (retransmissions included) whose 1-based count since
+    /// this call `drop_nth` picks.
+    pub fn drop_client_data(&mut self, mut drop_nth: impl FnMut(usize) -> bool + 'static) {
+        let client_addr = self.client_addr;
+        let mut seen = 0;
+        self.drop_rule = Some(Box::new(move |_, d: &Datagram| {
+            if d.from != client_addr || data_seq(&d.bytes).is_none() {
+                return false;
+            }
+            seen += 1;
+            drop_nth(seen)
+        }));
+    }
+
     pub fn connect(&mut self) -> ConnectionId {
         self.client.connect(self.now, self.server_addr)
     }

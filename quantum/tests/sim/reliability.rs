@@ -49,15 +49,7 @@ fn fast_retransmit_repairs_one_loss_without_a_timeout() {
 fn sack_blocks_report_what_arrived_beyond_a_hole() {
     let mut sim = Sim::new(21, Link::clean(20));
     let id = sim.establish();
-    let client_addr = sim.client_addr;
-    let mut seen = 0;
-    sim.drop_rule = Some(Box::new(move |_, d| {
-        if d.from != client_addr || data_seq(&d.bytes).is_none() {
-            return false;
-        }
-        seen += 1;
-        seen == 2
-    }));
+    sim.drop_client_data(|seen| seen == 2);
     for n in 0..5 {
         sim.client.send(id, &numbered(n, 50)).expect("open");
     }

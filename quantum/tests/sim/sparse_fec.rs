@@ -35,14 +35,7 @@ fn scenario(victim: Option<u32>) -> (Sim, ConnectionId, Instant) {
     let mut sim = Sim::new(71, Link::clean(25));
     let id = sim.establish();
     let client_addr = sim.client_addr;
-    let mut seen = 0;
-    sim.drop_rule = Some(Box::new(move |_, d| {
-        if d.from != client_addr || data_seq(&d.bytes).is_none() {
-            return false;
-        }
-        seen += 1;
-        seen % 10 == 0
-    }));
+    sim.drop_client_data(|seen| seen % 10 == 0);
     for n in 0..40 {
         sim.client.send(id, &numbered(n, 100)).expect("open");
         sim.run_exactly(Duration::from_millis(50));

@@ -98,15 +98,7 @@ fn fec_never_delays_loss_recovery_past_the_retransmission_time() {
     // close long after their first packet on sparse traffic. Recovery must not wait for them.
     let mut sim = Sim::new(63, Link::clean(25));
     let id = sim.establish();
-    let client_addr = sim.client_addr;
-    let mut seen = 0;
-    sim.drop_rule = Some(Box::new(move |_, d| {
-        if d.from != client_addr || data_seq(&d.bytes).is_none() {
-            return false;
-        }
-        seen += 1;
-        seen % 10 == 0
-    }));
+    sim.drop_client_data(|seen| seen % 10 == 0);
     send_sparse(&mut sim, id, 0, 200);
     assert!(
         sim.run_until(Duration::from_secs(10), |s| s.server_messages().len()
