@@ -5,13 +5,7 @@ use std::time::{Duration, Instant};
 use aetherflow_quantum::{Config, Packet};
 use proptest::prelude::*;
 
-use crate::harness::{Link, Sim, config, numbered};
-
-fn data_seq(bytes: &[u8]) -> Option<u32> {
-    let packet = Packet::decode(bytes).ok()?;
-    let data = !packet.payload.is_empty() && packet.header.flags.bits() & 0x41 == 0;
-    data.then_some(packet.header.sequence)
-}
+use crate::harness::{Link, Sim, config, data_seq, numbered};
 
 #[test]
 fn fast_retransmit_repairs_one_loss_without_a_timeout() {

@@ -3,19 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use aetherflow_quantum::packet::Flags;
-use aetherflow_quantum::{ConnectionId, ConnectionStats, Packet};
+use aetherflow_quantum::{ConnectionId, ConnectionStats};
 
-use crate::harness::{Link, Sim, numbered};
-
-/// Sequence number of a data packet (payload or PSH, no control flag).
-fn data_seq(bytes: &[u8]) -> Option<u32> {
-    let packet = Packet::decode(bytes).ok()?;
-    let flags = packet.header.flags;
-    let control = Flags::SYN | Flags::URG | Flags::FEC;
-    let data = !packet.payload.is_empty() || flags.contains(Flags::PSH);
-    (data && flags.bits() & control.bits() == 0).then_some(packet.header.sequence)
-}
+use crate::harness::{Link, Sim, data_seq, numbered};
 
 fn client_stats(sim: &Sim, id: ConnectionId) -> ConnectionStats {
     sim.client.connection(id).expect("open").stats()
