@@ -92,6 +92,11 @@ pub struct UpdateBatch {
     pub rejected: Vec<(ConnId, RoomError)>,
     /// Number of accepted updates.
     pub accepted: usize,
+    /// Accepted updates that added nothing to the document (neither logged nor broadcast):
+    /// all of the batch's, or none. A batch of several updates, some new, logs and broadcasts
+    /// only what the document did not hold yet; a single partly new update is logged and
+    /// relayed whole.
+    pub redundant: usize,
 }
 
 /// One loaded document with its awareness.
@@ -161,7 +166,9 @@ impl Room {
     /// Updates that fail [`check_update_v1`] or do not decode are refused and not applied. If integrating a decoded update fails
     /// (or yrs panics on it) that update is refused and the room is marked tainted: its
     /// in-memory document may hold part of it. Later updates of the batch are still applied, and
-    /// everything accepted is logged and broadcast.
+    /// everything accepted is logged and broadcast, except what the room already held: a batch
+    /// that adds nothing (no insertion, no deletion, nothing pending) is neither logged nor
+    /// broadcast (see [`UpdateBatch::redundant`]).
     pub fn apply_updates(&mut self, batch: Vec<(ConnId, Vec<u8>)>) -> UpdateBatch {
         let mut result = UpdateBatch::default();
         let mut accepted: Vec<(ConnId, Vec<u8>)> = Vec::new();
@@ -170,6 +177,7 @@ impl Room {
         // when nothing is left pending (an update waiting for a missing dependency is in no
         // transaction's diff), so it is taken only then.
         let mut integrated: Option<Vec<u8>> = None;
+        let mut redundant = false;
         let committed = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut();
             let pending_before = txn.has_missing_updates();
@@ -187,7 +195,13 @@ impl Room {
                     }
                 }
             }
-            if accepted.len() > 1 && !pending_before && !txn.has_missing_updates() {
+            // An update that integrates nothing new (an echo of what the room holds, as
+            // pycrdt's provider sends back every update it applies) leaves the transaction
+            // without insertions or deletions. Updates held back for missing dependencies do
+            // not show there, so once any are pending the batch counts as new.
+            let pending_after = txn.has_missing_updates();
+            redundant = !txn.has_changes() && !pending_before && !pending_after;
+            if accepted.len() > 1 && !pending_before && !pending_after {
                 integrated = Some(txn.encode_update_v1());
             }
             // Dropping the transaction commits it, which runs yrs' cleanup: keep it in here.
@@ -198,6 +212,12 @@ impl Room {
             return result;
         }
         let count = accepted.len();
+        if redundant {
+            // Nothing to store or to show anyone: every client that could see it has it.
+            result.accepted = count;
+            result.redundant = count;
+            return result;
+        }
         let entry = match (integrated, count) {
             (Some(update), _) => Some(update),
             // A single update is logged and relayed byte for byte.

@@ -391,3 +391,69 @@ proptest! {
         let _ = Room::new().answer_step1(&sv);
     }
 }
+
+#[test]
+fn an_echo_of_a_known_update_is_neither_logged_nor_broadcast() {
+    let d1 = Doc::with_client_id(1);
+    let u1 = insert(&d1, 0, "hello");
+    let delete = edit(&d1, |t, txn| t.remove_range(txn, 0, 2));
+    let mut room = Room::new();
+    room.apply_updates(vec![(A, u1.clone()), (A, delete.clone())]);
+    // pycrdt's provider sends back every update it applies; a joiner may send the whole doc.
+    let whole = room.snapshot();
+    for echo in [u1, delete, whole] {
+        let batch = room.apply_updates(vec![(B, echo)]);
+        assert!(batch.rejected.is_empty());
+        assert_eq!((batch.accepted, batch.redundant), (1, 1));
+        assert!(batch.log_entry.is_none() && batch.broadcast.is_none());
+    }
+    assert_eq!(text_of(room.doc()), "llo");
+}
+
+#[test]
+fn a_batch_with_echoes_logs_and_broadcasts_only_what_is_new() {
+    let d1 = Doc::with_client_id(1);
+    let d2 = Doc::with_client_id(2);
+    let known = insert(&d1, 0, &"x".repeat(4096));
+    let fresh = insert(&d2, 0, "new");
+    let mut room = Room::new();
+    room.apply_updates(vec![(A, known.clone())]);
+    let batch = room.apply_updates(vec![(A, known.clone()), (B, fresh.clone()), (A, known)]);
+    assert_eq!((batch.accepted, batch.redundant), (3, 0));
+    let entry = batch.log_entry.unwrap();
+    assert!(
+        entry.len() < 100,
+        "the log entry carries the 4 KiB echo: {} bytes",
+        entry.len()
+    );
+    let fresh_only = Room::load(None, [entry.as_slice()]).unwrap();
+    assert_eq!(text_of(fresh_only.doc()), "new");
+}
+
+#[test]
+fn a_partly_new_update_is_logged_whole_and_a_pending_one_is_not_an_echo() {
+    let d1 = Doc::with_client_id(1);
+    let first = insert(&d1, 0, "ab");
+    let second = insert(&d1, 2, "cd");
+    let mut room = Room::new();
+    // `second` depends on `first`: held pending, which is new to the room.
+    let batch = room.apply_updates(vec![(A, second.clone())]);
+    assert_eq!(batch.redundant, 0);
+    assert_eq!(batch.log_entry, Some(second));
+    let batch = room.apply_updates(vec![(A, first)]);
+    assert_eq!(batch.redundant, 0);
+    assert_eq!(text_of(room.doc()), "abcd");
+    // A replica's whole state: "abcd" is known, "!" is new.
+    insert(&d1, 4, "!");
+    let whole = d1
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let batch = room.apply_updates(vec![(B, whole.clone())]);
+    assert_eq!(batch.redundant, 0);
+    assert_eq!(
+        batch.log_entry,
+        Some(whole),
+        "a single update is logged whole"
+    );
+    assert_eq!(text_of(room.doc()), "abcd!");
+}

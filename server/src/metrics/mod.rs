@@ -204,6 +204,7 @@ struct Inner {
     connections: Family<TransportLabel, Gauge>,
     documents_loaded: Gauge,
     updates_in: Counter,
+    updates_redundant: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
     apply: Histogram,
@@ -255,6 +256,12 @@ impl Metrics {
             "Yjs updates received for applying (WebSocket and HTTP API)",
             updates_in.clone(),
         );
+        let updates_redundant = Counter::default();
+        registry.register(
+            "updates_redundant",
+            "Yjs updates that added nothing the document did not hold (echoes): neither stored nor broadcast",
+            updates_redundant.clone(),
+        );
         let updates_out = Counter::default();
         registry.register(
             "updates_sent",
@@ -288,6 +295,7 @@ impl Metrics {
                 connections,
                 documents_loaded,
                 updates_in,
+                updates_redundant,
                 updates_out,
                 traffic,
                 apply,
@@ -390,6 +398,11 @@ impl Metrics {
     pub fn applied(&self, updates: usize, took: Duration) {
         self.inner.updates_in.inc_by(updates as u64);
         self.inner.apply.observe(took.as_secs_f64());
+    }
+
+    /// `updates` accepted updates added nothing to their document.
+    pub fn redundant(&self, updates: usize) {
+        self.inner.updates_redundant.inc_by(updates as u64);
     }
 
     /// One update frame went to `subscribers` subscribers in `took`.

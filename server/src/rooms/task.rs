@@ -318,6 +318,9 @@ impl RoomTask {
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
+        if batch.redundant > 0 {
+            self.rooms.inner.metrics.redundant(batch.redundant);
+        }
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
             if let Some(at) = http.iter().position(|(c, _)| *c == conn) {
