@@ -4,9 +4,20 @@
 //! An awareness update payload is `varuint count` then `count` × (`varuint clientID`,
 //! `varuint clock`, `varstring stateJSON`); a removed client's state is the JSON `null`.
 //!
-//! Rules, as in `applyAwarenessUpdate`: an entry replaces the stored one if its clock is higher,
-//! or if the clocks are equal and it removes a live state. Every accepted entry is broadcast, even
-//! when only the clock moved (y-websocket forwards `update` events, which count clock renewals).
+//! Rules, as in `applyAwarenessUpdate`: an entry replaces the stored one if its clock is higher
+//! (a client the room does not know counts as clock 0, so a new client's first state, the
+//! empty state y-protocols sets at clock 0, is not news), or if the clocks are equal and it
+//! removes a live state. Every accepted entry is broadcast, even when only the clock moved
+//! (y-websocket forwards `update` events, which count clock renewals).
+//!
+//! Two rules of the relay's own keep one connection from hurting the rest:
+//! - **Ownership.** A client id belongs to the connection that introduced it until it is
+//!   removed; entries about it from any other connection are ignored. (Stock y-websocket
+//!   providers send back every awareness change they receive, and a provider that thinks a
+//!   remote client timed out sends its removal: neither may change someone else's presence.)
+//! - **Limits.** A connection holds at most [`MAX_CLIENTS_PER_CONNECTION`] client ids and
+//!   [`MAX_BYTES_PER_CONNECTION`] bytes of state, a room at most [`MAX_CLIENTS_PER_ROOM`] and
+//!   [`MAX_BYTES_PER_ROOM`]. An update that would pass one is refused whole.
 //!
 //! Removed clients are forgotten rather than kept as tombstones: memory stays bounded by the live
 //! clients, and a client that reconnects with its old clock is visible again at once. The cost is
@@ -23,6 +34,14 @@ use crate::protocol::{DecodeError, truncate_reason};
 pub const MAX_ENTRIES_PER_UPDATE: u64 = 10_000;
 /// Largest accepted state JSON, in bytes.
 pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+/// Most client ids one connection may have live at once (a provider has one per document).
+pub const MAX_CLIENTS_PER_CONNECTION: usize = 16;
+/// Most state bytes one connection may have live at once.
+pub const MAX_BYTES_PER_CONNECTION: usize = MAX_STATE_BYTES;
+/// Most live clients in one room.
+pub const MAX_CLIENTS_PER_ROOM: usize = 10_000;
+/// Most state bytes live in one room.
+pub const MAX_BYTES_PER_ROOM: usize = 32 * 1024 * 1024;
 
 /// Why an awareness update was refused. Nothing of a refused update is applied.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -54,12 +73,28 @@ pub enum AwarenessError {
         /// The client whose state is invalid.
         client: u64,
     },
+    /// Applying the update would pass a presence limit of the connection or of the room.
+    #[error("presence limit: {what} would be {value}, the limit is {limit}")]
+    OverLimit {
+        /// Which limit, e.g. "this connection's clients".
+        what: &'static str,
+        /// What it would have been.
+        value: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl AwarenessError {
     /// Short human text (at most 120 bytes), suitable for a WebSocket close reason.
     pub fn reason(&self) -> String {
         truncate_reason(self.to_string())
+    }
+
+    /// Whether the update was well-formed but over a presence limit (a policy refusal, not
+    /// bad bytes).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, AwarenessError::OverLimit { .. })
     }
 }
 
@@ -77,6 +112,8 @@ struct Entry {
 struct ClientState {
     clock: u64,
     json: String,
+    /// The connection that introduced the client; only it may change the state.
+    owner: ConnId,
 }
 
 /// The awareness of one room: every live client's state, and which connection controls which
@@ -85,8 +122,10 @@ struct ClientState {
 pub struct Awareness {
     /// Live clients by client id.
     states: BTreeMap<u64, ClientState>,
-    /// Client ids each connection has sent a state for.
+    /// Client ids each connection has live.
     controlled: HashMap<ConnId, BTreeSet<u64>>,
+    /// Sum of the live states' JSON lengths.
+    bytes: usize,
 }
 
 impl Awareness {
@@ -97,57 +136,105 @@ impl Awareness {
 
     /// Applies an awareness update received from `conn`; returns the awareness update payload to
     /// broadcast (re-encoded from the entries that changed: added, updated or removed), or `None`
-    /// if nothing changed. A malformed update is refused as a whole.
+    /// if nothing changed. A malformed update, or one that would pass a presence limit, is
+    /// refused as a whole.
     pub fn apply(
         &mut self,
         conn: ConnId,
         update: &[u8],
     ) -> Result<Option<Vec<u8>>, AwarenessError> {
         let entries = decode_update(update)?;
+        // What the update changes, by client: the new state (`None`: removed) and its clock.
         let mut changed: BTreeMap<u64, (u64, Option<String>)> = BTreeMap::new();
         for entry in entries {
-            if let Some(outcome) = self.apply_entry(conn, entry) {
-                changed.insert(outcome.0, (outcome.1, outcome.2));
+            let current = match changed.get(&entry.client) {
+                Some((clock, Some(_))) => Some((*clock, conn)),
+                Some((_, None)) => None,
+                None => self.states.get(&entry.client).map(|s| (s.clock, s.owner)),
+            };
+            if accepts(current, conn, &entry) {
+                changed.insert(entry.client, (entry.clock, entry.state));
             }
+        }
+        self.check_limits(conn, &changed)?;
+        for (&client, (clock, state)) in &changed {
+            self.set(conn, client, *clock, state.clone());
         }
         Ok(encode_entries(&changed))
     }
 
-    /// Applies one entry; returns what to broadcast for it if it was accepted.
-    fn apply_entry(&mut self, conn: ConnId, entry: Entry) -> Option<(u64, u64, Option<String>)> {
-        let current = self.states.get(&entry.client);
-        let accept = match (current, &entry.state) {
-            // Unknown (or already removed) client: a removal changes nothing.
-            (None, None) => false,
-            (None, Some(_)) => true,
-            (Some(cur), state) => {
-                entry.clock > cur.clock || (entry.clock == cur.clock && state.is_none())
+    /// Refuses `changed` from `conn` if it would pass a limit.
+    fn check_limits(
+        &self,
+        conn: ConnId,
+        changed: &BTreeMap<u64, (u64, Option<String>)>,
+    ) -> Result<(), AwarenessError> {
+        let (mut room_clients, mut room_bytes) = (self.states.len(), self.bytes);
+        let owned = self.controlled.get(&conn);
+        let mut conn_clients = owned.map_or(0, BTreeSet::len);
+        let mut conn_bytes: usize = owned
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.states.get(id))
+            .map(|s| s.json.len())
+            .sum();
+        for (client, (_, state)) in changed {
+            if let Some(old) = self.states.get(client) {
+                room_clients -= 1;
+                conn_clients -= 1;
+                room_bytes -= old.json.len();
+                conn_bytes -= old.json.len();
             }
-        };
-        if !accept {
-            return None;
+            if let Some(json) = state {
+                room_clients += 1;
+                conn_clients += 1;
+                room_bytes += json.len();
+                conn_bytes += json.len();
+            }
         }
-        match entry.state {
+        let limits = [
+            (
+                "this connection's clients",
+                conn_clients,
+                MAX_CLIENTS_PER_CONNECTION,
+            ),
+            (
+                "this connection's state bytes",
+                conn_bytes,
+                MAX_BYTES_PER_CONNECTION,
+            ),
+            ("the document's clients", room_clients, MAX_CLIENTS_PER_ROOM),
+            ("the document's state bytes", room_bytes, MAX_BYTES_PER_ROOM),
+        ];
+        for (what, value, limit) in limits {
+            // Only growth is refused: a connection may always shrink or remove its presence.
+            if value > limit && !changed.values().all(|(_, state)| state.is_none()) {
+                return Err(AwarenessError::OverLimit { what, value, limit });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores (or, for `None`, removes) `client`'s state on behalf of `conn`, its owner.
+    fn set(&mut self, conn: ConnId, client: u64, clock: u64, state: Option<String>) {
+        if let Some(old) = self.states.remove(&client) {
+            self.bytes -= old.json.len();
+        }
+        match state {
             Some(json) => {
-                self.controlled
-                    .entry(conn)
-                    .or_default()
-                    .insert(entry.client);
-                self.states.insert(
-                    entry.client,
-                    ClientState {
-                        clock: entry.clock,
-                        json: json.clone(),
-                    },
-                );
-                Some((entry.client, entry.clock, Some(json)))
+                self.bytes += json.len();
+                self.controlled.entry(conn).or_default().insert(client);
+                let owner = conn;
+                self.states
+                    .insert(client, ClientState { clock, json, owner });
             }
             None => {
-                self.states.remove(&entry.client);
                 if let Some(set) = self.controlled.get_mut(&conn) {
-                    set.remove(&entry.client);
+                    set.remove(&client);
+                    if set.is_empty() {
+                        self.controlled.remove(&conn);
+                    }
                 }
-                Some((entry.client, entry.clock, None))
             }
         }
     }
@@ -159,6 +246,7 @@ impl Awareness {
         let mut changed = BTreeMap::new();
         for id in ids {
             if let Some(state) = self.states.remove(&id) {
+                self.bytes -= state.json.len();
                 changed.insert(id, (state.clock.saturating_add(1), None));
             }
         }
@@ -187,6 +275,26 @@ impl Awareness {
     /// True if no client is live.
     pub fn is_empty(&self) -> bool {
         self.states.is_empty()
+    }
+
+    /// Bytes of live state held (the JSON of every live client).
+    pub fn state_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Whether `entry` from `conn` changes a client whose current clock and owner are `current`
+/// (`None`: not live), by the y-protocols clock rule and the ownership rule.
+fn accepts(current: Option<(u64, ConnId)>, conn: ConnId, entry: &Entry) -> bool {
+    match (current, &entry.state) {
+        // Unknown (or already removed) client: a removal changes nothing, and a state is news
+        // only past clock 0 (what y-protocols counts for a client it has not seen).
+        (None, None) => false,
+        (None, Some(_)) => entry.clock > 0,
+        (Some((_, owner)), _) if owner != conn => false,
+        (Some((clock, _)), state) => {
+            entry.clock > clock || (entry.clock == clock && state.is_none())
+        }
     }
 }
 
@@ -355,6 +463,103 @@ mod tests {
                 .reason()
                 .len()
                 <= 120
+        );
+    }
+
+    #[test]
+    fn a_new_clients_clock_zero_state_and_its_departure_are_not_news() {
+        // y-protocols' Awareness sets `{}` at clock 0 when it is created; a peer that has not
+        // seen the client counts it at clock 0, so neither that state nor its removal is news.
+        let mut aw = Awareness::new();
+        assert_eq!(aw.apply(A, &update(&[(7, 0, "{}")])).unwrap(), None);
+        assert!(aw.is_empty());
+        let leave = update(&[(7, 1, "null")]);
+        assert_eq!(aw.apply(A, &leave).unwrap(), None);
+        assert_eq!(aw.disconnect(A), None);
+        // The first real state (clock 1) is.
+        let named = update(&[(7, 1, r#"{"user":"ann"}"#)]);
+        assert_eq!(aw.apply(A, &named).unwrap(), Some(named));
+    }
+
+    #[test]
+    fn only_the_connection_that_introduced_a_client_may_change_it() {
+        let mut aw = Awareness::new();
+        let ann = update(&[(7, 1, r#"{"user":"ann"}"#)]);
+        aw.apply(A, &ann).unwrap();
+        // Another connection's overwrite, removal or echo changes nothing.
+        assert_eq!(
+            aw.apply(B, &update(&[(7, 9, r#"{"user":"eve"}"#)]))
+                .unwrap(),
+            None
+        );
+        assert_eq!(aw.apply(B, &update(&[(7, 1, "null")])).unwrap(), None);
+        assert_eq!(aw.apply(B, &update(&[(7, 2, "null")])).unwrap(), None);
+        assert_eq!(aw.apply(B, &ann).unwrap(), None);
+        assert_eq!(aw.encode_all(), Some(ann));
+        assert_eq!(aw.disconnect(B), None);
+        // Once its owner is gone, the id is free again.
+        assert!(aw.disconnect(A).is_some());
+        assert!(aw.apply(B, &update(&[(7, 3, "{}")])).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_connection_cannot_hold_more_presence_than_its_limits() {
+        let mut aw = Awareness::new();
+        let ids: Vec<_> = (1..=MAX_CLIENTS_PER_CONNECTION as u64)
+            .map(|id| (id, 1, "{}"))
+            .collect();
+        aw.apply(A, &update(&ids)).unwrap();
+        let one_more = update(&[(99, 1, "{}")]);
+        assert!(matches!(
+            aw.apply(A, &one_more),
+            Err(AwarenessError::OverLimit {
+                what: "this connection's clients",
+                ..
+            })
+        ));
+        assert_eq!(aw.len(), MAX_CLIENTS_PER_CONNECTION);
+        // Another connection is not affected by A's limit.
+        assert!(aw.apply(B, &one_more).unwrap().is_some());
+        // Bytes: two states of 600 KiB each pass the per-connection bound.
+        let half = format!("\"{}\"", "x".repeat(600 * 1024));
+        let mut c = Awareness::new();
+        c.apply(A, &update(&[(1, 1, &half)])).unwrap();
+        let err = c.apply(A, &update(&[(2, 1, &half)])).unwrap_err();
+        assert!(err.is_limit(), "{err}");
+        assert_eq!(c.state_bytes(), half.len());
+        // Shrinking or leaving is always allowed.
+        assert!(c.apply(A, &update(&[(1, 2, "{}")])).unwrap().is_some());
+        assert_eq!(c.state_bytes(), 2);
+    }
+
+    #[test]
+    fn a_room_cannot_hold_more_presence_than_its_limits() {
+        let mut aw = Awareness::new();
+        let big = format!("\"{}\"", "x".repeat(MAX_BYTES_PER_CONNECTION - 2));
+        let per_room = MAX_BYTES_PER_ROOM / big.len();
+        for conn in 0..per_room as u64 {
+            aw.apply(ConnId(conn), &update(&[(conn + 1, 1, &big)]))
+                .unwrap();
+        }
+        let err = aw
+            .apply(ConnId(1_000_000), &update(&[(1_000_000, 1, &big)]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AwarenessError::OverLimit {
+                    what: "the document's state bytes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(aw.state_bytes() <= MAX_BYTES_PER_ROOM);
+        // Once someone leaves there is room again.
+        aw.disconnect(ConnId(0));
+        assert!(
+            aw.apply(ConnId(1_000_000), &update(&[(1_000_000, 1, &big)]))
+                .is_ok()
         );
     }
 

@@ -64,11 +64,13 @@ pub enum Rejection {
     AuthForbidden,
     /// A bad document name (HTTP 400).
     InvalidDocName,
+    /// An awareness update over a connection's or a document's presence limits (close 1008).
+    PresenceLimit,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -80,6 +82,7 @@ impl Rejection {
         Rejection::AuthInvalid,
         Rejection::AuthForbidden,
         Rejection::InvalidDocName,
+        Rejection::PresenceLimit,
     ];
 
     /// The label value.
@@ -96,6 +99,7 @@ impl Rejection {
             Rejection::AuthInvalid => "auth_invalid",
             Rejection::AuthForbidden => "auth_forbidden",
             Rejection::InvalidDocName => "invalid_doc_name",
+            Rejection::PresenceLimit => "presence_limit",
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use aetherflow_crdt::protocol::{AuthMessage, Message, SyncMessage};
-use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room};
+use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE, Room, RoomError};
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use tokio::sync::oneshot;
@@ -331,6 +331,7 @@ impl RoomTask {
                 room,
                 conn,
                 CloseReason::new(CloseReason::INVALID_PAYLOAD, err.reason()),
+                Rejection::InvalidPayload,
             );
         }
         if room.is_tainted() {
@@ -498,17 +499,23 @@ impl RoomTask {
                         room,
                         conn,
                         CloseReason::new(CloseReason::INVALID_PAYLOAD, e.reason()),
+                        Rejection::InvalidPayload,
                     ),
                 }
             }
             Message::Awareness(update) => match room.apply_awareness(conn, &update) {
                 Ok(Some(frame)) => self.broadcast(room, frame),
                 Ok(None) => {}
-                Err(e) => self.kick(
-                    room,
-                    conn,
-                    CloseReason::new(CloseReason::INVALID_PAYLOAD, e.reason()),
-                ),
+                Err(e) => {
+                    // Over a presence limit is a policy refusal; anything else is bad bytes.
+                    let (code, rejection) = if matches!(&e, RoomError::Awareness(a) if a.is_limit())
+                    {
+                        (CloseReason::POLICY_VIOLATION, Rejection::PresenceLimit)
+                    } else {
+                        (CloseReason::INVALID_PAYLOAD, Rejection::InvalidPayload)
+                    };
+                    self.kick(room, conn, CloseReason::new(code, e.reason()), rejection);
+                }
             },
             Message::QueryAwareness => {
                 if let Some(frame) = room.query_awareness() {
@@ -574,9 +581,9 @@ impl RoomTask {
         }
     }
 
-    /// Closes `conn` for invalid input.
-    fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason) {
-        self.rooms.inner.metrics.reject(Rejection::InvalidPayload);
+    /// Closes `conn` for invalid input or a limit, counting it under `why`.
+    fn kick(&mut self, room: &mut Room, conn: ConnId, reason: CloseReason, why: Rejection) {
+        self.rooms.inner.metrics.reject(why);
         if let Some(sub) = self.subscribers.remove(&conn) {
             let _ = sub.outbox.try_send(Outbound::Close(reason));
             self.announce_left(conn, &sub);
