@@ -40,6 +40,9 @@ cargo build -p aetherflow-server --locked --quiet
 export AETHERFLOW_BIN="$PWD/target/debug/aetherflow"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
+step "interop: pycrdt + pycrdt-websocket (Python) beside y-websocket clients"
+tests/python.sh
+
 step "browser: the demo page in headless Chromium against the relay"
 # The relay built above embeds web-demo/dist/; check-bundle fails if dist/ is stale.
 if [ ! -x /usr/bin/chromium ]; then
