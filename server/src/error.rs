@@ -48,9 +48,41 @@ pub enum AppError {
     /// The request body is larger than the relay accepts.
     #[error("{0}")]
     TooLarge(String),
+    /// The relay cannot write to its storage (a full disk, an I/O error); nothing changed.
+    /// Reads keep working; `/healthz` is not ready until writes work again.
+    #[error(
+        "the relay cannot write to its storage (disk full or I/O error); nothing was changed, retry later"
+    )]
+    StorageUnavailable,
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// `Retry-After` of a 507: the relay retries its storage every second.
+const STORAGE_RETRY_AFTER_SECS: u64 = 5;
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> AppError {
+        if e.is_io() {
+            tracing::warn!(error = %e, "write refused: storage unavailable");
+            AppError::StorageUnavailable
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::rooms::ApplyError> for AppError {
+    /// An update the room did not apply; `Invalid` is the caller's to word.
+    fn from(e: crate::rooms::ApplyError) -> AppError {
+        use crate::rooms::ApplyError;
+        match e {
+            ApplyError::Invalid(reason) => AppError::BadRequest(reason),
+            ApplyError::Storage => AppError::StorageUnavailable,
+            ApplyError::Unavailable(e) => AppError::Internal(e),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -103,6 +135,11 @@ impl AppError {
             AppError::Locked(_) => (StatusCode::LOCKED, "locked", self.to_string()),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
+            AppError::StorageUnavailable => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_unavailable",
+                self.to_string(),
+            ),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -130,7 +167,12 @@ impl IntoResponse for AppError {
             error: Detail { code, message },
         };
         let mut response = (status, Json(body)).into_response();
-        if let AppError::RateLimited(secs) = self {
+        let retry_after = match self {
+            AppError::RateLimited(secs) => Some(secs),
+            AppError::StorageUnavailable => Some(STORAGE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());

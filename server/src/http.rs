@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::Extensions;
+use axum::http::{Extensions, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
@@ -65,6 +65,7 @@ struct WsQuery {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/ws", get(empty_doc_name))
         .route("/ws/", get(empty_doc_name))
         .route("/ws/{*doc}", get(websocket))
@@ -74,7 +75,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
+/// Readiness: 200 while the relay can serve reads and writes; 503 while its storage cannot
+/// be written (a full disk), so a load balancer sends writers elsewhere. It turns ready again
+/// by itself once a write or the store's recovery probe succeeds.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.sessions.rooms.store().is_writable() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: storage cannot be written (disk full or I/O error)\n",
+        )
+    }
+}
+
+/// Liveness: 200 whenever the process serves HTTP at all; restart it only when this fails.
+async fn livez() -> &'static str {
     "ok\n"
 }
 

@@ -170,7 +170,7 @@ async fn post_update(
         Err(ApplyError::Invalid(reason)) => Err(AppError::BadRequest(format!(
             "not an acceptable Yjs v1 update: {reason}"
         ))),
-        Err(ApplyError::Unavailable(e)) => Err(AppError::Internal(e)),
+        Err(e) => Err(AppError::from(e)),
     }
 }
 
@@ -199,7 +199,7 @@ pub fn paths() -> Value {
             "Apply a binary Yjs v1 update through the document's room; answered after the commit",
             json!([name_param()]),
             (204, json!({ "description": "committed and broadcast" })),
-            &statuses(&[409, 413]),
+            &statuses(&[409, 413, 507]),
         ),
         json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
     );

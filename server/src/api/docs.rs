@@ -133,7 +133,7 @@ async fn create(
         .writer()
         .commit(op)
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))
+        .map_err(AppError::from)
 }
 
 fn created(doc: &DocName, meta: &DocumentMeta) -> Response {
@@ -224,7 +224,8 @@ async fn delete_document(
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(false) => Err(AppError::NotFound(format!("no document {doc}"))),
-        Err(ApplyError::Invalid(e) | ApplyError::Unavailable(e)) => Err(AppError::Internal(e)),
+        Err(ApplyError::Invalid(e)) => Err(AppError::Internal(e)),
+        Err(e) => Err(AppError::from(e)),
     }
 }
 

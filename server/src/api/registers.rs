@@ -280,7 +280,7 @@ async fn run_command(
         Ok(other) => Err(AppError::Internal(format!(
             "unexpected write result {other:?}"
         ))),
-        Err(e) => Err(AppError::Internal(e.to_string())),
+        Err(e) => Err(AppError::from(e)),
     }
 }
 

@@ -66,11 +66,13 @@ pub enum Rejection {
     InvalidDocName,
     /// An awareness update over a connection's or a document's presence limits (close 1008).
     PresenceLimit,
+    /// A write refused while the storage cannot be written (HTTP 507, permission-denied).
+    StorageUnavailable,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -83,6 +85,7 @@ impl Rejection {
         Rejection::AuthForbidden,
         Rejection::InvalidDocName,
         Rejection::PresenceLimit,
+        Rejection::StorageUnavailable,
     ];
 
     /// The label value.
@@ -100,6 +103,7 @@ impl Rejection {
             Rejection::AuthForbidden => "auth_forbidden",
             Rejection::InvalidDocName => "invalid_doc_name",
             Rejection::PresenceLimit => "presence_limit",
+            Rejection::StorageUnavailable => "storage_unavailable",
         }
     }
 
@@ -209,6 +213,7 @@ struct Inner {
     documents_loaded: Gauge,
     updates_in: Counter,
     updates_redundant: Counter,
+    storage_failures: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
     apply: Histogram,
@@ -266,6 +271,12 @@ impl Metrics {
             "Yjs updates that added nothing the document did not hold (echoes): neither stored nor broadcast",
             updates_redundant.clone(),
         );
+        let storage_failures = Counter::default();
+        registry.register(
+            "storage_failures",
+            "Commits that failed on storage I/O (a full disk, an I/O error); while they fail, /healthz is not ready",
+            storage_failures.clone(),
+        );
         let updates_out = Counter::default();
         registry.register(
             "updates_sent",
@@ -300,6 +311,7 @@ impl Metrics {
                 documents_loaded,
                 updates_in,
                 updates_redundant,
+                storage_failures,
                 updates_out,
                 traffic,
                 apply,
@@ -407,6 +419,11 @@ impl Metrics {
     /// `updates` accepted updates added nothing to their document.
     pub fn redundant(&self, updates: usize) {
         self.inner.updates_redundant.inc_by(updates as u64);
+    }
+
+    /// A commit failed on storage I/O.
+    pub fn storage_failed(&self) {
+        self.inner.storage_failures.inc();
     }
 
     /// One update frame went to `subscribers` subscribers in `took`.

@@ -93,7 +93,10 @@ pub enum ApplyError {
     /// The bytes are not an acceptable Yjs v1 update; nothing was applied.
     #[error("{0}")]
     Invalid(String),
-    /// The room could not commit (storage failure) or is gone.
+    /// The storage cannot be written (a full disk, an I/O error); nothing was applied.
+    #[error("storage unavailable")]
+    Storage,
+    /// The room could not commit (another storage failure) or is gone.
     #[error("document unavailable: {0}")]
     Unavailable(String),
 }

@@ -62,9 +62,18 @@ pub(super) struct RoomTask {
     log_entries: usize,
     /// Set when the room must stop serving (storage failure, tainted document).
     failed: bool,
+    /// Set with `failed` when a commit failed on storage I/O (a full disk).
+    storage_failed: bool,
+    /// Writers whose edits were refused while the storage could not be written; asked for
+    /// them again (a sync step 1) once it can.
+    unsaved: Vec<ConnId>,
     /// Set once the document is deleted: the room unloads without another turn.
     deleted: bool,
 }
+
+/// Why edits are refused, and connections closed, while the storage cannot be written.
+const STORAGE_FAILED: &str =
+    "storage unavailable (disk full?): edits not saved, kept on your device; retry later";
 
 /// Connection ids at and above this one stand for HTTP API writers inside one turn; sessions
 /// count up from 0 and never get near it.
@@ -87,6 +96,8 @@ impl RoomTask {
             pipeline: Pipeline::default(),
             log_entries: 0,
             failed: false,
+            storage_failed: false,
+            unsaved: Vec::new(),
             deleted: false,
         }
     }
@@ -126,10 +137,15 @@ impl RoomTask {
                 if self.failed {
                     // Batches committed before the failure still reach everyone.
                     Box::pin(self.settle_all(&mut room)).await;
-                    self.close_all(CloseReason::new(
-                        CloseReason::INTERNAL_ERROR,
-                        "document reloading, reconnect",
-                    ));
+                    self.close_all(if self.storage_failed {
+                        // Not an invitation to reconnect at once: the storage is what fails.
+                        CloseReason::new(CloseReason::TRY_AGAIN_LATER, STORAGE_FAILED)
+                    } else {
+                        CloseReason::new(
+                            CloseReason::INTERNAL_ERROR,
+                            "document reloading, reconnect",
+                        )
+                    });
                     Box::pin(self.unload(true)).await;
                     return;
                 }
@@ -234,17 +250,29 @@ impl RoomTask {
         let mut others = Vec::new();
         let mut http = Vec::new();
         let mut deletes = Vec::new();
+        let mut held = Vec::new();
+        let writable = self.rooms.inner.store.is_writable();
+        if writable && !self.unsaved.is_empty() {
+            self.ask_for_unsaved(room);
+        }
         for command in commands {
             match command {
                 RoomCommand::Message {
                     conn,
                     message: Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)),
                 } => match self.subscribers.get(&conn) {
+                    // Nothing can be stored: the edit stays with its writer until it can.
+                    Some(sub) if sub.can_write && !writable && update != EMPTY_UPDATE => {
+                        held.push(conn);
+                    }
                     Some(sub) if sub.can_write => updates.push((conn, update)),
                     // A read-only peer's empty handshake answer is no write attempt.
                     Some(_) if update != EMPTY_UPDATE => denied.push(conn),
                     _ => {}
                 },
+                RoomCommand::Apply { done, .. } if !writable => {
+                    let _ = done.send(Err(ApplyError::Storage));
+                }
                 RoomCommand::Apply { update, done } => {
                     let conn = ConnId(HTTP_CONN_BASE + http.len() as u64);
                     updates.push((conn, update));
@@ -260,6 +288,19 @@ impl RoomTask {
                 reason: "read-only access: updates are not accepted".into(),
             });
             self.send_to(room, conn, refusal.encode());
+        }
+        for conn in held {
+            self.rooms
+                .inner
+                .metrics
+                .reject(Rejection::StorageUnavailable);
+            let refusal = Message::Auth(AuthMessage::PermissionDenied {
+                reason: STORAGE_FAILED.into(),
+            });
+            self.send_to(room, conn, refusal.encode());
+            if !self.unsaved.contains(&conn) {
+                self.unsaved.push(conn);
+            }
         }
         if !updates.is_empty() {
             self.apply_updates(room, updates, http).await;
@@ -394,10 +435,13 @@ impl RoomTask {
                 // Not on disk, so nobody may see it, nor anything applied after it.
                 error!(error = %e, "commit failed; closing the document");
                 self.failed = true;
-                answer(
-                    batch.http,
-                    Err(ApplyError::Unavailable("commit failed".into())),
-                );
+                self.storage_failed = e.is_io();
+                let refusal = if e.is_io() {
+                    ApplyError::Storage
+                } else {
+                    ApplyError::Unavailable("commit failed".into())
+                };
+                answer(batch.http, Err(refusal));
                 self.pipeline.abandon("commit failed");
             }
         }
@@ -577,6 +621,17 @@ impl RoomTask {
             }
             if let Some(removal) = room.disconnect(conn) {
                 self.broadcast(room, removal);
+            }
+        }
+    }
+
+    /// The storage is writable again: asks every writer whose edits were refused meanwhile
+    /// for what the room lacks (a sync step 1; y-websocket answers with a step 2).
+    fn ask_for_unsaved(&mut self, room: &mut Room) {
+        let step1 = Message::Sync(SyncMessage::Step1(room.state_vector())).encode();
+        for conn in std::mem::take(&mut self.unsaved) {
+            if self.subscribers.contains_key(&conn) {
+                self.send_to(room, conn, step1.clone());
             }
         }
     }

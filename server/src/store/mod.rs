@@ -5,6 +5,7 @@
 //! writes; rooms read their document once when they load.
 
 pub mod documents;
+mod slot;
 pub mod writer;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use aetherflow_crdt::DocName;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+use self::slot::Slot;
 pub use documents::{DocumentMeta, RegisterFailure};
 pub use writer::{Committing, StoreWriter, WriteMode, WriteOp, WriteResult};
 
@@ -32,7 +34,11 @@ pub enum StoreError {
         /// What redb said.
         reason: String,
     },
-    /// A transaction, table or commit failed.
+    /// Reading or writing the file failed (a full disk, an I/O error), or failed earlier and
+    /// the database has not been reopened yet: nothing can be written until it recovers.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A transaction, table or commit failed for another reason.
     #[error("storage error: {0}")]
     Redb(String),
     /// The writer task has stopped (shutdown or a previous fatal error).
@@ -40,11 +46,43 @@ pub enum StoreError {
     WriterGone,
 }
 
+impl StoreError {
+    /// Whether the failure is the storage's (disk full, I/O error): writes are impossible
+    /// until it recovers, and retrying later may succeed.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Io(_))
+    }
+
+    /// The same failure again, for another waiter of a failed commit.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Open { path, reason } => StoreError::Open {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Io(e) => StoreError::Io(e.clone()),
+            StoreError::Redb(e) => StoreError::Redb(e.clone()),
+            StoreError::WriterGone => StoreError::WriterGone,
+        }
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+                StoreError::Io(e.to_string())
+            }
+            other => StoreError::Redb(other.to_string()),
+        }
+    }
+}
+
 macro_rules! redb_error_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Redb(e.to_string())
+                StoreError::from(redb::Error::from(e))
             }
         }
     )*};
@@ -79,29 +117,37 @@ pub struct DocStats {
 /// Handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and its tables.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let txn = db.begin_write()?;
-        txn.open_table(SNAPSHOTS)?;
-        txn.open_table(UPDATE_LOG)?;
-        txn.open_table(documents::DOCUMENTS)?;
-        txn.open_table(documents::REGISTERS)?;
-        txn.open_table(documents::MODIFIED)?;
-        txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        let db = open_database(path)?;
+        Ok(Store {
+            slot: Arc::new(Slot::new(path, db)),
+        })
+    }
+
+    /// The open database; an [`StoreError::Io`] while it is closed for reopening.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.slot.get()
+    }
+
+    /// Whether the last write (or recovery probe) succeeded: `false` while the disk is full
+    /// or failing. Readiness reports it.
+    pub fn is_writable(&self) -> bool {
+        self.slot.is_writable()
+    }
+
+    /// Follows [`Store::is_writable`].
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.slot.watch()
     }
 
     /// Reads a document's snapshot and log. Blocking: call from a blocking context.
     pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let snapshots = txn.open_table(SNAPSHOTS)?;
         let snapshot = snapshots.get(doc.as_str())?.map(|v| v.value().to_vec());
         let log_table = txn.open_table(UPDATE_LOG)?;
@@ -116,7 +162,7 @@ impl Store {
     /// A document's metadata: its kind, and creation time if it was created explicitly.
     /// `None` if no such document exists. Blocking.
     pub fn document(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let documents = txn.open_table(documents::DOCUMENTS)?;
         let snapshots = txn.open_table(SNAPSHOTS)?;
         let log = txn.open_table(UPDATE_LOG)?;
@@ -128,7 +174,7 @@ impl Store {
         &self,
         doc: &DocName,
     ) -> Result<Option<aetherflow_crdt::register::Register>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let registers = txn.open_table(documents::REGISTERS)?;
         let Some(bytes) = registers.get(doc.as_str())? else {
             return Ok(None);
@@ -139,7 +185,7 @@ impl Store {
     /// How much the store holds of `doc`: log entries since the last snapshot, bytes of
     /// snapshot, log and register, and the time of its last change. Blocking.
     pub fn stats(&self, doc: &DocName) -> Result<DocStats, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let name = doc.as_str();
         let mut stats = DocStats::default();
         if let Some(snapshot) = txn.open_table(SNAPSHOTS)?.get(name)? {
@@ -172,7 +218,7 @@ impl Store {
         keep: impl Fn(&str) -> bool,
     ) -> Result<Vec<(DocName, DocumentMeta)>, StoreError> {
         use std::ops::Bound;
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let documents = txn.open_table(documents::DOCUMENTS)?;
         let snapshots = txn.open_table(SNAPSHOTS)?;
         let log = txn.open_table(UPDATE_LOG)?;
@@ -223,7 +269,74 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
+    pub(crate) fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db()
     }
+
+    /// After an I/O error: closes the database and opens it again if a failed write
+    /// poisoned it (redb refuses everything after one until then; opening repairs it to its
+    /// last commit), so reads work again at once; then proves there is room to write by
+    /// writing and syncing a scratch file beside it (a probe inside the database would poison
+    /// it again if it failed). Blocking. Marks the store writable or not by the outcome.
+    ///
+    /// Writes are tried again only after [`PROBES_TO_RECOVER`] probes in a row succeed (a
+    /// second apart, as the writer calls this): the space a failed commit took is given back
+    /// when the database reopens, and one probe into that would flip readiness back and forth
+    /// on a disk that is still full.
+    pub(crate) fn recover(&self) -> Result<(), StoreError> {
+        let outcome = self
+            .slot
+            .reopen_if_poisoned(open_database)
+            .and_then(|()| self.probe());
+        let streak = self.slot.probed(outcome.is_ok());
+        if streak >= PROBES_TO_RECOVER {
+            self.slot.set_writable(true);
+            return Ok(());
+        }
+        outcome.and(Err(StoreError::Io(format!(
+            "{streak} of {PROBES_TO_RECOVER} probes in a row succeeded"
+        ))))
+    }
+
+    /// Writes, syncs and removes [`PROBE_BYTES`] beside the database.
+    fn probe(&self) -> Result<(), StoreError> {
+        let path = self.slot.path().with_extension("probe");
+        let written = std::fs::File::create(&path).and_then(|mut file| {
+            use std::io::Write;
+            file.write_all(&vec![0u8; PROBE_BYTES])?;
+            file.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        written.map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// A commit failed on I/O: the open database is poisoned, and writes are refused until
+    /// [`Store::recover`] finds room again. (A commit that succeeds meanwhile does not end
+    /// that: an empty flush succeeds on a full disk.)
+    pub(crate) fn commit_failed(&self) {
+        self.slot.poison();
+        self.slot.probed(false);
+        self.slot.set_writable(false);
+    }
+}
+
+/// Bytes [`Store::recover`] must be able to write before writes are tried again.
+const PROBE_BYTES: usize = 4 * 1024 * 1024;
+/// Successful probes in a row before writes are tried again.
+const PROBES_TO_RECOVER: u32 = 2;
+
+/// Opens (creating if needed) the database file and its tables.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let txn = db.begin_write()?;
+    txn.open_table(SNAPSHOTS)?;
+    txn.open_table(UPDATE_LOG)?;
+    txn.open_table(documents::DOCUMENTS)?;
+    txn.open_table(documents::REGISTERS)?;
+    txn.open_table(documents::MODIFIED)?;
+    txn.commit()?;
+    Ok(db)
 }

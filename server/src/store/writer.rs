@@ -215,11 +215,26 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
                     Err(_elapsed) => None,
                 }
             }
+            // While the storage fails, try to recover at least once a second, so that
+            // readiness turns green again without waiting for a client's write.
+            _ if !store.is_writable() => {
+                match timeout_at(Instant::now() + RECOVERY_INTERVAL, rx.recv()).await {
+                    Ok(Some(request)) => Some(request),
+                    Ok(None) => break,
+                    Err(_elapsed) => {
+                        recover(&store).await;
+                        continue;
+                    }
+                }
+            }
             _ => match rx.recv().await {
                 Some(request) => Some(request),
                 None => break,
             },
         };
+        if !store.is_writable() {
+            recover(&store).await;
+        }
         let mut batch: Vec<Request> = first.into_iter().collect();
         while batch.len() < MAX_REQUESTS_PER_COMMIT {
             match rx.try_recv() {
@@ -243,8 +258,15 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
         let started = Instant::now();
         let result;
         (seqs, result) = commit_blocking(store.clone(), ops, sync, seqs).await;
-        if result.is_ok() {
-            metrics.committed(appends, started.elapsed());
+        match &result {
+            Ok(_) => {
+                metrics.committed(appends, started.elapsed());
+            }
+            Err(e) if e.is_io() => {
+                metrics.storage_failed();
+                store.commit_failed();
+            }
+            Err(_) => {}
         }
         match &result {
             Ok(_) if sync => unsynced_since = None,
@@ -254,6 +276,10 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
             Err(e) => error!(error = %e, ops = count, "store commit failed"),
         }
         debug!(ops = count, sync, "store commit");
+        if !store.is_writable() {
+            // Reopen at once, so that reads work again while the storage is full.
+            recover(&store).await;
+        }
         match result {
             Ok(results) => {
                 for (waiter, result) in waiters.into_iter().zip(results) {
@@ -264,7 +290,7 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
             }
             Err(e) => {
                 for waiter in waiters.into_iter().flatten() {
-                    let _ = waiter.send(Err(StoreError::Redb(e.to_string())));
+                    let _ = waiter.send(Err(e.duplicate()));
                 }
             }
         }
@@ -274,6 +300,20 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
         if let Err(e) = result {
             error!(error = %e, "final store flush failed");
         }
+    }
+}
+
+/// How often a failing storage is retried while no write comes.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reopens the database after an I/O error and probes it (see [`Store::recover`]).
+async fn recover(store: &Store) {
+    let store = store.clone();
+    let outcome = tokio::task::spawn_blocking(move || store.recover()).await;
+    match outcome {
+        Ok(Ok(())) => tracing::info!("storage writable again"),
+        Ok(Err(e)) => debug!(error = %e, "storage still failing"),
+        Err(e) => error!(error = %e, "storage recovery panicked"),
     }
 }
 
@@ -305,7 +345,7 @@ async fn commit_blocking(
 }
 
 fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCache) -> Results {
-    let mut txn = store.database().begin_write()?;
+    let mut txn = store.database()?.begin_write()?;
     let durability = if sync {
         Durability::Immediate
     } else {
