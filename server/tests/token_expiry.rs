@@ -88,10 +88,14 @@ async fn a_live_channel_closes_and_an_sse_stream_ends_when_the_token_expires() {
     assert_eq!(u16::from(frame.code), 4401, "{}", frame.reason);
     assert!(frame.reason.contains("token expired"), "{}", frame.reason);
 
-    let expired = sse.wait_for("token_expired").await;
+    // Bounded as a whole: keep-alive comments would reset a per-line wait.
+    let expired = tokio::time::timeout(TIMEOUT, sse.wait_for("token_expired"))
+        .await
+        .expect("the stream never said the token expired");
     assert_eq!(expired["code"], 4401, "{expired}");
     assert!(now_s() >= exp, "ended before exp");
-    assert!(sse.next_event().await.is_none(), "the stream goes on");
+    let after = tokio::time::timeout(TIMEOUT, sse.next_event()).await;
+    assert!(after.expect("the stream goes on").is_none(), "the stream goes on");
 
     // A listener with a longer token still gets events.
     let write = json!({ "value": "after", "stamp": { "clock": { "wall_ms": 1, "counter": 0 }, "writer": "w" } });
