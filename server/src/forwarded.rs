@@ -155,7 +155,12 @@ impl TrustedProxies {
         }
         let hops = match (forwarded, x_forwarded_for) {
             (Some(header), _) => forwarded_hops(header),
-            (None, Some(header)) => Some(header.split(',').map(|hop| parse_node(hop.trim())).collect()),
+            (None, Some(header)) => Some(
+                header
+                    .split(',')
+                    .map(|hop| parse_node(hop.trim()))
+                    .collect(),
+            ),
             (None, None) => None,
         };
         hops.and_then(|hops| self.rightmost_untrusted(&hops))
@@ -311,7 +316,13 @@ mod tests {
 
     #[test]
     fn bad_ranges_are_refused_with_what_is_wrong() {
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "example.com", "10.0.0/8"] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/x",
+            "example.com",
+            "10.0.0/8",
+        ] {
             assert!(bad.parse::<TrustedProxies>().is_err(), "{bad}");
         }
         assert_eq!(
@@ -326,7 +337,10 @@ mod tests {
         let peer = addr("203.0.113.9:5000");
         assert_eq!(p.client_addr(peer, None, Some("198.51.100.1")), peer);
         assert_eq!(p.client_addr(peer, Some("for=198.51.100.1"), None), peer);
-        assert_eq!(TrustedProxies::default().client_addr(peer, None, Some("1.2.3.4")), peer);
+        assert_eq!(
+            TrustedProxies::default().client_addr(peer, None, Some("1.2.3.4")),
+            peer
+        );
     }
 
     #[test]
@@ -337,7 +351,10 @@ mod tests {
         // A client-supplied (spoofed) hop on the left is skipped: the proxy appended the real one.
         assert_eq!(client("1.1.1.1, 198.51.100.1"), addr("198.51.100.1:0"));
         // Trusted proxies on the right are skipped.
-        assert_eq!(client("198.51.100.1, 10.0.0.7, 10.0.0.8"), addr("198.51.100.1:0"));
+        assert_eq!(
+            client("198.51.100.1, 10.0.0.7, 10.0.0.8"),
+            addr("198.51.100.1:0")
+        );
         // All trusted: the leftmost.
         assert_eq!(client("10.0.0.7,10.0.0.8"), addr("10.0.0.7:0"));
         assert_eq!(client("2001:db8::1"), addr("[2001:db8::1]:0"));
@@ -349,14 +366,29 @@ mod tests {
     fn forwarded_reads_for_with_ports_quotes_and_ipv6() {
         let p = proxies("10.0.0.0/8");
         let client = |fwd| p.client_addr(addr(PROXY), Some(fwd), None);
-        assert_eq!(client("for=192.0.2.60;proto=http;by=203.0.113.43"), addr("192.0.2.60:0"));
+        assert_eq!(
+            client("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            addr("192.0.2.60:0")
+        );
         assert_eq!(client("For=\"192.0.2.43:47011\""), addr("192.0.2.43:47011"));
-        assert_eq!(client("for=\"[2001:db8:cafe::17]:4711\""), addr("[2001:db8:cafe::17]:4711"));
-        assert_eq!(client("for=\"[2001:db8:cafe::17]\""), addr("[2001:db8:cafe::17]:0"));
+        assert_eq!(
+            client("for=\"[2001:db8:cafe::17]:4711\""),
+            addr("[2001:db8:cafe::17]:4711")
+        );
+        assert_eq!(
+            client("for=\"[2001:db8:cafe::17]\""),
+            addr("[2001:db8:cafe::17]:0")
+        );
         assert_eq!(client("for=\"192.0.2.43:_port\""), addr("192.0.2.43:0"));
         // Several elements and several headers (joined with a comma by the caller).
-        assert_eq!(client("for=192.0.2.43, for=198.51.100.17"), addr("198.51.100.17:0"));
-        assert_eq!(client("for=192.0.2.43, for=10.0.0.9;by=x"), addr("192.0.2.43:0"));
+        assert_eq!(
+            client("for=192.0.2.43, for=198.51.100.17"),
+            addr("198.51.100.17:0")
+        );
+        assert_eq!(
+            client("for=192.0.2.43, for=10.0.0.9;by=x"),
+            addr("192.0.2.43:0")
+        );
         // A comma inside a quoted value does not split the element.
         assert_eq!(client("for=192.0.2.43;ext=\"a,b\""), addr("192.0.2.43:0"));
         // Forwarded wins over X-Forwarded-For.
@@ -382,7 +414,13 @@ mod tests {
         ] {
             assert_eq!(p.client_addr(peer, Some(fwd), None), peer, "{fwd}");
         }
-        for xff in ["", "not-an-ip", "198.51.100.1, garbage", "unknown", "300.1.1.1"] {
+        for xff in [
+            "",
+            "not-an-ip",
+            "198.51.100.1, garbage",
+            "unknown",
+            "300.1.1.1",
+        ] {
             assert_eq!(p.client_addr(peer, None, Some(xff)), peer, "{xff}");
         }
         assert_eq!(p.client_addr(peer, None, None), peer);

@@ -71,8 +71,14 @@ async fn a_live_channel_closes_and_an_sse_stream_ends_when_the_token_expires() {
     let relay = relay();
     let writer = token("ann", &["*"], Permission::Write);
     let body = json!({ "name": "title", "kind": "lww" });
-    let (status, created) =
-        http_json(relay.addr, "POST", "/api/v1/docs", Some(&writer), Some(body)).await;
+    let (status, created) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        Some(&writer),
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
 
     let (short, exp) = short_token("ada", &["title"]);
@@ -95,7 +101,10 @@ async fn a_live_channel_closes_and_an_sse_stream_ends_when_the_token_expires() {
     assert_eq!(expired["code"], 4401, "{expired}");
     assert!(now_s() >= exp, "ended before exp");
     let after = tokio::time::timeout(TIMEOUT, sse.next_event()).await;
-    assert!(after.expect("the stream goes on").is_none(), "the stream goes on");
+    assert!(
+        after.expect("the stream goes on").is_none(),
+        "the stream goes on"
+    );
 
     // A listener with a longer token still gets events.
     let write = json!({ "value": "after", "stamp": { "clock": { "wall_ms": 1, "counter": 0 }, "writer": "w" } });

@@ -16,9 +16,8 @@ const ADMIN_KEY: &str = "admin-key-for-tests-0123";
 /// a test.
 const TIGHT_LIMIT: [&str; 4] = ["--connect-rate-per-min", "1", "--connect-burst", "3"];
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket upgrade on `doc` carrying `header: value`; the socket, or the refusal's status.
 async fn upgrade(relay: &Relay, doc: &str, header: &str, value: &str) -> Result<Socket, u16> {
@@ -51,12 +50,20 @@ async fn clients_behind_a_trusted_proxy_each_get_their_own_connection_limit() {
     // RFC 7239 `Forwarded` counts the same way, IPv6 and port included.
     for i in 1..=3 {
         let forwarded = format!("for=\"[2001:db8::{i}]:4711\"");
-        open.push(upgrade(&relay, "storm", "Forwarded", &forwarded).await.unwrap());
+        open.push(
+            upgrade(&relay, "storm", "Forwarded", &forwarded)
+                .await
+                .unwrap(),
+        );
     }
     // One user who really does open too many is still limited, whatever hop is prepended.
     for _ in 0..3 {
         let hops = "203.0.113.50";
-        open.push(upgrade(&relay, "storm", "X-Forwarded-For", hops).await.unwrap());
+        open.push(
+            upgrade(&relay, "storm", "X-Forwarded-For", hops)
+                .await
+                .unwrap(),
+        );
     }
     let spoofed = "192.0.2.99, 203.0.113.50";
     assert_eq!(
@@ -78,7 +85,11 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
         let mut open = Vec::new();
         for i in 1..=3 {
             let client = format!("198.51.100.{i}");
-            open.push(upgrade(&relay, "d", "X-Forwarded-For", &client).await.unwrap());
+            open.push(
+                upgrade(&relay, "d", "X-Forwarded-For", &client)
+                    .await
+                    .unwrap(),
+            );
         }
         // The limit is 127.0.0.1's, whatever the header claims.
         let status = upgrade(&relay, "d", "X-Forwarded-For", "198.51.100.4").await;
@@ -116,11 +127,18 @@ async fn the_admin_sessions_list_shows_the_forwarded_client_address() {
     let _a = upgrade(&relay, "a", "X-Forwarded-For", "203.0.113.7, 10.1.2.3")
         .await
         .unwrap();
-    let _b = upgrade(&relay, "b", "Forwarded", "for=\"[2001:db8::1]:4711\";proto=https")
+    let _b = upgrade(
+        &relay,
+        "b",
+        "Forwarded",
+        "for=\"[2001:db8::1]:4711\";proto=https",
+    )
+    .await
+    .unwrap();
+    // An obfuscated client cannot be named: the proxy's address stands.
+    let _c = upgrade(&relay, "c", "Forwarded", "for=_hidden")
         .await
         .unwrap();
-    // An obfuscated client cannot be named: the proxy's address stands.
-    let _c = upgrade(&relay, "c", "Forwarded", "for=_hidden").await.unwrap();
     let mut seen = remote_addrs(&relay).await;
     seen.sort();
     assert_eq!(seen[0], ("a".into(), "203.0.113.7:0".into()));
@@ -133,17 +151,41 @@ async fn the_admin_sessions_list_shows_the_forwarded_client_address() {
 async fn behind_trusted_proxies_metrics_need_the_admin_key() {
     // A same-host proxy makes every forwarded stranger a loopback peer.
     let open = Relay::start(&["--trusted-proxies", "127.0.0.1/32"]);
-    let refused = http_raw(open.addr, "GET", "/metrics", &[("X-Forwarded-For", "127.0.0.1")], "").await;
+    let refused = http_raw(
+        open.addr,
+        "GET",
+        "/metrics",
+        &[("X-Forwarded-For", "127.0.0.1")],
+        "",
+    )
+    .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(refused.body.contains("--admin-key"), "{}", refused.body);
 
-    let keyed = Relay::start(&["--trusted-proxies", "127.0.0.1/32", "--admin-key", ADMIN_KEY]);
-    let scrape = http_raw(keyed.addr, "GET", "/metrics", &[("X-Admin-Key", ADMIN_KEY)], "").await;
+    let keyed = Relay::start(&[
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--admin-key",
+        ADMIN_KEY,
+    ]);
+    let scrape = http_raw(
+        keyed.addr,
+        "GET",
+        "/metrics",
+        &[("X-Admin-Key", ADMIN_KEY)],
+        "",
+    )
+    .await;
     assert_eq!(scrape.status, 200, "{}", scrape.body);
     let stranger = http_raw(keyed.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(stranger.status, 401, "{}", stranger.body);
 
     // Without proxies, loopback scrapes still work without a key.
     let plain = Relay::start(&[]);
-    assert_eq!(http_raw(plain.addr, "GET", "/metrics", &[], "").await.status, 200);
+    assert_eq!(
+        http_raw(plain.addr, "GET", "/metrics", &[], "")
+            .await
+            .status,
+        200
+    );
 }
