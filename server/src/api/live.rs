@@ -153,7 +153,8 @@ async fn serve(
     handle: SessionHandle,
 ) {
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("live", conn, doc = %doc, user = %grant.user);
+    let remote = handle.remote_addr();
+    let span = info_span!("live", conn, remote = %remote, doc = %doc, user = %grant.user);
     let events = state.sessions.rooms.events().clone();
     // Subscribed before the state is read, so no change falls between the two.
     let listener = events.subscribe(&doc);

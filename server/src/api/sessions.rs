@@ -78,7 +78,7 @@ fn session_schema() -> Value {
             "id": { "type": "string", "format": "uuid", "description": "UUIDv7" },
             "user": { "type": "string", "description": "token subject, or anonymous" },
             "transport": { "type": "string", "enum": ["websocket", "quantum"] },
-            "remote_addr": { "type": "string" },
+            "remote_addr": { "type": "string", "description": "the client's address; behind a --trusted-proxies proxy the forwarded one (port 0 if none was given)" },
             "documents": { "type": "array", "items": { "type": "string" } },
             "state": { "type": "string", "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] },
             "created_ms": count, "last_active_ms": count,

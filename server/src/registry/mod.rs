@@ -382,7 +382,7 @@ impl SessionHandle {
         &self.entry.user
     }
 
-    /// The client's address as the relay sees it.
+    /// The client's address: the TCP peer's, or behind a trusted proxy the forwarded one.
     pub fn remote_addr(&self) -> SocketAddr {
         self.entry.remote_addr
     }
