@@ -43,6 +43,9 @@ pub struct Grant {
     pub user: String,
     /// What they may do.
     pub permission: Permission,
+    /// The token's `exp` (seconds since the Unix epoch), when the session it opens must end;
+    /// `None` when the relay runs open.
+    pub expires: Option<u64>,
 }
 
 /// Why a client was refused. The texts are safe to show the client: they never echo the token.
@@ -207,6 +210,7 @@ impl Auth {
             return Ok(Grant {
                 user: "anonymous".into(),
                 permission: Permission::Write,
+                expires: None,
             });
         }
         let claims = self.verify(token.ok_or(AuthError::Missing)?)?;
@@ -220,6 +224,7 @@ impl Auth {
         Ok(Grant {
             user: claims.sub,
             permission: claims.perm,
+            expires: Some(claims.exp),
         })
     }
 
@@ -227,10 +232,19 @@ impl Auth {
     /// document is authorised: `anonymous` when the relay runs open or the token is missing
     /// or does not verify (each document is still authorised on its own).
     pub fn user(&self, token: Option<&str>) -> String {
+        self.connection(token).0
+    }
+
+    /// [`Auth::user`] and the token's `exp` (`None` when it does not verify or the relay runs
+    /// open): a connection-level token's session ends at its expiry.
+    pub fn connection(&self, token: Option<&str>) -> (String, Option<u64>) {
         token
             .filter(|_| !self.is_open())
             .and_then(|token| self.verify(token).ok())
-            .map_or_else(|| "anonymous".to_owned(), |claims| claims.sub)
+            .map_or_else(
+                || ("anonymous".to_owned(), None),
+                |claims| (claims.sub, Some(claims.exp)),
+            )
     }
 
     /// Whether `token` is a client token this relay signed (expired or not).

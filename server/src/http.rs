@@ -12,13 +12,14 @@ use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{Extensions, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Permission};
 use crate::error::AppError;
+use crate::forwarded::TrustedProxies;
 use crate::metrics::Rejection;
 use crate::rate_limit::ConnectionLimiter;
 use crate::registry::{Registry, Transport};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub locks: crate::locks::Locks,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// Reverse proxies whose forwarding headers name the client (`--trusted-proxies`).
+    pub proxies: TrustedProxies,
 }
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see
@@ -98,14 +101,53 @@ async fn empty_doc_name() -> AppError {
     AppError::InvalidDocName("document name is empty".into())
 }
 
-/// Applies the per-address connection limit to a WebSocket request; returns the remote
-/// address, or 429 with the wait. Served without connect info (a router in a test), the
-/// address is unknown (`0.0.0.0:0`) and unlimited.
+/// The client's address: the TCP peer's, or for a peer that is a trusted proxy the one its
+/// `Forwarded` / `X-Forwarded-For` headers name (see [`crate::forwarded`]). `None` when served
+/// without connect info (a router in a test).
+pub(crate) fn client_addr(
+    proxies: &TrustedProxies,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+) -> Option<SocketAddr> {
+    let ConnectInfo(peer) = extensions.get::<ConnectInfo<SocketAddr>>().copied()?;
+    if !proxies.trusts(peer.ip()) {
+        return Some(peer);
+    }
+    let (Ok(forwarded), Ok(x_forwarded_for)) = (
+        joined(headers, &axum::http::header::FORWARDED),
+        joined(headers, &HeaderName::from_static("x-forwarded-for")),
+    ) else {
+        // Not text: malformed, so the proxy's own address.
+        return Some(peer);
+    };
+    let client = proxies.client_addr(peer, forwarded.as_deref(), x_forwarded_for.as_deref());
+    if client != peer {
+        tracing::trace!(%peer, %client, "client address from a trusted proxy's headers");
+    }
+    Some(client)
+}
+
+/// Every value of header `name`, joined with commas as one list; `Err` if one is not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ()> {
+    let mut values = headers.get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(None);
+    }
+    let texts = values
+        .map(|value| value.to_str().map_err(|_| ()))
+        .collect::<Result<Vec<&str>, ()>>()?;
+    Ok(Some(texts.join(",")))
+}
+
+/// Applies the per-address connection limit to a WebSocket request, by client address (see
+/// [`client_addr`]); returns that address, or 429 with the wait. Served without connect info
+/// (a router in a test), the address is unknown (`0.0.0.0:0`) and unlimited.
 pub(crate) fn admit_connection(
     state: &AppState,
     extensions: &Extensions,
+    headers: &HeaderMap,
 ) -> Result<SocketAddr, AppError> {
-    let Some(ConnectInfo(remote)) = extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+    let Some(remote) = client_addr(&state.proxies, extensions, headers) else {
         return Ok(SocketAddr::from(([0, 0, 0, 0], 0)));
     };
     if let Err(wait) = state.connections.admit(remote.ip(), Instant::now()) {
@@ -122,11 +164,12 @@ pub(crate) fn admit_connection(
 async fn websocket(
     State(state): State<AppState>,
     extensions: Extensions,
+    headers: HeaderMap,
     doc: Result<Path<String>, PathRejection>,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let remote = match admit_connection(&state, &extensions) {
+    let remote = match admit_connection(&state, &extensions, &headers) {
         Ok(remote) => remote,
         Err(e) => return e.into_response(),
     };
@@ -182,6 +225,9 @@ async fn websocket(
         remote,
         vec![doc.as_str().to_owned()],
     );
+    if let Some(exp) = grant.expires {
+        handle.expires_at(exp);
+    }
     let limit = state.sessions.limits.max_message_bytes;
     let ctx = state.sessions.clone();
     // Counted from now, not from when the upgrade completes: a shutdown that starts in

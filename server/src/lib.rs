@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod forwarded;
 pub mod heartbeat;
 pub mod http;
 pub mod locks;
@@ -112,7 +113,10 @@ pub async fn run(
         admin: api::admin::Admin::from_config(&config),
         locks,
         metrics,
+        proxies: config.trusted_proxies.clone(),
     };
+    // Sessions end when their tokens expire: one task for all of them.
+    tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {
         sessions: state.sessions.clone(),
         auth: state.auth.clone(),

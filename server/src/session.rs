@@ -169,7 +169,7 @@ where
                 }
                 reason = &mut kicked => {
                     label.span().in_scope(|| {
-                        info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                        info!(code = reason.code, reason = %reason.reason, "disconnect requested (admin, or token expired)");
                     });
                     break Some(reason);
                 }

@@ -3,12 +3,15 @@
 //! Each event's SSE name is its `type` and its data the event as JSON (see
 //! [`crate::events::DocEvent`]). The stream opens with the comment `: subscribed` (events from
 //! then on are delivered), sends a keep-alive comment every 15 s, and ends after a `deleted`
-//! event or when the relay shuts down. A listener that falls more than
+//! event, when the relay shuts down, or when the token expires (at its `exp`): then the last
+//! event is `token_expired`, data `{"type":"token_expired","code":4401,"reason":..}`, and the
+//! client reconnects with a fresh token. A listener that falls more than
 //! [`EVENT_BUFFER`](crate::events::EVENT_BUFFER) events behind gets a `lagged` event with the
 //! number it missed. The token may come as `?token=` (browsers' `EventSource` cannot set
 //! headers) or as `Authorization: Bearer`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,35 +75,82 @@ async fn stream_events(
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let token = token_of(&query, &headers);
-    authorize_token(&state, token.as_deref(), &doc, false)?;
+    let grant = authorize_token(&state, token.as_deref(), &doc, false)?;
     must_exist(&state, &doc).await?;
     let events = state.sessions.rooms.events().subscribe(&doc);
-    let stream = event_stream(events, state.sessions.shutdown.clone());
+    let expiry = grant.expires.map(expiry_deadline);
+    let stream = event_stream(events, state.sessions.shutdown.clone(), expiry);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// The SSE stream of one listener.
+/// When a token with `exp` (seconds since the Unix epoch) expires, on the runtime's clock.
+fn expiry_deadline(exp: u64) -> tokio::time::Instant {
+    let left_ms = exp.saturating_mul(1000).saturating_sub(super::now_ms());
+    tokio::time::Instant::now() + Duration::from_millis(left_ms)
+}
+
+/// What a listener's stream still has to do.
+struct Listener {
+    events: broadcast::Receiver<Arc<DocEvent>>,
+    shutdown: CancellationToken,
+    /// Fires when the token expires; `None` for a relay running open.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The opening comment, until sent.
+    first: Option<Event>,
+    /// Set once the last event went out.
+    done: bool,
+}
+
+/// The SSE stream of one listener: ends after `deleted`, at shutdown, or with a
+/// `token_expired` event when `expiry` passes.
 fn event_stream(
     events: broadcast::Receiver<Arc<DocEvent>>,
     shutdown: CancellationToken,
+    expiry: Option<tokio::time::Instant>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let first = Event::default().comment("subscribed");
-    futures_util::stream::unfold(
-        (events, shutdown, Some(first)),
-        |(mut events, shutdown, first)| async move {
-            if let Some(first) = first {
-                return Some((Ok(first), (events, shutdown, None)));
+    let listener = Listener {
+        events,
+        shutdown,
+        expiry: expiry.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        first: Some(Event::default().comment("subscribed")),
+        done: false,
+    };
+    futures_util::stream::unfold(listener, |mut listener| async move {
+        if let Some(first) = listener.first.take() {
+            return Some((Ok(first), listener));
+        }
+        if listener.done {
+            return None;
+        }
+        let expired = async {
+            match listener.expiry.as_mut() {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
             }
-            let event = next_event(&mut events, &shutdown).await?;
-            let sse = Event::default()
-                .event(event.name())
-                .data(event.to_json().to_string());
-            if event == DocEvent::Deleted {
-                // The document is gone: end the stream after telling the listener.
-                events = broadcast::channel(1).1;
+        };
+        let event = tokio::select! {
+            () = expired => {
+                listener.done = true;
+                return Some((Ok(token_expired_event()), listener));
             }
-            Some((Ok(sse), (events, shutdown, None)))
-        },
+            event = next_event(&mut listener.events, &listener.shutdown) => event?,
+        };
+        let sse = Event::default()
+            .event(event.name())
+            .data(event.to_json().to_string());
+        // The document is gone: end the stream after telling the listener.
+        listener.done = event == DocEvent::Deleted;
+        Some((Ok(sse), listener))
+    })
+}
+
+/// The last event of a stream whose token expired: `token_expired`, with the WebSocket's
+/// close code and reason.
+fn token_expired_event() -> Event {
+    let reason = "token expired; reconnect with a fresh token";
+    Event::default().event("token_expired").data(
+        json!({ "type": "token_expired", "code": crate::rooms::CloseReason::TOKEN_EXPIRED, "reason": reason })
+            .to_string(),
     )
 }
 

@@ -20,7 +20,7 @@
 //! as HTTP: `read_only`, `locked`, `not_found`, `bad_request`, ...); the connection stays open.
 //! A frame that is not such a request closes the connection: binary frames with 1003, text that
 //! is not a request with 1007, each with a reason. Deleting the document closes it with 4410;
-//! shutdown with 1001.
+//! the token's expiry with 4401 (see [`crate::registry`]); shutdown with 1001.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -93,7 +93,7 @@ async fn live(
     query: Result<Query<TokenQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let remote = match crate::http::admit_connection(&state, &extensions) {
+    let remote = match crate::http::admit_connection(&state, &extensions, &headers) {
         Ok(remote) => remote,
         Err(e) => return e.into_response(),
     };
@@ -109,6 +109,9 @@ async fn live(
                     remote,
                     vec![doc.as_str().to_owned()],
                 );
+                if let Some(exp) = grant.expires {
+                    handle.expires_at(exp);
+                }
                 upgrade
                     .max_message_size(MAX_FRAME_BYTES)
                     .on_upgrade(move |socket| async move {
@@ -150,7 +153,8 @@ async fn serve(
     handle: SessionHandle,
 ) {
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("live", conn, doc = %doc, user = %grant.user);
+    let remote = handle.remote_addr();
+    let span = info_span!("live", conn, remote = %remote, doc = %doc, user = %grant.user);
     let events = state.sessions.rooms.events().clone();
     // Subscribed before the state is read, so no change falls between the two.
     let listener = events.subscribe(&doc);

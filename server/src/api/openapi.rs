@@ -188,7 +188,8 @@ pub fn components() -> Value {
             "Event": { "type": "object", "required": ["type"], "properties": {
                 "type": { "type": "string", "enum": ["user_joined", "user_left", "updated",
                     "conflict_detected", "conflict_resolved", "lock_acquired", "lock_renewed",
-                    "lock_released", "lock_expired", "deleted", "lagged"] } } },
+                    "lock_released", "lock_expired", "deleted", "lagged", "token_expired"],
+                    "description": "token_expired (SSE only) is a stream's last event when its token expires, with code 4401 and a reason" } } },
         }
     })
 }

@@ -1,6 +1,8 @@
 //! Admin routes for sessions: `GET /api/v1/sessions` (filters and paging),
 //! `GET /api/v1/sessions/{id}` and `DELETE /api/v1/sessions/{id}` (closes the connection with
-//! 1008 and a reason).
+//! 1008 and a reason), and `DELETE /api/v1/sessions?user=..` / `?document=..` (every session
+//! of a user, of a document, or with both of a user on a document; answers how many were
+//! asked to close, without waiting for them).
 
 use std::time::Duration;
 
@@ -30,7 +32,10 @@ const MAX_REASON_BYTES: usize = 80;
 /// The session routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/sessions", get(list_sessions))
+        .route(
+            "/api/v1/sessions",
+            get(list_sessions).delete(disconnect_sessions),
+        )
         .route(
             "/api/v1/sessions/{id}",
             get(get_session).delete(disconnect_session),
@@ -73,7 +78,7 @@ fn session_schema() -> Value {
             "id": { "type": "string", "format": "uuid", "description": "UUIDv7" },
             "user": { "type": "string", "description": "token subject, or anonymous" },
             "transport": { "type": "string", "enum": ["websocket", "quantum"] },
-            "remote_addr": { "type": "string" },
+            "remote_addr": { "type": "string", "description": "the client's address; behind a --trusted-proxies proxy the forwarded one (port 0 if none was given)" },
             "documents": { "type": "array", "items": { "type": "string" } },
             "state": { "type": "string", "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] },
             "created_ms": count, "last_active_ms": count,
@@ -122,8 +127,23 @@ pub fn paths() -> Value {
         &[(200, session_schema()), (202, session_schema())],
         &[400, 401, 403, 404, 409],
     );
+    let delete_all = admin_operation(
+        "Disconnect every session of a user and/or on a document (at least one of user, document): each is closed with 1008 and the reason; answers how many were asked to close",
+        json!([
+            string("user", "exact user (token subject)"),
+            string("document", "sessions on this document (alias: doc)"),
+            string("reason", "added to the close reason (at most 80 bytes)")
+        ]),
+        &[(
+            200,
+            json!({ "type": "object", "required": ["requested"], "properties": {
+                "requested": { "type": "integer", "minimum": 0,
+                    "description": "sessions asked to close (those already closing are not counted)" } } }),
+        )],
+        &[400, 401, 403],
+    );
     json!({
-        "/api/v1/sessions": { "get": list },
+        "/api/v1/sessions": { "get": list, "delete": delete_all },
         "/api/v1/sessions/{id}": { "get": get, "delete": delete },
     })
 }
@@ -144,6 +164,31 @@ struct ListQuery {
 #[serde(deny_unknown_fields)]
 struct DisconnectQuery {
     reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectAllQuery {
+    user: Option<String>,
+    #[serde(alias = "doc")]
+    document: Option<String>,
+    reason: Option<String>,
+}
+
+/// The close reason of an admin's disconnect, with the admin's words if any.
+fn admin_close(reason: Option<String>) -> Result<CloseReason, AppError> {
+    let reason = match reason {
+        Some(reason) if reason.len() > MAX_REASON_BYTES => {
+            return Err(AppError::BadRequest(format!(
+                "reason must be at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
+        Some(reason) if !reason.trim().is_empty() => {
+            format!("disconnected by an administrator: {}", reason.trim())
+        }
+        _ => "disconnected by an administrator".to_owned(),
+    };
+    Ok(CloseReason::new(CloseReason::POLICY_VIOLATION, reason))
 }
 
 fn parse_id(text: &str) -> Result<Uuid, AppError> {
@@ -230,18 +275,7 @@ async fn disconnect_session(
 ) -> Result<(StatusCode, Json<SessionView>), AppError> {
     state.admin.require(&state.auth, &headers)?;
     let id = parse_id(&id)?;
-    let reason = match query(params)?.reason {
-        Some(reason) if reason.len() > MAX_REASON_BYTES => {
-            return Err(AppError::BadRequest(format!(
-                "reason must be at most {MAX_REASON_BYTES} bytes"
-            )));
-        }
-        Some(reason) if !reason.trim().is_empty() => {
-            format!("disconnected by an administrator: {}", reason.trim())
-        }
-        _ => "disconnected by an administrator".to_owned(),
-    };
-    let close = CloseReason::new(CloseReason::POLICY_VIOLATION, reason);
+    let close = admin_close(query(params)?.reason)?;
     let closed = state.registry.disconnect(id, close).map_err(|e| match e {
         DisconnectError::NotFound(_) => AppError::NotFound(e.to_string()),
         DisconnectError::AlreadyClosing(_) => AppError::Conflict(e.to_string()),
@@ -257,6 +291,36 @@ async fn disconnect_session(
     Ok((status, Json(view)))
 }
 
+/// Asks every session of `user` and/or on `document` to close with 1008; answers
+/// `{"requested": N}` at once (the sessions close on their own, as after a single `DELETE`).
+async fn disconnect_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<DisconnectAllQuery>, QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    state.admin.require(&state.auth, &headers)?;
+    let params = query(params)?;
+    if params.user.is_none() && params.document.is_none() {
+        return Err(AppError::BadRequest(
+            "name the sessions to close: user=..., document=... or both".into(),
+        ));
+    }
+    let close = admin_close(params.reason)?;
+    let filter = Filter {
+        user: params.user,
+        document: params.document,
+        ..Filter::default()
+    };
+    let requested = state.registry.disconnect_matching(&filter, &close);
+    tracing::info!(
+        requested,
+        user = filter.user.as_deref(),
+        doc = filter.document.as_deref(),
+        "sessions disconnected by an admin"
+    );
+    Ok(Json(json!({ "requested": requested })))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -265,6 +329,7 @@ mod tests {
         let paths = doc["paths"].as_object().expect("paths");
         for (path, method) in [
             ("/api/v1/sessions", "get"),
+            ("/api/v1/sessions", "delete"),
             ("/api/v1/sessions/{id}", "get"),
             ("/api/v1/sessions/{id}", "delete"),
             ("/api/v1/tokens", "post"),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::forwarded::TrustedProxies;
 use crate::rate_limit::Rate;
 
 /// Default HTTP and WebSocket listen address.
@@ -207,6 +208,14 @@ pub struct Settings {
     /// [default: 86400 (1 day)].
     #[arg(long, env = "AETHERFLOW_TOKEN_MAX_TTL_SECS", value_name = "SECS")]
     pub token_max_ttl_secs: Option<u64>,
+
+    /// Reverse proxies to believe, as comma-separated IP addresses or CIDR ranges
+    /// (`10.0.0.0/8,127.0.0.1/32`). For a connection from one of them the client's address is
+    /// the rightmost untrusted hop of `Forwarded` (`for=`) or `X-Forwarded-For`, used for the
+    /// connection limit, sessions, the admin view and logs; an unreadable header leaves the
+    /// proxy's address. With any set, `/metrics` needs --admin-key [default: none].
+    #[arg(long, env = "AETHERFLOW_TRUSTED_PROXIES", value_name = "CIDR,...")]
+    pub trusted_proxies: Option<String>,
 }
 
 /// The relay's resolved configuration.
@@ -248,6 +257,8 @@ pub struct Config {
     pub message_rate: Option<Rate>,
     /// Longest lifetime of a minted token.
     pub token_max_ttl: Duration,
+    /// Proxies whose forwarding headers name the client; empty trusts none.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Why the configuration could not be built.
@@ -304,6 +315,7 @@ impl Settings {
             message_rate_per_sec: self.message_rate_per_sec.or(lower.message_rate_per_sec),
             message_burst: self.message_burst.or(lower.message_burst),
             token_max_ttl_secs: self.token_max_ttl_secs.or(lower.token_max_ttl_secs),
+            trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
         }
     }
 
@@ -405,6 +417,16 @@ impl Config {
             token_max_ttl: Duration::from_secs(
                 s.token_max_ttl_secs.unwrap_or(DEFAULT_TOKEN_MAX_TTL_SECS),
             ),
+            trusted_proxies: s
+                .trusted_proxies
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| ConfigError::Invalid {
+                    name: "--trusted-proxies",
+                    why: "must be comma-separated IP addresses or CIDR ranges, such as \
+                          10.0.0.0/8,127.0.0.1/32",
+                })?,
         };
         config.validate()?;
         Ok(config)

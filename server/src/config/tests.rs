@@ -130,3 +130,35 @@ fn absurd_limits_are_refused() {
     };
     assert!(Config::from_settings(settings).is_err());
 }
+
+#[test]
+fn trusted_proxies_come_from_the_file_or_the_flag_and_bad_ranges_are_refused() {
+    assert!(
+        Config::from_settings(Settings::default())
+            .unwrap()
+            .trusted_proxies
+            .is_empty()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "trusted_proxies = \"10.0.0.0/8, ::1\"\n").unwrap();
+    let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+    let config = Config::from_cli(cli).unwrap();
+    assert_eq!(config.trusted_proxies.ranges().len(), 2);
+    assert!(config.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--trusted-proxies",
+        "192.0.2.1",
+    ]);
+    let config = Config::from_cli(cli).unwrap();
+    assert!(!config.trusted_proxies.trusts("10.9.8.7".parse().unwrap()));
+    let bad = Settings {
+        trusted_proxies: Some("10.0.0.0/40".into()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(bad).unwrap_err();
+    assert!(err.to_string().contains("--trusted-proxies"), "{err}");
+}

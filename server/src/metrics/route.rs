@@ -5,6 +5,9 @@
 //! KEY}`, or `X-Admin-Key`). Without an admin key, only clients on a loopback address, so a
 //! relay exposed on a public address does not hand out its session counts, document counts
 //! and traffic to anyone; a scraper on the same host (or behind a local agent) still works.
+//! With `--trusted-proxies` set the key is required all the same: a reverse proxy on the same
+//! host makes every request it forwards come from loopback, and the relay cannot tell a
+//! local scraper from a forwarded stranger by headers the proxy may not set.
 //! Metrics never hold tokens, user names or document names: every label is a fixed word.
 
 use axum::Router;
@@ -41,10 +44,15 @@ async fn metrics(
         .into_response()
 }
 
-/// The admin key when one is configured, else a loopback peer.
+/// The admin key when one is configured, else a loopback peer, unless proxies are trusted.
 fn admit(state: &AppState, headers: &HeaderMap, extensions: &Extensions) -> Result<(), AppError> {
     match state.admin.require(&state.auth, headers) {
         Ok(()) => Ok(()),
+        Err(AppError::Admin(AdminError::Disabled)) if !state.proxies.is_empty() => {
+            Err(AppError::Forbidden(
+                "with --trusted-proxies set, metrics are served only with --admin-key".into(),
+            ))
+        }
         Err(AppError::Admin(AdminError::Disabled)) => {
             let loopback = extensions
                 .get::<ConnectInfo<std::net::SocketAddr>>()

@@ -30,6 +30,7 @@
 //! | 1013 | the subscription fell behind; subscribe again to resync | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document; a register command that is not valid JSON or not acceptable (e.g. a value too deep) | kept (closed without hello) |
 //! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`); 4403 also answers a register operation with a `read` token | kept |
+//! | 4401 (document `""`) | the hello's token expired during the session (at its `exp`); reconnect with a fresh token | closed |
 //! | 4404 | a register operation on a document that was deleted, or a resolution of no open conflict | kept |
 //! | 4409 | the operation does not fit the document's kind: a Yjs message on a register document, a register operation on a Yjs document, an LWW write on a manual document or the other way round | kept |
 //! | 4410 | the document was deleted (after `event "deleted"`); the subscription ends | kept |
@@ -196,10 +197,13 @@ async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Resu
         }
         Err(None) => return,
     };
-    let user = ctx.auth.user(token.as_deref());
+    let (user, expires) = ctx.auth.connection(token.as_deref());
     let handle = ctx
         .registry
         .open(&user, Transport::Quantum, remote, Vec::new());
+    if let Some(exp) = expires {
+        handle.expires_at(exp);
+    }
     handle.received(hello_bytes);
     handle.set_state(SessionState::Active);
     let span = info_span!("session", id = %handle.id(), transport = "quantum", user = %user);
@@ -246,7 +250,7 @@ async fn session(
                 break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
             }
             reason = &mut kicked => {
-                info!(code = reason.code, reason = %reason.reason, "disconnected by an admin");
+                info!(code = reason.code, reason = %reason.reason, "disconnect requested (admin, or token expired)");
                 break Some(reason);
             }
             _ = stats_ticks.tick() => {

@@ -7,6 +7,11 @@
 //! the session CLOSED; closed sessions stay visible for [`CLOSED_GRACE`] and are then swept out
 //! on the next registry call.
 //!
+//! A session opened with a token records the token's `exp` ([`SessionHandle::expires_at`]);
+//! one task for the whole relay, [`Registry::close_expired`], asks sessions whose token has
+//! expired to close with [`CloseReason::TOKEN_EXPIRED`] through the same request an admin's
+//! disconnect makes, so no connection needs a timer of its own.
+//!
 //! ```
 //! use aetherflow_server::registry::{Registry, SessionState, Transport};
 //!
@@ -23,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +46,10 @@ pub use view::{CloseView, DisconnectError, Filter, Page, SessionState, SessionVi
 /// How long a closed session stays listed, so an admin can see how it ended.
 pub const CLOSED_GRACE: Duration = Duration::from_secs(10);
 
+/// How often [`Registry::close_expired`] looks for sessions whose token expired: a session
+/// ends within this long after its token's `exp`.
+pub const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 struct Entry {
     id: Uuid,
     user: String,
@@ -48,6 +57,9 @@ struct Entry {
     remote_addr: SocketAddr,
     documents: Mutex<Vec<String>>,
     state: AtomicU8,
+    /// The token's `exp` in seconds since the Unix epoch (later than 2106 is clamped), 0 for a
+    /// session that never expires. 32 bits: it fits where the entry had padding (issue 7).
+    expires_s: AtomicU32,
     created_ms: u64,
     last_active_ms: AtomicU64,
     bytes_in: AtomicU64,
@@ -138,6 +150,29 @@ impl Entry {
             .is_some_and(|(_, _, at)| *at < cutoff)
     }
 
+    /// Records a request to close with `reason` and wakes the transport; the token is
+    /// cancelled once the session has closed. Refused if it is already closing or closed.
+    fn request_close(&self, reason: CloseReason) -> Result<CancellationToken, DisconnectError> {
+        let state = SessionState::from_u8(self.state.load(Ordering::Acquire));
+        // Checked again under the lock: the handle's drop records the end under it too, so a
+        // session cannot close between the check and the token (which would never be cancelled).
+        let on_close = self.ending(|ending| {
+            if matches!(state, SessionState::Disconnecting | SessionState::Closed)
+                || ending.kick_reason.is_some()
+                || ending.closed.is_some()
+            {
+                return Err(DisconnectError::AlreadyClosing(self.id));
+            }
+            ending.kick_reason = Some(reason);
+            Ok(ending
+                .on_close
+                .get_or_insert_with(CancellationToken::new)
+                .clone())
+        })?;
+        self.kick.notify_one();
+        Ok(on_close)
+    }
+
     /// Runs `f` on the session's ending record, creating it first if need be.
     fn ending<T>(&self, f: impl FnOnce(&mut Ending) -> T) -> T {
         f(lock(&self.ending).get_or_insert_with(Box::default))
@@ -195,6 +230,7 @@ impl Registry {
             remote_addr,
             documents: Mutex::new(documents),
             state: AtomicU8::new(SessionState::Connecting.as_u8()),
+            expires_s: AtomicU32::new(0),
             created_ms: now,
             last_active_ms: AtomicU64::new(now),
             bytes_in: AtomicU64::new(0),
@@ -249,24 +285,61 @@ impl Registry {
             .get(&id)
             .cloned()
             .ok_or(DisconnectError::NotFound(id))?;
-        let state = SessionState::from_u8(entry.state.load(Ordering::Acquire));
-        // Checked again under the lock: the handle's drop records the end under it too, so a
-        // session cannot close between the check and the token (which would never be cancelled).
-        let on_close = entry.ending(|ending| {
-            if matches!(state, SessionState::Disconnecting | SessionState::Closed)
-                || ending.kick_reason.is_some()
-                || ending.closed.is_some()
-            {
-                return Err(DisconnectError::AlreadyClosing(id));
+        Ok(entry.request_close(reason)?.cancelled_owned())
+    }
+
+    /// Asks every session matching `filter` that is not already closing to close with
+    /// `reason`; returns how many were asked.
+    pub fn disconnect_matching(&self, filter: &Filter, reason: &CloseReason) -> usize {
+        let matching: Vec<Arc<Entry>> = self
+            .sweep()
+            .values()
+            .filter(|entry| entry.matches(filter))
+            .cloned()
+            .collect();
+        matching
+            .iter()
+            .filter(|entry| entry.request_close(reason.clone()).is_ok())
+            .count()
+    }
+
+    /// Asks every session whose token expired by `now_s` (seconds since the Unix epoch) to
+    /// close with 4401; returns how many were asked. A session is asked once.
+    pub fn close_expired_at(&self, now_s: u64) -> usize {
+        let due: Vec<Arc<Entry>> = self
+            .sweep()
+            .values()
+            .filter(|entry| {
+                let expires = entry.expires_s.load(Ordering::Relaxed);
+                expires != 0 && u64::from(expires) <= now_s
+            })
+            .cloned()
+            .collect();
+        let reason = CloseReason::new(
+            CloseReason::TOKEN_EXPIRED,
+            "token expired; reconnect with a fresh token",
+        );
+        due.iter()
+            .filter(|entry| entry.request_close(reason.clone()).is_ok())
+            .count()
+    }
+
+    /// Closes sessions as their tokens expire, checking once a second, until `shutdown`.
+    /// One task for the whole relay.
+    pub async fn close_expired(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(EXPIRY_CHECK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    let asked = self.close_expired_at(now_ms() / 1000);
+                    if asked > 0 {
+                        tracing::info!(sessions = asked, "token expired; closing sessions");
+                    }
+                }
             }
-            ending.kick_reason = Some(reason);
-            Ok(ending
-                .on_close
-                .get_or_insert_with(CancellationToken::new)
-                .clone())
-        })?;
-        entry.kick.notify_one();
-        Ok(on_close.cancelled_owned())
+        }
     }
 
     /// Number of sessions listed (open, or closed within the grace).
@@ -309,9 +382,15 @@ impl SessionHandle {
         &self.entry.user
     }
 
-    /// The client's address as the relay sees it.
+    /// The client's address: the TCP peer's, or behind a trusted proxy the forwarded one.
     pub fn remote_addr(&self) -> SocketAddr {
         self.entry.remote_addr
+    }
+
+    /// Ends the session when its token expires, at `exp_s` seconds since the Unix epoch.
+    pub fn expires_at(&self, exp_s: u64) {
+        let exp_s = u32::try_from(exp_s).unwrap_or(u32::MAX).max(1);
+        self.entry.expires_s.store(exp_s, Ordering::Relaxed);
     }
 
     /// Moves the session to `state` (CLOSED is set by dropping the handle).

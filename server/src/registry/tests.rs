@@ -196,3 +196,54 @@ fn an_unknown_state_byte_reads_as_closed() {
         assert_eq!(SessionState::from_u8(state.as_u8()), state);
     }
 }
+
+#[test]
+fn an_entry_stays_small() {
+    // Every connection holds one (issue 7): the token's expiry was added in what had been
+    // padding, so the entry is no larger than before it.
+    let bytes = std::mem::size_of::<Entry>();
+    assert!(bytes <= 240, "an entry grew to {bytes} bytes");
+}
+
+#[test]
+fn sessions_are_asked_to_close_once_their_token_has_expired_and_only_once() {
+    let registry = Registry::new();
+    let soon = open(&registry, "ada", "d", Transport::Websocket);
+    soon.expires_at(1_000);
+    let later = open(&registry, "bob", "d", Transport::Quantum);
+    later.expires_at(2_000);
+    let never = open(&registry, "cy", "d", Transport::Websocket);
+    assert_eq!(registry.close_expired_at(999), 0);
+    assert_eq!(registry.close_expired_at(1_000), 1);
+    // Already asked: not again.
+    assert_eq!(registry.close_expired_at(1_500), 0);
+    assert_eq!(registry.close_expired_at(u64::MAX), 1);
+    let reason = futures_util::FutureExt::now_or_never(soon.disconnect_requested()).unwrap();
+    assert_eq!(reason.code, CloseReason::TOKEN_EXPIRED);
+    assert!(futures_util::FutureExt::now_or_never(never.disconnect_requested()).is_none());
+    drop(later);
+}
+
+#[test]
+fn a_bulk_disconnect_asks_exactly_the_matching_open_sessions() {
+    let registry = Registry::new();
+    let a = open(&registry, "ada", "notes", Transport::Websocket);
+    let b = open(&registry, "ada", "plans", Transport::Quantum);
+    let c = open(&registry, "bob", "notes", Transport::Websocket);
+    let reason = CloseReason::new(CloseReason::POLICY_VIOLATION, "bye");
+    let of_user = Filter {
+        user: Some("ada".into()),
+        ..Filter::default()
+    };
+    assert_eq!(registry.disconnect_matching(&of_user, &reason), 2);
+    // Both already closing: asked again, nobody new.
+    assert_eq!(registry.disconnect_matching(&of_user, &reason), 0);
+    let on_notes = Filter {
+        document: Some("notes".into()),
+        ..Filter::default()
+    };
+    assert_eq!(registry.disconnect_matching(&on_notes, &reason), 1);
+    for handle in [&a, &b, &c] {
+        assert!(futures_util::FutureExt::now_or_never(handle.disconnect_requested()).is_some());
+    }
+}

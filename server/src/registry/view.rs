@@ -62,7 +62,8 @@ pub struct SessionView {
     pub user: String,
     /// How the client is connected.
     pub transport: Transport,
-    /// The client's address as the relay sees it.
+    /// The client's address: the TCP peer's, or behind a trusted proxy the forwarded one
+    /// (port 0 when the proxy gave none).
     pub remote_addr: SocketAddr,
     /// Documents the session is on.
     pub documents: Vec<String>,

@@ -127,6 +127,8 @@ impl CloseReason {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// 1013: the connection fell too far behind; reconnect to resync.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// 4401: the session's token expired; reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4401;
     /// 4410: the document was deleted through the API.
     pub const DOCUMENT_DELETED: u16 = 4410;
 
