@@ -222,3 +222,34 @@ fn a_sparse_fec_budget_outside_0_to_200_is_refused_naming_the_setting() {
         &["relay.toml", "quantum_sparse_fec_budget"],
     );
 }
+
+/// A guessable HS256 secret lets anyone sign tokens for every document: on a public address
+/// the relay refuses to start with one, however it is given, naming the setting and the
+/// minimum; on loopback it starts and warns.
+#[tokio::test]
+async fn a_short_jwt_secret_on_a_public_address_stops_the_relay_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let public = [
+        "--http-addr",
+        "0.0.0.0:0",
+        "--quantum-addr",
+        "off",
+        "--data-dir",
+        data,
+    ];
+    let flag = [&public[..], &["--jwt-secret", "x"]].concat();
+    let by_flag = aetherflow(&flag, &[]);
+    let by_env = aetherflow(&public, &[("AETHERFLOW_JWT_SECRET", "x")]);
+    for out in [by_flag, by_env] {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("--jwt-secret") && stderr.contains("32 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("ready"), "{stderr}");
+    }
+    let relay = Relay::start(&["--jwt-secret", "x"]);
+    relay.wait_for_log("WEAK --jwt-secret").await;
+}
