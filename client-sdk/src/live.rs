@@ -164,7 +164,10 @@ pub(crate) fn error_code(code: &str) -> u32 {
         "conflict" => 4409,
         "internal" => 1011,
         "stamp_too_far_ahead" => 4422,
-        "token_missing" | "token_malformed" | "token_expired" | "token_not_yet_valid"
+        "token_missing"
+        | "token_malformed"
+        | "token_expired"
+        | "token_not_yet_valid"
         | "token_bad_signature" => 4401,
         _ => 4400,
     }
@@ -224,8 +227,15 @@ mod tests {
         let ahead = translate(
             r#"{"type":"error","id":3,"error":{"code":"stamp_too_far_ahead","message":"m"}}"#,
         );
-        assert!(matches!(ahead, Some(RegisterMessage::Error { code: 4422, .. })));
-        for code in ["token_expired", "token_not_yet_valid", "token_bad_signature"] {
+        assert!(matches!(
+            ahead,
+            Some(RegisterMessage::Error { code: 4422, .. })
+        ));
+        for code in [
+            "token_expired",
+            "token_not_yet_valid",
+            "token_bad_signature",
+        ] {
             assert_eq!(error_code(code), 4401, "{code}");
         }
         assert!(matches!(

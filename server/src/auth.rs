@@ -458,7 +458,10 @@ mod tests {
         assert!(auth.is_client_token(&later));
         let within_leeway = with_nbf(now() + CLOCK_LEEWAY_SECS / 2);
         assert!(auth.authorize(Some(&within_leeway), &doc("a")).is_ok());
-        assert!(auth.authorize(Some(&with_nbf(now() - 60)), &doc("a")).is_ok());
+        assert!(
+            auth.authorize(Some(&with_nbf(now() - 60)), &doc("a"))
+                .is_ok()
+        );
     }
 
     #[test]

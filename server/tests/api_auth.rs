@@ -8,8 +8,8 @@ mod common;
 
 use aetherflow_server::auth::Permission;
 use common::api_client::{SECRET, SseClient, http_bytes, now_s, token, token_signed};
-use common::{TIMEOUT, YClient};
 use common::{Relay, http_json};
+use common::{TIMEOUT, YClient};
 use serde_json::{Value, json};
 
 /// Every route of this branch, with whether it writes.
@@ -215,9 +215,7 @@ fn token_with(claims: Value) -> String {
 #[tokio::test]
 async fn a_token_that_is_not_valid_yet_is_refused_with_401_until_its_nbf() {
     let relay = Relay::start(&["--jwt-secret", SECRET]);
-    let claims = |nbf: u64| {
-        json!({ "sub": "ada", "docs": ["plans"], "perm": "write", "exp": now_s() + 7200, "nbf": nbf })
-    };
+    let claims = |nbf: u64| json!({ "sub": "ada", "docs": ["plans"], "perm": "write", "exp": now_s() + 7200, "nbf": nbf });
     let later = token_with(claims(now_s() + 3600));
     for (method, path, _) in ROUTES {
         let (status, body) = call(&relay, method, path, Some(&later)).await;
@@ -243,8 +241,14 @@ async fn a_token_that_is_not_valid_yet_is_refused_with_401_until_its_nbf() {
     let url = format!("{}?token={soon}", relay.ws_url("plans"));
     YClient::connect(&url).await;
     let create = json!({ "name": "plans", "kind": "yjs" });
-    let (status, body) =
-        http_json(relay.addr, "POST", "/api/v1/docs", Some(&soon), Some(create)).await;
+    let (status, body) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        Some(&soon),
+        Some(create),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
 }
 
@@ -312,9 +316,7 @@ async fn an_lww_stamp_far_in_the_future_is_refused_and_cannot_pin_the_register()
     let body = json!({ "name": "title", "kind": "lww" });
     http_json(relay.addr, "POST", "/api/v1/docs", Some(&ada), Some(body)).await;
     let register = "/api/v1/docs/title/register";
-    let stamped = |value: &str, wall_ms: u64| {
-        json!({ "value": value, "stamp": { "clock": { "wall_ms": wall_ms, "counter": 0 }, "writer": "ada" } })
-    };
+    let stamped = |value: &str, wall_ms: u64| json!({ "value": value, "stamp": { "clock": { "wall_ms": wall_ms, "counter": 0 }, "writer": "ada" } });
     let now_ms = now_s() * 1000;
     for wall_ms in [u64::MAX, now_ms + 3_600_000] {
         let pin = stamped("pinned", wall_ms);

@@ -162,8 +162,7 @@ pub(crate) async fn write(
     let command = command(state, change, grant)?;
     let kind = match &command {
         Command::LwwWrite(write) => {
-            check_drift(write.stamp.clock, now_ms(), MAX_DRIFT_MS)
-                .map_err(AppError::ClockAhead)?;
+            check_drift(write.stamp.clock, now_ms(), MAX_DRIFT_MS).map_err(AppError::ClockAhead)?;
             "lww"
         }
         Command::ManualWrite(ManualWrite { author, .. }) | Command::Resolve { author, .. } => {

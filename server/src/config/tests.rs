@@ -64,7 +64,10 @@ fn a_public_address_without_keys_is_refused() {
 #[test]
 fn a_short_jwt_secret_is_refused_beyond_loopback_and_only_warned_about_on_it() {
     let short = "x".repeat(MIN_JWT_SECRET_BYTES - 1);
-    for (http, quantum) in [("0.0.0.0:8080", "127.0.0.1:0"), ("127.0.0.1:0", "[::]:9090")] {
+    for (http, quantum) in [
+        ("0.0.0.0:8080", "127.0.0.1:0"),
+        ("127.0.0.1:0", "[::]:9090"),
+    ] {
         let public = Settings {
             http_addr: Some(http.parse().unwrap()),
             quantum_addr: Some(quantum.into()),
