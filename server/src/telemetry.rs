@@ -74,7 +74,8 @@ const FRAME_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
 /// Whether an event or span may be logged whatever `RUST_LOG` says. The relay's own crates
 /// (`aetherflow_*`) log no contents at any level; other crates are capped at `debug`, whose
 /// lines describe connections rather than bytes (`trace` is where hyper, h2 and axum dump
-/// buffers and rejected bodies), and the crates of [`FRAME_TARGETS`] at `info`.
+/// buffers and rejected bodies), and the WebSocket crates (`tungstenite`, `tokio_tungstenite`)
+/// at `info`.
 pub fn payload_safe(metadata: &Metadata<'_>) -> bool {
     let target = metadata.target();
     if target.starts_with("aetherflow") {
