@@ -163,7 +163,12 @@ pub(crate) fn error_code(code: &str) -> u32 {
         "not_found" => 4404,
         "conflict" => 4409,
         "internal" => 1011,
-        "missing_token" | "invalid_token" | "token_expired" => 4401,
+        "stamp_too_far_ahead" => 4422,
+        "token_missing"
+        | "token_malformed"
+        | "token_expired"
+        | "token_not_yet_valid"
+        | "token_bad_signature" => 4401,
         _ => 4400,
     }
 }
@@ -219,6 +224,24 @@ mod tests {
                 reason: "held".into()
             })
         );
+        let ahead = translate(
+            r#"{"type":"error","id":3,"error":{"code":"stamp_too_far_ahead","message":"m"}}"#,
+        );
+        assert!(matches!(
+            ahead,
+            Some(RegisterMessage::Error { code: 4422, .. })
+        ));
+        for code in [
+            "token_expired",
+            "token_not_yet_valid",
+            "token_bad_signature",
+        ] {
+            assert_eq!(error_code(code), 4401, "{code}");
+        }
+        assert!(matches!(
+            crate::RegisterError::from_code(4422, "m".into()),
+            crate::RegisterError::ClockAhead { .. }
+        ));
         let event = translate(r#"{"type":"lock_released","holder":"ann"}"#).unwrap();
         assert!(matches!(event, RegisterMessage::Event { name, .. } if name == "lock_released"));
         assert_eq!(translate("not json"), None);

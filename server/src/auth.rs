@@ -3,7 +3,9 @@
 //! A client token is a JWT (HS256 with `--jwt-secret`, or RS256/ES256 verified with the PEM
 //! public key of `--jwt-public-key`) whose claims name the user (`sub`), the documents
 //! (`docs`: exact names, or prefixes ending in `*`), the permission (`perm`: `read` or `write`)
-//! and the expiry (`exp`). With no key configured the relay runs open: everyone may read and
+//! and the expiry (`exp`); an optional `nbf` (not before) is honoured too. Both are checked with
+//! [`CLOCK_LEEWAY_SECS`] of leeway for clock skew between the token's issuer and the relay.
+//! With no key configured the relay runs open: everyone may read and
 //! write everything, which [`crate::config`] allows only on a loopback address.
 
 use std::path::Path;
@@ -12,6 +14,10 @@ use aetherflow_crdt::DocName;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+
+/// Leeway for clock skew when checking `exp` and `nbf`, in seconds: a token is accepted until
+/// this long after its `exp`, and from this long before its `nbf`.
+pub const CLOCK_LEEWAY_SECS: u64 = 30;
 
 /// What a token allows on its documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +66,9 @@ pub enum AuthError {
     /// The token's `exp` has passed.
     #[error("the token has expired")]
     Expired,
+    /// The token's `nbf` (not before) has not come yet.
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
     /// The signature does not verify with any configured key, or uses another algorithm.
     #[error("the token's signature is not valid")]
     BadSignature,
@@ -84,6 +93,7 @@ impl AuthError {
             AuthError::Missing => "token_missing",
             AuthError::Malformed => "token_malformed",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::BadSignature => "token_bad_signature",
             AuthError::WrongDocument => "token_wrong_document",
         }
@@ -247,9 +257,12 @@ impl Auth {
             )
     }
 
-    /// Whether `token` is a client token this relay signed (expired or not).
+    /// Whether `token` is a client token this relay signed (expired, not yet valid, or valid).
     pub fn is_client_token(&self, token: &str) -> bool {
-        matches!(self.verify(token), Ok(_) | Err(AuthError::Expired))
+        matches!(
+            self.verify(token),
+            Ok(_) | Err(AuthError::Expired | AuthError::NotYetValid)
+        )
     }
 
     /// Which documents `token` may see in a listing: all when the relay runs open, else the
@@ -270,11 +283,13 @@ impl Auth {
             .find(|(algorithm, _)| *algorithm == header.alg)
             .ok_or(AuthError::BadSignature)?;
         let mut validation = Validation::new(*algorithm);
-        validation.leeway = 30;
+        validation.leeway = CLOCK_LEEWAY_SECS;
+        validation.validate_nbf = true;
         jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     AuthError::BadSignature
                 }
@@ -437,6 +452,30 @@ mod tests {
         assert!(auth.is_client_token(&expired));
         assert!(!auth.is_client_token(&theirs));
         assert!(!auth.is_client_token("garbage"));
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_same_leeway_as_exp() {
+        let auth = Auth::new(Some(SECRET), None).unwrap();
+        let with_nbf = |nbf: u64| {
+            let claims = serde_json::json!({
+                "sub": "ada", "docs": ["a"], "perm": "write", "exp": now() + 3600, "nbf": nbf,
+            });
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap()
+        };
+        let later = with_nbf(now() + 600);
+        assert_eq!(
+            auth.authorize(Some(&later), &doc("a")),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(auth.is_client_token(&later));
+        let within_leeway = with_nbf(now() + CLOCK_LEEWAY_SECS / 2);
+        assert!(auth.authorize(Some(&within_leeway), &doc("a")).is_ok());
+        assert!(
+            auth.authorize(Some(&with_nbf(now() - 60)), &doc("a"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub enum AppError {
     /// The request names another identity than the token's subject.
     #[error("{0}")]
     Forbidden(String),
+    /// An LWW write's stamp is further ahead of the relay's clock than the drift bound allows
+    /// (422): storing it would make every later honest write `stale`.
+    #[error("{0}; send a stamp from a clock near the relay's")]
+    ClockAhead(aetherflow_crdt::register::clock::ClockError),
     /// The request body is larger than the relay accepts.
     #[error("{0}")]
     TooLarge(String),
@@ -134,6 +138,11 @@ impl AppError {
             }
             AppError::Locked(_) => (StatusCode::LOCKED, "locked", self.to_string()),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+            AppError::ClockAhead(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "stamp_too_far_ahead",
+                self.to_string(),
+            ),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
             AppError::StorageUnavailable => (
                 StatusCode::INSUFFICIENT_STORAGE,

@@ -80,6 +80,13 @@ pub async fn run(
              loopback address can read and write every document"
         );
     }
+    if config.jwt_secret_is_weak() {
+        warn!(
+            "WEAK --jwt-secret: shorter than {} bytes, so it may be guessed and tokens forged; \
+             accepted only because the relay listens on loopback",
+            config::MIN_JWT_SECRET_BYTES
+        );
+    }
     let metrics = metrics::Metrics::new();
     let (writer, writer_task) =
         StoreWriter::spawn_with_metrics(store.clone(), mode, metrics.clone());

@@ -2,7 +2,10 @@
 //!
 //! Sessions log inside a `session` span (session id, transport, remote address, connection,
 //! document, user) and rooms inside a `room` span (document), so every line says whose it
-//! is. Tokens, keys and document contents are never logged.
+//! is. Tokens, keys and document contents are never logged: the relay's own lines carry
+//! none, and [`payload_safe`] caps the verbosity of dependencies whose detailed levels print
+//! what they carry (tungstenite traces every WebSocket frame with its payload, axum traces
+//! rejections quoting the request body), so that even `RUST_LOG=trace` cannot print them.
 //!
 //! Built with the `otel` feature, the same spans are also exported as OpenTelemetry traces
 //! over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*`
@@ -10,6 +13,8 @@
 
 use std::io::IsTerminal;
 
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -44,7 +49,11 @@ pub fn init(format: LogFormat) -> Telemetry {
         LogFormat::Pretty => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let subscriber = tracing_subscriber::registry().with(filter).with(fmt);
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        // A global filter: it applies to every layer below, the OpenTelemetry export included.
+        .with(filter_fn(payload_safe))
+        .with(fmt);
     #[cfg(feature = "otel")]
     {
         let (layer, exporter) = otel::layer();
@@ -56,6 +65,30 @@ pub fn init(format: LogFormat) -> Telemetry {
         subscriber.init();
         Telemetry {}
     }
+}
+
+/// Targets that log WebSocket frames or messages, payload included, at `debug` or `trace`
+/// (through the `log` crate, which `tracing` picks up): capped at `info`.
+const FRAME_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// Whether an event or span may be logged whatever `RUST_LOG` says. The relay's own crates
+/// (`aetherflow_*`) log no contents at any level; other crates are capped at `debug`, whose
+/// lines describe connections rather than bytes (`trace` is where hyper, h2 and axum dump
+/// buffers and rejected bodies), and the WebSocket crates (`tungstenite`, `tokio_tungstenite`)
+/// at `info`.
+pub fn payload_safe(metadata: &Metadata<'_>) -> bool {
+    let target = metadata.target();
+    if target.starts_with("aetherflow") {
+        return true;
+    }
+    let crate_name = target.split("::").next().unwrap_or(target);
+    let cap = if FRAME_TARGETS.contains(&crate_name) {
+        Level::INFO
+    } else {
+        Level::DEBUG
+    };
+    // More verbose levels compare greater: TRACE > DEBUG > INFO.
+    *metadata.level() <= cap
 }
 
 #[cfg(feature = "otel")]

@@ -1,6 +1,7 @@
 //! Tokens on the newer `/api/v1` routes: every kind of bad token is refused with its code on
-//! every route, read-only tokens cannot write, listings show only what a token covers, and
-//! lock holders are the tokens' subjects.
+//! every route (a token whose `nbf` has not come yet too), read-only tokens cannot write,
+//! listings show only what a token covers, lock holders and register authors are the tokens'
+//! subjects, and an LWW stamp from the far future cannot pin a register.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -8,6 +9,7 @@ mod common;
 use aetherflow_server::auth::Permission;
 use common::api_client::{SECRET, SseClient, http_bytes, now_s, token, token_signed};
 use common::{Relay, http_json};
+use common::{TIMEOUT, YClient};
 use serde_json::{Value, json};
 
 /// Every route of this branch, with whether it writes.
@@ -166,11 +168,15 @@ async fn lock_holders_are_token_subjects() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(taken["holder"], "ada");
-    // bo's writes are refused whatever author he claims; ada's go through.
+    // bo's writes are refused: as himself by the lock, as ada because he is not ada; ada's
+    // go through.
     let register = "/api/v1/docs/notes/register";
-    let write = json!({ "value": "bo's", "base_version": 0, "author": "ada" });
+    let write = json!({ "value": "bo's", "base_version": 0 });
     let (status, _) = http_json(relay.addr, "PUT", register, Some(&bo), Some(write)).await;
     assert_eq!(status, 423);
+    let write = json!({ "value": "bo's", "base_version": 0, "author": "ada" });
+    let (status, _) = http_json(relay.addr, "PUT", register, Some(&bo), Some(write)).await;
+    assert_eq!(status, 403);
     let write = json!({ "value": "ada's", "base_version": 0 });
     let (status, _) = http_json(relay.addr, "PUT", register, Some(&ada), Some(write)).await;
     assert_eq!(status, 200);
@@ -198,4 +204,149 @@ async fn the_event_stream_takes_a_query_token_and_events_never_carry_tokens() {
         let text = event.to_string();
         assert!(!text.contains(&ada) && !text.contains(&watcher), "{text}");
     }
+}
+
+/// A token with these claims (an `nbf` among them), signed with [`SECRET`].
+fn token_with(claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_valid_yet_is_refused_with_401_until_its_nbf() {
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let claims = |nbf: u64| json!({ "sub": "ada", "docs": ["plans"], "perm": "write", "exp": now_s() + 7200, "nbf": nbf });
+    let later = token_with(claims(now_s() + 3600));
+    for (method, path, _) in ROUTES {
+        let (status, body) = call(&relay, method, path, Some(&later)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("token_not_yet_valid")),
+            "{method} {path}"
+        );
+    }
+    // The WebSocket upgrade is refused the same way, before any document is opened.
+    let url = format!("{}?token={later}", relay.ws_url("plans"));
+    let refused = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("a not-yet-valid token was let in: {:?}", other.map(|_| ())),
+    }
+    // Within the leeway (and once its time has come) the same claims are accepted.
+    let soon = token_with(claims(now_s() + 5));
+    let url = format!("{}?token={soon}", relay.ws_url("plans"));
+    YClient::connect(&url).await;
+    let create = json!({ "name": "plans", "kind": "yjs" });
+    let (status, body) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        Some(&soon),
+        Some(create),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn manual_writes_and_resolutions_are_authored_by_the_token_subject() {
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let ada = token("ada", &["notes"], Permission::Write);
+    let bo = token("bo", &["notes"], Permission::Write);
+    let body = json!({ "name": "notes", "kind": "manual" });
+    http_json(relay.addr, "POST", "/api/v1/docs", Some(&ada), Some(body)).await;
+    let register = "/api/v1/docs/notes/register";
+    // Claiming another author is refused and stores nothing.
+    let forged = json!({ "value": "mallory's", "base_version": 0, "author": "mallory" });
+    let (status, body) = http_json(relay.addr, "PUT", register, Some(&ada), Some(forged)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (_, stored) = http_json(relay.addr, "GET", register, Some(&ada), None).await;
+    assert_eq!(stored["version"], 0, "{stored}");
+    // Without an author, or naming herself, the revision is ada's.
+    let write = json!({ "value": "v1", "base_version": 0 });
+    let (status, applied) = http_json(relay.addr, "PUT", register, Some(&ada), Some(write)).await;
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["revision"]["author"], "ada");
+    let write = json!({ "value": "ada's", "base_version": 1, "author": "ada" });
+    let (status, _) = http_json(relay.addr, "PUT", register, Some(&ada), Some(write)).await;
+    assert_eq!(status, 200);
+    // bo's late write conflicts; its proposal is recorded as his.
+    let late = json!({ "value": "bo's", "base_version": 1 });
+    let (status, conflict) = http_json(relay.addr, "PUT", register, Some(&bo), Some(late)).await;
+    assert_eq!(status, 200, "{conflict}");
+    assert_eq!(conflict["conflict"]["proposed"]["author"], "bo");
+    let resolve = format!(
+        "/api/v1/docs/notes/conflicts/{}/resolve",
+        conflict["conflict"]["id"]
+    );
+    let forged = json!({ "value": "merged", "author": "ada" });
+    let (status, body) = http_json(relay.addr, "POST", &resolve, Some(&bo), Some(forged)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, resolved) = http_json(
+        relay.addr,
+        "POST",
+        &resolve,
+        Some(&bo),
+        Some(json!({ "value": "merged" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["revision"]["author"], "bo");
+    let (_, stored) = http_json(relay.addr, "GET", register, Some(&ada), None).await;
+    assert_eq!(stored["revision"]["author"], "bo");
+    assert_eq!(stored["value"], "merged");
+}
+
+#[tokio::test]
+async fn an_lww_stamp_far_in_the_future_is_refused_and_cannot_pin_the_register() {
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let ada = token("ada", &["title"], Permission::Write);
+    let body = json!({ "name": "title", "kind": "lww" });
+    http_json(relay.addr, "POST", "/api/v1/docs", Some(&ada), Some(body)).await;
+    let register = "/api/v1/docs/title/register";
+    let stamped = |value: &str, wall_ms: u64| json!({ "value": value, "stamp": { "clock": { "wall_ms": wall_ms, "counter": 0 }, "writer": "ada" } });
+    let now_ms = now_s() * 1000;
+    for wall_ms in [u64::MAX, now_ms + 3_600_000] {
+        let pin = stamped("pinned", wall_ms);
+        let (status, body) = http_json(relay.addr, "PUT", register, Some(&ada), Some(pin)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("stamp_too_far_ahead")),
+            "{body}"
+        );
+    }
+    let (_, stored) = http_json(relay.addr, "GET", register, Some(&ada), None).await;
+    assert_eq!(stored["value"], Value::Null, "{stored}");
+    // The live channel shares the write path and answers with the same code.
+    let mut live = common::api_client::LiveClient::connect(relay.addr, "title", Some(&ada)).await;
+    let mut pin = stamped("pinned", u64::MAX);
+    pin["op"] = json!("write");
+    pin["id"] = json!(7);
+    live.send(pin).await;
+    let answer = live.wait_for("error").await;
+    assert_eq!(answer["error"]["code"], "stamp_too_far_ahead", "{answer}");
+    // An honest write from a clock near the relay's is applied, and a later one still wins.
+    for (value, wall_ms) in [("honest", now_ms), ("later", now_ms + 1)] {
+        let write = stamped(value, wall_ms);
+        let (status, body) = http_json(relay.addr, "PUT", register, Some(&ada), Some(write)).await;
+        assert_eq!(
+            (status, body["outcome"].as_str()),
+            (200, Some("applied")),
+            "{body}"
+        );
+    }
+    let (_, stored) = http_json(relay.addr, "GET", register, Some(&ada), None).await;
+    assert_eq!(stored["value"], "later", "{stored}");
 }

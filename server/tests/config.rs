@@ -222,3 +222,59 @@ fn a_sparse_fec_budget_outside_0_to_200_is_refused_naming_the_setting() {
         &["relay.toml", "quantum_sparse_fec_budget"],
     );
 }
+
+/// A guessable HS256 secret lets anyone sign tokens for every document: on a public address
+/// the relay refuses to start with one, however it is given, naming the setting and the
+/// minimum; on loopback it starts and warns.
+#[tokio::test]
+async fn a_short_jwt_secret_on_a_public_address_stops_the_relay_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let public = [
+        "--http-addr",
+        "0.0.0.0:0",
+        "--quantum-addr",
+        "off",
+        "--data-dir",
+        data,
+    ];
+    let flag = [&public[..], &["--jwt-secret", "x"]].concat();
+    let by_flag = refused_at_start(&flag, &[]);
+    let by_env = refused_at_start(&public, &[("AETHERFLOW_JWT_SECRET", "x")]);
+    for out in [by_flag, by_env] {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("--jwt-secret") && stderr.contains("32 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("ready"), "{stderr}");
+    }
+    let relay = Relay::start(&["--jwt-secret", "x"]);
+    relay.wait_for_log("WEAK --jwt-secret").await;
+}
+
+/// Runs the relay expecting it to exit on its own; one still running after
+/// [`common::TIMEOUT`] is killed and the test fails.
+fn refused_at_start(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the relay started with {args:?} {env:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -365,3 +365,35 @@ async fn pipelined_commands_are_answered_in_the_order_they_were_sent() {
     assert_eq!(ann.answer("title").await.unwrap()["outcome"], "applied");
     assert_eq!(register(&relay, "title", None).await["value"], "last");
 }
+
+#[tokio::test]
+async fn an_lww_stamp_far_in_the_future_is_refused_with_4422_and_manual_authors_are_the_subject() {
+    let relay = Relay::start(&["--jwt-secret", SECRET]);
+    let ann = token("ann", &["title", "notes"], Permission::Write);
+    create(&relay, "title", "lww", Some(&ann)).await;
+    create(&relay, "notes", "manual", Some(&ann)).await;
+    let client = QClient::connect(&relay, Some(ann.clone())).await;
+    client.subscribe("title").await;
+    let refused = client
+        .command("title", lww(json!("pinned"), u64::MAX, "ann"))
+        .await;
+    let (code, reason) = refused.unwrap_err();
+    assert_eq!(code, 4422, "{reason}");
+    assert!(reason.contains("ahead"), "{reason}");
+    assert_eq!(
+        register(&relay, "title", Some(&ann)).await["value"],
+        Value::Null
+    );
+    let now_ms = common::api_client::now_s() * 1000;
+    let honest = client.command("title", lww(json!("honest"), now_ms, "ann"));
+    assert_eq!(honest.await.unwrap()["outcome"], "applied");
+    // A manual write naming someone else is refused; an empty author is the token's subject.
+    client.subscribe("notes").await;
+    let (code, _) = client
+        .command("notes", manual(json!("forged"), 0, "mallory"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 4403);
+    let applied = client.command("notes", manual(json!("v1"), 0, "")).await;
+    assert_eq!(applied.unwrap()["revision"]["author"], "ann");
+}

@@ -99,6 +99,8 @@ export class NotesPanel {
   constructor (name, who, token) {
     this.name = name
     this.who = who
+    /** Whether a token names the author: the relay then records its subject and refuses another name. */
+    this.signed = Boolean(token)
     /** The version the text area is based on. */
     this.version = 0
     /** The relay's latest version. */
@@ -168,7 +170,7 @@ export class NotesPanel {
   async save () {
     const value = this.input.value
     try {
-      const outcome = await this.channel.request({ op: 'write', value, base_version: this.version, author: this.who() })
+      const outcome = await this.channel.request({ op: 'write', value, base_version: this.version, author: this.author() })
       if (outcome.outcome === 'conflict') {
         this.mine.add(outcome.conflict.id)
         say(this.status, 'Someone saved from the same version: choose below which notes to keep.', true)
@@ -185,11 +187,16 @@ export class NotesPanel {
     }
   }
 
+  /** The `author` to send: the person's name on an open relay; none with a token, whose subject the relay records. */
+  author () {
+    return this.signed ? undefined : this.who()
+  }
+
   async resolve (id, value) {
     // The resolution replaces whatever this tab was typing, as the person chose.
     this.dirty = false
     try {
-      await this.channel.request({ op: 'resolve', conflict: id, value, author: this.who() })
+      await this.channel.request({ op: 'resolve', conflict: id, value, author: this.author() })
       say(this.status, 'Conflict resolved.')
     } catch (err) {
       say(this.status, `Not resolved: ${err.message}`, true)

@@ -104,6 +104,13 @@ pub enum RegisterError {
         /// What did not fit.
         reason: String,
     },
+    /// An LWW write's stamp is more than a minute ahead of the relay's clock (4422): this
+    /// machine's clock is far ahead of the relay's. Nothing was stored.
+    #[error("stamp too far ahead: {reason}")]
+    ClockAhead {
+        /// The relay's text (how far ahead, and the bound).
+        reason: String,
+    },
     /// Any other refusal (4400 a bad command, 4401 a bad token, ...).
     #[error("refused by the relay ({code}): {reason}")]
     Refused {
@@ -129,6 +136,7 @@ impl RegisterError {
             4423 => RegisterError::Locked { reason },
             4404 => RegisterError::NotFound { reason },
             4409 => RegisterError::WrongKind { reason },
+            4422 => RegisterError::ClockAhead { reason },
             _ => RegisterError::Refused { code, reason },
         }
     }

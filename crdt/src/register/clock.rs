@@ -19,6 +19,11 @@ pub struct HlcStamp {
     pub counter: u32,
 }
 
+/// How far ahead of the receiver's physical time a stamp may be, in milliseconds: one minute
+/// covers ordinary clock skew between machines, while a stamp beyond it (a broken clock, or a
+/// writer stamping `u64::MAX` to pin a last-writer-wins register forever) is refused.
+pub const MAX_DRIFT_MS: u64 = 60_000;
+
 /// A remote stamp that is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {
@@ -75,17 +80,25 @@ impl HybridClock {
         now_ms: u64,
         max_drift_ms: u64,
     ) -> Result<(), ClockError> {
-        let ahead_ms = remote.wall_ms.saturating_sub(now_ms);
-        if ahead_ms > max_drift_ms {
-            return Err(ClockError::TooFarAhead {
-                stamp_ms: remote.wall_ms,
-                ahead_ms,
-                max_drift_ms,
-            });
-        }
+        check_drift(remote, now_ms, max_drift_ms)?;
         self.last = self.last.max(remote);
         Ok(())
     }
+}
+
+/// Whether `stamp` is at most `max_drift_ms` ahead of the physical time `now_ms`: the check
+/// [`HybridClock::observe`] makes, for a receiver that keeps no clock of its own (the relay
+/// checking a register write before storing it).
+pub fn check_drift(stamp: HlcStamp, now_ms: u64, max_drift_ms: u64) -> Result<(), ClockError> {
+    let ahead_ms = stamp.wall_ms.saturating_sub(now_ms);
+    if ahead_ms > max_drift_ms {
+        return Err(ClockError::TooFarAhead {
+            stamp_ms: stamp.wall_ms,
+            ahead_ms,
+            max_drift_ms,
+        });
+    }
+    Ok(())
 }
 
 /// The next stamp after `stamp` within the same millisecond; a full counter moves on to the
@@ -190,6 +203,26 @@ mod tests {
             HlcStamp::default(),
             "a refused stamp is not taken in"
         );
+    }
+
+    #[test]
+    fn the_drift_bound_admits_skew_up_to_the_bound_and_refuses_the_far_future() {
+        let at = |wall_ms| HlcStamp {
+            wall_ms,
+            counter: u32::MAX,
+        };
+        let now = 1_000_000;
+        assert!(check_drift(at(0), now, MAX_DRIFT_MS).is_ok(), "the past");
+        assert!(check_drift(at(now + MAX_DRIFT_MS), now, MAX_DRIFT_MS).is_ok());
+        assert_eq!(
+            check_drift(at(u64::MAX), now, MAX_DRIFT_MS),
+            Err(ClockError::TooFarAhead {
+                stamp_ms: u64::MAX,
+                ahead_ms: u64::MAX - now,
+                max_drift_ms: MAX_DRIFT_MS,
+            })
+        );
+        assert!(check_drift(at(now + MAX_DRIFT_MS + 1), now, MAX_DRIFT_MS).is_err());
     }
 
     proptest! {

@@ -12,12 +12,12 @@
 //! - `{"op":"write","id":1,"value":"Title","stamp":{"clock":{"wall_ms":1,"counter":0},"writer":"tab-1"}}`
 //!   writes an `lww` register;
 //! - `{"op":"write","id":2,"value":"Notes","base_version":3}` writes a `manual` register
-//!   (optional `author`);
+//!   (optional `author`: it must be the token's subject; an open relay records it as given);
 //! - `{"op":"resolve","id":3,"conflict":1,"value":"Merged"}` resolves a manual conflict.
 //!
 //! Each request is answered with `{"type":"result","id":..,"outcome":{...}}` (the body the HTTP
 //! route would return) or `{"type":"error","id":..,"error":{"code","message"}}` (the same codes
-//! as HTTP: `read_only`, `locked`, `not_found`, `bad_request`, ...); the connection stays open.
+//! as HTTP: `read_only`, `locked`, `not_found`, `bad_request`, `stamp_too_far_ahead`, ...); the connection stays open.
 //! A frame that is not such a request closes the connection: binary frames with 1003, text that
 //! is not a request with 1007, each with a reason. Deleting the document closes it with 4410;
 //! the token's expiry with 4401 (see [`crate::registry`]); shutdown with 1001.

@@ -138,6 +138,7 @@ pub fn components() -> Value {
         "writer": { "type": "string" } } });
     let revision = json!({ "type": "object", "required": ["version", "value", "author", "at_ms"], "properties": {
         "version": { "type": "integer" }, "value": {}, "author": { "type": "string" }, "at_ms": { "type": "integer" } } });
+    let author = json!({ "type": "string", "description": "must be the token's subject (403 `forbidden` otherwise); only an open relay records the name given here (default `anonymous`)" });
     json!({
         "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
         "schemas": {
@@ -161,12 +162,13 @@ pub fn components() -> Value {
                 "name": { "type": "string" }, "content": { "type": "object" } } },
             "WriteStamp": stamp,
             "Revision": revision,
-            "LwwWrite": { "type": "object", "required": ["value", "stamp"], "properties": {
+            "LwwWrite": { "type": "object", "required": ["value", "stamp"],
+                "description": "a stamp more than 60 s ahead of the relay's clock is refused with 422 `stamp_too_far_ahead`", "properties": {
                 "value": {}, "stamp": schema("WriteStamp") } },
             "ManualWrite": { "type": "object", "required": ["value", "base_version"], "properties": {
-                "value": {}, "base_version": { "type": "integer", "minimum": 0 }, "author": { "type": "string" } } },
+                "value": {}, "base_version": { "type": "integer", "minimum": 0 }, "author": author } },
             "Resolution": { "type": "object", "required": ["value"], "properties": {
-                "value": {}, "author": { "type": "string" } } },
+                "value": {}, "author": author } },
             "Register": { "type": "object", "required": ["kind", "value"], "properties": {
                 "kind": { "type": "string", "enum": ["lww", "manual"] }, "value": {},
                 "stamp": { "oneOf": [schema("WriteStamp"), { "type": "null" }] },

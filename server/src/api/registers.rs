@@ -4,6 +4,7 @@
 //! result on the event bus.
 
 use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::clock::{MAX_DRIFT_MS, check_drift};
 use aetherflow_crdt::register::lww::{self, LwwWrite, WriteStamp};
 use aetherflow_crdt::register::manual::{self, ManualWrite};
 use aetherflow_crdt::register::{Command, CommandError, Outcome, Register};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::openapi::{
     id_param, json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
-use super::{ConflictPath, NamePath, authorize, blocking, json_body, now_ms};
+use super::{ConflictPath, NamePath, authorize, blocking, identity, json_body, now_ms};
 use crate::auth::Grant;
 use crate::error::AppError;
 use crate::events::DocEvent;
@@ -57,7 +58,8 @@ pub enum RegisterWrite {
         value: Value,
         /// The version the writer saw.
         base_version: u64,
-        /// Who writes (default: the token's subject).
+        /// Who writes: the token's subject (another name is refused); on an open relay this
+        /// name, or `anonymous`.
         #[serde(default)]
         author: Option<String>,
     },
@@ -68,7 +70,8 @@ pub enum RegisterWrite {
 pub struct Resolution {
     /// The value that ends the conflict.
     pub value: Value,
-    /// Who resolves it (default: the token's subject).
+    /// Who resolves it: the token's subject (another name is refused); on an open relay this
+    /// name, or `anonymous`.
     #[serde(default)]
     pub author: Option<String>,
 }
@@ -144,31 +147,31 @@ async fn put_register(
     Ok(Json(write(&state, &doc, &grant, change).await?))
 }
 
-/// Applies `change` for `grant`'s user and announces it. While a manual document is locked,
-/// only the lock's holder may change it (423 `locked` for anyone else). Returns the outcome as
-/// the API shows it.
+/// Applies `change` for `grant`'s user and announces it. The author of a manual write or
+/// resolution is the token's subject (a body naming someone else is refused with 403
+/// `forbidden`); an open relay records the body's `author`, or `anonymous`. An LWW stamp more
+/// than [`MAX_DRIFT_MS`] ahead of the relay's clock is refused (422 `stamp_too_far_ahead`)
+/// before anything is stored. While a manual document is locked, only the lock's holder may
+/// change it (423 `locked` for anyone else). Returns the outcome as the API shows it.
 pub(crate) async fn write(
     state: &AppState,
     doc: &DocName,
     grant: &Grant,
     change: RegisterChange,
 ) -> Result<Value, AppError> {
-    let (command, author) = command(change, grant);
-    if matches!(command, Command::ManualWrite(_) | Command::Resolve { .. }) {
-        // Open mode has no subjects: the writer's name stands for its identity.
-        let who = if state.auth.is_open() {
-            author
-        } else {
-            grant.user.clone()
-        };
-        state
-            .locks
-            .may_write(doc, &who)
-            .map_err(|e| AppError::Locked(e.to_string()))?;
-    }
+    let command = command(state, change, grant)?;
     let kind = match &command {
-        Command::LwwWrite(_) => "lww",
-        _ => "manual",
+        Command::LwwWrite(write) => {
+            check_drift(write.stamp.clock, now_ms(), MAX_DRIFT_MS).map_err(AppError::ClockAhead)?;
+            "lww"
+        }
+        Command::ManualWrite(ManualWrite { author, .. }) | Command::Resolve { author, .. } => {
+            state
+                .locks
+                .may_write(doc, author)
+                .map_err(|e| AppError::Locked(e.to_string()))?;
+            "manual"
+        }
     };
     let resolving = match &command {
         Command::Resolve { conflict, .. } => Some(*conflict),
@@ -179,40 +182,32 @@ pub(crate) async fn write(
     Ok(outcome_json(outcome))
 }
 
-fn command(change: RegisterChange, grant: &Grant) -> (Command, String) {
-    match change {
+/// The store's command for `change`, with its author settled by [`identity`].
+fn command(state: &AppState, change: RegisterChange, grant: &Grant) -> Result<Command, AppError> {
+    Ok(match change {
         RegisterChange::Write(RegisterWrite::Lww { value, stamp }) => {
-            let writer = stamp.writer.clone();
-            (Command::LwwWrite(LwwWrite { value, stamp }), writer)
+            Command::LwwWrite(LwwWrite { value, stamp })
         }
         RegisterChange::Write(RegisterWrite::Manual {
             value,
             base_version,
             author,
-        }) => {
-            let author = author.unwrap_or_else(|| grant.user.clone());
-            let write = ManualWrite {
-                base_version,
-                value,
-                author: author.clone(),
-                at_ms: now_ms(),
-            };
-            (Command::ManualWrite(write), author)
-        }
+        }) => Command::ManualWrite(ManualWrite {
+            base_version,
+            value,
+            author: identity(state, grant, author)?,
+            at_ms: now_ms(),
+        }),
         RegisterChange::Resolve {
             conflict,
             resolution,
-        } => {
-            let author = resolution.author.unwrap_or_else(|| grant.user.clone());
-            let command = Command::Resolve {
-                conflict,
-                value: resolution.value,
-                author: author.clone(),
-                at_ms: now_ms(),
-            };
-            (command, author)
-        }
-    }
+        } => Command::Resolve {
+            conflict,
+            value: resolution.value,
+            author: identity(state, grant, resolution.author)?,
+            at_ms: now_ms(),
+        },
+    })
 }
 
 /// Publishes what a command did: `updated` with the register for applied changes,
@@ -361,7 +356,7 @@ pub fn paths() -> Value {
             "Write a register: lww with a stamp, manual with the version it was based on",
             json!([name_param()]),
             (200, json_response("what the write did", schema("Outcome"))),
-            &statuses(&[404, 409, 423]),
+            &statuses(&[404, 409, 422, 423]),
         ),
         request_body(json!({ "oneOf": [schema("LwwWrite"), schema("ManualWrite")] })),
     );

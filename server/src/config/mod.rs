@@ -41,6 +41,10 @@ pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
 pub const DEFAULT_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 /// Shortest admin key accepted.
 pub const MIN_ADMIN_KEY_LEN: usize = 16;
+/// Shortest `--jwt-secret` accepted when the relay listens beyond loopback, in bytes: HS256
+/// wants a key as long as its 256-bit hash (RFC 7518, 3.2), and anyone who guesses the secret
+/// can sign tokens for every document. On loopback a shorter secret starts with a warning.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Default sparse FEC parity budget of the Quantum listener, in percent of data bytes: a
 /// parity packet for every edit (a parity packet is ~10 bytes longer than what it covers, so
 /// 100 % leaves about one edit in fourteen without), so a lost edit is rebuilt on arrival
@@ -159,8 +163,9 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
     pub ping_interval_secs: Option<u64>,
 
-    /// Shared secret for HS256 client tokens (JWT). Without this or --jwt-public-key the relay
-    /// runs open (no auth), which is allowed only on a loopback address.
+    /// Shared secret for HS256 client tokens (JWT), at least 32 bytes when the relay listens on
+    /// a non-loopback address. Without this or --jwt-public-key the relay runs open (no auth),
+    /// which is allowed only on a loopback address.
     #[arg(
         long,
         env = "AETHERFLOW_JWT_SECRET",
@@ -437,7 +442,27 @@ impl Config {
         self.jwt_secret.is_some() || self.jwt_public_key.is_some()
     }
 
+    /// Whether a listener (HTTP or Quantum) is on a non-loopback address, reachable by others.
+    pub fn listens_beyond_loopback(&self) -> bool {
+        !self.http_addr.ip().is_loopback()
+            || self.quantum_addr.is_some_and(|a| !a.ip().is_loopback())
+    }
+
+    /// Whether `--jwt-secret` is set but shorter than [`MIN_JWT_SECRET_BYTES`] (accepted only
+    /// on loopback, with a warning at start-up).
+    pub fn jwt_secret_is_weak(&self) -> bool {
+        self.jwt_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < MIN_JWT_SECRET_BYTES)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret_is_weak() && self.listens_beyond_loopback() {
+            return Err(ConfigError::Invalid {
+                name: "--jwt-secret",
+                why: "must be at least 32 bytes on a non-loopback address, or anyone who guesses                       it can sign tokens for every document (generate one with                       `openssl rand -base64 32`)",
+            });
+        }
         if !self.requires_auth() && !self.http_addr.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 name: "--http-addr",

@@ -55,10 +55,35 @@ fn a_public_address_without_keys_is_refused() {
     assert!(err.to_string().contains("--jwt-secret"), "{err}");
     let with_key = Settings {
         http_addr: Some("0.0.0.0:8080".parse().unwrap()),
-        jwt_secret: Some("s3cret".into()),
+        jwt_secret: Some("a-secret-of-at-least-32-bytes-ok".into()),
         ..Settings::default()
     };
     assert!(Config::from_settings(with_key).is_ok());
+}
+
+#[test]
+fn a_short_jwt_secret_is_refused_beyond_loopback_and_only_warned_about_on_it() {
+    let short = "x".repeat(MIN_JWT_SECRET_BYTES - 1);
+    for (http, quantum) in [
+        ("0.0.0.0:8080", "127.0.0.1:0"),
+        ("127.0.0.1:0", "[::]:9090"),
+    ] {
+        let public = Settings {
+            http_addr: Some(http.parse().unwrap()),
+            quantum_addr: Some(quantum.into()),
+            jwt_secret: Some(short.clone()),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(public).unwrap_err();
+        assert!(err.to_string().contains("--jwt-secret"), "{err}");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+    let loopback = Settings {
+        jwt_secret: Some(short),
+        ..Settings::default()
+    };
+    let config = Config::from_settings(loopback).unwrap();
+    assert!(config.jwt_secret_is_weak());
 }
 
 #[test]

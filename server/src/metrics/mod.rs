@@ -118,9 +118,10 @@ impl From<&crate::auth::AuthError> for Rejection {
         match error {
             AuthError::Missing => Rejection::AuthMissing,
             AuthError::WrongDocument => Rejection::AuthForbidden,
-            AuthError::Malformed | AuthError::Expired | AuthError::BadSignature => {
-                Rejection::AuthInvalid
-            }
+            AuthError::Malformed
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::BadSignature => Rejection::AuthInvalid,
         }
     }
 }

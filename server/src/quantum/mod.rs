@@ -29,11 +29,12 @@
 //! | 1011 | the document is unavailable (storage failure, reload); subscribe again | kept |
 //! | 1013 | the subscription fell behind; subscribe again to resync | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document; a register command that is not valid JSON or not acceptable (e.g. a value too deep) | kept (closed without hello) |
-//! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`); 4403 also answers a register operation with a `read` token | kept |
+//! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`); 4403 also answers a register operation with a `read` token, or a manual write or resolution naming another author than the token's subject | kept |
 //! | 4401 (document `""`) | the hello's token expired during the session (at its `exp`); reconnect with a fresh token | closed |
 //! | 4404 | a register operation on a document that was deleted, or a resolution of no open conflict | kept |
 //! | 4409 | the operation does not fit the document's kind: a Yjs message on a register document, a register operation on a Yjs document, an LWW write on a manual document or the other way round | kept |
 //! | 4410 | the document was deleted (after `event "deleted"`); the subscription ends | kept |
+//! | 4422 | an LWW write's stamp is more than a minute ahead of the relay's clock (nothing stored) | kept |
 //! | 4423 | the manual document is locked by someone else | kept |
 //! | 4429 | over the per-address connection rate (`reason` says when to retry) | closed, before the hello |
 //!

@@ -41,6 +41,9 @@ pub const ERROR_NOT_FOUND: u32 = 4404;
 /// Error code: the operation does not fit the document's kind (an LWW write on a manual
 /// document, a register operation on a Yjs document, a Yjs message on a register document).
 pub const ERROR_WRONG_KIND: u32 = 4409;
+/// Error code: an LWW write's stamp is too far ahead of the relay's clock (HTTP 422
+/// `stamp_too_far_ahead`); nothing was stored.
+pub const ERROR_CLOCK_AHEAD: u32 = 4422;
 /// Error code: the document is locked by someone else.
 pub const ERROR_LOCKED: u32 = 4423;
 
@@ -205,8 +208,9 @@ impl Writer {
     }
 }
 
-/// The HTTP API's form of an envelope's command. An empty author means "the token's subject";
-/// the relay stamps manual revisions with its own clock, as on HTTP.
+/// The HTTP API's form of an envelope's command. An empty author means "the token's subject"
+/// (another name is refused, as on HTTP); the relay stamps manual revisions with its own
+/// clock, as on HTTP.
 fn change(command: Command) -> RegisterChange {
     let author = |a: String| (!a.is_empty()).then_some(a);
     match command {
@@ -240,6 +244,7 @@ fn refusal(e: &AppError) -> (u32, String) {
     let code = match e {
         AppError::ReadOnly | AppError::Forbidden(_) => ERROR_READ_ONLY,
         AppError::Locked(_) => ERROR_LOCKED,
+        AppError::ClockAhead(_) => ERROR_CLOCK_AHEAD,
         AppError::NotFound(_) => ERROR_NOT_FOUND,
         AppError::Conflict(_) => ERROR_WRONG_KIND,
         AppError::Unauthorized(_) => 4000 + u32::from(status.as_u16()),
@@ -362,6 +367,12 @@ mod tests {
         assert_eq!(refusal(&AppError::NotFound("x".into())).0, ERROR_NOT_FOUND);
         assert_eq!(refusal(&AppError::Conflict("x".into())).0, ERROR_WRONG_KIND);
         assert_eq!(refusal(&AppError::BadRequest("x".into())).0, 4400);
+        let ahead = aetherflow_crdt::register::clock::ClockError::TooFarAhead {
+            stamp_ms: u64::MAX,
+            ahead_ms: 1,
+            max_drift_ms: 0,
+        };
+        assert_eq!(refusal(&AppError::ClockAhead(ahead)).0, ERROR_CLOCK_AHEAD);
         let (code, text) = refusal(&AppError::Internal("disk on fire".into()));
         assert_eq!(code, 1011);
         assert!(!text.contains("disk"), "{text}");
