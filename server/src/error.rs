@@ -48,6 +48,17 @@ pub enum AppError {
     /// The request body is larger than the relay accepts.
     #[error("{0}")]
     TooLarge(String),
+    /// Too many heavy reads run already (503 `busy`, `Retry-After: 1`).
+    #[error("{0}")]
+    Busy(String),
+    /// The connection holds one of the places kept for `/healthz` while the relay is at its
+    /// connection cap; only `/healthz` is served on it (503 `over_capacity`, `Retry-After: 1`).
+    #[error("the relay is at its connection limit; only /healthz is served on this connection")]
+    OverCapacity,
+    /// The answer would be larger than the relay sends in this form (422); the text says
+    /// which other form to use.
+    #[error("{0}")]
+    ContentTooLarge(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +114,17 @@ impl AppError {
             AppError::Locked(_) => (StatusCode::LOCKED, "locked", self.to_string()),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
+            AppError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", self.to_string()),
+            AppError::OverCapacity => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "over_capacity",
+                self.to_string(),
+            ),
+            AppError::ContentTooLarge(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "content_too_large",
+                self.to_string(),
+            ),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -130,7 +152,12 @@ impl IntoResponse for AppError {
             error: Detail { code, message },
         };
         let mut response = (status, Json(body)).into_response();
-        if let AppError::RateLimited(secs) = self {
+        let retry_after = match self {
+            AppError::RateLimited(secs) => Some(secs),
+            AppError::Busy(_) | AppError::OverCapacity => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());

@@ -45,6 +45,8 @@ pub struct AppState {
     pub locks: crate::locks::Locks,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
+    pub reads: crate::api::content::HeavyReads,
 }
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod heartbeat;
 pub mod http;
+pub mod listener;
 pub mod locks;
 pub mod metrics;
 pub mod quantum;
@@ -43,7 +44,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
@@ -112,6 +113,10 @@ pub async fn run(
         admin: api::admin::Admin::from_config(&config),
         locks,
         metrics,
+        reads: api::content::HeavyReads::new(
+            config.max_content_reads,
+            config.max_content_json_bytes,
+        ),
     };
     let quantum_ctx = quantum::QuantumContext {
         sessions: state.sessions.clone(),
@@ -122,7 +127,8 @@ pub async fn run(
         connections: state.connections.clone(),
         registers: state.clone(),
     };
-    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let metrics = state.metrics.clone();
+    let app = http::router(state);
     let quantum_endpoint = bind_quantum(&config).await?;
 
     let addr = listener.local_addr()?;
@@ -150,16 +156,11 @@ pub async fn run(
         info!("shutting down: closing connections and flushing");
         signal.cancel();
     });
-    // Small y-websocket frames (one keystroke) must leave at once, not wait for Nagle's
-    // algorithm to pair them with an acknowledgement.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await?;
+    let settings = listener::ListenerSettings {
+        max_connections: config.max_connections,
+        header_timeout: config.http_header_timeout,
+    };
+    listener::serve(listener, app, settings, metrics, token.clone()).await;
 
     // Sessions send their close frames and leave; rooms commit and unload.
     tracker.close();

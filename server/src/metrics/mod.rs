@@ -64,11 +64,18 @@ pub enum Rejection {
     AuthForbidden,
     /// A bad document name (HTTP 400).
     InvalidDocName,
+    /// A TCP connection over `--max-connections` (a minimal 503, then closed), or a request
+    /// other than `/healthz` on a connection kept for health checks (503 `over_capacity`).
+    ConnectionLimit,
+    /// A heavy document read over `--max-content-reads` (HTTP 503 `busy`).
+    ContentBusy,
+    /// A `GET .../content` whose JSON is over `--max-content-json-bytes` (HTTP 422).
+    ContentTooLarge,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -80,6 +87,9 @@ impl Rejection {
         Rejection::AuthInvalid,
         Rejection::AuthForbidden,
         Rejection::InvalidDocName,
+        Rejection::ConnectionLimit,
+        Rejection::ContentBusy,
+        Rejection::ContentTooLarge,
     ];
 
     /// The label value.
@@ -96,6 +106,9 @@ impl Rejection {
             Rejection::AuthInvalid => "auth_invalid",
             Rejection::AuthForbidden => "auth_forbidden",
             Rejection::InvalidDocName => "invalid_doc_name",
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::ContentBusy => "content_busy",
+            Rejection::ContentTooLarge => "content_too_large",
         }
     }
 
