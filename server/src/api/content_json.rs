@@ -218,11 +218,36 @@ mod tests {
         assert_eq!(
             value,
             json!({ "name": "d", "content": {
-                "m": { "a": "x\"y", "b": 2.0, "nan": null, "nested": { "k": 1.0 } },
+                "m": { "a": "x\"y", "b": 2, "nan": null, "nested": { "k": 1 } },
                 "t": "hello",
-                "a": [1.0, "s", [true]],
+                "a": [1, "s", [true]],
             } })
         );
+        assert_eq!(value["content"], through_any_tree(&doc));
+    }
+
+    /// What `GET .../content` answered before this module: the roots through yrs's `to_json`
+    /// and `serde_json::Value`.
+    fn through_any_tree(doc: &Doc) -> Value {
+        let kinds: Vec<(String, In)> = {
+            let txn = doc.transact();
+            txn.root_refs()
+                .map(|(name, value)| (name.to_owned(), value.as_prelim(&txn)))
+                .collect()
+        };
+        let mut out = serde_json::Map::new();
+        for (name, kind) in kinds {
+            let any = match kind {
+                In::Text(_) => {
+                    let text = doc.get_or_insert_text(name.as_str());
+                    Any::from(text.get_string(&doc.transact()))
+                }
+                In::Array(_) => doc.get_or_insert_array(name.as_str()).to_json(&doc.transact()),
+                _ => doc.get_or_insert_map(name.as_str()).to_json(&doc.transact()),
+            };
+            out.insert(name, serde_json::to_value(&any).unwrap_or(Value::Null));
+        }
+        Value::Object(out)
     }
 
     #[test]
