@@ -241,8 +241,7 @@ impl RefusalLog {
         }
         warn!(
             refused = state.1,
-            max_connections,
-            "refusing connections: the relay holds --max-connections connections"
+            max_connections, "refusing connections: the relay holds --max-connections connections"
         );
         *state = (Some(now), 0);
     }

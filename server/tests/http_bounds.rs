@@ -47,7 +47,9 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 async fn a_connection_that_stops_mid_header_is_closed_after_the_header_timeout() {
     let relay = Relay::start(&["--http-header-timeout-secs", "1"]);
     let mut slow = TcpStream::connect(relay.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
     let got = read_until_closed(&mut slow).await;
     // hyper may answer 408 before closing; it never serves the request.
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
@@ -129,12 +131,7 @@ async fn kept_alive_request(addr: SocketAddr, path: &str) -> (TcpStream, String)
 async fn over_the_connection_cap_the_relay_refuses_yet_answers_healthz_and_serves_its_clients() {
     // Four places: three for everyone, one kept for /healthz. A long header timeout, so only
     // the cap is at work here.
-    let relay = Relay::start(&[
-        "--max-connections",
-        "4",
-        "--http-header-timeout-secs",
-        "60",
-    ]);
+    let relay = Relay::start(&["--max-connections", "4", "--http-header-timeout-secs", "60"]);
     let url = relay.ws_url("capped");
     let mut writer = YClient::connect(&url).await;
     let mut reader = YClient::connect(&url).await;
@@ -189,7 +186,11 @@ async fn over_the_connection_cap_the_relay_refuses_yet_answers_healthz_and_serve
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(relay.logs().contains("refusing connections"), "{}", relay.logs());
+    assert!(
+        relay.logs().contains("refusing connections"),
+        "{}",
+        relay.logs()
+    );
 }
 
 /// A Yjs update making root map `m` hold `entries` entries.
@@ -265,7 +266,8 @@ async fn a_large_documents_content_is_read_off_the_workers_and_over_the_cap_gets
     assert!(message.contains("/api/v1/docs/big/update"), "{message}");
 
     // The binary form the message points at serves the whole document.
-    let (status, _, body) = http_bytes(relay.addr, "GET", "/api/v1/docs/big/update", None, &[]).await;
+    let (status, _, body) =
+        http_bytes(relay.addr, "GET", "/api/v1/docs/big/update", None, &[]).await;
     assert_eq!(status, 200);
     let back = yrs::Doc::new();
     back.transact_mut()

@@ -242,8 +242,12 @@ mod tests {
                     let text = doc.get_or_insert_text(name.as_str());
                     Any::from(text.get_string(&doc.transact()))
                 }
-                In::Array(_) => doc.get_or_insert_array(name.as_str()).to_json(&doc.transact()),
-                _ => doc.get_or_insert_map(name.as_str()).to_json(&doc.transact()),
+                In::Array(_) => doc
+                    .get_or_insert_array(name.as_str())
+                    .to_json(&doc.transact()),
+                _ => doc
+                    .get_or_insert_map(name.as_str())
+                    .to_json(&doc.transact()),
             };
             out.insert(name, serde_json::to_value(&any).unwrap_or(Value::Null));
         }
