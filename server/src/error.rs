@@ -165,3 +165,22 @@ impl IntoResponse for AppError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_load_say_when_to_retry() {
+        for error in [AppError::Busy("busy".into()), AppError::OverCapacity] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get(axum::http::header::RETRY_AFTER),
+                Some(&axum::http::HeaderValue::from(1))
+            );
+        }
+        let (status, code, _) = AppError::ContentTooLarge("x".into()).parts();
+        assert_eq!((status.as_u16(), code), (422, "content_too_large"));
+    }
+}

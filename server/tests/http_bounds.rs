@@ -193,6 +193,38 @@ async fn over_the_connection_cap_the_relay_refuses_yet_answers_healthz_and_serve
     );
 }
 
+#[tokio::test]
+async fn a_flood_of_connections_without_a_request_is_cut_for_newcomers_and_healthz_answers() {
+    // Eight places and a header timeout far longer than the test: only the cap is at work.
+    let relay = Relay::start(&["--max-connections", "8", "--http-header-timeout-secs", "60"]);
+    let mut writer = YClient::connect(&relay.ws_url("flooded")).await;
+    // Twenty connections that send one header byte and then nothing, as a slow-header attack.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        // A connection refused or cut at once may reset this write; that is the point.
+        let _ = stream.write_all(b"G").await;
+        slow.push(stream);
+    }
+    // A health check and a client sending their requests at once are served...
+    let health = get_when_placed(relay.addr, "/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let docs = get_when_placed(relay.addr, "/api/v1/docs").await;
+    assert_eq!(docs.status, 200, "{}", start(&docs.body));
+    // ...the oldest silent connection was closed to make room...
+    read_until_closed(&mut slow[0]).await;
+    // ...and the WebSocket client that had sent its request keeps its place and is served.
+    writer.append("still here").await;
+    writer.barrier().await;
+    let metrics = get_when_placed(relay.addr, "/metrics").await;
+    let cut = metrics
+        .body
+        .lines()
+        .find(|l| l.contains("reason=\"connection_cut\""))
+        .unwrap_or_else(|| panic!("no connection_cut count: {}", start(&metrics.body)));
+    assert!(!cut.ends_with(" 0"), "{cut}");
+}
+
 /// A Yjs update making root map `m` hold `entries` entries.
 fn big_map_update(entries: usize) -> Vec<u8> {
     let doc = yrs::Doc::new();
@@ -227,40 +259,57 @@ async fn a_large_documents_content_is_read_off_the_workers_and_over_the_cap_gets
         http_bytes(relay.addr, "POST", "/api/v1/docs/big/update", None, &update).await;
     assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
 
+    // A tiny document whose binary read, behind the same gate, probes whether a read runs:
+    // 503 `busy` while one does, and otherwise done at once (it never becomes the long one).
+    let (status, _, _) = http_bytes(
+        relay.addr,
+        "POST",
+        "/api/v1/docs/tiny/update",
+        None,
+        &big_map_update(1),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let probe = "/api/v1/docs/tiny/update";
+
     let content = "/api/v1/docs/big/content";
-    // A long read is sent (its request on the wire before anything else), then a second read
-    // is refused with 503 `busy` while it runs, /healthz answers, and a third read is still
-    // refused: /healthz was answered during the long read. If the second read won the race
-    // for the place instead, it is the long one, and the round is repeated.
+    // A long read runs; a probe is refused with 503 `busy`; /healthz answers; a second probe
+    // is still refused: /healthz was answered during the long read. A round in which the long
+    // read lost the race for the place to a probe (503) or ended early is repeated.
     let mut long_read = None;
     for _ in 0..5 {
-        let mut long = TcpStream::connect(relay.addr).await.unwrap();
-        let request = format!("GET {content} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        long.write_all(request.as_bytes()).await.unwrap();
-        let long = tokio::spawn(async move {
-            let mut response = String::new();
-            long.read_to_string(&mut response).await.unwrap();
-            response
-        });
-        let second = http_raw(relay.addr, "GET", content, &[], "").await;
-        if second.status == 503 {
-            assert_eq!(second.json()["error"]["code"], "busy");
-            assert_eq!(second.header("retry-after").as_deref(), Some("1"));
-            assert_eq!(http_get(relay.addr, "/healthz").await, (200, "ok\n".into()));
-            let third = http_raw(relay.addr, "GET", content, &[], "").await;
-            if third.status == 503 {
-                long_read = Some(tokio::time::timeout(TIMEOUT, long).await.unwrap().unwrap());
+        let addr = relay.addr;
+        let mut long = tokio::spawn(async move { http_raw(addr, "GET", content, &[], "").await });
+        let mut busy = false;
+        while !long.is_finished() {
+            let (status, _, body) = http_bytes(relay.addr, "GET", probe, None, &[]).await;
+            if status == 503 {
+                let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(error["error"]["code"], "busy");
+                busy = true;
                 break;
             }
-        } else {
-            assert_eq!(second.status, 422, "{}", start(&second.body));
+            assert_eq!(status, 200);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if busy {
+            assert_eq!(http_get(relay.addr, "/healthz").await, (200, "ok\n".into()));
+            let (status, _, _) = http_bytes(relay.addr, "GET", probe, None, &[]).await;
+            if status == 503 {
+                long_read = Some(
+                    tokio::time::timeout(TIMEOUT, &mut long)
+                        .await
+                        .unwrap()
+                        .unwrap(),
+                );
+                break;
+            }
         }
         let _ = tokio::time::timeout(TIMEOUT, long).await.unwrap().unwrap();
     }
     let long_read = long_read.expect("no /healthz answer seen during a read");
-    let (head, body) = long_read.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 422"), "{}", start(&long_read));
-    let error: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(long_read.status, 422, "{}", start(&long_read.body));
+    let error = long_read.json();
     assert_eq!(error["error"]["code"], "content_too_large");
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("/api/v1/docs/big/update"), "{message}");

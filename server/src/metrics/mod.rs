@@ -67,6 +67,9 @@ pub enum Rejection {
     /// A TCP connection over `--max-connections` (a minimal 503, then closed), or a request
     /// other than `/healthz` on a connection kept for health checks (503 `over_capacity`).
     ConnectionLimit,
+    /// A connection without a complete request head, closed to make room for a newer one
+    /// while every place was taken.
+    ConnectionCut,
     /// A heavy document read over `--max-content-reads` (HTTP 503 `busy`).
     ContentBusy,
     /// A `GET .../content` whose JSON is over `--max-content-json-bytes` (HTTP 422).
@@ -75,7 +78,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -88,6 +91,7 @@ impl Rejection {
         Rejection::AuthForbidden,
         Rejection::InvalidDocName,
         Rejection::ConnectionLimit,
+        Rejection::ConnectionCut,
         Rejection::ContentBusy,
         Rejection::ContentTooLarge,
     ];
@@ -107,6 +111,7 @@ impl Rejection {
             Rejection::AuthForbidden => "auth_forbidden",
             Rejection::InvalidDocName => "invalid_doc_name",
             Rejection::ConnectionLimit => "connection_limit",
+            Rejection::ConnectionCut => "connection_cut",
             Rejection::ContentBusy => "content_busy",
             Rejection::ContentTooLarge => "content_too_large",
         }

@@ -3,11 +3,15 @@
 //!
 //! - Every connection (plain HTTP, or a WebSocket after its upgrade) holds a place until its
 //!   socket closes; there are `--max-connections` places, so the relay stays below its
-//!   open-file limit and can always accept and answer. The last [`health_places`] of them are
-//!   kept for health checks: a connection that gets one is served `/healthz` only, so a flood
-//!   of idle connections does not make a load balancer think the relay is dead. Over the cap
-//!   a connection gets a minimal 503 and is closed at once; a warning is logged at most every
-//!   [`REFUSAL_LOG_EVERY`] and `aetherflow_rejected_total{reason="connection_limit"}` counts.
+//!   open-file limit and can always accept and answer (see [`places`] for who gets one). The
+//!   last [`health_places`] of them are kept for health checks: a connection that gets one is
+//!   served `/healthz` only, so connections that finish requests (WebSockets) cannot take every
+//!   place. When every place is taken, a newcomer cuts the oldest connection that has not yet
+//!   sent a complete request head and takes its place, so a flood of slow or silent
+//!   connections cannot lock out clients that send their request at once; with none to cut,
+//!   the newcomer gets a minimal 503 and is closed at once. A warning is logged at most every
+//!   [`REFUSAL_LOG_EVERY`], and `aetherflow_rejected_total{reason="connection_limit"}` and
+//!   `{reason="connection_cut"}` count.
 //! - A request's head must arrive within `--http-header-timeout-secs` of the relay starting to
 //!   wait for it (from the connect, and after each response on a kept-alive connection), or
 //!   the connection is closed: a client that trickles header bytes, or holds a connection it
@@ -16,12 +20,14 @@
 //! On shutdown the listener stops accepting, asks every connection to finish its request and
 //! close, and returns once they have (WebSocket sessions are left to their own shutdown).
 
+mod places;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -31,17 +37,15 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, error, trace, warn};
+use tracing::{debug, error, trace};
 
+use self::places::{Full, Pending, Place, Places};
+pub use self::places::{REFUSAL_LOG_EVERY, health_places};
 use crate::error::AppError;
 use crate::metrics::{Metrics, Rejection};
-
-/// Shortest time between two warnings about refused connections.
-pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a connection over the cap is sent before it is closed: no body to build, no request
 /// to read.
@@ -59,11 +63,6 @@ pub struct ListenerSettings {
     pub header_timeout: Duration,
 }
 
-/// Places kept for `/healthz` out of `max_connections`: a sixteenth, from 1 to 64.
-pub fn health_places(max_connections: usize) -> usize {
-    (max_connections / 16).clamp(1, 64)
-}
-
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
 /// finished; see the module documentation.
 pub async fn serve(
@@ -73,8 +72,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let places = Places::new(settings.max_connections);
-    let refusals = RefusalLog::default();
+    let places = Arc::new(Places::new(settings.max_connections));
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -88,74 +86,117 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(place) = places.take() else {
-            refuse(&tcp, remote);
-            metrics.reject(Rejection::ConnectionLimit);
-            refusals.record(settings.max_connections);
-            continue;
-        };
         // Small y-websocket frames (one keystroke) must leave at once, not wait for Nagle's
         // algorithm to pair them with an acknowledgement.
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not set");
         }
-        connections.spawn(serve_connection(
+        let connection = Connection {
             tcp,
             remote,
-            place,
-            router.clone(),
+            router: router.clone(),
             settings,
-            shutdown.clone(),
-        ));
+            shutdown: shutdown.clone(),
+            places: places.clone(),
+        };
+        if let Some(place) = places.take() {
+            connections.spawn(connection.serve(place));
+            continue;
+        }
+        match places.full() {
+            Full::TakeOver(taker) => {
+                metrics.reject(Rejection::ConnectionCut);
+                let metrics = metrics.clone();
+                connections.spawn(async move {
+                    match connection.places.take_over(taker).await {
+                        Some(place) => connection.serve(place).await,
+                        None => {
+                            refuse(&connection.tcp, remote);
+                            metrics.reject(Rejection::ConnectionLimit);
+                        }
+                    }
+                });
+            }
+            Full::Refuse => {
+                refuse(&connection.tcp, remote);
+                metrics.reject(Rejection::ConnectionLimit);
+            }
+        }
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
-/// Serves one connection until it closes, is upgraded (the upgraded socket keeps `place`), or
-/// finishes its request after `shutdown`.
-async fn serve_connection(
+/// An accepted connection, before it has a place.
+struct Connection {
     tcp: TcpStream,
     remote: SocketAddr,
-    place: Place,
     router: Router,
     settings: ListenerSettings,
     shutdown: CancellationToken,
-) {
-    let health_only = place.health_only;
-    let io = TokioIo::new(Counted { tcp, _place: place });
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        let router = router.clone();
-        async move {
-            if health_only && request.uri().path() != HEALTH_PATH {
-                return Ok::<Response, Infallible>(AppError::OverCapacity.into_response());
-            }
-            router.oneshot(request).await
-        }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout);
-    let connection = builder.serve_connection(io, service).with_upgrades();
-    let mut connection = std::pin::pin!(connection);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    trace!(%remote, error = %e, "connection ended with an error");
+    places: Arc<Places>,
+}
+
+impl Connection {
+    /// Serves the connection until it closes, is upgraded (the upgraded socket keeps `place`),
+    /// is cut before its first request head, or finishes its request after shutdown.
+    async fn serve(self, place: Place) {
+        let Connection {
+            tcp,
+            remote,
+            router,
+            settings,
+            shutdown,
+            places,
+        } = self;
+        let pending = places.register();
+        drop(places);
+        let health_only = place.health_only;
+        let io = TokioIo::new(Counted { tcp, _place: place });
+        let served = pending.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            let router = router.clone();
+            let cut = !served.served();
+            async move {
+                if cut || (health_only && request.uri().path() != HEALTH_PATH) {
+                    return Ok::<Response, Infallible>(AppError::OverCapacity.into_response());
                 }
-                return;
+                router.oneshot(request).await
             }
-            () = shutdown.cancelled(), if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout);
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        trace!(%remote, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = cut_signal(&pending) => {
+                    trace!(%remote, "cut: no request head while the relay was full");
+                    return;
+                }
             }
         }
     }
+}
+
+/// Resolves when `pending` is cut.
+async fn cut_signal(pending: &Pending) {
+    pending.cut.cancelled().await;
 }
 
 /// Sends the refusal without waiting (a fresh socket's send buffer has room for it) and
@@ -179,72 +220,6 @@ async fn accept_failed(e: std::io::Error) {
     }
     error!(error = %e, "accept failed; retrying in 1 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// The connection places: general ones, and those kept for health checks.
-struct Places {
-    general: Arc<Semaphore>,
-    health: Arc<Semaphore>,
-}
-
-/// A connection's place, given back when the connection's socket closes.
-struct Place {
-    _permit: OwnedSemaphorePermit,
-    /// Whether it is one of the places kept for health checks.
-    health_only: bool,
-}
-
-impl Places {
-    fn new(max_connections: usize) -> Places {
-        let health = health_places(max_connections).min(max_connections.saturating_sub(1));
-        Places {
-            general: Arc::new(Semaphore::new(max_connections - health)),
-            health: Arc::new(Semaphore::new(health)),
-        }
-    }
-
-    fn take(&self) -> Option<Place> {
-        if let Ok(permit) = self.general.clone().try_acquire_owned() {
-            return Some(Place {
-                _permit: permit,
-                health_only: false,
-            });
-        }
-        let permit = self.health.clone().try_acquire_owned().ok()?;
-        Some(Place {
-            _permit: permit,
-            health_only: true,
-        })
-    }
-}
-
-/// Counts refused connections and logs at most one warning per [`REFUSAL_LOG_EVERY`].
-#[derive(Default)]
-struct RefusalLog {
-    /// When the last warning was logged, and the refusals since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl RefusalLog {
-    fn record(&self, max_connections: usize) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.1 += 1;
-        let now = Instant::now();
-        if state
-            .0
-            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
-        {
-            return;
-        }
-        warn!(
-            refused = state.1,
-            max_connections, "refusing connections: the relay holds --max-connections connections"
-        );
-        *state = (Some(now), 0);
-    }
 }
 
 /// A TCP stream holding its connection's place: the place is given back when the socket is
@@ -291,28 +266,5 @@ impl AsyncWrite for Counted {
 
     fn is_write_vectored(&self) -> bool {
         self.tcp.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn places_for_health_checks_are_a_sixteenth_within_bounds() {
-        assert_eq!(health_places(2), 1);
-        assert_eq!(health_places(64), 4);
-        assert_eq!(health_places(896), 56);
-        assert_eq!(health_places(100_000), 64);
-    }
-
-    #[test]
-    fn the_last_places_serve_health_checks_only() {
-        let places = Places::new(4);
-        let taken: Vec<Place> = std::iter::from_fn(|| places.take()).collect();
-        let health: Vec<bool> = taken.iter().map(|p| p.health_only).collect();
-        assert_eq!(health, [false, false, false, true]);
-        drop(taken);
-        assert!(places.take().is_some_and(|p| !p.health_only));
     }
 }
