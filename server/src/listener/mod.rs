@@ -104,11 +104,11 @@ pub async fn serve(
             continue;
         }
         match places.full() {
-            Full::TakeOver(taker) => {
+            Full::TakeOver(claim) => {
                 metrics.reject(Rejection::ConnectionCut);
                 let metrics = metrics.clone();
                 connections.spawn(async move {
-                    match connection.places.take_over(taker).await {
+                    match connection.places.take_over(claim).await {
                         Some(place) => connection.serve(place).await,
                         None => {
                             refuse(&connection.tcp, remote);
@@ -150,8 +150,8 @@ impl Connection {
             shutdown,
             places,
         } = self;
-        let pending = places.register();
         drop(places);
+        let pending = place.pending.clone();
         let health_only = place.health_only;
         let io = TokioIo::new(Counted { tcp, _place: place });
         let served = pending.clone();

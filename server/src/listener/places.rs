@@ -4,8 +4,9 @@
 //! There are `--max-connections` places: the last [`health_places`] of them serve `/healthz`
 //! only, so connections that finish requests (WebSockets, say) cannot take every place from a
 //! health check. Connections that have not yet sent a complete request head are listed, oldest
-//! first; when every place is taken, a newcomer cuts the oldest of them and takes its place, so
-//! a flood of connections that never finish a head (a slow-header attack) cannot lock anyone
+//! first; when every place is taken, a newcomer cuts the oldest of them (one in a general place
+//! if there is any) and takes its place, handed over directly so no one else can grab it, so a
+//! flood of connections that never finish a head (a slow-header attack) cannot lock anyone
 //! out: the newest connections, which include every client that sends its request at once, are
 //! served. Only when no listed connection is left is a newcomer refused.
 
@@ -14,14 +15,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Shortest time between two warnings about refused or cut connections.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Longest a newcomer waits for the place of the connection it cut.
+/// Longest a newcomer waits for the place of the connection it cut (its task has to notice).
 const TAKE_OVER_WAIT: Duration = Duration::from_secs(1);
 
 /// Places kept for `/healthz` out of `max_connections`: a sixteenth, from 1 to 64.
@@ -29,11 +30,42 @@ pub fn health_places(max_connections: usize) -> usize {
     (max_connections / 16).clamp(1, 64)
 }
 
-/// A connection's place, given back when the connection's socket closes.
+/// A connection's place, given back when the connection's socket closes, or handed to the
+/// newcomer that cut the connection.
 pub(super) struct Place {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     /// Whether it is one of the places kept for health checks.
     pub(super) health_only: bool,
+    /// The connection's entry in the list of those that may be cut.
+    pub(super) pending: Arc<Pending>,
+}
+
+/// A place on its way from a cut connection to the newcomer that cut it.
+pub(super) struct Handover {
+    permit: OwnedSemaphorePermit,
+    health_only: bool,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let heir = self
+            .pending
+            .heir
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        // Straight to the newcomer, so no other connection can take the place in between;
+        // if the newcomer has given up, the permit goes back to the semaphore.
+        if let Some(heir) = heir {
+            let _ = heir.send(Handover {
+                permit,
+                health_only: self.health_only,
+            });
+        }
+    }
 }
 
 /// A connection still waiting for its first complete request head.
@@ -42,6 +74,8 @@ pub(super) struct Pending {
     state: AtomicU8,
     /// Cancelled when the connection is cut.
     pub(super) cut: CancellationToken,
+    /// The newcomer that cut it, waiting for its place.
+    heir: Mutex<Option<oneshot::Sender<Handover>>>,
 }
 
 const WAITING: u8 = 0;
@@ -60,15 +94,21 @@ impl Pending {
         }
     }
 
-    fn try_cut(&self) -> bool {
-        let cut = self
+    /// Cuts the connection if it is still waiting, with `heir` to receive its place.
+    fn try_cut(&self, heir: oneshot::Sender<Handover>) -> bool {
+        if self
             .state
             .compare_exchange(WAITING, CUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if cut {
-            self.cut.cancel();
+            .is_err()
+        {
+            return false;
         }
-        cut
+        *self
+            .heir
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(heir);
+        self.cut.cancel();
+        true
     }
 }
 
@@ -80,18 +120,27 @@ pub(super) struct Places {
     /// health checks, at least 8, so the sockets over the cap stay few.
     takers: Arc<Semaphore>,
     /// Connections without a complete head yet, oldest first (and some served or gone ones,
-    /// pruned as the list grows).
-    pending: Mutex<VecDeque<Weak<Pending>>>,
+    /// pruned as the lists grow): those in general places, then those in places kept for
+    /// health checks, which are cut only when no other is left (a newcomer inherits the kind
+    /// of place it takes over).
+    pending: Mutex<[VecDeque<Weak<Pending>>; 2]>,
     max_connections: usize,
     log: RefusalLog,
 }
 
 /// What to do with a newcomer when every place is taken.
 pub(super) enum Full {
-    /// It cut a waiting connection; wait with this for its place ([`Places::take_over`]).
-    TakeOver(OwnedSemaphorePermit),
+    /// It cut a waiting connection; its place arrives here ([`Places::take_over`]).
+    TakeOver(TakeOver),
     /// Refuse it.
     Refuse,
+}
+
+/// A newcomer's claim on the place of the connection it cut.
+pub(super) struct TakeOver {
+    place: oneshot::Receiver<Handover>,
+    /// Counts the newcomer among those waiting.
+    _taker: OwnedSemaphorePermit,
 }
 
 impl Places {
@@ -101,7 +150,7 @@ impl Places {
             general: Arc::new(Semaphore::new(max_connections - health)),
             health: Arc::new(Semaphore::new(health)),
             takers: Arc::new(Semaphore::new(health.max(8))),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new([VecDeque::new(), VecDeque::new()]),
             max_connections,
             log: RefusalLog::default(),
         }
@@ -110,16 +159,10 @@ impl Places {
     /// A free place, general ones first.
     pub(super) fn take(&self) -> Option<Place> {
         if let Ok(permit) = self.general.clone().try_acquire_owned() {
-            return Some(Place {
-                _permit: permit,
-                health_only: false,
-            });
+            return Some(self.place(permit, false));
         }
         let permit = self.health.clone().try_acquire_owned().ok()?;
-        Some(Place {
-            _permit: permit,
-            health_only: true,
-        })
+        Some(self.place(permit, true))
     }
 
     /// Every place is taken: cuts the oldest connection still waiting for its first head, if
@@ -130,11 +173,20 @@ impl Places {
             return Full::Refuse;
         };
         let mut pending = self.lock();
-        while let Some(oldest) = pending.pop_front() {
-            if oldest.upgrade().is_some_and(|p| p.try_cut()) {
-                drop(pending);
-                self.log.cut(self.max_connections);
-                return Full::TakeOver(taker);
+        for list in pending.iter_mut() {
+            while let Some(oldest) = list.pop_front() {
+                let Some(oldest) = oldest.upgrade() else {
+                    continue;
+                };
+                let (heir, place) = oneshot::channel();
+                if oldest.try_cut(heir) {
+                    drop(pending);
+                    self.log.cut(self.max_connections);
+                    return Full::TakeOver(TakeOver {
+                        place,
+                        _taker: taker,
+                    });
+                }
             }
         }
         drop(pending);
@@ -142,40 +194,37 @@ impl Places {
         Full::Refuse
     }
 
-    /// Waits (briefly) for a place freed by a cut connection.
-    pub(super) async fn take_over(&self, taker: OwnedSemaphorePermit) -> Option<Place> {
-        let general = self.general.clone();
-        let health = self.health.clone();
-        let place = tokio::time::timeout(TAKE_OVER_WAIT, async move {
-            tokio::select! {
-                biased;
-                permit = general.acquire_owned() => permit.ok().map(|permit| Place {
-                    _permit: permit,
-                    health_only: false,
-                }),
-                permit = health.acquire_owned() => permit.ok().map(|permit| Place {
-                    _permit: permit,
-                    health_only: true,
-                }),
-            }
-        })
-        .await
-        .ok()
-        .flatten();
-        drop(taker);
+    /// Waits (briefly) for the place of the connection the newcomer cut; if that connection
+    /// closed by itself meanwhile, a place that is free.
+    pub(super) async fn take_over(&self, claim: TakeOver) -> Option<Place> {
+        let place = match tokio::time::timeout(TAKE_OVER_WAIT, claim.place).await {
+            Ok(Ok(handover)) => Some(self.place(handover.permit, handover.health_only)),
+            _ => self.take(),
+        };
         if place.is_none() {
             self.log.refused(self.max_connections);
         }
         place
     }
 
+    /// A place for a new connection, listed as waiting for its first head.
+    fn place(&self, permit: OwnedSemaphorePermit, health_only: bool) -> Place {
+        Place {
+            permit: Some(permit),
+            health_only,
+            pending: self.register(health_only),
+        }
+    }
+
     /// Lists a new connection as waiting for its first head.
-    pub(super) fn register(&self) -> Arc<Pending> {
+    fn register(&self, health_only: bool) -> Arc<Pending> {
         let entry = Arc::new(Pending {
             state: AtomicU8::new(WAITING),
             cut: CancellationToken::new(),
+            heir: Mutex::new(None),
         });
-        let mut pending = self.lock();
+        let mut lists = self.lock();
+        let pending = &mut lists[usize::from(health_only)];
         // Served and closed connections leave entries behind; dropping them once the list is
         // twice the connection cap keeps it within about that and costs O(1) per connection.
         if pending.len() >= self.max_connections.saturating_mul(2) {
@@ -188,7 +237,7 @@ impl Places {
         entry
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Weak<Pending>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [VecDeque<Weak<Pending>>; 2]> {
         // Pushes, pops and a retain cannot leave the list inconsistent.
         self.pending
             .lock()
@@ -260,35 +309,59 @@ mod tests {
         assert!(places.take().is_some_and(|p| !p.health_only));
     }
 
-    #[test]
-    fn a_full_relay_cuts_the_oldest_connection_without_a_request_and_never_a_served_one() {
-        let places = Places::new(4);
-        let served = places.register();
-        let oldest = places.register();
-        let newer = places.register();
-        assert!(served.served());
-        assert!(matches!(places.full(), Full::TakeOver(_)));
-        assert!(oldest.cut.is_cancelled());
-        assert!(!newer.cut.is_cancelled() && !served.cut.is_cancelled());
+    #[tokio::test]
+    async fn a_full_relay_cuts_the_oldest_connection_without_a_request_and_never_a_served_one() {
+        let places = Places::new(3);
+        let served = places.take().unwrap();
+        let oldest = places.take().unwrap();
+        let newer = places.take().unwrap();
+        assert!(places.take().is_none());
+        assert!(served.pending.served());
+        let Full::TakeOver(claim) = places.full() else {
+            panic!("nothing cut");
+        };
+        assert!(oldest.pending.cut.is_cancelled());
+        assert!(!newer.pending.cut.is_cancelled() && !served.pending.cut.is_cancelled());
         // A cut connection's late head is not served.
-        assert!(!oldest.served());
+        assert!(!oldest.pending.served());
+        // Its place goes to the newcomer, not to whoever asks first.
+        let was_health_only = oldest.health_only;
+        drop(oldest);
+        assert!(places.take().is_none());
+        let taken = places.take_over(claim).await.unwrap();
+        assert_eq!(taken.health_only, was_health_only);
+        // The newcomer has not sent a head either: it is next (its place is a general one,
+        // `newer`'s is kept for health checks), then `newer`, then nothing.
         assert!(matches!(places.full(), Full::TakeOver(_)));
-        assert!(newer.cut.is_cancelled());
+        assert!(taken.pending.cut.is_cancelled() && !newer.pending.cut.is_cancelled());
+        assert!(matches!(places.full(), Full::TakeOver(_)));
+        assert!(newer.pending.cut.is_cancelled());
         assert!(matches!(places.full(), Full::Refuse));
-        assert!(!served.cut.is_cancelled());
+        assert!(!served.pending.cut.is_cancelled());
+    }
+
+    #[test]
+    fn a_place_kept_for_health_checks_is_cut_only_when_no_other_is_left() {
+        let places = Places::new(2);
+        let first = places.take().unwrap();
+        let health = places.take().unwrap();
+        assert!(!first.health_only && health.health_only);
+        drop(first);
+        // Newer than the connection in the health place, and still cut first.
+        let general = places.take().unwrap();
+        assert!(matches!(places.full(), Full::TakeOver(_)));
+        assert!(general.pending.cut.is_cancelled() && !health.pending.cut.is_cancelled());
+        assert!(matches!(places.full(), Full::TakeOver(_)));
+        assert!(health.pending.cut.is_cancelled());
     }
 
     #[test]
     fn the_waiting_list_stays_near_the_cap() {
         let places = Places::new(4);
-        let kept: Vec<Arc<Pending>> = (0..100).map(|_| places.register()).collect();
-        for p in &kept {
-            assert!(p.served());
-        }
-        drop(kept);
         for _ in 0..100 {
-            let _ = places.register();
+            let place = places.take().unwrap();
+            assert!(place.pending.served());
         }
-        assert!(places.lock().len() <= 9);
+        assert!(places.lock()[0].len() <= 9);
     }
 }
