@@ -227,9 +227,10 @@ pub struct Settings {
     pub http_header_timeout_secs: Option<u64>,
 
     /// Most TCP connections (plain HTTP and WebSocket) open at once. The last 1/16 of them
-    /// (1 to 64) only serve `/healthz`, so health checks get through a flood; over the cap a
-    /// connection gets a minimal 503 and is closed at once [default: the soft open-file limit
-    /// (RLIMIT_NOFILE) less 1/8 of it, at least 64, kept for the relay's own files].
+    /// (1 to 64) only serve `/healthz`. At the cap a new connection cuts the oldest one that
+    /// has not sent a complete request head, or, with none, gets a minimal 503 and is closed
+    /// at once [default: the soft open-file limit (RLIMIT_NOFILE) less 1/8 of it, at least
+    /// 64, kept for the relay's own files].
     #[arg(long, env = "AETHERFLOW_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
