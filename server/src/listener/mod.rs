@@ -3,7 +3,7 @@
 //!
 //! - Every connection (plain HTTP, or a WebSocket after its upgrade) holds a place until its
 //!   socket closes; there are `--max-connections` places, so the relay stays below its
-//!   open-file limit and can always accept and answer (see [`places`] for who gets one). The
+//!   open-file limit and can always accept and answer (`places.rs` says who gets one). The
 //!   last [`health_places`] of them are kept for health checks: a connection that gets one is
 //!   served `/healthz` only, so connections that finish requests (WebSockets) cannot take every
 //!   place. When every place is taken, a newcomer cuts the oldest connection that has not yet
