@@ -58,6 +58,17 @@ pub enum AppError {
         "the relay cannot write to its storage (disk full or I/O error); nothing was changed, retry later"
     )]
     StorageUnavailable,
+    /// Too many heavy reads run already (503 `busy`, `Retry-After: 1`).
+    #[error("{0}")]
+    Busy(String),
+    /// The connection holds one of the places kept for `/healthz` while the relay is at its
+    /// connection cap; only `/healthz` is served on it (503 `over_capacity`, `Retry-After: 1`).
+    #[error("the relay is at its connection limit; only /healthz is served on this connection")]
+    OverCapacity,
+    /// The answer would be larger than the relay sends in this form (422); the text says
+    /// which other form to use.
+    #[error("{0}")]
+    ContentTooLarge(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -149,6 +160,17 @@ impl AppError {
                 "storage_unavailable",
                 self.to_string(),
             ),
+            AppError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", self.to_string()),
+            AppError::OverCapacity => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "over_capacity",
+                self.to_string(),
+            ),
+            AppError::ContentTooLarge(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "content_too_large",
+                self.to_string(),
+            ),
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");
@@ -179,6 +201,7 @@ impl IntoResponse for AppError {
         let retry_after = match self {
             AppError::RateLimited(secs) => Some(secs),
             AppError::StorageUnavailable => Some(STORAGE_RETRY_AFTER_SECS),
+            AppError::Busy(_) | AppError::OverCapacity => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -187,5 +210,24 @@ impl IntoResponse for AppError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_load_say_when_to_retry() {
+        for error in [AppError::Busy("busy".into()), AppError::OverCapacity] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get(axum::http::header::RETRY_AFTER),
+                Some(&axum::http::HeaderValue::from(1))
+            );
+        }
+        let (status, code, _) = AppError::ContentTooLarge("x".into()).parts();
+        assert_eq!((status.as_u16(), code), (422, "content_too_large"));
     }
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Reverse proxies whose forwarding headers name the client (`--trusted-proxies`).
     pub proxies: TrustedProxies,
+    /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
+    pub reads: crate::api::content::HeavyReads,
 }
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see

@@ -22,6 +22,7 @@ pub mod events;
 pub mod forwarded;
 pub mod heartbeat;
 pub mod http;
+pub mod listener;
 pub mod locks;
 pub mod metrics;
 pub mod quantum;
@@ -44,7 +45,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
@@ -121,6 +122,10 @@ pub async fn run(
         locks,
         metrics,
         proxies: config.trusted_proxies.clone(),
+        reads: api::content::HeavyReads::new(
+            config.max_content_reads,
+            config.max_content_json_bytes,
+        ),
     };
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
@@ -133,7 +138,8 @@ pub async fn run(
         connections: state.connections.clone(),
         registers: state.clone(),
     };
-    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let metrics = state.metrics.clone();
+    let app = http::router(state);
     let quantum_endpoint = bind_quantum(&config).await?;
 
     let addr = listener.local_addr()?;
@@ -161,16 +167,11 @@ pub async fn run(
         info!("shutting down: closing connections and flushing");
         signal.cancel();
     });
-    // Small y-websocket frames (one keystroke) must leave at once, not wait for Nagle's
-    // algorithm to pair them with an acknowledgement.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await?;
+    let settings = listener::ListenerSettings {
+        max_connections: config.max_connections,
+        header_timeout: config.http_header_timeout,
+    };
+    listener::serve(listener, app, settings, metrics, token.clone()).await;
 
     // Sessions send their close frames and leave; rooms commit and unload.
     tracker.close();

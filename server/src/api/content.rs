@@ -2,14 +2,18 @@
 //! (`GET .../update`), and changed by a binary v1 update (`POST .../update`).
 //!
 //! Reads come from the store, which holds everything any client has been shown (updates are
-//! broadcast only after their commit). Writes go through the document's room, exactly like a
+//! broadcast only after their commit). They are heavy for a large document (it is loaded, and
+//! for JSON rendered), so they run on blocking threads behind [`HeavyReads`]: at most
+//! `--max-content-reads` at once (503 `busy` with `Retry-After` over it), and JSON of at most
+//! `--max-content-json-bytes` (422 `content_too_large` over it, pointing at the binary form). Writes go through the document's room, exactly like a
 //! WebSocket writer's update: checked before yrs decodes it, committed, then broadcast; the
 //! response waits for the commit.
+
+use std::sync::Arc;
 
 use aetherflow_crdt::protocol::Limits;
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{DocName, Room};
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,16 +21,17 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Map, Value, json};
-use yrs::types::AsPrelim;
-use yrs::types::ToJson;
-use yrs::{Doc, In, ReadTxn, Transact};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
+use super::content_json::{self, TooLarge};
 use super::openapi::{json_response, name_param, operation, schema, statuses, with_body};
 use super::{NamePath, authorize, blocking};
 use crate::error::AppError;
 use crate::http::AppState;
+use crate::metrics::Rejection;
 use crate::rooms::ApplyError;
+use crate::store::{Store, StoreError};
 
 /// The routes of this group.
 pub fn routes() -> Router<AppState> {
@@ -44,25 +49,65 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Loads a Yjs document from the store; 404 if it does not exist, 409 if it is a register.
-async fn load_yjs(state: &AppState, doc: &DocName) -> Result<Room, AppError> {
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    let loaded = blocking(move || {
-        let Some(meta) = store.document(&lookup)? else {
-            return Ok(None);
-        };
-        if meta.kind != Kind::Yjs {
-            return Ok(Some(Err(meta.kind)));
+/// The gate of heavy reads: each loads its own copy of a document on a blocking thread, so
+/// at most `--max-content-reads` run at once and the JSON form is capped in size.
+#[derive(Clone)]
+pub struct HeavyReads {
+    permits: Arc<Semaphore>,
+    max_json_bytes: usize,
+}
+
+impl HeavyReads {
+    /// A gate letting `concurrent` reads run at once, answering JSON of at most
+    /// `max_json_bytes`.
+    pub fn new(concurrent: usize, max_json_bytes: usize) -> HeavyReads {
+        HeavyReads {
+            permits: Arc::new(Semaphore::new(concurrent)),
+            max_json_bytes,
         }
-        Ok(Some(Ok(store.load(&lookup)?)))
-    })
-    .await?;
-    let stored = match loaded {
-        None => return Err(AppError::NotFound(format!("no document {doc}"))),
-        Some(Err(kind)) => return Err(not_yjs(doc, kind)),
-        Some(Ok(stored)) => stored,
+    }
+
+    /// Runs `read` on a blocking thread with the document loaded (404 if it does not exist,
+    /// 409 if it is a register), or answers 503 `busy` at once when the gate is full. The
+    /// place is held until `read` returns, even if the client has gone meanwhile.
+    async fn run<T: Send + 'static>(
+        &self,
+        state: &AppState,
+        doc: &DocName,
+        read: impl FnOnce(&Room) -> Result<T, AppError> + Send + 'static,
+    ) -> Result<T, AppError> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            state.metrics.reject(Rejection::ContentBusy);
+            return Err(AppError::Busy(
+                "too many document reads are running; retry shortly".into(),
+            ));
+        };
+        let store = state.sessions.rooms.store().clone();
+        let doc = doc.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let room = load_yjs(&store, &doc)?;
+            read(&room)
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+    }
+}
+
+/// Loads a Yjs document from the store into a room of its own; 404 if it does not exist,
+/// 409 if it is a register. Blocking.
+///
+/// A private copy rather than the loaded room's document: yrs's document lock blocks, so a
+/// long read on the room's document would stall the room's writes on an async worker.
+fn load_yjs(store: &Store, doc: &DocName) -> Result<Room, AppError> {
+    let internal = |e: StoreError| AppError::Internal(e.to_string());
+    let Some(meta) = store.document(doc).map_err(internal)? else {
+        return Err(AppError::NotFound(format!("no document {doc}")));
     };
+    if meta.kind != Kind::Yjs {
+        return Err(not_yjs(doc, meta.kind));
+    }
+    let stored = store.load(doc).map_err(internal)?;
     Room::load(
         stored.snapshot.as_deref(),
         stored.log.iter().map(Vec::as_slice),
@@ -76,53 +121,32 @@ fn not_yjs(doc: &DocName, kind: Kind) -> AppError {
     ))
 }
 
+/// The document's root types as JSON, rendered off the async workers and capped at
+/// `--max-content-json-bytes` (422 `content_too_large` over it).
 async fn get_content(
     State(state): State<AppState>,
     headers: HeaderMap,
     NamePath(doc): NamePath,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    let room = load_yjs(&state, &doc).await?;
-    Ok(Json(
-        json!({ "name": doc.as_str(), "content": content_json(room.doc()) }),
-    ))
-}
-
-/// The document's root types as JSON: a map as an object, an array as an array, a text as a
-/// string. The relay never declared the root types, so each one's type is inferred from its
-/// content (as yrs does): entries make a map, characters a text, other items an array.
-pub fn content_json(doc: &Doc) -> Value {
-    let kinds: Vec<(String, In)> = {
-        let txn = doc.transact();
-        txn.root_refs()
-            .map(|(name, value)| (name.to_owned(), value.as_prelim(&txn)))
-            .collect()
-    };
-    let mut out = Map::new();
-    for (name, kind) in kinds {
-        let any = match kind {
-            In::Text(_) => {
-                let text = doc.get_or_insert_text(name.as_str());
-                let txn = doc.transact();
-                yrs::Any::from(yrs::GetString::get_string(&text, &txn))
-            }
-            In::Array(_) => {
-                let array = doc.get_or_insert_array(name.as_str());
-                array.to_json(&doc.transact())
-            }
-            In::XmlFragment(_) | In::XmlElement(_) | In::XmlText(_) => {
-                let xml = doc.get_or_insert_xml_fragment(name.as_str());
-                yrs::Any::from(yrs::GetString::get_string(&xml, &doc.transact()))
-            }
-            _ => {
-                let map = doc.get_or_insert_map(name.as_str());
-                map.to_json(&doc.transact())
-            }
-        };
-        // Numbers JSON cannot hold (NaN, infinities) have no JSON form; they become null.
-        out.insert(name, serde_json::to_value(&any).unwrap_or(Value::Null));
+    let cap = state.reads.max_json_bytes;
+    let name = doc.clone();
+    let rendered = state
+        .reads
+        .run(&state, &doc, move |room| {
+            Ok(content_json::render(room.doc(), name.as_str(), cap))
+        })
+        .await?;
+    match rendered {
+        Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
+        Err(TooLarge { cap }) => {
+            state.metrics.reject(Rejection::ContentTooLarge);
+            Err(AppError::ContentTooLarge(format!(
+                "the document's JSON is larger than {cap} bytes (--max-content-json-bytes); \
+                 read it as one binary Yjs update with GET /api/v1/docs/{doc}/update"
+            )))
+        }
     }
-    Value::Object(out)
 }
 
 async fn get_update(
@@ -131,8 +155,10 @@ async fn get_update(
     NamePath(doc): NamePath,
 ) -> Result<Response, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    let room = load_yjs(&state, &doc).await?;
-    let update = room.snapshot();
+    let update = state
+        .reads
+        .run(&state, &doc, |room| Ok(room.snapshot()))
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
@@ -184,7 +210,7 @@ pub fn paths() -> Value {
         "A Yjs document's root types as JSON (map: object, array: array, text: string)",
         json!([name_param()]),
         (200, json_response("the content", schema("Content"))),
-        &statuses(&[404, 409]),
+        &statuses(&[404, 409, 422, 503]),
     );
     let binary = json!({ "description": "the document's state as one Yjs v1 update",
         "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
@@ -192,7 +218,7 @@ pub fn paths() -> Value {
         "A Yjs document's state as one binary v1 update",
         json!([name_param()]),
         (200, binary),
-        &statuses(&[404, 409]),
+        &statuses(&[404, 409, 503]),
     );
     let post_update = with_body(
         operation(

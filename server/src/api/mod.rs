@@ -1,5 +1,6 @@
 //! The HTTP API under `/api/v1`, one file per route group: [`docs`] (create, list, get,
-//! delete), [`content`] (a Yjs document as JSON or a binary update), [`registers`] (LWW and
+//! delete), [`content`] (a Yjs document as JSON, written by [`content_json`], or a binary
+//! update), [`registers`] (LWW and
 //! manual registers and their conflicts), [`locks`], [`events`] (Server-Sent Events),
 //! [`live`] (the register WebSocket channel) and [`openapi`] (the description of all of them).
 //!
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod content;
+pub mod content_json;
 pub mod docs;
 pub mod events;
 pub mod live;

@@ -50,6 +50,17 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// 100 % leaves about one edit in fourteen without), so a lost edit is rebuilt on arrival
 /// instead of waiting for the tail loss probe (see [`Settings::quantum_sparse_fec_budget`]).
 pub const DEFAULT_QUANTUM_SPARSE_FEC_BUDGET: u16 = 200;
+/// Default time a client has to send a request's head, in seconds (see
+/// [`Settings::http_header_timeout_secs`]).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default heavy document reads (`GET .../content`, `GET .../update`) running at once.
+pub const DEFAULT_MAX_CONTENT_READS: usize = 2;
+/// Default largest JSON body `GET .../content` answers: 64 MiB.
+pub const DEFAULT_MAX_CONTENT_JSON_BYTES: usize = 64 * 1024 * 1024;
+/// File descriptors kept out of the default connection cap for everything else the relay
+/// opens (the database, the Quantum socket, blocking threads' files), at least; see
+/// [`default_max_connections`].
+pub const RESERVED_FILES: u64 = 64;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
@@ -221,6 +232,31 @@ pub struct Settings {
     /// proxy's address. With any set, `/metrics` needs --admin-key [default: none].
     #[arg(long, env = "AETHERFLOW_TRUSTED_PROXIES", value_name = "CIDR,...")]
     pub trusted_proxies: Option<String>,
+    /// Time an HTTP connection has to send a request's complete head, counted from when the
+    /// relay starts waiting for it: from the connect, and on a kept-alive connection from the
+    /// end of the previous response, so it is also the keep-alive idle timeout. Over it the
+    /// connection is closed [default: 10].
+    #[arg(long, env = "AETHERFLOW_HTTP_HEADER_TIMEOUT_SECS", value_name = "SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+
+    /// Most TCP connections (plain HTTP and WebSocket) open at once. The last 1/16 of them
+    /// (1 to 64) only serve `/healthz`. At the cap a new connection cuts the oldest one that
+    /// has not sent a complete request head, or, with none, gets a minimal 503 and is closed
+    /// at once [default: the soft open-file limit (RLIMIT_NOFILE) less 1/8 of it, at least
+    /// 64, kept for the relay's own files].
+    #[arg(long, env = "AETHERFLOW_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Heavy document reads (`GET .../content`, `GET .../update`) run at once, each on a
+    /// blocking thread with its own copy of the document; more get 503 `busy` with
+    /// Retry-After [default: 2].
+    #[arg(long, env = "AETHERFLOW_MAX_CONTENT_READS", value_name = "N")]
+    pub max_content_reads: Option<usize>,
+
+    /// Largest JSON body `GET .../content` answers, in bytes; a larger document gets 422
+    /// `content_too_large` (read it with `GET .../update`) [default: 67108864 (64 MiB)].
+    #[arg(long, env = "AETHERFLOW_MAX_CONTENT_JSON_BYTES", value_name = "BYTES")]
+    pub max_content_json_bytes: Option<usize>,
 }
 
 /// The relay's resolved configuration.
@@ -264,6 +300,14 @@ pub struct Config {
     pub token_max_ttl: Duration,
     /// Proxies whose forwarding headers name the client; empty trusts none.
     pub trusted_proxies: TrustedProxies,
+    /// Time a connection has to send a request head (also the keep-alive idle timeout).
+    pub http_header_timeout: Duration,
+    /// Most TCP connections open at once, including those kept for `/healthz`.
+    pub max_connections: usize,
+    /// Heavy document reads running at once.
+    pub max_content_reads: usize,
+    /// Largest JSON body of `GET .../content`.
+    pub max_content_json_bytes: usize,
 }
 
 /// Why the configuration could not be built.
@@ -321,6 +365,12 @@ impl Settings {
             message_burst: self.message_burst.or(lower.message_burst),
             token_max_ttl_secs: self.token_max_ttl_secs.or(lower.token_max_ttl_secs),
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
+            http_header_timeout_secs: self
+                .http_header_timeout_secs
+                .or(lower.http_header_timeout_secs),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_content_reads: self.max_content_reads.or(lower.max_content_reads),
+            max_content_json_bytes: self.max_content_json_bytes.or(lower.max_content_json_bytes),
         }
     }
 
@@ -432,6 +482,17 @@ impl Config {
                     why: "must be comma-separated IP addresses or CIDR ranges, such as \
                           10.0.0.0/8,127.0.0.1/32",
                 })?,
+            http_header_timeout: Duration::from_secs(
+                s.http_header_timeout_secs
+                    .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            ),
+            max_connections: s
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(open_file_limit())),
+            max_content_reads: s.max_content_reads.unwrap_or(DEFAULT_MAX_CONTENT_READS),
+            max_content_json_bytes: s
+                .max_content_json_bytes
+                .unwrap_or(DEFAULT_MAX_CONTENT_JSON_BYTES),
         };
         config.validate()?;
         Ok(config)
@@ -520,6 +581,31 @@ impl Config {
                 why: "must be at least 1",
             });
         }
+        if self.http_header_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--http-header-timeout-secs",
+                why: "must be at least 1",
+            });
+        }
+        if self.max_connections < 2 {
+            return Err(ConfigError::Invalid {
+                name: "--max-connections",
+                why: "must be at least 2 (one is kept for /healthz)",
+            });
+        }
+        if !(1..=MAX_CONTENT_READS).contains(&self.max_content_reads) {
+            return Err(ConfigError::Invalid {
+                name: "--max-content-reads",
+                why: "must be from 1 to 4 (the reads share the relay's 8 blocking threads with \
+                      the store)",
+            });
+        }
+        if self.max_content_json_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                name: "--max-content-json-bytes",
+                why: "must be at least 1024",
+            });
+        }
         if self.relaxed_flush.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "--relaxed-flush-ms",
@@ -533,6 +619,28 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join(DATABASE_FILE)
     }
+}
+
+/// Most heavy document reads allowed at once: they hold blocking threads, of which the relay
+/// has 8 (`main.rs`), and the store's lookups and commits need the rest.
+pub const MAX_CONTENT_READS: usize = 4;
+
+/// The process's soft limit on open files (RLIMIT_NOFILE); `None` if unknown or unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// The connection cap for an open-file limit: the limit less an eighth of it (at least
+/// [`RESERVED_FILES`]) for the relay's own files, so the cap is reached before the file limit
+/// and a refusal can still be answered. Unknown or unlimited: 65,536 connections.
+pub fn default_max_connections(file_limit: Option<u64>) -> usize {
+    let Some(limit) = file_limit else {
+        return 65_536;
+    };
+    let kept = (limit / 8).max(RESERVED_FILES);
+    usize::try_from(limit.saturating_sub(kept))
+        .unwrap_or(usize::MAX)
+        .max(2)
 }
 
 #[cfg(test)]

@@ -187,3 +187,17 @@ fn trusted_proxies_come_from_the_file_or_the_flag_and_bad_ranges_are_refused() {
     let err = Config::from_settings(bad).unwrap_err();
     assert!(err.to_string().contains("--trusted-proxies"), "{err}");
 }
+
+#[test]
+fn the_connection_cap_stays_below_the_file_limit() {
+    assert_eq!(default_max_connections(Some(1024)), 896);
+    assert_eq!(default_max_connections(Some(256)), 192);
+    assert_eq!(default_max_connections(Some(1_048_576)), 917_504);
+    assert_eq!(default_max_connections(None), 65_536);
+    // A tiny limit still leaves a connection for /healthz and one for everyone else.
+    assert_eq!(default_max_connections(Some(10)), 2);
+    let config = Config::from_settings(Settings::default()).unwrap();
+    if let Some(limit) = open_file_limit() {
+        assert!((config.max_connections as u64) < limit.max(3));
+    }
+}

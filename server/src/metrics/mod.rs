@@ -68,11 +68,21 @@ pub enum Rejection {
     PresenceLimit,
     /// A write refused while the storage cannot be written (HTTP 507, permission-denied).
     StorageUnavailable,
+    /// A TCP connection over `--max-connections` (a minimal 503, then closed), or a request
+    /// other than `/healthz` on a connection kept for health checks (503 `over_capacity`).
+    ConnectionLimit,
+    /// A connection without a complete request head, closed to make room for a newer one
+    /// while every place was taken.
+    ConnectionCut,
+    /// A heavy document read over `--max-content-reads` (HTTP 503 `busy`).
+    ContentBusy,
+    /// A `GET .../content` whose JSON is over `--max-content-json-bytes` (HTTP 422).
+    ContentTooLarge,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 17] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -86,6 +96,10 @@ impl Rejection {
         Rejection::InvalidDocName,
         Rejection::PresenceLimit,
         Rejection::StorageUnavailable,
+        Rejection::ConnectionLimit,
+        Rejection::ConnectionCut,
+        Rejection::ContentBusy,
+        Rejection::ContentTooLarge,
     ];
 
     /// The label value.
@@ -104,6 +118,10 @@ impl Rejection {
             Rejection::InvalidDocName => "invalid_doc_name",
             Rejection::PresenceLimit => "presence_limit",
             Rejection::StorageUnavailable => "storage_unavailable",
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::ConnectionCut => "connection_cut",
+            Rejection::ContentBusy => "content_busy",
+            Rejection::ContentTooLarge => "content_too_large",
         }
     }
 
