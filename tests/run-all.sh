@@ -14,6 +14,12 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "otel feature: build, lint and test the OpenTelemetry export"
+# `--workspace` builds the relay without optional features, so the `otel` feature would never
+# compile here otherwise; its test (server/tests/otel.rs) only exists with the feature.
+cargo clippy -p aetherflow-server --features otel --all-targets --locked -- -D warnings
+cargo test -p aetherflow-server --features otel --locked --test otel
+
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 

@@ -11,7 +11,10 @@
 # Scale knobs (environment): FANOUT_READERS, FANOUT_RATE, DURATION, IDLE_CONNS, IDLE_DOCS,
 # MIXED_DOCS, MIXED_WRITERS, MIXED_READERS, MIXED_RATE, CONNS, CONNS_DOCS, INGEST_UPDATES,
 # TRACE (trace file; default: loadgen's, ../shared/traces/automerge-paper.json.gz next to the
-# repository, so a git worktree elsewhere must set it).
+# repository, so a git worktree elsewhere must set it; where it is absent loadgen replays a
+# generated session of the same length instead, says so on stderr and records
+# "trace": "generated-seed-N" in results.jsonl, so such figures are not comparable to the
+# recorded ones).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -1,50 +1,57 @@
-//! Editing traces from `../shared/traces/` (josephg/editing-traces format), turned into the
-//! Yjs v1 updates a real editor would have sent, one per edit.
+//! Editing traces turned into the Yjs v1 updates a real editor would have sent, one per edit:
+//! the real `automerge-paper` trace from `../shared/traces/` where it exists, otherwise a
+//! seeded generated session of the same length (see [`aetherflow_editing`]); [`ingest_session`]
+//! says which, and the benches print it.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
-use serde::Deserialize;
+use aetherflow_editing::{EditTrace, Fallback, Source};
 use yrs::{Doc, GetString, Text, Transact};
 
-/// A sequential editing trace.
-#[derive(Debug, Deserialize)]
-pub struct Trace {
-    /// Text before the first edit.
-    #[serde(default, rename = "startContent")]
-    pub start_content: String,
-    /// Text after the last edit.
-    #[serde(rename = "endContent")]
-    pub end_content: String,
-    /// The edits, grouped in transactions.
-    pub txns: Vec<Txn>,
+/// The real trace the ingest benches replay by default.
+pub const DEFAULT_TRACE: &str = "automerge-paper.json.gz";
+
+/// Seed of the generated session used when [`DEFAULT_TRACE`] is absent.
+pub const FALLBACK_SEED: u64 = 2026;
+
+/// Edits of the generated session: as many as the real trace has.
+pub const FALLBACK_EDITS: usize = 259_778;
+
+/// The session to replay: the trace at `path` if given (it must exist), else [`DEFAULT_TRACE`]
+/// or, where that is absent, the generated fallback.
+pub fn ingest_session(path: Option<&Path>) -> anyhow::Result<(EditTrace, Source)> {
+    match path {
+        Some(path) => Ok((
+            aetherflow_editing::load(path)?,
+            Source::Real(path.to_owned()),
+        )),
+        None => Ok(aetherflow_editing::session(
+            DEFAULT_TRACE,
+            Fallback::sequential(FALLBACK_SEED, FALLBACK_EDITS),
+        )?),
+    }
 }
 
-/// One transaction of a trace.
-#[derive(Debug, Deserialize)]
-pub struct Txn {
-    /// `(position, deleted, inserted)`, positions in Unicode code points.
-    pub patches: Vec<(u32, u32, String)>,
+/// A short name for reports: the trace's file name, or `generated-seed-N` for a generated
+/// session.
+pub fn source_name(source: &Source) -> String {
+    match source {
+        Source::Real(path) => path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        Source::Generated { fallback, .. } => match fallback {
+            Fallback::Sequential { seed, .. } | Fallback::Concurrent { seed, .. } => {
+                format!("generated-seed-{seed}")
+            }
+        },
+    }
 }
 
-/// Where the shared traces live, relative to this crate.
-pub fn traces_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces")
-}
-
-/// Reads a gzipped trace.
-pub fn load(path: &Path) -> anyhow::Result<Trace> {
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(file).read_to_string(&mut json)?;
-    Ok(serde_json::from_str(&json)?)
-}
-
-/// Replays the trace on a yrs document, one transaction per patch, and returns each
+/// Replays a sequential trace on a yrs document, one transaction per patch, and returns each
 /// transaction's v1 update plus the final text. Traces used here are ASCII, so code-point
 /// positions equal byte offsets.
-pub fn to_updates(trace: &Trace) -> (Vec<Vec<u8>>, String) {
+pub fn to_updates(trace: &EditTrace) -> (Vec<Vec<u8>>, String) {
     let doc = Doc::with_client_id(1);
     let text = doc.get_or_insert_text("text");
     let mut updates = Vec::new();
@@ -67,4 +74,17 @@ pub fn to_updates(trace: &Trace) -> (Vec<Vec<u8>>, String) {
     }
     let end = text.get_string(&doc.transact());
     (updates, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_fallback_replays_to_its_end_content_as_the_ingest_benches_check() {
+        let session = Fallback::sequential(FALLBACK_SEED, 20_000).generate();
+        let (updates, end) = to_updates(&session);
+        assert_eq!(updates.len(), 20_000);
+        assert_eq!(end, session.end_content);
+    }
 }

@@ -123,16 +123,57 @@ impl From<DecodeError> for UpdateCheckError {
 /// within the limits described in the [module docs](self); yrs may still refuse the update when
 /// integrating it (a parent that is not a type, for instance), which is harmless.
 pub fn check_update_v1(bytes: &[u8]) -> Result<(), UpdateCheckError> {
+    walk_update_v1(bytes, &mut |_| {})
+}
+
+/// An item as the walk meets it (garbage-collected ranges and skips are not items).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ItemView<'a> {
+    /// The item's id: client and first clock.
+    pub id: (u64, u32),
+    /// Its length in clock units.
+    pub len: u32,
+    /// Its left origin's id, if any.
+    pub origin: Option<(u64, u32)>,
+    /// Its right origin's id, if any.
+    pub right_origin: Option<(u64, u32)>,
+    /// Its parent, when written (only for items without origins, which inherit it otherwise).
+    pub parent: Option<ParentView<'a>>,
+    /// Whether it is a map entry with its key written.
+    pub parent_sub: bool,
+    /// Its content ref (`BITS5` of the info byte): 1 deleted, 2 JSON, 3 binary, 4 string,
+    /// 5 embed, 6 format, 7 type, 8 any, 9 doc.
+    pub content_ref: u8,
+    /// For type content, the type ref: 0 array, 1 map, 2 text, 3 XML element, 4 XML
+    /// fragment, 5 XML hook, 6 XML text.
+    pub type_ref: Option<u8>,
+}
+
+/// An item's parent as written in an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParentView<'a> {
+    /// A root type, by name.
+    Root(&'a str),
+    /// A nested type: the item that holds it.
+    Item((u64, u32)),
+}
+
+/// [`check_update_v1`], showing `visit` every item it walks; stops at the first error.
+pub(crate) fn walk_update_v1(
+    bytes: &[u8],
+    visit: &mut dyn FnMut(ItemView<'_>),
+) -> Result<(), UpdateCheckError> {
     let mut r = Reader::new(bytes);
     // Per client: block count, client id and first clock, then at least one block.
     let clients = read_count(&mut r, "clients", 3)?;
     for _ in 0..clients {
         // Every block takes an info byte and at least one more.
         let blocks = read_count(&mut r, "blocks", 2)?;
-        read_client(&mut r)?;
+        let client = read_client(&mut r)?;
         let mut clock = u64::from(read_u32(&mut r, "clock")?);
         for _ in 0..blocks {
-            clock += u64::from(check_block(&mut r)?);
+            let at = u32::try_from(clock).map_err(|_| UpdateCheckError::Overflow("block clock"))?;
+            clock += u64::from(check_block(&mut r, (client, at), visit)?);
             if clock > u64::from(u32::MAX) {
                 return Err(UpdateCheckError::Overflow("block clock"));
             }
@@ -144,7 +185,11 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<(), UpdateCheckError> {
 
 /// Walks one block; returns how far it advances its client's clock (yrs drops zero-length
 /// items without advancing).
-fn check_block(r: &mut Reader<'_>) -> Result<u32, UpdateCheckError> {
+fn check_block(
+    r: &mut Reader<'_>,
+    id: (u64, u32),
+    visit: &mut dyn FnMut(ItemView<'_>),
+) -> Result<u32, UpdateCheckError> {
     let info = r.read_u8()?;
     if info == SKIP_INFO || info == GC_INFO {
         let len = read_u32(r, "block length")?;
@@ -154,27 +199,67 @@ fn check_block(r: &mut Reader<'_>) -> Result<u32, UpdateCheckError> {
             Ok(len)
         };
     }
-    if info & HAS_ORIGIN != 0 {
-        read_id(r)?;
-    }
-    if info & HAS_RIGHT_ORIGIN != 0 {
-        read_id(r)?;
-    }
+    let origin = if info & HAS_ORIGIN != 0 {
+        Some(read_id(r)?)
+    } else {
+        None
+    };
+    let right_origin = if info & HAS_RIGHT_ORIGIN != 0 {
+        Some(read_id(r)?)
+    } else {
+        None
+    };
+    let mut parent = None;
+    let mut parent_sub = false;
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
-        if read_u32(r, "parent info")? == 1 {
-            read_string(r)?;
+        parent = Some(if read_u32(r, "parent info")? == 1 {
+            ParentView::Root(read_string(r)?)
         } else {
-            read_id(r)?;
-        }
+            ParentView::Item(read_id(r)?)
+        });
         if info & HAS_PARENT_SUB != 0 {
             read_string(r)?;
+            parent_sub = true;
         }
     }
-    check_content(r, info & CONTENT_REF_MASK)
+    let content_ref = info & CONTENT_REF_MASK;
+    let (len, type_ref) = check_content(r, content_ref)?;
+    visit(ItemView {
+        id,
+        len,
+        origin,
+        right_origin,
+        parent,
+        parent_sub,
+        content_ref,
+        type_ref,
+    });
+    Ok(len)
 }
 
-/// Walks an item's content; returns its length in clock units as yrs counts it.
-fn check_content(r: &mut Reader<'_>, content_ref: u8) -> Result<u32, UpdateCheckError> {
+/// Walks an item's content; returns its length in clock units as yrs counts it and, for a
+/// type, its type ref.
+fn check_content(
+    r: &mut Reader<'_>,
+    content_ref: u8,
+) -> Result<(u32, Option<u8>), UpdateCheckError> {
+    if content_ref == 7 {
+        // Type: a type ref byte, plus a tag name for XML elements.
+        let type_ref = r.read_u8()?;
+        match type_ref {
+            3 => {
+                read_string(r)?;
+            }
+            0 | 1 | 2 | 4 | 5 | 6 | 9 | 15 => {}
+            other => return Err(UpdateCheckError::UnknownTypeRef(other)),
+        }
+        return Ok((1, Some(type_ref)));
+    }
+    check_value_content(r, content_ref).map(|len| (len, None))
+}
+
+/// Walks an item's content other than a type; returns its length in clock units.
+fn check_value_content(r: &mut Reader<'_>, content_ref: u8) -> Result<u32, UpdateCheckError> {
     match content_ref {
         // Deleted: only a length.
         1 => read_u32(r, "deleted length"),
@@ -212,17 +297,6 @@ fn check_content(r: &mut Reader<'_>, content_ref: u8) -> Result<u32, UpdateCheck
         6 => {
             read_string(r)?;
             check_json_nesting(read_string(r)?)?;
-            Ok(1)
-        }
-        // Type: a type ref byte, plus a tag name for XML elements.
-        7 => {
-            match r.read_u8()? {
-                3 => {
-                    read_string(r)?;
-                }
-                0 | 1 | 2 | 4 | 5 | 6 | 9 | 15 => {}
-                other => return Err(UpdateCheckError::UnknownTypeRef(other)),
-            }
             Ok(1)
         }
         // Any: a count, then that many values.
@@ -420,10 +494,8 @@ fn read_client(r: &mut Reader<'_>) -> Result<u64, UpdateCheckError> {
 }
 
 /// Reads an item id: client, then clock.
-fn read_id(r: &mut Reader<'_>) -> Result<(), UpdateCheckError> {
-    read_client(r)?;
-    read_u32(r, "id clock")?;
-    Ok(())
+fn read_id(r: &mut Reader<'_>) -> Result<(u64, u32), UpdateCheckError> {
+    Ok((read_client(r)?, read_u32(r, "id clock")?))
 }
 
 /// Reads a string with a `u32` byte length, as yrs does.

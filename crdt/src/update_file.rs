@@ -24,12 +24,18 @@
 
 use std::fmt;
 
+use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, Map, Out, ReadTxn, StateVector, Transact, Update};
+use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Transact, Update, XmlFragment};
 
 use crate::update_check::{UpdateCheckError, check_update_v1};
 
-/// Longest content preview [`inspect`] returns for a text, in characters.
+mod roots;
+
+use roots::RootKind;
+
+/// Longest content preview [`inspect`] returns, in characters (an array's preview ends at
+/// the first element past it).
 const PREVIEW_CHARS: usize = 60;
 
 /// Why an update file cannot be used.
@@ -101,11 +107,14 @@ pub struct UpdateSummary {
 pub struct RootSummary {
     /// Its name.
     pub name: String,
-    /// `text` or `map` (a root's type is not recorded in updates; sequences read as text).
+    /// `text`, `array`, `map` or `xml fragment`, as the root's items show (an update does not
+    /// record a root's type), or `empty` when every item of it was deleted.
     pub kind: &'static str,
-    /// Characters of a text, entries of a map.
+    /// Characters of a text, elements of an array, entries of a map, child nodes of an XML
+    /// fragment.
     pub length: u32,
-    /// The start of a text, or a map's keys.
+    /// The start of a text, an array's first elements as JSON, a map's keys (sorted), the
+    /// start of an XML fragment's markup.
     pub preview: String,
 }
 
@@ -128,12 +137,19 @@ pub fn inspect(bytes: &[u8]) -> Result<UpdateSummary, UpdateFileError> {
     };
     clients.sort_unstable();
     let missing_dependencies = doc.transact().has_missing_updates();
+    let kinds = roots::root_kinds(bytes).map_err(|e| UpdateFileError::invalid(0, e))?;
     let names: Vec<String> = doc
         .transact()
         .root_refs()
         .map(|(name, _)| name.to_owned())
         .collect();
-    let mut roots: Vec<RootSummary> = names.iter().map(|n| summarize_root(&doc, n)).collect();
+    let mut roots: Vec<RootSummary> = names
+        .iter()
+        .map(|name| {
+            let kind = kinds.get(name).copied().unwrap_or(RootKind::Empty);
+            summarize_root(&doc, name, kind)
+        })
+        .collect();
     roots.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(UpdateSummary {
         bytes: bytes.len(),
@@ -144,33 +160,59 @@ pub fn inspect(bytes: &[u8]) -> Result<UpdateSummary, UpdateFileError> {
     })
 }
 
-/// Reads a root whose type the update does not record: a map if it has keys, else a text.
-fn summarize_root(doc: &Doc, name: &str) -> RootSummary {
-    let is_map = matches!(
-        doc.transact().root_refs().find(|(n, _)| *n == name),
-        Some((_, Out::YMap(_)))
-    );
-    let map = doc.get_or_insert_map(name);
-    let keys: Vec<String> = {
-        let txn = doc.transact();
-        map.keys(&txn).map(str::to_owned).collect()
-    };
-    if is_map || !keys.is_empty() {
-        return RootSummary {
-            name: name.to_owned(),
-            kind: "map",
-            length: u32::try_from(keys.len()).unwrap_or(u32::MAX),
-            preview: keys.join(", "),
-        };
-    }
-    let text = doc.get_or_insert_text(name);
-    let txn = doc.transact();
-    let content = text.get_string(&txn);
-    RootSummary {
+/// Describes root `name` of `doc` as the kind its items in the update show.
+fn summarize_root(doc: &Doc, name: &str, kind: RootKind) -> RootSummary {
+    let summary = |kind, length: usize, preview: String| RootSummary {
         name: name.to_owned(),
-        kind: "text",
-        length: u32::try_from(content.chars().count()).unwrap_or(u32::MAX),
-        preview: content.chars().take(PREVIEW_CHARS).collect(),
+        kind,
+        length: u32::try_from(length).unwrap_or(u32::MAX),
+        preview,
+    };
+    match kind {
+        RootKind::Map => {
+            let map = doc.get_or_insert_map(name);
+            let txn = doc.transact();
+            let mut keys: Vec<&str> = map.keys(&txn).collect();
+            keys.sort_unstable();
+            summary("map", keys.len(), keys.join(", "))
+        }
+        RootKind::Array => {
+            let array = doc.get_or_insert_array(name);
+            let txn = doc.transact();
+            let mut preview = String::new();
+            for (i, value) in array.iter(&txn).enumerate() {
+                if preview.chars().count() >= PREVIEW_CHARS {
+                    preview.push_str(", ...");
+                    break;
+                }
+                if i > 0 {
+                    preview.push_str(", ");
+                }
+                let mut json = String::new();
+                value.to_json(&txn).to_json(&mut json);
+                preview.push_str(&json);
+            }
+            summary("array", array.len(&txn) as usize, preview)
+        }
+        RootKind::XmlFragment => {
+            let fragment = doc.get_or_insert_xml_fragment(name);
+            let txn = doc.transact();
+            let xml = fragment.get_string(&txn);
+            let preview = xml.chars().take(PREVIEW_CHARS).collect();
+            summary("xml fragment", fragment.len(&txn) as usize, preview)
+        }
+        RootKind::Text | RootKind::Empty => {
+            let text = doc.get_or_insert_text(name);
+            let txn = doc.transact();
+            let content = text.get_string(&txn);
+            let preview = content.chars().take(PREVIEW_CHARS).collect();
+            let kind = if kind == RootKind::Text {
+                "text"
+            } else {
+                "empty"
+            };
+            summary(kind, content.chars().count(), preview)
+        }
     }
 }
 
@@ -253,6 +295,51 @@ mod tests {
         let summary = inspect(&save(&doc)).unwrap();
         assert_eq!(summary.roots[0].kind, "map");
         assert_eq!(summary.roots[0].preview, "theme");
+    }
+
+    #[test]
+    fn every_kind_of_root_is_described_as_what_it_is() {
+        use yrs::{Array, MapPrelim, XmlElementPrelim, XmlFragment, XmlTextPrelim};
+        let doc = Doc::with_client_id(7);
+        let list = doc.get_or_insert_array("list");
+        let notes = doc.get_or_insert_text("notes");
+        let settings = doc.get_or_insert_map("settings");
+        let page = doc.get_or_insert_xml_fragment("page");
+        {
+            let mut txn = doc.transact_mut();
+            list.insert_range(&mut txn, 0, ["ab", "c"]);
+            list.push_back(&mut txn, 3);
+            list.insert(&mut txn, 1, MapPrelim::default());
+            notes.insert(&mut txn, 0, "hello world");
+            // The first insertion, the only item naming its root, goes: what is left was
+            // typed after it and names only its origin.
+            notes.remove_range(&mut txn, 0, 6);
+            settings.insert(&mut txn, "theme", "dark");
+            settings.insert(&mut txn, "theme", "light");
+            settings.insert(&mut txn, "font", "serif");
+            let p = page.push_back(&mut txn, XmlElementPrelim::empty("p"));
+            p.push_back(&mut txn, XmlTextPrelim::new("hi"));
+        }
+        notes.insert(&mut doc.transact_mut(), 5, "!");
+        let summary = inspect(&save(&doc)).unwrap();
+        let kinds: Vec<(&str, &str, u32)> = summary
+            .roots
+            .iter()
+            .map(|r| (r.name.as_str(), r.kind, r.length))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("list", "array", 4),
+                ("notes", "text", 6),
+                ("page", "xml fragment", 1),
+                ("settings", "map", 2)
+            ]
+        );
+        assert_eq!(summary.roots[0].preview, r#""ab", {}, "c", 3"#);
+        assert_eq!(summary.roots[1].preview, "world!");
+        assert_eq!(summary.roots[2].preview, "<p>hi</p>");
+        assert_eq!(summary.roots[3].preview, "font, theme");
     }
 
     #[test]

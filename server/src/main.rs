@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use aetherflow_server::config::{Cli, Config};
-use clap::Parser;
 
 /// Most threads for blocking store work (document lookups, loads, commits). tokio's default,
 /// 512, let a burst of connections start a thread per concurrent lookup (50 or so for 5,000
@@ -14,7 +13,7 @@ use clap::Parser;
 const BLOCKING_THREADS: usize = 8;
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli = Cli::parse_with_defaults();
     if let Some(tool) = cli.tool.take() {
         return match aetherflow_server::tools::run(&tool) {
             Ok(report) => {

@@ -50,6 +50,81 @@ fn help_documents_every_setting_with_its_environment_variable() {
     );
 }
 
+/// The help of `flag` in `aetherflow --help`: from its line to the next flag's.
+fn help_of<'a>(help: &'a str, flag: &str) -> &'a str {
+    let start = help
+        .find(&format!("      {flag} "))
+        .unwrap_or_else(|| panic!("--help lacks {flag}"));
+    let rest = &help[start + flag.len() + 6..];
+    let end = rest.find("\n      --").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// What `--help` promises as each setting's default is what the relay runs with (it once
+/// said the sparse FEC budget defaulted to 100 while the relay used 200).
+#[test]
+fn help_shows_the_defaults_the_relay_runs_with() {
+    use aetherflow_server::config as c;
+    let out = aetherflow(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let budget = c::DEFAULT_QUANTUM_SPARSE_FEC_BUDGET.to_string();
+    let max_message = format!("{} (16 MiB)", c::DEFAULT_MAX_MESSAGE_BYTES);
+    let token_ttl = format!("{} (24 h)", c::DEFAULT_TOKEN_MAX_TTL_SECS);
+    let defaults: [(&str, String); 16] = [
+        ("--http-addr", c::DEFAULT_HTTP_ADDR.into()),
+        ("--quantum-addr", c::DEFAULT_QUANTUM_ADDR.into()),
+        ("--quantum-sparse-fec-budget", budget),
+        ("--data-dir", c::DEFAULT_DATA_DIR.into()),
+        ("--durability", "durable".into()),
+        ("--max-message-bytes", max_message),
+        ("--log-format", "pretty".into()),
+        (
+            "--relaxed-flush-ms",
+            c::DEFAULT_RELAXED_FLUSH_MS.to_string(),
+        ),
+        (
+            "--unload-after-secs",
+            c::DEFAULT_UNLOAD_AFTER_SECS.to_string(),
+        ),
+        (
+            "--compact-after-updates",
+            c::DEFAULT_COMPACT_AFTER_UPDATES.to_string(),
+        ),
+        (
+            "--ping-interval-secs",
+            c::DEFAULT_PING_INTERVAL_SECS.to_string(),
+        ),
+        (
+            "--connect-rate-per-min",
+            c::DEFAULT_CONNECT_RATE_PER_MIN.to_string(),
+        ),
+        ("--connect-burst", c::DEFAULT_CONNECT_BURST.to_string()),
+        (
+            "--message-rate-per-sec",
+            c::DEFAULT_MESSAGE_RATE_PER_SEC.to_string(),
+        ),
+        ("--message-burst", c::DEFAULT_MESSAGE_BURST.to_string()),
+        ("--token-max-ttl-secs", token_ttl),
+    ];
+    for (flag, default) in &defaults {
+        let text = help_of(&help, flag);
+        assert_eq!(
+            text.matches("[default: ").count(),
+            1,
+            "{flag} should name one default:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("[default: {default}]")),
+            "{flag} should default to {default}:\n{text}"
+        );
+    }
+    // The bounds the relay checks are the ones `--help` gives.
+    let budget = help_of(&help, "--quantum-sparse-fec-budget");
+    assert!(budget.contains("From 0 to 200;"), "{budget}");
+    assert!(help_of(&help, "--admin-key").contains("At least 16 characters"));
+}
+
 #[test]
 fn a_bad_environment_value_is_refused_with_a_clear_message() {
     let out = aetherflow(&[], &[("AETHERFLOW_DURABILITY", "sometimes")]);

@@ -65,6 +65,38 @@ fn merge_combines_replicas_edited_apart_and_inspect_describes_the_result() {
 }
 
 #[test]
+fn inspect_shows_arrays_maps_texts_and_xml_fragments_as_what_they_are() {
+    use yrs::{Array, Map, XmlElementPrelim, XmlFragment, XmlTextPrelim};
+    let dir = tempfile::tempdir().unwrap();
+    let doc = Doc::new();
+    let todo = doc.get_or_insert_array("todo");
+    let title = doc.get_or_insert_text("title");
+    let meta = doc.get_or_insert_map("meta");
+    let body = doc.get_or_insert_xml_fragment("body");
+    {
+        let mut txn = doc.transact_mut();
+        todo.insert_range(&mut txn, 0, ["milk", "eggs"]);
+        title.insert(&mut txn, 0, "Shopping");
+        meta.insert(&mut txn, "owner", "ada");
+        let p = body.push_back(&mut txn, XmlElementPrelim::empty("p"));
+        p.push_back(&mut txn, XmlTextPrelim::new("hi"));
+    }
+    std::fs::write(dir.path().join("doc.bin"), save(&doc)).unwrap();
+
+    let out = aetherflow(&["inspect", "doc.bin"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let report = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        r#""todo": array, length 2: "\"milk\", \"eggs\"""#,
+        r#""title": text, length 8: "Shopping""#,
+        r#""meta": map, length 1: "owner""#,
+        r#""body": xml fragment, length 1: "<p>hi</p>""#,
+    ] {
+        assert!(report.contains(line), "{line} not in\n{report}");
+    }
+}
+
+#[test]
 fn a_missing_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = aetherflow(&["merge", "nope.bin", "-o", "out.bin"], dir.path());

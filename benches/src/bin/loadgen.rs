@@ -65,7 +65,8 @@ enum DialectArg {
 enum Scenario {
     /// Replay an editing trace from one client to another through the server.
     Ingest {
-        /// Trace file (`.json.gz`); default: the shared automerge-paper trace.
+        /// Trace file (`.json.gz`); default: the shared automerge-paper trace, or where it is
+        /// absent a generated session of the same length (printed on stderr).
         #[arg(long)]
         trace: Option<PathBuf>,
         /// Replay only the first N updates.
@@ -185,13 +186,12 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             updates,
             limit_secs,
         } => {
-            let path = trace
-                .clone()
-                .unwrap_or_else(|| trace::traces_dir().join("automerge-paper.json.gz"));
-            let (updates, end) = load_updates(&path, *updates)?;
+            let (session, source) = trace::ingest_session(trace.as_deref())?;
+            eprintln!("ingest: replaying {source}");
+            let (updates, end) = session_updates(&session, *updates)?;
             let limit = Duration::from_secs(*limit_secs);
             let report = ingest::run(target, "ingest", &updates, &end, limit).await?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = trace::source_name(&source);
             let params = serde_json::json!({ "trace": name, "updates": updates.len() });
             ("ingest", params, serde_json::to_value(report)?)
         }
@@ -243,13 +243,12 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The trace's updates, cut to the first `limit` if given, and the text they produce.
-fn load_updates(
-    path: &std::path::Path,
+/// The session's updates, cut to the first `limit` if given, and the text they produce.
+fn session_updates(
+    session: &aetherflow_editing::EditTrace,
     limit: Option<usize>,
 ) -> anyhow::Result<(Vec<Vec<u8>>, String)> {
-    let trace = trace::load(path)?;
-    let (mut updates, mut end) = trace::to_updates(&trace);
+    let (mut updates, mut end) = trace::to_updates(session);
     if let Some(limit) = limit.filter(|&l| l < updates.len()) {
         updates.truncate(limit);
         let doc = Doc::new();

@@ -28,8 +28,7 @@ fn main() -> anyhow::Result<()> {
     let trace_path = args
         .iter()
         .find(|a| a.ends_with(".json.gz"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| trace::traces_dir().join("automerge-paper.json.gz"));
+        .map(PathBuf::from);
     let durability = if args.iter().any(|a| a == "relaxed") {
         "relaxed"
     } else {
@@ -41,17 +40,13 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--addr")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let trace = trace::load(&trace_path)?;
+    let (trace, source) = trace::ingest_session(trace_path.as_deref())?;
     let (updates, end) = trace::to_updates(&trace);
     anyhow::ensure!(
         end == trace.end_content,
         "trace replay diverged from endContent"
     );
-    println!(
-        "trace: {} ({} updates)",
-        trace_path.display(),
-        updates.len()
-    );
+    println!("trace: {source} ({} updates)", updates.len());
 
     let raw = raw_apply(&updates, &end);
     let runtime = tokio::runtime::Runtime::new()?;

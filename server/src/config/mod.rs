@@ -87,6 +87,10 @@ pub enum LogFormat {
     Json,
 }
 
+mod help;
+
+pub use help::command;
+
 /// `aetherflow`: the AetherFlow relay. Serves Yjs documents over the y-websocket protocol at
 /// `ws://<http-addr>/ws/<document>`, durable in an embedded redb database.
 #[derive(Debug, Parser)]
@@ -110,23 +114,22 @@ pub struct Cli {
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address for HTTP and WebSocket [default: 127.0.0.1:8080]. Port 0 picks a free port;
+    /// Address for HTTP and WebSocket. Port 0 picks a free port;
     /// the chosen address is printed on stdout as `aetherflow ready: http://ADDR`.
     #[arg(long, env = "AETHERFLOW_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
 
-    /// UDP address for Quantum clients, or `off` [default: 127.0.0.1:9090]. Port 0 picks a
+    /// UDP address for Quantum clients, or `off`. Port 0 picks a
     /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR`. If the default
     /// address is taken the relay serves without Quantum (with a warning); an address given
     /// explicitly must be free.
     #[arg(long, env = "AETHERFLOW_QUANTUM_ADDR", value_name = "ADDR|off")]
     pub quantum_addr: Option<String>,
 
-    /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), 0 to
-    /// 200, spent only while loss is measured (none below 1 %). Higher trades bytes for a
-    /// lower p99 under loss: a lost edit that parity covers is rebuilt one one-way delay after
-    /// it was sent instead of waiting about 1.2 RTT for a resend. 30 is the transport's
-    /// bytes-first default [default: 100].
+    /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), spent
+    /// only while loss is measured (none below 1 %). Higher trades bytes for a lower p99 under
+    /// loss: a lost edit that parity covers is rebuilt one one-way delay after it was sent
+    /// instead of waiting about 1.2 RTT for a resend.
     #[arg(
         long,
         env = "AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET",
@@ -134,43 +137,39 @@ pub struct Settings {
     )]
     pub quantum_sparse_fec_budget: Option<u16>,
 
-    /// Directory holding the database `aetherflow.redb` [default: ./data]. Created if missing.
+    /// Directory holding the database `aetherflow.redb`. Created if missing.
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// `durable`: an update is broadcast only after it is committed to disk, so whatever a
     /// client has seen survives a crash. `relaxed`: broadcast first, commit within
-    /// --relaxed-flush-ms plus one fsync [default: durable].
+    /// --relaxed-flush-ms plus one fsync.
     #[arg(long, env = "AETHERFLOW_DURABILITY", value_enum, value_name = "MODE")]
     pub durability: Option<Durability>,
 
-    /// Largest WebSocket message, in bytes; a larger one closes the connection with code 1009
-    /// [default: 16777216 (16 MiB)].
+    /// Largest WebSocket message, in bytes; a larger one closes the connection with code 1009.
     #[arg(long, env = "AETHERFLOW_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
 
-    /// Log format on stderr [default: pretty]. Verbosity follows RUST_LOG (default `info`).
+    /// Log format on stderr. Verbosity follows RUST_LOG (default `info`).
     #[arg(long, env = "AETHERFLOW_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
-    /// In relaxed mode, the longest an update waits before an fsync'd commit, in milliseconds
-    /// [default: 100].
+    /// In relaxed mode, the longest an update waits before an fsync'd commit, in milliseconds.
     #[arg(long, env = "AETHERFLOW_RELAXED_FLUSH_MS", value_name = "MS")]
     pub relaxed_flush_ms: Option<u64>,
 
-    /// Unload a document from memory after it has had no connection for this long, in seconds
-    /// [default: 30].
+    /// Unload a document from memory after it has had no connection for this long, in seconds.
     #[arg(long, env = "AETHERFLOW_UNLOAD_AFTER_SECS", value_name = "SECS")]
     pub unload_after_secs: Option<u64>,
 
-    /// Fold a document's update log into a new snapshot once it holds this many entries
-    /// [default: 500].
+    /// Fold a document's update log into a new snapshot once it holds this many entries.
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
 
     /// Ping every WebSocket this often, in seconds; a connection that leaves one ping
     /// unanswered is shown IDLE, one that leaves two is closed (1001 "ping timeout") and its
-    /// presence removed [default: 30].
+    /// presence removed.
     #[arg(long, env = "AETHERFLOW_PING_INTERVAL_SECS", value_name = "SECS")]
     pub ping_interval_secs: Option<u64>,
 
@@ -189,7 +188,7 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// Admin key (at least 16 characters) for the admin routes (`/api/v1/sessions`,
+    /// Admin key for the admin routes (`/api/v1/sessions`,
     /// `/api/v1/tokens`), sent as `Authorization: Bearer KEY` or `X-Admin-Key: KEY`. Without
     /// it the admin routes are disabled.
     #[arg(
@@ -201,27 +200,26 @@ pub struct Settings {
     pub admin_key: Option<String>,
 
     /// WebSocket connections one remote IP address may open per minute; over it the upgrade
-    /// gets 429 with Retry-After. 0 disables the limit [default: 600].
+    /// gets 429 with Retry-After. 0 disables the limit.
     #[arg(long, env = "AETHERFLOW_CONNECT_RATE_PER_MIN", value_name = "N")]
     pub connect_rate_per_min: Option<u32>,
 
-    /// Connections one address may open at once after a quiet spell [default: 60].
+    /// Connections one address may open at once after a quiet spell.
     #[arg(long, env = "AETHERFLOW_CONNECT_BURST", value_name = "N")]
     pub connect_burst: Option<u32>,
 
     /// Data messages per second one session may send; over it the session is closed with 1008
-    /// (policy violation). 0 disables the limit [default: 500].
+    /// (policy violation). 0 disables the limit.
     #[arg(long, env = "AETHERFLOW_MESSAGE_RATE_PER_SEC", value_name = "N")]
     pub message_rate_per_sec: Option<u32>,
 
-    /// Data messages one session may send at once after a quiet spell [default: 5000]. A
+    /// Data messages one session may send at once after a quiet spell. A
     /// y-websocket client sends one message per transaction, so a script making thousands of
     /// small edits in a loop needs this headroom; typing sends a few dozen a second.
     #[arg(long, env = "AETHERFLOW_MESSAGE_BURST", value_name = "N")]
     pub message_burst: Option<u32>,
 
-    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds
-    /// [default: 86400 (1 day)].
+    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds.
     #[arg(long, env = "AETHERFLOW_TOKEN_MAX_TTL_SECS", value_name = "SECS")]
     pub token_max_ttl_secs: Option<u64>,
 
