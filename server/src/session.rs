@@ -8,17 +8,21 @@
 use aetherflow_crdt::protocol::{Limits, Message};
 use aetherflow_crdt::{ConnId, DocName};
 use axum::extract::ws::{CloseFrame, Message as Frame};
-use std::time::Duration;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
+use futures_util::future::OptionFuture;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
-use crate::heartbeat::{Beat, Heartbeat};
+use crate::heartbeat::{Beat as HeartbeatBeat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
-use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms, outbox};
+use crate::rooms::{CloseReason, Outbound, Rooms, outbox};
 
 /// Everything a session needs besides its socket.
 #[derive(Clone)]
@@ -30,9 +34,13 @@ pub struct SessionContext {
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
     /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
+    /// A write still pending at [`STALLED_TICKS`] ticks in a row closes it too.
     pub ping_interval: Duration,
-    /// Data messages a session may send (`None`: unlimited); over it, closed with 1008.
+    /// Data messages read per second from a session (`None`: unlimited); over it the relay
+    /// stops reading the socket until the bucket refills (see [`HOLD_LIMIT`]).
     pub message_rate: Option<Rate>,
+    /// Bytes of frames a session's outbox may hold; over it the session is closed with 1013.
+    pub outbox_max_bytes: usize,
 }
 
 /// Most incoming frames handled per wakeup before the session looks at its other duties.
@@ -40,6 +48,25 @@ const READ_BURST: usize = 64;
 
 /// Longest wait for a close frame to go out before the connection is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait, once the relay's close frame is out, for the client's answering close frame
+/// (RFC 6455 §5.5.1) before the connection is dropped.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Heartbeat ticks in a row that may find one write still pending: a connection that takes
+/// frames this slowly has stopped reading, and is closed with 1013 (between two and three
+/// ping intervals without write progress).
+const STALLED_TICKS: u8 = 3;
+
+/// Longest stretch a session may be held back by the message rate without a break (every
+/// time the relay was ready to read, the client's next message was already waiting). A
+/// session held back longer is closed with 1008: at the default 500 messages a second that
+/// is 150,000 messages in a row.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
+
+/// How much refill a held-back session waits for at a time: waking for every single token
+/// would cost a wakeup per message.
+const THROTTLE_STEP: Duration = Duration::from_millis(50);
 
 /// Who is on the other end of a session, besides what its [`SessionHandle`] records (the
 /// user its token names and its address).
@@ -129,10 +156,10 @@ where
             // Upgraded while the relay was shutting down: say so rather than join a room.
             let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
             handle.closing(Some(&reason));
-            Box::pin(close(&mut sink, reason)).await;
+            Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
             return;
         }
-        let (outbox, mut from_room) = outbox::channel(OUTBOX_CAPACITY);
+        let (outbox, mut from_room) = outbox::channel(ctx.outbox_max_bytes);
         // Boxed, like every close below: the session's future is held for the whole life of
         // the connection, so state needed only at its start or end lives on the heap briefly
         // instead of in every idle session.
@@ -147,7 +174,7 @@ where
                 label.span().in_scope(|| warn!(error = %e, "join failed"));
                 let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, "document unavailable");
                 handle.closing(Some(&reason));
-                Box::pin(close(&mut sink, reason)).await;
+                Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
                 return;
             }
         };
@@ -155,10 +182,13 @@ where
         handle.set_state(SessionState::Active);
         let mut ticks = tokio::time::interval(ctx.ping_interval);
         ticks.tick().await;
-        let mut heartbeat = Heartbeat::new();
-        let mut messages = ctx
-            .message_rate
-            .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+        let mut beat = Beat::new();
+        let mut messages = ctx.message_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
+        // Set while the message rate holds the socket unread; boxed, as rarely needed.
+        let mut throttle: Option<Pin<Box<Sleep>>> = None;
+        // A frame handed to the socket and not yet flushed: the next one waits for it, so
+        // the room's frames wait in the outbox, bounded in bytes, not in the socket's buffer.
+        let mut writing = false;
         let kicked = handle.disconnect_requested();
         let mut kicked = std::pin::pin!(kicked);
         let reason = loop {
@@ -173,25 +203,35 @@ where
                     });
                     break Some(reason);
                 }
+                // Runs whatever the socket does: a peer that stopped reading cannot hold the
+                // session in a write past it.
                 _ = ticks.tick() => {
-                    match heartbeat.tick() {
-                        Beat::Ping => {}
-                        Beat::PingIdle => handle.set_state(SessionState::Idle),
-                        Beat::Timeout => {
-                            label.span().in_scope(|| warn!("two pings unanswered; closing"));
-                            break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
-                        }
+                    if let Some(reason) = beat.tick(writing, handle, &label, ctx.rooms.metrics()) {
+                        break Some(reason);
                     }
-                    if sink.send(Frame::Ping(Default::default())).await.is_err() {
-                        break None;
-                    }
-                }
-                out = from_room.recv() => match out {
-                    Some(Outbound::Frame(bytes)) => {
-                        handle.sent(bytes.len());
-                        if sink.send(Frame::Binary(bytes)).await.is_err() {
+                    if !writing {
+                        if sink.feed(Frame::Ping(Default::default())).await.is_err() {
                             break None;
                         }
+                        writing = true;
+                    }
+                }
+                flushed = poll_fn(|cx| sink.poll_flush_unpin(cx)), if writing => {
+                    if flushed.is_err() {
+                        break None;
+                    }
+                    writing = false;
+                    beat.wrote();
+                }
+                // While a write is pending this only notices an overflowed outbox.
+                out = from_room.recv_when(!writing) => match out {
+                    Some(Outbound::Frame(bytes)) => {
+                        handle.sent(bytes.len());
+                        // Takes the frame at once: the previous write is flushed.
+                        if sink.feed(Frame::Binary(bytes)).await.is_err() {
+                            break None;
+                        }
+                        writing = true;
                     }
                     Some(Outbound::Close(reason)) => break Some(reason),
                     None => break Some(CloseReason::new(
@@ -199,16 +239,15 @@ where
                         "connection fell behind; reconnect to resync",
                     )),
                 },
-                frame = stream.next() => {
+                Some(()) = OptionFuture::from(throttle.as_mut()), if throttle.is_some() => {
+                    throttle = None;
+                }
+                frame = stream.next(), if throttle.is_none() => {
                     let mut frame = frame;
                     let mut burst = 1;
                     let end = loop {
-                        heartbeat.heard();
-                        if let Some(reason) = charge(frame.as_ref(), handle, messages.as_mut()) {
-                            label.span().in_scope(|| warn!("message rate limit exceeded; closing"));
-                            ctx.rooms.metrics().reject(Rejection::MessageRate);
-                            break Some(Some(reason));
-                        }
+                        beat.heartbeat.heard();
+                        let data = count(frame.as_ref(), handle);
                         match on_frame(frame, &ctx.limits, ctx.rooms.metrics(), &label) {
                             FrameOutcome::Message(message) => {
                                 if membership.send(message).await.is_err() {
@@ -221,6 +260,15 @@ where
                             FrameOutcome::Ignore => {}
                             FrameOutcome::Close(reason) => break Some(reason),
                         }
+                        if data && let Some(bucket) = messages.as_mut() {
+                            if let Some(wait) = hold_back(bucket) {
+                                // Backpressure: the socket stays unread until the bucket
+                                // refills, so TCP slows the client down.
+                                throttle = Some(Box::pin(tokio::time::sleep(wait)));
+                                beat.held_since.get_or_insert_with(Instant::now);
+                                break None;
+                            }
+                        }
                         // Frames already read off the socket are taken here, not one round of
                         // this select! each (that round is most of a small frame's cost; issue
                         // 7). Bounded, so the room's frames still go out during a long burst.
@@ -230,7 +278,11 @@ where
                         burst += 1;
                         match stream.next().now_or_never() {
                             Some(next) => frame = next,
-                            None => break None,
+                            None => {
+                                // The client is not ahead of the limit: a break in holding.
+                                beat.held_since = None;
+                                break None;
+                            }
                         }
                     };
                     if let Some(reason) = end {
@@ -241,13 +293,114 @@ where
         };
         drop(membership);
         handle.closing(reason.as_ref());
-        if let Some(reason) = reason {
+        if let Some(reason) = &reason {
             label
                 .span()
                 .in_scope(|| debug!(code = reason.code, reason = %reason.reason, "closing"));
-            Box::pin(close(&mut sink, reason)).await;
+        }
+        Box::pin(close(&mut sink, &mut stream, reason)).await;
+    }
+}
+
+/// The session's timekeeping, checked at each heartbeat tick: the heartbeat itself, writes
+/// that make no progress, and how long the message rate has held the session back.
+struct Beat {
+    heartbeat: Heartbeat,
+    /// Ticks in a row that found the same write pending.
+    stalled: u8,
+    /// When the message rate started holding the session back without a break.
+    held_since: Option<Instant>,
+}
+
+impl Beat {
+    fn new() -> Beat {
+        Beat {
+            heartbeat: Heartbeat::new(),
+            stalled: 0,
+            held_since: None,
         }
     }
+
+    /// A write completed.
+    fn wrote(&mut self) {
+        self.stalled = 0;
+    }
+
+    /// One ping interval passed; says why to close, if the session must end.
+    fn tick(
+        &mut self,
+        writing: bool,
+        handle: &SessionHandle,
+        label: &SessionLabel<'_>,
+        metrics: &Metrics,
+    ) -> Option<CloseReason> {
+        match self.heartbeat.tick() {
+            HeartbeatBeat::Ping => {}
+            HeartbeatBeat::PingIdle => handle.set_state(SessionState::Idle),
+            HeartbeatBeat::Timeout => {
+                label.span().in_scope(|| warn!("two pings unanswered; closing"));
+                return Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+            }
+        }
+        if writing {
+            self.stalled += 1;
+            if self.stalled >= STALLED_TICKS {
+                label
+                    .span()
+                    .in_scope(|| warn!("connection not reading: no write progress; closing"));
+                return Some(CloseReason::new(
+                    CloseReason::TRY_AGAIN_LATER,
+                    "connection not reading; reconnect to resync",
+                ));
+            }
+        }
+        if self
+            .held_since
+            .is_some_and(|since| since.elapsed() >= HOLD_LIMIT)
+        {
+            label.span().in_scope(|| {
+                warn!("message rate limit exceeded without a break; closing");
+            });
+            metrics.reject(Rejection::MessageRate);
+            return Some(CloseReason::new(
+                CloseReason::POLICY_VIOLATION,
+                format!(
+                    "message rate limit exceeded for {} s without a break; slow down and reconnect",
+                    HOLD_LIMIT.as_secs()
+                ),
+            ));
+        }
+        None
+    }
+}
+
+/// Takes the token for a data frame just read (there was one: the socket is read only while
+/// the bucket holds one) and, if the bucket is now empty, says how long to leave the socket
+/// unread.
+fn hold_back(bucket: &mut TokenBucket) -> Option<Duration> {
+    let now = Instant::now();
+    // Cannot fail, see above; a failure would only mean reading one frame early.
+    let _ = bucket.try_take(now);
+    if bucket.time_until(1, now).is_zero() {
+        return None;
+    }
+    let step = (bucket.rate().tokens_per_second() * THROTTLE_STEP.as_secs_f64()) as u32;
+    Some(bucket.time_until(step.max(1), now))
+}
+
+/// Records an incoming frame on the session; says whether it is a data frame (one the
+/// message rate counts).
+fn count(frame: Option<&Result<Frame, axum::Error>>, handle: &SessionHandle) -> bool {
+    match frame {
+        Some(Ok(Frame::Binary(bytes))) => handle.received(bytes.len()),
+        Some(Ok(Frame::Text(text))) => handle.received(text.len()),
+        Some(Ok(_)) => {
+            handle.heard_from();
+            return false;
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// Counts an incoming frame on the session and charges a data frame to the message rate; a
@@ -360,18 +513,37 @@ fn close_for_error(error: &axum::Error, limits: &Limits) -> Option<CloseReason> 
     None
 }
 
-async fn close<K>(sink: &mut K, reason: CloseReason)
+/// Ends the connection with the close handshake (RFC 6455 §5.5.1), bounded in time so a peer
+/// that stopped reading cannot keep the session alive.
+///
+/// With `reason`, the relay starts the close: it sends its close frame, then waits briefly
+/// for the client's answering close frame before dropping the socket. Without one, the client
+/// closed (or the connection broke): the WebSocket layer has queued its answer, an echo of
+/// the client's close frame, but writes it only when the socket is flushed, so flush it.
+async fn close<K, R>(sink: &mut K, stream: &mut R, reason: Option<CloseReason>)
 where
     K: Sink<Frame, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
 {
+    let Some(reason) = reason else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        return;
+    };
     let frame = CloseFrame {
         code: reason.code,
         reason: reason.reason.into(),
     };
-    // A peer that stopped reading must not keep the session alive.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(Frame::Close(Some(frame))).await;
-        let _ = sink.close().await;
+    let sent = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Frame::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    // Whatever the client still sends before its close frame is not read any more.
+    let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Frame::Close(_)) {
+                break;
+            }
+        }
     })
     .await;
 }
@@ -417,6 +589,7 @@ mod tests {
             shutdown,
             ping_interval: Duration::from_secs(20),
             message_rate: None,
+            outbox_max_bytes: crate::config::DEFAULT_OUTBOX_MAX_BYTES,
         }
     }
 

@@ -81,7 +81,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
 use crate::rate_limit::{ConnectionLimiter, TokenBucket};
 use crate::registry::{Registry, SessionHandle, SessionState, Transport};
-use crate::rooms::{CloseReason, OUTBOX_CAPACITY};
+use crate::rooms::CloseReason;
 use crate::session::SessionContext;
 use subscriptions::{Next, Subscriptions, on_envelope};
 
@@ -211,6 +211,10 @@ async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Resu
     drop(handle);
 }
 
+/// Envelopes queued for one Quantum connection; each subscription's room frames are first
+/// bounded in bytes by its outbox (`--outbox-max-bytes`).
+const PEER_QUEUE: usize = 1024;
+
 /// Sends a connection-level error and closes.
 async fn refuse(conn: &QuantumConnection, code: u32, reason: &str) {
     let _ = conn.send(error("", code, reason)).await;
@@ -227,7 +231,7 @@ async fn session(
 ) {
     debug!("hello received");
     let limits = ctx.limits();
-    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOX_CAPACITY);
+    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(PEER_QUEUE);
     let mut subscriptions = Subscriptions::new();
     let mut liveness = Liveness::new(ctx.sessions.rooms.metrics().quantum().connection());
     let mut stats_ticks = tokio::time::interval(STATS_INTERVAL);
