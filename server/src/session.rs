@@ -10,9 +10,9 @@ use aetherflow_crdt::{ConnId, DocName};
 use axum::extract::ws::{CloseFrame, Message as Frame};
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::future::OptionFuture;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -145,6 +145,19 @@ where
     K: Sink<Frame, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
 {
+    // Taken apart here, so the future keeps only what the session's loop uses: whatever an
+    // `async` block captures it holds for the connection's whole life.
+    let SessionContext {
+        rooms,
+        limits,
+        shutdown,
+        ping_interval,
+        message_rate,
+        outbox_max_bytes,
+    } = ctx;
+    let first_tick = tokio::time::Instant::now() + ping_interval;
+    let mut ticks = tokio::time::interval_at(first_tick, ping_interval);
+    let mut messages = message_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
     async move {
         let handle = &handle;
         let label = SessionLabel {
@@ -152,19 +165,19 @@ where
             conn: peer.conn,
             doc: &doc,
         };
-        if ctx.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             // Upgraded while the relay was shutting down: say so rather than join a room.
             let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
             handle.closing(Some(&reason));
             Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
             return;
         }
-        let (outbox, mut from_room) = outbox::channel(ctx.outbox_max_bytes);
+        let (outbox, mut from_room) = outbox::channel(outbox_max_bytes);
         // Boxed, like every close below: the session's future is held for the whole life of
         // the connection, so state needed only at its start or end lives on the heap briefly
         // instead of in every idle session.
         let joining = Box::pin(
-            ctx.rooms
+            rooms
                 .join(&doc, peer.conn, handle.user(), peer.can_write, outbox)
                 .instrument(label.span()),
         );
@@ -180,12 +193,9 @@ where
         };
         label.span().in_scope(|| debug!("joined"));
         handle.set_state(SessionState::Active);
-        let mut ticks = tokio::time::interval(ctx.ping_interval);
-        ticks.tick().await;
         let mut beat = Beat::new();
-        let mut messages = ctx.message_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
-        // Set while the message rate holds the socket unread; boxed, as rarely needed.
-        let mut throttle: Option<Pin<Box<Sleep>>> = None;
+        // Set while the message rate holds the session back; boxed, as rarely needed.
+        let mut hold: Option<Box<Hold>> = None;
         // A frame handed to the socket and not yet flushed: the next one waits for it, so
         // the room's frames wait in the outbox, bounded in bytes, not in the socket's buffer.
         let mut writing = false;
@@ -194,7 +204,7 @@ where
         let reason = loop {
             tokio::select! {
                 biased;
-                () = ctx.shutdown.cancelled() => {
+                () = shutdown.cancelled() => {
                     break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
                 }
                 reason = &mut kicked => {
@@ -206,11 +216,12 @@ where
                 // Runs whatever the socket does: a peer that stopped reading cannot hold the
                 // session in a write past it.
                 _ = ticks.tick() => {
-                    if let Some(reason) = beat.tick(writing, handle, &label, ctx.rooms.metrics()) {
+                    let held_since = hold.as_ref().map(|hold| hold.since);
+                    if let Some(reason) = beat.tick(writing, held_since, handle, &label, rooms.metrics()) {
                         break Some(reason);
                     }
                     if !writing {
-                        if sink.feed(Frame::Ping(Default::default())).await.is_err() {
+                        if start_write(&mut sink, Frame::Ping(Default::default())).is_err() {
                             break None;
                         }
                         writing = true;
@@ -227,8 +238,7 @@ where
                 out = from_room.recv_when(!writing) => match out {
                     Some(Outbound::Frame(bytes)) => {
                         handle.sent(bytes.len());
-                        // Takes the frame at once: the previous write is flushed.
-                        if sink.feed(Frame::Binary(bytes)).await.is_err() {
+                        if start_write(&mut sink, Frame::Binary(bytes)).is_err() {
                             break None;
                         }
                         writing = true;
@@ -239,16 +249,19 @@ where
                         "connection fell behind; reconnect to resync",
                     )),
                 },
-                Some(()) = OptionFuture::from(throttle.as_mut()), if throttle.is_some() => {
-                    throttle = None;
+                () = poll_fn(|cx| Hold::poll_wake(hold.as_deref_mut(), cx)),
+                    if hold.as_ref().is_some_and(|hold| hold.waiting) => {
+                    if let Some(hold) = hold.as_mut() {
+                        hold.waiting = false;
+                    }
                 }
-                frame = stream.next(), if throttle.is_none() => {
+                frame = stream.next(), if !hold.as_ref().is_some_and(|hold| hold.waiting) => {
                     let mut frame = frame;
                     let mut burst = 1;
                     let end = loop {
                         beat.heartbeat.heard();
                         let data = count(frame.as_ref(), handle);
-                        match on_frame(frame, &ctx.limits, ctx.rooms.metrics(), &label) {
+                        match on_frame(frame, &limits, rooms.metrics(), &label) {
                             FrameOutcome::Message(message) => {
                                 if membership.send(message).await.is_err() {
                                     break Some(Some(CloseReason::new(
@@ -264,8 +277,7 @@ where
                             if let Some(wait) = hold_back(bucket) {
                                 // Backpressure: the socket stays unread until the bucket
                                 // refills, so TCP slows the client down.
-                                throttle = Some(Box::pin(tokio::time::sleep(wait)));
-                                beat.held_since.get_or_insert_with(Instant::now);
+                                Hold::start(&mut hold, wait);
                                 break None;
                             }
                         }
@@ -280,7 +292,7 @@ where
                             Some(next) => frame = next,
                             None => {
                                 // The client is not ahead of the limit: a break in holding.
-                                beat.held_since = None;
+                                hold = None;
                                 break None;
                             }
                         }
@@ -302,14 +314,50 @@ where
     }
 }
 
-/// The session's timekeeping, checked at each heartbeat tick: the heartbeat itself, writes
-/// that make no progress, and how long the message rate has held the session back.
+/// A session the message rate holds back: its socket stays unread while `waiting`.
+struct Hold {
+    /// When the message rate started holding the session back without a break.
+    since: Instant,
+    /// When the bucket has refilled enough to read again.
+    wake: Pin<Box<Sleep>>,
+    /// Whether the socket is unread until `wake`.
+    waiting: bool,
+}
+
+impl Hold {
+    /// Leaves the socket unread for `wait`, starting a stretch of holding unless one is on.
+    fn start(hold: &mut Option<Box<Hold>>, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        match hold {
+            Some(hold) => {
+                hold.wake.as_mut().reset(deadline);
+                hold.waiting = true;
+            }
+            None => {
+                *hold = Some(Box::new(Hold {
+                    since: Instant::now(),
+                    wake: Box::pin(tokio::time::sleep_until(deadline)),
+                    waiting: true,
+                }));
+            }
+        }
+    }
+
+    /// Ready once the wait is over (never, without a hold).
+    fn poll_wake(hold: Option<&mut Hold>, cx: &mut Context<'_>) -> Poll<()> {
+        match hold {
+            Some(hold) => hold.wake.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The session's timekeeping, checked at each heartbeat tick: the heartbeat itself and
+/// writes that make no progress.
 struct Beat {
     heartbeat: Heartbeat,
     /// Ticks in a row that found the same write pending.
     stalled: u8,
-    /// When the message rate started holding the session back without a break.
-    held_since: Option<Instant>,
 }
 
 impl Beat {
@@ -317,7 +365,6 @@ impl Beat {
         Beat {
             heartbeat: Heartbeat::new(),
             stalled: 0,
-            held_since: None,
         }
     }
 
@@ -330,6 +377,7 @@ impl Beat {
     fn tick(
         &mut self,
         writing: bool,
+        held_since: Option<Instant>,
         handle: &SessionHandle,
         label: &SessionLabel<'_>,
         metrics: &Metrics,
@@ -354,9 +402,7 @@ impl Beat {
                 ));
             }
         }
-        if self
-            .held_since
-            .is_some_and(|since| since.elapsed() >= HOLD_LIMIT)
+        if held_since.is_some_and(|since| since.elapsed() >= HOLD_LIMIT)
         {
             label.span().in_scope(|| {
                 warn!("message rate limit exceeded without a break; closing");
@@ -371,6 +417,18 @@ impl Beat {
             ));
         }
         None
+    }
+}
+
+/// Hands `frame` to the socket without waiting. Called only once the previous write is
+/// flushed, when a sink is ready at once; one that is not is treated as broken.
+fn start_write<K>(sink: &mut K, frame: Frame) -> Result<(), ()>
+where
+    K: Sink<Frame, Error = axum::Error> + Unpin,
+{
+    match poll_fn(|cx| sink.poll_ready_unpin(cx)).now_or_never() {
+        Some(Ok(())) => sink.start_send_unpin(frame).map_err(drop),
+        _ => Err(()),
     }
 }
 
