@@ -595,15 +595,21 @@ where
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    // Whatever the client still sends before its close frame is not read any more.
-    let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+    // Whatever the client still sends before its close frame is read and dropped.
+    let answered = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
         while let Some(Ok(frame)) = stream.next().await {
             if matches!(frame, Frame::Close(_)) {
-                break;
+                return true;
             }
         }
+        false
     })
     .await;
+    if matches!(answered, Ok(true)) {
+        debug!("close handshake complete");
+    } else {
+        debug!("no close frame from the client; connection dropped");
+    }
 }
 
 #[cfg(test)]
