@@ -144,6 +144,16 @@ async fn a_flooding_session_is_held_back_while_its_neighbour_keeps_working() {
     neighbour.barrier().await;
     let seen = read_text(&relay, "shared").await;
     assert_eq!(seen, "before after");
+    // The relay keeps reading the flood at the limit's pace, well past the burst.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while flood_text(&relay).await.len() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline && !reader.is_finished(),
+            "the relay stopped reading the flooder: {:?}",
+            reader.is_finished()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(!reader.is_finished(), "the flooder was disconnected");
     assert!(!flood.is_finished(), "the flooder's sends failed");
     flood.abort();
