@@ -386,7 +386,9 @@ impl Beat {
             HeartbeatBeat::Ping => {}
             HeartbeatBeat::PingIdle => handle.set_state(SessionState::Idle),
             HeartbeatBeat::Timeout => {
-                label.span().in_scope(|| warn!("two pings unanswered; closing"));
+                label
+                    .span()
+                    .in_scope(|| warn!("two pings unanswered; closing"));
                 return Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
             }
         }
@@ -402,8 +404,7 @@ impl Beat {
                 ));
             }
         }
-        if held_since.is_some_and(|since| since.elapsed() >= HOLD_LIMIT)
-        {
+        if held_since.is_some_and(|since| since.elapsed() >= HOLD_LIMIT) {
             label.span().in_scope(|| {
                 warn!("message rate limit exceeded without a break; closing");
             });

@@ -160,7 +160,10 @@ async fn a_flooding_session_is_held_back_while_its_neighbour_keeps_working() {
 
     // Everything committed survives a restart: a fresh client sees the same document.
     let flood_before = flood_text(&relay).await;
-    assert!(!flood_before.is_empty(), "the relay applied none of the flood");
+    assert!(
+        !flood_before.is_empty(),
+        "the relay applied none of the flood"
+    );
     let temp = relay.take_temp();
     assert!(relay.signal_and_wait("TERM").success());
     let restarted = Relay::start_in(&relay.data_dir, &args);

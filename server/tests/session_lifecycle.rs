@@ -110,7 +110,10 @@ async fn a_client_that_stops_reading_is_closed_with_1013_once_its_outbox_is_full
     assert_eq!(u16::from(close.code), 1013, "{}", close.reason);
     assert!(close.reason.contains("reconnect"), "{}", close.reason);
     // Reconnecting resyncs: everything the writer sent is there.
-    assert_eq!(read_text(&relay, "big-broadcasts").await.len(), count * chunk.len());
+    assert_eq!(
+        read_text(&relay, "big-broadcasts").await.len(),
+        count * chunk.len()
+    );
 }
 
 #[tokio::test]
