@@ -34,7 +34,7 @@ pub struct SessionContext {
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
     /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
-    /// A write still pending at [`STALLED_TICKS`] ticks in a row closes it too.
+    /// A write still pending at three ticks in a row closes it too (1013).
     pub ping_interval: Duration,
     /// Data messages read per second from a session (`None`: unlimited); over it the relay
     /// stops reading the socket until the bucket refills (see [`HOLD_LIMIT`]).
@@ -273,13 +273,14 @@ where
                             FrameOutcome::Ignore => {}
                             FrameOutcome::Close(reason) => break Some(reason),
                         }
-                        if data && let Some(bucket) = messages.as_mut() {
-                            if let Some(wait) = hold_back(bucket) {
-                                // Backpressure: the socket stays unread until the bucket
-                                // refills, so TCP slows the client down.
-                                Hold::start(&mut hold, wait);
-                                break None;
-                            }
+                        if data
+                            && let Some(bucket) = messages.as_mut()
+                            && let Some(wait) = hold_back(bucket)
+                        {
+                            // Backpressure: the socket stays unread until the bucket
+                            // refills, so TCP slows the client down.
+                            Hold::start(&mut hold, wait);
+                            break None;
                         }
                         // Frames already read off the socket are taken here, not one round of
                         // this select! each (that round is most of a small frame's cost; issue
