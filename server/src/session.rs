@@ -580,7 +580,7 @@ fn close_for_error(error: &axum::Error, limits: &Limits) -> Option<CloseReason> 
 /// for the client's answering close frame before dropping the socket. Without one, the client
 /// closed (or the connection broke): the WebSocket layer has queued its answer, an echo of
 /// the client's close frame, but writes it only when the socket is flushed, so flush it.
-async fn close<K, R>(sink: &mut K, stream: &mut R, reason: Option<CloseReason>)
+pub(crate) async fn close<K, R>(sink: &mut K, stream: &mut R, reason: Option<CloseReason>)
 where
     K: Sink<Frame, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Frame, axum::Error>> + Unpin,

@@ -322,7 +322,9 @@ async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits(
         let _ = release_rx.recv();
         drop(kept);
     });
-    ready_rx.recv_timeout(TIMEOUT).expect("the client subscribed");
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the client subscribed");
 
     // 12 MiB broadcast to it: far more than the relay may hold unacknowledged (4 MiB).
     let writer = YClient::connect(&relay.ws_url("frozen")).await;
