@@ -297,8 +297,6 @@ async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
 #[tokio::test]
 async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits() {
     use aetherflow_client::testing::envelopes::{next_message, subscribe};
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message as Frame;
 
     let relay = Relay::start(&["--ping-interval-secs", "1"]);
     let addr = relay.quantum_addr.unwrap();
@@ -326,21 +324,13 @@ async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits(
         .recv_timeout(TIMEOUT)
         .expect("the client subscribed");
 
-    // 12 MiB broadcast to it: far more than the relay may hold unacknowledged (4 MiB).
-    let writer = YClient::connect(&relay.ws_url("frozen")).await;
-    let (mut tx, mut rx) = writer.socket.split();
-    tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
-    let doc = yrs::Doc::with_client_id(4545);
+    // 12 MiB broadcast to it, one update at a time so that each is a message of its own: far
+    // more than the relay may hold unacknowledged (4 MiB).
+    let mut writer = YClient::connect(&relay.ws_url("frozen")).await;
     let chunk = "z".repeat(256 * 1024);
     for _ in 0..48 {
-        let update = {
-            let text = doc.get_or_insert_text("text");
-            let mut txn = doc.transact_mut();
-            text.push(&mut txn, &chunk);
-            txn.encode_update_v1()
-        };
-        let message = Message::Sync(SyncMessage::Update(update)).encode();
-        tx.send(Frame::Binary(message.into())).await.unwrap();
+        writer.append(&chunk).await;
+        writer.wait_for_echo().await;
     }
     // The session is closed for it, although its send never completes.
     relay

@@ -5,7 +5,6 @@
 
 mod common;
 
-use aetherflow_crdt::protocol::{Message, SyncMessage};
 use common::{Relay, TIMEOUT, YClient, read_text};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -65,23 +64,15 @@ async fn a_close_the_relay_starts_carries_its_code_and_waits_for_the_answer() {
     relay.wait_for_log("close handshake complete").await;
 }
 
-/// A y-websocket update appending `chunk` to the root text `"text"` of `doc`.
-fn append_update(doc: &yrs::Doc, chunk: &str) -> Vec<u8> {
-    use yrs::{Text, Transact};
-    let text = doc.get_or_insert_text("text");
-    let mut txn = doc.transact_mut();
-    let len = text.len(&txn);
-    text.insert(&mut txn, len, chunk);
-    Message::Sync(SyncMessage::Update(txn.encode_update_v1())).encode()
-}
-
-/// Connects a writer whose incoming frames are read (and dropped) in the background, so only
-/// the test's other client is the one that stops reading.
-async fn draining_writer(url: &str) -> impl SinkExt<Frame, Error = impl std::fmt::Debug> + Unpin {
-    let writer = YClient::connect(url).await;
-    let (tx, mut rx) = writer.socket.split();
-    tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
-    tx
+/// Broadcasts `count` updates of `chunk` each to the document at `url`, one at a time: each
+/// is committed and echoed before the next is sent, so each reaches every subscriber as a
+/// frame of its own (updates arriving together would go out as one frame).
+async fn broadcast_chunks(url: String, count: usize, chunk: String) {
+    let mut writer = YClient::connect(&url).await;
+    for _ in 0..count {
+        writer.append(&chunk).await;
+        writer.wait_for_echo().await;
+    }
 }
 
 #[tokio::test]
@@ -90,23 +81,18 @@ async fn a_client_that_stops_reading_is_closed_with_1013_once_its_outbox_is_full
     let url = relay.ws_url("big-broadcasts");
     // Connected and synced, then never reads again until the end of the test.
     let mut silent = YClient::connect(&url).await;
-    let mut writer = draining_writer(&url).await;
-    let doc = yrs::Doc::with_client_id(4242);
     let chunk = "x".repeat(256 * 1024);
     // 12 MiB broadcast: more than the socket buffers of a client that reads nothing and the
     // 1 MiB outbox hold, less than the 16 MiB a fresh client accepts as its sync step 2.
     let count = 48;
-    for _ in 0..count {
-        writer
-            .send(Frame::Binary(append_update(&doc, &chunk).into()))
-            .await
-            .unwrap();
-    }
+    let writer = tokio::spawn(broadcast_chunks(url.clone(), count, chunk.clone()));
     relay
         .wait_for_log("outbox over its byte bound; closing with 1013")
         .await;
-    // Reading again, the client finds what the socket held, then the relay's close.
+    // Reading again at once (the relay waits a few seconds for its close frame to go out),
+    // the client finds what the socket held, then the relay's close.
     let close = next_close(&mut silent).await;
+    writer.await.unwrap();
     assert_eq!(u16::from(close.code), 1013, "{}", close.reason);
     assert!(close.reason.contains("reconnect"), "{}", close.reason);
     // Reconnecting resyncs: everything the writer sent is there.
@@ -127,16 +113,8 @@ async fn a_client_that_never_reads_is_still_timed_out() {
     ]);
     let url = relay.ws_url("never-reads");
     let mut silent = YClient::connect(&url).await;
-    let mut writer = draining_writer(&url).await;
-    let doc = yrs::Doc::with_client_id(4343);
-    let chunk = "y".repeat(256 * 1024);
     // 12 MiB: the relay's write to the silent client blocks long before the end.
-    for _ in 0..48 {
-        writer
-            .send(Frame::Binary(append_update(&doc, &chunk).into()))
-            .await
-            .unwrap();
-    }
+    broadcast_chunks(url, 48, "y".repeat(256 * 1024)).await;
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let logs = relay.logs();
