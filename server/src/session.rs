@@ -275,7 +275,7 @@ where
                         }
                         if data
                             && let Some(bucket) = messages.as_mut()
-                            && let Some(wait) = hold_back(bucket)
+                            && let Some(wait) = hold_back(bucket, Instant::now())
                         {
                             // Backpressure: the socket stays unread until the bucket
                             // refills, so TCP slows the client down.
@@ -437,8 +437,7 @@ where
 /// Takes the token for a data frame just read (there was one: the socket is read only while
 /// the bucket holds one) and, if the bucket is now empty, says how long to leave the socket
 /// unread.
-fn hold_back(bucket: &mut TokenBucket) -> Option<Duration> {
-    let now = Instant::now();
+fn hold_back(bucket: &mut TokenBucket, now: Instant) -> Option<Duration> {
     // Cannot fail, see above; a failure would only mean reading one frame early.
     let _ = bucket.try_take(now);
     if bucket.time_until(1, now).is_zero() {
@@ -681,5 +680,75 @@ mod tests {
             bytes <= 760,
             "an idle session's future grew to {bytes} bytes"
         );
+    }
+
+    /// A session handle and what a tick needs besides it.
+    fn ticking() -> (SessionHandle, DocName, Metrics) {
+        let registry = Registry::new();
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
+        let handle = registry.open("ada", Transport::Websocket, remote, vec!["d".into()]);
+        (handle, DocName::parse("d").expect("name"), Metrics::new())
+    }
+
+    #[test]
+    fn a_write_pending_at_three_ticks_in_a_row_closes_with_1013() {
+        let (handle, doc, metrics) = ticking();
+        let label = SessionLabel {
+            handle: &handle,
+            conn: ConnId(1),
+            doc: &doc,
+        };
+        let mut beat = Beat::new();
+        // The peer keeps talking, so only the stalled write can end the session.
+        for _ in 0..2 {
+            beat.heartbeat.heard();
+            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
+        }
+        // A write that completes starts the count again.
+        beat.wrote();
+        for _ in 0..2 {
+            beat.heartbeat.heard();
+            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
+        }
+        beat.heartbeat.heard();
+        let reason = beat.tick(true, None, &handle, &label, &metrics);
+        assert_eq!(reason.map(|r| r.code), Some(CloseReason::TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn a_session_held_back_past_the_hold_limit_closes_with_1008() {
+        let (handle, doc, metrics) = ticking();
+        let label = SessionLabel {
+            handle: &handle,
+            conn: ConnId(1),
+            doc: &doc,
+        };
+        let mut beat = Beat::new();
+        let recent = Instant::now();
+        assert_eq!(
+            beat.tick(false, Some(recent), &handle, &label, &metrics),
+            None
+        );
+        let Some(long_ago) = Instant::now().checked_sub(HOLD_LIMIT + Duration::from_secs(1)) else {
+            return; // A clock this young cannot show it.
+        };
+        beat.heartbeat.heard();
+        let reason = beat.tick(false, Some(long_ago), &handle, &label, &metrics);
+        assert_eq!(reason.map(|r| r.code), Some(CloseReason::POLICY_VIOLATION));
+    }
+
+    #[test]
+    fn a_held_back_session_waits_for_a_step_of_refill_not_a_single_token() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(Rate::per_second(500, 40), now);
+        for _ in 0..39 {
+            assert_eq!(hold_back(&mut bucket, now), None, "tokens left");
+        }
+        // Empty now: 50 ms of refill at 500/s is 25 tokens.
+        assert_eq!(hold_back(&mut bucket, now), Some(Duration::from_millis(50)));
+        // Never more than the burst: at 500/s with bursts of 2, the wait is for 2 tokens.
+        let mut small = TokenBucket::new(Rate::per_second(500, 2), now);
+        assert_eq!(hold_back(&mut small, now), None);
+        assert_eq!(hold_back(&mut small, now), Some(Duration::from_millis(4)));
     }
 }
