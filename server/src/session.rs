@@ -221,10 +221,10 @@ where
                         break Some(reason);
                     }
                     if !writing {
-                        if start_write(&mut sink, Frame::Ping(Default::default())).is_err() {
-                            break None;
+                        match write(&mut sink, Frame::Ping(Default::default())) {
+                            Ok(pending) => writing = pending,
+                            Err(()) => break None,
                         }
-                        writing = true;
                     }
                 }
                 flushed = poll_fn(|cx| sink.poll_flush_unpin(cx)), if writing => {
@@ -238,10 +238,10 @@ where
                 out = from_room.recv_when(!writing) => match out {
                     Some(Outbound::Frame(bytes)) => {
                         handle.sent(bytes.len());
-                        if start_write(&mut sink, Frame::Binary(bytes)).is_err() {
-                            break None;
+                        match write(&mut sink, Frame::Binary(bytes)) {
+                            Ok(pending) => writing = pending,
+                            Err(()) => break None,
                         }
-                        writing = true;
                     }
                     Some(Outbound::Close(reason)) => break Some(reason),
                     None => break Some(CloseReason::new(
@@ -422,15 +422,22 @@ impl Beat {
     }
 }
 
-/// Hands `frame` to the socket without waiting. Called only once the previous write is
-/// flushed, when a sink is ready at once; one that is not is treated as broken.
-fn start_write<K>(sink: &mut K, frame: Frame) -> Result<(), ()>
+/// Hands `frame` to the socket and flushes what the socket takes at once, without waiting;
+/// says whether the write is still pending. Called only once the previous write is flushed,
+/// when a sink is ready at once; one that is not is treated as broken.
+fn write<K>(sink: &mut K, frame: Frame) -> Result<bool, ()>
 where
     K: Sink<Frame, Error = axum::Error> + Unpin,
 {
     match poll_fn(|cx| sink.poll_ready_unpin(cx)).now_or_never() {
-        Some(Ok(())) => sink.start_send_unpin(frame).map_err(drop),
-        _ => Err(()),
+        Some(Ok(())) => sink.start_send_unpin(frame).map_err(drop)?,
+        _ => return Err(()),
+    }
+    // Most frames fit in the socket's buffer: done without another round of the loop.
+    match poll_fn(|cx| sink.poll_flush_unpin(cx)).now_or_never() {
+        Some(Ok(())) => Ok(false),
+        Some(Err(_)) => Err(()),
+        None => Ok(true),
     }
 }
 
