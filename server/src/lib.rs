@@ -112,6 +112,7 @@ pub async fn run(
             shutdown: token.clone(),
             ping_interval: config.ping_interval,
             message_rate: config.message_rate,
+            outbox_max_bytes: config.outbox_max_bytes,
         },
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),

@@ -100,6 +100,22 @@ impl TokenBucket {
         Err(Duration::from_secs_f64(missing / self.rate.per_second))
     }
 
+    /// How long until `tokens` (at most the burst) are in the bucket, without taking any;
+    /// zero if they already are. A zero rate says "a long time", as [`try_take`] does.
+    ///
+    /// [`try_take`]: TokenBucket::try_take
+    pub fn time_until(&mut self, tokens: u32, now: Instant) -> Duration {
+        self.refill(now);
+        let wanted = f64::from(tokens.min(self.rate.burst));
+        if self.tokens >= wanted {
+            return Duration::ZERO;
+        }
+        if self.rate.per_second <= 0.0 {
+            return Duration::from_secs(3600);
+        }
+        Duration::from_secs_f64((wanted - self.tokens) / self.rate.per_second)
+    }
+
     /// Whether the bucket is full at `now`, so forgetting it changes nothing.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -224,6 +240,20 @@ mod tests {
         let mut bucket = TokenBucket::new(Rate::per_second(0, 1), t0);
         bucket.try_take(t0).unwrap();
         assert_eq!(bucket.try_take(t0), Err(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn time_until_waits_for_the_tokens_asked_without_taking_any() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(Rate::per_second(10, 5), t0);
+        assert_eq!(bucket.time_until(5, t0), Duration::ZERO);
+        for _ in 0..5 {
+            bucket.try_take(t0).unwrap();
+        }
+        assert_eq!(bucket.time_until(1, t0), Duration::from_millis(100));
+        // Never more than the burst, however many are asked for.
+        assert_eq!(bucket.time_until(50, t0), Duration::from_millis(500));
+        assert!(bucket.try_take(t0 + Duration::from_millis(100)).is_ok());
     }
 
     #[test]

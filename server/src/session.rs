@@ -8,17 +8,21 @@
 use aetherflow_crdt::protocol::{Limits, Message};
 use aetherflow_crdt::{ConnId, DocName};
 use axum::extract::ws::{CloseFrame, Message as Frame};
-use std::time::Duration;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
-use crate::heartbeat::{Beat, Heartbeat};
+use crate::heartbeat::{Beat as HeartbeatBeat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
-use crate::rooms::{CloseReason, OUTBOX_CAPACITY, Outbound, Rooms, outbox};
+use crate::rooms::{CloseReason, Outbound, Rooms, outbox};
 
 /// Everything a session needs besides its socket.
 #[derive(Clone)]
@@ -30,9 +34,13 @@ pub struct SessionContext {
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
     /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
+    /// A write still pending at three ticks in a row closes it too (1013).
     pub ping_interval: Duration,
-    /// Data messages a session may send (`None`: unlimited); over it, closed with 1008.
+    /// Data messages read per second from a session (`None`: unlimited); over it the relay
+    /// stops reading the socket until the bucket refills (see [`HOLD_LIMIT`]).
     pub message_rate: Option<Rate>,
+    /// Bytes of frames a session's outbox may hold; over it the session is closed with 1013.
+    pub outbox_max_bytes: usize,
 }
 
 /// Most incoming frames handled per wakeup before the session looks at its other duties.
@@ -40,6 +48,25 @@ const READ_BURST: usize = 64;
 
 /// Longest wait for a close frame to go out before the connection is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait, once the relay's close frame is out, for the client's answering close frame
+/// (RFC 6455 §5.5.1) before the connection is dropped.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Heartbeat ticks in a row that may find one write still pending: a connection that takes
+/// frames this slowly has stopped reading, and is closed with 1013 (between two and three
+/// ping intervals without write progress).
+const STALLED_TICKS: u8 = 3;
+
+/// Longest stretch a session may be held back by the message rate without a break (every
+/// time the relay was ready to read, the client's next message was already waiting). A
+/// session held back longer is closed with 1008: at the default 500 messages a second that
+/// is 150,000 messages in a row.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
+
+/// How much refill a held-back session waits for at a time: waking for every single token
+/// would cost a wakeup per message.
+const THROTTLE_STEP: Duration = Duration::from_millis(50);
 
 /// Who is on the other end of a session, besides what its [`SessionHandle`] records (the
 /// user its token names and its address).
@@ -118,6 +145,19 @@ where
     K: Sink<Frame, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
 {
+    // Taken apart here, so the future keeps only what the session's loop uses: whatever an
+    // `async` block captures it holds for the connection's whole life.
+    let SessionContext {
+        rooms,
+        limits,
+        shutdown,
+        ping_interval,
+        message_rate,
+        outbox_max_bytes,
+    } = ctx;
+    let first_tick = tokio::time::Instant::now() + ping_interval;
+    let mut ticks = tokio::time::interval_at(first_tick, ping_interval);
+    let mut messages = message_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
     async move {
         let handle = &handle;
         let label = SessionLabel {
@@ -125,19 +165,19 @@ where
             conn: peer.conn,
             doc: &doc,
         };
-        if ctx.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             // Upgraded while the relay was shutting down: say so rather than join a room.
             let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
             handle.closing(Some(&reason));
-            Box::pin(close(&mut sink, reason)).await;
+            Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
             return;
         }
-        let (outbox, mut from_room) = outbox::channel(OUTBOX_CAPACITY);
+        let (outbox, mut from_room) = outbox::channel(outbox_max_bytes);
         // Boxed, like every close below: the session's future is held for the whole life of
         // the connection, so state needed only at its start or end lives on the heap briefly
         // instead of in every idle session.
         let joining = Box::pin(
-            ctx.rooms
+            rooms
                 .join(&doc, peer.conn, handle.user(), peer.can_write, outbox)
                 .instrument(label.span()),
         );
@@ -147,24 +187,24 @@ where
                 label.span().in_scope(|| warn!(error = %e, "join failed"));
                 let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, "document unavailable");
                 handle.closing(Some(&reason));
-                Box::pin(close(&mut sink, reason)).await;
+                Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
                 return;
             }
         };
         label.span().in_scope(|| debug!("joined"));
         handle.set_state(SessionState::Active);
-        let mut ticks = tokio::time::interval(ctx.ping_interval);
-        ticks.tick().await;
-        let mut heartbeat = Heartbeat::new();
-        let mut messages = ctx
-            .message_rate
-            .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
+        let mut beat = Beat::new();
+        // Set while the message rate holds the session back; boxed, as rarely needed.
+        let mut hold: Option<Box<Hold>> = None;
+        // A frame handed to the socket and not yet flushed: the next one waits for it, so
+        // the room's frames wait in the outbox, bounded in bytes, not in the socket's buffer.
+        let mut writing = false;
         let kicked = handle.disconnect_requested();
         let mut kicked = std::pin::pin!(kicked);
         let reason = loop {
             tokio::select! {
                 biased;
-                () = ctx.shutdown.cancelled() => {
+                () = shutdown.cancelled() => {
                     break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
                 }
                 reason = &mut kicked => {
@@ -173,24 +213,34 @@ where
                     });
                     break Some(reason);
                 }
+                // Runs whatever the socket does: a peer that stopped reading cannot hold the
+                // session in a write past it.
                 _ = ticks.tick() => {
-                    match heartbeat.tick() {
-                        Beat::Ping => {}
-                        Beat::PingIdle => handle.set_state(SessionState::Idle),
-                        Beat::Timeout => {
-                            label.span().in_scope(|| warn!("two pings unanswered; closing"));
-                            break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+                    let held_since = hold.as_ref().map(|hold| hold.since);
+                    if let Some(reason) = beat.tick(writing, held_since, handle, &label, rooms.metrics()) {
+                        break Some(reason);
+                    }
+                    if !writing {
+                        match write(&mut sink, Frame::Ping(Default::default())) {
+                            Ok(pending) => writing = pending,
+                            Err(()) => break None,
                         }
                     }
-                    if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                }
+                flushed = poll_fn(|cx| sink.poll_flush_unpin(cx)), if writing => {
+                    if flushed.is_err() {
                         break None;
                     }
+                    writing = false;
+                    beat.wrote();
                 }
-                out = from_room.recv() => match out {
+                // While a write is pending this only notices an overflowed outbox.
+                out = from_room.recv_when(!writing) => match out {
                     Some(Outbound::Frame(bytes)) => {
                         handle.sent(bytes.len());
-                        if sink.send(Frame::Binary(bytes)).await.is_err() {
-                            break None;
+                        match write(&mut sink, Frame::Binary(bytes)) {
+                            Ok(pending) => writing = pending,
+                            Err(()) => break None,
                         }
                     }
                     Some(Outbound::Close(reason)) => break Some(reason),
@@ -199,17 +249,19 @@ where
                         "connection fell behind; reconnect to resync",
                     )),
                 },
-                frame = stream.next() => {
+                () = poll_fn(|cx| Hold::poll_wake(hold.as_deref_mut(), cx)),
+                    if hold.as_ref().is_some_and(|hold| hold.waiting) => {
+                    if let Some(hold) = hold.as_mut() {
+                        hold.waiting = false;
+                    }
+                }
+                frame = stream.next(), if !hold.as_ref().is_some_and(|hold| hold.waiting) => {
                     let mut frame = frame;
                     let mut burst = 1;
                     let end = loop {
-                        heartbeat.heard();
-                        if let Some(reason) = charge(frame.as_ref(), handle, messages.as_mut()) {
-                            label.span().in_scope(|| warn!("message rate limit exceeded; closing"));
-                            ctx.rooms.metrics().reject(Rejection::MessageRate);
-                            break Some(Some(reason));
-                        }
-                        match on_frame(frame, &ctx.limits, ctx.rooms.metrics(), &label) {
+                        beat.heartbeat.heard();
+                        let data = count(frame.as_ref(), handle);
+                        match on_frame(frame, &limits, rooms.metrics(), &label) {
                             FrameOutcome::Message(message) => {
                                 if membership.send(message).await.is_err() {
                                     break Some(Some(CloseReason::new(
@@ -221,6 +273,15 @@ where
                             FrameOutcome::Ignore => {}
                             FrameOutcome::Close(reason) => break Some(reason),
                         }
+                        if data
+                            && let Some(bucket) = messages.as_mut()
+                            && let Some(wait) = hold_back(bucket, Instant::now())
+                        {
+                            // Backpressure: the socket stays unread until the bucket
+                            // refills, so TCP slows the client down.
+                            Hold::start(&mut hold, wait);
+                            break None;
+                        }
                         // Frames already read off the socket are taken here, not one round of
                         // this select! each (that round is most of a small frame's cost; issue
                         // 7). Bounded, so the room's frames still go out during a long burst.
@@ -230,7 +291,11 @@ where
                         burst += 1;
                         match stream.next().now_or_never() {
                             Some(next) => frame = next,
-                            None => break None,
+                            None => {
+                                // The client is not ahead of the limit: a break in holding.
+                                hold = None;
+                                break None;
+                            }
                         }
                     };
                     if let Some(reason) = end {
@@ -241,13 +306,167 @@ where
         };
         drop(membership);
         handle.closing(reason.as_ref());
-        if let Some(reason) = reason {
+        if let Some(reason) = &reason {
             label
                 .span()
                 .in_scope(|| debug!(code = reason.code, reason = %reason.reason, "closing"));
-            Box::pin(close(&mut sink, reason)).await;
+        }
+        Box::pin(close(&mut sink, &mut stream, reason)).await;
+    }
+}
+
+/// A session the message rate holds back: its socket stays unread while `waiting`.
+struct Hold {
+    /// When the message rate started holding the session back without a break.
+    since: Instant,
+    /// When the bucket has refilled enough to read again.
+    wake: Pin<Box<Sleep>>,
+    /// Whether the socket is unread until `wake`.
+    waiting: bool,
+}
+
+impl Hold {
+    /// Leaves the socket unread for `wait`, starting a stretch of holding unless one is on.
+    fn start(hold: &mut Option<Box<Hold>>, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        match hold {
+            Some(hold) => {
+                hold.wake.as_mut().reset(deadline);
+                hold.waiting = true;
+            }
+            None => {
+                *hold = Some(Box::new(Hold {
+                    since: Instant::now(),
+                    wake: Box::pin(tokio::time::sleep_until(deadline)),
+                    waiting: true,
+                }));
+            }
         }
     }
+
+    /// Ready once the wait is over (never, without a hold).
+    fn poll_wake(hold: Option<&mut Hold>, cx: &mut Context<'_>) -> Poll<()> {
+        match hold {
+            Some(hold) => hold.wake.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The session's timekeeping, checked at each heartbeat tick: the heartbeat itself and
+/// writes that make no progress.
+struct Beat {
+    heartbeat: Heartbeat,
+    /// Ticks in a row that found the same write pending.
+    stalled: u8,
+}
+
+impl Beat {
+    fn new() -> Beat {
+        Beat {
+            heartbeat: Heartbeat::new(),
+            stalled: 0,
+        }
+    }
+
+    /// A write completed.
+    fn wrote(&mut self) {
+        self.stalled = 0;
+    }
+
+    /// One ping interval passed; says why to close, if the session must end.
+    fn tick(
+        &mut self,
+        writing: bool,
+        held_since: Option<Instant>,
+        handle: &SessionHandle,
+        label: &SessionLabel<'_>,
+        metrics: &Metrics,
+    ) -> Option<CloseReason> {
+        match self.heartbeat.tick() {
+            HeartbeatBeat::Ping => {}
+            HeartbeatBeat::PingIdle => handle.set_state(SessionState::Idle),
+            HeartbeatBeat::Timeout => {
+                label
+                    .span()
+                    .in_scope(|| warn!("two pings unanswered; closing"));
+                return Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+            }
+        }
+        if writing {
+            self.stalled += 1;
+            if self.stalled >= STALLED_TICKS {
+                label
+                    .span()
+                    .in_scope(|| warn!("connection not reading: no write progress; closing"));
+                return Some(CloseReason::new(
+                    CloseReason::TRY_AGAIN_LATER,
+                    "connection not reading; reconnect to resync",
+                ));
+            }
+        }
+        if held_since.is_some_and(|since| since.elapsed() >= HOLD_LIMIT) {
+            label.span().in_scope(|| {
+                warn!("message rate limit exceeded without a break; closing");
+            });
+            metrics.reject(Rejection::MessageRate);
+            return Some(CloseReason::new(
+                CloseReason::POLICY_VIOLATION,
+                format!(
+                    "message rate limit exceeded for {} s without a break; slow down and reconnect",
+                    HOLD_LIMIT.as_secs()
+                ),
+            ));
+        }
+        None
+    }
+}
+
+/// Hands `frame` to the socket and flushes what the socket takes at once, without waiting;
+/// says whether the write is still pending. Called only once the previous write is flushed,
+/// when a sink is ready at once; one that is not is treated as broken.
+fn write<K>(sink: &mut K, frame: Frame) -> Result<bool, ()>
+where
+    K: Sink<Frame, Error = axum::Error> + Unpin,
+{
+    match poll_fn(|cx| sink.poll_ready_unpin(cx)).now_or_never() {
+        Some(Ok(())) => sink.start_send_unpin(frame).map_err(drop)?,
+        _ => return Err(()),
+    }
+    // Most frames fit in the socket's buffer: done without another round of the loop.
+    match poll_fn(|cx| sink.poll_flush_unpin(cx)).now_or_never() {
+        Some(Ok(())) => Ok(false),
+        Some(Err(_)) => Err(()),
+        None => Ok(true),
+    }
+}
+
+/// Takes the token for a data frame just read (there was one: the socket is read only while
+/// the bucket holds one) and, if the bucket is now empty, says how long to leave the socket
+/// unread.
+fn hold_back(bucket: &mut TokenBucket, now: Instant) -> Option<Duration> {
+    // Cannot fail, see above; a failure would only mean reading one frame early.
+    let _ = bucket.try_take(now);
+    if bucket.time_until(1, now).is_zero() {
+        return None;
+    }
+    let step = (bucket.rate().tokens_per_second() * THROTTLE_STEP.as_secs_f64()) as u32;
+    Some(bucket.time_until(step.max(1), now))
+}
+
+/// Records an incoming frame on the session; says whether it is a data frame (one the
+/// message rate counts).
+fn count(frame: Option<&Result<Frame, axum::Error>>, handle: &SessionHandle) -> bool {
+    match frame {
+        Some(Ok(Frame::Binary(bytes))) => handle.received(bytes.len()),
+        Some(Ok(Frame::Text(text))) => handle.received(text.len()),
+        Some(Ok(_)) => {
+            handle.heard_from();
+            return false;
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// Counts an incoming frame on the session and charges a data frame to the message rate; a
@@ -360,20 +579,45 @@ fn close_for_error(error: &axum::Error, limits: &Limits) -> Option<CloseReason> 
     None
 }
 
-async fn close<K>(sink: &mut K, reason: CloseReason)
+/// Ends the connection with the close handshake (RFC 6455 §5.5.1), bounded in time so a peer
+/// that stopped reading cannot keep the session alive.
+///
+/// With `reason`, the relay starts the close: it sends its close frame, then waits briefly
+/// for the client's answering close frame before dropping the socket. Without one, the client
+/// closed (or the connection broke): the WebSocket layer has queued its answer, an echo of
+/// the client's close frame, but writes it only when the socket is flushed, so flush it.
+pub(crate) async fn close<K, R>(sink: &mut K, stream: &mut R, reason: Option<CloseReason>)
 where
     K: Sink<Frame, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
 {
+    let Some(reason) = reason else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        return;
+    };
     let frame = CloseFrame {
         code: reason.code,
         reason: reason.reason.into(),
     };
-    // A peer that stopped reading must not keep the session alive.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(Frame::Close(Some(frame))).await;
-        let _ = sink.close().await;
+    let sent = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Frame::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    // Whatever the client still sends before its close frame is read and dropped.
+    let answered = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Frame::Close(_)) {
+                return true;
+            }
+        }
+        false
     })
     .await;
+    if matches!(answered, Ok(true)) {
+        debug!("close handshake complete");
+    } else {
+        debug!("no close frame from the client; connection dropped");
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +661,7 @@ mod tests {
             shutdown,
             ping_interval: Duration::from_secs(20),
             message_rate: None,
+            outbox_max_bytes: crate::config::DEFAULT_OUTBOX_MAX_BYTES,
         }
     }
 
@@ -442,5 +687,75 @@ mod tests {
             bytes <= 760,
             "an idle session's future grew to {bytes} bytes"
         );
+    }
+
+    /// A session handle and what a tick needs besides it.
+    fn ticking() -> (SessionHandle, DocName, Metrics) {
+        let registry = Registry::new();
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
+        let handle = registry.open("ada", Transport::Websocket, remote, vec!["d".into()]);
+        (handle, DocName::parse("d").expect("name"), Metrics::new())
+    }
+
+    #[test]
+    fn a_write_pending_at_three_ticks_in_a_row_closes_with_1013() {
+        let (handle, doc, metrics) = ticking();
+        let label = SessionLabel {
+            handle: &handle,
+            conn: ConnId(1),
+            doc: &doc,
+        };
+        let mut beat = Beat::new();
+        // The peer keeps talking, so only the stalled write can end the session.
+        for _ in 0..2 {
+            beat.heartbeat.heard();
+            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
+        }
+        // A write that completes starts the count again.
+        beat.wrote();
+        for _ in 0..2 {
+            beat.heartbeat.heard();
+            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
+        }
+        beat.heartbeat.heard();
+        let reason = beat.tick(true, None, &handle, &label, &metrics);
+        assert_eq!(reason.map(|r| r.code), Some(CloseReason::TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn a_session_held_back_past_the_hold_limit_closes_with_1008() {
+        let (handle, doc, metrics) = ticking();
+        let label = SessionLabel {
+            handle: &handle,
+            conn: ConnId(1),
+            doc: &doc,
+        };
+        let mut beat = Beat::new();
+        let recent = Instant::now();
+        assert_eq!(
+            beat.tick(false, Some(recent), &handle, &label, &metrics),
+            None
+        );
+        let Some(long_ago) = Instant::now().checked_sub(HOLD_LIMIT + Duration::from_secs(1)) else {
+            return; // A clock this young cannot show it.
+        };
+        beat.heartbeat.heard();
+        let reason = beat.tick(false, Some(long_ago), &handle, &label, &metrics);
+        assert_eq!(reason.map(|r| r.code), Some(CloseReason::POLICY_VIOLATION));
+    }
+
+    #[test]
+    fn a_held_back_session_waits_for_a_step_of_refill_not_a_single_token() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(Rate::per_second(500, 40), now);
+        for _ in 0..39 {
+            assert_eq!(hold_back(&mut bucket, now), None, "tokens left");
+        }
+        // Empty now: 50 ms of refill at 500/s is 25 tokens.
+        assert_eq!(hold_back(&mut bucket, now), Some(Duration::from_millis(50)));
+        // Never more than the burst: at 500/s with bursts of 2, the wait is for 2 tokens.
+        let mut small = TokenBucket::new(Rate::per_second(500, 2), now);
+        assert_eq!(hold_back(&mut small, now), None);
+        assert_eq!(hold_back(&mut small, now), Some(Duration::from_millis(4)));
     }
 }

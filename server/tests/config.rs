@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{Relay, YClient};
 
-const FLAGS: [(&str, &str); 10] = [
+const FLAGS: [(&str, &str); 11] = [
     ("--http-addr", "AETHERFLOW_HTTP_ADDR"),
     ("--data-dir", "AETHERFLOW_DATA_DIR"),
     ("--durability", "AETHERFLOW_DURABILITY"),
@@ -25,6 +25,7 @@ const FLAGS: [(&str, &str); 10] = [
         "--quantum-sparse-fec-budget",
         "AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET",
     ),
+    ("--outbox-max-bytes", "AETHERFLOW_OUTBOX_MAX_BYTES"),
 ];
 
 fn aetherflow(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

@@ -283,3 +283,33 @@ async fn concurrent_manual_writers_on_one_version_make_one_revision_and_conflict
     assert_eq!(register["version"], 1);
     assert_eq!(register["open_conflicts"], 5);
 }
+
+#[tokio::test]
+async fn a_close_the_live_client_starts_is_answered_with_its_own_code() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let relay = Relay::start(&[]);
+    create(&relay, "leaving", "lww").await;
+    let mut client = LiveClient::connect(relay.addr, "leaving", None).await;
+    client
+        .socket
+        .close(Some(CloseFrame {
+            code: 4001.into(),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    let answer = loop {
+        let frame = tokio::time::timeout(common::TIMEOUT, client.socket.next())
+            .await
+            .expect("no answer to the close");
+        match frame {
+            Some(Ok(Frame::Close(close))) => break close,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(answer.map(|close| u16::from(close.code)), Some(4001));
+}

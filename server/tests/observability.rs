@@ -9,6 +9,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use aetherflow_client::testing::envelopes::{hello, next_error, raw_connect, subscribe};
+use aetherflow_crdt::envelope::{Envelope, Payload};
+use aetherflow_crdt::protocol::Message;
 use aetherflow_server::auth::{Claims, Permission};
 use common::{Relay, TIMEOUT, YClient, http_raw};
 use futures_util::SinkExt;
@@ -449,20 +452,24 @@ async fn rate_limits_and_compactions_are_counted() {
         flooder.append("x").await;
         flooder.wait_for_echo().await;
     }
-    // Query-awareness messages, far over the burst: closed with 1008.
+    // Query-awareness messages far over the burst. A WebSocket is only slowed down; a Quantum
+    // connection is closed with 1008, and that refusal is counted.
+    let write_token = token(&[DOC], Permission::Write, SECRET);
+    let (_endpoint, quantum) = raw_connect(relay.quantum_addr.unwrap()).await;
+    quantum.send(hello(Some(&write_token))).await.unwrap();
+    quantum.send(subscribe(DOC)).await.unwrap();
+    let query = Envelope::new(DOC, Payload::Yjs(Message::QueryAwareness)).encode();
     for _ in 0..40 {
-        if flooder
-            .socket
-            .send(Frame::Binary(vec![3].into()))
-            .await
-            .is_err()
-        {
+        if quantum.send(query.clone()).await.is_err() {
             break;
         }
     }
-    assert_eq!(u16::from(flooder.expect_close().await.code), 1008);
+    let (code, _) = next_error(&quantum, "", TIMEOUT)
+        .await
+        .expect("closed without a reason");
+    assert_eq!(code, 1008);
+    // The WebSocket, the Quantum connection and this one are the burst of three.
     let _second = YClient::connect(&url).await;
-    let _third = YClient::connect(&url).await;
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
 
     let after = scrape_until(&relay, "a compaction", |s| {

@@ -293,3 +293,49 @@ async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits() {
+    use aetherflow_client::testing::envelopes::{next_message, subscribe};
+
+    let relay = Relay::start(&["--ping-interval-secs", "1"]);
+    let addr = relay.quantum_addr.unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    // The client runs on a runtime of its own thread, subscribes, then that thread blocks: its
+    // endpoint acknowledges nothing more, as a frozen or vanished client does.
+    let frozen = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let kept = runtime.block_on(async {
+            let (endpoint, conn) = raw_connect(addr).await;
+            conn.send(hello(None)).await.unwrap();
+            conn.send(subscribe("frozen")).await.unwrap();
+            next_message(&conn, "frozen", TIMEOUT).await;
+            (endpoint, conn)
+        });
+        ready_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        drop(kept);
+    });
+    ready_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the client subscribed");
+
+    // 12 MiB broadcast to it, one update at a time so that each is a message of its own: far
+    // more than the relay may hold unacknowledged (4 MiB).
+    let mut writer = YClient::connect(&relay.ws_url("frozen")).await;
+    let chunk = "z".repeat(256 * 1024);
+    for _ in 0..48 {
+        writer.append(&chunk).await;
+        writer.wait_for_echo().await;
+    }
+    // The session is closed for it, although its send never completes.
+    relay
+        .wait_for_log("connection not reading: no send progress; closing")
+        .await;
+    release_tx.send(()).unwrap();
+    frozen.join().unwrap();
+}

@@ -30,7 +30,7 @@ use aetherflow_crdt::register::{Kind, Register};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -55,6 +55,7 @@ use crate::http::AppState;
 use crate::rate_limit::TokenBucket;
 use crate::registry::{SessionHandle, SessionState, Transport};
 use crate::rooms::CloseReason;
+use crate::session;
 use crate::session::account;
 
 /// Largest request frame a live client may send.
@@ -195,7 +196,7 @@ async fn run(
             let (_, _, message) = e.parts();
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, message);
             handle.closing(Some(&reason));
-            close(&mut sink, reason.clone()).await;
+            session::close(&mut sink, &mut stream, Some(reason.clone())).await;
             return Some(reason);
         }
     }
@@ -257,9 +258,9 @@ async fn run(
         }
     };
     handle.closing(reason.as_ref());
-    if let Some(reason) = &reason {
-        close(&mut sink, reason.clone()).await;
-    }
+    // The close handshake as on /ws: the client's close is answered, the relay's waits
+    // briefly for the client's answer.
+    session::close(&mut sink, &mut stream, reason.clone()).await;
     reason
 }
 
@@ -348,21 +349,6 @@ where
     let frame = value.to_string();
     handle.sent(frame.len());
     sink.send(Frame::Text(frame.into())).await
-}
-
-async fn close<K>(sink: &mut K, reason: CloseReason)
-where
-    K: futures_util::Sink<Frame> + Unpin,
-{
-    let frame = CloseFrame {
-        code: reason.code,
-        reason: reason.reason.into(),
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = sink.send(Frame::Close(Some(frame))).await;
-        let _ = sink.close().await;
-    })
-    .await;
 }
 
 /// This group's part of the OpenAPI description.

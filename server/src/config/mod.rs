@@ -37,6 +37,9 @@ pub const DEFAULT_CONNECT_BURST: u32 = 60;
 pub const DEFAULT_MESSAGE_RATE_PER_SEC: u32 = 500;
 /// Default burst of data messages one session may send after a quiet spell.
 pub const DEFAULT_MESSAGE_BURST: u32 = 5000;
+/// Default bound on the frames the relay holds for one connection that has not read them yet:
+/// 4 MiB. A connection over it is closed with 1013 and resyncs when it reconnects.
+pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Default (and largest allowed) lifetime of a token minted by `POST /api/v1/tokens`: 1 day.
 pub const DEFAULT_TOKEN_MAX_TTL_SECS: u64 = 24 * 60 * 60;
 /// Shortest admin key accepted.
@@ -208,8 +211,10 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_CONNECT_BURST", value_name = "N")]
     pub connect_burst: Option<u32>,
 
-    /// Data messages per second one session may send; over it the session is closed with 1008
-    /// (policy violation). 0 disables the limit.
+    /// Data messages per second the relay reads from one session; over it the relay stops
+    /// reading that socket until the limit allows the next message (TCP pushes back on the
+    /// client). A session held back without a break for 5 minutes is closed with 1008
+    /// (policy violation). 0 disables the limit [default: 500].
     #[arg(long, env = "AETHERFLOW_MESSAGE_RATE_PER_SEC", value_name = "N")]
     pub message_rate_per_sec: Option<u32>,
 
@@ -219,7 +224,15 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_MESSAGE_BURST", value_name = "N")]
     pub message_burst: Option<u32>,
 
-    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds.
+    /// Bytes of frames the relay holds for one connection that is not reading them (its
+    /// outbox); a connection over it is closed with 1013 and resyncs when it reconnects. One
+    /// frame larger than this still goes out to a connection that has caught up
+    /// [default: 4194304 (4 MiB)].
+    #[arg(long, env = "AETHERFLOW_OUTBOX_MAX_BYTES", value_name = "BYTES")]
+    pub outbox_max_bytes: Option<usize>,
+
+    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds
+    /// [default: 86400 (1 day)].
     #[arg(long, env = "AETHERFLOW_TOKEN_MAX_TTL_SECS", value_name = "SECS")]
     pub token_max_ttl_secs: Option<u64>,
 
@@ -294,6 +307,8 @@ pub struct Config {
     pub connect_rate: Option<Rate>,
     /// Data messages per session; `None` is unlimited.
     pub message_rate: Option<Rate>,
+    /// Bytes of frames held for one connection before it is closed as too slow.
+    pub outbox_max_bytes: usize,
     /// Longest lifetime of a minted token.
     pub token_max_ttl: Duration,
     /// Proxies whose forwarding headers name the client; empty trusts none.
@@ -361,6 +376,7 @@ impl Settings {
             connect_burst: self.connect_burst.or(lower.connect_burst),
             message_rate_per_sec: self.message_rate_per_sec.or(lower.message_rate_per_sec),
             message_burst: self.message_burst.or(lower.message_burst),
+            outbox_max_bytes: self.outbox_max_bytes.or(lower.outbox_max_bytes),
             token_max_ttl_secs: self.token_max_ttl_secs.or(lower.token_max_ttl_secs),
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             http_header_timeout_secs: self
@@ -467,6 +483,7 @@ impl Config {
                     s.message_burst.unwrap_or(DEFAULT_MESSAGE_BURST),
                 )),
             },
+            outbox_max_bytes: s.outbox_max_bytes.unwrap_or(DEFAULT_OUTBOX_MAX_BYTES),
             token_max_ttl: Duration::from_secs(
                 s.token_max_ttl_secs.unwrap_or(DEFAULT_TOKEN_MAX_TTL_SECS),
             ),
@@ -544,6 +561,12 @@ impl Config {
         if self.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 name: "--max-message-bytes",
+                why: "must be at least 1024",
+            });
+        }
+        if self.outbox_max_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                name: "--outbox-max-bytes",
                 why: "must be at least 1024",
             });
         }

@@ -201,3 +201,28 @@ fn the_connection_cap_stays_below_the_file_limit() {
         assert!((config.max_connections as u64) < limit.max(3));
     }
 }
+
+#[test]
+fn the_outbox_bound_comes_from_flag_env_or_file_and_refuses_tiny_values() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(config.outbox_max_bytes, DEFAULT_OUTBOX_MAX_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "outbox_max_bytes = 65536\n").unwrap();
+    let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+    assert_eq!(Config::from_cli(cli).unwrap().outbox_max_bytes, 65536);
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--outbox-max-bytes",
+        "131072",
+    ]);
+    assert_eq!(Config::from_cli(cli).unwrap().outbox_max_bytes, 131_072);
+    let tiny = Settings {
+        outbox_max_bytes: Some(100),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(tiny).unwrap_err();
+    assert!(err.to_string().contains("--outbox-max-bytes"), "{err}");
+}

@@ -83,7 +83,7 @@ use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
 use crate::rate_limit::{ConnectionLimiter, TokenBucket};
 use crate::registry::{Registry, SessionHandle, SessionState, Transport};
-use crate::rooms::{CloseReason, OUTBOX_CAPACITY};
+use crate::rooms::CloseReason;
 use crate::session::SessionContext;
 use subscriptions::{Next, Subscriptions, on_envelope};
 
@@ -216,6 +216,10 @@ async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Resu
     drop(handle);
 }
 
+/// Envelopes queued for one Quantum connection; each subscription's room frames are first
+/// bounded in bytes by its outbox (`--outbox-max-bytes`).
+const PEER_QUEUE: usize = 1024;
+
 /// Sends a connection-level error and closes.
 async fn refuse(conn: &QuantumConnection, code: u32, reason: &str) {
     let _ = conn.send(error("", code, reason)).await;
@@ -232,7 +236,7 @@ async fn session(
 ) {
     debug!("hello received");
     let limits = ctx.limits();
-    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOX_CAPACITY);
+    let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(PEER_QUEUE);
     let mut subscriptions = Subscriptions::new();
     let mut liveness = Liveness::new(ctx.sessions.rooms.metrics().quantum().connection());
     let mut stats_ticks = tokio::time::interval(STATS_INTERVAL);
@@ -261,8 +265,13 @@ async fn session(
             _ = heartbeat_ticks.tick() => liveness.beat(handle),
             Some(bytes) = outgoing.recv() => {
                 handle.sent(bytes.len());
-                if conn.send(bytes).await.is_err() {
-                    break None;
+                match send_or_stall(conn, bytes, &mut heartbeat_ticks, &mut liveness, handle).await {
+                    Sent::Queued => {}
+                    Sent::Failed => break None,
+                    Sent::Stalled => break Some(CloseReason::new(
+                        CloseReason::TRY_AGAIN_LATER,
+                        "connection not reading; reconnect to resync",
+                    )),
                 }
             }
             incoming = conn.recv() => {
@@ -298,9 +307,59 @@ async fn finish(
     handle.closing(closing.as_ref());
     if let Some(reason) = closing {
         debug!(code = reason.code, reason = %reason.reason, "closing");
-        let _ = conn
-            .send(error("", u32::from(reason.code), &reason.reason))
-            .await;
+        // A peer that stopped acknowledging must not keep the session alive.
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            conn.send(error("", u32::from(reason.code), &reason.reason)),
+        )
+        .await;
+    }
+}
+
+/// Longest wait for the closing error envelope to be queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Heartbeat ticks in a row that may find one send still waiting (the peer has not
+/// acknowledged the connection's send buffer): then the session is closed with 1013, as a
+/// WebSocket whose write makes no progress is.
+const STALLED_TICKS: u8 = 3;
+
+/// How [`send_or_stall`] ended.
+enum Sent {
+    /// The envelope is queued on the connection.
+    Queued,
+    /// The connection is gone.
+    Failed,
+    /// The peer took nothing for [`STALLED_TICKS`] heartbeat ticks.
+    Stalled,
+}
+
+/// Queues `bytes` on the connection while the heartbeat keeps ticking: a send waits while the
+/// peer has not acknowledged the send buffer, and a peer that stopped must neither stop the
+/// heartbeat nor hold the session forever.
+async fn send_or_stall(
+    conn: &QuantumConnection,
+    bytes: Vec<u8>,
+    ticks: &mut tokio::time::Interval,
+    liveness: &mut Liveness,
+    handle: &SessionHandle,
+) -> Sent {
+    let send = conn.send(bytes);
+    let mut send = std::pin::pin!(send);
+    let mut stalled = 0;
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => return if sent.is_ok() { Sent::Queued } else { Sent::Failed },
+            _ = ticks.tick() => {
+                liveness.beat(handle);
+                stalled += 1;
+                if stalled >= STALLED_TICKS {
+                    warn!("connection not reading: no send progress; closing");
+                    return Sent::Stalled;
+                }
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::{ERROR_PROTOCOL, QuantumContext, error};
 use crate::auth::Permission;
 use crate::metrics::Rejection;
 use crate::registry::SessionHandle;
-use crate::rooms::{CloseReason, Membership, OUTBOX_CAPACITY, Outbound};
+use crate::rooms::{CloseReason, Membership, Outbound};
 
 /// A subscribed document.
 pub(super) enum Subscription {
@@ -234,7 +234,7 @@ async fn subscribe(
         }
     }
     let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
-    let (outbox, from_room) = crate::rooms::outbox::channel(OUTBOX_CAPACITY);
+    let (outbox, from_room) = crate::rooms::outbox::channel(ctx.sessions.outbox_max_bytes);
     let can_write = grant.permission == Permission::Write;
     let membership = ctx
         .sessions

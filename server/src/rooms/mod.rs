@@ -31,9 +31,6 @@ use crate::store::{Store, StoreWriter};
 
 /// Commands a room's inbox holds before senders wait.
 const INBOX_CAPACITY: usize = 1024;
-/// Frames a session's outbox holds; a session that falls this far behind is disconnected
-/// (it resyncs on reconnect) rather than slowing the room down for everyone.
-pub const OUTBOX_CAPACITY: usize = 1024;
 /// Attempts to join a room that is unloading or failed to load, before giving up.
 const JOIN_ATTEMPTS: usize = 5;
 

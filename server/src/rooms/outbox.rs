@@ -5,9 +5,14 @@
 //! `VecDeque` that allocates when frames arrive and gives its buffer back once drained, plus
 //! a [`Notify`] to wake the one reader: about a hundred bytes while idle.
 //!
-//! Semantics follow `mpsc`: the room (sender side) never waits, [`OutboxSender::try_send`]
-//! fails with [`TrySendError::Full`] once `capacity` frames wait, and when every sender is
-//! dropped the reader still gets the frames already queued, then `None`.
+//! Semantics follow `mpsc`: the room (sender side) never waits, and when every sender is
+//! dropped the reader still gets the frames already queued, then `None`. The bound is in
+//! bytes, not frames (issue 14): [`OutboxSender::try_send`] fails with
+//! [`TrySendError::Full`] once the frames waiting (each charged [`FRAME_OVERHEAD`] bytes
+//! besides its payload) would pass `max_bytes`. A frame is always taken into an empty outbox,
+//! so one message larger than the bound still goes out. An outbox that overflows is dead: its
+//! frames are freed at once and the reader gets `None` next, even while it is busy writing
+//! (see [`OutboxReceiver::recv_when`]); the connection resyncs when it reconnects.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,16 +21,22 @@ use tokio::sync::Notify;
 
 use super::Outbound;
 
-/// Creates an outbox holding at most `capacity` frames.
-pub fn channel(capacity: usize) -> (OutboxSender, OutboxReceiver) {
+/// Bytes each queued frame is charged besides its payload: the queue slot and the shared
+/// buffer's header, so that a flood of tiny frames is bounded too.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Creates an outbox holding frames of at most `max_bytes` in total (see the module docs).
+pub fn channel(max_bytes: usize) -> (OutboxSender, OutboxReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
+            bytes: 0,
             senders: 1,
             receiver_alive: true,
+            overflowed: false,
         }),
         notify: Notify::new(),
-        capacity,
+        max_bytes,
     });
     (
         OutboxSender {
@@ -38,7 +49,8 @@ pub fn channel(capacity: usize) -> (OutboxSender, OutboxReceiver) {
 /// Why a frame was not queued; carries the frame back.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TrySendError<T> {
-    /// `capacity` frames are already waiting: the reader fell behind.
+    /// The frames waiting would pass the byte bound: the reader fell behind. The outbox is
+    /// now dead (its reader gets `None`).
     #[error("outbox full")]
     Full(T),
     /// The reader is gone.
@@ -64,14 +76,27 @@ struct Shared {
     /// Wakes the receiver; `notify_one` keeps a permit when nobody waits, so a frame queued
     /// between the receiver's check and its wait is not missed.
     notify: Notify,
-    capacity: usize,
+    /// Most bytes the waiting frames may take (see [`FRAME_OVERHEAD`]).
+    max_bytes: usize,
 }
 
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Outbound>,
+    /// What the frames in `queue` are charged against `max_bytes`.
+    bytes: usize,
     senders: usize,
     receiver_alive: bool,
+    /// Set when a frame did not fit: the queue was dropped and the reader is told to end.
+    overflowed: bool,
+}
+
+/// What a frame is charged against the byte bound.
+fn charge(frame: &Outbound) -> usize {
+    match frame {
+        Outbound::Frame(bytes) => bytes.len() + FRAME_OVERHEAD,
+        Outbound::Close(_) => FRAME_OVERHEAD,
+    }
 }
 
 impl Shared {
@@ -92,9 +117,21 @@ impl OutboxSender {
             if !state.receiver_alive {
                 return Err(TrySendError::Closed(frame));
             }
-            if state.queue.len() >= self.shared.capacity {
+            if state.overflowed {
                 return Err(TrySendError::Full(frame));
             }
+            let cost = charge(&frame);
+            if !state.queue.is_empty() && state.bytes + cost > self.shared.max_bytes {
+                // The reader will resync on reconnect: nothing queued is worth keeping, and
+                // freeing it now is what bounds the relay's memory.
+                state.overflowed = true;
+                state.queue = VecDeque::new();
+                state.bytes = 0;
+                drop(state);
+                self.shared.notify.notify_one();
+                return Err(TrySendError::Full(frame));
+            }
+            state.bytes += cost;
             state.queue.push_back(frame);
         }
         self.shared.notify.notify_one();
@@ -125,12 +162,26 @@ impl Drop for OutboxSender {
 }
 
 impl OutboxReceiver {
-    /// The next frame; `None` once every sender is gone and the queue is drained.
+    /// The next frame; `None` once every sender is gone and the queue is drained, or at once
+    /// after an overflow.
     pub async fn recv(&mut self) -> Option<Outbound> {
+        self.recv_when(true).await
+    }
+
+    /// Like [`recv`](Self::recv) when `ready`; otherwise waits only for the end of an
+    /// overflowed outbox, leaving frames queued. A session busy writing one frame uses this to
+    /// notice at once that it fell behind.
+    pub async fn recv_when(&mut self, ready: bool) -> Option<Outbound> {
         loop {
             {
                 let mut state = self.shared.lock();
-                if let Some(frame) = state.queue.pop_front() {
+                if state.overflowed {
+                    return None;
+                }
+                if !ready {
+                    // Only an overflow ends this wait; frames stay for the next call.
+                } else if let Some(frame) = state.queue.pop_front() {
+                    state.bytes = state.bytes.saturating_sub(charge(&frame));
                     // A drained queue gives its buffer back: most connections are idle most
                     // of the time, and even a few retained slots cost every one of them
                     // (issue 7). The price is one small allocation per burst of frames.
@@ -138,8 +189,7 @@ impl OutboxReceiver {
                         state.queue = VecDeque::new();
                     }
                     return Some(frame);
-                }
-                if state.senders == 0 {
+                } else if state.senders == 0 {
                     return None;
                 }
             }
@@ -154,6 +204,7 @@ impl Drop for OutboxReceiver {
         state.receiver_alive = false;
         // Frames nobody will read are freed now, not when the room drops its sender.
         state.queue = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -162,9 +213,15 @@ mod tests {
     use super::*;
     use crate::rooms::CloseReason;
     use bytes::Bytes;
+    use futures_util::FutureExt;
 
     fn frame(n: u8) -> Outbound {
         Outbound::Frame(Bytes::from(vec![n]))
+    }
+
+    /// An outbox bound that holds `n` one-byte frames.
+    fn room_for(n: usize) -> usize {
+        n * (1 + FRAME_OVERHEAD)
     }
 
     fn byte(out: Option<Outbound>) -> Option<u8> {
@@ -176,7 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arrive_in_order() {
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx) = channel(room_for(8));
         for n in 0..5 {
             tx.try_send(frame(n)).expect("room for five");
         }
@@ -186,24 +243,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_outbox_refuses_the_frame_over_capacity() {
-        let (tx, mut rx) = channel(3);
+    async fn an_outbox_over_its_bytes_refuses_the_frame_and_ends_at_once() {
+        let (tx, mut rx) = channel(room_for(3));
         for n in 0..3 {
-            tx.try_send(frame(n)).expect("under capacity");
+            tx.try_send(frame(n)).expect("under the bound");
         }
         match tx.try_send(frame(9)) {
             Err(TrySendError::Full(Outbound::Frame(bytes))) => assert_eq!(&bytes[..], &[9]),
             other => panic!("expected Full, got {other:?}"),
         }
-        // Reading one frame makes room for one more.
-        assert_eq!(byte(rx.recv().await), Some(0));
-        tx.try_send(frame(3)).expect("room again");
+        // The frames queued are freed and the reader is told to end, before the room even
+        // drops its sender.
+        assert_eq!(rx.shared.lock().queue.capacity(), 0);
+        assert!(rx.recv().await.is_none());
         assert!(matches!(tx.try_send(frame(4)), Err(TrySendError::Full(_))));
     }
 
     #[tokio::test]
+    async fn the_bound_counts_bytes_not_frames() {
+        let (tx, mut rx) = channel(1000);
+        tx.try_send(Outbound::Frame(Bytes::from(vec![0; 800])))
+            .expect("fits");
+        assert!(matches!(
+            tx.try_send(Outbound::Frame(Bytes::from(vec![0; 800]))),
+            Err(TrySendError::Full(_))
+        ));
+        let (tx, mut fresh) = channel(1000);
+        // One frame larger than the whole bound still goes out when nothing waits.
+        tx.try_send(Outbound::Frame(Bytes::from(vec![0; 5000])))
+            .expect("an empty outbox takes any frame");
+        assert!(matches!(fresh.recv().await, Some(Outbound::Frame(b)) if b.len() == 5000));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_busy_reader_still_sees_an_overflow() {
+        let (tx, mut rx) = channel(room_for(2));
+        tx.try_send(frame(1)).expect("room");
+        // Not ready for frames: the wait does not take the frame queued...
+        assert!(rx.recv_when(false).now_or_never().is_none());
+        tx.try_send(frame(2)).expect("room");
+        let busy = tokio::spawn(async move { rx.recv_when(false).await.is_none() });
+        tokio::task::yield_now().await;
+        // ...but ends as soon as the outbox overflows.
+        assert!(tx.try_send(frame(3)).is_err());
+        assert!(busy.await.expect("reader task"));
+    }
+
+    #[tokio::test]
     async fn queued_frames_are_delivered_before_the_end_when_the_sender_drops() {
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx) = channel(room_for(8));
         tx.try_send(frame(1)).expect("room");
         tx.try_send(Outbound::Close(CloseReason::new(1008, "bye")))
             .expect("room");
@@ -216,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_comes_only_after_the_last_clone_drops() {
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx) = channel(room_for(8));
         let second = tx.clone();
         drop(tx);
         second.try_send(frame(7)).expect("still open");
@@ -227,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn sending_to_a_dropped_receiver_fails_closed() {
-        let (tx, rx) = channel(8);
+        let (tx, rx) = channel(room_for(8));
         tx.try_send(frame(1)).expect("room");
         drop(rx);
         assert!(matches!(
@@ -238,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_for_a_frame_sent_from_another_task() {
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx) = channel(room_for(8));
         let reader = tokio::spawn(async move { byte(rx.recv().await) });
         // Whether the reader is already waiting or not, it must see the frame.
         tokio::task::yield_now().await;
@@ -248,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_when_the_last_sender_drops() {
-        let (tx, mut rx) = channel(8);
+        let (tx, mut rx) = channel(room_for(8));
         let reader = tokio::spawn(async move { rx.recv().await.is_none() });
         tokio::task::yield_now().await;
         drop(tx);
@@ -257,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_drained_burst_gives_its_buffer_back() {
-        let (tx, mut rx) = channel(1024);
+        let (tx, mut rx) = channel(room_for(1024));
         for n in 0..200 {
             tx.try_send(frame(n)).expect("under capacity");
         }
@@ -270,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_outbox_holds_no_buffer_after_its_last_frame() {
-        let (tx, mut rx) = channel(1024);
+        let (tx, mut rx) = channel(room_for(1024));
         assert_eq!(
             rx.shared.lock().queue.capacity(),
             0,

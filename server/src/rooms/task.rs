@@ -575,12 +575,8 @@ impl RoomTask {
         let Some(sub) = self.subscribers.get(&conn) else {
             return;
         };
-        if sub
-            .outbox
-            .try_send(Outbound::Frame(Bytes::from(frame)))
-            .is_err()
-        {
-            self.drop_slow(room, vec![conn]);
+        if let Err(e) = sub.outbox.try_send(Outbound::Frame(Bytes::from(frame))) {
+            self.drop_slow(room, vec![(conn, Departure::of(&e))]);
         }
     }
 
@@ -594,7 +590,8 @@ impl RoomTask {
     }
 
     /// Sends one frame to every subscriber, sharing its bytes. Subscribers whose outbox is
-    /// full are disconnected (their awareness removal is broadcast in turn).
+    /// full, or whose connection is already gone, are removed (their awareness removal is
+    /// broadcast in turn).
     fn broadcast(&mut self, room: &mut Room, frame: Vec<u8>) {
         self.broadcast_bytes(room, Bytes::from(frame));
     }
@@ -602,9 +599,8 @@ impl RoomTask {
     fn broadcast_bytes(&mut self, room: &mut Room, bytes: Bytes) {
         let mut slow = Vec::new();
         for (conn, sub) in &self.subscribers {
-            match sub.outbox.try_send(Outbound::Frame(bytes.clone())) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => slow.push(*conn),
+            if let Err(e) = sub.outbox.try_send(Outbound::Frame(bytes.clone())) {
+                slow.push((*conn, Departure::of(&e)));
             }
         }
         if !slow.is_empty() {
@@ -612,11 +608,21 @@ impl RoomTask {
         }
     }
 
-    fn drop_slow(&mut self, room: &mut Room, conns: Vec<ConnId>) {
-        for conn in conns {
-            // Dropping the outbox sender tells the session it fell behind.
+    /// Removes subscribers a frame could not reach. Only one that stopped reading is worth a
+    /// warning: a connection that left normally is often still subscribed for a moment (its
+    /// leave command is on its way) after its outbox is gone.
+    fn drop_slow(&mut self, room: &mut Room, conns: Vec<(ConnId, Departure)>) {
+        for (conn, departure) in conns {
+            // The overflowed outbox already tells the session it fell behind.
             if let Some(sub) = self.subscribers.remove(&conn) {
-                warn!(conn = conn.0, "connection too slow or gone; disconnected");
+                match departure {
+                    Departure::FellBehind => warn!(
+                        conn = conn.0,
+                        user = %sub.user,
+                        "connection not reading: outbox over its byte bound; closing with 1013"
+                    ),
+                    Departure::Gone => debug!(conn = conn.0, "connection already gone"),
+                }
                 self.announce_left(conn, &sub);
             }
             if let Some(removal) = room.disconnect(conn) {
@@ -684,6 +690,24 @@ impl RoomTask {
         drop(raced);
         info!("document unloaded");
         true
+    }
+}
+
+/// Why a frame could not be queued for a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Its outbox is over its byte bound: the connection stopped reading.
+    FellBehind,
+    /// Its session has already ended.
+    Gone,
+}
+
+impl Departure {
+    fn of<T>(error: &TrySendError<T>) -> Departure {
+        match error {
+            TrySendError::Full(_) => Departure::FellBehind,
+            TrySendError::Closed(_) => Departure::Gone,
+        }
     }
 }
 
