@@ -15,6 +15,10 @@ use super::{
     DEFAULT_QUANTUM_SPARSE_FEC_BUDGET, DEFAULT_RELAXED_FLUSH_MS, DEFAULT_TOKEN_MAX_TTL_SECS,
     DEFAULT_UNLOAD_AFTER_SECS, Durability, LogFormat, MIN_ADMIN_KEY_LEN,
 };
+use super::{
+    DEFAULT_HTTP_HEADER_TIMEOUT_SECS, DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS,
+    DEFAULT_OUTBOX_MAX_BYTES,
+};
 
 /// The clap command of the `aetherflow` binary, with every setting's help ending in its
 /// default.
@@ -90,6 +94,16 @@ fn help_suffixes() -> Vec<(&'static str, String)> {
             default(DEFAULT_MESSAGE_RATE_PER_SEC),
         ),
         ("message_burst", default(DEFAULT_MESSAGE_BURST)),
+        ("outbox_max_bytes", default(mib(DEFAULT_OUTBOX_MAX_BYTES))),
+        (
+            "http_header_timeout_secs",
+            default(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+        ),
+        ("max_content_reads", default(DEFAULT_MAX_CONTENT_READS)),
+        (
+            "max_content_json_bytes",
+            default(mib(DEFAULT_MAX_CONTENT_JSON_BYTES)),
+        ),
         (
             "token_max_ttl_secs",
             default(format!(
@@ -110,6 +124,11 @@ fn append(help: Option<&clap::builder::StyledStr>, suffix: &str) -> String {
     } else {
         format!("{help} {suffix}")
     }
+}
+
+/// `bytes` with its size in MiB, e.g. `4194304 (4 MiB)`.
+fn mib(bytes: usize) -> String {
+    format!("{bytes} ({} MiB)", bytes / (1024 * 1024))
 }
 
 fn default(value: impl std::fmt::Display) -> String {

@@ -214,7 +214,7 @@ pub struct Settings {
     /// Data messages per second the relay reads from one session; over it the relay stops
     /// reading that socket until the limit allows the next message (TCP pushes back on the
     /// client). A session held back without a break for 5 minutes is closed with 1008
-    /// (policy violation). 0 disables the limit [default: 500].
+    /// (policy violation). 0 disables the limit.
     #[arg(long, env = "AETHERFLOW_MESSAGE_RATE_PER_SEC", value_name = "N")]
     pub message_rate_per_sec: Option<u32>,
 
@@ -226,13 +226,11 @@ pub struct Settings {
 
     /// Bytes of frames the relay holds for one connection that is not reading them (its
     /// outbox); a connection over it is closed with 1013 and resyncs when it reconnects. One
-    /// frame larger than this still goes out to a connection that has caught up
-    /// [default: 4194304 (4 MiB)].
+    /// frame larger than this still goes out to a connection that has caught up.
     #[arg(long, env = "AETHERFLOW_OUTBOX_MAX_BYTES", value_name = "BYTES")]
     pub outbox_max_bytes: Option<usize>,
 
-    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds
-    /// [default: 86400 (1 day)].
+    /// Longest lifetime of a token minted with `POST /api/v1/tokens`, in seconds.
     #[arg(long, env = "AETHERFLOW_TOKEN_MAX_TTL_SECS", value_name = "SECS")]
     pub token_max_ttl_secs: Option<u64>,
 
@@ -246,7 +244,7 @@ pub struct Settings {
     /// Time an HTTP connection has to send a request's complete head, counted from when the
     /// relay starts waiting for it: from the connect, and on a kept-alive connection from the
     /// end of the previous response, so it is also the keep-alive idle timeout. Over it the
-    /// connection is closed [default: 10].
+    /// connection is closed.
     #[arg(long, env = "AETHERFLOW_HTTP_HEADER_TIMEOUT_SECS", value_name = "SECS")]
     pub http_header_timeout_secs: Option<u64>,
 
@@ -260,12 +258,12 @@ pub struct Settings {
 
     /// Heavy document reads (`GET .../content`, `GET .../update`) run at once, each on a
     /// blocking thread with its own copy of the document; more get 503 `busy` with
-    /// Retry-After [default: 2].
+    /// Retry-After.
     #[arg(long, env = "AETHERFLOW_MAX_CONTENT_READS", value_name = "N")]
     pub max_content_reads: Option<usize>,
 
     /// Largest JSON body `GET .../content` answers, in bytes; a larger document gets 422
-    /// `content_too_large` (read it with `GET .../update`) [default: 67108864 (64 MiB)].
+    /// `content_too_large` (read it with `GET .../update`).
     #[arg(long, env = "AETHERFLOW_MAX_CONTENT_JSON_BYTES", value_name = "BYTES")]
     pub max_content_json_bytes: Option<usize>,
 }
