@@ -69,6 +69,10 @@ pub enum AppError {
     /// which other form to use.
     #[error("{0}")]
     ContentTooLarge(String),
+    /// The document's stored data fails its checksum (the file was damaged); other documents
+    /// work. The text names the document and what is damaged, nothing else.
+    #[error("{0}; the operator can run `aetherflow check`")]
+    DocumentDamaged(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,6 +86,9 @@ impl From<crate::store::StoreError> for AppError {
         if e.is_io() {
             tracing::warn!(error = %e, "write refused: storage unavailable");
             AppError::StorageUnavailable
+        } else if let crate::store::StoreError::Damaged { .. } = e {
+            tracing::error!(error = %e, "damaged document refused");
+            AppError::DocumentDamaged(e.to_string())
         } else {
             AppError::Internal(e.to_string())
         }
@@ -169,6 +176,11 @@ impl AppError {
             AppError::ContentTooLarge(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "content_too_large",
+                self.to_string(),
+            ),
+            AppError::DocumentDamaged(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "document_damaged",
                 self.to_string(),
             ),
             AppError::Internal(detail) => {

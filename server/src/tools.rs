@@ -18,6 +18,18 @@ pub enum Tool {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    /// Verify a stopped relay's database: redb's page checksums, then every document's
+    /// snapshot and log entries against their stored checksums. Exits 1 if anything is
+    /// damaged.
+    Check {
+        /// The relay's data directory (holding `aetherflow.redb`).
+        #[arg(long, value_name = "DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Remove damaged snapshots and log entries (clients that hold those edits send them
+        /// again when they next sync).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Describe a Yjs v1 update file: clients, deletions, root types and their start.
     Inspect {
         /// The update file.
@@ -45,6 +57,17 @@ pub enum ToolError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The database could not be checked.
+    #[error("cannot check {path}: {reason}")]
+    Check {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The check found damaged documents (the report says which).
+    #[error("{0}")]
+    Damaged(String),
     /// The output file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -74,6 +97,27 @@ pub fn run(tool: &Tool) -> Result<String, ToolError> {
                 output.display(),
                 merged.len()
             ))
+        }
+        Tool::Check { data_dir, repair } => {
+            let path = data_dir.join("aetherflow.redb");
+            let report =
+                crate::store::check::check(&path, *repair).map_err(|e| ToolError::Check {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if report.damaged.is_empty() || report.repaired {
+                Ok(format!(
+                    "{}
+{report}",
+                    path.display()
+                ))
+            } else {
+                Err(ToolError::Damaged(format!(
+                    "{}
+{report}",
+                    path.display()
+                )))
+            }
         }
         Tool::Inspect { file } => {
             let bytes = read(file)?;

@@ -31,7 +31,7 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::metrics::Rejection;
 use crate::rooms::ApplyError;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The routes of this group.
 pub fn routes() -> Router<AppState> {
@@ -100,14 +100,13 @@ impl HeavyReads {
 /// A private copy rather than the loaded room's document: yrs's document lock blocks, so a
 /// long read on the room's document would stall the room's writes on an async worker.
 fn load_yjs(store: &Store, doc: &DocName) -> Result<Room, AppError> {
-    let internal = |e: StoreError| AppError::Internal(e.to_string());
-    let Some(meta) = store.document(doc).map_err(internal)? else {
+    let Some(meta) = store.document(doc).map_err(AppError::from)? else {
         return Err(AppError::NotFound(format!("no document {doc}")));
     };
     if meta.kind != Kind::Yjs {
         return Err(not_yjs(doc, meta.kind));
     }
-    let stored = store.load(doc).map_err(internal)?;
+    let stored = store.load(doc).map_err(AppError::from)?;
     Room::load(
         stored.snapshot.as_deref(),
         stored.log.iter().map(Vec::as_slice),

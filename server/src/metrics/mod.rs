@@ -233,6 +233,7 @@ struct Inner {
     updates_in: Counter,
     updates_redundant: Counter,
     storage_failures: Counter,
+    damaged_loads: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
     apply: Histogram,
@@ -296,6 +297,12 @@ impl Metrics {
             "Commits that failed on storage I/O (a full disk, an I/O error); while they fail, /healthz is not ready",
             storage_failures.clone(),
         );
+        let damaged_loads = Counter::default();
+        registry.register(
+            "damaged_loads",
+            "Document loads refused because stored data failed its checksum (see `aetherflow check`)",
+            damaged_loads.clone(),
+        );
         let updates_out = Counter::default();
         registry.register(
             "updates_sent",
@@ -331,6 +338,7 @@ impl Metrics {
                 updates_in,
                 updates_redundant,
                 storage_failures,
+                damaged_loads,
                 updates_out,
                 traffic,
                 apply,
@@ -438,6 +446,11 @@ impl Metrics {
     /// `updates` accepted updates added nothing to their document.
     pub fn redundant(&self, updates: usize) {
         self.inner.updates_redundant.inc_by(updates as u64);
+    }
+
+    /// A document's load was refused: its stored data fails its checksum.
+    pub fn damaged_load(&self) {
+        self.inner.damaged_loads.inc();
     }
 
     /// A commit failed on storage I/O.

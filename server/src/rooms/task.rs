@@ -213,8 +213,14 @@ impl RoomTask {
     async fn load(&mut self) -> Option<Room> {
         let store = self.rooms.inner.store.clone();
         let name = self.name.clone();
+        let metrics = self.rooms.inner.metrics.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let stored = store.load(&name).map_err(|e| e.to_string())?;
+            let stored = store.load(&name).map_err(|e| {
+                if let StoreError::Damaged { .. } = e {
+                    metrics.damaged_load();
+                }
+                e.to_string()
+            })?;
             let entries = stored.log.len();
             let room = Room::load(
                 stored.snapshot.as_deref(),

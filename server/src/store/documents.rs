@@ -48,6 +48,8 @@ pub enum RegisterFailure {
 pub(super) struct Tables<'txn> {
     pub(super) log: Table<'txn, (&'static str, u64), &'static [u8]>,
     pub(super) snapshots: Table<'txn, &'static str, &'static [u8]>,
+    log_sums: Table<'txn, (&'static str, u64), u32>,
+    snapshot_sums: Table<'txn, &'static str, u32>,
     documents: Table<'txn, &'static str, &'static [u8]>,
     registers: Table<'txn, &'static str, &'static [u8]>,
     modified: Table<'txn, &'static str, u64>,
@@ -58,10 +60,43 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             log: txn.open_table(UPDATE_LOG)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
+            log_sums: txn.open_table(super::checksum::LOG_SUMS)?,
+            snapshot_sums: txn.open_table(super::checksum::SNAPSHOT_SUMS)?,
             documents: txn.open_table(DOCUMENTS)?,
             registers: txn.open_table(REGISTERS)?,
             modified: txn.open_table(MODIFIED)?,
         })
+    }
+
+    /// Appends `update` to `doc`'s log at `seq`, with its checksum.
+    pub(super) fn append(
+        &mut self,
+        doc: &DocName,
+        seq: u64,
+        update: &[u8],
+    ) -> Result<(), StoreError> {
+        self.log.insert((doc.as_str(), seq), update)?;
+        self.log_sums
+            .insert((doc.as_str(), seq), super::checksum::sum(update))?;
+        Ok(())
+    }
+
+    /// Replaces `doc`'s snapshot (with its checksum) and empties its log.
+    pub(super) fn compact(&mut self, doc: &DocName, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.snapshots.insert(doc.as_str(), snapshot)?;
+        self.snapshot_sums
+            .insert(doc.as_str(), super::checksum::sum(snapshot))?;
+        self.clear_log(doc)
+    }
+
+    /// Removes `doc`'s log entries and their checksums.
+    fn clear_log(&mut self, doc: &DocName) -> Result<(), StoreError> {
+        let name = doc.as_str();
+        self.log
+            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        self.log_sums
+            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        Ok(())
     }
 
     /// Records that `doc` changed at `at_ms`.
@@ -76,8 +111,8 @@ impl<'txn> Tables<'txn> {
         let existed = self.meta(doc)?.is_some();
         let name = doc.as_str();
         self.snapshots.remove(name)?;
-        self.log
-            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        self.snapshot_sums.remove(name)?;
+        self.clear_log(doc)?;
         self.documents.remove(name)?;
         self.registers.remove(name)?;
         self.modified.remove(name)?;

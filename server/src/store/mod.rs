@@ -4,6 +4,8 @@
 //! update log of what came after, keyed by `(document, sequence)`. Only the [`writer`] task
 //! writes; rooms read their document once when they load.
 
+pub mod check;
+mod checksum;
 pub mod documents;
 mod slot;
 pub mod writer;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use aetherflow_crdt::DocName;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+pub use self::checksum::Damage;
 use self::slot::Slot;
 pub use documents::{DocumentMeta, RegisterFailure};
 pub use writer::{Committing, StoreWriter, WriteMode, WriteOp, WriteResult};
@@ -38,6 +41,15 @@ pub enum StoreError {
     /// the database has not been reopened yet: nothing can be written until it recovers.
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// A stored document no longer matches its checksums (the file was damaged); other
+    /// documents are unaffected. `aetherflow check` lists such documents and can repair them.
+    #[error("document {doc} is damaged in storage: {damage} fails its checksum")]
+    Damaged {
+        /// The document.
+        doc: String,
+        /// What is damaged.
+        damage: Damage,
+    },
     /// A transaction, table or commit failed for another reason.
     #[error("storage error: {0}")]
     Redb(String),
@@ -61,6 +73,10 @@ impl StoreError {
                 reason: reason.clone(),
             },
             StoreError::Io(e) => StoreError::Io(e.clone()),
+            StoreError::Damaged { doc, damage } => StoreError::Damaged {
+                doc: doc.clone(),
+                damage: damage.clone(),
+            },
             StoreError::Redb(e) => StoreError::Redb(e.clone()),
             StoreError::WriterGone => StoreError::WriterGone,
         }
@@ -146,14 +162,41 @@ impl Store {
     }
 
     /// Reads a document's snapshot and log. Blocking: call from a blocking context.
+    ///
+    /// Every snapshot and log entry is checked against its checksum: a damaged document is
+    /// refused with [`StoreError::Damaged`].
     pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let damaged = |damage| StoreError::Damaged {
+            doc: doc.to_string(),
+            damage,
+        };
+        let name = doc.as_str();
         let txn = self.db()?.begin_read()?;
         let snapshots = txn.open_table(SNAPSHOTS)?;
-        let snapshot = snapshots.get(doc.as_str())?.map(|v| v.value().to_vec());
+        let snapshot = snapshots.get(name)?.map(|v| v.value().to_vec());
+        if let Some(bytes) = &snapshot {
+            let stored = match txn.open_table(checksum::SNAPSHOT_SUMS) {
+                Ok(sums) => sums.get(name)?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            checksum::verify(stored, bytes, Damage::Snapshot).map_err(damaged)?;
+        }
         let log_table = txn.open_table(UPDATE_LOG)?;
+        let sums = match txn.open_table(checksum::LOG_SUMS) {
+            Ok(sums) => Some(sums),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
         let mut log = Vec::new();
-        for entry in log_table.range((doc.as_str(), 0)..=(doc.as_str(), u64::MAX))? {
-            let (_, value) = entry?;
+        for entry in log_table.range((name, 0)..=(name, u64::MAX))? {
+            let (key, value) = entry?;
+            let seq = key.value().1;
+            let stored = match &sums {
+                Some(sums) => checksum::log_sum(sums, name, seq)?,
+                None => None,
+            };
+            checksum::verify(stored, value.value(), Damage::LogEntry(seq)).map_err(damaged)?;
             log.push(value.value().to_vec());
         }
         Ok(StoredDoc { snapshot, log })
@@ -334,6 +377,8 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     let txn = db.begin_write()?;
     txn.open_table(SNAPSHOTS)?;
     txn.open_table(UPDATE_LOG)?;
+    txn.open_table(checksum::LOG_SUMS)?;
+    txn.open_table(checksum::SNAPSHOT_SUMS)?;
     txn.open_table(documents::DOCUMENTS)?;
     txn.open_table(documents::REGISTERS)?;
     txn.open_table(documents::MODIFIED)?;

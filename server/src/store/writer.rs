@@ -364,17 +364,13 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
                         Some(&seq) => seq,
                         None => next_seq(&tables.log, &doc)?,
                     };
-                    tables.log.insert((doc.as_str(), seq), update.as_slice())?;
+                    tables.append(&doc, seq, &update)?;
                     tables.touch(&doc, super::documents::now_ms())?;
                     seqs.insert(doc, seq + 1);
                     WriteResult::Done
                 }
                 Some(WriteOp::Compact { doc, snapshot }) => {
-                    tables.snapshots.insert(doc.as_str(), snapshot.as_slice())?;
-                    let name = doc.as_str();
-                    tables
-                        .log
-                        .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+                    tables.compact(&doc, &snapshot)?;
                     WriteResult::Done
                 }
                 Some(WriteOp::CreateDocument { doc, meta }) => tables.create(&doc, meta)?,
