@@ -53,16 +53,28 @@ async fn a_websocket_session_is_closed_with_4401_when_its_token_expires() {
         read_text_with(&ws_url(&relay, "notes", &long)).await,
         "still here"
     );
-    // The admin view records how it ended.
-    let (status, page) = http_json(
-        relay.addr,
-        "GET",
-        "/api/v1/sessions?user=ada",
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{page}");
+    // The admin view records how it ended, once the close handshake is over (the relay waits
+    // briefly for the client's answering close frame).
+    drop(expiring);
+    let page = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let (status, page) = http_json(
+                relay.addr,
+                "GET",
+                "/api/v1/sessions?user=ada",
+                Some(ADMIN_KEY),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{page}");
+            if !page["sessions"][0]["close"].is_null() {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the session closed");
     assert_eq!(page["sessions"][0]["close"]["code"], 4401, "{page}");
 }
 
