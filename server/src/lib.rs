@@ -132,6 +132,7 @@ pub async fn run(
         registry: state.registry.clone(),
         connections: state.connections.clone(),
         registers: state.clone(),
+        max_documents: config.quantum_max_documents,
     };
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let quantum_endpoint = bind_quantum(&config).await?;

@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aetherflow_client::testing::envelopes::{hello, next_error, raw_connect};
+use aetherflow_client::testing::envelopes::{
+    hello, next_envelope, next_error, next_message, raw_connect, subscribe,
+};
+use aetherflow_client::testing::live::wait_state;
 use aetherflow_client::{Client, ClientConfig, DocHandle};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
@@ -292,4 +295,85 @@ async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
             .then_some(())
     })
     .await;
+}
+
+/// Every Quantum session of the relay, open or closed within the registry's grace period.
+async fn all_quantum_sessions(relay: &Relay) -> Vec<Value> {
+    let (status, page) = admin(relay, "GET", "/api/v1/sessions?transport=quantum").await;
+    assert_eq!(status, 200, "{page}");
+    page["sessions"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_quantum_hello_without_a_valid_token_is_closed_at_once_and_never_listed() {
+    let relay = secured(&[]);
+    for (token, code) in [
+        (None, "token_missing"),
+        (Some("not.a.jwt"), "token_malformed"),
+    ] {
+        let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+        conn.send(hello(token)).await.unwrap();
+        let refusal = next_error(&conn, "", TIMEOUT).await;
+        assert_eq!(refusal, Some((4401, code.to_owned())));
+        // Closed by the relay: nothing more arrives and the connection ends.
+        assert!(next_envelope(&conn, TIMEOUT).await.is_none());
+    }
+    // A client with a valid token is listed; the refused ones never were.
+    let token = mint(&relay, "ada", &["notes"]).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(Some(&token))).await.unwrap();
+    conn.send(subscribe("notes")).await.unwrap();
+    next_message(&conn, "notes", TIMEOUT).await;
+    let sessions = all_quantum_sessions(&relay).await;
+    let users: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ada"], "{sessions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_and_the_rest_stay()
+{
+    let relay = Relay::start(&["--admin-key", ADMIN_KEY, "--quantum-max-documents", "2"]);
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(None)).await.unwrap();
+    for doc in ["one", "two"] {
+        conn.send(subscribe(doc)).await.unwrap();
+        next_message(&conn, doc, TIMEOUT).await;
+    }
+    conn.send(subscribe("three")).await.unwrap();
+    let (code, reason) = next_error(&conn, "three", TIMEOUT)
+        .await
+        .expect("connection ended first");
+    assert_eq!(code, 4413);
+    assert!(reason.contains("too many documents"), "{reason}");
+    // Subscribing again to a document it holds is no new document.
+    conn.send(subscribe("two")).await.unwrap();
+    next_message(&conn, "two", TIMEOUT).await;
+    // After leaving one, another fits; the connection was never closed.
+    let leave = Envelope::new("one", Payload::Control(Control::Unsubscribe));
+    conn.send(leave.encode()).await.unwrap();
+    conn.send(subscribe("three")).await.unwrap();
+    next_message(&conn, "three", TIMEOUT).await;
+    let sessions = all_quantum_sessions(&relay).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["state"], "ACTIVE");
+
+    // The SDK reports the refusal on the handle over the limit; the others keep syncing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap());
+    config.quantum_handshake_timeout = Duration::from_millis(500);
+    let client = Client::open(config).unwrap();
+    let first = client.doc("first").await.unwrap();
+    wait_state(&first, TIMEOUT, |s| s.synced).await;
+    let second = client.doc("second").await.unwrap();
+    wait_state(&second, TIMEOUT, |s| s.synced).await;
+    let third = client.doc("third").await.unwrap();
+    let state = wait_state(&third, TIMEOUT, |s| s.denied.is_some()).await;
+    let denied = state.denied.unwrap();
+    assert!(denied.starts_with("413 too many documents"), "{denied}");
+    let mut reader = YClient::connect(&relay.ws_url("first")).await;
+    append(&first, "still syncing");
+    reader.wait_for_text("still syncing").await;
 }

@@ -50,6 +50,9 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// 100 % leaves about one edit in fourteen without), so a lost edit is rebuilt on arrival
 /// instead of waiting for the tail loss probe (see [`Settings::quantum_sparse_fec_budget`]).
 pub const DEFAULT_QUANTUM_SPARSE_FEC_BUDGET: u16 = 200;
+/// Default limit on the documents one Quantum connection may subscribe to at once: each is a
+/// loaded document and a forwarding task the relay holds for the connection.
+pub const DEFAULT_QUANTUM_MAX_DOCUMENTS: usize = 100;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
@@ -122,6 +125,11 @@ pub struct Settings {
         value_name = "PERCENT"
     )]
     pub quantum_sparse_fec_budget: Option<u16>,
+
+    /// Most documents one Quantum connection may be subscribed to at once; a subscription
+    /// over it is refused with error 4413 (the connection stays) [default: 100].
+    #[arg(long, env = "AETHERFLOW_QUANTUM_MAX_DOCUMENTS", value_name = "N")]
+    pub quantum_max_documents: Option<usize>,
 
     /// Directory holding the database `aetherflow.redb` [default: ./data]. Created if missing.
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
@@ -234,6 +242,8 @@ pub struct Config {
     pub quantum_required: bool,
     /// Sparse FEC parity budget of Quantum connections, percent of data bytes (0..=200).
     pub quantum_sparse_fec_budget: u16,
+    /// Most documents one Quantum connection may be subscribed to at once.
+    pub quantum_max_documents: usize,
     /// Directory holding the database.
     pub data_dir: PathBuf,
     /// Broadcast-after-commit or broadcast-first.
@@ -304,6 +314,7 @@ impl Settings {
             quantum_sparse_fec_budget: self
                 .quantum_sparse_fec_budget
                 .or(lower.quantum_sparse_fec_budget),
+            quantum_max_documents: self.quantum_max_documents.or(lower.quantum_max_documents),
             data_dir: self.data_dir.or(lower.data_dir),
             durability: self.durability.or(lower.durability),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
@@ -378,6 +389,9 @@ impl Config {
             quantum_sparse_fec_budget: s
                 .quantum_sparse_fec_budget
                 .unwrap_or(DEFAULT_QUANTUM_SPARSE_FEC_BUDGET),
+            quantum_max_documents: s
+                .quantum_max_documents
+                .unwrap_or(DEFAULT_QUANTUM_MAX_DOCUMENTS),
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -480,6 +494,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "--quantum-sparse-fec-budget",
                 why: "must be a percentage from 0 to 200",
+            });
+        }
+        if self.quantum_max_documents == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--quantum-max-documents",
+                why: "must be at least 1",
             });
         }
         if self.max_message_bytes < 1024 {

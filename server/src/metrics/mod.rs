@@ -68,11 +68,16 @@ pub enum Rejection {
     PresenceLimit,
     /// A write refused while the storage cannot be written (HTTP 507, permission-denied).
     StorageUnavailable,
+    /// A Quantum subscription over `--quantum-max-documents` (error 4413).
+    TooManyDocuments,
+    /// An update over a document's or an update's size limits (`--max-doc-bytes`,
+    /// `--max-doc-items`, `--max-update-items`): close 1009, HTTP 413.
+    DocumentLimit,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -86,6 +91,8 @@ impl Rejection {
         Rejection::InvalidDocName,
         Rejection::PresenceLimit,
         Rejection::StorageUnavailable,
+        Rejection::TooManyDocuments,
+        Rejection::DocumentLimit,
     ];
 
     /// The label value.
@@ -104,6 +111,8 @@ impl Rejection {
             Rejection::InvalidDocName => "invalid_doc_name",
             Rejection::PresenceLimit => "presence_limit",
             Rejection::StorageUnavailable => "storage_unavailable",
+            Rejection::TooManyDocuments => "too_many_documents",
+            Rejection::DocumentLimit => "document_limit",
         }
     }
 
