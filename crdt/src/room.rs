@@ -201,15 +201,24 @@ pub struct Room {
     doc: Doc,
     /// Presence of the connected clients.
     awareness: Awareness,
-    /// Set once applying an update failed half-way: the in-memory document may differ from the
-    /// store and must be reloaded.
+    /// Taint, limits and totals, boxed: every loaded document's task holds its room inline
+    /// (see the relay's `an_idle_room_future_stays_small`), and these are touched once per
+    /// batch.
+    sizing: Box<Sizing>,
+}
+
+/// A room's health, its size limits and what it holds in their measure.
+#[derive(Debug, Default)]
+struct Sizing {
+    /// Set once applying an update failed half-way: the in-memory document may differ from
+    /// the store and must be reloaded.
     tainted: bool,
     /// The size limits updates are held to.
     limits: DocLimits,
     /// What the document holds, approximately (see the module docs): never below the truth.
     size: UpdateSize,
     /// Whether `size` is exactly the measure of the current state.
-    size_exact: bool,
+    exact: bool,
 }
 
 impl Default for Room {
@@ -228,22 +237,22 @@ impl Room {
         Room {
             doc: Doc::with_options(options),
             awareness: Awareness::new(),
-            tainted: false,
-            limits: DocLimits::default(),
-            size: UpdateSize::default(),
-            size_exact: true,
+            sizing: Box::new(Sizing {
+                exact: true,
+                ..Sizing::default()
+            }),
         }
     }
 
     /// Holds later updates to `limits`. What the room already holds stays, even if over them.
     pub fn set_limits(&mut self, limits: DocLimits) {
-        self.limits = limits;
+        self.sizing.limits = limits;
     }
 
     /// What the document holds, in the measure of the limits (approximate, never below the
     /// truth; see the module docs).
     pub fn size(&self) -> UpdateSize {
-        self.size
+        self.sizing.size
     }
 
     /// Rebuilds a room from its stored snapshot (a v1 update) and the update log entries after
@@ -270,7 +279,7 @@ impl Room {
             }
             Ok(())
         }));
-        room.size = size;
+        room.sizing.size = size;
         match outcome {
             Ok(Ok(())) => Ok(room),
             Ok(Err(e)) => Err(e),
@@ -291,9 +300,9 @@ impl Room {
     pub fn apply_updates(&mut self, batch: Vec<(ConnId, Vec<u8>)>) -> UpdateBatch {
         let mut result = UpdateBatch::default();
         let batch = self.measure(batch, &mut result.rejected);
-        let limits = self.limits;
-        let size_before = self.size;
-        let mut size = self.size;
+        let limits = self.sizing.limits;
+        let size_before = self.sizing.size;
+        let mut size = size_before;
         let mut accepted: Vec<(ConnId, Vec<u8>)> = Vec::new();
         let mut tainted = false;
         // What the transaction integrated, encoded by yrs itself: exact and cheap. Only valid
@@ -332,13 +341,13 @@ impl Room {
             // Dropping the transaction commits it, which runs yrs' cleanup: keep it in here.
             drop(txn);
         }));
-        self.tainted |= tainted || committed.is_err();
+        self.sizing.tainted |= tainted || committed.is_err();
         if accepted.is_empty() {
             return result;
         }
         if !redundant {
-            self.size = size;
-            self.size_exact &= size == size_before;
+            self.sizing.size = size;
+            self.sizing.exact &= size == size_before;
         }
         let count = accepted.len();
         if redundant {
@@ -368,7 +377,7 @@ impl Room {
                 }
             }
             None => {
-                self.tainted = true;
+                self.sizing.tainted = true;
                 let refused = accepted
                     .into_iter()
                     .map(|(c, _)| (c, RoomError::MergeFailed));
@@ -388,7 +397,7 @@ impl Room {
         rejected: &mut Vec<(ConnId, RoomError)>,
     ) -> Vec<(ConnId, Vec<u8>, UpdateSize)> {
         let mut measured = Vec::with_capacity(batch.len());
-        let mut total = self.size;
+        let mut total = self.sizing.size;
         for (conn, bytes) in batch {
             if bytes == EMPTY_UPDATE {
                 continue;
@@ -401,13 +410,13 @@ impl Room {
                 Err(e) => rejected.push((conn, RoomError::InvalidUpdate(e.to_string()))),
             }
         }
-        let over = total.items > self.limits.max_doc_items
-            || total.content_bytes > self.limits.max_doc_bytes;
-        if over && !self.size_exact {
+        let limits = self.sizing.limits;
+        let over = total.items > limits.max_doc_items || total.content_bytes > limits.max_doc_bytes;
+        if over && !self.sizing.exact {
             if let Ok(size) = measure_update_v1(&self.snapshot()) {
-                self.size = size;
+                self.sizing.size = size;
             }
-            self.size_exact = true;
+            self.sizing.exact = true;
         }
         measured
     }
@@ -482,7 +491,7 @@ impl Room {
 
     /// True once applying an update failed half-way; the server should reload the room.
     pub fn is_tainted(&self) -> bool {
-        self.tainted
+        self.sizing.tainted
     }
 
     /// The document, for tests and tools.

@@ -26,6 +26,7 @@
 //! | 1001 | the relay is shutting down | closed |
 //! | 1002 | malformed envelope | closed |
 //! | 1008 | over the per-session message rate, disconnected by an admin, or more than [`registers::MAX_WAITING_COMMANDS`] register commands of one document waiting for their answers (`reason` says which) | closed |
+//! | 1007, 1009 | the document's room refused an update from this connection: not a valid Yjs update (1007), or over `--max-update-items` / past `--max-doc-items` or `--max-doc-bytes` (1009); the subscription ends, nothing of the update was applied | kept |
 //! | 1011 | the document is unavailable (storage failure, reload); subscribe again | kept |
 //! | 1013 | the subscription fell behind; subscribe again to resync | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document; a register command that is not valid JSON or not acceptable (e.g. a value too deep) | kept (closed without hello) |
