@@ -54,10 +54,10 @@ pub const DEFAULT_QUANTUM_SPARSE_FEC_BUDGET: u16 = 200;
 /// loaded document and a forwarding task the relay holds for the connection.
 pub const DEFAULT_QUANTUM_MAX_DOCUMENTS: usize = 100;
 /// Default limit on the items one update may hold (see `aetherflow_crdt::room`, "Decoded
-/// size"): about 40 MiB of relay memory for small map entries.
+/// size"): about 45 MiB of relay memory for small map entries (`benches/RESULTS.md`).
 pub const DEFAULT_MAX_UPDATE_ITEMS: u64 = 100_000;
-/// Default limit on the items one document may hold: about 400 MiB of relay memory for small
-/// map entries.
+/// Default limit on the items one document may hold: about 450 MiB of relay memory for small
+/// map entries (`benches/RESULTS.md`).
 pub const DEFAULT_MAX_DOC_ITEMS: u64 = 1_000_000;
 /// Default limit on the content bytes one document may hold (as encoded: 256 MiB).
 pub const DEFAULT_MAX_DOC_BYTES: u64 = 256 * 1024 * 1024;
