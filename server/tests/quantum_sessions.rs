@@ -377,3 +377,107 @@ async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_
     append(&first, "still syncing");
     reader.wait_for_text("still syncing").await;
 }
+
+/// One awareness update: client 1's state `{"n": clock}` at `clock`.
+fn presence(clock: u64) -> Vec<u8> {
+    fn write_var_uint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let state = format!("{{\"n\":{clock}}}");
+    let mut update = Vec::new();
+    write_var_uint(&mut update, 1);
+    write_var_uint(&mut update, 1);
+    write_var_uint(&mut update, clock);
+    write_var_uint(&mut update, state.len() as u64);
+    update.extend_from_slice(state.as_bytes());
+    update
+}
+
+/// The relay's `aetherflow_documents_loaded`.
+async fn documents_loaded(relay: &Relay) -> Option<f64> {
+    let response = http_raw(relay.addr, "GET", "/metrics", &[], "").await;
+    series(&response.body, "aetherflow_documents_loaded")
+}
+
+/// The Quantum session is the only reader of its outgoing queue, which the tasks forwarding
+/// room frames fill. It once awaited room in that queue for its own answers (here a register
+/// document's `state`), so a queue filled while it waited for a busy store stalled the
+/// connection for good. The relay's 8 blocking threads are kept busy loading large documents
+/// while the subscription waits for the store and another client floods a document the
+/// connection holds with presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quantum_session_answers_while_forwarded_frames_fill_its_queue() {
+    let relay = Relay::start(&["--unload-after-secs", "1", "--message-rate-per-sec", "0"]);
+    let big = |i: u64| {
+        let doc = yrs::Doc::with_client_id(100 + i);
+        let map = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        for k in 0..100_000u32 {
+            yrs::Map::insert(&map, &mut txn, format!("k{k}"), true);
+        }
+        txn.encode_update_v1()
+    };
+    for i in 0..8 {
+        let mut writer = YClient::connect(&relay.ws_url(&format!("big{i}"))).await;
+        writer
+            .send_raw(aetherflow_crdt::protocol::encode_sync_update(&big(i)))
+            .await;
+        writer.barrier().await;
+    }
+    let (status, body) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        None,
+        Some(json!({"name": "reg", "kind": "lww"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_e1, victim) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e2, flooder) = raw_connect(relay.quantum_addr.unwrap()).await;
+    for conn in [&victim, &flooder] {
+        conn.send(hello(None)).await.unwrap();
+        conn.send(subscribe("hot")).await.unwrap();
+        next_message(conn, "hot", TIMEOUT).await;
+    }
+    // Only "hot" stays loaded.
+    eventually("the large documents unloaded", || async {
+        (documents_loaded(&relay).await? <= 1.0).then_some(())
+    })
+    .await;
+    // Eight loads at once take every blocking thread.
+    let loads: Vec<_> = (0..8)
+        .map(|i| {
+            let url = relay.ws_url(&format!("big{i}"));
+            tokio::spawn(async move { YClient::connect(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    victim.send(subscribe("reg")).await.unwrap();
+    for clock in 1..=1500 {
+        let message = Message::Awareness(presence(clock));
+        let envelope = Envelope::new("hot", Payload::Yjs(message)).encode();
+        flooder.send(envelope).await.unwrap();
+    }
+    let state = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let envelope = next_envelope(&victim, TIMEOUT).await?;
+            if envelope.doc == "reg" {
+                return Some(envelope.payload);
+            }
+        }
+    })
+    .await
+    .expect("the session stalled: no answer to the subscription");
+    assert!(
+        matches!(&state, Some(Payload::Control(Control::Event { name, .. })) if name == "state"),
+        "{state:?}"
+    );
+    for load in loads {
+        load.await.unwrap();
+    }
+}
