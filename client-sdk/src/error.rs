@@ -61,7 +61,8 @@ pub enum TransportError {
     #[error("cannot connect: {0}")]
     Connect(String),
     /// The relay refused the connection (a missing, expired or wrong token: 401/403; a
-    /// register document: 409). Retrying with the same credentials will not help.
+    /// register document: 409; a Quantum connection already holding as many documents as the
+    /// relay allows: 413). Retrying with the same credentials will not help.
     #[error("refused by the relay ({status}): {reason}")]
     Refused {
         /// The HTTP status of the refusal.

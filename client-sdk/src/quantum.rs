@@ -12,6 +12,10 @@
 //! envelopes, each answered by `event "result"` or an `error` (see the relay's
 //! `quantum` module for the codes). A Yjs handle on a register document, or a register
 //! handle on a Yjs document, is refused with status 409.
+//!
+//! The relay limits how many documents one connection may hold (`--quantum-max-documents`,
+//! default 100): a subscription over it is refused with status 413 and the relay's reason,
+//! the connection and the other documents stay as they were.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -309,7 +313,8 @@ async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
 /// Maps a subscription refusal to a transport error.
 fn refusal(code: u32, reason: String) -> TransportError {
     match code {
-        4401 | 4403 | 4409 => TransportError::Refused {
+        // 4413: the connection holds as many documents as the relay allows.
+        4401 | 4403 | 4409 | 4413 => TransportError::Refused {
             status: (code - 4000) as u16,
             reason,
         },

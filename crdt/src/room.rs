@@ -15,6 +15,19 @@
 //! fit in the input, and the ids and clocks yrs asserts against; an update that fails it is
 //! refused as [`RoomError::InvalidUpdate`] without reaching yrs, so the room stays clean.
 //!
+//! **Decoded size.** An update's encoded size says little about the memory it takes: yrs
+//! holds every item as a block of its own, so an update of small map entries grows about 40
+//! times once integrated. A room therefore counts items and content bytes
+//! ([`UpdateSize`], measured by the same walk) and refuses, before yrs sees it, an update
+//! that holds more than [`DocLimits::max_update_items`] items or would take the document past
+//! [`DocLimits::max_doc_items`] items or [`DocLimits::max_doc_bytes`] content bytes
+//! ([`RoomError::TooLarge`]; nothing of it is applied and the room stays clean). The
+//! document's totals are approximate and err high: [`Room::load`] measures the stored snapshot
+//! and log, and each accepted update adds its own measure (deletions subtract nothing). Before
+//! refusing an update for the document's totals, a room whose totals grew since they were
+//! last exact re-measures its whole state once, so a long-lived, much-edited document is not
+//! refused for items that yrs has since merged.
+//!
 //! What remains (panics in yrs' integration of a well-formed update) is contained by running
 //! every call into yrs with peer-supplied data under [`std::panic::catch_unwind`]. A panic while
 //! applying marks the room tainted; the server then drops it and reloads it from the store.
@@ -29,7 +42,9 @@ use yrs::{ClientID, Doc, Options, ReadTxn, StateVector, Transact, TransactionMut
 use crate::awareness::{Awareness, AwarenessError};
 use crate::protocol::truncate_reason;
 use crate::protocol::{encode_awareness, encode_sync_step1, encode_sync_step2, encode_sync_update};
+#[cfg(doc)]
 use crate::update_check::check_update_v1;
+use crate::update_check::{UpdateSize, measure_update_v1};
 use crate::{ConnId, lib0};
 
 /// Client id of the room's own document. The relay never edits, so it never appears in updates;
@@ -66,10 +81,90 @@ pub enum RoomError {
         /// What was wrong with it.
         reason: String,
     },
+    /// The update is over a size limit (see [`DocLimits`]); nothing of it was applied and the
+    /// room is clean.
+    #[error("{0}")]
+    TooLarge(SizeLimit),
     /// Accepted updates could not be merged into one log entry (a yrs defect); the room is
     /// tainted and the updates are refused so that their senders resend them after reconnecting.
     #[error("updates could not be merged")]
     MergeFailed,
+}
+
+/// Which size limit an update is over, with the figures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeLimit {
+    /// The update alone holds more items than [`DocLimits::max_update_items`].
+    #[error("update holds {items} items, over the limit of {limit} per update")]
+    UpdateItems {
+        /// Items in the update.
+        items: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The document would hold more items than [`DocLimits::max_doc_items`].
+    #[error("document would hold {items} items, over the limit of {limit}")]
+    DocItems {
+        /// The document's items with the update.
+        items: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The document would hold more content bytes than [`DocLimits::max_doc_bytes`].
+    #[error("document would hold {bytes} bytes of content, over the limit of {limit}")]
+    DocBytes {
+        /// The document's content bytes with the update.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// Limits on what a room holds, in the measure of [`UpdateSize`]. The default is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocLimits {
+    /// Most items one update may hold.
+    pub max_update_items: u64,
+    /// Most items a document may hold.
+    pub max_doc_items: u64,
+    /// Most content bytes a document may hold.
+    pub max_doc_bytes: u64,
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        DocLimits {
+            max_update_items: u64::MAX,
+            max_doc_items: u64::MAX,
+            max_doc_bytes: u64::MAX,
+        }
+    }
+}
+
+impl DocLimits {
+    /// Whether a document holding `totals` may take `update`.
+    pub fn admit(&self, totals: UpdateSize, update: UpdateSize) -> Result<(), SizeLimit> {
+        if update.items > self.max_update_items {
+            return Err(SizeLimit::UpdateItems {
+                items: update.items,
+                limit: self.max_update_items,
+            });
+        }
+        let after = totals.plus(update);
+        if after.items > self.max_doc_items {
+            return Err(SizeLimit::DocItems {
+                items: after.items,
+                limit: self.max_doc_items,
+            });
+        }
+        if after.content_bytes > self.max_doc_bytes {
+            return Err(SizeLimit::DocBytes {
+                bytes: after.content_bytes,
+                limit: self.max_doc_bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl RoomError {
@@ -106,9 +201,24 @@ pub struct Room {
     doc: Doc,
     /// Presence of the connected clients.
     awareness: Awareness,
-    /// Set once applying an update failed half-way: the in-memory document may differ from the
-    /// store and must be reloaded.
+    /// Taint, limits and totals, boxed: every loaded document's task holds its room inline
+    /// (see the relay's `an_idle_room_future_stays_small`), and these are touched once per
+    /// batch.
+    sizing: Box<Sizing>,
+}
+
+/// A room's health, its size limits and what it holds in their measure.
+#[derive(Debug, Default)]
+struct Sizing {
+    /// Set once applying an update failed half-way: the in-memory document may differ from
+    /// the store and must be reloaded.
     tainted: bool,
+    /// The size limits updates are held to.
+    limits: DocLimits,
+    /// What the document holds, approximately (see the module docs): never below the truth.
+    size: UpdateSize,
+    /// Whether `size` is exactly the measure of the current state.
+    exact: bool,
 }
 
 impl Default for Room {
@@ -127,8 +237,22 @@ impl Room {
         Room {
             doc: Doc::with_options(options),
             awareness: Awareness::new(),
-            tainted: false,
+            sizing: Box::new(Sizing {
+                exact: true,
+                ..Sizing::default()
+            }),
         }
+    }
+
+    /// Holds later updates to `limits`. What the room already holds stays, even if over them.
+    pub fn set_limits(&mut self, limits: DocLimits) {
+        self.sizing.limits = limits;
+    }
+
+    /// What the document holds, in the measure of the limits (approximate, never below the
+    /// truth; see the module docs).
+    pub fn size(&self) -> UpdateSize {
+        self.sizing.size
     }
 
     /// Rebuilds a room from its stored snapshot (a v1 update) and the update log entries after
@@ -137,21 +261,25 @@ impl Room {
         snapshot: Option<&[u8]>,
         log: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Room, RoomError> {
-        let room = Room::new();
+        let mut room = Room::new();
+        let mut size = UpdateSize::default();
         let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), RoomError> {
             let mut txn = room.doc.transact_mut();
             if let Some(snapshot) = snapshot {
-                decode_and_apply(&mut txn, snapshot)
+                size = decode_and_apply(&mut txn, snapshot)
                     .map_err(|e| RoomError::InvalidSnapshot(e.to_string()))?;
             }
             for (index, entry) in log.into_iter().enumerate() {
-                decode_and_apply(&mut txn, entry).map_err(|e| RoomError::InvalidLogEntry {
-                    index,
-                    reason: e.to_string(),
-                })?;
+                let entry_size =
+                    decode_and_apply(&mut txn, entry).map_err(|e| RoomError::InvalidLogEntry {
+                        index,
+                        reason: e.to_string(),
+                    })?;
+                size = size.plus(entry_size);
             }
             Ok(())
         }));
+        room.sizing.size = size;
         match outcome {
             Ok(Ok(())) => Ok(room),
             Ok(Err(e)) => Err(e),
@@ -171,6 +299,10 @@ impl Room {
     /// broadcast (see [`UpdateBatch::redundant`]).
     pub fn apply_updates(&mut self, batch: Vec<(ConnId, Vec<u8>)>) -> UpdateBatch {
         let mut result = UpdateBatch::default();
+        let batch = self.measure(batch, &mut result.rejected);
+        let limits = self.sizing.limits;
+        let size_before = self.sizing.size;
+        let mut size = size_before;
         let mut accepted: Vec<(ConnId, Vec<u8>)> = Vec::new();
         let mut tainted = false;
         // What the transaction integrated, encoded by yrs itself: exact and cheap. Only valid
@@ -181,14 +313,16 @@ impl Room {
         let committed = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut();
             let pending_before = txn.has_missing_updates();
-            for (conn, bytes) in batch {
-                if bytes == EMPTY_UPDATE {
-                    // Every sync handshake answers step 1 with this when it has nothing to
-                    // add; there is nothing to store or to show anyone.
+            for (conn, bytes, update_size) in batch {
+                if let Err(limit) = limits.admit(size, update_size) {
+                    result.rejected.push((conn, RoomError::TooLarge(limit)));
                     continue;
                 }
-                match decode_and_apply(&mut txn, &bytes) {
-                    Ok(()) => accepted.push((conn, bytes)),
+                match apply_checked(&mut txn, &bytes) {
+                    Ok(()) => {
+                        size = size.plus(update_size);
+                        accepted.push((conn, bytes));
+                    }
                     Err(e) => {
                         tainted |= !matches!(e, RoomError::InvalidUpdate(_));
                         result.rejected.push((conn, e));
@@ -207,9 +341,13 @@ impl Room {
             // Dropping the transaction commits it, which runs yrs' cleanup: keep it in here.
             drop(txn);
         }));
-        self.tainted |= tainted || committed.is_err();
+        self.sizing.tainted |= tainted || committed.is_err();
         if accepted.is_empty() {
             return result;
+        }
+        if !redundant {
+            self.sizing.size = size;
+            self.sizing.exact &= size == size_before;
         }
         let count = accepted.len();
         if redundant {
@@ -239,7 +377,7 @@ impl Room {
                 }
             }
             None => {
-                self.tainted = true;
+                self.sizing.tainted = true;
                 let refused = accepted
                     .into_iter()
                     .map(|(c, _)| (c, RoomError::MergeFailed));
@@ -247,6 +385,40 @@ impl Room {
             }
         }
         result
+    }
+
+    /// Measures each update of `batch` (refusing into `rejected` those that fail the check),
+    /// drops empty ones (every sync handshake answers step 1 with one when it has nothing to
+    /// add), and re-measures the document first if the batch would pass its limits on
+    /// approximate totals.
+    fn measure(
+        &mut self,
+        batch: Vec<(ConnId, Vec<u8>)>,
+        rejected: &mut Vec<(ConnId, RoomError)>,
+    ) -> Vec<(ConnId, Vec<u8>, UpdateSize)> {
+        let mut measured = Vec::with_capacity(batch.len());
+        let mut total = self.sizing.size;
+        for (conn, bytes) in batch {
+            if bytes == EMPTY_UPDATE {
+                continue;
+            }
+            match measure_update_v1(&bytes) {
+                Ok(size) => {
+                    total = total.plus(size);
+                    measured.push((conn, bytes, size));
+                }
+                Err(e) => rejected.push((conn, RoomError::InvalidUpdate(e.to_string()))),
+            }
+        }
+        let limits = self.sizing.limits;
+        let over = total.items > limits.max_doc_items || total.content_bytes > limits.max_doc_bytes;
+        if over && !self.sizing.exact {
+            if let Ok(size) = measure_update_v1(&self.snapshot()) {
+                self.sizing.size = size;
+            }
+            self.sizing.exact = true;
+        }
+        measured
     }
 
     /// Answers a sync step 1: the encoded step 2 message with everything the peer lacks given
@@ -319,7 +491,7 @@ impl Room {
 
     /// True once applying an update failed half-way; the server should reload the room.
     pub fn is_tainted(&self) -> bool {
-        self.tainted
+        self.sizing.tainted
     }
 
     /// The document, for tests and tools.
@@ -339,8 +511,14 @@ pub const EMPTY_UPDATE: &[u8] = &[0, 0];
 /// Checks, decodes and integrates one v1 update inside `txn`, turning check failures, yrs errors
 /// and panics into [`RoomError`]s. Only [`RoomError::InvalidUpdate`] guarantees that nothing was
 /// applied.
-fn decode_and_apply(txn: &mut TransactionMut<'_>, bytes: &[u8]) -> Result<(), RoomError> {
-    check_update_v1(bytes).map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+fn decode_and_apply(txn: &mut TransactionMut<'_>, bytes: &[u8]) -> Result<UpdateSize, RoomError> {
+    let size = measure_update_v1(bytes).map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;
+    apply_checked(txn, bytes)?;
+    Ok(size)
+}
+
+/// [`decode_and_apply`] for bytes that already passed [`check_update_v1`].
+fn apply_checked(txn: &mut TransactionMut<'_>, bytes: &[u8]) -> Result<(), RoomError> {
     let update = catch_unwind(|| Update::decode_v1(bytes))
         .map_err(|_| RoomError::InvalidUpdate("document engine panicked while decoding".into()))?
         .map_err(|e| RoomError::InvalidUpdate(e.to_string()))?;

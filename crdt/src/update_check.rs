@@ -117,12 +117,58 @@ impl From<DecodeError> for UpdateCheckError {
     }
 }
 
+/// What an update adds to a document, as [`measure_update_v1`] counts it: the measure the
+/// relay's per-update and per-document size limits are stated in.
+///
+/// yrs holds every item as a block of its own (about 440 bytes of relay memory for a small map
+/// entry, against 13 to 14 bytes encoded), so the item count, not the encoded size, is what
+/// bounds the memory an update takes once integrated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateSize {
+    /// Items: one per block that is not a garbage-collected or skipped range, plus one per
+    /// value beyond the first of an `Any` or JSON content (each a value of its own in yrs).
+    pub items: u64,
+    /// Content bytes: the encoded bytes of those items (origins, parent, key and content);
+    /// the delete set is not counted.
+    pub content_bytes: u64,
+}
+
+impl UpdateSize {
+    /// `self` plus `other`, saturating.
+    pub fn plus(self, other: UpdateSize) -> UpdateSize {
+        UpdateSize {
+            items: self.items.saturating_add(other.items),
+            content_bytes: self.content_bytes.saturating_add(other.content_bytes),
+        }
+    }
+}
+
 /// Checks that `bytes` is a v1 update yrs can decode with bounded stack and memory.
 ///
 /// `Ok` means the block structure, every item content and the delete set are complete and
 /// within the limits described in the [module docs](self); yrs may still refuse the update when
 /// integrating it (a parent that is not a type, for instance), which is harmless.
 pub fn check_update_v1(bytes: &[u8]) -> Result<(), UpdateCheckError> {
+    walk_update_v1(bytes, &mut |_| {}).map(|_| ())
+}
+
+/// [`check_update_v1`], counting on the way what the update holds (see [`UpdateSize`]).
+///
+/// ```
+/// use aetherflow_crdt::update_check::measure_update_v1;
+/// use yrs::{Doc, Map, ReadTxn, StateVector, Transact};
+///
+/// let doc = Doc::with_client_id(1);
+/// let map = doc.get_or_insert_map("m");
+/// for i in 0..10 {
+///     map.insert(&mut doc.transact_mut(), format!("k{i}"), i);
+/// }
+/// let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+/// let size = measure_update_v1(&update).unwrap();
+/// assert_eq!(size.items, 10);
+/// assert!(size.content_bytes > 0 && size.content_bytes < update.len() as u64);
+/// ```
+pub fn measure_update_v1(bytes: &[u8]) -> Result<UpdateSize, UpdateCheckError> {
     walk_update_v1(bytes, &mut |_| {})
 }
 
@@ -158,12 +204,13 @@ pub(crate) enum ParentView<'a> {
     Item((u64, u32)),
 }
 
-/// [`check_update_v1`], showing `visit` every item it walks; stops at the first error.
+/// [`measure_update_v1`], showing `visit` every item it walks; stops at the first error.
 pub(crate) fn walk_update_v1(
     bytes: &[u8],
     visit: &mut dyn FnMut(ItemView<'_>),
-) -> Result<(), UpdateCheckError> {
+) -> Result<UpdateSize, UpdateCheckError> {
     let mut r = Reader::new(bytes);
+    let mut size = UpdateSize::default();
     // Per client: block count, client id and first clock, then at least one block.
     let clients = read_count(&mut r, "clients", 3)?;
     for _ in 0..clients {
@@ -173,30 +220,42 @@ pub(crate) fn walk_update_v1(
         let mut clock = u64::from(read_u32(&mut r, "clock")?);
         for _ in 0..blocks {
             let at = u32::try_from(clock).map_err(|_| UpdateCheckError::Overflow("block clock"))?;
-            clock += u64::from(check_block(&mut r, (client, at), visit)?);
+            let before = r.remaining();
+            let block = check_block(&mut r, (client, at), visit)?;
+            clock += u64::from(block.len);
             if clock > u64::from(u32::MAX) {
                 return Err(UpdateCheckError::Overflow("block clock"));
             }
+            if block.items > 0 {
+                size.items += block.items;
+                size.content_bytes += (before - r.remaining()) as u64;
+            }
         }
     }
-    check_delete_set(&mut r)
+    check_delete_set(&mut r)?;
     // Bytes after the delete set are ignored, as yrs and Yjs do.
+    Ok(size)
 }
 
-/// Walks one block; returns how far it advances its client's clock (yrs drops zero-length
-/// items without advancing).
+/// One walked block: how far it advances its client's clock, and how many items it holds.
+struct Block {
+    len: u32,
+    items: u64,
+}
+
+/// Walks one block (yrs drops zero-length items without advancing the clock).
 fn check_block(
     r: &mut Reader<'_>,
     id: (u64, u32),
     visit: &mut dyn FnMut(ItemView<'_>),
-) -> Result<u32, UpdateCheckError> {
+) -> Result<Block, UpdateCheckError> {
     let info = r.read_u8()?;
     if info == SKIP_INFO || info == GC_INFO {
         let len = read_u32(r, "block length")?;
         return if len == 0 {
             Err(UpdateCheckError::EmptyBlock)
         } else {
-            Ok(len)
+            Ok(Block { len, items: 0 })
         };
     }
     let origin = if info & HAS_ORIGIN != 0 {
@@ -234,7 +293,12 @@ fn check_block(
         content_ref,
         type_ref,
     });
-    Ok(len)
+    // An `Any` or JSON content holds one value per clock unit.
+    let items = match content_ref {
+        2 | 8 => u64::from(len).max(1),
+        _ => 1,
+    };
+    Ok(Block { len, items })
 }
 
 /// Walks an item's content; returns its length in clock units as yrs counts it and, for a

@@ -257,6 +257,17 @@ impl Auth {
             )
     }
 
+    /// What a Quantum hello's token stands for: the user and the token's `exp`, or why the
+    /// token is refused when the relay requires auth (`anonymous` and no expiry when it runs
+    /// open). A connection refused here is closed before it is listed.
+    pub fn hello(&self, token: Option<&str>) -> Result<(String, Option<u64>), AuthError> {
+        if self.is_open() {
+            return Ok(("anonymous".to_owned(), None));
+        }
+        let claims = self.verify(token.ok_or(AuthError::Missing)?)?;
+        Ok((claims.sub, Some(claims.exp)))
+    }
+
     /// Whether `token` is a client token this relay signed (expired, not yet valid, or valid).
     pub fn is_client_token(&self, token: &str) -> bool {
         matches!(

@@ -52,6 +52,10 @@ pub enum AppError {
     /// The request body is larger than the relay accepts.
     #[error("{0}")]
     TooLarge(String),
+    /// The update is over a size limit of the document (`--max-update-items`,
+    /// `--max-doc-items`, `--max-doc-bytes`); nothing was applied.
+    #[error("{0}")]
+    DocumentLimit(String),
     /// The relay cannot write to its storage (a full disk, an I/O error); nothing changed.
     /// Reads keep working; `/healthz` is not ready until writes work again.
     #[error(
@@ -101,6 +105,7 @@ impl From<crate::rooms::ApplyError> for AppError {
         use crate::rooms::ApplyError;
         match e {
             ApplyError::Invalid(reason) => AppError::BadRequest(reason),
+            ApplyError::TooLarge(reason) => AppError::DocumentLimit(reason),
             ApplyError::Storage => AppError::StorageUnavailable,
             ApplyError::Unavailable(e) => AppError::Internal(e),
         }
@@ -162,6 +167,11 @@ impl AppError {
                 self.to_string(),
             ),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
+            AppError::DocumentLimit(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "document_limit",
+                self.to_string(),
+            ),
             AppError::StorageUnavailable => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "storage_unavailable",

@@ -138,6 +138,7 @@ pub async fn run(
         registry: state.registry.clone(),
         connections: state.connections.clone(),
         registers: state.clone(),
+        max_documents: config.quantum_max_documents,
     };
     let metrics = state.metrics.clone();
     let app = http::router(state);

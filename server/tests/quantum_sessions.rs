@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aetherflow_client::testing::envelopes::{hello, next_error, raw_connect};
+use aetherflow_client::testing::envelopes::{
+    hello, next_envelope, next_error, next_message, raw_connect, subscribe,
+};
+use aetherflow_client::testing::live::wait_state;
 use aetherflow_client::{Client, ClientConfig, DocHandle};
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
@@ -292,6 +295,191 @@ async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
             .then_some(())
     })
     .await;
+}
+
+/// Every Quantum session of the relay, open or closed within the registry's grace period.
+async fn all_quantum_sessions(relay: &Relay) -> Vec<Value> {
+    let (status, page) = admin(relay, "GET", "/api/v1/sessions?transport=quantum").await;
+    assert_eq!(status, 200, "{page}");
+    page["sessions"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_quantum_hello_without_a_valid_token_is_closed_at_once_and_never_listed() {
+    let relay = secured(&[]);
+    for (token, code) in [
+        (None, "token_missing"),
+        (Some("not.a.jwt"), "token_malformed"),
+    ] {
+        let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+        conn.send(hello(token)).await.unwrap();
+        let refusal = next_error(&conn, "", TIMEOUT).await;
+        assert_eq!(refusal, Some((4401, code.to_owned())));
+        // Closed by the relay: nothing more arrives and the connection ends.
+        assert!(next_envelope(&conn, TIMEOUT).await.is_none());
+    }
+    // A client with a valid token is listed; the refused ones never were.
+    let token = mint(&relay, "ada", &["notes"]).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(Some(&token))).await.unwrap();
+    conn.send(subscribe("notes")).await.unwrap();
+    next_message(&conn, "notes", TIMEOUT).await;
+    let sessions = all_quantum_sessions(&relay).await;
+    let users: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ada"], "{sessions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_and_the_rest_stay()
+{
+    let relay = Relay::start(&["--admin-key", ADMIN_KEY, "--quantum-max-documents", "2"]);
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    conn.send(hello(None)).await.unwrap();
+    for doc in ["one", "two"] {
+        conn.send(subscribe(doc)).await.unwrap();
+        next_message(&conn, doc, TIMEOUT).await;
+    }
+    conn.send(subscribe("three")).await.unwrap();
+    let (code, reason) = next_error(&conn, "three", TIMEOUT)
+        .await
+        .expect("connection ended first");
+    assert_eq!(code, 4413);
+    assert!(reason.contains("too many documents"), "{reason}");
+    // Subscribing again to a document it holds is no new document.
+    conn.send(subscribe("two")).await.unwrap();
+    next_message(&conn, "two", TIMEOUT).await;
+    // After leaving one, another fits; the connection was never closed.
+    let leave = Envelope::new("one", Payload::Control(Control::Unsubscribe));
+    conn.send(leave.encode()).await.unwrap();
+    conn.send(subscribe("three")).await.unwrap();
+    next_message(&conn, "three", TIMEOUT).await;
+    let sessions = all_quantum_sessions(&relay).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["state"], "ACTIVE");
+
+    // The SDK reports the refusal on the handle over the limit; the others keep syncing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap());
+    config.quantum_handshake_timeout = Duration::from_millis(500);
+    let client = Client::open(config).unwrap();
+    let first = client.doc("first").await.unwrap();
+    wait_state(&first, TIMEOUT, |s| s.synced).await;
+    let second = client.doc("second").await.unwrap();
+    wait_state(&second, TIMEOUT, |s| s.synced).await;
+    let third = client.doc("third").await.unwrap();
+    let state = wait_state(&third, TIMEOUT, |s| s.denied.is_some()).await;
+    let denied = state.denied.unwrap();
+    assert!(denied.starts_with("413 too many documents"), "{denied}");
+    let mut reader = YClient::connect(&relay.ws_url("first")).await;
+    append(&first, "still syncing");
+    reader.wait_for_text("still syncing").await;
+}
+
+/// One awareness update: client 1's state `{"n": clock}` at `clock`.
+fn presence(clock: u64) -> Vec<u8> {
+    fn write_var_uint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let state = format!("{{\"n\":{clock}}}");
+    let mut update = Vec::new();
+    write_var_uint(&mut update, 1);
+    write_var_uint(&mut update, 1);
+    write_var_uint(&mut update, clock);
+    write_var_uint(&mut update, state.len() as u64);
+    update.extend_from_slice(state.as_bytes());
+    update
+}
+
+/// The relay's `aetherflow_documents_loaded`.
+async fn documents_loaded(relay: &Relay) -> Option<f64> {
+    let response = http_raw(relay.addr, "GET", "/metrics", &[], "").await;
+    series(&response.body, "aetherflow_documents_loaded")
+}
+
+/// The Quantum session is the only reader of its outgoing queue, which the tasks forwarding
+/// room frames fill. It once awaited room in that queue for its own answers (here a register
+/// document's `state`), so a queue filled while it waited for a busy store stalled the
+/// connection for good. The relay's 8 blocking threads are kept busy loading large documents
+/// while the subscription waits for the store and another client floods a document the
+/// connection holds with presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quantum_session_answers_while_forwarded_frames_fill_its_queue() {
+    let relay = Relay::start(&["--unload-after-secs", "1", "--message-rate-per-sec", "0"]);
+    let big = |i: u64| {
+        let doc = yrs::Doc::with_client_id(100 + i);
+        let map = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        for k in 0..100_000u32 {
+            yrs::Map::insert(&map, &mut txn, format!("k{k}"), true);
+        }
+        txn.encode_update_v1()
+    };
+    for i in 0..8 {
+        let mut writer = YClient::connect(&relay.ws_url(&format!("big{i}"))).await;
+        writer
+            .send_raw(aetherflow_crdt::protocol::encode_sync_update(&big(i)))
+            .await;
+        writer.barrier().await;
+    }
+    let (status, body) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs",
+        None,
+        Some(json!({"name": "reg", "kind": "lww"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_e1, victim) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e2, flooder) = raw_connect(relay.quantum_addr.unwrap()).await;
+    for conn in [&victim, &flooder] {
+        conn.send(hello(None)).await.unwrap();
+        conn.send(subscribe("hot")).await.unwrap();
+        next_message(conn, "hot", TIMEOUT).await;
+    }
+    // Only "hot" stays loaded.
+    eventually("the large documents unloaded", || async {
+        (documents_loaded(&relay).await? <= 1.0).then_some(())
+    })
+    .await;
+    // Eight loads at once take every blocking thread.
+    let loads: Vec<_> = (0..8)
+        .map(|i| {
+            let url = relay.ws_url(&format!("big{i}"));
+            tokio::spawn(async move { YClient::connect(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    victim.send(subscribe("reg")).await.unwrap();
+    for clock in 1..=1500 {
+        let message = Message::Awareness(presence(clock));
+        let envelope = Envelope::new("hot", Payload::Yjs(message)).encode();
+        flooder.send(envelope).await.unwrap();
+    }
+    let state = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let envelope = next_envelope(&victim, TIMEOUT).await?;
+            if envelope.doc == "reg" {
+                return Some(envelope.payload);
+            }
+        }
+    })
+    .await
+    .expect("the session stalled: no answer to the subscription");
+    assert!(
+        matches!(&state, Some(Payload::Control(Control::Event { name, .. })) if name == "state"),
+        "{state:?}"
+    );
+    for load in loads {
+        load.await.unwrap();
+    }
 }
 
 #[tokio::test]

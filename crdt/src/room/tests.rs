@@ -457,3 +457,111 @@ fn a_partly_new_update_is_logged_whole_and_a_pending_one_is_not_an_echo() {
     );
     assert_eq!(text_of(room.doc()), "abcd!");
 }
+
+/// One update setting `entries` keys of map `m`, from client `client`.
+fn map_entries(client: u64, entries: u32) -> Vec<u8> {
+    use yrs::Map;
+    let doc = Doc::with_client_id(client);
+    let map = doc.get_or_insert_map("m");
+    let mut txn = doc.transact_mut();
+    for i in 0..entries {
+        map.insert(&mut txn, format!("k{i}"), i64::from(i));
+    }
+    txn.encode_update_v1()
+}
+
+fn too_large(batch: &UpdateBatch) -> Option<&SizeLimit> {
+    batch.rejected.iter().find_map(|(_, e)| match e {
+        RoomError::TooLarge(limit) => Some(limit),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_update_over_the_per_update_item_limit_is_refused_before_yrs_and_leaves_the_room_clean() {
+    let mut room = Room::new();
+    room.set_limits(DocLimits {
+        max_update_items: 100,
+        ..DocLimits::default()
+    });
+    let batch = room.apply_updates(vec![(A, map_entries(1, 101))]);
+    assert_eq!(
+        too_large(&batch),
+        Some(&SizeLimit::UpdateItems {
+            items: 101,
+            limit: 100
+        })
+    );
+    assert!(batch.broadcast.is_none() && batch.log_entry.is_none());
+    assert!(!room.is_tainted());
+    assert_eq!(room.size(), UpdateSize::default());
+    let map = room.doc().get_or_insert_map("m");
+    assert_eq!(yrs::Map::len(&map, &room.doc().transact()), 0);
+    // One within the limit goes through.
+    let batch = room.apply_updates(vec![(B, map_entries(2, 100))]);
+    assert!(batch.rejected.is_empty() && batch.broadcast.is_some());
+    assert_eq!(room.size().items, 100);
+}
+
+#[test]
+fn a_document_refuses_updates_past_its_item_and_byte_limits_and_keeps_what_it_has() {
+    let mut room = Room::new();
+    room.set_limits(DocLimits {
+        max_doc_items: 150,
+        ..DocLimits::default()
+    });
+    assert!(
+        room.apply_updates(vec![(A, map_entries(1, 100))])
+            .rejected
+            .is_empty()
+    );
+    let batch = room.apply_updates(vec![(B, map_entries(2, 60))]);
+    assert_eq!(
+        too_large(&batch),
+        Some(&SizeLimit::DocItems {
+            items: 160,
+            limit: 150
+        })
+    );
+    assert!(!room.is_tainted());
+    assert!(
+        room.apply_updates(vec![(B, map_entries(3, 50))])
+            .rejected
+            .is_empty()
+    );
+
+    let update = map_entries(1, 10);
+    let bytes = measure_update_v1(&update).unwrap().content_bytes;
+    let mut room = Room::new();
+    room.set_limits(DocLimits {
+        max_doc_bytes: bytes * 2 - 1,
+        ..DocLimits::default()
+    });
+    assert!(room.apply_updates(vec![(A, update)]).rejected.is_empty());
+    let batch = room.apply_updates(vec![(B, map_entries(2, 10))]);
+    assert!(
+        matches!(too_large(&batch), Some(SizeLimit::DocBytes { .. })),
+        "{batch:?}"
+    );
+    // A reload measures what is stored, and holds later updates to the same limits.
+    let snapshot = room.snapshot();
+    let loaded = Room::load(Some(&snapshot), []).unwrap();
+    assert_eq!(loaded.size().items, 10);
+}
+
+#[test]
+fn typing_one_character_at_a_time_is_not_refused_for_items_yrs_has_merged() {
+    let doc = Doc::with_client_id(1);
+    let mut room = Room::new();
+    room.set_limits(DocLimits {
+        max_doc_items: 5,
+        ..DocLimits::default()
+    });
+    for i in 0..50 {
+        let update = insert(&doc, i, "x");
+        let batch = room.apply_updates(vec![(A, update)]);
+        assert!(batch.rejected.is_empty(), "keystroke {i}: {batch:?}");
+    }
+    assert_eq!(text_of(room.doc()), "x".repeat(50));
+    assert!(room.size().items <= 5, "{:?}", room.size());
+}

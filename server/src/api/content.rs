@@ -219,7 +219,7 @@ pub fn paths() -> Value {
         (200, binary),
         &statuses(&[404, 409, 503]),
     );
-    let post_update = with_body(
+    let mut post_update = with_body(
         operation(
             "Apply a binary Yjs v1 update through the document's room; answered after the commit",
             json!([name_param()]),
@@ -227,6 +227,11 @@ pub fn paths() -> Value {
             &statuses(&[409, 413, 507]),
         ),
         json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+    );
+    post_update["responses"]["413"]["description"] = json!(
+        "`too_large`: the body is over --max-message-bytes; `document_limit`: the update holds \
+         more items than --max-update-items, or would take the document past --max-doc-items \
+         items or --max-doc-bytes content bytes (nothing was applied)"
     );
     json!({
         "/api/v1/docs/{name}/content": { "get": content },

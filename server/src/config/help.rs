@@ -17,7 +17,8 @@ use super::{
 };
 use super::{
     DEFAULT_HTTP_HEADER_TIMEOUT_SECS, DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS,
-    DEFAULT_OUTBOX_MAX_BYTES,
+    DEFAULT_MAX_DOC_BYTES, DEFAULT_MAX_DOC_ITEMS, DEFAULT_MAX_UPDATE_ITEMS,
+    DEFAULT_OUTBOX_MAX_BYTES, DEFAULT_QUANTUM_MAX_DOCUMENTS,
 };
 
 /// The clap command of the `aetherflow` binary, with every setting's help ending in its
@@ -63,7 +64,17 @@ fn help_suffixes() -> Vec<(&'static str, String)> {
                 default(DEFAULT_QUANTUM_SPARSE_FEC_BUDGET)
             ),
         ),
+        (
+            "quantum_max_documents",
+            default(DEFAULT_QUANTUM_MAX_DOCUMENTS),
+        ),
         ("data_dir", default(DEFAULT_DATA_DIR)),
+        ("max_update_items", default(DEFAULT_MAX_UPDATE_ITEMS)),
+        ("max_doc_items", default(DEFAULT_MAX_DOC_ITEMS)),
+        (
+            "max_doc_bytes",
+            default(mib(DEFAULT_MAX_DOC_BYTES as usize)),
+        ),
         ("durability", default(value_name(Durability::default()))),
         (
             "max_message_bytes",

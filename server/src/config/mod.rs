@@ -64,6 +64,18 @@ pub const DEFAULT_MAX_CONTENT_JSON_BYTES: usize = 64 * 1024 * 1024;
 /// opens (the database, the Quantum socket, blocking threads' files), at least; see
 /// [`default_max_connections`].
 pub const RESERVED_FILES: u64 = 64;
+
+/// Default limit on the documents one Quantum connection may subscribe to at once: each is a
+/// loaded document and a forwarding task the relay holds for the connection.
+pub const DEFAULT_QUANTUM_MAX_DOCUMENTS: usize = 100;
+/// Default limit on the items one update may hold (see `aetherflow_crdt::room`, "Decoded
+/// size"): about 45 MiB of relay memory for small map entries (`benches/RESULTS.md`).
+pub const DEFAULT_MAX_UPDATE_ITEMS: u64 = 100_000;
+/// Default limit on the items one document may hold: about 450 MiB of relay memory for small
+/// map entries (`benches/RESULTS.md`).
+pub const DEFAULT_MAX_DOC_ITEMS: u64 = 1_000_000;
+/// Default limit on the content bytes one document may hold (as encoded: 256 MiB).
+pub const DEFAULT_MAX_DOC_BYTES: u64 = 256 * 1024 * 1024;
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "aetherflow.redb";
 
@@ -140,6 +152,11 @@ pub struct Settings {
     )]
     pub quantum_sparse_fec_budget: Option<u16>,
 
+    /// Most documents one Quantum connection may be subscribed to at once; a subscription
+    /// over it is refused with error 4413 (the connection stays).
+    #[arg(long, env = "AETHERFLOW_QUANTUM_MAX_DOCUMENTS", value_name = "N")]
+    pub quantum_max_documents: Option<usize>,
+
     /// Directory holding the database `aetherflow.redb`. Created if missing.
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -153,6 +170,22 @@ pub struct Settings {
     /// Largest WebSocket message, in bytes; a larger one closes the connection with code 1009.
     #[arg(long, env = "AETHERFLOW_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+
+    /// Most items (Yjs blocks, and each value of an array of plain values) one update may
+    /// hold; a larger update is refused (WebSocket close 1009, HTTP 413 `document_limit`)
+    ///.
+    #[arg(long, env = "AETHERFLOW_MAX_UPDATE_ITEMS", value_name = "N")]
+    pub max_update_items: Option<u64>,
+
+    /// Most items one document may hold, counting what accepted updates add; an update that
+    /// would pass it is refused like one over --max-update-items.
+    #[arg(long, env = "AETHERFLOW_MAX_DOC_ITEMS", value_name = "N")]
+    pub max_doc_items: Option<u64>,
+
+    /// Most content bytes (items as encoded in updates) one document may hold; an update that
+    /// would pass it is refused like one over --max-update-items.
+    #[arg(long, env = "AETHERFLOW_MAX_DOC_BYTES", value_name = "BYTES")]
+    pub max_doc_bytes: Option<u64>,
 
     /// Log format on stderr. Verbosity follows RUST_LOG (default `info`).
     #[arg(long, env = "AETHERFLOW_LOG_FORMAT", value_enum, value_name = "FORMAT")]
@@ -279,12 +312,20 @@ pub struct Config {
     pub quantum_required: bool,
     /// Sparse FEC parity budget of Quantum connections, percent of data bytes (0..=200).
     pub quantum_sparse_fec_budget: u16,
+    /// Most documents one Quantum connection may be subscribed to at once.
+    pub quantum_max_documents: usize,
     /// Directory holding the database.
     pub data_dir: PathBuf,
     /// Broadcast-after-commit or broadcast-first.
     pub durability: Durability,
     /// Largest WebSocket message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Most items one update may hold.
+    pub max_update_items: u64,
+    /// Most items one document may hold.
+    pub max_doc_items: u64,
+    /// Most content bytes one document may hold.
+    pub max_doc_bytes: u64,
     /// Log output format.
     pub log_format: LogFormat,
     /// Relaxed mode's bound on the delay before a durable commit.
@@ -359,9 +400,13 @@ impl Settings {
             quantum_sparse_fec_budget: self
                 .quantum_sparse_fec_budget
                 .or(lower.quantum_sparse_fec_budget),
+            quantum_max_documents: self.quantum_max_documents.or(lower.quantum_max_documents),
             data_dir: self.data_dir.or(lower.data_dir),
             durability: self.durability.or(lower.durability),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            max_update_items: self.max_update_items.or(lower.max_update_items),
+            max_doc_items: self.max_doc_items.or(lower.max_doc_items),
+            max_doc_bytes: self.max_doc_bytes.or(lower.max_doc_bytes),
             log_format: self.log_format.or(lower.log_format),
             relaxed_flush_ms: self.relaxed_flush_ms.or(lower.relaxed_flush_ms),
             unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
@@ -440,11 +485,17 @@ impl Config {
             quantum_sparse_fec_budget: s
                 .quantum_sparse_fec_budget
                 .unwrap_or(DEFAULT_QUANTUM_SPARSE_FEC_BUDGET),
+            quantum_max_documents: s
+                .quantum_max_documents
+                .unwrap_or(DEFAULT_QUANTUM_MAX_DOCUMENTS),
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             durability: s.durability.unwrap_or_default(),
             max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_update_items: s.max_update_items.unwrap_or(DEFAULT_MAX_UPDATE_ITEMS),
+            max_doc_items: s.max_doc_items.unwrap_or(DEFAULT_MAX_DOC_ITEMS),
+            max_doc_bytes: s.max_doc_bytes.unwrap_or(DEFAULT_MAX_DOC_BYTES),
             log_format: s.log_format.unwrap_or_default(),
             relaxed_flush: Duration::from_millis(
                 s.relaxed_flush_ms.unwrap_or(DEFAULT_RELAXED_FLUSH_MS),
@@ -556,6 +607,12 @@ impl Config {
                 why: "must be a percentage from 0 to 200",
             });
         }
+        if self.quantum_max_documents == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--quantum-max-documents",
+                why: "must be at least 1",
+            });
+        }
         if self.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 name: "--max-message-bytes",
@@ -567,6 +624,18 @@ impl Config {
                 name: "--outbox-max-bytes",
                 why: "must be at least 1024",
             });
+        }
+        for (name, value) in [
+            ("--max-update-items", self.max_update_items),
+            ("--max-doc-items", self.max_doc_items),
+            ("--max-doc-bytes", self.max_doc_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    why: "must be at least 1",
+                });
+            }
         }
         if self.compact_after_updates == 0 {
             return Err(ConfigError::Invalid {

@@ -226,3 +226,48 @@ fn the_outbox_bound_comes_from_flag_env_or_file_and_refuses_tiny_values() {
     let err = Config::from_settings(tiny).unwrap_err();
     assert!(err.to_string().contains("--outbox-max-bytes"), "{err}");
 }
+
+#[test]
+fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_refused() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(config.quantum_max_documents, 100);
+    assert_eq!(config.max_update_items, 100_000);
+    assert_eq!(config.max_doc_items, 1_000_000);
+    assert_eq!(config.max_doc_bytes, 256 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "quantum_max_documents = 5\nmax_update_items = 10\nmax_doc_items = 20\nmax_doc_bytes = 30\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--max-doc-items",
+        "25",
+    ]);
+    let config = Config::from_cli(cli).unwrap();
+    assert_eq!(
+        (
+            config.quantum_max_documents,
+            config.max_update_items,
+            config.max_doc_items,
+            config.max_doc_bytes
+        ),
+        (5, 10, 25, 30)
+    );
+    for flag in [
+        "--quantum-max-documents",
+        "--max-update-items",
+        "--max-doc-items",
+        "--max-doc-bytes",
+    ] {
+        let cli = Cli::parse_from(["aetherflow", flag, "0"]);
+        match Config::from_cli(cli) {
+            Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, flag),
+            other => panic!("{flag} 0 accepted: {other:?}"),
+        }
+    }
+}

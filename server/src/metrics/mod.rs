@@ -78,11 +78,16 @@ pub enum Rejection {
     ContentBusy,
     /// A `GET .../content` whose JSON is over `--max-content-json-bytes` (HTTP 422).
     ContentTooLarge,
+    /// A Quantum subscription over `--quantum-max-documents` (error 4413).
+    TooManyDocuments,
+    /// An update over a document's or an update's size limits (`--max-doc-bytes`,
+    /// `--max-doc-items`, `--max-update-items`): close 1009, HTTP 413.
+    DocumentLimit,
 }
 
 impl Rejection {
     /// Every reason, in declaration order (which indexes the counters).
-    pub const ALL: [Rejection; 17] = [
+    pub const ALL: [Rejection; 19] = [
         Rejection::MalformedMessage,
         Rejection::TextFrame,
         Rejection::InvalidPayload,
@@ -100,6 +105,8 @@ impl Rejection {
         Rejection::ConnectionCut,
         Rejection::ContentBusy,
         Rejection::ContentTooLarge,
+        Rejection::TooManyDocuments,
+        Rejection::DocumentLimit,
     ];
 
     /// The label value.
@@ -122,6 +129,8 @@ impl Rejection {
             Rejection::ConnectionCut => "connection_cut",
             Rejection::ContentBusy => "content_busy",
             Rejection::ContentTooLarge => "content_too_large",
+            Rejection::TooManyDocuments => "too_many_documents",
+            Rejection::DocumentLimit => "document_limit",
         }
     }
 

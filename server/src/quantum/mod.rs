@@ -26,13 +26,16 @@
 //! | 1001 | the relay is shutting down | closed |
 //! | 1002 | malformed envelope | closed |
 //! | 1008 | over the per-session message rate, disconnected by an admin, or more than [`registers::MAX_WAITING_COMMANDS`] register commands of one document waiting for their answers (`reason` says which) | closed |
+//! | 1007, 1009 | the document's room refused an update from this connection: not a valid Yjs update (1007), or over `--max-update-items` / past `--max-doc-items` or `--max-doc-bytes` (1009); the subscription ends, nothing of the update was applied | kept |
 //! | 1011 | the document is unavailable (storage failure, reload); subscribe again | kept |
 //! | 1013 | the subscription fell behind; subscribe again to resync | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document; a register command that is not valid JSON or not acceptable (e.g. a value too deep) | kept (closed without hello) |
+//! | 4401 (document `""`, answering the hello) | with auth on, the hello carried no token or one that does not verify (`reason` is the auth error code, e.g. `token_expired`, `token_missing`); the connection is never listed as a session | closed |
 //! | 4401, 4403 | the token is missing/invalid, or does not cover the document (`reason` is the auth error code, e.g. `token_expired`); 4403 also answers a register operation with a `read` token, or a manual write or resolution naming another author than the token's subject | kept |
 //! | 4401 (document `""`) | the hello's token expired during the session (at its `exp`); reconnect with a fresh token | closed |
 //! | 4404 | a register operation on a document that was deleted, or a resolution of no open conflict | kept |
 //! | 4409 | the operation does not fit the document's kind: a Yjs message on a register document, a register operation on a Yjs document, an LWW write on a manual document or the other way round | kept |
+//! | 4413 | the connection is already subscribed to `--quantum-max-documents` documents (default 100); unsubscribe from one first | kept |
 //! | 4410 | the document was deleted (after `event "deleted"`); the subscription ends | kept |
 //! | 4422 | an LWW write's stamp is more than a minute ahead of the relay's clock (nothing stored) | kept |
 //! | 4423 | the manual document is locked by someone else | kept |
@@ -85,7 +88,7 @@ use crate::rate_limit::{ConnectionLimiter, TokenBucket};
 use crate::registry::{Registry, SessionHandle, SessionState, Transport};
 use crate::rooms::CloseReason;
 use crate::session::SessionContext;
-use subscriptions::{Next, Subscriptions, on_envelope};
+use subscriptions::{Next, Peer, Subscriptions, on_envelope};
 
 /// How long shutdown waits for Quantum sessions to say goodbye before resetting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -97,6 +100,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ERROR_PROTOCOL: u32 = 4400;
 /// Error code: too many new connections from this address; the reason says when to retry.
 pub const ERROR_CONNECTION_RATE: u32 = 4429;
+/// Error code: the hello's token is missing or does not verify (the reason is the auth error
+/// code, e.g. `token_expired`); the connection is closed.
+pub const ERROR_UNAUTHORIZED: u32 = 4401;
+/// Error code: the connection is already subscribed to [`Config::quantum_max_documents`]
+/// documents; the subscription is refused, the connection and its other subscriptions stay.
+pub const ERROR_TOO_MANY_DOCUMENTS: u32 = 4413;
 
 /// How often a connection's transport figures are read: for `/metrics` and to see keepalives
 /// and ACKs as signs of life.
@@ -130,6 +139,9 @@ pub struct QuantumContext {
     /// The HTTP API's state: register operations go through its write path (locks, events,
     /// store), exactly as `/api/v1` and the live channel do.
     pub registers: crate::http::AppState,
+    /// Most documents one connection may be subscribed to at once
+    /// ([`Config::quantum_max_documents`]).
+    pub max_documents: usize,
 }
 
 impl QuantumContext {
@@ -198,7 +210,17 @@ async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Resu
         }
         Err(None) => return,
     };
-    let (user, expires) = ctx.auth.connection(token.as_deref());
+    // A hello whose token does not verify ends the connection before it is listed: with
+    // auth on, nothing could be subscribed with it anyway.
+    let (user, expires) = match ctx.auth.hello(token.as_deref()) {
+        Ok(hello) => hello,
+        Err(e) => {
+            warn!(code = e.code(), "hello refused: token missing or invalid");
+            ctx.sessions.rooms.metrics().reject(Rejection::from(&e));
+            refuse(&conn, ERROR_UNAUTHORIZED, e.code()).await;
+            return;
+        }
+    };
     let handle = ctx
         .registry
         .open(&user, Transport::Quantum, remote, Vec::new());
@@ -282,7 +304,8 @@ async fn session(
                     ctx.sessions.rooms.metrics().reject(Rejection::MessageRate);
                     break Some(reason);
                 }
-                let next = on_envelope(&bytes, ctx, &limits, token, &mut subscriptions, &to_peer, handle).await;
+                let peer = Peer { conn, queue: &to_peer, handle };
+                let next = on_envelope(&bytes, ctx, &limits, token, &mut subscriptions, &peer).await;
                 if let Next::Close(code, reason) = next {
                     let code = u16::try_from(code).unwrap_or(CloseReason::PROTOCOL_ERROR);
                     break Some(CloseReason::new(code, reason));

@@ -86,7 +86,7 @@ pub(super) async fn subscribe(
     kind: Kind,
     grant: Grant,
     ctx: &QuantumContext,
-    to_peer: &mpsc::Sender<Vec<u8>>,
+    peer: &super::subscriptions::Peer<'_>,
 ) -> Result<RegisterSubscription, (u32, String)> {
     let app = &ctx.registers;
     let events = app.sessions.rooms.events().clone();
@@ -95,7 +95,8 @@ pub(super) async fn subscribe(
     let greeting = crate::api::live::greeting(app, doc)
         .await
         .map_err(|e| refusal(&e))?;
-    if to_peer.send(event(doc, "state", greeting)).await.is_err() {
+    // Straight to the connection: the session awaits this, and only it drains its queue.
+    if !peer.reply(event(doc, "state", greeting)).await {
         return Err((
             u32::from(CloseReason::INTERNAL_ERROR),
             "connection closing".into(),
@@ -110,7 +111,7 @@ pub(super) async fn subscribe(
     let forward = tokio::spawn(forward(
         doc.clone(),
         listener,
-        to_peer.clone(),
+        peer.queue.clone(),
         app.sessions.shutdown.clone(),
     ));
     let (commands, queue) = mpsc::channel(MAX_WAITING_COMMANDS);
@@ -121,7 +122,7 @@ pub(super) async fn subscribe(
         ctx: ctx.clone(),
     };
     // Tracked, so shutdown lets queued commands finish before the store's last commit.
-    ctx.tracker.spawn(writer.run(queue, to_peer.clone()));
+    ctx.tracker.spawn(writer.run(queue, peer.queue.clone()));
     Ok(RegisterSubscription {
         doc: doc.clone(),
         user: grant.user,

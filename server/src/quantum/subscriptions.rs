@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::registers::{self, ERROR_WRONG_KIND, RegisterSubscription};
-use super::{ERROR_PROTOCOL, QuantumContext, error};
+use super::{ERROR_PROTOCOL, ERROR_TOO_MANY_DOCUMENTS, QuantumContext, error};
 use crate::auth::Permission;
 use crate::metrics::Rejection;
 use crate::registry::SessionHandle;
@@ -42,6 +42,26 @@ impl Subscription {
 /// A connection's subscriptions by document.
 pub(super) type Subscriptions = HashMap<DocName, Subscription>;
 
+/// The ways back to the client. The session is the only reader of `queue`, so whatever the
+/// session itself answers goes straight to the connection ([`Peer::reply`]): waiting for
+/// room in its own queue, which the forwarding tasks may have filled, would wait forever.
+pub(super) struct Peer<'a> {
+    /// The connection: for the session's own answers.
+    pub(super) conn: &'a aetherflow_quantum::QuantumConnection,
+    /// The session's outgoing queue: for the tasks that forward rooms' frames and events.
+    pub(super) queue: &'a mpsc::Sender<Vec<u8>>,
+    /// The session's registry entry, which counts the bytes sent.
+    pub(super) handle: &'a SessionHandle,
+}
+
+impl Peer<'_> {
+    /// Sends one of the session's answers; `false` once the connection is gone.
+    pub(super) async fn reply(&self, bytes: Vec<u8>) -> bool {
+        self.handle.sent(bytes.len());
+        self.conn.send(bytes).await.is_ok()
+    }
+}
+
 /// What to do after one incoming envelope.
 pub(super) enum Next {
     Continue,
@@ -56,12 +76,11 @@ pub(super) async fn on_envelope(
     limits: &EnvelopeLimits,
     token: Option<&str>,
     subscriptions: &mut Subscriptions,
-    to_peer: &mpsc::Sender<Vec<u8>>,
-    handle: &SessionHandle,
+    peer: &Peer<'_>,
 ) -> Next {
     let envelope = match Envelope::decode(bytes, limits) {
         Ok(envelope) => envelope,
-        Err(e) => return malformed(bytes, &e, ctx, subscriptions, to_peer).await,
+        Err(e) => return malformed(bytes, &e, ctx, subscriptions, peer).await,
     };
     // Decoding checked the name of every envelope that is not connection-level.
     let doc = DocName::parse(&envelope.doc).ok();
@@ -70,9 +89,20 @@ pub(super) async fn on_envelope(
             if let Some(old) = subscriptions.remove(&doc) {
                 old.close();
             }
-            match subscribe(&doc, ctx, token, to_peer).await {
+            if subscriptions.len() >= ctx.max_documents {
+                ctx.sessions
+                    .rooms
+                    .metrics()
+                    .reject(Rejection::TooManyDocuments);
+                let reason = format!(
+                    "too many documents on this connection (limit {}); unsubscribe from one first",
+                    ctx.max_documents
+                );
+                return reply(peer, error(doc.as_str(), ERROR_TOO_MANY_DOCUMENTS, &reason)).await;
+            }
+            match subscribe(&doc, ctx, token, peer).await {
                 Ok(subscription) => {
-                    handle.add_document(doc.as_str());
+                    peer.handle.add_document(doc.as_str());
                     subscriptions.insert(doc, subscription);
                     None
                 }
@@ -97,15 +127,21 @@ pub(super) async fn on_envelope(
         // A second hello, or errors and events from the client: nothing to do.
         _ => None,
     };
-    if let Some(reply) = reply
-        && to_peer.send(reply).await.is_err()
-    {
-        return Next::Close(
-            u32::from(CloseReason::INTERNAL_ERROR),
-            "connection closing".into(),
-        );
+    match reply {
+        Some(answer) => self::reply(peer, answer).await,
+        None => Next::Continue,
     }
-    Next::Continue
+}
+
+/// Sends the session's answer and goes on, or closes if the connection is gone.
+async fn reply(peer: &Peer<'_>, answer: Vec<u8>) -> Next {
+    if peer.reply(answer).await {
+        return Next::Continue;
+    }
+    Next::Close(
+        u32::from(CloseReason::INTERNAL_ERROR),
+        "connection closing".into(),
+    )
 }
 
 /// Queues a register command with its subscription's writer, which answers it. `Ok` holds
@@ -138,7 +174,7 @@ async fn malformed(
     e: &EnvelopeError,
     ctx: &QuantumContext,
     subscriptions: &Subscriptions,
-    to_peer: &mpsc::Sender<Vec<u8>>,
+    peer: &Peer<'_>,
 ) -> Next {
     ctx.sessions
         .rooms
@@ -162,7 +198,7 @@ async fn malformed(
             };
         }
         let answer = error(doc.as_str(), ERROR_PROTOCOL, &reason);
-        if to_peer.send(answer).await.is_ok() {
+        if peer.reply(answer).await {
             return Next::Continue;
         }
     }
@@ -204,7 +240,7 @@ async fn subscribe(
     doc: &DocName,
     ctx: &QuantumContext,
     token: Option<&str>,
-    to_peer: &mpsc::Sender<Vec<u8>>,
+    peer: &Peer<'_>,
 ) -> Result<Subscription, (u32, String)> {
     let grant = ctx
         .auth
@@ -220,7 +256,7 @@ async fn subscribe(
     };
     match tokio::task::spawn_blocking(move || store.document(&lookup)).await {
         Ok(Ok(Some(meta))) if meta.kind != Kind::Yjs => {
-            let subscription = registers::subscribe(doc, meta.kind, grant, ctx, to_peer).await?;
+            let subscription = registers::subscribe(doc, meta.kind, grant, ctx, peer).await?;
             return Ok(Subscription::Register(subscription));
         }
         Ok(Ok(_)) => {}
@@ -248,7 +284,7 @@ async fn subscribe(
                 "document unavailable".to_owned(),
             )
         })?;
-    let forward = tokio::spawn(forward(doc.to_string(), from_room, to_peer.clone()));
+    let forward = tokio::spawn(forward(doc.to_string(), from_room, peer.queue.clone()));
     Ok(Subscription::Room(membership, forward))
 }
 

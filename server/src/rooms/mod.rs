@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aetherflow_crdt::protocol::Message;
+use aetherflow_crdt::room::DocLimits;
 use aetherflow_crdt::{ConnId, DocName};
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -90,6 +91,10 @@ pub enum ApplyError {
     /// The bytes are not an acceptable Yjs v1 update; nothing was applied.
     #[error("{0}")]
     Invalid(String),
+    /// The update is over a size limit (`--max-update-items`, `--max-doc-items`,
+    /// `--max-doc-bytes`); nothing was applied.
+    #[error("{0}")]
+    TooLarge(String),
     /// The storage cannot be written (a full disk, an I/O error); nothing was applied.
     #[error("storage unavailable")]
     Storage,
@@ -162,6 +167,8 @@ pub struct RoomSettings {
     pub unload_after: Duration,
     /// Log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// What one update and one document may hold.
+    pub doc_limits: DocLimits,
 }
 
 impl From<&Config> for RoomSettings {
@@ -170,6 +177,11 @@ impl From<&Config> for RoomSettings {
             durability: config.durability,
             unload_after: config.unload_after,
             compact_after_updates: config.compact_after_updates,
+            doc_limits: DocLimits {
+                max_update_items: config.max_update_items,
+                max_doc_items: config.max_doc_items,
+                max_doc_bytes: config.max_doc_bytes,
+            },
         }
     }
 }
@@ -448,6 +460,7 @@ pub(crate) mod tests {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),
             compact_after_updates: 1000,
+            doc_limits: DocLimits::default(),
         };
         Rooms::new(
             store,

@@ -130,7 +130,7 @@ impl RoomTask {
                 return;
             };
             let _loaded = self.rooms.inner.metrics.document_loaded();
-            let settings = self.rooms.inner.settings;
+            let unload_after = self.rooms.inner.settings.unload_after;
             let shutdown = self.rooms.inner.shutdown.clone();
             loop {
                 let stopping = shutdown.is_cancelled();
@@ -164,8 +164,7 @@ impl RoomTask {
                 let idle = quiet && self.subscribers.is_empty();
                 // Boxed, and made only when the room is idle: a timer in the select itself
                 // would be part of every loaded room's future.
-                let unload_timer =
-                    idle.then(|| Box::pin(tokio::time::sleep(settings.unload_after)));
+                let unload_timer = idle.then(|| Box::pin(tokio::time::sleep(unload_after)));
                 tokio::select! {
                     // Commits first: they release broadcasts and make room in the pipeline.
                     biased;
@@ -231,8 +230,13 @@ impl RoomTask {
         })
         .await;
         match loaded {
-            Ok(Ok((room, entries))) => {
-                debug!(log_entries = entries, "document loaded");
+            Ok(Ok((mut room, entries))) => {
+                room.set_limits(self.rooms.inner.settings.doc_limits);
+                debug!(
+                    log_entries = entries,
+                    items = room.size().items,
+                    "document loaded"
+                );
                 self.log_entries = entries;
                 Some(room)
             }
@@ -370,16 +374,25 @@ impl RoomTask {
         }
         for (conn, err) in batch.rejected {
             warn!(conn = conn.0, reason = %err.reason(), "update rejected");
+            // Over a size limit is a message too big for this document; anything else is
+            // bad bytes.
+            let (code, rejection, error) = match &err {
+                RoomError::TooLarge(_) => (
+                    CloseReason::MESSAGE_TOO_BIG,
+                    Rejection::DocumentLimit,
+                    ApplyError::TooLarge(err.reason()),
+                ),
+                _ => (
+                    CloseReason::INVALID_PAYLOAD,
+                    Rejection::InvalidPayload,
+                    ApplyError::Invalid(err.reason()),
+                ),
+            };
             if let Some(at) = http.iter().position(|(c, _)| *c == conn) {
                 let (_, done) = http.swap_remove(at);
-                let _ = done.send(Err(ApplyError::Invalid(err.reason())));
+                let _ = done.send(Err(error));
             }
-            self.kick(
-                room,
-                conn,
-                CloseReason::new(CloseReason::INVALID_PAYLOAD, err.reason()),
-                Rejection::InvalidPayload,
-            );
+            self.kick(room, conn, CloseReason::new(code, err.reason()), rejection);
         }
         if room.is_tainted() {
             // The in-memory document may hold part of a rejected update; the store does not.
