@@ -6,7 +6,7 @@
 //! and the expiry (`exp`); an optional `nbf` (not before) is honoured too. Both are checked with
 //! [`CLOCK_LEEWAY_SECS`] of leeway for clock skew between the token's issuer and the relay.
 //! With no key configured the relay runs open: everyone may read and
-//! write everything, which [`crate::config`] allows only on a loopback address.
+//! write everything, which the relay's configuration allows only on a loopback address.
 
 use std::path::Path;
 

@@ -85,33 +85,6 @@ pub enum AppError {
 /// `Retry-After` of a 507: the relay retries its storage every second.
 const STORAGE_RETRY_AFTER_SECS: u64 = 5;
 
-impl From<crate::store::StoreError> for AppError {
-    fn from(e: crate::store::StoreError) -> AppError {
-        if e.is_io() {
-            tracing::warn!(error = %e, "write refused: storage unavailable");
-            AppError::StorageUnavailable
-        } else if let crate::store::StoreError::Damaged { .. } = e {
-            tracing::error!(error = %e, "damaged document refused");
-            AppError::DocumentDamaged(e.to_string())
-        } else {
-            AppError::Internal(e.to_string())
-        }
-    }
-}
-
-impl From<crate::rooms::ApplyError> for AppError {
-    /// An update the room did not apply; `Invalid` is the caller's to word.
-    fn from(e: crate::rooms::ApplyError) -> AppError {
-        use crate::rooms::ApplyError;
-        match e {
-            ApplyError::Invalid(reason) => AppError::BadRequest(reason),
-            ApplyError::TooLarge(reason) => AppError::DocumentLimit(reason),
-            ApplyError::Storage => AppError::StorageUnavailable,
-            ApplyError::Unavailable(e) => AppError::Internal(e),
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Body<'a> {
     error: Detail<'a>,

@@ -54,6 +54,25 @@ use crate::rooms::{RoomSettings, Rooms};
 use crate::session::SessionContext;
 use crate::store::{Store, StoreWriter, WriteMode};
 
+/// Runs an offline tool (`aetherflow merge`, `inspect`, `check`); returns what to print.
+/// `check` opens the store, which the `tools` module stays below, so it is dispatched here.
+pub fn run_tool(tool: &tools::Tool) -> Result<String, tools::ToolError> {
+    use tools::{Tool, ToolError};
+    let Tool::Check { data_dir, repair } = tool else {
+        return tools::run(tool);
+    };
+    let path = data_dir.join("aetherflow.redb");
+    let report = store::check::check(&path, *repair).map_err(|e| ToolError::Check {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if report.damaged.is_empty() || report.repaired {
+        Ok(format!("{}\n{report}", path.display()))
+    } else {
+        Err(ToolError::Damaged(format!("{}\n{report}", path.display())))
+    }
+}
+
 /// Serves the relay on `listener` until `shutdown` resolves, then shuts down cleanly.
 pub async fn run(
     config: Config,

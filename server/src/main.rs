@@ -15,7 +15,7 @@ const BLOCKING_THREADS: usize = 8;
 fn main() -> ExitCode {
     let mut cli = Cli::parse_with_defaults();
     if let Some(tool) = cli.tool.take() {
-        return match aetherflow_server::tools::run(&tool) {
+        return match aetherflow_server::run_tool(&tool) {
             Ok(report) => {
                 print!("{report}");
                 ExitCode::SUCCESS

@@ -98,27 +98,11 @@ pub fn run(tool: &Tool) -> Result<String, ToolError> {
                 merged.len()
             ))
         }
-        Tool::Check { data_dir, repair } => {
-            let path = data_dir.join("aetherflow.redb");
-            let report =
-                crate::store::check::check(&path, *repair).map_err(|e| ToolError::Check {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            if report.damaged.is_empty() || report.repaired {
-                Ok(format!(
-                    "{}
-{report}",
-                    path.display()
-                ))
-            } else {
-                Err(ToolError::Damaged(format!(
-                    "{}
-{report}",
-                    path.display()
-                )))
-            }
-        }
+        // Needs the store, which this module stays below: `crate::run_tool` runs it.
+        Tool::Check { .. } => Err(ToolError::Check {
+            path: PathBuf::new(),
+            reason: "run through aetherflow_server::run_tool".into(),
+        }),
         Tool::Inspect { file } => {
             let bytes = read(file)?;
             let summary =

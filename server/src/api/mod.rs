@@ -159,3 +159,30 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| AppError::Internal(e.to_string()))?
         .map_err(AppError::from)
 }
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> AppError {
+        if e.is_io() {
+            tracing::warn!(error = %e, "write refused: storage unavailable");
+            AppError::StorageUnavailable
+        } else if let StoreError::Damaged { .. } = e {
+            tracing::error!(error = %e, "damaged document refused");
+            AppError::DocumentDamaged(e.to_string())
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::rooms::ApplyError> for AppError {
+    /// An update the room did not apply; `Invalid` is the caller's to word.
+    fn from(e: crate::rooms::ApplyError) -> AppError {
+        use crate::rooms::ApplyError;
+        match e {
+            ApplyError::Invalid(reason) => AppError::BadRequest(reason),
+            ApplyError::TooLarge(reason) => AppError::DocumentLimit(reason),
+            ApplyError::Storage => AppError::StorageUnavailable,
+            ApplyError::Unavailable(e) => AppError::Internal(e),
+        }
+    }
+}
