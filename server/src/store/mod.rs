@@ -341,6 +341,12 @@ impl Store {
         ))))
     }
 
+    /// Closes and reopens the database if a failed write poisoned it, so that reads work
+    /// again; does not probe. Blocking.
+    pub(crate) fn reopen_if_poisoned(&self) -> Result<(), StoreError> {
+        self.slot.reopen_if_poisoned(open_database)
+    }
+
     /// Writes, syncs and removes [`PROBE_BYTES`] beside the database.
     fn probe(&self) -> Result<(), StoreError> {
         let path = self.slot.path().with_extension("probe");

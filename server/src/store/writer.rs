@@ -233,7 +233,9 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
             },
         };
         if !store.is_writable() {
-            recover(&store).await;
+            // A failed commit poisoned the database: reopen it before trying again. The probe
+            // that ends the failure runs on the timer above, not once per batch.
+            reopen(&store).await;
         }
         let mut batch: Vec<Request> = first.into_iter().collect();
         while batch.len() < MAX_REQUESTS_PER_COMMIT {
@@ -278,7 +280,7 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
         debug!(ops = count, sync, "store commit");
         if !store.is_writable() {
             // Reopen at once, so that reads work again while the storage is full.
-            recover(&store).await;
+            reopen(&store).await;
         }
         match result {
             Ok(results) => {
@@ -314,6 +316,16 @@ async fn recover(store: &Store) {
         Ok(Ok(())) => tracing::info!("storage writable again"),
         Ok(Err(e)) => debug!(error = %e, "storage still failing"),
         Err(e) => error!(error = %e, "storage recovery panicked"),
+    }
+}
+
+/// Reopens the database if a failed commit poisoned it (see [`Store::reopen_if_poisoned`]).
+async fn reopen(store: &Store) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.reopen_if_poisoned()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "database not reopened yet"),
+        Err(e) => error!(error = %e, "reopening the database panicked"),
     }
 }
 
