@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aetherflow_benches::client::{Target, loopback_sources};
-use aetherflow_benches::scenario::{idle, ingest, traffic};
+use aetherflow_benches::scenario::{hostile, idle, ingest, traffic};
 use aetherflow_benches::trace;
 use aetherflow_benches::wire::Dialect;
 use anyhow::Context;
@@ -111,6 +111,35 @@ enum Scenario {
         /// Seconds readers keep listening after the last update.
         #[arg(long, default_value_t = 3)]
         grace: u64,
+    },
+    /// The memory attacks of issue 14, one after the other, with the server's peak memory:
+    /// a silent reader under large broadcasts, a presence flood, concurrent large JSON reads,
+    /// one update of many small map entries.
+    Hostile {
+        /// Server process id, for its resident memory (`/proc/PID/status`).
+        #[arg(long)]
+        server_pid: u32,
+        /// Large updates sent to the silent reader's document.
+        #[arg(long, default_value_t = 48)]
+        slow_reader_updates: usize,
+        /// Size of each, bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        slow_reader_update_bytes: usize,
+        /// Presence updates, each with a new client id.
+        #[arg(long, default_value_t = 200)]
+        presence_updates: usize,
+        /// Size of each presence state, bytes.
+        #[arg(long, default_value_t = 512 * 1024)]
+        presence_state_bytes: usize,
+        /// Map entries of the document read as JSON.
+        #[arg(long, default_value_t = 90_000)]
+        content_entries: usize,
+        /// `GET .../content` requests at once.
+        #[arg(long, default_value_t = 8)]
+        content_requests: usize,
+        /// Map entries of the one large update.
+        #[arg(long, default_value_t = 850_000)]
+        update_entries: usize,
     },
     /// Hold many synced connections open and measure the server's memory.
     Idle {
@@ -221,6 +250,35 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
                 "docs": docs, "writers": writers, "readers": readers, "rate": rate, "duration": duration,
             });
             ("mixed", params, serde_json::to_value(report)?)
+        }
+        Scenario::Hostile {
+            server_pid,
+            slow_reader_updates,
+            slow_reader_update_bytes,
+            presence_updates,
+            presence_state_bytes,
+            content_entries,
+            content_requests,
+            update_entries,
+        } => {
+            let p = hostile::HostileParams {
+                server_pid: *server_pid,
+                slow_reader_updates: *slow_reader_updates,
+                slow_reader_update_bytes: *slow_reader_update_bytes,
+                presence_updates: *presence_updates,
+                presence_state_bytes: *presence_state_bytes,
+                content_entries: *content_entries,
+                content_requests: *content_requests,
+                update_entries: *update_entries,
+            };
+            let report = hostile::run(target, &p).await?;
+            let params = serde_json::json!({
+                "slow_reader": [slow_reader_updates, slow_reader_update_bytes],
+                "presence": [presence_updates, presence_state_bytes],
+                "content": [content_entries, content_requests],
+                "update_entries": update_entries,
+            });
+            ("hostile", params, serde_json::to_value(report)?)
         }
         Scenario::Idle {
             connections,
