@@ -340,6 +340,24 @@ fn write_entry(buf: &mut Vec<u8>, client: u64, clock: u64, json: Option<&str>) {
     write_var_string(buf, json.unwrap_or("null"));
 }
 
+/// Encodes an awareness update payload from `(client id, clock, state JSON)` entries, as
+/// y-protocols' `encodeAwarenessUpdate` does (a removal's state is `"null"`). For clients and
+/// tools that build presence by hand.
+///
+/// ```
+/// use aetherflow_crdt::awareness::encode_update;
+///
+/// assert_eq!(encode_update(&[(1, 2, "{}")]), [1, 1, 2, 2, b'{', b'}']);
+/// ```
+pub fn encode_update(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    write_var_uint(&mut buf, entries.len() as u64);
+    for &(client, clock, json) in entries {
+        write_entry(&mut buf, client, clock, Some(json));
+    }
+    buf
+}
+
 fn encode_entries(changed: &BTreeMap<u64, (u64, Option<String>)>) -> Option<Vec<u8>> {
     if changed.is_empty() {
         return None;
@@ -362,12 +380,7 @@ mod tests {
     const B: ConnId = ConnId(2);
 
     fn update(entries: &[(u64, u64, &str)]) -> Vec<u8> {
-        let mut buf = Vec::new();
-        write_var_uint(&mut buf, entries.len() as u64);
-        for &(client, clock, json) in entries {
-            write_entry(&mut buf, client, clock, Some(json));
-        }
-        buf
+        encode_update(entries)
     }
 
     #[test]

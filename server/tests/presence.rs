@@ -3,33 +3,15 @@
 
 mod common;
 
-use aetherflow_crdt::awareness::{MAX_BYTES_PER_CONNECTION, MAX_CLIENTS_PER_CONNECTION};
+use aetherflow_crdt::awareness::{
+    MAX_BYTES_PER_CONNECTION, MAX_CLIENTS_PER_CONNECTION, encode_update,
+};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
 use common::{Relay, YClient};
 
-fn write_var_uint(buf: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        buf.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    buf.push(value as u8);
-}
-
-fn write_var_string(buf: &mut Vec<u8>, s: &str) {
-    write_var_uint(buf, s.len() as u64);
-    buf.extend_from_slice(s.as_bytes());
-}
-
 /// An awareness update with `entries` of (client id, clock, state JSON).
 fn awareness(entries: &[(u64, u64, &str)]) -> Message {
-    let mut payload = Vec::new();
-    write_var_uint(&mut payload, entries.len() as u64);
-    for &(client, clock, state) in entries {
-        write_var_uint(&mut payload, client);
-        write_var_uint(&mut payload, clock);
-        write_var_string(&mut payload, state);
-    }
-    Message::Awareness(payload)
+    Message::Awareness(encode_update(entries))
 }
 
 /// The next message `client` receives that is an awareness update or a sync update.

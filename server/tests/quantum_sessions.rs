@@ -380,21 +380,8 @@ async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_
 
 /// One awareness update: client 1's state `{"n": clock}` at `clock`.
 fn presence(clock: u64) -> Vec<u8> {
-    fn write_var_uint(out: &mut Vec<u8>, mut n: u64) {
-        while n >= 0x80 {
-            out.push((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
     let state = format!("{{\"n\":{clock}}}");
-    let mut update = Vec::new();
-    write_var_uint(&mut update, 1);
-    write_var_uint(&mut update, 1);
-    write_var_uint(&mut update, clock);
-    write_var_uint(&mut update, state.len() as u64);
-    update.extend_from_slice(state.as_bytes());
-    update
+    aetherflow_crdt::awareness::encode_update(&[(1, clock, &state)])
 }
 
 /// The relay's `aetherflow_documents_loaded`.

@@ -74,19 +74,7 @@ async fn documents_are_isolated_from_each_other() {
 
 /// One awareness entry `[count = 1, clientID, clock, state]`, as y-protocols encodes it.
 fn awareness(client: u64, clock: u64, state: &str) -> Vec<u8> {
-    fn var_uint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8 & 0x7f) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    let mut out = vec![1];
-    var_uint(&mut out, client);
-    var_uint(&mut out, clock);
-    var_uint(&mut out, state.len() as u64);
-    out.extend_from_slice(state.as_bytes());
-    out
+    aetherflow_crdt::awareness::encode_update(&[(client, clock, state)])
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use aetherflow_crdt::awareness::encode_update;
 use aetherflow_crdt::protocol::{encode_awareness, encode_sync_update};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -174,10 +175,8 @@ async fn presence_flood(target: &Target, p: &HostileParams) -> anyhow::Result<St
     let state = format!("{{\"pad\":\"{}\"}}", "x".repeat(p.presence_state_bytes));
     let frames: Vec<Frame> = (0..p.presence_updates)
         .map(|i| {
-            session.frame(&encode_awareness(&awareness_entry(
-                1_000 + i as u64,
-                &state,
-            )))
+            let client = 1_000 + i as u64;
+            session.frame(&encode_awareness(&encode_update(&[(client, 1, &state)])))
         })
         .collect();
     let (mut tx, mut rx) = session.split();
@@ -277,25 +276,6 @@ fn map_update(entries: usize) -> Vec<u8> {
     }
     doc.transact()
         .encode_state_as_update_v1(&StateVector::default())
-}
-
-/// An awareness update payload with one entry (clock 1).
-fn awareness_entry(client: u64, state: &str) -> Vec<u8> {
-    let mut payload = Vec::new();
-    for value in [1, client, 1] {
-        write_var_uint(&mut payload, value);
-    }
-    write_var_uint(&mut payload, state.len() as u64);
-    payload.extend_from_slice(state.as_bytes());
-    payload
-}
-
-fn write_var_uint(buf: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        buf.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    buf.push(value as u8);
 }
 
 /// The status line's code of `GET /api/v1/docs/DOC/content`, reading the whole answer.
