@@ -57,7 +57,7 @@ impl Target {
     }
 
     /// The server's socket address, parsed from the URL (which must hold an IP literal).
-    fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
+    pub fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
         let rest = self
             .url_template
             .strip_prefix("ws://")

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use yrs::{Doc, Map, ReadTxn, StateVector, Text, Transact};
 
-use super::rss_bytes;
+use super::{peak_rss_bytes, rss_bytes};
 use crate::client::{Session, Target};
 
 /// Shape of the hostile run.
@@ -75,7 +75,7 @@ pub struct HostileReport {
 
 /// Runs every attack against `target`.
 pub async fn run(target: &Target, p: &HostileParams) -> anyhow::Result<HostileReport> {
-    let http = http_addr(target)?;
+    let http = target.socket_addr()?;
     let mut attacks = Vec::new();
     attacks.push(measured(p.server_pid, "slow_reader", slow_reader(target, p)).await?);
     attacks.push(measured(p.server_pid, "presence_flood", presence_flood(target, p)).await?);
@@ -90,7 +90,7 @@ pub async fn run(target: &Target, p: &HostileParams) -> anyhow::Result<HostileRe
     attacks.push(measured(p.server_pid, "large_update", large_update(target, p)).await?);
     Ok(HostileReport {
         attacks,
-        peak_rss: peak_rss(p.server_pid)?,
+        peak_rss: peak_rss_bytes(p.server_pid)?,
     })
 }
 
@@ -289,26 +289,4 @@ async fn http_status(addr: SocketAddr, doc: &str) -> anyhow::Result<String> {
     tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut response)).await??;
     let head = String::from_utf8_lossy(&response[..response.len().min(12)]).into_owned();
     Ok(head.get(9..12).unwrap_or("???").to_owned())
-}
-
-/// The server's HTTP address, from the WebSocket URL template (`ws://IP:PORT/...`).
-fn http_addr(target: &Target) -> anyhow::Result<SocketAddr> {
-    let rest = target
-        .url_template
-        .strip_prefix("ws://")
-        .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    Ok(authority.parse()?)
-}
-
-/// The server's peak RSS over its life, from `VmHWM` in `/proc/PID/status`.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?
-        .parse()?;
-    Ok(kib * 1024)
 }

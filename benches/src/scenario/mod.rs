@@ -36,15 +36,25 @@ pub async fn open_many(
 
 /// Reads the resident set size of process `pid` in bytes, from `/proc/PID/status`.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Reads the peak resident set size of process `pid` over its life (`VmHWM`), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A `field` of `/proc/PID/status` given in KiB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("malformed VmRSS line: {line}"))?
+        .ok_or_else(|| anyhow::anyhow!("malformed {field} line: {line}"))?
         .parse()?;
     Ok(kib * 1024)
 }
