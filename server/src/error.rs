@@ -77,6 +77,10 @@ pub enum AppError {
     /// work. The text names the document and what is damaged, nothing else.
     #[error("{0}; the operator can run `aetherflow check`")]
     DocumentDamaged(String),
+    /// The database engine failed reading damaged pages; the request failed alone. The text
+    /// carries redb's message (offsets, no data).
+    #[error("the database could not be read; the operator can run `aetherflow check`")]
+    DatabaseDamaged(String),
     /// Something failed inside the relay; the text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -166,6 +170,14 @@ impl AppError {
                 "document_damaged",
                 self.to_string(),
             ),
+            AppError::DatabaseDamaged(detail) => {
+                tracing::error!(error = %detail, "request failed on damaged database pages");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "database_damaged",
+                    self.to_string(),
+                )
+            }
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
                 tracing::error!(error_id = %id, error = %detail, "internal error");

@@ -212,7 +212,7 @@ async fn websocket(
             .into_response();
         }
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return AppError::Internal(e.to_string()).into_response(),
+        Ok(Err(e)) => return AppError::from(e).into_response(),
         Err(e) => return AppError::Internal(e.to_string()).into_response(),
     }
     let upgrade = match upgrade {

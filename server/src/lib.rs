@@ -66,7 +66,7 @@ pub fn run_tool(tool: &tools::Tool) -> Result<String, tools::ToolError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    if report.damaged.is_empty() || report.repaired {
+    if report.is_sound() {
         Ok(format!("{}\n{report}", path.display()))
     } else {
         Err(ToolError::Damaged(format!("{}\n{report}", path.display())))
@@ -82,7 +82,19 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let path = config.database_path();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    let skip_check = config.skip_integrity_check;
+    let (store, integrity) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let report = match skip_check {
+            true => None,
+            false => store::check::at_start(&path)?,
+        };
+        if let Some(report) = &report {
+            report.log_at_start(started.elapsed());
+        }
+        Store::open(&path).map(|store| (store, report))
+    })
+    .await??;
     let mode = match config.durability {
         Durability::Durable => WriteMode::Durable,
         Durability::Relaxed => WriteMode::Relaxed {
@@ -108,6 +120,10 @@ pub async fn run(
         );
     }
     let metrics = metrics::Metrics::new();
+    let store = store.with_metrics(metrics.clone());
+    if let Some(report) = &integrity {
+        metrics.damaged_at_start(report.damaged_documents().len());
+    }
     let (writer, writer_task) =
         StoreWriter::spawn_with_metrics(store.clone(), mode, metrics.clone());
 

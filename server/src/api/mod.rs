@@ -168,6 +168,8 @@ impl From<StoreError> for AppError {
         } else if let StoreError::Damaged { .. } = e {
             tracing::error!(error = %e, "damaged document refused");
             AppError::DocumentDamaged(e.to_string())
+        } else if let StoreError::Unreadable(_) = e {
+            AppError::DatabaseDamaged(e.to_string())
         } else {
             AppError::Internal(e.to_string())
         }

@@ -161,6 +161,19 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Skip the integrity check at start-up (redb's page checksums, then every stored
+    /// snapshot's and log entry's checksum). The check reads the whole database once; skip it
+    /// only when start-up time matters more, since a damaged document is still refused when
+    /// it loads.
+    #[arg(
+        long,
+        env = "AETHERFLOW_SKIP_INTEGRITY_CHECK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub skip_integrity_check: Option<bool>,
+
     /// `durable`: an update is broadcast only after it is committed to disk, so whatever a
     /// client has seen survives a crash. `relaxed`: broadcast first, commit within
     /// --relaxed-flush-ms plus one fsync.
@@ -316,6 +329,8 @@ pub struct Config {
     pub quantum_max_documents: usize,
     /// Directory holding the database.
     pub data_dir: PathBuf,
+    /// Whether start-up skips the database's integrity check.
+    pub skip_integrity_check: bool,
     /// Broadcast-after-commit or broadcast-first.
     pub durability: Durability,
     /// Largest WebSocket message accepted, in bytes.
@@ -402,6 +417,7 @@ impl Settings {
                 .or(lower.quantum_sparse_fec_budget),
             quantum_max_documents: self.quantum_max_documents.or(lower.quantum_max_documents),
             data_dir: self.data_dir.or(lower.data_dir),
+            skip_integrity_check: self.skip_integrity_check.or(lower.skip_integrity_check),
             durability: self.durability.or(lower.durability),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_update_items: self.max_update_items.or(lower.max_update_items),
@@ -491,6 +507,7 @@ impl Config {
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            skip_integrity_check: s.skip_integrity_check.unwrap_or(false),
             durability: s.durability.unwrap_or_default(),
             max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             max_update_items: s.max_update_items.unwrap_or(DEFAULT_MAX_UPDATE_ITEMS),

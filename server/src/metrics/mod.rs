@@ -243,6 +243,8 @@ struct Inner {
     updates_redundant: Counter,
     storage_failures: Counter,
     damaged_loads: Counter,
+    damaged_at_start: Gauge,
+    storage_unreadable: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
     apply: Histogram,
@@ -312,6 +314,18 @@ impl Metrics {
             "Document loads refused because stored data failed its checksum (see `aetherflow check`)",
             damaged_loads.clone(),
         );
+        let damaged_at_start = Gauge::default();
+        registry.register(
+            "damaged_documents_at_start",
+            "Documents the start-up integrity check found damaged (0 when it was skipped)",
+            damaged_at_start.clone(),
+        );
+        let storage_unreadable = Counter::default();
+        registry.register(
+            "storage_unreadable",
+            "Store operations redb failed inside of, on damaged pages; each failed alone (see `aetherflow check`)",
+            storage_unreadable.clone(),
+        );
         let updates_out = Counter::default();
         registry.register(
             "updates_sent",
@@ -348,6 +362,8 @@ impl Metrics {
                 updates_redundant,
                 storage_failures,
                 damaged_loads,
+                damaged_at_start,
+                storage_unreadable,
                 updates_out,
                 traffic,
                 apply,
@@ -460,6 +476,16 @@ impl Metrics {
     /// A document's load was refused: its stored data fails its checksum.
     pub fn damaged_load(&self) {
         self.inner.damaged_loads.inc();
+    }
+
+    /// The start-up integrity check found `documents` damaged documents.
+    pub fn damaged_at_start(&self, documents: usize) {
+        self.inner.damaged_at_start.set(documents as i64);
+    }
+
+    /// redb failed inside a store operation (damaged pages); the failure was contained.
+    pub fn storage_unreadable(&self) {
+        self.inner.storage_unreadable.inc();
     }
 
     /// A commit failed on storage I/O.

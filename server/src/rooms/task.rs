@@ -215,7 +215,7 @@ impl RoomTask {
         let metrics = self.rooms.inner.metrics.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let stored = store.load(&name).map_err(|e| {
-                if let StoreError::Damaged { .. } = e {
+                if let StoreError::Damaged { .. } | StoreError::Unreadable(_) = e {
                     metrics.damaged_load();
                 }
                 e.to_string()

@@ -27,6 +27,9 @@ pub struct CheckReport {
     pub damaged: Vec<(String, Damage)>,
     /// Whether the damaged parts were removed.
     pub repaired: bool,
+    /// redb failed inside while reading the documents (some damaged pages make it panic): the
+    /// scan stopped there, so later documents were not checked.
+    pub unreadable: Option<String>,
 }
 
 /// The outcome of redb's page check.
@@ -57,13 +60,80 @@ pub fn check(path: &Path, repair: bool) -> Result<CheckReport, StoreError> {
     };
     // Opened again: a failed page check leaves its handle unable to write.
     let db = open()?;
-    let mut report = scan(&db)?;
+    let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan(&db)));
+    let mut report = match scanned {
+        Ok(report) => report?,
+        Err(panic) => CheckReport {
+            unreadable: Some(super::panic_message(panic.as_ref())),
+            ..CheckReport::default()
+        },
+    };
     report.pages = pages;
     if repair && !report.damaged.is_empty() {
         remove(&db, &report.damaged)?;
         report.repaired = true;
     }
     Ok(report)
+}
+
+/// The check the relay runs at start-up, before it opens the database for serving (unless
+/// `--skip-integrity-check`): the same two layers as [`check`], repairing nothing. `None` for a
+/// database that does not exist yet.
+pub fn at_start(path: &Path) -> Result<Option<CheckReport>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    check(path, false).map(Some)
+}
+
+impl CheckReport {
+    /// Whether nothing damaged was found (or all of it was removed).
+    pub fn is_sound(&self) -> bool {
+        self.unreadable.is_none() && (self.damaged.is_empty() || self.repaired)
+    }
+
+    /// Names of the damaged documents, each once, sorted.
+    pub fn damaged_documents(&self) -> Vec<&str> {
+        let names: std::collections::BTreeSet<&str> =
+            self.damaged.iter().map(|(n, _)| n.as_str()).collect();
+        names.into_iter().collect()
+    }
+
+    /// Logs the start-up check's outcome: one line when all is well, an error naming the
+    /// damaged documents (the first few) and the way to repair them otherwise.
+    pub fn log_at_start(&self, took: std::time::Duration) {
+        let damaged = self.damaged_documents();
+        if self.pages == PageCheck::Intact && self.is_sound() {
+            tracing::info!(
+                documents = self.documents,
+                verified = self.verified,
+                took_ms = took.as_millis() as u64,
+                "integrity check passed (skip it with --skip-integrity-check)"
+            );
+            return;
+        }
+        let shown: Vec<&str> = damaged.iter().take(10).copied().collect();
+        tracing::error!(
+            pages = %self.pages,
+            unreadable = self.unreadable.as_deref().unwrap_or("no"),
+            damaged_documents = damaged.len(),
+            first = ?shown,
+            took_ms = took.as_millis() as u64,
+            "integrity check found damage: damaged documents are refused (1011 / 500 \
+             document_damaged) while every other one is served; stop the relay and run \
+             `aetherflow check --repair --data-dir DIR` to remove the damaged parts"
+        );
+    }
+}
+
+impl std::fmt::Display for PageCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PageCheck::Intact => f.write_str("intact"),
+            PageCheck::RolledBack => f.write_str("damaged, rolled back to the last intact commit"),
+            PageCheck::Damaged(why) => write!(f, "damaged ({why})"),
+        }
+    }
 }
 
 fn scan(db: &Database) -> Result<CheckReport, StoreError> {
@@ -131,23 +201,25 @@ fn remove(db: &Database, damaged: &[(String, Damage)]) -> Result<(), StoreError>
 
 impl std::fmt::Display for CheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.pages {
-            PageCheck::Intact => writeln!(f, "pages: intact")?,
-            PageCheck::RolledBack => {
-                writeln!(f, "pages: damaged, rolled back to the last intact commit")?
-            }
-            PageCheck::Damaged(why) => writeln!(f, "pages: damaged ({why})")?,
-        }
+        writeln!(f, "pages: {}", self.pages)?;
         writeln!(
             f,
             "documents: {}, snapshots and log entries verified: {}",
             self.documents, self.verified
         )?;
+        if let Some(why) = &self.unreadable {
+            writeln!(
+                f,
+                "unreadable: redb failed reading the documents ({why}); later documents were \
+                 not checked. Copy the documents you can read with the relay's HTTP API and \
+                 restore the rest from a backup"
+            )?;
+        }
         for (name, damage) in &self.damaged {
             let done = if self.repaired { " (removed)" } else { "" };
             writeln!(f, "damaged: document {name:?}, {damage}{done}")?;
         }
-        if self.damaged.is_empty() {
+        if self.damaged.is_empty() && self.unreadable.is_none() {
             writeln!(f, "no damaged document")?;
         } else if !self.repaired {
             writeln!(

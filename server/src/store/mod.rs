@@ -18,6 +18,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 pub use self::checksum::Damage;
 use self::slot::Slot;
+use crate::metrics::Metrics;
 pub use documents::{DocumentMeta, RegisterFailure};
 pub use writer::{Committing, StoreWriter, WriteMode, WriteOp, WriteResult};
 
@@ -50,6 +51,10 @@ pub enum StoreError {
         /// What is damaged.
         damage: Damage,
     },
+    /// redb failed inside while reading or writing (it panics on some damaged pages); the
+    /// failure was contained to this operation. `aetherflow check` finds the damage.
+    #[error("the database could not be read ({0}); its file may be damaged")]
+    Unreadable(String),
     /// A transaction, table or commit failed for another reason.
     #[error("storage error: {0}")]
     Redb(String),
@@ -77,6 +82,7 @@ impl StoreError {
                 doc: doc.clone(),
                 damage: damage.clone(),
             },
+            StoreError::Unreadable(e) => StoreError::Unreadable(e.clone()),
             StoreError::Redb(e) => StoreError::Redb(e.clone()),
             StoreError::WriterGone => StoreError::WriterGone,
         }
@@ -134,6 +140,8 @@ pub struct DocStats {
 #[derive(Clone)]
 pub struct Store {
     slot: Arc<Slot>,
+    /// Counts operations that redb failed inside of (see [`Store::contained`]).
+    metrics: Metrics,
 }
 
 impl Store {
@@ -142,6 +150,30 @@ impl Store {
         let db = open_database(path)?;
         Ok(Store {
             slot: Arc::new(Slot::new(path, db)),
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// The same store, counting contained failures in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Store {
+        Store { metrics, ..self }
+    }
+
+    /// Runs `operation`, turning a panic inside redb into [`StoreError::Unreadable`]: redb
+    /// indexes slices by offsets read from the file, so some damaged pages make it panic
+    /// instead of returning an error. The panic ends this operation only; it is counted and
+    /// logged, and the database stays open for every other document.
+    pub(crate) fn contained<T>(
+        &self,
+        operation: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // Unwind safety: nothing of this operation outlives it except redb's own state,
+        // which a reading transaction does not change, and a failed write rolls back.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(operation)).unwrap_or_else(|panic| {
+            let why = panic_message(panic.as_ref());
+            self.metrics.storage_unreadable();
+            tracing::error!(error = %why, "redb failed inside (damaged pages?); contained");
+            Err(StoreError::Unreadable(why))
         })
     }
 
@@ -166,6 +198,10 @@ impl Store {
     /// Every snapshot and log entry is checked against its checksum: a damaged document is
     /// refused with [`StoreError::Damaged`].
     pub fn load(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        self.contained(|| self.load_uncontained(doc))
+    }
+
+    fn load_uncontained(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         let damaged = |damage| StoreError::Damaged {
             doc: doc.to_string(),
             damage,
@@ -205,6 +241,10 @@ impl Store {
     /// A document's metadata: its kind, and creation time if it was created explicitly.
     /// `None` if no such document exists. Blocking.
     pub fn document(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
+        self.contained(|| self.document_uncontained(doc))
+    }
+
+    fn document_uncontained(&self, doc: &DocName) -> Result<Option<DocumentMeta>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let documents = txn.open_table(documents::DOCUMENTS)?;
         let snapshots = txn.open_table(SNAPSHOTS)?;
@@ -214,6 +254,13 @@ impl Store {
 
     /// A register document's state; `None` if `doc` is not a register. Blocking.
     pub fn register(
+        &self,
+        doc: &DocName,
+    ) -> Result<Option<aetherflow_crdt::register::Register>, StoreError> {
+        self.contained(|| self.register_uncontained(doc))
+    }
+
+    fn register_uncontained(
         &self,
         doc: &DocName,
     ) -> Result<Option<aetherflow_crdt::register::Register>, StoreError> {
@@ -228,6 +275,10 @@ impl Store {
     /// How much the store holds of `doc`: log entries since the last snapshot, bytes of
     /// snapshot, log and register, and the time of its last change. Blocking.
     pub fn stats(&self, doc: &DocName) -> Result<DocStats, StoreError> {
+        self.contained(|| self.stats_uncontained(doc))
+    }
+
+    fn stats_uncontained(&self, doc: &DocName) -> Result<DocStats, StoreError> {
         let txn = self.db()?.begin_read()?;
         let name = doc.as_str();
         let mut stats = DocStats::default();
@@ -255,6 +306,15 @@ impl Store {
     /// Up to `limit` documents whose names sort after `after` (all, if `None`) and pass
     /// `keep`, in name order (bytewise). Blocking.
     pub fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(DocName, DocumentMeta)>, StoreError> {
+        self.contained(|| self.list_uncontained(after, limit, keep))
+    }
+
+    fn list_uncontained(
         &self,
         after: Option<&str>,
         limit: usize,
@@ -367,6 +427,16 @@ impl Store {
         self.slot.probed(false);
         self.slot.set_writable(false);
     }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+        .to_owned()
 }
 
 /// Bytes [`Store::recover`] must be able to write before writes are tried again.

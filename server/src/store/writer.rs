@@ -339,7 +339,7 @@ async fn commit_blocking(
     mut seqs: SeqCache,
 ) -> (SeqCache, Results) {
     let joined = tokio::task::spawn_blocking(move || {
-        let result = apply(&store, ops, sync, &mut seqs);
+        let result = store.contained(|| apply(&store, ops, sync, &mut seqs));
         if result.is_err() {
             // The cache may be ahead of what was committed; rebuild it from the tables.
             seqs.clear();
