@@ -49,7 +49,7 @@ pub struct AppState {
     /// Reverse proxies whose forwarding headers name the client (`--trusted-proxies`).
     pub proxies: TrustedProxies,
     /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
-    pub reads: crate::api::content::HeavyReads,
+    pub reads: crate::api::heavy_reads::HeavyReads,
 }
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see

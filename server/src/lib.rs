@@ -158,7 +158,7 @@ pub async fn run(
         locks,
         metrics,
         proxies: config.trusted_proxies.clone(),
-        reads: api::content::HeavyReads::new(
+        reads: api::heavy_reads::HeavyReads::new(
             config.max_content_reads,
             config.max_content_json_bytes,
         ),

@@ -2,18 +2,14 @@
 //! (`GET .../update`), and changed by a binary v1 update (`POST .../update`).
 //!
 //! Reads come from the store, which holds everything any client has been shown (updates are
-//! broadcast only after their commit). They are heavy for a large document (it is loaded, and
-//! for JSON rendered), so they run on blocking threads behind [`HeavyReads`]: at most
-//! `--max-content-reads` at once (503 `busy` with `Retry-After` over it), and JSON of at most
-//! `--max-content-json-bytes` (422 `content_too_large` over it, pointing at the binary form). Writes go through the document's room, exactly like a
-//! WebSocket writer's update: checked before yrs decodes it, committed, then broadcast; the
-//! response waits for the commit.
-
-use std::sync::Arc;
+//! broadcast only after their commit), through the gate of [`super::heavy_reads`]: off the
+//! async workers, bounded in number, shared by concurrent reads of one document, and JSON of
+//! at most `--max-content-json-bytes` (422 `content_too_large` over it, pointing at the binary
+//! form). Writes go through the document's room, exactly like a WebSocket writer's update:
+//! checked before yrs decodes it, committed, then broadcast; the response waits for the commit.
 
 use aetherflow_crdt::protocol::Limits;
 use aetherflow_crdt::register::Kind;
-use aetherflow_crdt::{DocName, Room};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,16 +18,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
-use super::content_json::{self, TooLarge};
+use super::content_json::TooLarge;
+use super::heavy_reads::{Form, not_yjs};
 use super::openapi::{json_response, name_param, operation, schema, statuses, with_body};
 use super::{NamePath, authorize, blocking};
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::metrics::Rejection;
 use crate::rooms::ApplyError;
-use crate::store::Store;
 
 /// The routes of this group.
 pub fn routes() -> Router<AppState> {
@@ -49,77 +44,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// The gate of heavy reads: each loads its own copy of a document on a blocking thread, so
-/// at most `--max-content-reads` run at once and the JSON form is capped in size.
-#[derive(Clone)]
-pub struct HeavyReads {
-    permits: Arc<Semaphore>,
-    max_json_bytes: usize,
-}
-
-impl HeavyReads {
-    /// A gate letting `concurrent` reads run at once, answering JSON of at most
-    /// `max_json_bytes`.
-    pub fn new(concurrent: usize, max_json_bytes: usize) -> HeavyReads {
-        HeavyReads {
-            permits: Arc::new(Semaphore::new(concurrent)),
-            max_json_bytes,
-        }
-    }
-
-    /// Runs `read` on a blocking thread with the document loaded (404 if it does not exist,
-    /// 409 if it is a register), or answers 503 `busy` at once when the gate is full. The
-    /// place is held until `read` returns, even if the client has gone meanwhile.
-    async fn run<T: Send + 'static>(
-        &self,
-        state: &AppState,
-        doc: &DocName,
-        read: impl FnOnce(&Room) -> Result<T, AppError> + Send + 'static,
-    ) -> Result<T, AppError> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            state.metrics.reject(Rejection::ContentBusy);
-            return Err(AppError::Busy(
-                "too many document reads are running; retry shortly".into(),
-            ));
-        };
-        let store = state.sessions.rooms.store().clone();
-        let doc = doc.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let room = load_yjs(&store, &doc)?;
-            read(&room)
-        })
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-    }
-}
-
-/// Loads a Yjs document from the store into a room of its own; 404 if it does not exist,
-/// 409 if it is a register. Blocking.
-///
-/// A private copy rather than the loaded room's document: yrs's document lock blocks, so a
-/// long read on the room's document would stall the room's writes on an async worker.
-fn load_yjs(store: &Store, doc: &DocName) -> Result<Room, AppError> {
-    let Some(meta) = store.document(doc).map_err(AppError::from)? else {
-        return Err(AppError::NotFound(format!("no document {doc}")));
-    };
-    if meta.kind != Kind::Yjs {
-        return Err(not_yjs(doc, meta.kind));
-    }
-    let stored = store.load(doc).map_err(AppError::from)?;
-    Room::load(
-        stored.snapshot.as_deref(),
-        stored.log.iter().map(Vec::as_slice),
-    )
-    .map_err(|e| AppError::Internal(format!("stored document does not load: {e}")))
-}
-
-fn not_yjs(doc: &DocName, kind: Kind) -> AppError {
-    AppError::Conflict(format!(
-        "{doc} is a {kind:?} document; use /api/v1/docs/{doc}/register"
-    ))
-}
-
 /// The document's root types as JSON, rendered off the async workers and capped at
 /// `--max-content-json-bytes` (422 `content_too_large` over it).
 async fn get_content(
@@ -128,15 +52,7 @@ async fn get_content(
     NamePath(doc): NamePath,
 ) -> Result<Response, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    let cap = state.reads.max_json_bytes;
-    let name = doc.clone();
-    let rendered = state
-        .reads
-        .run(&state, &doc, move |room| {
-            Ok(content_json::render(room.doc(), name.as_str(), cap))
-        })
-        .await?;
-    match rendered {
+    match state.reads.read(&state, &doc, Form::Json).await? {
         Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
         Err(TooLarge { cap }) => {
             state.metrics.reject(Rejection::ContentTooLarge);
@@ -156,8 +72,9 @@ async fn get_update(
     authorize(&state, &headers, &doc, false)?;
     let update = state
         .reads
-        .run(&state, &doc, |room| Ok(room.snapshot()))
-        .await?;
+        .read(&state, &doc, Form::Update)
+        .await?
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 

@@ -19,6 +19,7 @@ pub mod content;
 pub mod content_json;
 pub mod docs;
 pub mod events;
+pub mod heavy_reads;
 pub mod live;
 pub mod locks;
 pub mod openapi;

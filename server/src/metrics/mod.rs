@@ -245,6 +245,7 @@ struct Inner {
     damaged_loads: Counter,
     damaged_at_start: Gauge,
     storage_unreadable: Counter,
+    content_reads_shared: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
     apply: Histogram,
@@ -326,6 +327,12 @@ impl Metrics {
             "Store operations redb failed inside of, on damaged pages; each failed alone (see `aetherflow check`)",
             storage_unreadable.clone(),
         );
+        let content_reads_shared = Counter::default();
+        registry.register(
+            "content_reads_shared",
+            "Document reads (GET content or update) answered by a read of the same document in flight, without a load of their own",
+            content_reads_shared.clone(),
+        );
         let updates_out = Counter::default();
         registry.register(
             "updates_sent",
@@ -364,6 +371,7 @@ impl Metrics {
                 damaged_loads,
                 damaged_at_start,
                 storage_unreadable,
+                content_reads_shared,
                 updates_out,
                 traffic,
                 apply,
@@ -486,6 +494,11 @@ impl Metrics {
     /// redb failed inside a store operation (damaged pages); the failure was contained.
     pub fn storage_unreadable(&self) {
         self.inner.storage_unreadable.inc();
+    }
+
+    /// A document read shared the answer of another read in flight.
+    pub fn content_read_shared(&self) {
+        self.inner.content_reads_shared.inc();
     }
 
     /// A commit failed on storage I/O.

@@ -142,6 +142,9 @@ pub struct Store {
     slot: Arc<Slot>,
     /// Counts operations that redb failed inside of (see [`Store::contained`]).
     metrics: Metrics,
+    /// Successful commits since start: a read that began at one count has seen everything
+    /// committed up to it.
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -151,6 +154,7 @@ impl Store {
         Ok(Store {
             slot: Arc::new(Slot::new(path, db)),
             metrics: Metrics::new(),
+            commits: Arc::default(),
         })
     }
 
@@ -417,6 +421,17 @@ impl Store {
         });
         let _ = std::fs::remove_file(&path);
         written.map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// Successful commits since the store opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A commit succeeded; called by the writer before it answers the commit's waiters.
+    pub(crate) fn committed(&self) {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// A commit failed on I/O: the open database is poisoned, and writes are refused until

@@ -262,6 +262,7 @@ async fn run(store: Store, mode: WriteMode, mut rx: mpsc::Receiver<Request>, met
         (seqs, result) = commit_blocking(store.clone(), ops, sync, seqs).await;
         match &result {
             Ok(_) => {
+                store.committed();
                 metrics.committed(appends, started.elapsed());
             }
             Err(e) if e.is_io() => {
