@@ -122,6 +122,7 @@ pub mod store;
 pub mod sync;
 mod task;
 pub mod testing;
+mod tls;
 pub mod transport;
 pub mod websocket;
 
@@ -195,7 +196,10 @@ impl Client {
     pub fn open(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let websocket = config.websocket_url.as_ref().map(|url| {
-            Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
+            Arc::new(
+                WebSocketTransport::new(url, config.token.clone())
+                    .tls_root_certificates(config.tls_root_certificates.clone()),
+            ) as Arc<dyn Transport>
         });
         let quantum = config.quantum_addr.map(|addr| {
             let driver = config.quantum_driver();

@@ -96,6 +96,7 @@ impl Relay {
             .unwrap_or_else(|_| panic!("relay never got ready: {}", stderr.lock().unwrap()));
         let addr = line
             .strip_prefix("aetherflow ready: http://")
+            .or_else(|| line.strip_prefix("aetherflow ready: https://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .unwrap();
