@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aetherflow_client::testing::{append_text, wait_state, wait_text};
 use aetherflow_client::register::WriteOutcome;
@@ -363,13 +363,29 @@ fn a_missing_key_or_an_unreadable_certificate_stops_the_relay_with_a_clear_error
     let ca = TestCa::new("AetherFlow test CA");
     let files = CertFiles::signed_by(&ca);
     let data = tempfile::tempdir().unwrap();
+    // The relay must exit by itself; one that starts anyway is killed and the test fails.
     let relay = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
             .args(["--http-addr", "127.0.0.1:0", "--quantum-addr", "off", "--data-dir"])
             .arg(data.path())
             .args(args)
-            .output()
-            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the relay started with {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     };
 
     let cert = files.cert().display().to_string();
