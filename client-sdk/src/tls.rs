@@ -86,7 +86,11 @@ mod tests {
 
     #[test]
     fn text_that_holds_no_certificate_is_a_config_error_not_a_silent_empty_trust() {
-        for pem in [&b""[..], b"hello", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"] {
+        for pem in [
+            &b""[..],
+            b"hello",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
             let err = client_config(&[pem.to_vec()]).unwrap_err();
             assert!(
                 matches!(err, ConfigError::TlsRootCertificate { .. }),

@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aetherflow_client::testing::{append_text, wait_state, wait_text};
 use aetherflow_client::register::WriteOutcome;
+use aetherflow_client::testing::{append_text, wait_state, wait_text};
 use aetherflow_client::{Backoff, Client, ClientConfig, Connection, DocHandle, TransportKind};
 use common::{Relay, TIMEOUT};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -198,7 +196,10 @@ async fn sdk_clients_trusting_the_relays_ca_sync_over_wss_and_one_without_it_get
     );
     let a = client(dir_a.path(), &url, Some(&ca));
     let b = client(dir_b.path(), &url, Some(&ca));
-    let (doc_a, doc_b) = (a.doc("secure").await.unwrap(), b.doc("secure").await.unwrap());
+    let (doc_a, doc_b) = (
+        a.doc("secure").await.unwrap(),
+        b.doc("secure").await.unwrap(),
+    );
     append_text(&doc_a, "text", "from A;");
     wait_settled(&doc_a).await;
     wait_settled(&doc_b).await;
@@ -215,11 +216,10 @@ async fn sdk_clients_trusting_the_relays_ca_sync_over_wss_and_one_without_it_get
     assert_eq!(status, 201, "{created}");
     let register = a.register("secure-register").await.unwrap();
     let ticket = register.write(serde_json::json!("over wss")).unwrap();
-    let outcome = tokio::time::timeout(TIMEOUT, ticket.outcome()).await.unwrap();
-    assert_eq!(
-        outcome.unwrap(),
-        WriteOutcome::Applied { revision: None }
-    );
+    let outcome = tokio::time::timeout(TIMEOUT, ticket.outcome())
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap(), WriteOutcome::Applied { revision: None });
 
     // The platform's roots do not include the test CA: refused, with the reason visible.
     let c = client(dir_c.path(), &url, None);
@@ -283,7 +283,12 @@ async fn silent_connections_holding_every_place_are_cut_for_a_client_that_handsh
     // hold them for 10 minutes.
     let relay = start_tls_relay(
         &files,
-        &["--max-connections", "4", "--http-header-timeout-secs", "600"],
+        &[
+            "--max-connections",
+            "4",
+            "--http-header-timeout-secs",
+            "600",
+        ],
     );
     let mut silent = Vec::new();
     for _ in 0..4 {
@@ -366,7 +371,13 @@ fn a_missing_key_or_an_unreadable_certificate_stops_the_relay_with_a_clear_error
     // The relay must exit by itself; one that starts anyway is killed and the test fails.
     let relay = |args: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
-            .args(["--http-addr", "127.0.0.1:0", "--quantum-addr", "off", "--data-dir"])
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--quantum-addr",
+                "off",
+                "--data-dir",
+            ])
             .arg(data.path())
             .args(args)
             .stdout(Stdio::piped())

@@ -286,12 +286,18 @@ fn tls_needs_both_files_from_flag_env_or_file() {
     };
     let err = Config::from_settings(only_key).unwrap_err();
     assert!(err.to_string().contains("--tls-cert"), "{err}");
-    assert_eq!(Config::from_settings(Settings::default()).unwrap().tls, None);
+    assert_eq!(
+        Config::from_settings(Settings::default()).unwrap().tls,
+        None
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
-    std::fs::write(&path, "tls_cert = \"/etc/relay/cert.pem\"\ntls_key = \"/etc/relay/key.pem\"\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "tls_cert = \"/etc/relay/cert.pem\"\ntls_key = \"/etc/relay/key.pem\"\n",
+    )
+    .unwrap();
     let cli = Cli::parse_from([
         "aetherflow",
         "--config",

@@ -49,8 +49,8 @@ use tower::ServiceExt;
 use tracing::{debug, error, trace};
 
 use self::places::{Full, Pending, Place, Places};
-use self::tls::Certificate;
 pub use self::places::{REFUSAL_LOG_EVERY, health_places};
+use self::tls::Certificate;
 use crate::error::AppError;
 use crate::metrics::{Metrics, Rejection};
 

@@ -131,7 +131,10 @@ impl Certificate {
     /// Re-reads the files and uses the new pair if it changed and is good. With `force` (on
     /// SIGHUP) an unchanged bad pair is reported again.
     pub async fn reload(&self, force: bool) -> Reload {
-        let files = match (read_async(&self.files.cert).await, read_async(&self.files.key).await) {
+        let files = match (
+            read_async(&self.files.cert).await,
+            read_async(&self.files.key).await,
+        ) {
             (Ok(cert), Ok(key)) => (cert, key),
             (Err(e), _) | (_, Err(e)) => return self.refused(None, e.to_string(), force),
         };
@@ -256,7 +259,12 @@ fn server_config(
     };
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(&files.cert, format!("not a valid PEM certificate chain: {e}")))?;
+        .map_err(|e| {
+            pem_error(
+                &files.cert,
+                format!("not a valid PEM certificate chain: {e}"),
+            )
+        })?;
     let Some(leaf) = chain.first() else {
         return Err(pem_error(
             &files.cert,
@@ -360,10 +368,7 @@ mod tests {
         };
         assert!(why.contains("cannot be used together"), "{why}");
         assert_eq!(certificate.reload(false).await, Reload::Unchanged);
-        assert!(matches!(
-            certificate.reload(true).await,
-            Reload::Refused(_)
-        ));
+        assert!(matches!(certificate.reload(true).await, Reload::Refused(_)));
 
         let (_, second) = write_pair(dir.path(), "second.test");
         assert_eq!(
@@ -388,11 +393,17 @@ mod tests {
 
         std::fs::write(&files.cert, "not pem at all").unwrap();
         let err = Certificate::load(files.clone()).err().unwrap().to_string();
-        assert!(err.contains("cert.pem") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("cert.pem") && err.contains("no certificate"),
+            "{err}"
+        );
 
         let (files, _) = write_pair(dir.path(), "relay.test");
         std::fs::write(&files.key, "").unwrap();
         let err = Certificate::load(files).err().unwrap().to_string();
-        assert!(err.contains("key.pem") && err.contains("no private key"), "{err}");
+        assert!(
+            err.contains("key.pem") && err.contains("no private key"),
+            "{err}"
+        );
     }
 }
