@@ -83,11 +83,9 @@ pub async fn run(
         Some(files) => {
             let (certificate, summary) = listener::tls::Certificate::load(files)
                 .context("cannot use --tls-cert/--tls-key")?;
-            info!(
-                cert = %certificate.cert_path().display(),
-                chain = summary.chain_len,
-                sha256 = %summary.sha256,
-                "TLS on: serving https:// and wss:// (the files are re-read when they change, and on SIGHUP)"
+            summary.log(
+                certificate.cert_path(),
+                "TLS on: serving https:// and wss:// (the files are re-read when they change, and on SIGHUP)",
             );
             Some(Arc::new(certificate))
         }

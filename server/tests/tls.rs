@@ -187,6 +187,12 @@ async fn sdk_clients_trusting_the_relays_ca_sync_over_wss_and_one_without_it_get
     let files = CertFiles::signed_by(&ca);
     let relay = start_tls_relay(&files, &[]);
     relay.wait_for_log("TLS on").await;
+    // Which certificate: its subject and end of validity (rcgen's defaults).
+    let logs = relay.logs();
+    assert!(
+        logs.contains("rcgen self signed cert") && logs.contains("4096-01-01 00:00:00 UTC"),
+        "{logs}"
+    );
     let url = wss_url(&relay);
 
     let (dir_a, dir_b, dir_c) = (
@@ -236,7 +242,17 @@ async fn sdk_clients_trusting_the_relays_ca_sync_over_wss_and_one_without_it_get
 async fn plain_http_and_ws_to_the_tls_port_get_400_tls_required_and_the_relay_serves_on() {
     let ca = TestCa::new("AetherFlow test CA");
     let files = CertFiles::signed_by(&ca);
-    let relay = start_tls_relay(&files, &[]);
+    // The files from the environment this time.
+    let data = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.cert(), files.key());
+    let relay = Relay::start_with(
+        data.path(),
+        &[],
+        &[
+            ("AETHERFLOW_TLS_CERT", cert.to_str().unwrap()),
+            ("AETHERFLOW_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
 
     let mut tcp = TcpStream::connect(relay.addr).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")

@@ -27,6 +27,7 @@
 
 mod places;
 pub mod tls;
+mod x509;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -20,7 +20,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::TlsFiles;
 
@@ -94,6 +94,23 @@ pub struct CertificateSummary {
     /// SHA-256 of the leaf certificate (DER), hex with colons, as `openssl x509 -fingerprint
     /// -sha256` prints it.
     pub sha256: String,
+    /// The leaf's subject common name and end of validity, when they could be read.
+    pub validity: super::x509::Validity,
+}
+
+impl CertificateSummary {
+    /// Logs the certificate now in use: `what` says why (start-up, reload).
+    pub fn log(&self, cert: &Path, what: &str) {
+        let subject = self.validity.subject_cn.as_deref().unwrap_or("-");
+        let expires = self.validity.not_after.as_deref().unwrap_or("-");
+        if self.validity.expired {
+            warn!(cert = %cert.display(), subject, expires, sha256 = %self.sha256,
+                "{what}: the TLS certificate has EXPIRED; clients will refuse it");
+        } else {
+            info!(cert = %cert.display(), subject, expires, chain = self.chain_len,
+                sha256 = %self.sha256, "{what}");
+        }
+    }
 }
 
 impl Certificate {
@@ -198,11 +215,9 @@ pub async fn watch(certificate: Arc<Certificate>, shutdown: CancellationToken) {
                 "SIGHUP: TLS certificate files unchanged"
             ),
             Reload::Unchanged => {}
-            Reload::Reloaded(summary) => info!(
-                cert = %certificate.cert_path().display(),
-                chain = summary.chain_len,
-                sha256 = %summary.sha256,
-                "TLS certificate reloaded; new connections use it"
+            Reload::Reloaded(summary) => summary.log(
+                certificate.cert_path(),
+                "TLS certificate reloaded; new connections use it",
             ),
             Reload::Refused(why) => error!(
                 cert = %certificate.cert_path().display(),
@@ -274,6 +289,7 @@ fn server_config(
     let summary = CertificateSummary {
         chain_len: chain.len(),
         sha256: fingerprint(leaf),
+        validity: super::x509::validity(leaf),
     };
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => pem_error(
@@ -376,6 +392,11 @@ mod tests {
             Reload::Reloaded(CertificateSummary {
                 chain_len: 1,
                 sha256: second,
+                validity: crate::listener::x509::Validity {
+                    subject_cn: Some("rcgen self signed cert".into()),
+                    not_after: Some("4096-01-01 00:00:00 UTC".into()),
+                    expired: false,
+                },
             })
         );
     }
