@@ -372,6 +372,27 @@ async fn a_replaced_certificate_serves_new_connections_while_open_ones_stay_up()
     relay
         .wait_for_log("new TLS certificate files not used")
         .await;
+    // SIGHUP asks for a check now (and does not stop the relay): the broken file is
+    // reported again, and the relay keeps serving.
+    let reported = relay
+        .logs()
+        .matches("new TLS certificate files not used")
+        .count();
+    relay.signal("HUP");
+    let deadline = Instant::now() + TIMEOUT;
+    while relay
+        .logs()
+        .matches("new TLS certificate files not used")
+        .count()
+        == reported
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP ignored: {}",
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let d = client(dirs[3].path(), &url, Some(&new_ca));
     wait_settled(&d.doc("renewed").await.unwrap()).await;
     for client in [a, b, c, d] {

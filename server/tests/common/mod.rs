@@ -147,6 +147,15 @@ impl Relay {
         self.child.wait().unwrap();
     }
 
+    /// Sends a signal by name (`HUP`) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Sends a signal by name (`TERM`, `INT`) and waits for the process to exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
         let status = Command::new("kill")
