@@ -11,7 +11,9 @@
 //! The transport sits behind the [`Transport`] trait: [`QuantumTransport`] (one reliable-UDP
 //! connection carrying every document in envelopes) first, [`WebSocketTransport`] (one
 //! y-websocket connection per document) as the fallback; [`SyncState::connection`] says which
-//! one a document is using.
+//! one a document is using. A `wss://` relay URL is TLS (rustls) trusting the platform's root
+//! certificates and any CA given with [`ClientConfig::tls_root_certificate`]; a failed
+//! handshake shows in [`SyncState::denied`] as `TLS: ...`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
