@@ -62,6 +62,12 @@ pub enum ConfigError {
         /// The largest budget the transport accepts.
         max: u16,
     },
+    /// A certificate given with [`ClientConfig::tls_root_certificate`] cannot be used.
+    #[error("tls_root_certificate: {reason}")]
+    TlsRootCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Everything a [`crate::Client`] needs.
@@ -71,9 +77,14 @@ pub struct ClientConfig {
     pub quantum_addr: Option<SocketAddr>,
     /// How long to wait for a Quantum handshake before falling back to WebSocket.
     pub quantum_handshake_timeout: Duration,
-    /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`; a document `d` syncs at
+    /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`, or `wss://relay.example`
+    /// for TLS (the token is then encrypted too); a document `d` syncs at
     /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
     pub websocket_url: Option<String>,
+    /// Certificate authorities (PEM) trusted for `wss://` besides the platform's root
+    /// certificates: a private CA, or a relay's self-signed certificate. See
+    /// [`ClientConfig::tls_root_certificate`].
+    pub tls_root_certificates: Vec<Vec<u8>>,
     /// A JWT client token, sent as `?token=` when the relay runs with auth.
     pub token: Option<String>,
     /// Directory of the local database `aetherflow-client.redb` (created if missing).
@@ -117,6 +128,7 @@ impl ClientConfig {
             quantum_addr: None,
             quantum_handshake_timeout: Duration::from_secs(2),
             websocket_url: None,
+            tls_root_certificates: Vec::new(),
             token: None,
             data_dir: data_dir.into(),
             connect_timeout: Duration::from_secs(10),
@@ -135,6 +147,9 @@ impl ClientConfig {
                 percent: self.quantum_sparse_fec_budget,
                 max,
             });
+        }
+        for pem in &self.tls_root_certificates {
+            crate::tls::parse_roots(pem)?;
         }
         Ok(())
     }
@@ -155,9 +170,28 @@ impl ClientConfig {
         driver
     }
 
-    /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`).
+    /// Syncs over WebSocket with the relay at `url` (`ws://HOST:PORT`, or `wss://HOST` for
+    /// TLS).
     pub fn websocket(mut self, url: impl Into<String>) -> ClientConfig {
         self.websocket_url = Some(url.into());
+        self
+    }
+
+    /// Also trusts the certificate authority `pem` (one or more PEM certificates) for
+    /// `wss://`, besides the platform's roots: a private CA, or the relay's own self-signed
+    /// certificate. Call once per CA; a PEM without a certificate makes [`crate::Client::open`]
+    /// fail with [`ConfigError::TlsRootCertificate`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = aetherflow_client::ClientConfig::new("./data")
+    ///     .websocket("wss://relay.internal:8443")
+    ///     .tls_root_certificate(std::fs::read("/etc/aetherflow/ca.pem")?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> ClientConfig {
+        self.tls_root_certificates.push(pem.into());
         self
     }
 

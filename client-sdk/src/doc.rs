@@ -53,7 +53,8 @@ pub struct SyncState {
     /// Local updates, and updates from peers, that the relay has not acknowledged yet (kept in
     /// the local database).
     pub pending: usize,
-    /// Why the relay last refused access, if it did.
+    /// Why the relay last refused access, or why the TLS handshake with it failed (`TLS:
+    /// ...`, an untrusted or mismatched certificate), if it did; cleared once connected.
     pub denied: Option<String>,
     /// The links to peers configured with [`crate::ClientConfig::peer`], by peer address.
     pub peers: BTreeMap<SocketAddr, PeerState>,

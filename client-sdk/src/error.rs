@@ -70,6 +70,12 @@ pub enum TransportError {
         /// The relay's error code (e.g. `token_expired`), or its response text.
         reason: String,
     },
+    /// The TLS handshake of a `wss://` connection failed: the relay's certificate is not
+    /// signed by a trusted authority (see [`crate::ClientConfig::tls_root_certificate`]), has
+    /// expired, or does not name the URL's host. Retrying helps only once the certificate or
+    /// the trust changes.
+    #[error("TLS handshake with the relay failed: {0}")]
+    Tls(String),
     /// The connection did not open in time.
     #[error("connection timed out")]
     Timeout,

@@ -11,7 +11,9 @@
 //! The transport sits behind the [`Transport`] trait: [`QuantumTransport`] (one reliable-UDP
 //! connection carrying every document in envelopes) first, [`WebSocketTransport`] (one
 //! y-websocket connection per document) as the fallback; [`SyncState::connection`] says which
-//! one a document is using.
+//! one a document is using. A `wss://` relay URL is TLS (rustls) trusting the platform's root
+//! certificates and any CA given with [`ClientConfig::tls_root_certificate`]; a failed
+//! handshake shows in [`SyncState::denied`] as `TLS: ...`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -122,6 +124,7 @@ pub mod store;
 pub mod sync;
 mod task;
 pub mod testing;
+mod tls;
 pub mod transport;
 pub mod websocket;
 
@@ -195,7 +198,10 @@ impl Client {
     pub fn open(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let websocket = config.websocket_url.as_ref().map(|url| {
-            Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
+            Arc::new(
+                WebSocketTransport::new(url, config.token.clone())
+                    .tls_root_certificates(config.tls_root_certificates.clone()),
+            ) as Arc<dyn Transport>
         });
         let quantum = config.quantum_addr.map(|addr| {
             let driver = config.quantum_driver();

@@ -12,26 +12,23 @@
 use aetherflow_crdt::register::Command;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::error::TransportError;
 use crate::transport::{RegisterLink, RegisterMessage, TransportKind};
-use crate::websocket::connect_error;
+use crate::websocket::{Socket, WebSocketTransport};
 
 /// Messages buffered per direction.
 const LINK_BUFFER: usize = 256;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// Opens the live channel at `url` (token included); open once the `state` frame arrived.
-pub(crate) async fn connect(url: String) -> Result<RegisterLink, TransportError> {
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-        .await
-        .map_err(connect_error)?;
+pub(crate) async fn connect(
+    transport: &WebSocketTransport,
+    url: String,
+) -> Result<RegisterLink, TransportError> {
+    let mut socket = transport.open(&url).await?;
     let state = loop {
         match socket.next().await {
             Some(Ok(Frame::Text(text))) => match translate(text.as_str()) {

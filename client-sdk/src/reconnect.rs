@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Backoff;
 use crate::doc::Connection;
@@ -83,6 +83,10 @@ pub(crate) async fn run<R: Reconnecting>(mut target: R, ctx: TaskContext) {
             Err(TransportError::Refused { status, reason }) => {
                 info!(doc = %target.name(), status, %reason, "relay refused the connection");
                 target.set_denied(format!("{status} {reason}"));
+            }
+            Err(TransportError::Tls(reason)) => {
+                warn!(doc = %target.name(), %reason, "TLS handshake with the relay failed");
+                target.set_denied(format!("TLS: {reason}"));
             }
             Err(TransportError::NotConfigured) => {
                 target.set_connection(Connection::Offline);

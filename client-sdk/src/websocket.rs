@@ -1,6 +1,8 @@
 //! The WebSocket transport: one y-websocket connection per document at `{base}/ws/{doc}`, and
 //! one live channel (`{base}/api/v1/docs/{doc}/live`, JSON) per register document (see
-//! the `live` module).
+//! the `live` module). `wss://` URLs connect over TLS (see the `tls` module).
+
+use std::sync::{Arc, OnceLock};
 
 use aetherflow_crdt::protocol::{Limits, Message};
 use futures_util::future::BoxFuture;
@@ -8,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::error::TransportError;
@@ -17,22 +19,65 @@ use crate::transport::{Link, RegisterLink, Transport, TransportKind};
 /// Messages buffered per direction before the sender waits.
 const LINK_BUFFER: usize = 256;
 
+/// A WebSocket connection to the relay, plain or TLS.
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 /// Connects documents over the relay's WebSocket endpoint.
 #[derive(Debug, Clone)]
 pub struct WebSocketTransport {
     base: String,
     token: Option<String>,
     limits: Limits,
+    /// Extra trusted certificate authorities (PEM) for `wss://`.
+    tls_roots: Vec<Vec<u8>>,
+    /// The TLS configuration, built on the first `wss://` connection (reading the platform's
+    /// roots takes a while) and shared by clones.
+    tls: Arc<OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl WebSocketTransport {
-    /// A transport for the relay at `base` (`ws://HOST:PORT`), sending `token` if given.
+    /// A transport for the relay at `base` (`ws://HOST:PORT`, or `wss://HOST` for TLS with
+    /// the platform's root certificates), sending `token` if given.
     pub fn new(base: impl Into<String>, token: Option<String>) -> WebSocketTransport {
         WebSocketTransport {
             base: base.into().trim_end_matches('/').to_owned(),
             token,
             limits: Limits::default(),
+            tls_roots: Vec::new(),
+            tls: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Also trusts these certificate authorities (PEM) for `wss://` (see
+    /// [`crate::ClientConfig::tls_root_certificate`]).
+    pub fn tls_root_certificates(mut self, pems: Vec<Vec<u8>>) -> WebSocketTransport {
+        self.tls_roots = pems;
+        self.tls = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Opens a WebSocket at `url` (token included): TLS for `wss://`. A failed TLS
+    /// handshake is [`TransportError::Tls`], an HTTP answer instead of the upgrade
+    /// [`TransportError::Refused`].
+    pub(crate) async fn open(&self, url: &str) -> Result<Socket, TransportError> {
+        let connector = if is_tls(url) {
+            let config = self
+                .tls
+                .get_or_init(|| {
+                    crate::tls::client_config(&self.tls_roots).map_err(|e| e.to_string())
+                })
+                .clone()
+                .map_err(TransportError::Tls)?;
+            Some(Connector::Rustls(config))
+        } else {
+            None
+        };
+        // TCP_NODELAY: an edit is a small frame that must leave at once.
+        let (socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+                .await
+                .map_err(connect_error)?;
+        Ok(socket)
     }
 
     /// The URL document `doc` connects to (without the token, so it can be logged).
@@ -73,9 +118,19 @@ pub(crate) fn encode_path_segment(s: &str) -> String {
     out
 }
 
+/// Whether `url` asks for TLS.
+fn is_tls(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"))
+}
+
 /// A refusal by the relay (an HTTP answer instead of the upgrade) keeps its status and the
-/// relay's error code; anything else is a connection failure.
-pub(crate) fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+/// relay's error code; a failed TLS handshake says why; anything else is a connection
+/// failure.
+fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> TransportError {
+    if let Some(reason) = crate::tls::handshake_failure(&e) {
+        return TransportError::Tls(reason);
+    }
     let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
         return TransportError::Connect(e.to_string());
     };
@@ -98,12 +153,7 @@ pub(crate) fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> Transpo
 impl Transport for WebSocketTransport {
     fn connect<'a>(&'a self, doc: &'a str) -> BoxFuture<'a, Result<Link, TransportError>> {
         Box::pin(async move {
-            let url = self.with_token(self.url(doc));
-            // TCP_NODELAY: an edit is a small frame that must leave at once.
-            let (socket, _) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-                    .await
-                    .map_err(connect_error)?;
+            let socket = self.open(&self.with_token(self.url(doc))).await?;
             let (out_tx, out_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             let (in_tx, in_rx) = mpsc::channel::<Message>(LINK_BUFFER);
             tokio::spawn(pump(socket, out_rx, in_tx, self.limits));
@@ -119,13 +169,16 @@ impl Transport for WebSocketTransport {
         &'a self,
         doc: &'a str,
     ) -> BoxFuture<'a, Result<RegisterLink, TransportError>> {
-        Box::pin(crate::live::connect(self.with_token(self.live_url(doc))))
+        Box::pin(crate::live::connect(
+            self,
+            self.with_token(self.live_url(doc)),
+        ))
     }
 }
 
 /// Moves messages between the link's channels and the socket until either side ends.
 async fn pump(
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    socket: Socket,
     mut out_rx: mpsc::Receiver<Message>,
     in_tx: mpsc::Sender<Message>,
     limits: Limits,

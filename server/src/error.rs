@@ -69,6 +69,10 @@ pub enum AppError {
     /// connection cap; only `/healthz` is served on it (503 `over_capacity`, `Retry-After: 1`).
     #[error("the relay is at its connection limit; only /healthz is served on this connection")]
     OverCapacity,
+    /// A plain-HTTP request reached a port that serves TLS (400 `tls_required`); the
+    /// connection is closed after the answer.
+    #[error("this port serves TLS only: use https:// or wss://")]
+    TlsRequired,
     /// The answer would be larger than the relay sends in this form (422); the text says
     /// which other form to use.
     #[error("{0}")]
@@ -160,6 +164,7 @@ impl AppError {
                 "over_capacity",
                 self.to_string(),
             ),
+            AppError::TlsRequired => (StatusCode::BAD_REQUEST, "tls_required", self.to_string()),
             AppError::ContentTooLarge(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "content_too_large",

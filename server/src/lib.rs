@@ -79,6 +79,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match config.tls.clone() {
+        Some(files) => {
+            let (certificate, summary) = listener::tls::Certificate::load(files)
+                .context("cannot use --tls-cert/--tls-key")?;
+            summary.log(
+                certificate.cert_path(),
+                "TLS on: serving https:// and wss:// (the files are re-read when they change, and on SIGHUP)",
+            );
+            Some(Arc::new(certificate))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let path = config.database_path();
@@ -181,7 +193,7 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");
-    println!("aetherflow ready: http://{addr}");
+    println!("aetherflow ready: {}://{addr}", config.http_scheme());
     if let Some(endpoint) = quantum_endpoint {
         let quantum_addr = endpoint.local_addr();
         info!(addr = %quantum_addr, "quantum ready");
@@ -208,7 +220,10 @@ pub async fn run(
         max_connections: config.max_connections,
         header_timeout: config.http_header_timeout,
     };
-    listener::serve(listener, app, settings, metrics, token.clone()).await;
+    if let Some(certificate) = &tls {
+        tracker.spawn(listener::tls::watch(certificate.clone(), token.clone()));
+    }
+    listener::serve(listener, app, settings, tls, metrics, token.clone()).await;
 
     // Sessions send their close frames and leave; rooms commit and unload.
     tracker.close();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{Relay, YClient};
 
-const FLAGS: [(&str, &str); 11] = [
+const FLAGS: [(&str, &str); 13] = [
     ("--http-addr", "AETHERFLOW_HTTP_ADDR"),
     ("--data-dir", "AETHERFLOW_DATA_DIR"),
     ("--durability", "AETHERFLOW_DURABILITY"),
@@ -26,6 +26,8 @@ const FLAGS: [(&str, &str); 11] = [
         "AETHERFLOW_QUANTUM_SPARSE_FEC_BUDGET",
     ),
     ("--outbox-max-bytes", "AETHERFLOW_OUTBOX_MAX_BYTES"),
+    ("--tls-cert", "AETHERFLOW_TLS_CERT"),
+    ("--tls-key", "AETHERFLOW_TLS_KEY"),
 ];
 
 fn aetherflow(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

@@ -255,7 +255,8 @@ pub struct RegisterState {
     pub connection: Connection,
     /// Commands waiting for the relay's answer (kept in the local database).
     pub pending: usize,
-    /// Why the relay last refused the connection, if it did.
+    /// Why the relay last refused the connection, or why the TLS handshake with it failed
+    /// (`TLS: ...`), if it did.
     pub denied: Option<String>,
 }
 

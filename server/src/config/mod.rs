@@ -130,7 +130,8 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address for HTTP and WebSocket. Port 0 picks a free port;
-    /// the chosen address is printed on stdout as `aetherflow ready: http://ADDR`.
+    /// the chosen address is printed on stdout as `aetherflow ready: http://ADDR`
+    /// (`https://` with --tls-cert).
     #[arg(long, env = "AETHERFLOW_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
 
@@ -312,6 +313,26 @@ pub struct Settings {
     /// `content_too_large` (read it with `GET .../update`).
     #[arg(long, env = "AETHERFLOW_MAX_CONTENT_JSON_BYTES", value_name = "BYTES")]
     pub max_content_json_bytes: Option<usize>,
+
+    /// PEM certificate chain (leaf first) for serving HTTPS and `wss://` on --http-addr;
+    /// needs --tls-key. The files are re-read when they change (checked every few seconds)
+    /// and on SIGHUP: new connections get the new certificate, a bad new file keeps the old
+    /// one and logs an error [default: none, plain HTTP].
+    #[arg(long, env = "AETHERFLOW_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "AETHERFLOW_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The files of the relay's own TLS certificate (see [`Settings::tls_cert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key: PathBuf,
 }
 
 /// The relay's resolved configuration.
@@ -375,6 +396,8 @@ pub struct Config {
     pub max_content_reads: usize,
     /// Largest JSON body of `GET .../content`.
     pub max_content_json_bytes: usize,
+    /// The certificate and key to terminate TLS with; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the configuration could not be built.
@@ -444,6 +467,8 @@ impl Settings {
             max_connections: self.max_connections.or(lower.max_connections),
             max_content_reads: self.max_content_reads.or(lower.max_content_reads),
             max_content_json_bytes: self.max_content_json_bytes.or(lower.max_content_json_bytes),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
         }
     }
 
@@ -494,7 +519,24 @@ impl Config {
                 true,
             ),
         };
+        let tls = match (s.tls_cert, s.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    name: "--tls-cert",
+                    why: "needs --tls-key too (the certificate's private key, PEM)",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "--tls-key",
+                    why: "needs --tls-cert too (the certificate chain, PEM)",
+                });
+            }
+        };
         let config = Config {
+            tls,
             http_addr: s.http_addr.unwrap_or(default_addr),
             quantum_addr,
             quantum_required,
@@ -577,6 +619,11 @@ impl Config {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The scheme of the relay's URLs: `https` when it terminates TLS, else `http`.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Whether clients must present tokens.

@@ -271,3 +271,47 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
         }
     }
 }
+
+#[test]
+fn tls_needs_both_files_from_flag_env_or_file() {
+    let only_cert = Settings {
+        tls_cert: Some("cert.pem".into()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(only_cert).unwrap_err();
+    assert!(err.to_string().contains("--tls-key"), "{err}");
+    let only_key = Settings {
+        tls_key: Some("key.pem".into()),
+        ..Settings::default()
+    };
+    let err = Config::from_settings(only_key).unwrap_err();
+    assert!(err.to_string().contains("--tls-cert"), "{err}");
+    assert_eq!(
+        Config::from_settings(Settings::default()).unwrap().tls,
+        None
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "tls_cert = \"/etc/relay/cert.pem\"\ntls_key = \"/etc/relay/key.pem\"\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--tls-key",
+        "/run/key.pem",
+    ]);
+    let config = Config::from_cli(cli).unwrap();
+    assert_eq!(
+        config.tls,
+        Some(TlsFiles {
+            cert: "/etc/relay/cert.pem".into(),
+            key: "/run/key.pem".into(),
+        })
+    );
+    assert_eq!(config.http_scheme(), "https");
+}

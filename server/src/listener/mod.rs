@@ -16,11 +16,18 @@
 //!   wait for it (from the connect, and after each response on a kept-alive connection), or
 //!   the connection is closed: a client that trickles header bytes, or holds a connection it
 //!   does not use, frees its place.
+//! - With `--tls-cert` (`tls.rs`), every connection is TLS: the handshake must finish within
+//!   `--http-header-timeout-secs` of the connect, while the connection already holds a place
+//!   (and can be cut like one that has not sent its head), and then its request head has the
+//!   same time again. A connection whose first byte is not a TLS handshake (`http://` or
+//!   `ws://` to a TLS port) gets 400 `tls_required` in plain HTTP and is closed.
 //!
 //! On shutdown the listener stops accepting, asks every connection to finish its request and
 //! close, and returns once they have (WebSocket sessions are left to their own shutdown).
 
 mod places;
+pub mod tls;
+mod x509;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +51,7 @@ use tracing::{debug, error, trace};
 
 use self::places::{Full, Pending, Place, Places};
 pub use self::places::{REFUSAL_LOG_EVERY, health_places};
+use self::tls::Certificate;
 use crate::error::AppError;
 use crate::metrics::{Metrics, Rejection};
 
@@ -63,12 +71,17 @@ pub struct ListenerSettings {
     pub header_timeout: Duration,
 }
 
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
-/// finished; see the module documentation.
+/// finished; see the module documentation. With `tls`, every connection is TLS with the
+/// certificate in use when it connects.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: ListenerSettings,
+    tls: Option<Arc<Certificate>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -96,6 +109,7 @@ pub async fn serve(
             remote,
             router: router.clone(),
             settings,
+            tls: tls.clone(),
             shutdown: shutdown.clone(),
             places: places.clone(),
         };
@@ -134,8 +148,19 @@ struct Connection {
     remote: SocketAddr,
     router: Router,
     settings: ListenerSettings,
+    tls: Option<Arc<Certificate>>,
     shutdown: CancellationToken,
     places: Arc<Places>,
+}
+
+/// What a connection to the TLS port turned out to be.
+enum Handshake {
+    /// A finished TLS handshake.
+    Tls(Box<tokio_rustls::server::TlsStream<Counted>>),
+    /// Plain HTTP: answered with 400 `tls_required`.
+    Plain(Counted),
+    /// Gone, failed, too slow, cut, or the relay is shutting down.
+    Failed,
 }
 
 impl Connection {
@@ -147,19 +172,102 @@ impl Connection {
             remote,
             router,
             settings,
+            tls,
             shutdown,
             places,
         } = self;
         drop(places);
         let pending = place.pending.clone();
         let health_only = place.health_only;
-        let io = TokioIo::new(Counted { tcp, _place: place });
+        let io = Counted { tcp, _place: place };
+        let http = Http {
+            remote,
+            router,
+            settings,
+            shutdown,
+            pending,
+            health_only,
+        };
+        let Some(certificate) = tls else {
+            return http.serve(io, false).await;
+        };
+        match http.handshake(&certificate, io).await {
+            Handshake::Tls(stream) => http.serve(*stream, false).await,
+            Handshake::Plain(io) => http.serve(io, true).await,
+            Handshake::Failed => {}
+        }
+    }
+}
+
+/// What serving HTTP on a connection needs, once it holds a place.
+struct Http {
+    remote: SocketAddr,
+    router: Router,
+    settings: ListenerSettings,
+    shutdown: CancellationToken,
+    pending: Arc<Pending>,
+    health_only: bool,
+}
+
+impl Http {
+    /// The TLS handshake, within the header timeout and while the connection may be cut.
+    async fn handshake(&self, certificate: &Certificate, io: Counted) -> Handshake {
+        let remote = self.remote;
+        let acceptor = certificate.acceptor();
+        let handshake = async move {
+            let mut first = [0u8; 1];
+            match io.tcp.peek(&mut first).await {
+                Ok(1..) if first[0] == TLS_HANDSHAKE_RECORD => {}
+                Ok(1..) => return Handshake::Plain(io),
+                Ok(0) | Err(_) => return Handshake::Failed,
+            }
+            match acceptor.accept(io).await {
+                Ok(stream) => Handshake::Tls(Box::new(stream)),
+                Err(e) => {
+                    debug!(%remote, error = %e, "TLS handshake failed");
+                    Handshake::Failed
+                }
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(self.settings.header_timeout, handshake) => {
+                result.unwrap_or_else(|_| {
+                    trace!(%remote, "no TLS handshake within the header timeout");
+                    Handshake::Failed
+                })
+            }
+            () = cut_signal(&self.pending) => {
+                trace!(%remote, "cut: no TLS handshake while the relay was full");
+                Handshake::Failed
+            }
+            () = self.shutdown.cancelled() => Handshake::Failed,
+        }
+    }
+
+    /// Serves HTTP/1.1 on `io`; with `tls_required` (plain HTTP on the TLS port) every
+    /// request gets 400 `tls_required` and the connection closes after it.
+    async fn serve<I>(self, io: I, tls_required: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Http {
+            remote,
+            router,
+            settings,
+            shutdown,
+            pending,
+            health_only,
+        } = self;
+        let io = TokioIo::new(io);
         let served = pending.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
             let router = router.clone();
             let cut = !served.served();
             async move {
+                if tls_required {
+                    return Ok::<Response, Infallible>(AppError::TlsRequired.into_response());
+                }
                 if cut || (health_only && request.uri().path() != HEALTH_PATH) {
                     return Ok::<Response, Infallible>(AppError::OverCapacity.into_response());
                 }
@@ -169,7 +277,8 @@ impl Connection {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_timeout);
+            .header_read_timeout(settings.header_timeout)
+            .keep_alive(!tls_required);
         let connection = builder.serve_connection(io, service).with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let mut stopping = false;

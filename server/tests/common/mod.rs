@@ -96,6 +96,7 @@ impl Relay {
             .unwrap_or_else(|_| panic!("relay never got ready: {}", stderr.lock().unwrap()));
         let addr = line
             .strip_prefix("aetherflow ready: http://")
+            .or_else(|| line.strip_prefix("aetherflow ready: https://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .unwrap();
@@ -144,6 +145,15 @@ impl Relay {
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Sends a signal by name (`HUP`) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Sends a signal by name (`TERM`, `INT`) and waits for the process to exit.

@@ -35,7 +35,8 @@ const READY_TIMEOUT_MS = 30_000
 /** How long the relay may take to exit after a signal. */
 const EXIT_TIMEOUT_MS = 15_000
 
-export const READY_LINE = /ready: http:\/\/([0-9.]+):(\d+)/
+/** The relay's ready line: scheme (`https` when it terminates TLS), address, port. */
+export const READY_LINE = /ready: (https?):\/\/([0-9.]+):(\d+)/
 
 // y-websocket message types and sync sub-types.
 export const MSG_SYNC = 0
@@ -306,6 +307,7 @@ export class Relay {
     this.label = label
     this.stderr = ''
     this.stdout = ''
+    this.scheme = 'http'
     /** @type {Promise<{code: number|null, signal: string|null}>} */
     this.exited = new Promise((resolve) => {
       child.on('exit', (code, signal) => {
@@ -318,9 +320,11 @@ export class Relay {
     child.stderr.on('data', (chunk) => { this.stderr += chunk })
   }
 
-  get httpUrl () { return `http://127.0.0.1:${this.port}` }
+  /** Whether the relay terminates TLS itself (started with --tls-cert). */
+  get tls () { return this.scheme === 'https' }
+  get httpUrl () { return `${this.scheme}://127.0.0.1:${this.port}` }
   /** Base URL for WebsocketProvider: the provider appends `/<room>`. */
-  get wsBase () { return `ws://127.0.0.1:${this.port}/ws` }
+  get wsBase () { return `${this.tls ? 'wss' : 'ws'}://127.0.0.1:${this.port}/ws` }
   wsUrl (room) { return `${this.wsBase}/${room}` }
 
   /** Sends `signal` and waits for the process to exit. */
@@ -349,7 +353,10 @@ async function startRelay ({ dataDir, args = [], label }) {
         relay.stdout += chunk
         buffered += chunk
         const m = READY_LINE.exec(buffered)
-        if (m) resolve(Number(m[2]))
+        if (m) {
+          relay.scheme = m[1]
+          resolve(Number(m[3]))
+        }
       })
       relay.exited.then(({ code, signal }) =>
         reject(new Error(`${label} exited (code ${code}, signal ${signal}) before printing its ready line`)))
@@ -476,14 +483,17 @@ export class Env {
  * cleans up processes, clients and temp dirs whatever happens.
  *
  * @param {string} name
- * @param {{ needsPersistence?: boolean, timeout?: number }} options
+ * @param {{ needsPersistence?: boolean, needsTls?: boolean, timeout?: number }} options
  *   needsPersistence: the test restarts the server over its data dir; skipped in reference mode.
+ *   needsTls: the test starts the relay with --tls-cert; skipped in reference mode.
  * @param {(env: Env, t: import('node:test').TestContext) => Promise<void>} fn
  */
 export function interopTest (name, options, fn) {
   const skip = options.needsPersistence && IS_REFERENCE
     ? 'the reference server keeps no data across restarts'
-    : false
+    : options.needsTls && IS_REFERENCE
+      ? 'the reference server does not terminate TLS'
+      : false
   test(name, { skip, timeout: options.timeout ?? 120_000 }, async (t) => {
     const env = new Env(name)
     try {
