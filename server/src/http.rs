@@ -1,56 +1,24 @@
 //! HTTP routes: `/healthz`, the WebSocket endpoint `/ws/{document}`, and the browser demo
 //! at `/` (see [`crate::web_demo`]).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{ConnId, DocName};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, Permission};
+use crate::auth::Permission;
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::forwarded::TrustedProxies;
 use crate::metrics::Rejection;
-use crate::rate_limit::ConnectionLimiter;
-use crate::registry::{Registry, Transport};
-use crate::session::{self, SessionContext};
-
-/// Shared state of every route.
-#[derive(Clone)]
-pub struct AppState {
-    /// What sessions need.
-    pub sessions: SessionContext,
-    /// Tracks session tasks so shutdown can wait for their close frames.
-    pub tracker: TaskTracker,
-    /// Source of connection ids.
-    pub next_conn: Arc<AtomicU64>,
-    /// Token verification.
-    pub auth: Auth,
-    /// Every live session, for the admin routes.
-    pub registry: Registry,
-    /// Per-address WebSocket connection limit.
-    pub connections: ConnectionLimiter,
-    /// Admin key and token minting.
-    pub admin: crate::api::admin::Admin,
-    /// Document locks (in memory; a restart frees them).
-    pub locks: crate::locks::Locks,
-    /// What `/metrics` serves.
-    pub metrics: crate::metrics::Metrics,
-    /// Reverse proxies whose forwarding headers name the client (`--trusted-proxies`).
-    pub proxies: TrustedProxies,
-    /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
-    pub reads: crate::api::heavy_reads::HeavyReads,
-}
+use crate::registry::Transport;
+use crate::session;
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see
 /// [`websocket`]. Every idle connection holds it, zero-filled, so resident (issue 7). 256
@@ -75,7 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/", get(empty_doc_name))
         .route("/ws/{*doc}", get(websocket))
         .merge(crate::api::routes())
-        .merge(crate::metrics::routes())
+        .merge(crate::api::scrape::routes())
         .merge(crate::web_demo::routes())
         .with_state(state)
 }
@@ -103,63 +71,6 @@ async fn empty_doc_name() -> AppError {
     AppError::InvalidDocName("document name is empty".into())
 }
 
-/// The client's address: the TCP peer's, or for a peer that is a trusted proxy the one its
-/// `Forwarded` / `X-Forwarded-For` headers name (see [`crate::forwarded`]). `None` when served
-/// without connect info (a router in a test).
-pub(crate) fn client_addr(
-    proxies: &TrustedProxies,
-    extensions: &Extensions,
-    headers: &HeaderMap,
-) -> Option<SocketAddr> {
-    let ConnectInfo(peer) = extensions.get::<ConnectInfo<SocketAddr>>().copied()?;
-    if !proxies.trusts(peer.ip()) {
-        return Some(peer);
-    }
-    let (Ok(forwarded), Ok(x_forwarded_for)) = (
-        joined(headers, &axum::http::header::FORWARDED),
-        joined(headers, &HeaderName::from_static("x-forwarded-for")),
-    ) else {
-        // Not text: malformed, so the proxy's own address.
-        return Some(peer);
-    };
-    let client = proxies.client_addr(peer, forwarded.as_deref(), x_forwarded_for.as_deref());
-    if client != peer {
-        tracing::trace!(%peer, %client, "client address from a trusted proxy's headers");
-    }
-    Some(client)
-}
-
-/// Every value of header `name`, joined with commas as one list; `Err` if one is not text.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ()> {
-    let mut values = headers.get_all(name).iter().peekable();
-    if values.peek().is_none() {
-        return Ok(None);
-    }
-    let texts = values
-        .map(|value| value.to_str().map_err(|_| ()))
-        .collect::<Result<Vec<&str>, ()>>()?;
-    Ok(Some(texts.join(",")))
-}
-
-/// Applies the per-address connection limit to a WebSocket request, by client address (see
-/// [`client_addr`]); returns that address, or 429 with the wait. Served without connect info
-/// (a router in a test), the address is unknown (`0.0.0.0:0`) and unlimited.
-pub(crate) fn admit_connection(
-    state: &AppState,
-    extensions: &Extensions,
-    headers: &HeaderMap,
-) -> Result<SocketAddr, AppError> {
-    let Some(remote) = client_addr(&state.proxies, extensions, headers) else {
-        return Ok(SocketAddr::from(([0, 0, 0, 0], 0)));
-    };
-    if let Err(wait) = state.connections.admit(remote.ip(), Instant::now()) {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        state.metrics.reject(Rejection::ConnectionRate);
-        return Err(AppError::RateLimited(secs.max(1)));
-    }
-    Ok(remote)
-}
-
 /// Upgrades to a y-websocket session on document `doc`. Too many connections from one
 /// address (429), a bad name (400) or token (401, 403) is refused before the upgrade, so no
 /// document data flows to an unauthorised client.
@@ -171,7 +82,7 @@ async fn websocket(
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let remote = match admit_connection(&state, &extensions, &headers) {
+    let remote = match crate::context::admit_connection(&state, &extensions, &headers) {
         Ok(remote) => remote,
         Err(e) => return e.into_response(),
     };

@@ -14,9 +14,12 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
+pub mod context;
 pub mod error;
 pub mod events;
 pub mod forwarded;
@@ -27,6 +30,7 @@ pub mod locks;
 pub mod metrics;
 pub mod quantum;
 pub mod rate_limit;
+pub mod reads;
 pub mod registry;
 pub mod rooms;
 pub mod session;
@@ -49,7 +53,7 @@ use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
-use crate::http::AppState;
+use crate::context::AppState;
 use crate::rooms::{RoomSettings, Rooms};
 use crate::session::SessionContext;
 use crate::store::{Store, StoreWriter, WriteMode};
@@ -166,14 +170,11 @@ pub async fn run(
         auth,
         registry: registry::Registry::with_metrics(&metrics),
         connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
-        admin: api::admin::Admin::from_config(&config),
+        admin: admin::Admin::from_config(&config),
         locks,
         metrics,
         proxies: config.trusted_proxies.clone(),
-        reads: api::heavy_reads::HeavyReads::new(
-            config.max_content_reads,
-            config.max_content_json_bytes,
-        ),
+        reads: reads::HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
     };
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));

@@ -18,11 +18,12 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
+use crate::connection::CloseReason;
 use crate::heartbeat::{Beat as HeartbeatBeat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::{Rate, TokenBucket};
 use crate::registry::{SessionHandle, SessionState};
-use crate::rooms::{CloseReason, Outbound, Rooms, outbox};
+use crate::rooms::{Outbound, Rooms, outbox};
 
 /// Everything a session needs besides its socket.
 #[derive(Clone)]

@@ -183,7 +183,7 @@ async fn redb_failing_inside_on_damaged_pages_fails_only_that_document() {
     let (status, _) = http_get(relay.addr, "/healthz").await;
     assert_eq!(status, 200);
     let (_, metrics) = http_get(relay.addr, "/metrics").await;
-    assert!(counter(&metrics, "aetherflow_storage_unreadable_total") >= 1.0);
+    assert!(counter(&metrics, "aetherflow_storage_engine_failures_total") >= 1.0);
     relay.signal_and_wait("TERM");
 
     let (ok, report) = check(&data, false);

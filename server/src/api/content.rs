@@ -2,7 +2,7 @@
 //! (`GET .../update`), and changed by a binary v1 update (`POST .../update`).
 //!
 //! Reads come from the store, which holds everything any client has been shown (updates are
-//! broadcast only after their commit), through the gate of [`super::heavy_reads`]: off the
+//! broadcast only after their commit), through the gate of [`crate::reads`]: off the
 //! async workers, bounded in number, shared by concurrent reads of one document, and JSON of
 //! at most `--max-content-json-bytes` (422 `content_too_large` over it, pointing at the binary
 //! form). Writes go through the document's room, exactly like a WebSocket writer's update:
@@ -19,13 +19,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::content_json::TooLarge;
-use super::heavy_reads::{Form, not_yjs};
 use super::openapi::{json_response, name_param, operation, schema, statuses, with_body};
 use super::{NamePath, authorize, blocking};
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::metrics::Rejection;
+use crate::reads::json::TooLarge;
+use crate::reads::{Form, not_yjs};
 use crate::rooms::ApplyError;
 
 /// The routes of this group.
@@ -52,7 +52,16 @@ async fn get_content(
     NamePath(doc): NamePath,
 ) -> Result<Response, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    match state.reads.read(&state, &doc, Form::Json).await? {
+    match state
+        .reads
+        .read(
+            state.sessions.rooms.store(),
+            &state.metrics,
+            &doc,
+            Form::Json,
+        )
+        .await?
+    {
         Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
         Err(TooLarge { cap }) => {
             state.metrics.reject(Rejection::ContentTooLarge);
@@ -72,7 +81,12 @@ async fn get_update(
     authorize(&state, &headers, &doc, false)?;
     let update = state
         .reads
-        .read(&state, &doc, Form::Update)
+        .read(
+            state.sessions.rooms.store(),
+            &state.metrics,
+            &doc,
+            Form::Update,
+        )
         .await?
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())

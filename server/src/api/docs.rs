@@ -15,8 +15,8 @@ use super::openapi::{
     json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
 use super::{NamePath, authorize, bearer, blocking, doc_name, json_body, now_ms};
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::rooms::ApplyError;
 use crate::store::{DocStats, DocumentMeta, WriteOp, WriteResult};
 

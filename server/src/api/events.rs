@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::openapi::{name_param, operation, schema, statuses};
 use super::{NamePath, authorize_token, bearer, blocking};
+use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
-use crate::http::AppState;
 
 /// The routes of this group.
 pub fn routes() -> Router<AppState> {
@@ -149,7 +149,7 @@ fn event_stream(
 fn token_expired_event() -> Event {
     let reason = "token expired; reconnect with a fresh token";
     Event::default().event("token_expired").data(
-        json!({ "type": "token_expired", "code": crate::rooms::CloseReason::TOKEN_EXPIRED, "reason": reason })
+        json!({ "type": "token_expired", "code": crate::connection::CloseReason::TOKEN_EXPIRED, "reason": reason })
             .to_string(),
     )
 }

@@ -48,13 +48,13 @@ use super::registers::{
 };
 use super::{authorize_token, doc_name};
 use crate::auth::{Grant, Permission};
+use crate::connection::CloseReason;
+use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::http::AppState;
 use crate::rate_limit::TokenBucket;
 use crate::registry::{SessionHandle, SessionState, Transport};
-use crate::rooms::CloseReason;
 use crate::session;
 use crate::session::account;
 
@@ -94,7 +94,7 @@ async fn live(
     query: Result<Query<TokenQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let remote = match crate::http::admit_connection(&state, &extensions, &headers) {
+    let remote = match crate::context::admit_connection(&state, &extensions, &headers) {
         Ok(remote) => remote,
         Err(e) => return e.into_response(),
     };

@@ -18,8 +18,8 @@ use super::openapi::{
     json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
 use super::{NamePath, authorize, identity, json_body};
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::locks::{Lock, LockError};
 
 /// The routes of this group.

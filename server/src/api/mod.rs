@@ -1,8 +1,8 @@
 //! The HTTP API under `/api/v1`, one file per route group: [`docs`] (create, list, get,
-//! delete), [`content`] (a Yjs document as JSON, written by [`content_json`], or a binary
-//! update), [`registers`] (LWW and
-//! manual registers and their conflicts), [`locks`], [`events`] (Server-Sent Events),
-//! [`live`] (the register WebSocket channel) and [`openapi`] (the description of all of them).
+//! delete), [`content`] (a Yjs document as JSON or as a binary update, read through
+//! [`crate::reads`]), [`registers`] (LWW and manual registers and their conflicts), [`locks`],
+//! [`events`] (Server-Sent Events), [`live`] (the register WebSocket channel) and [`openapi`]
+//! (the description of all of them); and [`scrape`], `GET /metrics`, outside `/api/v1`.
 //!
 //! Every route takes the client token as `Authorization: Bearer <JWT>` (the WebSocket and SSE
 //! routes also accept `?token=`; none is needed when the relay runs open); changes need a
@@ -11,19 +11,17 @@
 //! A route group contributes its routes with `routes()` and its part of the OpenAPI
 //! description with `paths()`; [`openapi::document`] merges the parts.
 //!
-//! The admin routes ([`sessions`], [`tokens`]; see [`admin`]) take the admin key instead of a
-//! client token.
+//! The admin routes ([`sessions`], [`tokens`]; see [`crate::admin`]) take the admin key instead
+//! of a client token.
 
-pub mod admin;
 pub mod content;
-pub mod content_json;
 pub mod docs;
 pub mod events;
-pub mod heavy_reads;
 pub mod live;
 pub mod locks;
 pub mod openapi;
 pub mod registers;
+pub mod scrape;
 pub mod sessions;
 pub mod tokens;
 
@@ -36,8 +34,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 
 use crate::auth::{Grant, Permission};
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::store::StoreError;
 
 /// The `/api/v1` routes.

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-use crate::http::AppState;
+use crate::context::AppState;
 
 /// The route groups' path descriptions, merged in this order.
 pub const GROUPS: &[fn() -> Value] = &[

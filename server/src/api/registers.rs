@@ -21,9 +21,9 @@ use super::openapi::{
 };
 use super::{ConflictPath, NamePath, authorize, blocking, identity, json_body, now_ms};
 use crate::auth::Grant;
+use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
-use crate::http::AppState;
 use crate::store::{RegisterFailure, WriteOp, WriteResult};
 
 /// The routes of this group.

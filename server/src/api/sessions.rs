@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::connection::CloseReason;
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::registry::{DisconnectError, Filter, Page, SessionState, SessionView, Transport};
-use crate::rooms::CloseReason;
 
 /// Sessions per page unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 100;

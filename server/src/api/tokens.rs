@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::{Claims, Permission};
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 
 /// Lifetime of a minted token whose request names none: 1 hour (or the maximum, if lower).
 pub const DEFAULT_TTL_SECS: u64 = 3600;

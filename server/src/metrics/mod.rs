@@ -5,22 +5,21 @@
 //! latency, compactions, rejections), the store writer (commit latency and batch size) and
 //! the Quantum listener ([`QuantumMetrics`]). Recording is an atomic add on a counter that
 //! was resolved when [`Metrics`] was built, never a lock or a label lookup per message;
-//! histograms are observed once per batch. Gauges that describe sessions are read from the
-//! [`crate::registry::Registry`] at scrape time, so connections cost nothing extra.
+//! histograms are observed once per batch. Gauges that describe sessions are rendered from a
+//! census of the session registry taken at scrape time, so connections cost nothing extra. A
+//! leaf: it names nothing of the relay but [`crate::connection`]'s words.
 //!
 //! ```
 //! use aetherflow_server::metrics::{Metrics, Rejection};
-//! use aetherflow_server::registry::Registry;
 //!
 //! let metrics = Metrics::new();
 //! metrics.reject(Rejection::MessageTooBig);
-//! let text = metrics.render(&Registry::new());
+//! let text = metrics.render(&[]);
 //! assert!(text.contains("aetherflow_rejected_total{reason=\"message_too_big\"} 1"));
 //! assert!(text.ends_with("# EOF\n"));
 //! ```
 
 mod quantum;
-mod route;
 
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
@@ -34,9 +33,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry as PromRegistry, Unit};
 
 pub use quantum::{QuantumConnectionMetrics, QuantumMetrics, QuantumStats};
-pub use route::routes;
 
-use crate::registry::{Registry, SessionState, Transport};
+use crate::connection::{SessionState, Transport};
 
 /// Why the relay refused a client's input or connection; the `reason` label of
 /// `aetherflow_rejected_total`.
@@ -244,7 +242,7 @@ struct Inner {
     storage_failures: Counter,
     damaged_loads: Counter,
     damaged_at_start: Gauge,
-    storage_unreadable: Counter,
+    storage_engine_failures: Counter,
     content_reads_shared: Counter,
     updates_out: Counter,
     traffic: [Traffic; 2],
@@ -321,11 +319,11 @@ impl Metrics {
             "Documents the start-up integrity check found damaged (0 when it was skipped)",
             damaged_at_start.clone(),
         );
-        let storage_unreadable = Counter::default();
+        let storage_engine_failures = Counter::default();
         registry.register(
-            "storage_unreadable",
-            "Store operations redb failed inside of, on damaged pages; each failed alone (see `aetherflow check`)",
-            storage_unreadable.clone(),
+            "storage_engine_failures",
+            "Store operations that failed inside redb (a panic on damaged pages), each contained to itself (see `aetherflow check`)",
+            storage_engine_failures.clone(),
         );
         let content_reads_shared = Counter::default();
         registry.register(
@@ -370,7 +368,7 @@ impl Metrics {
                 storage_failures,
                 damaged_loads,
                 damaged_at_start,
-                storage_unreadable,
+                storage_engine_failures,
                 content_reads_shared,
                 updates_out,
                 traffic,
@@ -492,8 +490,8 @@ impl Metrics {
     }
 
     /// redb failed inside a store operation (damaged pages); the failure was contained.
-    pub fn storage_unreadable(&self) {
-        self.inner.storage_unreadable.inc();
+    pub fn storage_engine_failed(&self) {
+        self.inner.storage_engine_failures.inc();
     }
 
     /// A document read shared the answer of another read in flight.
@@ -532,13 +530,12 @@ impl Metrics {
 
     /// The metrics as OpenMetrics text (which Prometheus scrapes), with the session gauges
     /// read from `sessions` now.
-    pub fn render(&self, sessions: &Registry) -> String {
+    pub fn render(&self, census: &[(Transport, SessionState)]) -> String {
         let _scrape = self
             .inner
             .scrape
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let census = sessions.census();
         for transport in TRANSPORTS {
             let mut open = 0;
             for state in STATES {
@@ -589,6 +586,7 @@ impl Drop for LoadedDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Registry;
 
     fn value(text: &str, series: &str) -> Option<String> {
         text.lines()
@@ -601,7 +599,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.traffic(Transport::Quantum).received(100);
         metrics.traffic(Transport::Websocket).sent(7);
-        let text = metrics.render(&Registry::new());
+        let text = metrics.render(&[]);
         let q = "aetherflow_received_bytes_total{transport=\"quantum\"}";
         let w = "aetherflow_sent_bytes_total{transport=\"websocket\"}";
         assert_eq!(value(&text, q).as_deref(), Some("100"));
@@ -618,11 +616,11 @@ mod tests {
         let a = registry.open("a", Transport::Websocket, addr, vec![]);
         let b = registry.open("b", Transport::Websocket, addr, vec![]);
         b.set_state(SessionState::Active);
-        let text = metrics.render(&registry);
+        let text = metrics.render(&registry.census());
         let open = "aetherflow_connections{transport=\"websocket\"}";
         assert_eq!(value(&text, open).as_deref(), Some("2"));
         drop(a);
-        let text = metrics.render(&registry);
+        let text = metrics.render(&registry.census());
         assert_eq!(value(&text, open).as_deref(), Some("1"));
         let closed = "aetherflow_sessions{transport=\"websocket\",state=\"closed\"}";
         assert_eq!(value(&text, closed).as_deref(), Some("1"));
@@ -632,13 +630,13 @@ mod tests {
     fn a_loaded_document_counts_until_dropped() {
         let metrics = Metrics::new();
         let guard = metrics.document_loaded();
-        let text = metrics.render(&Registry::new());
+        let text = metrics.render(&[]);
         assert_eq!(
             value(&text, "aetherflow_documents_loaded").as_deref(),
             Some("1")
         );
         drop(guard);
-        let text = metrics.render(&Registry::new());
+        let text = metrics.render(&[]);
         assert_eq!(
             value(&text, "aetherflow_documents_loaded").as_deref(),
             Some("0")
@@ -647,7 +645,7 @@ mod tests {
 
     #[test]
     fn every_rejection_reason_is_exposed_from_zero() {
-        let text = Metrics::new().render(&Registry::new());
+        let text = Metrics::new().render(&[]);
         for reason in Rejection::ALL {
             let series = format!(
                 "aetherflow_rejected_total{{reason=\"{}\"}}",

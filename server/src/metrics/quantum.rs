@@ -106,7 +106,6 @@ impl QuantumConnectionMetrics {
 #[cfg(test)]
 mod tests {
     use crate::metrics::Metrics;
-    use crate::registry::Registry;
 
     use super::QuantumStats;
     use std::time::Duration;
@@ -133,7 +132,7 @@ mod tests {
         b.record(&sample(2, 4));
         // A reset counter adds nothing instead of wrapping.
         b.record(&sample(0, 0));
-        let text = metrics.render(&Registry::new());
+        let text = metrics.render(&[]);
         assert_eq!(
             value(&text, "aetherflow_quantum_retransmits_total"),
             Some(7.0)

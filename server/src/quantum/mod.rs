@@ -82,11 +82,11 @@ use crate::auth::Auth;
 use crate::config::Config;
 #[cfg(doc)]
 use crate::config::DEFAULT_QUANTUM_SPARSE_FEC_BUDGET;
+use crate::connection::CloseReason;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
 use crate::rate_limit::{ConnectionLimiter, TokenBucket};
 use crate::registry::{Registry, SessionHandle, SessionState, Transport};
-use crate::rooms::CloseReason;
 use crate::session::SessionContext;
 use subscriptions::{Next, Peer, Subscriptions, on_envelope};
 
@@ -138,7 +138,7 @@ pub struct QuantumContext {
     pub connections: ConnectionLimiter,
     /// The HTTP API's state: register operations go through its write path (locks, events,
     /// store), exactly as `/api/v1` and the live channel do.
-    pub registers: crate::http::AppState,
+    pub registers: crate::context::AppState,
     /// Most documents one connection may be subscribed to at once
     /// ([`Config::quantum_max_documents`]).
     pub max_documents: usize,

@@ -30,9 +30,9 @@ use super::{QuantumContext, error};
 use crate::api::events::next_event;
 use crate::api::registers::{RegisterChange, RegisterWrite, Resolution, write};
 use crate::auth::{Grant, Permission};
+use crate::connection::CloseReason;
 use crate::error::AppError;
 use crate::events::{DocEvent, Events};
-use crate::rooms::CloseReason;
 
 /// Error code: the token is read-only.
 pub const ERROR_READ_ONLY: u32 = 4403;

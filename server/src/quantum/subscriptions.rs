@@ -14,9 +14,10 @@ use tracing::warn;
 use super::registers::{self, ERROR_WRONG_KIND, RegisterSubscription};
 use super::{ERROR_PROTOCOL, ERROR_TOO_MANY_DOCUMENTS, QuantumContext, error};
 use crate::auth::Permission;
+use crate::connection::CloseReason;
 use crate::metrics::Rejection;
 use crate::registry::SessionHandle;
-use crate::rooms::{CloseReason, Membership, Outbound};
+use crate::rooms::{Membership, Outbound};
 
 /// A subscribed document.
 pub(super) enum Subscription {

@@ -36,8 +36,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::connection::CloseReason;
 use crate::metrics::{Metrics, Traffic};
-use crate::rooms::CloseReason;
 
 mod view;
 

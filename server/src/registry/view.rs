@@ -3,55 +3,10 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+pub use crate::connection::{SessionState, Transport};
 use uuid::Uuid;
-
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// y-websocket over a WebSocket.
-    Websocket,
-    /// The Quantum reliable-UDP transport for native clients.
-    Quantum,
-}
-
-/// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SessionState {
-    /// Accepted, not yet joined to its document.
-    Connecting,
-    /// Joined and heard from within the last heartbeat interval.
-    Active,
-    /// Left the last heartbeat unanswered; closed if the next one goes unanswered too.
-    Idle,
-    /// Closing: the close frame is on its way.
-    Disconnecting,
-    /// Gone; listed for [`CLOSED_GRACE`](super::CLOSED_GRACE) more.
-    Closed,
-}
-
-impl SessionState {
-    pub(super) const ALL: [SessionState; 5] = [
-        SessionState::Connecting,
-        SessionState::Active,
-        SessionState::Idle,
-        SessionState::Disconnecting,
-        SessionState::Closed,
-    ];
-
-    pub(super) fn from_u8(value: u8) -> SessionState {
-        Self::ALL
-            .get(usize::from(value))
-            .copied()
-            .unwrap_or(SessionState::Closed)
-    }
-
-    pub(super) fn as_u8(self) -> u8 {
-        self as u8
-    }
-}
 
 /// A snapshot of one session, as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

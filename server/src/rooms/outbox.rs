@@ -211,7 +211,7 @@ impl Drop for OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rooms::CloseReason;
+    use crate::connection::CloseReason;
     use bytes::Bytes;
     use futures_util::FutureExt;
 

@@ -175,7 +175,7 @@ impl Store {
         // which a reading transaction does not change, and a failed write rolls back.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(operation)).unwrap_or_else(|panic| {
             let why = panic_message(panic.as_ref());
-            self.metrics.storage_unreadable();
+            self.metrics.storage_engine_failed();
             tracing::error!(error = %why, "redb failed inside (damaged pages?); contained");
             Err(StoreError::Unreadable(why))
         })

@@ -1,4 +1,4 @@
-//! `GET /metrics`.
+//! `GET /metrics`: the relay's metrics (see [`crate::metrics`]), outside `/api/v1`.
 //!
 //! Who may scrape: with `--admin-key` set, only a request carrying that key (as
 //! `Authorization: Bearer KEY`, which Prometheus sends with `authorization: {credentials:
@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::auth::AdminError;
+use crate::context::AppState;
 use crate::error::AppError;
-use crate::http::AppState;
 
 /// The OpenMetrics text content type, which Prometheus negotiates and parses.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -36,7 +36,7 @@ async fn metrics(
     if let Err(refusal) = admit(&state, &headers, &extensions) {
         return refusal.into_response();
     }
-    let text = state.metrics.render(&state.registry);
+    let text = state.metrics.render(&state.registry.census());
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,

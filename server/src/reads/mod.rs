@@ -1,5 +1,5 @@
-//! The gate of heavy document reads (`GET .../content` as JSON, `GET .../update` as one binary
-//! update).
+//! Reads of a whole document (`GET .../content` as JSON, `GET .../update` as one binary
+//! update): the gate they pass, and the JSON form ([`json`]).
 //!
 //! A read loads the document from the store on a blocking thread (the store holds everything
 //! any client has been shown) and renders it there, so neither runs on an async worker. At most
@@ -16,6 +16,8 @@
 //! long read holding it on the room's document would stall that room's writes, which run on an
 //! async worker.
 
+pub mod json;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -25,10 +27,9 @@ use aetherflow_crdt::{DocName, Room};
 use axum::body::Bytes;
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::content_json::{self, TooLarge};
+use self::json::TooLarge;
 use crate::error::AppError;
-use crate::http::AppState;
-use crate::metrics::Rejection;
+use crate::metrics::{Metrics, Rejection};
 use crate::store::Store;
 
 /// The forms a document is read in.
@@ -76,21 +77,22 @@ impl HeavyReads {
     /// read must load and the gate is full.
     pub async fn read(
         &self,
-        state: &AppState,
+        store: &Store,
+        metrics: &Metrics,
         doc: &DocName,
         form: Form,
     ) -> Result<Answer, AppError> {
-        let store = state.sessions.rooms.store().clone();
+        let store = store.clone();
         let answer = self.flight(doc, form, store.commits());
         let led = AtomicBool::new(false);
         let shared = answer
             .get_or_try_init(|| {
                 led.store(true, Ordering::Relaxed);
-                self.load(state, store, doc.clone(), form)
+                self.load(metrics, store, doc.clone(), form)
             })
             .await?;
         if !led.load(Ordering::Relaxed) {
-            state.metrics.content_read_shared();
+            metrics.content_read_shared();
         }
         Ok(shared.clone())
     }
@@ -120,13 +122,13 @@ impl HeavyReads {
     /// the client has gone meanwhile), or answers 503 `busy` at once when the gate is full.
     async fn load(
         &self,
-        state: &AppState,
+        metrics: &Metrics,
         store: Store,
         doc: DocName,
         form: Form,
     ) -> Result<Answer, AppError> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            state.metrics.reject(Rejection::ContentBusy);
+            metrics.reject(Rejection::ContentBusy);
             return Err(AppError::Busy(
                 "too many document reads are running; retry shortly".into(),
             ));
@@ -136,7 +138,7 @@ impl HeavyReads {
             let _permit = permit;
             let room = load_yjs(&store, &doc)?;
             Ok(match form {
-                Form::Json => content_json::render(room.doc(), doc.as_str(), cap).map(Bytes::from),
+                Form::Json => json::render(room.doc(), doc.as_str(), cap).map(Bytes::from),
                 Form::Update => Ok(Bytes::from(room.snapshot())),
             })
         })
