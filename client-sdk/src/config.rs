@@ -149,7 +149,8 @@ impl ClientConfig {
             });
         }
         for pem in &self.tls_root_certificates {
-            crate::tls::parse_roots(pem)?;
+            crate::tls::parse_roots(pem)
+                .map_err(|e| ConfigError::TlsRootCertificate { reason: e.reason })?;
         }
         Ok(())
     }

@@ -114,7 +114,6 @@
 pub mod config;
 pub mod doc;
 pub mod error;
-mod live;
 pub mod peer;
 mod peer_link;
 pub mod quantum;

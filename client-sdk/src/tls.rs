@@ -14,17 +14,23 @@ use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 use tracing::debug;
 
-use crate::config::ConfigError;
+/// A certificate authority given to the client cannot be used: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub(crate) struct BadRoots {
+    /// What is wrong.
+    pub reason: String,
+}
 
 /// The certificates in `pem` (one or more `-----BEGIN CERTIFICATE-----` blocks).
-pub(crate) fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+pub(crate) fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, BadRoots> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::TlsRootCertificate {
+        .map_err(|e| BadRoots {
             reason: format!("not valid PEM: {e}"),
         })?;
     if certs.is_empty() {
-        return Err(ConfigError::TlsRootCertificate {
+        return Err(BadRoots {
             reason: "no -----BEGIN CERTIFICATE----- block".into(),
         });
     }
@@ -32,7 +38,7 @@ pub(crate) fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Co
 }
 
 /// A rustls client configuration trusting the platform's roots and `extra_roots_pem`.
-pub(crate) fn client_config(extra_roots_pem: &[Vec<u8>]) -> Result<Arc<ClientConfig>, ConfigError> {
+pub(crate) fn client_config(extra_roots_pem: &[Vec<u8>]) -> Result<Arc<ClientConfig>, BadRoots> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -42,16 +48,14 @@ pub(crate) fn client_config(extra_roots_pem: &[Vec<u8>]) -> Result<Arc<ClientCon
     debug!(added, ignored, "platform root certificates loaded");
     for pem in extra_roots_pem {
         for cert in parse_roots(pem)? {
-            roots
-                .add(cert)
-                .map_err(|e| ConfigError::TlsRootCertificate {
-                    reason: e.to_string(),
-                })?;
+            roots.add(cert).map_err(|e| BadRoots {
+                reason: e.to_string(),
+            })?;
         }
     }
     let config = ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::TlsRootCertificate {
+        .map_err(|e| BadRoots {
             reason: e.to_string(),
         })?
         .with_root_certificates(roots)
@@ -92,10 +96,7 @@ mod tests {
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         ] {
             let err = client_config(&[pem.to_vec()]).unwrap_err();
-            assert!(
-                matches!(err, ConfigError::TlsRootCertificate { .. }),
-                "{err}"
-            );
+            assert!(!err.reason.is_empty(), "{err}");
         }
         let broken = b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
         let err = client_config(&[broken.to_vec()]).unwrap_err();

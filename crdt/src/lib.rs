@@ -32,6 +32,7 @@
 //! ```
 
 pub mod awareness;
+mod decode;
 pub mod doc_name;
 pub mod envelope;
 mod lib0;

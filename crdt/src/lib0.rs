@@ -5,7 +5,7 @@
 //! length-prefixed UTF-8 strings. The [`Reader`] never allocates based on a declared length: it
 //! hands out borrowed slices after checking that the bytes are actually there.
 
-use crate::protocol::DecodeError;
+use crate::decode::DecodeError;
 
 /// Longest valid varuint encoding of a `u64` (10 × 7 bits ≥ 64 bits).
 const MAX_VARUINT_BYTES: usize = 10;

@@ -2,6 +2,8 @@
 //! one live channel (`{base}/api/v1/docs/{doc}/live`, JSON) per register document (see
 //! the `live` module). `wss://` URLs connect over TLS (see the `tls` module).
 
+mod live;
+
 use std::sync::{Arc, OnceLock};
 
 use aetherflow_crdt::protocol::{Limits, Message};
@@ -169,10 +171,7 @@ impl Transport for WebSocketTransport {
         &'a self,
         doc: &'a str,
     ) -> BoxFuture<'a, Result<RegisterLink, TransportError>> {
-        Box::pin(crate::live::connect(
-            self,
-            self.with_token(self.live_url(doc)),
-        ))
+        Box::pin(live::connect(self, self.with_token(self.live_url(doc))))
     }
 }
 

@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tracing::debug;
 
+use super::{Socket, WebSocketTransport};
 use crate::error::TransportError;
 use crate::transport::{RegisterLink, RegisterMessage, TransportKind};
-use crate::websocket::{Socket, WebSocketTransport};
 
 /// Messages buffered per direction.
 const LINK_BUFFER: usize = 256;
