@@ -122,6 +122,7 @@ pub mod register;
 pub mod store;
 pub mod sync;
 mod task;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
 pub mod transport;

@@ -37,6 +37,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod wall_clock;
 pub mod web_demo;
 
 use std::future::Future;

@@ -27,6 +27,7 @@ use aetherflow_crdt::DocName;
 use serde::Serialize;
 
 use crate::events::{DocEvent, Events};
+use crate::wall_clock::now_ms;
 
 /// The longest lease one request may take: an hour.
 pub const MAX_TTL_MS: u64 = 3_600_000;
@@ -173,12 +174,6 @@ fn held(lock: &Lock) -> LockError {
         holder: lock.holder.clone(),
         expires_ms: lock.expires_ms,
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The relay's locks: a [`LockTable`] on the wall clock, announcing changes on [`Events`].

@@ -14,11 +14,12 @@ use serde_json::{Value, json};
 use super::openapi::{
     json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
-use super::{NamePath, authorize, bearer, blocking, doc_name, json_body, now_ms};
+use super::{NamePath, authorize, bearer, blocking, doc_name, json_body};
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::rooms::ApplyError;
 use crate::store::{DocStats, DocumentMeta, WriteOp, WriteResult};
+use crate::wall_clock::now_ms;
 
 /// Documents per page when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 50;

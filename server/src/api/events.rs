@@ -85,7 +85,9 @@ async fn stream_events(
 
 /// When a token with `exp` (seconds since the Unix epoch) expires, on the runtime's clock.
 fn expiry_deadline(exp: u64) -> tokio::time::Instant {
-    let left_ms = exp.saturating_mul(1000).saturating_sub(super::now_ms());
+    let left_ms = exp
+        .saturating_mul(1000)
+        .saturating_sub(crate::wall_clock::now_ms());
     tokio::time::Instant::now() + Duration::from_millis(left_ms)
 }
 

@@ -52,12 +52,6 @@ pub fn routes() -> Router<AppState> {
         .merge(tokens::routes())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub(crate) fn doc_name(name: &str) -> Result<DocName, AppError> {
     DocName::parse(name).map_err(|e| AppError::InvalidDocName(e.to_string()))
 }

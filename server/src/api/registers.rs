@@ -19,12 +19,13 @@ use serde_json::{Value, json};
 use super::openapi::{
     id_param, json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
-use super::{ConflictPath, NamePath, authorize, blocking, identity, json_body, now_ms};
+use super::{ConflictPath, NamePath, authorize, blocking, identity, json_body};
 use crate::auth::Grant;
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
 use crate::store::{RegisterFailure, WriteOp, WriteResult};
+use crate::wall_clock::now_ms;
 
 /// The routes of this group.
 pub fn routes() -> Router<AppState> {

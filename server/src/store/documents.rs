@@ -6,6 +6,7 @@
 //! included, so they survive restarts. Changes run inside the writer's transaction: read,
 //! apply the pure rules of [`aetherflow_crdt::register`], write back, in one commit.
 
+use crate::wall_clock::now_ms;
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, CommandError, Kind, Outcome, Register};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -182,13 +183,6 @@ fn changes_register(outcome: &Outcome) -> bool {
         outcome,
         Outcome::Lww(lww::Outcome::Duplicate | lww::Outcome::Stale { .. })
     )
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A document's metadata, reading the given tables (of a read or a write transaction).

@@ -378,7 +378,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
                         None => next_seq(&tables.log, &doc)?,
                     };
                     tables.append(&doc, seq, &update)?;
-                    tables.touch(&doc, super::documents::now_ms())?;
+                    tables.touch(&doc, crate::wall_clock::now_ms())?;
                     seqs.insert(doc, seq + 1);
                     WriteResult::Done
                 }
