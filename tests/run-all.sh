@@ -20,6 +20,9 @@ step "otel feature: build, lint and test the OpenTelemetry export"
 cargo clippy -p aetherflow-server --features otel --all-targets --locked -- -D warnings
 cargo test -p aetherflow-server --features otel --locked --test otel
 
+step "the Quantum core builds without its driver (sans-IO: no tokio, no sockets, no OS randomness)"
+cargo check -p aetherflow-quantum --no-default-features --lib --locked
+
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
