@@ -38,6 +38,8 @@ pub struct AppState {
     pub admin: crate::admin::Admin,
     /// Document locks (in memory; a restart frees them).
     pub locks: crate::locks::Locks,
+    /// Register documents: the one write path of every transport.
+    pub registers: crate::registers::Registers,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
     /// Reverse proxies whose forwarding headers name the client (`--trusted-proxies`).

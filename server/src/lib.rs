@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod quantum;
 pub mod rate_limit;
 pub mod reads;
+pub mod registers;
 pub mod registry;
 pub mod rooms;
 pub mod session;
@@ -147,14 +148,21 @@ pub async fn run(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let rooms = Rooms::new(
-        store,
-        writer,
+        store.clone(),
+        writer.clone(),
         RoomSettings::from(&config),
         tracker.clone(),
         token.clone(),
         metrics.clone(),
     );
     let locks = locks::Locks::new(rooms.events().clone());
+    let registers = registers::Registers::new(
+        store,
+        writer,
+        rooms.events().clone(),
+        locks.clone(),
+        auth.is_open(),
+    );
     let state = AppState {
         sessions: SessionContext {
             rooms,
@@ -173,6 +181,7 @@ pub async fn run(
         connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
         admin: admin::Admin::from_config(&config),
         locks,
+        registers,
         metrics,
         proxies: config.trusted_proxies.clone(),
         reads: reads::HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aetherflow_crdt::DocName;
-use aetherflow_crdt::register::{Kind, Register};
+use aetherflow_crdt::register::Kind;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -43,9 +43,6 @@ use tracing::{Instrument, debug, info_span};
 
 use super::events::{TokenQuery, must_exist, next_event, token_of};
 use super::openapi::{name_param, operation, statuses};
-use super::registers::{
-    RegisterChange, RegisterWrite, Resolution, load_register, register_json, write,
-};
 use super::{authorize_token, doc_name};
 use crate::auth::{Grant, Permission};
 use crate::connection::CloseReason;
@@ -54,6 +51,7 @@ use crate::error::AppError;
 use crate::events::DocEvent;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::rate_limit::TokenBucket;
+use crate::registers::{RegisterChange, RegisterWrite, Resolution, outcome_json};
 use crate::registry::{SessionHandle, SessionState, Transport};
 use crate::session;
 use crate::session::account;
@@ -184,7 +182,7 @@ async fn run(
     handle: &SessionHandle,
 ) -> Option<CloseReason> {
     let (mut sink, mut stream) = socket.split();
-    match greeting(state, doc).await {
+    match state.registers.state(doc).await.map_err(AppError::from) {
         Ok(greeting) => {
             if send(&mut sink, &greeting, handle).await.is_err() {
                 handle.closing(None);
@@ -264,22 +262,6 @@ async fn run(
     reason
 }
 
-/// The first message: the register as it is now, the lock, and for a manual document its
-/// open conflicts (so a client can list them without a second request). The Quantum
-/// listener sends the same JSON as its `state` event.
-pub(crate) async fn greeting(state: &AppState, doc: &DocName) -> Result<Value, AppError> {
-    let register = load_register(state, doc).await?;
-    let mut greeting = json!({
-        "type": "state",
-        "register": register_json(&register),
-        "lock": state.locks.current(doc),
-    });
-    if let Register::Manual(manual) = &register {
-        greeting["conflicts"] = json!(manual.conflicts().collect::<Vec<_>>());
-    }
-    Ok(greeting)
-}
-
 enum Incoming {
     Request(LiveRequest),
     Ignore,
@@ -322,7 +304,12 @@ async fn answer(state: &AppState, doc: &DocName, grant: &Grant, request: LiveReq
         ),
     };
     let result = if grant.permission == Permission::Write {
-        write(state, doc, grant, change).await
+        state
+            .registers
+            .change(doc, grant, change)
+            .await
+            .map(outcome_json)
+            .map_err(AppError::from)
     } else {
         Err(AppError::ReadOnly)
     };

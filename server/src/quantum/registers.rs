@@ -28,11 +28,10 @@ use tracing::debug;
 
 use super::{QuantumContext, error};
 use crate::api::events::next_event;
-use crate::api::registers::{RegisterChange, RegisterWrite, Resolution, write};
 use crate::auth::{Grant, Permission};
 use crate::connection::CloseReason;
-use crate::error::AppError;
 use crate::events::{DocEvent, Events};
+use crate::registers::{RegisterChange, RegisterError, RegisterWrite, Resolution, outcome_json};
 
 /// Error code: the token is read-only.
 pub const ERROR_READ_ONLY: u32 = 4403;
@@ -92,9 +91,7 @@ pub(super) async fn subscribe(
     let events = app.sessions.rooms.events().clone();
     // Listening before the state is read, so no change falls between the two.
     let listener = events.subscribe(doc);
-    let greeting = crate::api::live::greeting(app, doc)
-        .await
-        .map_err(|e| refusal(&e))?;
+    let greeting = app.registers.state(doc).await.map_err(|e| refusal(&e))?;
     // Straight to the connection: the session awaits this, and only it drains its queue.
     if !peer.reply(event(doc, "state", greeting)).await {
         return Err((
@@ -193,13 +190,13 @@ impl Writer {
             );
             return error(doc.as_str(), ERROR_WRONG_KIND, &reason);
         }
-        let result = if self.grant.permission == Permission::Write {
-            write(&self.ctx.registers, doc, &self.grant, change(command)).await
-        } else {
-            Err(AppError::ReadOnly)
-        };
-        match result {
-            Ok(outcome) => event(doc, "result", outcome),
+        if self.grant.permission != Permission::Write {
+            let reason = "this token is read-only";
+            return error(doc.as_str(), ERROR_READ_ONLY, reason);
+        }
+        let registers = &self.ctx.registers.registers;
+        match registers.change(doc, &self.grant, change(command)).await {
+            Ok(outcome) => event(doc, "result", outcome_json(outcome)),
             Err(e) => {
                 let (code, reason) = refusal(&e);
                 debug!(code, %reason, "register operation refused");
@@ -239,20 +236,23 @@ fn change(command: Command) -> RegisterChange {
     }
 }
 
-/// The error code and client-facing text for an API error (5xx details stay in the log).
-fn refusal(e: &AppError) -> (u32, String) {
-    let (status, _, message) = e.parts();
+/// The error code and client-facing text for a refused register operation (internal details
+/// stay in the log).
+fn refusal(e: &RegisterError) -> (u32, String) {
     let code = match e {
-        AppError::ReadOnly | AppError::Forbidden(_) => ERROR_READ_ONLY,
-        AppError::Locked(_) => ERROR_LOCKED,
-        AppError::ClockAhead(_) => ERROR_CLOCK_AHEAD,
-        AppError::NotFound(_) => ERROR_NOT_FOUND,
-        AppError::Conflict(_) => ERROR_WRONG_KIND,
-        AppError::Unauthorized(_) => 4000 + u32::from(status.as_u16()),
-        AppError::Internal(_) => u32::from(CloseReason::INTERNAL_ERROR),
-        _ => super::ERROR_PROTOCOL,
+        RegisterError::NotTheSubject(_) => ERROR_READ_ONLY,
+        RegisterError::Locked(_) => ERROR_LOCKED,
+        RegisterError::ClockAhead(_) => ERROR_CLOCK_AHEAD,
+        RegisterError::NotFound(_) | RegisterError::UnknownConflict(_) => ERROR_NOT_FOUND,
+        RegisterError::WrongKind(_) => ERROR_WRONG_KIND,
+        RegisterError::Invalid(_) => super::ERROR_PROTOCOL,
+        RegisterError::Store(_) | RegisterError::Unexpected(_) => {
+            tracing::error!(error = %e, "register operation failed");
+            let code = u32::from(CloseReason::INTERNAL_ERROR);
+            return (code, "the relay could not run the operation".into());
+        }
     };
-    (code, message)
+    (code, e.to_string())
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -362,19 +362,33 @@ mod tests {
     }
 
     #[test]
-    fn api_errors_map_to_documented_codes() {
-        assert_eq!(refusal(&AppError::ReadOnly).0, ERROR_READ_ONLY);
-        assert_eq!(refusal(&AppError::Locked("x".into())).0, ERROR_LOCKED);
-        assert_eq!(refusal(&AppError::NotFound("x".into())).0, ERROR_NOT_FOUND);
-        assert_eq!(refusal(&AppError::Conflict("x".into())).0, ERROR_WRONG_KIND);
-        assert_eq!(refusal(&AppError::BadRequest("x".into())).0, 4400);
+    fn register_errors_map_to_documented_codes() {
+        let subject = RegisterError::NotTheSubject("eve".into());
+        assert_eq!(refusal(&subject).0, ERROR_READ_ONLY);
+        assert_eq!(refusal(&RegisterError::Locked("x".into())).0, ERROR_LOCKED);
+        assert_eq!(
+            refusal(&RegisterError::NotFound("x".into())).0,
+            ERROR_NOT_FOUND
+        );
+        assert_eq!(
+            refusal(&RegisterError::UnknownConflict(3)).0,
+            ERROR_NOT_FOUND
+        );
+        assert_eq!(
+            refusal(&RegisterError::WrongKind("x".into())).0,
+            ERROR_WRONG_KIND
+        );
         let ahead = aetherflow_crdt::register::clock::ClockError::TooFarAhead {
             stamp_ms: u64::MAX,
             ahead_ms: 1,
             max_drift_ms: 0,
         };
-        assert_eq!(refusal(&AppError::ClockAhead(ahead)).0, ERROR_CLOCK_AHEAD);
-        let (code, text) = refusal(&AppError::Internal("disk on fire".into()));
+        assert_eq!(
+            refusal(&RegisterError::ClockAhead(ahead)).0,
+            ERROR_CLOCK_AHEAD
+        );
+        let failed = RegisterError::Unexpected("disk on fire".into());
+        let (code, text) = refusal(&failed);
         assert_eq!(code, 1011);
         assert!(!text.contains("disk"), "{text}");
     }

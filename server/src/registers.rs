@@ -1,0 +1,342 @@
+//! Register documents (`lww` and `manual`): the one place their rules live, whichever
+//! transport a change arrives on (the HTTP API, the `/live` WebSocket channel, Quantum).
+//!
+//! A change runs through [`Registers::change`]: the author of a manual write or resolution is
+//! the token's subject (another name is refused; an open relay records the name given, or
+//! `anonymous`); an LWW stamp more than [`MAX_DRIFT_MS`] ahead of the relay's clock is refused
+//! before anything is stored; while a manual document is locked only the lock's holder may
+//! change it; the command runs in the store writer (read, change and write in one
+//! transaction); and what it did is announced on the event bus. Failures are a typed
+//! [`RegisterError`], which each transport maps to its own codes.
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::clock::{ClockError, MAX_DRIFT_MS, check_drift};
+use aetherflow_crdt::register::lww::{self, LwwWrite, WriteStamp};
+use aetherflow_crdt::register::manual::{self, ManualWrite};
+use aetherflow_crdt::register::{Command, CommandError, Outcome, Register};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::Grant;
+use crate::events::{DocEvent, Events};
+use crate::locks::Locks;
+use crate::store::{RegisterFailure, Store, StoreError, StoreWriter, WriteOp, WriteResult};
+use crate::wall_clock::now_ms;
+
+/// An LWW write carries its stamp; a manual write names its base version.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RegisterWrite {
+    /// A write to an `lww` register.
+    Lww {
+        /// The new value.
+        value: Value,
+        /// Its hybrid logical clock stamp and writer id.
+        stamp: WriteStamp,
+    },
+    /// A write to a `manual` register.
+    Manual {
+        /// The new value.
+        value: Value,
+        /// The version the writer saw.
+        base_version: u64,
+        /// Who writes: the token's subject (another name is refused); on an open relay this
+        /// name, or `anonymous`.
+        #[serde(default)]
+        author: Option<String>,
+    },
+}
+
+/// A resolution of a manual conflict.
+#[derive(Debug, Deserialize)]
+pub struct Resolution {
+    /// The value that ends the conflict.
+    pub value: Value,
+    /// Who resolves it: the token's subject (another name is refused); on an open relay this
+    /// name, or `anonymous`.
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+/// A change to a register document.
+#[derive(Debug)]
+pub enum RegisterChange {
+    /// A write.
+    Write(RegisterWrite),
+    /// A conflict resolution.
+    Resolve {
+        /// The conflict.
+        conflict: u64,
+        /// The resolution.
+        resolution: Resolution,
+    },
+}
+
+/// Why a register read or change failed; each transport maps it to its own codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// No document of that name exists.
+    #[error("{0}")]
+    NotFound(String),
+    /// The document is of another kind (a Yjs document, or the other register kind): what
+    /// does not fit.
+    #[error("{0}")]
+    WrongKind(String),
+    /// No open conflict of that id.
+    #[error("no open conflict {0}")]
+    UnknownConflict(u64),
+    /// The register refused the command as malformed.
+    #[error("{0}")]
+    Invalid(CommandError),
+    /// The change names another author than the token's subject.
+    #[error("{0:?} is not the token's subject")]
+    NotTheSubject(String),
+    /// The LWW stamp is too far ahead of the relay's clock; nothing was stored.
+    #[error("{0}")]
+    ClockAhead(ClockError),
+    /// The manual document is locked by someone else.
+    #[error("{0}")]
+    Locked(String),
+    /// The store failed (storage unavailable, damaged data, an engine error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store answered something a register command cannot produce.
+    #[error("unexpected store answer: {0}")]
+    Unexpected(String),
+}
+
+/// The register service; cheap to clone. Built once at start-up.
+#[derive(Clone)]
+pub struct Registers {
+    store: Store,
+    writer: StoreWriter,
+    events: Events,
+    locks: Locks,
+    /// Whether the relay runs open (no token checks): authors are then taken as given.
+    open: bool,
+}
+
+impl Registers {
+    /// The service over `store` and `writer`, announcing on `events`, checking `locks`.
+    pub fn new(
+        store: Store,
+        writer: StoreWriter,
+        events: Events,
+        locks: Locks,
+        open: bool,
+    ) -> Self {
+        Registers {
+            store,
+            writer,
+            events,
+            locks,
+            open,
+        }
+    }
+
+    /// The register of `doc`.
+    pub async fn load(&self, doc: &DocName) -> Result<Register, RegisterError> {
+        let store = self.store.clone();
+        let lookup = doc.clone();
+        let (register, meta) = tokio::task::spawn_blocking(move || {
+            let register = store.register(&lookup)?;
+            let meta = match register {
+                None => store.document(&lookup)?,
+                Some(_) => None,
+            };
+            Ok::<_, StoreError>((register, meta))
+        })
+        .await
+        .map_err(|e| RegisterError::Unexpected(e.to_string()))??;
+        match (register, meta) {
+            (Some(register), _) => Ok(register),
+            (None, Some(meta)) => Err(RegisterError::WrongKind(format!(
+                "{doc} is a {:?} document, not a register",
+                meta.kind
+            ))),
+            (None, None) => Err(RegisterError::NotFound(format!("no document {doc}"))),
+        }
+    }
+
+    /// What a listener is sent first: the register as it is now, the lock, and for a manual
+    /// document its open conflicts (so a client can list them without a second request). The
+    /// `/live` channel sends it as its first message, Quantum as its `state` event.
+    pub async fn state(&self, doc: &DocName) -> Result<Value, RegisterError> {
+        let register = self.load(doc).await?;
+        let mut state = json!({
+            "type": "state",
+            "register": register_json(&register),
+            "lock": self.locks.current(doc),
+        });
+        if let Register::Manual(manual) = &register {
+            state["conflicts"] = json!(manual.conflicts().collect::<Vec<_>>());
+        }
+        Ok(state)
+    }
+
+    /// The manual register of `doc` (its conflicts); an `lww` one is refused.
+    pub async fn load_manual(
+        &self,
+        doc: &DocName,
+    ) -> Result<manual::ManualRegister, RegisterError> {
+        match self.load(doc).await? {
+            Register::Manual(r) => Ok(r),
+            Register::Lww(_) => Err(RegisterError::WrongKind(
+                "an lww document has no conflicts: the highest stamp wins".into(),
+            )),
+        }
+    }
+
+    /// Applies `change` for `grant`'s user and announces it (see the module docs).
+    pub async fn change(
+        &self,
+        doc: &DocName,
+        grant: &Grant,
+        change: RegisterChange,
+    ) -> Result<Outcome, RegisterError> {
+        let command = self.command(change, grant)?;
+        let kind = match &command {
+            Command::LwwWrite(write) => {
+                check_drift(write.stamp.clock, now_ms(), MAX_DRIFT_MS)
+                    .map_err(RegisterError::ClockAhead)?;
+                "lww"
+            }
+            Command::ManualWrite(ManualWrite { author, .. }) | Command::Resolve { author, .. } => {
+                self.locks
+                    .may_write(doc, author)
+                    .map_err(|e| RegisterError::Locked(e.to_string()))?;
+                "manual"
+            }
+        };
+        let resolving = match &command {
+            Command::Resolve { conflict, .. } => Some(*conflict),
+            _ => None,
+        };
+        let outcome = self.run(doc, command).await?;
+        self.announce(doc, kind, resolving, &outcome).await;
+        Ok(outcome)
+    }
+
+    /// The store's command for `change`, with its author settled by [`Registers::author`].
+    fn command(&self, change: RegisterChange, grant: &Grant) -> Result<Command, RegisterError> {
+        Ok(match change {
+            RegisterChange::Write(RegisterWrite::Lww { value, stamp }) => {
+                Command::LwwWrite(LwwWrite { value, stamp })
+            }
+            RegisterChange::Write(RegisterWrite::Manual {
+                value,
+                base_version,
+                author,
+            }) => Command::ManualWrite(ManualWrite {
+                base_version,
+                value,
+                author: self.author(grant, author)?,
+                at_ms: now_ms(),
+            }),
+            RegisterChange::Resolve {
+                conflict,
+                resolution,
+            } => Command::Resolve {
+                conflict,
+                value: resolution.value,
+                author: self.author(grant, resolution.author)?,
+                at_ms: now_ms(),
+            },
+        })
+    }
+
+    /// Who a change is by: the token's subject; a claimed other name is refused, except on an
+    /// open relay, which records it as given.
+    pub fn author(&self, grant: &Grant, claimed: Option<String>) -> Result<String, RegisterError> {
+        match claimed {
+            Some(name) if self.open => Ok(name),
+            Some(name) if name != grant.user => Err(RegisterError::NotTheSubject(name)),
+            _ => Ok(grant.user.clone()),
+        }
+    }
+
+    async fn run(&self, doc: &DocName, command: Command) -> Result<Outcome, RegisterError> {
+        let op = WriteOp::Register {
+            doc: doc.clone(),
+            command,
+        };
+        match self.writer.commit(op).await? {
+            WriteResult::Register(Ok(outcome)) => Ok(outcome),
+            WriteResult::Register(Err(failure)) => Err(match failure {
+                RegisterFailure::NotFound => RegisterError::NotFound(failure.to_string()),
+                RegisterFailure::Command(CommandError::Manual(
+                    manual::ManualError::UnknownConflict(id),
+                )) => RegisterError::UnknownConflict(id),
+                RegisterFailure::Command(other) => RegisterError::Invalid(other),
+                RegisterFailure::NotARegister(_) => RegisterError::WrongKind(failure.to_string()),
+            }),
+            other => Err(RegisterError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Publishes what a command did: `updated` with the register for applied changes,
+    /// `conflict_detected` / `conflict_resolved` for manual conflicts.
+    async fn announce(&self, doc: &DocName, kind: &str, resolving: Option<u64>, outcome: &Outcome) {
+        let applied = match outcome {
+            Outcome::Lww(lww::Outcome::Applied) | Outcome::Manual(manual::Outcome::Applied(_)) => {
+                true
+            }
+            Outcome::Resolved(revision) => {
+                let event = DocEvent::ConflictResolved {
+                    conflict: resolving.unwrap_or_default(),
+                    revision: json!(revision),
+                };
+                self.events.publish(doc, event);
+                true
+            }
+            Outcome::Manual(manual::Outcome::Conflict(conflict)) => {
+                let conflict = json!(conflict);
+                self.events
+                    .publish(doc, DocEvent::ConflictDetected { conflict });
+                false
+            }
+            Outcome::Lww(_) => false,
+        };
+        if applied {
+            // The register as stored now (a later write may already show; events only notify).
+            let register = self.load(doc).await.ok().map(|r| register_json(&r));
+            let event = DocEvent::Updated {
+                kind: kind.to_owned(),
+                bytes: None,
+                register,
+            };
+            self.events.publish(doc, event);
+        }
+    }
+}
+
+/// A register as every transport shows it.
+pub fn register_json(register: &Register) -> Value {
+    match register {
+        Register::Lww(r) => json!({ "kind": "lww", "value": r.value(), "stamp": r.stamp() }),
+        Register::Manual(r) => json!({
+            "kind": "manual",
+            "value": r.current().map(|c| &c.value),
+            "version": r.version(),
+            "revision": r.current(),
+            "open_conflicts": r.conflicts().count(),
+        }),
+    }
+}
+
+/// An outcome as every transport shows it.
+pub fn outcome_json(outcome: Outcome) -> Value {
+    match outcome {
+        Outcome::Lww(lww::Outcome::Applied) => json!({ "outcome": "applied" }),
+        Outcome::Lww(lww::Outcome::Duplicate) => json!({ "outcome": "duplicate" }),
+        Outcome::Lww(lww::Outcome::Stale { current }) => {
+            json!({ "outcome": "stale", "current": current })
+        }
+        Outcome::Manual(manual::Outcome::Applied(revision)) | Outcome::Resolved(revision) => {
+            json!({ "outcome": "applied", "revision": revision })
+        }
+        Outcome::Manual(manual::Outcome::Conflict(conflict)) => {
+            json!({ "outcome": "conflict", "conflict": conflict })
+        }
+    }
+}
