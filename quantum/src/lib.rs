@@ -176,6 +176,7 @@ pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod cookie;
+pub mod crypto;
 #[cfg(feature = "driver")]
 pub mod driver;
 pub mod endpoint;
@@ -184,6 +185,7 @@ pub mod packet;
 mod recv;
 pub mod rtt;
 mod send;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use connection::{CloseReason, Connection, ConnectionStats, Event, Role, SendError, Transmit};

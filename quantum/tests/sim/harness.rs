@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aetherflow_quantum::fec::FecHeader;
 use aetherflow_quantum::packet::Flags;
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event, Packet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -86,7 +87,18 @@ impl Queue {
 pub struct Datagram {
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// What travels: sealed after the handshake.
     pub bytes: Vec<u8>,
+    /// The packet inside, re-encoded in clear (as its sender's keys read it), for the
+    /// tests' assertions about packet kinds and sequence numbers; empty if unreadable.
+    pub plain: Vec<u8>,
+}
+
+/// The seed of the relay key every simulated server holds and every client pins.
+pub const RELAY_KEY_SEED: u64 = 0x5e4e;
+
+pub fn relay_key() -> Keypair {
+    Keypair::from_seed(RELAY_KEY_SEED)
 }
 
 /// Decides, for tests that target one packet, whether the link drops it.
@@ -116,9 +128,12 @@ pub struct Sim {
 }
 
 pub fn config(seed: u64) -> Config {
+    let relay = relay_key();
     Config {
         seed,
         cookie_key: [7; 16],
+        static_secret: Some(relay.secret),
+        server_public_key: Some(relay.public),
         ..Config::default()
     }
 }
@@ -167,7 +182,7 @@ impl Sim {
         let client_addr = self.client_addr;
         let mut seen = 0;
         self.drop_rule = Some(Box::new(move |_, d: &Datagram| {
-            if d.from != client_addr || data_seq(&d.bytes).is_none() {
+            if d.from != client_addr || data_seq(&d.plain).is_none() {
                 return false;
             }
             seen += 1;
@@ -228,6 +243,7 @@ impl Sim {
             let datagram = Datagram {
                 from: self.client_addr,
                 to: t.destination,
+                plain: plain(&self.client, &t.contents),
                 bytes: t.contents,
             };
             self.put_on_wire(datagram);
@@ -236,6 +252,7 @@ impl Sim {
             let datagram = Datagram {
                 from: self.server_addr,
                 to: t.destination,
+                plain: plain(&self.server, &t.contents),
                 bytes: t.contents,
             };
             self.put_on_wire(datagram);
@@ -362,6 +379,14 @@ impl Sim {
         );
         id
     }
+}
+
+/// The packet `sender` sealed into `bytes`, re-encoded in clear.
+fn plain(sender: &Endpoint, bytes: &[u8]) -> Vec<u8> {
+    sender
+        .inspect_sent(bytes)
+        .and_then(|packet| packet.to_bytes().ok())
+        .unwrap_or_default()
 }
 
 pub fn messages(events: &[(ConnectionId, Event)]) -> Vec<Vec<u8>> {
