@@ -15,12 +15,21 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
+//! use aetherflow_quantum::crypto::Keypair;
 //! use aetherflow_quantum::{Config, Endpoint, Event};
 //!
 //! let start = Instant::now();
 //! let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
-//! let mut client = Endpoint::new(Config { seed: 1, ..Config::default() }, start, wall).unwrap();
-//! let server_config = Config { seed: 2, accept_incoming: true, ..Config::default() };
+//! // The server's identity; the client pins its public half.
+//! let relay = Keypair::from_seed(3);
+//! let client_config = Config { seed: 1, server_public_key: Some(relay.public), ..Config::default() };
+//! let mut client = Endpoint::new(client_config, start, wall).unwrap();
+//! let server_config = Config {
+//!     seed: 2,
+//!     accept_incoming: true,
+//!     static_secret: Some(relay.secret),
+//!     ..Config::default()
+//! };
 //! let mut server = Endpoint::new(server_config, start, wall).unwrap();
 //! let (client_addr, server_addr) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
 //!
