@@ -15,8 +15,9 @@
 //! use aetherflow_quantum::{DriverConfig, QuantumEndpoint};
 //!
 //! # async fn demo() -> Result<(), aetherflow_quantum::DriverError> {
-//! // In production the relay loads its key from a file, and clients pin its public half.
-//! let relay = Keypair::generate(&mut rand::rng());
+//! // In production the relay loads its key from a file (a seeded key is for examples only),
+//! // and clients pin its public half.
+//! let relay = Keypair::from_seed(7);
 //! let mut server_config = DriverConfig::default();
 //! server_config.quantum.accept_incoming = true;
 //! server_config.quantum.static_secret = Some(relay.secret.clone());
