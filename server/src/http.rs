@@ -50,6 +50,9 @@ pub struct AppState {
     pub proxies: TrustedProxies,
     /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
     pub reads: crate::api::content::HeavyReads,
+    /// The Quantum listener's address and public key, for `GET /api/v1/quantum`; `None`
+    /// when Quantum is off.
+    pub quantum: Option<crate::api::quantum::QuantumInfo>,
 }
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see

@@ -2,7 +2,8 @@
 //! delete), [`content`] (a Yjs document as JSON, written by [`content_json`], or a binary
 //! update), [`registers`] (LWW and
 //! manual registers and their conflicts), [`locks`], [`events`] (Server-Sent Events),
-//! [`live`] (the register WebSocket channel) and [`openapi`] (the description of all of them).
+//! [`live`] (the register WebSocket channel), [`quantum`] (where and under which key the
+//! Quantum listener runs) and [`openapi`] (the description of all of them).
 //!
 //! Every route takes the client token as `Authorization: Bearer <JWT>` (the WebSocket and SSE
 //! routes also accept `?token=`; none is needed when the relay runs open); changes need a
@@ -22,6 +23,7 @@ pub mod events;
 pub mod live;
 pub mod locks;
 pub mod openapi;
+pub mod quantum;
 pub mod registers;
 pub mod sessions;
 pub mod tokens;
@@ -49,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .merge(events::routes())
         .merge(live::routes())
         .merge(openapi::routes())
+        .merge(quantum::routes())
         .merge(sessions::routes())
         .merge(tokens::routes())
 }
