@@ -116,6 +116,7 @@ mod live;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
+pub mod relay_key;
 mod reconnect;
 pub mod register;
 pub mod store;
@@ -140,6 +141,7 @@ pub use doc::{
 pub use error::{ClientError, TransportError};
 pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
+pub use relay_key::RelayKey;
 pub use register::{
     LockEvent, RegisterError, RegisterEvent, RegisterEvents, RegisterHandle, RegisterState,
     WriteOutcome, WriteTicket,
@@ -197,12 +199,22 @@ impl Client {
         let websocket = config.websocket_url.as_ref().map(|url| {
             Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
         });
-        let quantum = config.quantum_addr.map(|addr| {
+        let quantum = config.quantum_addr.zip(config.quantum_key).map(|(addr, mode)| {
+            let resolver = relay_key::KeyResolver {
+                mode,
+                relay: addr,
+                http: config
+                    .websocket_url
+                    .as_deref()
+                    .and_then(relay_key::http_host),
+                known: config.data_dir.join(relay_key::KNOWN_RELAYS_FILE),
+            };
             let driver = config.quantum_driver();
-            Arc::new(QuantumTransport::with_driver(
+            Arc::new(QuantumTransport::for_relay(
                 addr,
                 config.token.clone(),
                 driver,
+                resolver,
             ))
         });
         let transport: Arc<dyn Transport> = match (quantum.clone(), websocket) {
@@ -236,8 +248,8 @@ impl Client {
             .peers
             .iter()
             .map(|&addr| {
-                let secret = config.peer_secret.clone();
-                let quantum = QuantumTransport::with_driver(addr, secret, config.quantum_driver());
+                let secret = config.peer_secret.as_deref().unwrap_or_default();
+                let quantum = QuantumTransport::for_peer(addr, secret, config.quantum_driver());
                 (addr, Arc::new(quantum) as Arc<dyn Transport>)
             })
             .collect();

@@ -85,6 +85,22 @@ impl Keypair {
     }
 }
 
+/// The pre-shared key of a group of peers that share `secret` (a passphrase of any length):
+/// BLAKE2s-256 of a label and the secret. The handshake mixes it in through HKDF, so the
+/// secret itself never travels.
+pub fn psk_from_secret(secret: &[u8]) -> Secret {
+    let mut out = [0u8; 32];
+    if let Some(mut hash) = DefaultResolver.resolve_hash(&snow::params::HashChoice::Blake2s) {
+        hash.reset();
+        hash.input(b"aetherflow quantum peer psk v1\0");
+        hash.input(secret);
+        let mut digest = [0u8; 64];
+        hash.result(&mut digest);
+        out.copy_from_slice(&digest[..32]);
+    }
+    Secret(out)
+}
+
 /// 32 bytes as 64 lower-case hex digits.
 pub fn to_hex(bytes: &[u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -105,7 +121,14 @@ pub fn from_hex(text: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
-    use super::{from_hex, to_hex};
+    use super::{from_hex, psk_from_secret, to_hex};
+
+    #[test]
+    fn peer_secrets_map_to_distinct_keys() {
+        assert_eq!(psk_from_secret(b"a"), psk_from_secret(b"a"));
+        assert_ne!(psk_from_secret(b"a"), psk_from_secret(b"a "));
+        assert_ne!(psk_from_secret(b"").as_bytes(), &[0; 32]);
+    }
 
     #[test]
     fn hex_round_trips_and_rejects_junk() {
