@@ -104,6 +104,10 @@ pub fn relay_key() -> Keypair {
 /// Decides, for tests that target one packet, whether the link drops it.
 pub type DropRule = Box<dyn FnMut(Instant, &Datagram) -> bool>;
 
+/// An attacker on the path: given each datagram the link carries, returns forged datagrams
+/// (bytes) to deliver alongside it, from the same sender to the same receiver.
+pub type Mangler = Box<dyn FnMut(&Datagram) -> Vec<Vec<u8>>>;
+
 pub struct Sim {
     pub seed: u64,
     rng: ChaCha8Rng,
@@ -121,6 +125,8 @@ pub struct Sim {
     /// Every datagram handed to the link, with its send time.
     pub sent: Vec<(Instant, Datagram)>,
     pub drop_rule: Option<DropRule>,
+    /// Forged datagrams injected next to each real one.
+    pub mangler: Option<Mangler>,
     /// The bottleneck queue towards the server.
     pub upstream: Queue,
     /// The bottleneck queue towards the client.
@@ -171,6 +177,7 @@ impl Sim {
             server_events: Vec::new(),
             sent: Vec::new(),
             drop_rule: None,
+            mangler: None,
             upstream: Queue::default(),
             downstream: Queue::default(),
         }
@@ -196,6 +203,18 @@ impl Sim {
 
     fn put_on_wire(&mut self, datagram: Datagram) {
         self.sent.push((self.now, datagram.clone()));
+        let forged = self.mangler.as_mut().map(|m| m(&datagram)).unwrap_or_default();
+        for bytes in forged {
+            // Forgeries arrive with the original's delay, but never reach the mangler again.
+            let at = self.now + self.link.delay;
+            self.order += 1;
+            let fake = Datagram {
+                bytes,
+                plain: Vec::new(),
+                ..datagram.clone()
+            };
+            self.wire.push(Reverse((at, self.order, fake)));
+        }
         let now = self.now;
         if self
             .drop_rule

@@ -5,6 +5,7 @@ mod fec;
 mod harness;
 mod hostile;
 mod reliability;
+mod secure;
 mod sparse_fec;
 mod tail;
 
