@@ -116,9 +116,9 @@ mod live;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
-pub mod relay_key;
 mod reconnect;
 pub mod register;
+pub mod relay_key;
 pub mod store;
 pub mod sync;
 mod task;
@@ -141,11 +141,11 @@ pub use doc::{
 pub use error::{ClientError, TransportError};
 pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
-pub use relay_key::RelayKey;
 pub use register::{
     LockEvent, RegisterError, RegisterEvent, RegisterEvents, RegisterHandle, RegisterState,
     WriteOutcome, WriteTicket,
 };
+pub use relay_key::RelayKey;
 pub use transport::{Link, Offline, RegisterLink, RegisterMessage, Transport, TransportKind};
 pub use websocket::WebSocketTransport;
 
@@ -199,24 +199,27 @@ impl Client {
         let websocket = config.websocket_url.as_ref().map(|url| {
             Arc::new(WebSocketTransport::new(url, config.token.clone())) as Arc<dyn Transport>
         });
-        let quantum = config.quantum_addr.zip(config.quantum_key).map(|(addr, mode)| {
-            let resolver = relay_key::KeyResolver {
-                mode,
-                relay: addr,
-                http: config
-                    .websocket_url
-                    .as_deref()
-                    .and_then(relay_key::http_host),
-                known: config.data_dir.join(relay_key::KNOWN_RELAYS_FILE),
-            };
-            let driver = config.quantum_driver();
-            Arc::new(QuantumTransport::for_relay(
-                addr,
-                config.token.clone(),
-                driver,
-                resolver,
-            ))
-        });
+        let quantum = config
+            .quantum_addr
+            .zip(config.quantum_key)
+            .map(|(addr, mode)| {
+                let resolver = relay_key::KeyResolver {
+                    mode,
+                    relay: addr,
+                    http: config
+                        .websocket_url
+                        .as_deref()
+                        .and_then(relay_key::http_host),
+                    known: config.data_dir.join(relay_key::KNOWN_RELAYS_FILE),
+                };
+                let driver = config.quantum_driver();
+                Arc::new(QuantumTransport::for_relay(
+                    addr,
+                    config.token.clone(),
+                    driver,
+                    resolver,
+                ))
+            });
         let transport: Arc<dyn Transport> = match (quantum.clone(), websocket) {
             (Some(primary), Some(fallback)) => Arc::new(Fallback { primary, fallback }),
             (Some(only), None) => only,

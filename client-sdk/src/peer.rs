@@ -117,11 +117,7 @@ pub(crate) async fn listen(docs: Arc<OpenDocs>, addr: SocketAddr) -> Result<Peer
 }
 
 /// Accepts connections until cancelled, then closes the endpoint.
-async fn accept(
-    endpoint: QuantumEndpoint,
-    docs: Arc<OpenDocs>,
-    cancel: CancellationToken,
-) {
+async fn accept(endpoint: QuantumEndpoint, docs: Arc<OpenDocs>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             conn = endpoint.accept() => match conn {

@@ -87,10 +87,13 @@ impl KeyResolver {
     async fn fetch(&self) -> Result<[u8; 32], TransportError> {
         let Some(host) = &self.http else {
             return Err(TransportError::Connect(
-                "trust on first use needs the relay's http:// or ws:// address (websocket_url)".into(),
+                "trust on first use needs the relay's http:// or ws:// address (websocket_url)"
+                    .into(),
             ));
         };
-        let failed = |why: String| TransportError::Connect(format!("fetching the relay's Quantum key: {why}"));
+        let failed = |why: String| {
+            TransportError::Connect(format!("fetching the relay's Quantum key: {why}"))
+        };
         let exchange = async {
             let mut stream = tokio::net::TcpStream::connect(host.as_str()).await?;
             let request = format!(
@@ -98,7 +101,10 @@ impl KeyResolver {
             );
             stream.write_all(request.as_bytes()).await?;
             let mut answer = Vec::new();
-            stream.take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await?;
+            stream
+                .take(MAX_ANSWER_BYTES)
+                .read_to_end(&mut answer)
+                .await?;
             Ok::<_, std::io::Error>(answer)
         };
         let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
@@ -184,10 +190,16 @@ mod tests {
 
     #[test]
     fn hosts_keys_and_the_known_relays_file() {
-        assert_eq!(http_host("ws://127.0.0.1:8080"), Some("127.0.0.1:8080".into()));
+        assert_eq!(
+            http_host("ws://127.0.0.1:8080"),
+            Some("127.0.0.1:8080".into())
+        );
         assert_eq!(http_host("http://relay:80/x"), Some("relay:80".into()));
         assert_eq!(http_host("wss://relay"), None);
-        assert_eq!(RelayKey::from_hex(&"0a".repeat(32)), Some(RelayKey::Pinned([10; 32])));
+        assert_eq!(
+            RelayKey::from_hex(&"0a".repeat(32)),
+            Some(RelayKey::Pinned([10; 32]))
+        );
         assert_eq!(RelayKey::from_hex("0a"), None);
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("known");

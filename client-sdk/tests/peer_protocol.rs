@@ -9,11 +9,11 @@ use aetherflow_client::peer::{ERROR_MALFORMED, ERROR_NOT_SUPPORTED, ERROR_PROTOC
 use aetherflow_client::testing::envelopes::{
     hello, next_envelope, next_error, next_message, raw_connect_peer, subscribe,
 };
-use aetherflow_quantum::{CloseReason, DriverError};
 use aetherflow_client::testing::text;
 use aetherflow_client::{Client, ClientConfig, DocHandle};
 use aetherflow_crdt::envelope::{Envelope, Payload};
 use aetherflow_crdt::protocol::{Message, SyncMessage};
+use aetherflow_quantum::{CloseReason, DriverError};
 use yrs::{GetString, Text, Transact};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,7 +36,10 @@ async fn listener(dir: &std::path::Path) -> (Client, SocketAddr, DocHandle) {
 /// A raw connection to the listener with the group's secret.
 async fn raw_connect(
     addr: SocketAddr,
-) -> (aetherflow_quantum::QuantumEndpoint, aetherflow_quantum::QuantumConnection) {
+) -> (
+    aetherflow_quantum::QuantumEndpoint,
+    aetherflow_quantum::QuantumConnection,
+) {
     raw_connect_peer(addr, SECRET).await.unwrap()
 }
 
@@ -47,7 +50,10 @@ async fn a_wrong_or_missing_secret_fails_the_handshake_and_the_document_stays_un
     for secret in ["s3cre", "s3cret ", ""] {
         match raw_connect_peer(addr, secret).await {
             Err(DriverError::ConnectionLost(CloseReason::HandshakeFailed)) => {}
-            other => panic!("{secret:?}: expected a refused handshake, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "{secret:?}: expected a refused handshake, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
     // The right secret still gets in, and no token needs to travel in the hello.

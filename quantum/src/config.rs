@@ -107,7 +107,9 @@ pub enum ConfigError {
     #[error("keepalive interval must be shorter than the idle timeout")]
     Keepalive,
     /// An endpoint that accepts connections needs a static key or a pre-shared secret.
-    #[error("accepting connections needs a static key (static_secret) or a pre-shared secret (psk)")]
+    #[error(
+        "accepting connections needs a static key (static_secret) or a pre-shared secret (psk)"
+    )]
     NoStaticKey,
     /// Key updates must come at least every 2^30 datagrams (and after at least 16).
     #[error("key_update_packets {0} must be between 16 and 2^30")]

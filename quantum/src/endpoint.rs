@@ -143,14 +143,24 @@ impl Endpoint {
         };
         if self.config.require_retry {
             let Some(cookie) = cookie else {
-                self.send_stateless(remote, id, Control::Retry(self.cookies.issue(now, remote, id)), datagram.len());
+                self.send_stateless(
+                    remote,
+                    id,
+                    Control::Retry(self.cookies.issue(now, remote, id)),
+                    datagram.len(),
+                );
                 return;
             };
             if !self.cookies.verify(now, remote, id, &cookie) {
                 // An expired cookie is what a client echoes after its SYN-ACKs were lost for a
                 // cookie lifetime; a fresh one lets it finish, still without state kept here.
                 self.stats.invalid_cookies += 1;
-                self.send_stateless(remote, id, Control::Retry(self.cookies.issue(now, remote, id)), datagram.len());
+                self.send_stateless(
+                    remote,
+                    id,
+                    Control::Retry(self.cookies.issue(now, remote, id)),
+                    datagram.len(),
+                );
                 return;
             }
         }
@@ -171,7 +181,13 @@ impl Endpoint {
 
     /// Answers a SYN in clear (a retry cookie or a refusal), keeping nothing; the answer is
     /// never more than three times the SYN's size.
-    fn send_stateless(&mut self, remote: SocketAddr, id: ConnectionId, control: Control, syn_len: usize) {
+    fn send_stateless(
+        &mut self,
+        remote: SocketAddr,
+        id: ConnectionId,
+        control: Control,
+        syn_len: usize,
+    ) {
         let packet = Packet {
             header: Header {
                 flags: Flags::URG,

@@ -266,12 +266,9 @@ impl Packet {
 
     /// Parses the packet's own bytes (flags onwards) of connection `connection_id`.
     pub fn decode_inner(connection_id: ConnectionId, bytes: &[u8]) -> Result<Packet, DecodeError> {
-        let (fixed, rest) =
-            bytes
-                .split_first_chunk::<INNER_HEADER_LEN>()
-                .ok_or(DecodeError::TooShort {
-                    len: bytes.len(),
-                })?;
+        let (fixed, rest) = bytes
+            .split_first_chunk::<INNER_HEADER_LEN>()
+            .ok_or(DecodeError::TooShort { len: bytes.len() })?;
         let flags = Flags::from_bits(fixed[0]);
         let header = Header {
             flags,

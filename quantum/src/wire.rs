@@ -145,8 +145,14 @@ mod tests {
         assert_eq!(sealed.ciphertext, &[9; 20]);
         bytes[5] = 9;
         assert_eq!(parse(&bytes), Err(DecodeError::UnknownKind(9)));
-        assert_eq!(parse_syn_payload(&syn_payload(Some(&[4; 20]), b"hi")), Ok((Some([4; 20]), &b"hi"[..])));
-        assert_eq!(parse_syn_payload(&syn_payload(None, b"hi")), Ok((None, &b"hi"[..])));
+        assert_eq!(
+            parse_syn_payload(&syn_payload(Some(&[4; 20]), b"hi")),
+            Ok((Some([4; 20]), &b"hi"[..]))
+        );
+        assert_eq!(
+            parse_syn_payload(&syn_payload(None, b"hi")),
+            Ok((None, &b"hi"[..]))
+        );
         assert_eq!(parse_syn_payload(&[1, 2]), Err(DecodeError::BadSyn));
         assert_eq!(parse_syn_payload(&[]), Err(DecodeError::BadSyn));
     }

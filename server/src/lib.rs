@@ -148,10 +148,12 @@ pub async fn run(
             config.max_content_reads,
             config.max_content_json_bytes,
         ),
-        quantum: quantum.as_ref().map(|(endpoint, identity)| api::quantum::QuantumInfo {
-            addr: endpoint.local_addr(),
-            public_key: identity.public,
-        }),
+        quantum: quantum
+            .as_ref()
+            .map(|(endpoint, identity)| api::quantum::QuantumInfo {
+                addr: endpoint.local_addr(),
+                public_key: identity.public,
+            }),
     };
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
@@ -215,7 +217,12 @@ pub async fn run(
 /// one must bind. A key that cannot be loaded is fatal: clients pin it.
 async fn bind_quantum(
     config: &Config,
-) -> anyhow::Result<Option<(aetherflow_quantum::QuantumEndpoint, aetherflow_quantum::crypto::Keypair)>> {
+) -> anyhow::Result<
+    Option<(
+        aetherflow_quantum::QuantumEndpoint,
+        aetherflow_quantum::crypto::Keypair,
+    )>,
+> {
     let Some(addr) = config.quantum_addr else {
         return Ok(None);
     };

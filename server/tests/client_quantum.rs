@@ -36,8 +36,12 @@ async fn wait_settled_on(handle: &DocHandle, kind: TransportKind) {
 async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
     let relay = Relay::start(&[]);
     let (dir_q, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let q = Client::open(config(dir_q.path()).quantum(relay.quantum_addr.unwrap())
-            .quantum_key(relay.quantum_key())).unwrap();
+    let q = Client::open(
+        config(dir_q.path())
+            .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key()),
+    )
+    .unwrap();
     let w = Client::open(config(dir_w.path()).websocket(format!("ws://{}", relay.addr))).unwrap();
     // Two documents share the one Quantum connection.
     let (q1, q2) = (q.doc("one").await.unwrap(), q.doc("two").await.unwrap());

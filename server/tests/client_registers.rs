@@ -28,8 +28,12 @@ fn config(dir: &std::path::Path) -> ClientConfig {
 }
 
 fn quantum(relay: &Relay, dir: &std::path::Path) -> Client {
-    Client::open(config(dir).quantum(relay.quantum_addr.unwrap())
-            .quantum_key(relay.quantum_key())).unwrap()
+    Client::open(
+        config(dir)
+            .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key()),
+    )
+    .unwrap()
 }
 
 async fn create(relay: &Relay, name: &str, kind: &str, bearer: Option<&str>) {

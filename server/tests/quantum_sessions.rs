@@ -53,7 +53,7 @@ fn sdk(relay: &Relay, dir: &std::path::Path, token: &str) -> Client {
         })
         .token(token)
         .quantum(relay.quantum_addr.unwrap())
-            .quantum_key(relay.quantum_key());
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     Client::open(config).unwrap()
 }
@@ -169,8 +169,9 @@ async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_sy
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
     flood.send(subscribe.encode()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap())
-            .quantum_key(relay.quantum_key());
+    let mut config = ClientConfig::new(dir.path())
+        .quantum(relay.quantum_addr.unwrap())
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     let calm = Client::open(config).unwrap();
     let notes = calm.doc("notes").await.unwrap();
@@ -364,8 +365,9 @@ async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_
 
     // The SDK reports the refusal on the handle over the limit; the others keep syncing.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap())
-            .quantum_key(relay.quantum_key());
+    let mut config = ClientConfig::new(dir.path())
+        .quantum(relay.quantum_addr.unwrap())
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     let client = Client::open(config).unwrap();
     let first = client.doc("first").await.unwrap();

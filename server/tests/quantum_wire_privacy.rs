@@ -36,8 +36,12 @@ async fn forwarder(relay: SocketAddr, recording: Recording) -> SocketAddr {
             recording.push(bytes.to_vec());
         }
     };
-    let (up_front, up_back, up_client, up_recording) =
-        (front.clone(), back.clone(), client.clone(), recording.clone());
+    let (up_front, up_back, up_client, up_recording) = (
+        front.clone(),
+        back.clone(),
+        client.clone(),
+        recording.clone(),
+    );
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         while let Ok((len, from)) = up_front.recv_from(&mut buf).await {
@@ -87,7 +91,11 @@ async fn an_observer_on_the_path_sees_neither_the_token_nor_the_document() {
     })
     .await;
     let url = format!("{}?token={secret_token}", relay.ws_url(doc));
-    assert_eq!(read_text_with(&url).await, text, "the edit reached the relay");
+    assert_eq!(
+        read_text_with(&url).await,
+        text,
+        "the edit reached the relay"
+    );
     client.close().await.unwrap();
     // Let the closing packets cross too.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -96,12 +104,20 @@ async fn an_observer_on_the_path_sees_neither_the_token_nor_the_document() {
     assert!(recording.len() >= 6, "a session crossed the forwarder");
     let needles: [(&str, &[u8]); 4] = [
         ("the token", secret_token.as_bytes()),
-        ("the token's signature", secret_token.rsplit('.').next().unwrap().as_bytes()),
+        (
+            "the token's signature",
+            secret_token.rsplit('.').next().unwrap().as_bytes(),
+        ),
         ("the document's name", doc.as_bytes()),
         ("the document's text", text.as_bytes()),
     ];
     for (what, needle) in needles {
         let seen = recording.iter().filter(|d| contains(d, needle)).count();
-        assert_eq!(seen, 0, "{what} is visible in {seen} of {} datagrams", recording.len());
+        assert_eq!(
+            seen,
+            0,
+            "{what} is visible in {seen} of {} datagrams",
+            recording.len()
+        );
     }
 }

@@ -15,10 +15,15 @@ use aetherflow_quantum::{DriverConfig, DriverError, QuantumConnection, QuantumEn
 /// # Panics
 ///
 /// When the endpoint cannot bind or the handshake fails.
-pub async fn raw_connect(addr: SocketAddr, relay_key: [u8; 32]) -> (QuantumEndpoint, QuantumConnection) {
+pub async fn raw_connect(
+    addr: SocketAddr,
+    relay_key: [u8; 32],
+) -> (QuantumEndpoint, QuantumConnection) {
     let mut driver = DriverConfig::default();
     driver.quantum.server_public_key = Some(relay_key);
-    connect_with(addr, driver).await.expect("the handshake completes")
+    connect_with(addr, driver)
+        .await
+        .expect("the handshake completes")
 }
 
 /// A raw Quantum connection to the [`crate::Peer`] at `addr`, authenticated with the group's

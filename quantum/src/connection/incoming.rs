@@ -7,8 +7,8 @@ use rand::Rng;
 
 use super::{Candidate, CloseReason, Connection, Event, MAX_PENDING_RESPONSES, Role, State};
 use crate::congestion::Ack;
-use crate::crypto::PacketKeys;
 use crate::congestion::pacer::Pacer;
+use crate::crypto::PacketKeys;
 use crate::fec::sender::LossMeter;
 use crate::packet::{Control, Flags, Packet};
 use crate::recv::{Arrival, Delivery, RecvBuffer};

@@ -52,7 +52,9 @@ pub enum CloseReason {
     MessageTooLarge,
     /// The Noise handshake failed: the server refused our message (we pinned another key
     /// than it holds, or hold another pre-shared secret), or this side had no key to start.
-    #[error("handshake failed: the peer holds another key than the one pinned (or another pre-shared secret)")]
+    #[error(
+        "handshake failed: the peer holds another key than the one pinned (or another pre-shared secret)"
+    )]
     HandshakeFailed,
 }
 

@@ -30,8 +30,8 @@
 //! message cannot be replayed under another connection. Ephemeral keys come from the
 //! connection's seeded random generator, so the simulator stays reproducible.
 
-use rand::SeedableRng;
 use rand::RngCore;
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use snow::params::NoiseParams;
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
@@ -57,7 +57,9 @@ pub enum HandshakeError {
     #[error("handshake did not authenticate: wrong pinned key or pre-shared secret")]
     Rejected,
     /// This side has no key to run the handshake with.
-    #[error("no key: a client needs the relay's public key or a pre-shared secret, a server its static key or the secret")]
+    #[error(
+        "no key: a client needs the relay's public key or a pre-shared secret, a server its static key or the secret"
+    )]
     NoKey,
     /// A message of the wrong size or an internal state error.
     #[error("malformed handshake message")]
@@ -128,10 +130,7 @@ impl CryptoResolver for SeededResolver {
 
 fn builder(pattern: &str, seed: u64) -> Result<Builder<'static>, HandshakeError> {
     let params: NoiseParams = pattern.parse().map_err(|_| HandshakeError::Malformed)?;
-    let resolver = FallbackResolver::new(
-        Box::new(SeededResolver(seed)),
-        Box::new(DefaultResolver),
-    );
+    let resolver = FallbackResolver::new(Box::new(SeededResolver(seed)), Box::new(DefaultResolver));
     Ok(Builder::with_resolver(params, Box::new(resolver)))
 }
 

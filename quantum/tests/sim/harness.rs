@@ -7,9 +7,9 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::fec::FecHeader;
 use aetherflow_quantum::packet::Flags;
-use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event, Packet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -203,7 +203,11 @@ impl Sim {
 
     fn put_on_wire(&mut self, datagram: Datagram) {
         self.sent.push((self.now, datagram.clone()));
-        let forged = self.mangler.as_mut().map(|m| m(&datagram)).unwrap_or_default();
+        let forged = self
+            .mangler
+            .as_mut()
+            .map(|m| m(&datagram))
+            .unwrap_or_default();
         for bytes in forged {
             // Forgeries arrive with the original's delay, but never reach the mangler again.
             let at = self.now + self.link.delay;

@@ -124,7 +124,11 @@ fn a_forged_reset_closes_nothing() {
     sim.server.handle(sim.now, sim.client_addr, &last);
     let stats = sim.server.connection(id).expect("still there").stats();
     assert_eq!(
-        (stats.clear_dropped, stats.auth_failures, stats.replays_dropped),
+        (
+            stats.clear_dropped,
+            stats.auth_failures,
+            stats.replays_dropped
+        ),
         (1, 1, 1)
     );
     assert!(sim.server.connection(id).expect("open").is_established());
@@ -145,7 +149,9 @@ fn a_wrong_pinned_key_fails_the_handshake_with_a_clear_error() {
     };
     let mut sim = Sim::with_configs(seed, Link::clean(10), client, server);
     sim.connect();
-    assert!(sim.run_until(Duration::from_secs(5), |s| closed(&s.client_events).is_some()));
+    assert!(sim.run_until(Duration::from_secs(5), |s| {
+        closed(&s.client_events).is_some()
+    }));
     assert_eq!(
         closed(&sim.client_events),
         Some(CloseReason::HandshakeFailed)
@@ -171,13 +177,21 @@ fn fec_rebuilds_sealed_packets_under_loss() {
     let server = sim.server.connection(id).expect("open").stats();
     let client = sim.client.connection(id).expect("open").stats();
     assert!(client.fec_packets_sent > 0, "{client:?}");
-    assert!(server.fec_repaired > 0, "parity rebuilt lost packets: {server:?}");
-    assert_eq!(server.auth_failures, 0, "rebuilt packets need no second opening");
+    assert!(
+        server.fec_repaired > 0,
+        "parity rebuilt lost packets: {server:?}"
+    );
+    assert_eq!(
+        server.auth_failures, 0,
+        "rebuilt packets need no second opening"
+    );
     // Parity travels sealed like everything else after the handshake.
     let parity = sim
         .sent
         .iter()
-        .filter(|(_, d)| Packet::decode(&d.plain).is_ok_and(|p| p.header.flags.contains(Flags::FEC)))
+        .filter(|(_, d)| {
+            Packet::decode(&d.plain).is_ok_and(|p| p.header.flags.contains(Flags::FEC))
+        })
         .collect::<Vec<_>>();
     assert!(!parity.is_empty());
     assert!(parity.iter().all(|(_, d)| sealed(&d.bytes)));
@@ -243,7 +257,10 @@ fn a_new_address_is_not_even_challenged_without_an_authenticated_datagram() {
     // The first reuses a packet number already accepted, so the replay window drops it
     // before any decryption; the second fails authentication.
     assert_eq!((stats.replays_dropped, stats.auth_failures), (1, 1));
-    assert_eq!(sim.server.connection(id).map(|c| c.remote()), Some(sim.client_addr));
+    assert_eq!(
+        sim.server.connection(id).map(|c| c.remote()),
+        Some(sim.client_addr)
+    );
     // The real client moving still works: its sealed datagrams from the new address earn a
     // challenge, and only the answer moves the path.
     let moved: SocketAddr = "203.0.113.9:5000".parse().expect("literal");
@@ -253,7 +270,13 @@ fn a_new_address_is_not_even_challenged_without_an_authenticated_datagram() {
         s.server_events.contains(&(id, Event::Migrated(moved)))
     }));
     let challenged = sim.sent.iter().position(|(_, d)| {
-        d.to == moved && Packet::decode(&d.plain).is_ok_and(|p| p.header.flags == Flags::URG || p.header.flags == (Flags::URG | Flags::ACK))
+        d.to == moved
+            && Packet::decode(&d.plain).is_ok_and(|p| {
+                p.header.flags == Flags::URG || p.header.flags == (Flags::URG | Flags::ACK)
+            })
     });
-    assert!(challenged.is_some(), "a challenge went to the new address first");
+    assert!(
+        challenged.is_some(),
+        "a challenge went to the new address first"
+    );
 }

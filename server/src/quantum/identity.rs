@@ -19,7 +19,9 @@ use crate::config::{Config, DEFAULT_QUANTUM_KEY_FILE};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The key file named by --quantum-key does not exist.
-    #[error("quantum key file {0} not found (omit --quantum-key to generate one in the data directory)")]
+    #[error(
+        "quantum key file {0} not found (omit --quantum-key to generate one in the data directory)"
+    )]
     Missing(PathBuf),
     /// The key file could not be read or written.
     #[error("quantum key file {path}: {source}")]
@@ -67,7 +69,10 @@ fn load(path: &Path) -> Result<Keypair, IdentityError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io(path))?.permissions().mode();
+        let mode = std::fs::metadata(path)
+            .map_err(io(path))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(IdentityError::Exposed(path.to_owned()));
         }
@@ -124,8 +129,7 @@ mod tests {
             let path = dir.path().join("quantum.key");
             let mode = std::fs::metadata(&path).expect("file").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
             assert!(matches!(
                 load_or_create(&config(dir.path(), None)),
                 Err(IdentityError::Exposed(_))
@@ -145,8 +149,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
         assert!(matches!(
             load_or_create(&config(dir.path(), Some(path.clone()))),
