@@ -446,6 +446,7 @@ impl Liveness {
                 congestion_window: stats.cwnd,
                 retransmits: stats.retransmits,
                 fec_repairs: stats.fec_repaired,
+                rejected: stats.auth_failures + stats.replays_dropped + stats.clear_dropped,
             });
         }
     }
