@@ -12,7 +12,7 @@
 //!
 //! **Authentication.** Every replica of a group is configured with the same secret
 //! ([`crate::ClientConfig::peer_secret`]). Both sides of a peer link mix it into Quantum's
-//! Noise handshake as a pre-shared key (`Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`, see
+//! Noise handshake as a pre-shared key (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, see
 //! `aetherflow_quantum::crypto::handshake`): the secret never travels, a peer that does not
 //! hold it fails the handshake (the listener refuses it and keeps no state; the connecting
 //! SDK reports status 401 "wrong peer secret"), and everything after the handshake is

@@ -80,7 +80,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 22 | 8 | packet number: the AEAD nonce, a per-direction counter every datagram takes afresh |
-//! | 30 | … | the packet below, encrypted with ChaCha20-Poly1305; bytes 0..30 are its associated data |
+//! | 30 | … | the packet below, encrypted with AES-256-GCM; bytes 0..30 are its associated data |
 //! | end − 16 | 16 | the AEAD tag |
 //!
 //! The packet (in clear inside a clear datagram, encrypted inside a sealed one):

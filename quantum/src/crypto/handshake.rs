@@ -2,7 +2,7 @@
 //!
 //! # Pattern
 //!
-//! Relay connections use `Noise_NK_25519_ChaChaPoly_BLAKE2s`: the client knows (pins) the
+//! Relay connections use `Noise_NK_25519_AESGCM_BLAKE2s`: the client knows (pins) the
 //! relay's static public key, the relay knows nothing of the client.
 //!
 //! ```text
@@ -23,7 +23,7 @@
 //! the relay's static key, which is why it carries only the initial sequence number.
 //!
 //! SDK peer links share a secret instead of a static key and use
-//! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`: both sides mix the secret in before the first
+//! `Noise_NNpsk0_25519_AESGCM_BLAKE2s`: both sides mix the secret in before the first
 //! message, so the secret never travels and a peer that does not hold it fails the handshake.
 //!
 //! The prologue binds the handshake to the protocol version and the connection id, so a
@@ -43,9 +43,9 @@ use super::Secret;
 use crate::packet::{ConnectionId, VERSION};
 
 /// The pattern of relay connections.
-pub const RELAY_PATTERN: &str = "Noise_NK_25519_ChaChaPoly_BLAKE2s";
+pub const RELAY_PATTERN: &str = "Noise_NK_25519_AESGCM_BLAKE2s";
 /// The pattern of connections between peers sharing a secret.
-pub const PSK_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const PSK_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 /// Longest handshake message this crate sends or accepts.
 pub const MAX_MESSAGE_LEN: usize = 256;
 

@@ -2,7 +2,7 @@
 //! public key clients pin for its Noise handshake.
 //!
 //! Answer 200: `{ "addr": "203.0.113.5:4433", "public_key": "<64 hex digits>",
-//! "key_encoding": "hex", "noise": "Noise_NK_25519_ChaChaPoly_BLAKE2s", "version": 2 }`;
+//! "key_encoding": "hex", "noise": "Noise_NK_25519_AESGCM_BLAKE2s", "version": 2 }`;
 //! 404 `not_found` when the relay runs without Quantum. Public and unauthenticated: the
 //! key is no secret, and over plain HTTP an attacker on the path could change the answer, so
 //! production clients pin the key printed at start-up instead of trusting this route (see
