@@ -138,8 +138,8 @@ pub struct Settings {
     pub http_addr: Option<SocketAddr>,
 
     /// UDP address for Quantum clients, or `off`. Port 0 picks a
-    /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR`. If the default
-    /// address is taken the relay serves without Quantum (with a warning); an address given
+    /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR` (followed by
+    /// `aetherflow quantum key: HEX`, the key clients pin). If the default address is taken the relay serves without Quantum (with a warning); an address given
     /// explicitly must be free.
     #[arg(long, env = "AETHERFLOW_QUANTUM_ADDR", value_name = "ADDR|off")]
     pub quantum_addr: Option<String>,
