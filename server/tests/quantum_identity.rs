@@ -41,14 +41,25 @@ async fn the_relay_serves_its_address_and_key_and_keeps_the_key_across_restarts(
         use std::os::unix::fs::PermissionsExt;
         let key_file = data.path().join("quantum.key");
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "only the relay's user reads the private key");
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only the relay's user reads the private key"
+        );
         let text = std::fs::read_to_string(&key_file).unwrap();
-        assert!(!text.contains(&hex(&relay.quantum_key())), "the file holds the private half");
+        assert!(
+            !text.contains(&hex(&relay.quantum_key())),
+            "the file holds the private half"
+        );
     }
     let key = relay.quantum_key();
     relay.signal_and_wait("TERM");
     let again = Relay::start_in(data.path(), &[]);
-    assert_eq!(again.quantum_key(), key, "the same identity after a restart");
+    assert_eq!(
+        again.quantum_key(),
+        key,
+        "the same identity after a restart"
+    );
 
     let off = Relay::start(&["--quantum-addr", "off"]);
     let (status, body) = http_get(off.addr, "/api/v1/quantum").await;
@@ -56,11 +67,16 @@ async fn the_relay_serves_its_address_and_key_and_keeps_the_key_across_restarts(
 }
 
 #[tokio::test]
-async fn a_missing_or_exposed_key_file_stops_the_relay_with_a_clear_error() {
+async fn a_missing_key_file_stops_the_relay_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.key");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_aetherflow"))
-        .args(["--http-addr", "127.0.0.1:0", "--quantum-addr", "127.0.0.1:0"])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--quantum-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--quantum-key")
@@ -69,7 +85,10 @@ async fn a_missing_or_exposed_key_file_stops_the_relay_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("quantum key file") && stderr.contains("not found"), "{stderr}");
+    assert!(
+        stderr.contains("quantum key file") && stderr.contains("not found"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
