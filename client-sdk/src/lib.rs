@@ -11,7 +11,9 @@
 //! The transport sits behind the [`Transport`] trait: [`QuantumTransport`] (one reliable-UDP
 //! connection carrying every document in envelopes) first, [`WebSocketTransport`] (one
 //! y-websocket connection per document) as the fallback; [`SyncState::connection`] says which
-//! one a document is using.
+//! one a document is using. Quantum is encrypted and authenticates the relay by the key
+//! [`ClientConfig::quantum_key`] pins (see [`relay_key`]); a relay holding another key is
+//! refused (status 495 in [`SyncState::denied`]), never fallen back from.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
