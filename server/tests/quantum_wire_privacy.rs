@@ -1,6 +1,7 @@
 //! What an observer on the path sees of a Quantum session (issue 15): a UDP forwarder between
 //! an SDK client and the real relay records every datagram of the session both ways; neither
-//! the client's token nor a document's name or text appears in any of them.
+//! the client's token nor a document's name or text appears in any of them. The same holds
+//! for a peer link between two SDK instances, whose shared secret never travels.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aetherflow_client::testing::{append_text, wait_state};
+use aetherflow_client::testing::{append_text, wait_state, wait_text};
 use aetherflow_client::{Client, ClientConfig, Connection, TransportKind};
 use aetherflow_server::auth::Permission;
 use common::api_client::{SECRET, token};
@@ -108,6 +109,51 @@ async fn an_observer_on_the_path_sees_neither_the_token_nor_the_document() {
             "the token's signature",
             secret_token.rsplit('.').next().unwrap().as_bytes(),
         ),
+        ("the document's name", doc.as_bytes()),
+        ("the document's text", text.as_bytes()),
+    ];
+    for (what, needle) in needles {
+        let seen = recording.iter().filter(|d| contains(d, needle)).count();
+        assert_eq!(
+            seen,
+            0,
+            "{what} is visible in {seen} of {} datagrams",
+            recording.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_of_a_peer_link_sees_neither_the_secret_nor_the_document() {
+    let secret = "office LAN secret 8d2e";
+    let doc = "peer-notes-77a1";
+    let text = "salary review: Ada +12%";
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listener = Client::open(ClientConfig::new(dir_a.path()).peer_secret(secret)).unwrap();
+    let peer = listener
+        .listen("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let served = listener.doc(doc).await.unwrap();
+    append_text(&served, "text", text);
+
+    let recording = Recording::default();
+    let front = forwarder(peer.local_addr(), recording.clone()).await;
+    let client = Client::open(
+        ClientConfig::new(dir_b.path())
+            .peer(front)
+            .peer_secret(secret),
+    )
+    .unwrap();
+    let handle = client.doc(doc).await.unwrap();
+    wait_text(&handle, "text", TIMEOUT, |t| t == text).await;
+    client.close().await.unwrap();
+    listener.close().await.unwrap();
+
+    let recording = recording.lock().unwrap();
+    assert!(recording.len() >= 4, "a link crossed the forwarder");
+    let needles: [(&str, &[u8]); 3] = [
+        ("the peer secret", secret.as_bytes()),
         ("the document's name", doc.as_bytes()),
         ("the document's text", text.as_bytes()),
     ];
