@@ -38,7 +38,9 @@ pub struct Config {
     pub seed: u64,
     /// Whether this endpoint accepts incoming connections.
     pub accept_incoming: bool,
-    /// Whether a server demands a retry cookie before it keeps any state for a SYN.
+    /// Whether a server demands a retry cookie before it keeps any state for a SYN or does
+    /// any Diffie-Hellman work for it. Without it, a spoofed SYN costs the server a key
+    /// agreement; leave it on outside tests and fuzzing.
     pub require_retry: bool,
     /// Secret key of the retry cookies; keep it private and random in production.
     pub cookie_key: [u8; 16],
