@@ -235,11 +235,21 @@ async fn send_tcp(to: SocketAddr, workload: Workload) -> anyhow::Result<SenderRe
     Ok(SenderReport::default())
 }
 
+/// The receiver's Quantum identity in these benchmarks: a fixed key both ends derive, so a
+/// sender in another process or namespace can pin it. Not for anything but measurements.
+pub fn bench_keypair() -> aetherflow_quantum::crypto::Keypair {
+    aetherflow_quantum::crypto::Keypair::from_seed(0xbe_4c)
+}
+
 async fn send_quantum(
     to: SocketAddr,
     workload: Workload,
-    config: DriverConfig,
+    mut config: DriverConfig,
 ) -> anyhow::Result<SenderReport> {
+    config
+        .quantum
+        .server_public_key
+        .get_or_insert(bench_keypair().public);
     let local = SocketAddr::new(unspecified_like(to), 0);
     let endpoint = QuantumEndpoint::bind(local, config).await?;
     let conn = endpoint.connect(to).await.context("Quantum connect")?;
@@ -316,6 +326,7 @@ async fn receive_quantum(
 ) -> anyhow::Result<ReceiverReport> {
     let mut config = DriverConfig::default();
     config.quantum.accept_incoming = true;
+    config.quantum.static_secret = Some(bench_keypair().secret);
     let endpoint = QuantumEndpoint::bind(listen, config).await?;
     ready(endpoint.local_addr());
     let conn = endpoint.accept().await.context("endpoint closed")?;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::relay_key::RelayKey;
+
 /// How long to wait between reconnection attempts: `initial`, doubled after each failure, at
 /// most `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,16 @@ pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 200;
 /// Why a [`ClientConfig`] cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// [`ClientConfig::quantum_addr`] is set without a way to know the relay's key.
+    #[error(
+        "quantum_addr needs the relay's Quantum key: pin it with ClientConfig::quantum_key (the \
+         relay prints `aetherflow quantum key: HEX` at start-up) or, for development, use \
+         quantum_trust_on_first_use"
+    )]
+    NoQuantumKey,
+    /// Trust on first use fetches the key over HTTP from the WebSocket URL's host.
+    #[error("quantum_trust_on_first_use needs a ws:// websocket_url to fetch the relay's key from")]
+    TrustOnFirstUseNeedsHttp,
     /// [`ClientConfig::quantum_sparse_fec_budget`] is above the transport's limit.
     #[error("quantum_sparse_fec_budget must be a percentage from 0 to {max}, not {percent}")]
     SparseFecBudget {
@@ -75,6 +87,9 @@ pub enum ConfigError {
 pub struct ClientConfig {
     /// The relay's Quantum (UDP) address, tried first when set.
     pub quantum_addr: Option<SocketAddr>,
+    /// How the client knows the relay's Quantum key; required with `quantum_addr`. See
+    /// [`crate::relay_key`]: pinned in production, trusted on first use in development.
+    pub quantum_key: Option<RelayKey>,
     /// How long to wait for a Quantum handshake before falling back to WebSocket.
     pub quantum_handshake_timeout: Duration,
     /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`, or `wss://relay.example`
@@ -96,9 +111,10 @@ pub struct ClientConfig {
     /// Other SDK instances listening with [`crate::Client::listen`] to sync with directly, in
     /// addition to the relay (or instead of it, when no relay is configured).
     pub peers: Vec<SocketAddr>,
-    /// The secret shared by every peer of a group: sent to the peers we connect to, and
-    /// required from those connecting to [`crate::Client::listen`]. It is unrelated to the
-    /// relay's token.
+    /// The secret shared by every peer of a group: both sides of a peer link mix it into the
+    /// Quantum handshake as a pre-shared key, so it never travels and a peer without it fails
+    /// the handshake. Required to [`crate::Client::listen`]. It is unrelated to the relay's
+    /// token.
     pub peer_secret: Option<String>,
     /// Parity bytes Quantum may add per 100 bytes of sparse traffic (edits, presence), 0 to
     /// 200 ([`DEFAULT_SPARSE_FEC_BUDGET`] by default), on the connection to the relay, to
@@ -126,6 +142,7 @@ impl ClientConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ClientConfig {
         ClientConfig {
             quantum_addr: None,
+            quantum_key: None,
             quantum_handshake_timeout: Duration::from_secs(2),
             websocket_url: None,
             tls_root_certificates: Vec::new(),
@@ -141,6 +158,21 @@ impl ClientConfig {
 
     /// Checks the settings the transport would otherwise refuse only when it connects.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.quantum_addr.is_some() {
+            match self.quantum_key {
+                None => return Err(ConfigError::NoQuantumKey),
+                Some(RelayKey::TrustOnFirstUse)
+                    if self
+                        .websocket_url
+                        .as_deref()
+                        .and_then(crate::relay_key::http_host)
+                        .is_none() =>
+                {
+                    return Err(ConfigError::TrustOnFirstUseNeedsHttp);
+                }
+                Some(_) => {}
+            }
+        }
         let max = aetherflow_quantum::fec::MAX_SPARSE_BUDGET_PERCENT;
         if self.quantum_sparse_fec_budget > max {
             return Err(ConfigError::SparseFecBudget {
@@ -200,6 +232,20 @@ impl ClientConfig {
     /// the fallback).
     pub fn quantum(mut self, addr: SocketAddr) -> ClientConfig {
         self.quantum_addr = Some(addr);
+        self
+    }
+
+    /// Pins the relay's Quantum key: the 32-byte public key it prints at start-up (as hex:
+    /// [`RelayKey::from_hex`]) and serves at `GET /api/v1/quantum`.
+    pub fn quantum_key(mut self, key: [u8; 32]) -> ClientConfig {
+        self.quantum_key = Some(RelayKey::Pinned(key));
+        self
+    }
+
+    /// Development only: trusts the relay's Quantum key fetched on the first connection and
+    /// refuses a different one later (see [`crate::relay_key`]).
+    pub fn quantum_trust_on_first_use(mut self) -> ClientConfig {
+        self.quantum_key = Some(RelayKey::TrustOnFirstUse);
         self
     }
 

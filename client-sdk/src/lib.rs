@@ -14,6 +14,9 @@
 //! one a document is using. A `wss://` relay URL is TLS (rustls) trusting the platform's root
 //! certificates and any CA given with [`ClientConfig::tls_root_certificate`]; a failed
 //! handshake shows in [`SyncState::denied`] as `TLS: ...`.
+//! Quantum is encrypted and authenticates the relay by the key [`ClientConfig::quantum_key`]
+//! pins (see [`relay_key`]); a relay holding another key is refused (status 495 in
+//! [`SyncState::denied`]), never fallen back from.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -119,6 +122,7 @@ mod peer_link;
 pub mod quantum;
 mod reconnect;
 pub mod register;
+pub mod relay_key;
 pub mod store;
 pub mod sync;
 mod task;
@@ -147,6 +151,7 @@ pub use register::{
     LockEvent, RegisterError, RegisterEvent, RegisterEvents, RegisterHandle, RegisterState,
     WriteOutcome, WriteTicket,
 };
+pub use relay_key::RelayKey;
 pub use transport::{Link, Offline, RegisterLink, RegisterMessage, Transport, TransportKind};
 pub use websocket::WebSocketTransport;
 
@@ -203,14 +208,27 @@ impl Client {
                     .tls_root_certificates(config.tls_root_certificates.clone()),
             ) as Arc<dyn Transport>
         });
-        let quantum = config.quantum_addr.map(|addr| {
-            let driver = config.quantum_driver();
-            Arc::new(QuantumTransport::with_driver(
-                addr,
-                config.token.clone(),
-                driver,
-            ))
-        });
+        let quantum = config
+            .quantum_addr
+            .zip(config.quantum_key)
+            .map(|(addr, mode)| {
+                let resolver = relay_key::KeyResolver {
+                    mode,
+                    relay: addr,
+                    http: config
+                        .websocket_url
+                        .as_deref()
+                        .and_then(relay_key::http_host),
+                    known: config.data_dir.join(relay_key::KNOWN_RELAYS_FILE),
+                };
+                let driver = config.quantum_driver();
+                Arc::new(QuantumTransport::for_relay(
+                    addr,
+                    config.token.clone(),
+                    driver,
+                    resolver,
+                ))
+            });
         let transport: Arc<dyn Transport> = match (quantum.clone(), websocket) {
             (Some(primary), Some(fallback)) => Arc::new(Fallback { primary, fallback }),
             (Some(only), None) => only,
@@ -242,8 +260,8 @@ impl Client {
             .peers
             .iter()
             .map(|&addr| {
-                let secret = config.peer_secret.clone();
-                let quantum = QuantumTransport::with_driver(addr, secret, config.quantum_driver());
+                let secret = config.peer_secret.as_deref().unwrap_or_default();
+                let quantum = QuantumTransport::for_peer(addr, secret, config.quantum_driver());
                 (addr, Arc::new(quantum) as Arc<dyn Transport>)
             })
             .collect();

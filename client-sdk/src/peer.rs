@@ -11,10 +11,12 @@
 //! relay or other peers are forwarded to every subscribed peer.
 //!
 //! **Authentication.** Every replica of a group is configured with the same secret
-//! ([`crate::ClientConfig::peer_secret`]); a connecting client sends it as the `hello` token and
-//! the listener compares it in constant time. A listener needs a secret; a wrong or missing one
-//! is refused with a connection-level `error` envelope (code 4401) and the connection closes.
-//! The secret only gates access: Quantum does not encrypt, so use peers on trusted networks.
+//! ([`crate::ClientConfig::peer_secret`]). Both sides of a peer link mix it into Quantum's
+//! Noise handshake as a pre-shared key (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, see
+//! `aetherflow_quantum::crypto::handshake`): the secret never travels, a peer that does not
+//! hold it fails the handshake (the listener refuses it and keeps no state; the connecting
+//! SDK reports status 401 "wrong peer secret"), and everything after the handshake is
+//! encrypted and authenticated. The `hello` token is ignored. A listener needs a secret.
 //!
 //! **Registers are not served by peers.** A register document (`lww`, `manual`,
 //! [`crate::Client::register`]) needs the relay's authority: token permissions, locks, the
@@ -28,7 +30,6 @@
 //! | 1002 | malformed envelope (an invalid document name included) | closed |
 //! | 1011 | the document could not be opened locally | kept |
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
-//! | 4401 | missing or wrong peer secret | closed |
 //! | 4501 | register operations are not served by peers (they need the relay) | kept |
 
 use std::collections::HashMap;
@@ -38,8 +39,8 @@ use std::time::Duration;
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::Message;
+use aetherflow_quantum::crypto::psk_from_secret;
 use aetherflow_quantum::{QuantumConnection, QuantumEndpoint};
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
@@ -56,7 +57,8 @@ pub const ERROR_MALFORMED: u32 = 1002;
 pub const ERROR_UNAVAILABLE: u32 = 1011;
 /// Error code: protocol misuse.
 pub const ERROR_PROTOCOL: u32 = 4400;
-/// Error code: missing or wrong peer secret.
+/// Error code once sent for a missing or wrong peer secret; no longer sent, since a peer
+/// without the secret now fails the Quantum handshake before any envelope.
 pub const ERROR_UNAUTHORIZED: u32 = 4401;
 /// Error code: register operations are not served by peers.
 pub const ERROR_NOT_SUPPORTED: u32 = 4501;
@@ -97,6 +99,7 @@ pub(crate) async fn listen(docs: Arc<OpenDocs>, addr: SocketAddr) -> Result<Peer
     // The client's sparse FEC budget, so edits served to peers are protected alike.
     let mut driver = docs.config.quantum_driver();
     driver.quantum.accept_incoming = true;
+    driver.quantum.psk = Some(psk_from_secret(secret.as_bytes()));
     let endpoint = QuantumEndpoint::bind(addr, driver)
         .await
         .map_err(|e| ClientError::Listen {
@@ -109,23 +112,18 @@ pub(crate) async fn listen(docs: Arc<OpenDocs>, addr: SocketAddr) -> Result<Peer
         cancel: cancel.clone(),
     };
     let tasks = docs.tasks.clone();
-    tasks.spawn(accept(endpoint, docs, Arc::new(secret), cancel));
+    tasks.spawn(accept(endpoint, docs, cancel));
     Ok(peer)
 }
 
 /// Accepts connections until cancelled, then closes the endpoint.
-async fn accept(
-    endpoint: QuantumEndpoint,
-    docs: Arc<OpenDocs>,
-    secret: Arc<String>,
-    cancel: CancellationToken,
-) {
+async fn accept(endpoint: QuantumEndpoint, docs: Arc<OpenDocs>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             conn = endpoint.accept() => match conn {
                 Some(conn) => {
                     let span = info_span!("peer", remote = %conn.remote_addr());
-                    let served = connection(conn, docs.clone(), secret.clone(), cancel.clone());
+                    let served = connection(conn, docs.clone(), cancel.clone());
                     docs.tasks.spawn(served.instrument(span));
                 }
                 None => break,
@@ -156,15 +154,11 @@ struct Served {
     to_peer: mpsc::Sender<Vec<u8>>,
 }
 
-/// Serves one connection: hello with the secret, then subscriptions and their messages.
-async fn connection(
-    conn: QuantumConnection,
-    docs: Arc<OpenDocs>,
-    secret: Arc<String>,
-    cancel: CancellationToken,
-) {
+/// Serves one connection (whose handshake proved it holds the secret): hello, then
+/// subscriptions and their messages.
+async fn connection(conn: QuantumConnection, docs: Arc<OpenDocs>, cancel: CancellationToken) {
     let limits = EnvelopeLimits::default();
-    if let Err(refusal) = hello(&conn, &limits, &secret).await {
+    if let Err(refusal) = hello(&conn, &limits).await {
         if let Some((code, reason)) = refusal {
             debug!(code, reason, "refusing the peer");
             let _ = conn.send(error("", code, reason)).await;
@@ -204,12 +198,11 @@ async fn connection(
     conn.close().await;
 }
 
-/// Waits for the hello and checks its secret. `Err(Some)` is a refusal to send, `Err(None)` a
-/// connection that went away.
+/// Waits for the hello (its token is not checked: the handshake proved the secret).
+/// `Err(Some)` is a refusal to send, `Err(None)` a connection that went away.
 async fn hello(
     conn: &QuantumConnection,
     limits: &EnvelopeLimits,
-    secret: &str,
 ) -> Result<(), Option<(u32, &'static str)>> {
     let bytes = match tokio::time::timeout(HELLO_TIMEOUT, conn.recv()).await {
         Ok(Ok(Some(bytes))) => bytes,
@@ -218,16 +211,9 @@ async fn hello(
     };
     match Envelope::decode(&bytes, limits) {
         Ok(Envelope {
-            payload: Payload::Control(Control::Hello { token, .. }),
+            payload: Payload::Control(Control::Hello { .. }),
             ..
-        }) => {
-            let offered = token.unwrap_or_default();
-            if bool::from(offered.as_bytes().ct_eq(secret.as_bytes())) {
-                Ok(())
-            } else {
-                Err(Some((ERROR_UNAUTHORIZED, "wrong peer secret")))
-            }
-        }
+        }) => Ok(()),
         Ok(_) => Err(Some((ERROR_PROTOCOL, "the first message must be hello"))),
         Err(_) => Err(Some((ERROR_MALFORMED, "malformed envelope"))),
     }

@@ -24,7 +24,10 @@ use std::time::Duration;
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::Message;
-use aetherflow_quantum::{ConnectionStats, DriverConfig, QuantumConnection, QuantumEndpoint};
+use aetherflow_quantum::crypto::psk_from_secret;
+use aetherflow_quantum::{
+    CloseReason, ConnectionStats, DriverConfig, DriverError, QuantumConnection, QuantumEndpoint,
+};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +35,7 @@ use tracing::debug;
 
 use crate::doc::lock;
 use crate::error::TransportError;
+use crate::relay_key::{KeyResolver, RelayKey, mismatch};
 use crate::transport::{Link, RegisterLink, RegisterMessage, Transport, TransportKind};
 
 /// Messages buffered per document and direction.
@@ -56,11 +60,23 @@ struct Mux {
     refused: Mutex<Option<(u32, String)>>,
 }
 
+/// How a transport's handshake is authenticated.
+#[derive(Debug, Clone)]
+enum Trust {
+    /// Whatever the driver settings say (pinned key or pre-shared secret set by the caller).
+    Preset,
+    /// The relay's key, pinned or trusted on first use.
+    Relay(KeyResolver),
+    /// A peer sharing the group's secret (pre-shared key).
+    Peer,
+}
+
 /// Connects documents over Quantum.
 pub struct QuantumTransport {
     relay: SocketAddr,
     token: Option<String>,
     driver: DriverConfig,
+    trust: Trust,
     limits: EnvelopeLimits,
     state: tokio::sync::Mutex<(Option<QuantumEndpoint>, Option<Arc<Mux>>)>,
 }
@@ -74,27 +90,59 @@ impl std::fmt::Debug for QuantumTransport {
 }
 
 impl QuantumTransport {
-    /// A transport for the relay's Quantum listener at `relay`, with the SDK's default
-    /// sparse FEC budget ([`crate::config::DEFAULT_SPARSE_FEC_BUDGET`]).
-    pub fn new(relay: SocketAddr, token: Option<String>, handshake_timeout: Duration) -> Self {
+    /// A transport for the relay's Quantum listener at `relay`, which must hold the static key
+    /// whose public half is `relay_key` (the relay prints it at start-up), with the SDK's
+    /// default sparse FEC budget ([`crate::config::DEFAULT_SPARSE_FEC_BUDGET`]).
+    pub fn new(
+        relay: SocketAddr,
+        relay_key: [u8; 32],
+        token: Option<String>,
+        handshake_timeout: Duration,
+    ) -> Self {
         let mut driver = DriverConfig {
             handshake_timeout,
             ..DriverConfig::default()
         };
         driver.quantum.fec.sparse_budget_percent = crate::config::DEFAULT_SPARSE_FEC_BUDGET;
+        driver.quantum.server_public_key = Some(relay_key);
         QuantumTransport::with_driver(relay, token, driver)
     }
 
     /// A transport for `relay` whose local endpoint uses `driver` (for example
-    /// [`crate::ClientConfig::quantum_driver`]). Settings the transport refuses make every
-    /// connect fail with [`TransportError::Connect`] saying why.
+    /// [`crate::ClientConfig::quantum_driver`]), which must pin the relay's key
+    /// (`driver.quantum.server_public_key`) or hold a pre-shared secret. Settings the
+    /// transport refuses make every connect fail with [`TransportError::Connect`] saying why.
     pub fn with_driver(relay: SocketAddr, token: Option<String>, driver: DriverConfig) -> Self {
         QuantumTransport {
             relay,
             token,
             driver,
+            trust: Trust::Preset,
             limits: EnvelopeLimits::default(),
             state: tokio::sync::Mutex::new((None, None)),
+        }
+    }
+
+    /// A transport to the relay whose key `resolver` finds (pinned or trusted on first use).
+    pub(crate) fn for_relay(
+        relay: SocketAddr,
+        token: Option<String>,
+        driver: DriverConfig,
+        resolver: KeyResolver,
+    ) -> Self {
+        QuantumTransport {
+            trust: Trust::Relay(resolver),
+            ..QuantumTransport::with_driver(relay, token, driver)
+        }
+    }
+
+    /// A transport to a peer of the group sharing `secret`: the handshake proves both hold
+    /// it (Noise with a pre-shared key), so the secret itself never travels.
+    pub(crate) fn for_peer(peer: SocketAddr, secret: &str, mut driver: DriverConfig) -> Self {
+        driver.quantum.psk = Some(psk_from_secret(secret.as_bytes()));
+        QuantumTransport {
+            trust: Trust::Peer,
+            ..QuantumTransport::with_driver(peer, None, driver)
         }
     }
 
@@ -123,7 +171,11 @@ impl QuantumTransport {
                 }
                 .parse()
                 .expect("a literal socket address parses");
-                let endpoint = QuantumEndpoint::bind(local, self.driver.clone())
+                let mut driver = self.driver.clone();
+                if let Trust::Relay(resolver) = &self.trust {
+                    driver.quantum.server_public_key = Some(resolver.resolve().await?);
+                }
+                let endpoint = QuantumEndpoint::bind(local, driver)
                     .await
                     .map_err(|e| TransportError::Connect(e.to_string()))?;
                 state.0 = Some(endpoint.clone());
@@ -133,7 +185,7 @@ impl QuantumTransport {
         let conn = endpoint
             .connect(self.relay)
             .await
-            .map_err(|e| TransportError::Connect(e.to_string()))?;
+            .map_err(|e| self.connect_error(e))?;
         let hello = Envelope::connection(Control::Hello {
             client_version: env!("CARGO_PKG_VERSION").to_owned(),
             token: self.token.clone(),
@@ -155,6 +207,28 @@ impl QuantumTransport {
 }
 
 impl QuantumTransport {
+    /// A failed connect; a refused handshake is a refusal (no fallback, no point retrying
+    /// with the same key or secret).
+    fn connect_error(&self, error: DriverError) -> TransportError {
+        let refused = matches!(
+            error,
+            DriverError::ConnectionLost(CloseReason::HandshakeFailed)
+        );
+        match &self.trust {
+            Trust::Relay(resolver) if refused => {
+                mismatch(self.relay, resolver.mode == RelayKey::TrustOnFirstUse)
+            }
+            Trust::Peer if refused => TransportError::Refused {
+                status: 401,
+                reason: format!(
+                    "wrong peer secret: the peer at {} refused the handshake",
+                    self.relay
+                ),
+            },
+            _ => TransportError::Connect(error.to_string()),
+        }
+    }
+
     /// Routes `doc`'s envelopes to a new channel and subscribes; replacing an older route
     /// closes that subscription's link.
     async fn subscribe(

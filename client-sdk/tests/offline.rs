@@ -71,6 +71,7 @@ async fn a_sparse_fec_budget_above_200_is_refused_when_the_client_opens() {
     let relay = "127.0.0.1:9".parse().unwrap();
     let bad = ClientConfig::new(dir.path())
         .quantum(relay)
+        .quantum_key([1; 32])
         .peer(relay)
         .peer_secret("secret")
         .quantum_sparse_fec_budget(201);
@@ -103,6 +104,7 @@ async fn a_sparse_fec_budget_above_200_is_refused_when_the_client_opens() {
 async fn a_quantum_transport_with_a_refused_budget_fails_to_connect_saying_why() {
     let mut driver = ClientConfig::new("unused").quantum_driver();
     driver.quantum.fec.sparse_budget_percent = 250;
+    driver.quantum.server_public_key = Some([1; 32]);
     let relay = "127.0.0.1:9".parse().unwrap();
     let transport = aetherflow_client::QuantumTransport::with_driver(relay, None, driver);
     match transport.connect("doc").await {

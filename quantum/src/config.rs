@@ -5,6 +5,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::congestion::Algorithm;
+use crate::crypto::Secret;
+use crate::crypto::handshake::Credentials;
+use crate::crypto::keys::UpdatePolicy;
 use crate::fec::{FecConfig, FecError};
 use crate::packet::MAX_OVERHEAD;
 
@@ -35,7 +38,9 @@ pub struct Config {
     pub seed: u64,
     /// Whether this endpoint accepts incoming connections.
     pub accept_incoming: bool,
-    /// Whether a server demands a retry cookie before it keeps any state for a SYN.
+    /// Whether a server demands a retry cookie before it keeps any state for a SYN or does
+    /// any Diffie-Hellman work for it. Without it, a spoofed SYN costs the server a key
+    /// agreement; leave it on outside tests and fuzzing.
     pub require_retry: bool,
     /// Secret key of the retry cookies; keep it private and random in production.
     pub cookie_key: [u8; 16],
@@ -45,6 +50,19 @@ pub struct Config {
     pub congestion: Algorithm,
     /// Forward error correction (see [`crate::fec`]).
     pub fec: FecConfig,
+    /// A server's static private key, its identity in the Noise handshake (clients pin the
+    /// public half). Needed to accept connections unless `psk` is set.
+    pub static_secret: Option<Secret>,
+    /// A client's pinned copy of the server's static public key; a server holding another
+    /// key refuses the handshake ([`crate::CloseReason::HandshakeFailed`]).
+    pub server_public_key: Option<[u8; 32]>,
+    /// A secret both peers hold: when set, both sides run the pre-shared-key pattern instead
+    /// of pinning a static key (see [`crate::crypto::handshake`]).
+    pub psk: Option<Secret>,
+    /// A sender updates its packet key after sealing this many datagrams under it.
+    pub key_update_packets: u64,
+    /// ... or after using it this long, whichever comes first.
+    pub key_update_interval: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +84,11 @@ impl Default for Config {
             cookie_lifetime: Duration::from_secs(10),
             congestion: Algorithm::Bbr,
             fec: FecConfig::default(),
+            static_secret: None,
+            server_public_key: None,
+            psk: None,
+            key_update_packets: 1 << 20,
+            key_update_interval: Duration::from_secs(600),
         }
     }
 }
@@ -85,6 +108,14 @@ pub enum ConfigError {
     /// The keepalive must fire before the idle timeout.
     #[error("keepalive interval must be shorter than the idle timeout")]
     Keepalive,
+    /// An endpoint that accepts connections needs a static key or a pre-shared secret.
+    #[error(
+        "accepting connections needs a static key (static_secret) or a pre-shared secret (psk)"
+    )]
+    NoStaticKey,
+    /// Key updates must come at least every 2^30 datagrams (and after at least 16).
+    #[error("key_update_packets {0} must be between 16 and 2^30")]
+    KeyUpdate(u64),
     /// The FEC settings are out of range.
     #[error("fec: {0}")]
     Fec(#[from] FecError),
@@ -108,8 +139,43 @@ impl Config {
         if self.keepalive_interval >= self.idle_timeout {
             return Err(ConfigError::Keepalive);
         }
+        if self.accept_incoming && self.static_secret.is_none() && self.psk.is_none() {
+            return Err(ConfigError::NoStaticKey);
+        }
+        if !(16..=1 << 30).contains(&self.key_update_packets) {
+            return Err(ConfigError::KeyUpdate(self.key_update_packets));
+        }
+        if self.key_update_interval.is_zero() {
+            return Err(ConfigError::Zero("key_update_interval"));
+        }
         self.fec.validate()?;
         Ok(())
+    }
+
+    /// How this side authenticates a connection it opens (`None`: it has no key to).
+    pub(crate) fn client_credentials(&self) -> Option<Credentials> {
+        match (&self.psk, self.server_public_key) {
+            (Some(psk), _) => Some(Credentials::Psk(psk.clone())),
+            (None, Some(public)) => Some(Credentials::PinnedServer(public)),
+            (None, None) => None,
+        }
+    }
+
+    /// How this side authenticates a connection it accepts.
+    pub(crate) fn server_credentials(&self) -> Option<Credentials> {
+        match (&self.psk, &self.static_secret) {
+            (Some(psk), _) => Some(Credentials::Psk(psk.clone())),
+            (None, Some(secret)) => Some(Credentials::ServerStatic(secret.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// When senders update their keys.
+    pub(crate) fn update_policy(&self) -> UpdatePolicy {
+        UpdatePolicy {
+            packets: self.key_update_packets,
+            interval: self.key_update_interval,
+        }
     }
 
     /// Message bytes one data packet carries: the MTU less a header with full SACK blocks.

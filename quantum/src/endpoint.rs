@@ -1,9 +1,11 @@
 //! An endpoint: one UDP socket's worth of connections, demultiplexed by connection id.
 //!
 //! The endpoint answers SYNs statelessly with a retry cookie (see [`crate::cookie`]) and only
-//! creates a [`Connection`] once a SYN echoes a valid one, so a flood of spoofed SYNs costs it
-//! no memory. Datagrams that fail to decode, or name no known connection, are dropped and
-//! counted in [`EndpointStats`].
+//! runs the Noise handshake (the Diffie-Hellman work) and creates a [`Connection`] once a SYN
+//! echoes a valid one, so a flood of spoofed SYNs costs it neither memory nor key agreement.
+//! A SYN whose Noise message does not authenticate gets a refusal in clear and leaves no
+//! state. Datagrams that fail to decode, or name no known connection, are dropped and counted
+//! in [`EndpointStats`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{Config, ConfigError};
 use crate::connection::{Connection, Event, SendError, Transmit};
 use crate::cookie::CookieJar;
-use crate::packet::{COOKIE_LEN, ConnectionId, Control, Flags, Header, Packet};
+use crate::packet::{ConnectionId, Control, Flags, Header, Packet};
+use crate::wire::{self, Datagram};
 
 /// Endpoint-wide counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +33,9 @@ pub struct EndpointStats {
     pub invalid_cookies: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// SYNs with a valid cookie whose Noise message did not authenticate (a client pinning
+    /// another key, or holding another pre-shared secret); each got a refusal.
+    pub handshakes_refused: u64,
 }
 
 /// Many connections behind one address. See [`Connection`] for the call order, which is the
@@ -109,48 +115,79 @@ impl Endpoint {
 
     /// Feeds one datagram from `remote`.
     pub fn handle(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
-        let packet = match Packet::decode(datagram) {
-            Ok(packet) => packet,
+        let parsed = match wire::parse(datagram) {
+            Ok(parsed) => parsed,
             Err(_) => {
                 self.stats.malformed += 1;
                 return;
             }
         };
-        let id = packet.header.connection_id;
+        let id = parsed.connection_id();
         if let Some(conn) = self.connections.get_mut(&id) {
-            conn.handle_packet(now, remote, packet, datagram.len());
+            conn.handle_datagram(now, remote, parsed, datagram.len());
             return;
         }
+        let Datagram::Clear(packet) = parsed else {
+            self.stats.unknown_connection += 1;
+            return;
+        };
         let flags = packet.header.flags;
         let is_first_syn = flags.contains(Flags::SYN) && !flags.contains(Flags::ACK);
         if !self.config.accept_incoming || !is_first_syn {
             self.stats.unknown_connection += 1;
             return;
         }
+        let Ok((cookie, hello)) = wire::parse_syn_payload(&packet.payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
         if self.config.require_retry {
-            if packet.payload.is_empty() {
-                self.send_retry(now, remote, id, datagram.len());
+            let Some(cookie) = cookie else {
+                self.send_stateless(
+                    remote,
+                    id,
+                    Control::Retry(self.cookies.issue(now, remote, id)),
+                    datagram.len(),
+                );
                 return;
-            }
-            if !self.cookies.verify(now, remote, id, &packet.payload) {
+            };
+            if !self.cookies.verify(now, remote, id, &cookie) {
                 // An expired cookie is what a client echoes after its SYN-ACKs were lost for a
                 // cookie lifetime; a fresh one lets it finish, still without state kept here.
                 self.stats.invalid_cookies += 1;
-                self.send_retry(now, remote, id, datagram.len());
+                self.send_stateless(
+                    remote,
+                    id,
+                    Control::Retry(self.cookies.issue(now, remote, id)),
+                    datagram.len(),
+                );
                 return;
             }
         }
-        self.stats.accepted += 1;
+        // Only now, with the address proven, does the endpoint spend Diffie-Hellman work.
         let seed = self.rng.random();
-        let mut conn = Connection::accept(self.config.clone(), &packet, remote, now, seed);
-        conn.handle_packet(now, remote, packet, datagram.len());
-        self.connections.insert(id, conn);
+        match Connection::accept(self.config.clone(), &packet, hello, remote, now, seed) {
+            Ok(mut conn) => {
+                self.stats.accepted += 1;
+                conn.handle_packet(now, remote, packet, datagram.len());
+                self.connections.insert(id, conn);
+            }
+            Err(_) => {
+                self.stats.handshakes_refused += 1;
+                self.send_stateless(remote, id, Control::Refused, datagram.len());
+            }
+        }
     }
 
-    /// Answers a cookie-less SYN with a cookie, keeping nothing; the answer is never more
-    /// than three times the SYN's size.
-    fn send_retry(&mut self, now: Instant, remote: SocketAddr, id: ConnectionId, syn_len: usize) {
-        let cookie: [u8; COOKIE_LEN] = self.cookies.issue(now, remote, id);
+    /// Answers a SYN in clear (a retry cookie or a refusal), keeping nothing; the answer is
+    /// never more than three times the SYN's size.
+    fn send_stateless(
+        &mut self,
+        remote: SocketAddr,
+        id: ConnectionId,
+        control: Control,
+        syn_len: usize,
+    ) {
         let packet = Packet {
             header: Header {
                 flags: Flags::URG,
@@ -159,7 +196,7 @@ impl Endpoint {
                 acknowledgement: 0,
             },
             sack: Vec::new(),
-            payload: Control::Retry(cookie).to_bytes(),
+            payload: control.to_bytes(),
         };
         if packet.encoded_len() > 3 * syn_len {
             return;
@@ -167,11 +204,24 @@ impl Endpoint {
         let contents = packet
             .to_bytes()
             .expect("a retry packet is within the format's limits");
-        self.stats.retries_sent += 1;
+        if matches!(control, Control::Retry(_)) {
+            self.stats.retries_sent += 1;
+        }
         self.stateless.push_back(Transmit {
             destination: remote,
             contents,
         });
+    }
+
+    /// Reads a datagram this endpoint sent, for diagnostics and tests (what a key log would
+    /// show): clear handshake packets decode as they are, sealed ones with the sending
+    /// connection's keys. Changes nothing.
+    pub fn inspect_sent(&self, datagram: &[u8]) -> Option<Packet> {
+        let id = wire::parse(datagram).ok()?.connection_id();
+        match self.connections.get(&id) {
+            Some(conn) => conn.inspect_sent(datagram),
+            None => Packet::decode(datagram).ok(),
+        }
     }
 
     /// The next datagram to send, if any.

@@ -1,20 +1,31 @@
-//! The Quantum packet: a fixed 32-byte header, up to 8 SACK blocks, then the payload.
+//! The Quantum packet: flags, sequence, acknowledgement, up to 8 SACK blocks, then the payload.
 //!
+//! A [`Packet`] is what the connection state machine reads and writes; on the wire it travels
+//! inside a datagram framed by [`crate::wire`]: in clear for the handshake packets (SYN,
+//! SYN-ACK, retry cookie, refusal), sealed with the connection's keys for everything else.
 //! The byte layout is described in the crate overview. Decoding never panics: every way a
-//! datagram can be malformed maps to a [`DecodeError`] variant, and the endpoint drops and counts
-//! such datagrams.
+//! datagram can be malformed maps to a [`DecodeError`] variant, and the endpoint drops and
+//! counts such datagrams.
 
 use std::fmt;
 
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::crypto::TAG_LEN;
+use crate::wire::{self, PROTECTED_PREFIX_LEN};
+
 /// The four bytes every Quantum datagram starts with.
 pub const MAGIC: [u8; 4] = *b"AFQM";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
-/// Length of the fixed header in bytes.
-pub const HEADER_LEN: usize = 32;
+/// The protocol version this crate speaks: 2, authenticated encryption (1 was plaintext and
+/// is refused).
+pub const VERSION: u8 = 2;
+/// Length of the packet's own header (flags, sequence, acknowledgement, payload length),
+/// inside the datagram framing.
+pub const INNER_HEADER_LEN: usize = 11;
+/// Bytes a sealed datagram spends besides SACK blocks and payload: framing with the packet
+/// number, the packet's header and the AEAD tag.
+pub const HEADER_LEN: usize = PROTECTED_PREFIX_LEN + INNER_HEADER_LEN + TAG_LEN;
 /// Length of one SACK block in bytes (start and end sequence numbers).
 pub const SACK_BLOCK_LEN: usize = 8;
 /// Most SACK blocks a packet may carry.
@@ -145,8 +156,8 @@ pub struct Packet {
 /// Why a datagram is not a valid Quantum packet.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    /// Shorter than the fixed header.
-    #[error("datagram of {len} bytes is shorter than the 32-byte header")]
+    /// Shorter than its header.
+    #[error("datagram of {len} bytes is shorter than its header")]
     TooShort {
         /// The datagram's length.
         len: usize,
@@ -157,6 +168,15 @@ pub enum DecodeError {
     /// A version this crate does not speak.
     #[error("unsupported version {0}")]
     UnsupportedVersion(u8),
+    /// A framing kind byte that is neither clear nor sealed.
+    #[error("unknown datagram kind {0}")]
+    UnknownKind(u8),
+    /// A sealed datagram, which only the connection holding its keys can read.
+    #[error("sealed datagram")]
+    Sealed,
+    /// A SYN payload that is neither a cookie marker with a Noise message nor empty.
+    #[error("malformed SYN payload")]
+    BadSyn,
     /// The payload length field claims more bytes than the datagram holds.
     #[error("payload length {declared} exceeds the {available} bytes after the header")]
     PayloadTooLong {
@@ -199,13 +219,14 @@ pub enum EncodeError {
 }
 
 impl Packet {
-    /// Bytes this packet occupies on the wire.
+    /// Bytes this packet occupies on the wire once sealed (the clear handshake forms are
+    /// shorter): what congestion control and the amplification limit count.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN + self.sack.len() * SACK_BLOCK_LEN + self.payload.len()
     }
 
-    /// Appends the wire form to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// Appends the packet's own bytes (flags onwards, without the datagram framing) to `out`.
+    pub fn encode_inner(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if self.sack.len() > MAX_SACK_BLOCKS {
             return Err(EncodeError::TooManySackBlocks(self.sack.len()));
         }
@@ -214,11 +235,8 @@ impl Packet {
         }
         let payload_len = u16::try_from(self.payload.len())
             .map_err(|_| EncodeError::PayloadTooLong(self.payload.len()))?;
-        out.reserve(self.encoded_len());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.reserve(INNER_HEADER_LEN + self.sack.len() * SACK_BLOCK_LEN + self.payload.len());
         out.push(self.header.flags.bits());
-        out.extend_from_slice(self.header.connection_id.as_bytes());
         out.extend_from_slice(&self.header.sequence.to_be_bytes());
         out.extend_from_slice(&self.header.acknowledgement.to_be_bytes());
         out.extend_from_slice(&payload_len.to_be_bytes());
@@ -230,35 +248,35 @@ impl Packet {
         Ok(())
     }
 
-    /// The wire form as a new vector.
+    /// The packet as a datagram in clear, the form of the handshake packets.
     pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        self.encode(&mut out)?;
+        let mut out = Vec::with_capacity(wire::PREFIX_LEN + self.encoded_len());
+        wire::write_prefix(&mut out, wire::KIND_CLEAR, self.header.connection_id);
+        self.encode_inner(&mut out)?;
         Ok(out)
     }
 
-    /// Parses one datagram.
+    /// Parses a datagram in clear (a sealed one is [`DecodeError::Sealed`]).
     pub fn decode(datagram: &[u8]) -> Result<Packet, DecodeError> {
-        let (fixed, rest) =
-            datagram
-                .split_first_chunk::<HEADER_LEN>()
-                .ok_or(DecodeError::TooShort {
-                    len: datagram.len(),
-                })?;
-        if fixed[0..4] != MAGIC {
-            return Err(DecodeError::BadMagic);
+        match wire::parse(datagram)? {
+            wire::Datagram::Clear(packet) => Ok(packet),
+            wire::Datagram::Sealed(_) => Err(DecodeError::Sealed),
         }
-        if fixed[4] != VERSION {
-            return Err(DecodeError::UnsupportedVersion(fixed[4]));
-        }
-        let flags = Flags::from_bits(fixed[5]);
+    }
+
+    /// Parses the packet's own bytes (flags onwards) of connection `connection_id`.
+    pub fn decode_inner(connection_id: ConnectionId, bytes: &[u8]) -> Result<Packet, DecodeError> {
+        let (fixed, rest) = bytes
+            .split_first_chunk::<INNER_HEADER_LEN>()
+            .ok_or(DecodeError::TooShort { len: bytes.len() })?;
+        let flags = Flags::from_bits(fixed[0]);
         let header = Header {
             flags,
-            connection_id: ConnectionId(Uuid::from_bytes(array_at(fixed, 6))),
-            sequence: u32::from_be_bytes(array_at(fixed, 22)),
-            acknowledgement: u32::from_be_bytes(array_at(fixed, 26)),
+            connection_id,
+            sequence: u32::from_be_bytes(array_at(fixed, 1)),
+            acknowledgement: u32::from_be_bytes(array_at(fixed, 5)),
         };
-        let declared = usize::from(u16::from_be_bytes(array_at(fixed, 30)));
+        let declared = usize::from(u16::from_be_bytes(array_at(fixed, 9)));
         let sack_len = rest
             .len()
             .checked_sub(declared)
@@ -302,7 +320,7 @@ fn decode_sack(flags: Flags, bytes: &[u8]) -> Result<Vec<SackBlock>, DecodeError
 }
 
 /// Copies `N` bytes at `at`; callers pass offsets inside a slice whose length they checked.
-fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+pub(crate) fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     let mut out = [0; N];
     out.copy_from_slice(&bytes[at..at + N]);
     out
@@ -323,6 +341,9 @@ pub enum Control {
     /// How many data packets the receiver has rebuilt from FEC parity so far (modulo 2^32),
     /// so the sender can count them as losses.
     FecRepaired(u32),
+    /// The relay's answer in clear to a SYN whose Noise message did not authenticate: the
+    /// client pinned another key (or holds another pre-shared secret).
+    Refused,
 }
 
 /// Why a control frame is malformed.
@@ -346,6 +367,7 @@ impl Control {
     const PATH_CHALLENGE: u8 = 2;
     const PATH_RESPONSE: u8 = 3;
     const FEC_REPAIRED: u8 = 4;
+    const REFUSED: u8 = 5;
 
     /// The frame's bytes: one type byte, then a fixed-length body.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -367,6 +389,7 @@ impl Control {
                 out.push(Self::FEC_REPAIRED);
                 out.extend_from_slice(&count.to_be_bytes());
             }
+            Control::Refused => out.push(Self::REFUSED),
         }
         out
     }
@@ -393,6 +416,8 @@ impl Control {
                 .try_into()
                 .map(|count| Control::FecRepaired(u32::from_be_bytes(count)))
                 .map_err(|_| bad_length),
+            Self::REFUSED if body.is_empty() => Ok(Control::Refused),
+            Self::REFUSED => Err(bad_length),
             other => Err(ControlError::UnknownType(Some(other))),
         }
     }
@@ -420,16 +445,17 @@ mod tests {
     fn layout_matches_the_documented_offsets() {
         let packet = sample();
         let bytes = packet.to_bytes().expect("valid packet");
-        assert_eq!(bytes.len(), 32 + 8 + 2);
+        assert_eq!(bytes.len(), 22 + 11 + 8 + 2);
         assert_eq!(&bytes[0..4], b"AFQM");
-        assert_eq!(bytes[4], 1);
-        assert_eq!(bytes[5], 0x22);
+        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes[5], 0, "in clear");
         assert_eq!(&bytes[6..22], packet.header.connection_id.as_bytes());
-        assert_eq!(&bytes[22..26], &[1, 2, 3, 4]);
-        assert_eq!(&bytes[26..30], &[0x0a, 0x0b, 0x0c, 0x0d]);
-        assert_eq!(&bytes[30..32], &[0, 2]);
-        assert_eq!(&bytes[32..40], &[0, 0, 0, 10, 0, 0, 0, 12]);
-        assert_eq!(&bytes[40..], b"hi");
+        assert_eq!(bytes[22], 0x22);
+        assert_eq!(&bytes[23..27], &[1, 2, 3, 4]);
+        assert_eq!(&bytes[27..31], &[0x0a, 0x0b, 0x0c, 0x0d]);
+        assert_eq!(&bytes[31..33], &[0, 2]);
+        assert_eq!(&bytes[33..41], &[0, 0, 0, 10, 0, 0, 0, 12]);
+        assert_eq!(&bytes[41..], b"hi");
         assert_eq!(packet.header.connection_id.0.get_version_num(), 7);
     }
 
@@ -437,36 +463,44 @@ mod tests {
     fn malformed_datagrams_map_to_typed_errors() {
         let good = sample().to_bytes().expect("valid packet");
         assert_eq!(
-            Packet::decode(&good[..31]),
-            Err(DecodeError::TooShort { len: 31 })
+            Packet::decode(&good[..21]),
+            Err(DecodeError::TooShort { len: 21 })
+        );
+        assert_eq!(
+            Packet::decode(&good[..32]),
+            Err(DecodeError::TooShort { len: 10 })
         );
         let mut bad = good.clone();
         bad[0] = b'X';
         assert_eq!(Packet::decode(&bad), Err(DecodeError::BadMagic));
         let mut bad = good.clone();
-        bad[4] = 9;
+        bad[4] = 1;
         assert_eq!(
             Packet::decode(&bad),
-            Err(DecodeError::UnsupportedVersion(9))
+            Err(DecodeError::UnsupportedVersion(1)),
+            "the plaintext version 1 is refused: no downgrade"
         );
         let mut bad = good.clone();
-        bad[31] = 200;
+        bad[32] = 200;
         assert!(matches!(
             Packet::decode(&bad),
             Err(DecodeError::PayloadTooLong { declared: 200, .. })
         ));
         let mut bad = good.clone();
-        bad.insert(34, 0);
+        bad.insert(35, 0);
         assert_eq!(Packet::decode(&bad), Err(DecodeError::RaggedSack(9)));
         let mut bad = good.clone();
-        bad[5] = Flags::PSH.bits();
+        bad[22] = Flags::PSH.bits();
         assert_eq!(Packet::decode(&bad), Err(DecodeError::SackWithoutAck));
-        let mut bad = good;
-        bad[39] = 10;
+        let mut bad = good.clone();
+        bad[40] = 10;
         assert_eq!(
             Packet::decode(&bad),
             Err(DecodeError::InvalidSackBlock { start: 10, end: 10 })
         );
+        let mut bad = good;
+        bad[5] = 1;
+        assert_eq!(Packet::decode(&bad), Err(DecodeError::Sealed));
     }
 
     #[test]
@@ -476,6 +510,7 @@ mod tests {
             Control::PathChallenge(42),
             Control::PathResponse(u64::MAX),
             Control::FecRepaired(7),
+            Control::Refused,
         ] {
             assert_eq!(Control::decode(&frame.to_bytes()), Ok(frame));
         }
@@ -528,7 +563,7 @@ mod tests {
         #[test]
         fn round_trip(packet in arb_packet()) {
             let bytes = packet.to_bytes().expect("strategy builds valid packets");
-            prop_assert_eq!(bytes.len(), packet.encoded_len());
+            prop_assert_eq!(bytes.len() + HEADER_LEN - INNER_HEADER_LEN - 22, packet.encoded_len());
             prop_assert_eq!(Packet::decode(&bytes), Ok(packet));
         }
 
@@ -546,8 +581,10 @@ mod tests {
         ) {
             let mut bytes = MAGIC.to_vec();
             bytes.push(VERSION);
+            bytes.push(0);
+            bytes.extend_from_slice(&[0; 16]);
             bytes.push(flags);
-            bytes.extend_from_slice(&[0; 24]);
+            bytes.extend_from_slice(&[0; 8]);
             bytes.extend_from_slice(&len.to_be_bytes());
             bytes.extend_from_slice(&tail);
             if let Ok(packet) = Packet::decode(&bytes) {

@@ -7,6 +7,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{
     CloseReason, DriverConfig, DriverError, QuantumConnection, QuantumEndpoint,
 };
@@ -15,12 +16,22 @@ use bytes::Bytes;
 /// Generous bound on every test, so a regression fails instead of hanging CI.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Settings every endpoint in these tests shares: the relay key the servers hold and the
+/// clients pin.
+fn base() -> DriverConfig {
+    let relay = Keypair::from_seed(99);
+    let mut config = DriverConfig::default();
+    config.quantum.static_secret = Some(relay.secret);
+    config.quantum.server_public_key = Some(relay.public);
+    config
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 async fn server() -> QuantumEndpoint {
-    let mut config = DriverConfig::default();
+    let mut config = base();
     config.quantum.accept_incoming = true;
     QuantumEndpoint::bind(loopback(), config)
         .await
@@ -28,7 +39,7 @@ async fn server() -> QuantumEndpoint {
 }
 
 async fn client() -> QuantumEndpoint {
-    QuantumEndpoint::bind(loopback(), DriverConfig::default())
+    QuantumEndpoint::bind(loopback(), base())
         .await
         .expect("bind client")
 }
@@ -238,7 +249,7 @@ async fn connecting_to_a_closed_port_fails_with_a_handshake_timeout() {
         drop(closed);
         let config = DriverConfig {
             handshake_timeout: Duration::from_millis(500),
-            ..DriverConfig::default()
+            ..base()
         };
         let endpoint = QuantumEndpoint::bind(loopback(), config)
             .await
@@ -336,6 +347,26 @@ async fn a_client_that_rebinds_keeps_its_connection() {
 }
 
 #[tokio::test]
+async fn a_wrong_pinned_key_fails_the_connect_with_a_clear_error() {
+    bounded(async {
+        let server = server().await;
+        let mut config = base();
+        config.quantum.server_public_key = Some(Keypair::from_seed(100).public);
+        let client = QuantumEndpoint::bind(loopback(), config)
+            .await
+            .expect("bind");
+        match client.connect(server.local_addr()).await {
+            Err(DriverError::ConnectionLost(CloseReason::HandshakeFailed)) => {}
+            other => panic!("expected a failed handshake, got {other:?}"),
+        }
+        let stats = server.stats().await.expect("stats");
+        assert_eq!(stats.endpoint.handshakes_refused, 1);
+        assert_eq!(stats.connections, 0, "the relay kept nothing");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn bad_input_gets_clear_errors() {
     bounded(async {
         let (client, conn, _server, _accepted) = pair().await;
@@ -351,7 +382,7 @@ async fn bad_input_gets_clear_errors() {
         // A client endpoint does not accept connections.
         assert!(client.accept().await.is_none());
 
-        let mut config = DriverConfig::default();
+        let mut config = base();
         config.quantum.mtu = 10;
         assert!(matches!(
             QuantumEndpoint::bind(loopback(), config).await,
@@ -359,7 +390,7 @@ async fn bad_input_gets_clear_errors() {
         ));
         let taken = client.local_addr();
         assert!(matches!(
-            QuantumEndpoint::bind(taken, DriverConfig::default()).await,
+            QuantumEndpoint::bind(taken, base()).await,
             Err(DriverError::Io(_))
         ));
     })
@@ -372,7 +403,7 @@ async fn a_small_send_buffer_pushes_back_without_losing_messages() {
         let server = server().await;
         let config = DriverConfig {
             send_buffer: 16 * 1024,
-            ..DriverConfig::default()
+            ..base()
         };
         let client = QuantumEndpoint::bind(loopback(), config)
             .await
@@ -446,7 +477,7 @@ async fn a_peer_that_goes_silent_ends_in_an_idle_timeout() {
     bounded(async {
         let server = server().await;
         let (path, cut) = spawn_cuttable_path(server.local_addr()).await;
-        let mut config = DriverConfig::default();
+        let mut config = base();
         config.quantum.idle_timeout = Duration::from_secs(1);
         config.quantum.keepalive_interval = Duration::from_millis(250);
         let client = QuantumEndpoint::bind(loopback(), config)

@@ -46,6 +46,18 @@ pub struct AppState {
     pub proxies: TrustedProxies,
     /// The gate of heavy document reads (`GET .../content`, `GET .../update`).
     pub reads: crate::reads::HeavyReads,
+    /// The Quantum listener's address and public key, for `GET /api/v1/quantum`; `None`
+    /// when Quantum is off.
+    pub quantum: Option<QuantumInfo>,
+}
+
+/// The listener's address and key.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantumInfo {
+    /// The UDP address the listener is bound to.
+    pub addr: SocketAddr,
+    /// The relay's Noise static public key.
+    pub public_key: [u8; 32],
 }
 
 /// The client's address: the TCP peer's, or for a peer that is a trusted proxy the one its

@@ -163,6 +163,8 @@ pub async fn run(
         locks.clone(),
         auth.is_open(),
     );
+    // Bound before the routes are built: `GET /api/v1/quantum` serves its address and key.
+    let quantum = bind_quantum(&config).await?;
     let state = AppState {
         sessions: SessionContext {
             rooms,
@@ -185,6 +187,12 @@ pub async fn run(
         metrics,
         proxies: config.trusted_proxies.clone(),
         reads: reads::HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
+        quantum: quantum
+            .as_ref()
+            .map(|(endpoint, identity)| context::QuantumInfo {
+                addr: endpoint.local_addr(),
+                public_key: identity.public,
+            }),
     };
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
@@ -200,19 +208,19 @@ pub async fn run(
     };
     let metrics = state.metrics.clone();
     let app = http::router(state);
-    let quantum_endpoint = bind_quantum(&config).await?;
 
     let addr = listener.local_addr()?;
     info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "relay ready");
     println!("aetherflow ready: {}://{addr}", config.http_scheme());
-    if let Some(endpoint) = quantum_endpoint {
+    if let Some((endpoint, identity)) = quantum {
         let quantum_addr = endpoint.local_addr();
-        info!(addr = %quantum_addr, "quantum ready");
+        let key = identity.public_hex();
+        info!(addr = %quantum_addr, public_key = %key, "quantum ready");
         // After the ready line, which tools read as the first line; some stop reading after
         // it, so a closed stdout must not be fatal (println! would panic).
         let _ = writeln!(
             std::io::stdout(),
-            "aetherflow quantum ready: udp://{quantum_addr}"
+            "aetherflow quantum ready: udp://{quantum_addr}\naetherflow quantum key: {key}"
         );
         tracker.spawn(quantum::serve(endpoint, quantum_ctx));
     } else {
@@ -246,17 +254,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds the Quantum listener. The default address is best effort (another relay on this
-/// machine may hold it); an explicit one must bind.
+/// Loads (or on first start generates) the relay's Quantum key and binds the listener. The
+/// default address is best effort (another relay on this machine may hold it); an explicit
+/// one must bind. A key that cannot be loaded is fatal: clients pin it.
 async fn bind_quantum(
     config: &Config,
-) -> anyhow::Result<Option<aetherflow_quantum::QuantumEndpoint>> {
+) -> anyhow::Result<
+    Option<(
+        aetherflow_quantum::QuantumEndpoint,
+        aetherflow_quantum::crypto::Keypair,
+    )>,
+> {
     let Some(addr) = config.quantum_addr else {
         return Ok(None);
     };
-    let driver = quantum::driver_config(config);
+    let identity = quantum::identity::load_or_create(config)?;
+    let driver = quantum::driver_config(config, &identity);
     match aetherflow_quantum::QuantumEndpoint::bind(addr, driver).await {
-        Ok(endpoint) => Ok(Some(endpoint)),
+        Ok(endpoint) => Ok(Some((endpoint, identity))),
         Err(e) if !config.quantum_required => {
             warn!(%addr, error = %e, "Quantum listener not started (the default address is unavailable); pass --quantum-addr to choose one");
             Ok(None)

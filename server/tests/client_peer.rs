@@ -26,7 +26,8 @@ struct RelayWhenUp(Arc<Mutex<Option<Arc<QuantumTransport>>>>);
 impl RelayWhenUp {
     fn point_at(&self, relay: &Relay) {
         let addr = relay.quantum_addr.unwrap();
-        let transport = QuantumTransport::new(addr, None, Duration::from_millis(500));
+        let transport =
+            QuantumTransport::new(addr, relay.quantum_key(), None, Duration::from_millis(500));
         *self.0.lock().unwrap() = Some(Arc::new(transport));
     }
 }
@@ -107,7 +108,12 @@ async fn replicas_sync_directly_while_the_relay_is_down_and_everyone_converges_w
     let all = ["A offline. ", "B offline. ", "B online. "];
 
     // A fresh client that only knows the relay.
-    let c = Client::open(config(dirs[2].path()).quantum(relay.quantum_addr.unwrap())).unwrap();
+    let c = Client::open(
+        config(dirs[2].path())
+            .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key()),
+    )
+    .unwrap();
     let doc_c = c.doc("plan").await.unwrap();
     let at_c = wait_text(&doc_c, "text", TIMEOUT, |t| {
         all.iter().all(|p| t.contains(p))

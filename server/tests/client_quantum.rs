@@ -36,7 +36,12 @@ async fn wait_settled_on(handle: &DocHandle, kind: TransportKind) {
 async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
     let relay = Relay::start(&[]);
     let (dir_q, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let q = Client::open(config(dir_q.path()).quantum(relay.quantum_addr.unwrap())).unwrap();
+    let q = Client::open(
+        config(dir_q.path())
+            .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key()),
+    )
+    .unwrap();
     let w = Client::open(config(dir_w.path()).websocket(format!("ws://{}", relay.addr))).unwrap();
     // Two documents share the one Quantum connection.
     let (q1, q2) = (q.doc("one").await.unwrap(), q.doc("two").await.unwrap());
@@ -67,14 +72,16 @@ async fn sdk_over_quantum_syncs_several_documents_with_websocket_clients() {
 async fn relay_and_sdk_with_their_own_sparse_fec_budgets_sync_over_quantum() {
     let relay = Relay::start(&["--quantum-sparse-fec-budget", "200"]);
     let quantum = relay.quantum_addr.unwrap();
+    let key = relay.quantum_key();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Client::open(
         config(dir_a.path())
             .quantum(quantum)
+            .quantum_key(key)
             .quantum_sparse_fec_budget(0),
     )
     .unwrap();
-    let b = Client::open(config(dir_b.path()).quantum(quantum)).unwrap();
+    let b = Client::open(config(dir_b.path()).quantum(quantum).quantum_key(key)).unwrap();
     assert!(
         a.quantum_stats().await.is_none(),
         "no connection before a document"
@@ -110,6 +117,7 @@ async fn without_a_quantum_listener_the_sdk_falls_back_to_websocket() {
     let c = Client::open(
         config(dir.path())
             .quantum(silent.local_addr().unwrap())
+            .quantum_key([1; 32])
             .websocket(format!("ws://{}", relay.addr)),
     )
     .unwrap();
@@ -125,9 +133,11 @@ async fn quantum_clients_edit_through_a_relay_restart_and_converge() {
     let mut relay = Relay::start(&[]);
     let data = relay.take_temp().unwrap();
     let udp = relay.quantum_addr.unwrap();
+    // The key lives in the data directory, so the restarted relay holds the same one.
+    let key = relay.quantum_key();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Client::open(config(dir_a.path()).quantum(udp)).unwrap();
-    let b = Client::open(config(dir_b.path()).quantum(udp)).unwrap();
+    let a = Client::open(config(dir_a.path()).quantum(udp).quantum_key(key)).unwrap();
+    let b = Client::open(config(dir_b.path()).quantum(udp).quantum_key(key)).unwrap();
     let (doc_a, doc_b) = (a.doc("r").await.unwrap(), b.doc("r").await.unwrap());
     append_text(&doc_a, "text", "before;");
     wait_text(&doc_b, "text", TIMEOUT, |t| t == "before;").await;
@@ -168,6 +178,7 @@ async fn a_bad_token_over_quantum_is_reported_as_the_refusal() {
     let c = Client::open(
         config(dir.path())
             .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key())
             .token("not.a.jwt"),
     )
     .unwrap();
@@ -180,7 +191,7 @@ async fn a_bad_token_over_quantum_is_reported_as_the_refusal() {
 #[tokio::test]
 async fn garbage_on_the_quantum_listener_gets_error_1002_and_the_connection_ends() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(None)).await.unwrap();
     conn.send(&b"\x07garbage"[..]).await.unwrap();
     let (code, reason) = next_error(&conn, "", TIMEOUT)
@@ -199,7 +210,7 @@ async fn garbage_on_the_quantum_listener_gets_error_1002_and_the_connection_ends
 #[tokio::test]
 async fn subscribing_before_hello_is_refused_with_4400() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe));
     conn.send(subscribe.encode()).await.unwrap();
     let (code, reason) = next_error(&conn, "", TIMEOUT)
@@ -215,7 +226,7 @@ async fn subscribing_before_hello_is_refused_with_4400() {
 #[tokio::test]
 async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
     let relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(None)).await.unwrap();
     // A message for a document it never subscribed to.
     let stray = Envelope::new(
@@ -281,7 +292,7 @@ async fn misuse_after_hello_gets_errors_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn shutdown_tells_quantum_clients_1001_at_once_instead_of_leaving_them_to_time_out() {
     let mut relay = Relay::start(&[]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(None)).await.unwrap();
     let subscribe = Envelope::new("doc", Payload::Control(Control::Subscribe)).encode();
     conn.send(subscribe).await.unwrap();

@@ -28,7 +28,12 @@ fn config(dir: &std::path::Path) -> ClientConfig {
 }
 
 fn quantum(relay: &Relay, dir: &std::path::Path) -> Client {
-    Client::open(config(dir).quantum(relay.quantum_addr.unwrap())).unwrap()
+    Client::open(
+        config(dir)
+            .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key()),
+    )
+    .unwrap()
 }
 
 async fn create(relay: &Relay, name: &str, kind: &str, bearer: Option<&str>) {
@@ -174,6 +179,7 @@ async fn lww_over_the_websocket_fallback_converges_too() {
     let open = |dir: &std::path::Path| {
         let config = config(dir)
             .quantum(silent.local_addr().unwrap())
+            .quantum_key([1; 32])
             .websocket(format!("ws://{}", relay.addr));
         Client::open(config).unwrap()
     };
@@ -276,9 +282,10 @@ async fn an_offline_lww_write_survives_a_client_restart_and_reaches_the_relay_wh
     let mut relay = Relay::start(&[]);
     let data = relay.take_temp().unwrap();
     let udp = relay.quantum_addr.unwrap();
+    let key = relay.quantum_key();
     create(&relay, "title", "lww", None).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = Client::open(config(dir.path()).quantum(udp)).unwrap();
+    let client = Client::open(config(dir.path()).quantum(udp).quantum_key(key)).unwrap();
     let title = client.register("title").await.unwrap();
     wait_online(&title, TransportKind::Quantum).await;
 
@@ -291,7 +298,7 @@ async fn an_offline_lww_write_survives_a_client_restart_and_reaches_the_relay_wh
     assert_eq!(ticket.outcome().await, Err(RegisterError::Closed));
 
     // Reopened while the relay is still down: the write is still there and still pending.
-    let client = Client::open(config(dir.path()).quantum(udp)).unwrap();
+    let client = Client::open(config(dir.path()).quantum(udp).quantum_key(key)).unwrap();
     let title = client.register("title").await.unwrap();
     assert_eq!(title.value(), Some(json!("written offline")));
     assert_eq!(title.kind(), Some(aetherflow_crdt::register::Kind::Lww));
@@ -367,6 +374,7 @@ async fn a_read_only_token_is_refused_with_the_typed_error_and_nothing_is_stored
     let client = Client::open(
         config(dir.path())
             .quantum(relay.quantum_addr.unwrap())
+            .quantum_key(relay.quantum_key())
             .token(reader.clone()),
     )
     .unwrap();

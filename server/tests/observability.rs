@@ -455,7 +455,7 @@ async fn rate_limits_and_compactions_are_counted() {
     // Query-awareness messages far over the burst. A WebSocket is only slowed down; a Quantum
     // connection is closed with 1008, and that refusal is counted.
     let write_token = token(&[DOC], Permission::Write, SECRET);
-    let (_endpoint, quantum) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, quantum) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     quantum.send(hello(Some(&write_token))).await.unwrap();
     quantum.send(subscribe(DOC)).await.unwrap();
     let query = Envelope::new(DOC, Payload::Yjs(Message::QueryAwareness)).encode();

@@ -30,7 +30,7 @@ type Answer = Result<Value, (u32, String)>;
 
 impl QClient {
     async fn connect(relay: &Relay, token: Option<String>) -> QClient {
-        let (endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+        let (endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
         conn.send(hello(token.as_deref())).await.unwrap();
         QClient {
             _endpoint: endpoint,

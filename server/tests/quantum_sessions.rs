@@ -52,7 +52,8 @@ fn sdk(relay: &Relay, dir: &std::path::Path, token: &str) -> Client {
             max: Duration::from_millis(200),
         })
         .token(token)
-        .quantum(relay.quantum_addr.unwrap());
+        .quantum(relay.quantum_addr.unwrap())
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     Client::open(config).unwrap()
 }
@@ -163,12 +164,14 @@ async fn a_quantum_client_is_a_session_with_moving_counters_and_an_admin_disconn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_syncing() {
     let relay = Relay::start(&["--message-rate-per-sec", "1", "--message-burst", "40"]);
-    let (_endpoint, flood) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, flood) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     flood.send(hello(None)).await.unwrap();
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
     flood.send(subscribe.encode()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap());
+    let mut config = ClientConfig::new(dir.path())
+        .quantum(relay.quantum_addr.unwrap())
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     let calm = Client::open(config).unwrap();
     let notes = calm.doc("notes").await.unwrap();
@@ -204,14 +207,14 @@ async fn a_flooding_quantum_client_is_closed_for_its_rate_while_another_keeps_sy
 #[tokio::test]
 async fn new_quantum_connections_over_the_address_rate_are_refused_with_a_retry_time() {
     let relay = Relay::start(&["--connect-rate-per-min", "1", "--connect-burst", "2"]);
-    let (_e1, first) = raw_connect(relay.quantum_addr.unwrap()).await;
-    let (_e2, second) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e1, first) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
+    let (_e2, second) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     for conn in [&first, &second] {
         conn.send(hello(None)).await.unwrap();
         let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
         conn.send(subscribe.encode()).await.unwrap();
     }
-    let (_e3, third) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e3, third) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     let (code, reason) = next_error(&third, "", TIMEOUT)
         .await
         .expect("refused without a reason");
@@ -275,7 +278,7 @@ async fn metrics_show_quantum_rtt_and_congestion_window_after_a_client_synced() 
 async fn a_silent_quantum_session_shows_idle_and_active_again_when_it_speaks() {
     let relay = secured(&["--ping-interval-secs", "1"]);
     let token = mint(&relay, "ada", &["notes"]).await;
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(Some(&token))).await.unwrap();
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe)).encode();
     conn.send(subscribe.clone()).await.unwrap();
@@ -311,7 +314,7 @@ async fn a_quantum_hello_without_a_valid_token_is_closed_at_once_and_never_liste
         (None, "token_missing"),
         (Some("not.a.jwt"), "token_malformed"),
     ] {
-        let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+        let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
         conn.send(hello(token)).await.unwrap();
         let refusal = next_error(&conn, "", TIMEOUT).await;
         assert_eq!(refusal, Some((4401, code.to_owned())));
@@ -320,7 +323,7 @@ async fn a_quantum_hello_without_a_valid_token_is_closed_at_once_and_never_liste
     }
     // A client with a valid token is listed; the refused ones never were.
     let token = mint(&relay, "ada", &["notes"]).await;
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(Some(&token))).await.unwrap();
     conn.send(subscribe("notes")).await.unwrap();
     next_message(&conn, "notes", TIMEOUT).await;
@@ -336,7 +339,7 @@ async fn a_quantum_hello_without_a_valid_token_is_closed_at_once_and_never_liste
 async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_and_the_rest_stay()
 {
     let relay = Relay::start(&["--admin-key", ADMIN_KEY, "--quantum-max-documents", "2"]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(None)).await.unwrap();
     for doc in ["one", "two"] {
         conn.send(subscribe(doc)).await.unwrap();
@@ -362,7 +365,9 @@ async fn a_subscription_over_the_connection_document_limit_is_refused_with_4413_
 
     // The SDK reports the refusal on the handle over the limit; the others keep syncing.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ClientConfig::new(dir.path()).quantum(relay.quantum_addr.unwrap());
+    let mut config = ClientConfig::new(dir.path())
+        .quantum(relay.quantum_addr.unwrap())
+        .quantum_key(relay.quantum_key());
     config.quantum_handshake_timeout = Duration::from_millis(500);
     let client = Client::open(config).unwrap();
     let first = client.doc("first").await.unwrap();
@@ -424,8 +429,8 @@ async fn a_quantum_session_answers_while_forwarded_frames_fill_its_queue() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (_e1, victim) = raw_connect(relay.quantum_addr.unwrap()).await;
-    let (_e2, flooder) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_e1, victim) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
+    let (_e2, flooder) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     for conn in [&victim, &flooder] {
         conn.send(hello(None)).await.unwrap();
         conn.send(subscribe("hot")).await.unwrap();
@@ -475,6 +480,7 @@ async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits(
 
     let relay = Relay::start(&["--ping-interval-secs", "1"]);
     let addr = relay.quantum_addr.unwrap();
+    let key = relay.quantum_key();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     // The client runs on a runtime of its own thread, subscribes, then that thread blocks: its
@@ -485,7 +491,7 @@ async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits(
             .build()
             .unwrap();
         let kept = runtime.block_on(async {
-            let (endpoint, conn) = raw_connect(addr).await;
+            let (endpoint, conn) = raw_connect(addr, key).await;
             conn.send(hello(None)).await.unwrap();
             conn.send(subscribe("frozen")).await.unwrap();
             next_message(&conn, "frozen", TIMEOUT).await;

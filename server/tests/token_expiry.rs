@@ -136,7 +136,7 @@ async fn a_live_channel_closes_and_an_sse_stream_ends_when_the_token_expires() {
 async fn a_quantum_connection_is_closed_with_4401_when_its_hello_token_expires() {
     let relay = relay();
     let (short, exp) = short_token("ada", &["notes"]);
-    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap()).await;
+    let (_endpoint, conn) = raw_connect(relay.quantum_addr.unwrap(), relay.quantum_key()).await;
     conn.send(hello(Some(&short))).await.unwrap();
     let subscribe = Envelope::new("notes", Payload::Control(Control::Subscribe));
     conn.send(subscribe.encode()).await.unwrap();

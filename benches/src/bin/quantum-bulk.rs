@@ -56,12 +56,15 @@ fn gbit_per_s(bytes: usize, elapsed: Duration) -> f64 {
 
 async fn quantum(options: &Options) -> anyhow::Result<Duration> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+    let identity = aetherflow_quantum::crypto::Keypair::from_seed(0xb01c);
     let mut server_config = DriverConfig::default();
     server_config.quantum.accept_incoming = true;
     server_config.quantum.mtu = options.mtu;
+    server_config.quantum.static_secret = Some(identity.secret.clone());
     let server = QuantumEndpoint::bind(loopback, server_config).await?;
     let mut client_config = DriverConfig::default();
     client_config.quantum.mtu = options.mtu;
+    client_config.quantum.server_public_key = Some(identity.public);
     let client = QuantumEndpoint::bind(loopback, client_config).await?;
     let (conn, accepted) = tokio::join!(client.connect(server.local_addr()), server.accept());
     let (conn, accepted) = (conn?, accepted.context("accept")?);

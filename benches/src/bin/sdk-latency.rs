@@ -84,6 +84,9 @@ enum Mode {
         /// The Quantum clients' sparse FEC budget (the SDK's default if unset).
         #[arg(long)]
         quantum_sparse_fec_budget: Option<u16>,
+        /// The relay's Quantum public key (64 hex digits, as it prints it).
+        #[arg(long)]
+        quantum_key: Option<String>,
     },
 }
 
@@ -156,11 +159,20 @@ async fn main() -> anyhow::Result<()> {
             edits,
             rate,
             quantum_sparse_fec_budget,
+            quantum_key,
         } => {
+            let key = match quantum_key {
+                Some(hex) => Some(
+                    aetherflow_quantum::crypto::from_hex(&hex)
+                        .context("--quantum-key must be 64 hex digits")?,
+                ),
+                None => None,
+            };
             let pair = Pair {
                 kind: transport,
                 relay,
                 budget: quantum_sparse_fec_budget,
+                key,
             };
             let report = clients(pair, edits, rate).await?;
             println!("{}", serde_json::to_string(&report)?);
@@ -186,6 +198,8 @@ struct Pair {
     kind: Kind,
     relay: SocketAddr,
     budget: Option<u16>,
+    /// The relay's Quantum key, pinned by Quantum clients.
+    key: Option<[u8; 32]>,
 }
 
 async fn open(pair: Pair, dir: &Path, doc: &str) -> anyhow::Result<(Client, DocHandle)> {
@@ -193,6 +207,7 @@ async fn open(pair: Pair, dir: &Path, doc: &str) -> anyhow::Result<(Client, DocH
         kind,
         relay,
         budget,
+        key,
     } = pair;
     let mut config = ClientConfig::new(dir).token(token()?);
     if let Some(percent) = budget {
@@ -200,7 +215,9 @@ async fn open(pair: Pair, dir: &Path, doc: &str) -> anyhow::Result<(Client, DocH
     }
     let config = match kind {
         Kind::Websocket => config.websocket(format!("ws://{relay}")),
-        Kind::Quantum => config.quantum(relay),
+        Kind::Quantum => config
+            .quantum(relay)
+            .quantum_key(key.context("Quantum clients need --quantum-key")?),
     };
     let client = Client::open(config)?;
     let handle = client.doc(doc).await?;
@@ -410,7 +427,7 @@ async fn run_cell(
         .kill_on_drop(true)
         .spawn()
         .context("starting the relay")?;
-    let (http, quantum) = relay_addrs(&mut relay).await?;
+    let (http, quantum, key) = relay_addrs(&mut relay).await?;
     let exe = exe.to_str().context("binary path is not UTF-8")?;
     let pair = |kind: Kind, addr: SocketAddr| {
         let mut command = match place {
@@ -430,6 +447,7 @@ async fn run_cell(
                 &args.edits.to_string(),
             ])
             .args(["--rate", &args.rate.to_string()])
+            .args(["--quantum-key", &key])
             .args(&budget)
             .kill_on_drop(true)
             .output()
@@ -454,23 +472,27 @@ async fn run_cell(
     })
 }
 
-/// Reads the relay's ready lines: its HTTP and Quantum addresses.
+/// Reads the relay's ready lines: its HTTP and Quantum addresses and its Quantum key (hex).
 async fn relay_addrs(
     relay: &mut tokio::process::Child,
-) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+) -> anyhow::Result<(SocketAddr, SocketAddr, String)> {
     let stdout = relay.stdout.take().context("relay stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut http = None;
+    let mut quantum = None;
     let read = async {
         while let Some(line) = lines.next_line().await? {
             if let Some(addr) = line.strip_prefix("aetherflow ready: http://") {
                 http = Some(addr.parse::<SocketAddr>()?);
             }
             if let Some(addr) = line.strip_prefix("aetherflow quantum ready: udp://") {
-                let quantum: SocketAddr = addr.parse()?;
+                quantum = Some(addr.parse::<SocketAddr>()?);
+            }
+            if let Some(key) = line.strip_prefix("aetherflow quantum key: ") {
                 return Ok::<_, anyhow::Error>((
                     http.context("no HTTP ready line first")?,
-                    quantum,
+                    quantum.context("no Quantum ready line first")?,
+                    key.to_owned(),
                 ));
             }
         }

@@ -6,24 +6,51 @@ use std::time::Duration;
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_crdt::protocol::Message;
-use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
+use aetherflow_quantum::crypto::psk_from_secret;
+use aetherflow_quantum::{DriverConfig, DriverError, QuantumConnection, QuantumEndpoint};
 
-/// A raw Quantum connection to `addr` from a fresh loopback endpoint; keep the endpoint alive
-/// as long as the connection.
+/// A raw Quantum connection to the relay at `addr` holding the key `relay_key`, from a
+/// fresh loopback endpoint; keep the endpoint alive as long as the connection.
 ///
 /// # Panics
 ///
 /// When the endpoint cannot bind or the handshake fails.
-pub async fn raw_connect(addr: SocketAddr) -> (QuantumEndpoint, QuantumConnection) {
+pub async fn raw_connect(
+    addr: SocketAddr,
+    relay_key: [u8; 32],
+) -> (QuantumEndpoint, QuantumConnection) {
+    let mut driver = DriverConfig::default();
+    driver.quantum.server_public_key = Some(relay_key);
+    connect_with(addr, driver)
+        .await
+        .expect("the handshake completes")
+}
+
+/// A raw Quantum connection to the [`crate::Peer`] at `addr`, authenticated with the group's
+/// `secret`; `Err` if the handshake fails (a wrong secret).
+///
+/// # Panics
+///
+/// When the endpoint cannot bind.
+pub async fn raw_connect_peer(
+    addr: SocketAddr,
+    secret: &str,
+) -> Result<(QuantumEndpoint, QuantumConnection), DriverError> {
+    let mut driver = DriverConfig::default();
+    driver.quantum.psk = Some(psk_from_secret(secret.as_bytes()));
+    connect_with(addr, driver).await
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    driver: DriverConfig,
+) -> Result<(QuantumEndpoint, QuantumConnection), DriverError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let endpoint = QuantumEndpoint::bind(loopback, DriverConfig::default())
+    let endpoint = QuantumEndpoint::bind(loopback, driver)
         .await
         .expect("a loopback endpoint binds");
-    let conn = endpoint
-        .connect(addr)
-        .await
-        .expect("the handshake completes");
-    (endpoint, conn)
+    let conn = endpoint.connect(addr).await?;
+    Ok((endpoint, conn))
 }
 
 /// The encoded `hello` envelope with `token` (a relay token or a peer secret).

@@ -2,14 +2,16 @@
 //!
 //! The decoder must never panic, and whatever it accepts must encode back to a packet that
 //! decodes to the same value. The same input, cut into datagrams, is then fed to an endpoint
-//! that accepts connections without a retry cookie (so fuzzed SYNs reach connection state),
+//! that accepts connections without a retry cookie (so fuzzed SYNs reach its Noise handshake),
 //! with the clock advanced and the endpoint polled between datagrams, as a driver would.
+//! `handshake` drives a genuine handshake with fuzzed interference.
 
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{Config, Endpoint, Packet};
 use libfuzzer_sys::fuzz_target;
 
@@ -46,6 +48,7 @@ fn drive_endpoint(data: &[u8]) {
         seed: 7,
         accept_incoming: true,
         require_retry: false,
+        static_secret: Some(Keypair::from_seed(1).secret),
         ..Config::default()
     };
     let mut endpoint =

@@ -89,7 +89,7 @@ impl Connection {
     pub(super) fn poll_fec(&mut self, now: Instant) -> Option<Transmit> {
         if let Some(parity) = self.fec.tx.poll() {
             let packet = self.packet(Flags::FEC, self.send.next_seq(), parity.payload);
-            let transmit = self.emit(now, self.remote, &packet);
+            let transmit = self.emit(now, self.remote, &packet)?;
             self.stats.fec_packets_sent += 1;
             self.stats.fec_bytes_sent += transmit.contents.len() as u64;
             return Some(transmit);
@@ -108,7 +108,7 @@ impl Connection {
                 sack: Vec::new(),
                 payload: Control::FecRepaired(self.fec.repaired_total).to_bytes(),
             };
-            return Some(self.emit(now, self.remote, &packet));
+            return self.emit(now, self.remote, &packet);
         }
         None
     }

@@ -8,6 +8,7 @@ use rand::Rng;
 use super::{Candidate, CloseReason, Connection, Event, MAX_PENDING_RESPONSES, Role, State};
 use crate::congestion::Ack;
 use crate::congestion::pacer::Pacer;
+use crate::crypto::PacketKeys;
 use crate::fec::sender::LossMeter;
 use crate::packet::{Control, Flags, Packet};
 use crate::recv::{Arrival, Delivery, RecvBuffer};
@@ -27,19 +28,8 @@ pub(crate) fn expand(truncated: u32, expected: u64) -> u64 {
 }
 
 impl Connection {
-    /// Feeds one datagram that arrived from `remote`. Malformed datagrams are counted and
-    /// dropped; nothing a peer sends can make this panic.
-    pub fn handle(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
-        match Packet::decode(datagram) {
-            Ok(packet) if packet.header.connection_id == self.id => {
-                self.handle_packet(now, remote, packet, datagram.len());
-            }
-            Ok(_) => {}
-            Err(_) => self.stats.malformed += 1,
-        }
-    }
-
-    /// Handles a decoded packet of `len` bytes addressed to this connection.
+    /// Handles a packet of `len` bytes addressed to this connection that authenticated (or
+    /// is a handshake packet allowed in clear).
     pub(crate) fn handle_packet(
         &mut self,
         now: Instant,
@@ -164,6 +154,11 @@ impl Connection {
                 self.on_repairs_reported(now, total);
             }
             Control::FecRepaired(_) => {}
+            Control::Refused => {
+                if self.state == State::SynSent && self.role == Role::Client {
+                    self.enter_closed(CloseReason::HandshakeFailed);
+                }
+            }
         }
     }
 
@@ -195,14 +190,29 @@ impl Connection {
         match (self.role, self.state) {
             (Role::Server, State::SynReceived) => self.handshake_due = true,
             (Role::Client, State::SynSent) => {
-                let expected = self.local_isn.wrapping_add(1);
-                if !header.flags.contains(Flags::ACK) || header.acknowledgement != expected {
+                if !header.flags.contains(Flags::ACK) {
                     return;
                 }
+                let Some(initiator) = self.handshake.as_mut() else {
+                    return;
+                };
+                // A forged SYN-ACK fails here and leaves the handshake as it was.
+                let Ok((keys, payload)) = initiator.finish(&packet.payload) else {
+                    self.stats.auth_failures += 1;
+                    return;
+                };
+                let Ok(isn) = <[u8; 4]>::try_from(payload.as_slice()) else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                self.handshake = None;
+                let policy = self.config.update_policy();
+                self.keys = Some(PacketKeys::new(keys.send, keys.recv, policy, now));
+                self.peer_hello = packet.payload.clone();
                 if let Some((sent, false)) = self.handshake_sent {
                     self.rtt.update(now.saturating_duration_since(sent));
                 }
-                let first = u64::from(header.sequence) + 1;
+                let first = u64::from(u32::from_be_bytes(isn)) + 1;
                 self.recv = Some(RecvBuffer::new(
                     first,
                     self.config.window_packets,

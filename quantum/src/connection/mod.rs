@@ -11,6 +11,7 @@
 mod fec;
 mod incoming;
 mod outgoing;
+mod protection;
 mod timers;
 mod types;
 
@@ -27,6 +28,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::Config;
 use crate::congestion::CongestionController;
 use crate::congestion::pacer::Pacer;
+use crate::crypto::PacketKeys;
+use crate::crypto::handshake::{self, HandshakeError, Initiator};
 use crate::packet::{COOKIE_LEN, ConnectionId, Packet};
 use crate::recv::RecvBuffer;
 use crate::rtt::RttEstimator;
@@ -121,6 +124,16 @@ pub struct Connection {
     stats: ConnectionStats,
     /// Forward error correction, both directions.
     fec: fec::FecLink,
+    /// A client's Noise handshake, until the SYN-ACK completes it.
+    handshake: Option<Initiator>,
+    /// Our handshake message, repeated with every SYN (client) or SYN-ACK (server).
+    hello: Vec<u8>,
+    /// The peer's handshake message (a client keeps the SYN-ACK's to recognise repeats).
+    peer_hello: Vec<u8>,
+    /// Packet protection, once the handshake produced keys.
+    keys: Option<PacketKeys>,
+    /// Reused buffer that sealed datagrams are decrypted into.
+    open_buf: Vec<u8>,
 }
 
 /// Path challenges answered per flight; more are dropped so a flood cannot grow the queue.
@@ -176,11 +189,18 @@ impl Connection {
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             fec: fec::FecLink::new(config.fec.clone()),
+            handshake: None,
+            hello: Vec::new(),
+            peer_hello: Vec::new(),
+            keys: None,
+            open_buf: Vec::new(),
             config,
         }
     }
 
     /// A client connection that will send its SYN on the first [`Connection::poll_transmit`].
+    /// Without a pinned server key or pre-shared secret in `config` it is closed at once
+    /// with [`CloseReason::HandshakeFailed`].
     pub fn connect(
         config: Config,
         id: ConnectionId,
@@ -188,29 +208,52 @@ impl Connection {
         now: Instant,
         seed: u64,
     ) -> Connection {
-        Connection::new(config, Role::Client, id, remote, now, seed)
+        let mut conn = Connection::new(config, Role::Client, id, remote, now, seed);
+        let noise_seed = conn.rng.random();
+        let isn = conn.local_isn.to_be_bytes();
+        let started = conn
+            .config
+            .client_credentials()
+            .ok_or(HandshakeError::NoKey)
+            .and_then(|credentials| Initiator::start(&credentials, id, noise_seed, &isn));
+        match started {
+            Ok((initiator, hello)) => {
+                conn.handshake = Some(initiator);
+                conn.hello = hello;
+            }
+            Err(_) => conn.enter_closed(CloseReason::HandshakeFailed),
+        }
+        conn
     }
 
-    /// A server connection for a SYN whose cookie checked out (or that needed none).
+    /// A server connection for a SYN whose cookie checked out (or that needed none), once its
+    /// Noise message `hello` authenticated. The peer's initial sequence number comes from
+    /// inside the Noise message, not from the clear header.
     pub(crate) fn accept(
         config: Config,
         syn: &Packet,
+        hello: &[u8],
         remote: SocketAddr,
         now: Instant,
         seed: u64,
-    ) -> Connection {
-        let mut conn = Connection::new(
-            config,
-            Role::Server,
-            syn.header.connection_id,
-            remote,
-            now,
-            seed,
-        );
+    ) -> Result<Connection, HandshakeError> {
+        let credentials = config.server_credentials().ok_or(HandshakeError::NoKey)?;
+        let id = syn.header.connection_id;
+        let mut conn = Connection::new(config, Role::Server, id, remote, now, seed);
+        let noise_seed = conn.rng.random();
+        let isn = conn.local_isn.to_be_bytes();
+        let (keys, answer, theirs) = handshake::respond(&credentials, id, noise_seed, hello, &isn)?;
+        let peer_isn: [u8; 4] = theirs
+            .as_slice()
+            .try_into()
+            .map_err(|_| HandshakeError::Malformed)?;
         let window = conn.config.window_packets;
-        let first = u64::from(syn.header.sequence) + 1;
+        let first = u64::from(u32::from_be_bytes(peer_isn)) + 1;
         conn.recv = Some(RecvBuffer::new(first, window, conn.config.max_message_size));
-        conn
+        let policy = conn.config.update_policy();
+        conn.keys = Some(PacketKeys::new(keys.send, keys.recv, policy, now));
+        conn.hello = answer;
+        Ok(conn)
     }
 
     /// This connection's id.
@@ -250,6 +293,8 @@ impl Connection {
             min_rtt: model.map_or(self.rtt.min(), |m| m.min_rtt),
             bottleneck_bandwidth: model.map(|m| m.bottleneck_bandwidth).filter(|&bw| bw > 0),
             bytes_in_flight: self.send.bytes_in_flight(),
+            key_updates_sent: self.keys.as_ref().map_or(0, |k| k.updates().0),
+            key_updates_received: self.keys.as_ref().map_or(0, |k| k.updates().1),
             ..self.stats.clone()
         }
     }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{AckState, Connection, Role, State, Transmit};
 use crate::packet::{Control, Flags, Header, MAX_SACK_BLOCKS, Packet, SackBlock};
+use crate::wire;
 
 impl Connection {
     /// Builds a packet with the current acknowledgement state attached.
@@ -39,16 +40,15 @@ impl Connection {
         }
     }
 
-    /// Encodes and accounts for one outgoing packet.
+    /// Seals (or, for the handshake, encodes in clear) and accounts for one outgoing packet;
+    /// `None` only for a packet that needs keys before the handshake produced them.
     pub(super) fn emit(
         &mut self,
         now: Instant,
         destination: SocketAddr,
         packet: &Packet,
-    ) -> Transmit {
-        let contents = packet
-            .to_bytes()
-            .expect("the core builds packets within the format's limits");
+    ) -> Option<Transmit> {
+        let contents = self.seal(now, packet)?;
         let len = contents.len() as u64;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len;
@@ -61,10 +61,10 @@ impl Connection {
         } else if let Some(candidate) = self.candidate.as_mut().filter(|c| c.addr == destination) {
             candidate.sent += len;
         }
-        Transmit {
+        Some(Transmit {
             destination,
             contents,
-        }
+        })
     }
 
     /// Whether `len` more bytes fit the anti-amplification budget towards the peer.
@@ -77,7 +77,7 @@ impl Connection {
         if self.reset_due {
             self.reset_due = false;
             let packet = self.packet(Flags::RST, self.send.next_seq(), Vec::new());
-            return Some(self.emit(now, self.remote, &packet));
+            return self.emit(now, self.remote, &packet);
         }
         if self.state == State::Closed {
             return None;
@@ -101,7 +101,7 @@ impl Connection {
                 self.send.next_seq(),
                 Control::PathResponse(token).to_bytes(),
             );
-            return Some(self.emit(now, addr, &packet));
+            return self.emit(now, addr, &packet);
         }
         let candidate = self.candidate.as_ref()?;
         let packet = self.packet(
@@ -118,7 +118,7 @@ impl Connection {
             candidate.challenge_due = false;
             candidate.challenged_at = Some(now);
         }
-        Some(self.emit(now, addr, &packet))
+        self.emit(now, addr, &packet)
     }
 
     fn poll_handshake(&mut self, now: Instant) -> Option<Transmit> {
@@ -127,10 +127,10 @@ impl Connection {
         }
         let packet = match self.role {
             Role::Client => {
-                let payload = self.cookie.map(|c| c.to_vec()).unwrap_or_default();
+                let payload = wire::syn_payload(self.cookie.as_ref(), &self.hello);
                 self.packet(Flags::SYN, u64::from(self.local_isn), payload)
             }
-            Role::Server => self.packet(Flags::SYN, u64::from(self.local_isn), Vec::new()),
+            Role::Server => self.packet(Flags::SYN, u64::from(self.local_isn), self.hello.clone()),
         };
         if !self.may_send(packet.encoded_len()) {
             return None;
@@ -138,7 +138,7 @@ impl Connection {
         self.handshake_due = false;
         let repeat = self.handshake_sent.is_some();
         self.handshake_sent = Some((now, repeat));
-        Some(self.emit(now, self.remote, &packet))
+        self.emit(now, self.remote, &packet)
     }
 
     fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
@@ -171,7 +171,7 @@ impl Connection {
             return None;
         }
         self.pacer.on_sent(now, len);
-        let transmit = self.emit(now, self.remote, &packet);
+        let transmit = self.emit(now, self.remote, &packet)?;
         if self.send.on_transmit(seq, now, len) {
             self.stats.retransmits += 1;
         } else {
@@ -190,6 +190,6 @@ impl Connection {
             return None;
         }
         let packet = self.packet(Flags::NONE, self.send.next_seq(), Vec::new());
-        Some(self.emit(now, self.remote, &packet))
+        self.emit(now, self.remote, &packet)
     }
 }

@@ -50,6 +50,12 @@ pub enum CloseReason {
     /// The peer sent a message larger than the configured maximum.
     #[error("peer sent a message over the size limit")]
     MessageTooLarge,
+    /// The Noise handshake failed: the server refused our message (we pinned another key
+    /// than it holds, or hold another pre-shared secret), or this side had no key to start.
+    #[error(
+        "handshake failed: the peer holds another key than the one pinned (or another pre-shared secret)"
+    )]
+    HandshakeFailed,
 }
 
 /// Why [`Connection::send`](super::Connection::send) refused a message.
@@ -133,6 +139,19 @@ pub struct ConnectionStats {
     pub fec_repairs_reported: u64,
     /// Parity packets or groups from the peer that were malformed or inconsistent.
     pub fec_rejected: u64,
+    /// Sealed datagrams that failed authentication (forged, tampered with, truncated, or
+    /// sealed under a key this side does not hold); dropped without any other effect.
+    pub auth_failures: u64,
+    /// Authenticated datagrams whose packet number was already seen (or is older than the
+    /// replay window); dropped without any other effect.
+    pub replays_dropped: u64,
+    /// Datagrams in clear that the handshake state does not allow (anything but the
+    /// handshake packets); dropped without any other effect.
+    pub clear_dropped: u64,
+    /// Times this side updated its send key.
+    pub key_updates_sent: u64,
+    /// Times this side followed a key update of the peer.
+    pub key_updates_received: u64,
     /// Times the peer moved to a new IP address and RTT, congestion and loss state started
     /// afresh (a change of port alone keeps them).
     pub path_resets: u64,

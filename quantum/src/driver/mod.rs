@@ -11,11 +11,16 @@
 //! [`QuantumConnection`](crate::QuantumConnection), so they do not shadow the core's types.
 //!
 //! ```no_run
+//! use aetherflow_quantum::crypto::Keypair;
 //! use aetherflow_quantum::{DriverConfig, QuantumEndpoint};
 //!
 //! # async fn demo() -> Result<(), aetherflow_quantum::DriverError> {
+//! // In production the relay loads its key from a file (a seeded key is for examples only),
+//! // and clients pin its public half.
+//! let relay = Keypair::from_seed(7);
 //! let mut server_config = DriverConfig::default();
 //! server_config.quantum.accept_incoming = true;
+//! server_config.quantum.static_secret = Some(relay.secret.clone());
 //! let server = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), server_config).await?;
 //! let server_addr = server.local_addr();
 //! tokio::spawn(async move {
@@ -29,7 +34,9 @@
 //!     }
 //! });
 //!
-//! let client = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), DriverConfig::default()).await?;
+//! let mut client_config = DriverConfig::default();
+//! client_config.quantum.server_public_key = Some(relay.public);
+//! let client = QuantumEndpoint::bind("127.0.0.1:0".parse().unwrap(), client_config).await?;
 //! let conn = client.connect(server_addr).await?;
 //! conn.send(&b"hello"[..]).await?;
 //! assert_eq!(conn.recv().await?.as_deref(), Some(&b"hello"[..]));

@@ -55,7 +55,7 @@ fn client_data(sim: &Sim) -> Vec<(Instant, u64, Vec<u8>)> {
         .iter()
         .filter(|(_, d)| d.from == sim.client_addr)
         .filter_map(|(at, d)| {
-            let packet = Packet::decode(&d.bytes).ok()?;
+            let packet = Packet::decode(&d.plain).ok()?;
             let data = !packet.payload.is_empty() && packet.header.flags.bits() & 0x11 == 0;
             data.then_some((*at, d.bytes.len() as u64, packet.payload))
         })

@@ -100,7 +100,7 @@ fn sparse_traffic_is_protected_by_small_groups_right_after_their_newest_packet()
     let client_addr = sim.client_addr;
     let mut groups = 0;
     for (at, datagram) in sim.sent.iter().filter(|(_, d)| d.from == client_addr) {
-        let Some(header) = parity_header(&datagram.bytes) else {
+        let Some(header) = parity_header(&datagram.plain) else {
             continue;
         };
         groups += 1;
@@ -118,7 +118,7 @@ fn sparse_traffic_is_protected_by_small_groups_right_after_their_newest_packet()
         let last_sent = sim
             .sent
             .iter()
-            .find(|(_, d)| d.from == client_addr && data_seq(&d.bytes) == Some(last_seq))
+            .find(|(_, d)| d.from == client_addr && data_seq(&d.plain) == Some(last_seq))
             .map(|(t, _)| *t)
             .expect("the group's data went out before its parity");
         assert_eq!(*at - last_sent, FecConfig::default().flush_delay);
@@ -167,8 +167,9 @@ fn parity_adapts_to_the_measured_loss_rate() {
     assert!(heavy <= 0.3 + 1e-9, "never beyond m/k: {heavy}");
 }
 
-fn forged_parity(id: ConnectionId, payload: Vec<u8>) -> Vec<u8> {
-    Packet {
+/// A parity packet the client's connection seals: a misbehaving but authenticated peer.
+fn forged_parity(sim: &mut Sim, id: ConnectionId, payload: Vec<u8>) -> Vec<u8> {
+    let packet = Packet {
         header: Header {
             flags: Flags::FEC,
             connection_id: id,
@@ -177,9 +178,10 @@ fn forged_parity(id: ConnectionId, payload: Vec<u8>) -> Vec<u8> {
         },
         sack: Vec::new(),
         payload,
-    }
-    .to_bytes()
-    .expect("valid packet")
+    };
+    let now = sim.now;
+    let conn = sim.client.connection_mut(id).expect("open");
+    conn.seal_raw(now, &packet).expect("established")
 }
 
 #[test]
@@ -202,8 +204,8 @@ fn hostile_parity_is_dropped_and_counted() {
     ];
     let client_addr = sim.client_addr;
     for payload in &hostile {
-        sim.server
-            .handle(sim.now, client_addr, &forged_parity(id, payload.clone()));
+        let datagram = forged_parity(&mut sim, id, payload.clone());
+        sim.server.handle(sim.now, client_addr, &datagram);
     }
     assert_eq!(server_stats(&sim, id).fec_rejected, hostile.len() as u64);
 
@@ -211,15 +213,15 @@ fn hostile_parity_is_dropped_and_counted() {
     // second disagrees with the first and is refused.
     let next = {
         let probe = sim.sent.iter().rev().find(|(_, d)| d.from == client_addr);
-        let packet = probe.and_then(|(_, d)| Packet::decode(&d.bytes).ok());
+        let packet = probe.and_then(|(_, d)| Packet::decode(&d.plain).ok());
         packet.expect("the client sent something").header.sequence
     };
     let first = header(next, 2, 1, 0).encode(&[0; 30]);
     let conflicting = header(next, 2, 1, 0).encode(&[0; 31]);
-    sim.server
-        .handle(sim.now, client_addr, &forged_parity(id, first));
-    sim.server
-        .handle(sim.now, client_addr, &forged_parity(id, conflicting));
+    let first = forged_parity(&mut sim, id, first);
+    sim.server.handle(sim.now, client_addr, &first);
+    let conflicting = forged_parity(&mut sim, id, conflicting);
+    sim.server.handle(sim.now, client_addr, &conflicting);
     assert_eq!(
         server_stats(&sim, id).fec_rejected,
         hostile.len() as u64 + 1
@@ -254,7 +256,7 @@ fn forged_parity_that_rebuilds_garbage_is_refused() {
         .rev()
         .find_map(|(_, d)| {
             (d.from == client_addr)
-                .then(|| data_seq(&d.bytes))
+                .then(|| data_seq(&d.plain))
                 .flatten()
         })
         .expect("data went out");
@@ -266,8 +268,8 @@ fn forged_parity_that_rebuilds_garbage_is_refused() {
         index: 0,
     }
     .encode(&shard);
-    sim.server
-        .handle(sim.now, client_addr, &forged_parity(id, forged));
+    let forged = forged_parity(&mut sim, id, forged);
+    sim.server.handle(sim.now, client_addr, &forged);
     assert_eq!(server_stats(&sim, id).fec_rejected, 1);
     assert_eq!(server_stats(&sim, id).fec_repaired, 0);
     assert!(sim.run_until(Duration::from_secs(5), |s| s.server_messages().len() == 1));

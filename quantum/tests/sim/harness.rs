@@ -7,6 +7,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::fec::FecHeader;
 use aetherflow_quantum::packet::Flags;
 use aetherflow_quantum::{Config, ConnectionId, Endpoint, Event, Packet};
@@ -86,11 +87,26 @@ impl Queue {
 pub struct Datagram {
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// What travels: sealed after the handshake.
     pub bytes: Vec<u8>,
+    /// The packet inside, re-encoded in clear (as its sender's keys read it), for the
+    /// tests' assertions about packet kinds and sequence numbers; empty if unreadable.
+    pub plain: Vec<u8>,
+}
+
+/// The seed of the relay key every simulated server holds and every client pins.
+pub const RELAY_KEY_SEED: u64 = 0x5e4e;
+
+pub fn relay_key() -> Keypair {
+    Keypair::from_seed(RELAY_KEY_SEED)
 }
 
 /// Decides, for tests that target one packet, whether the link drops it.
 pub type DropRule = Box<dyn FnMut(Instant, &Datagram) -> bool>;
+
+/// An attacker on the path: given each datagram the link carries, returns forged datagrams
+/// (bytes) to deliver alongside it, from the same sender to the same receiver.
+pub type Mangler = Box<dyn FnMut(&Datagram) -> Vec<Vec<u8>>>;
 
 pub struct Sim {
     pub seed: u64,
@@ -109,6 +125,8 @@ pub struct Sim {
     /// Every datagram handed to the link, with its send time.
     pub sent: Vec<(Instant, Datagram)>,
     pub drop_rule: Option<DropRule>,
+    /// Forged datagrams injected next to each real one.
+    pub mangler: Option<Mangler>,
     /// The bottleneck queue towards the server.
     pub upstream: Queue,
     /// The bottleneck queue towards the client.
@@ -116,9 +134,12 @@ pub struct Sim {
 }
 
 pub fn config(seed: u64) -> Config {
+    let relay = relay_key();
     Config {
         seed,
         cookie_key: [7; 16],
+        static_secret: Some(relay.secret),
+        server_public_key: Some(relay.public),
         ..Config::default()
     }
 }
@@ -156,6 +177,7 @@ impl Sim {
             server_events: Vec::new(),
             sent: Vec::new(),
             drop_rule: None,
+            mangler: None,
             upstream: Queue::default(),
             downstream: Queue::default(),
         }
@@ -167,7 +189,7 @@ impl Sim {
         let client_addr = self.client_addr;
         let mut seen = 0;
         self.drop_rule = Some(Box::new(move |_, d: &Datagram| {
-            if d.from != client_addr || data_seq(&d.bytes).is_none() {
+            if d.from != client_addr || data_seq(&d.plain).is_none() {
                 return false;
             }
             seen += 1;
@@ -181,6 +203,22 @@ impl Sim {
 
     fn put_on_wire(&mut self, datagram: Datagram) {
         self.sent.push((self.now, datagram.clone()));
+        let forged = self
+            .mangler
+            .as_mut()
+            .map(|m| m(&datagram))
+            .unwrap_or_default();
+        for bytes in forged {
+            // Forgeries arrive with the original's delay, but never reach the mangler again.
+            let at = self.now + self.link.delay;
+            self.order += 1;
+            let fake = Datagram {
+                bytes,
+                plain: Vec::new(),
+                ..datagram.clone()
+            };
+            self.wire.push(Reverse((at, self.order, fake)));
+        }
         let now = self.now;
         if self
             .drop_rule
@@ -228,6 +266,7 @@ impl Sim {
             let datagram = Datagram {
                 from: self.client_addr,
                 to: t.destination,
+                plain: plain(&self.client, &t.contents),
                 bytes: t.contents,
             };
             self.put_on_wire(datagram);
@@ -236,6 +275,7 @@ impl Sim {
             let datagram = Datagram {
                 from: self.server_addr,
                 to: t.destination,
+                plain: plain(&self.server, &t.contents),
                 bytes: t.contents,
             };
             self.put_on_wire(datagram);
@@ -362,6 +402,14 @@ impl Sim {
         );
         id
     }
+}
+
+/// The packet `sender` sealed into `bytes`, re-encoded in clear.
+fn plain(sender: &Endpoint, bytes: &[u8]) -> Vec<u8> {
+    sender
+        .inspect_sent(bytes)
+        .and_then(|packet| packet.to_bytes().ok())
+        .unwrap_or_default()
 }
 
 pub fn messages(events: &[(ConnectionId, Event)]) -> Vec<Vec<u8>> {

@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aetherflow_quantum::packet::{Control, Flags, Header};
+use aetherflow_quantum::crypto::handshake::{Credentials, Initiator};
+use aetherflow_quantum::packet::{COOKIE_LEN, Control, Flags, Header};
+use aetherflow_quantum::wire::syn_payload;
 use aetherflow_quantum::{Config, ConnectionId, Endpoint, Packet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::harness::{Link, Sim, config};
+use crate::harness::{Link, Sim, config, relay_key};
 
 fn server(seed: u64) -> (Endpoint, std::time::Instant) {
     let now = std::time::Instant::now();
@@ -22,7 +24,17 @@ fn server(seed: u64) -> (Endpoint, std::time::Instant) {
     )
 }
 
-fn syn(id: ConnectionId, payload: Vec<u8>) -> Vec<u8> {
+/// A genuine first Noise message for connection `id`, as a client pinning the relay's key
+/// writes it.
+fn hello(id: ConnectionId) -> Vec<u8> {
+    let credentials = Credentials::PinnedServer(relay_key().public);
+    Initiator::start(&credentials, id, 1, &77u32.to_be_bytes())
+        .expect("valid credentials")
+        .1
+}
+
+fn syn(id: ConnectionId, cookie: Option<&[u8; COOKIE_LEN]>, hello: &[u8]) -> Vec<u8> {
+    let payload = syn_payload(cookie, hello);
     let header = Header {
         flags: Flags::SYN,
         connection_id: id,
@@ -47,12 +59,12 @@ fn spoofed_syn_flood_leaves_no_per_connection_state() {
     for _ in 0..10_000 {
         let from = SocketAddr::from((rng.random::<[u8; 4]>(), rng.random::<u16>()));
         let id = ConnectionId::new_v7(1, rng.random());
-        let datagram = syn(id, Vec::new());
+        let datagram = syn(id, None, &[0; 48]);
         server.handle(now, from, &datagram);
         let retry = server.poll_transmit(now).expect("a retry answers each SYN");
         assert!(retry.contents.len() <= 3 * datagram.len());
         // A forged cookie does not help either: it only earns another retry.
-        let forged = syn(id, vec![0; 20]);
+        let forged = syn(id, Some(&[0; 20]), &[0; 48]);
         server.handle(now, from, &forged);
         let retry = server
             .poll_transmit(now)
@@ -72,14 +84,15 @@ fn server_sends_at_most_three_times_what_it_received_before_the_handshake() {
     let (mut server, start) = server(seed);
     let client: SocketAddr = "192.0.2.7:9".parse().expect("literal");
     let id = ConnectionId::new_v7(1, [5; 10]);
-    server.handle(start, client, &syn(id, Vec::new()));
+    let hello = hello(id);
+    server.handle(start, client, &syn(id, None, &hello));
     let retry = server.poll_transmit(start).expect("retry");
     let Ok(Control::Retry(cookie)) =
         Control::decode(&Packet::decode(&retry.contents).expect("valid").payload)
     else {
         panic!("expected a retry");
     };
-    let syn_with_cookie = syn(id, cookie.to_vec());
+    let syn_with_cookie = syn(id, Some(&cookie), &hello);
     server.handle(start, client, &syn_with_cookie);
     assert_eq!(server.connection_count(), 1);
     // The client never answers; the server repeats its SYN-ACK only within its budget.
@@ -117,12 +130,15 @@ fn garbage_datagrams_are_counted_and_dropped() {
     for len in 0..500 {
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         if len >= 32 && len % 2 == 0 {
-            bytes[..6].copy_from_slice(b"AFQM\x01\x02");
+            // Sealed datagrams of the live connection that do not authenticate.
+            bytes[..6].copy_from_slice(b"AFQM\x02\x01");
             bytes[6..22].copy_from_slice(id.as_bytes());
         }
         sim.server.handle(sim.now, sim.client_addr, &bytes);
     }
     assert!(sim.server.stats().malformed > 200);
+    let stats = sim.server.connection(id).expect("open").stats();
+    assert!(stats.auth_failures > 200, "{stats:?}");
     sim.client.send(id, b"still fine").expect("open");
     assert!(
         sim.run_until(Duration::from_secs(5), |s| s.server_messages()

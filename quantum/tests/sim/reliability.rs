@@ -17,7 +17,7 @@ fn fast_retransmit_repairs_one_loss_without_a_timeout() {
         if d.from != client_addr {
             return false;
         }
-        match (data_seq(&d.bytes), victim) {
+        match (data_seq(&d.plain), victim) {
             (Some(seq), None) => {
                 victim = Some(seq);
                 true
@@ -53,7 +53,7 @@ fn sack_blocks_report_what_arrived_beyond_a_hole() {
         .sent
         .iter()
         .filter(|(_, d)| d.from == server_addr)
-        .filter_map(|(_, d)| Packet::decode(&d.bytes).ok());
+        .filter_map(|(_, d)| Packet::decode(&d.plain).ok());
     let max_blocks = sacked.map(|p| p.sack.len()).max();
     assert_eq!(
         max_blocks,
@@ -73,7 +73,7 @@ fn rto_backs_off_exponentially_in_a_blackout() {
     let times: Vec<Instant> = sim
         .sent
         .iter()
-        .filter(|(_, d)| d.from == client_addr && data_seq(&d.bytes).is_some())
+        .filter(|(_, d)| d.from == client_addr && data_seq(&d.plain).is_some())
         .map(|(t, _)| *t)
         .collect();
     assert!(times.len() >= 6, "sent {} times", times.len());

@@ -24,7 +24,7 @@ fn client_sent_since(sim: &Sim, since: Instant) -> Vec<(Instant, Option<u32>, Op
     sim.sent
         .iter()
         .filter(|(t, d)| d.from == sim.client_addr && *t >= since)
-        .map(|(t, d)| (*t, data_seq(&d.bytes), parity_header(&d.bytes)))
+        .map(|(t, d)| (*t, data_seq(&d.plain), parity_header(&d.plain)))
         .collect()
 }
 
@@ -44,7 +44,7 @@ fn scenario(victim: Option<u32>) -> (Sim, ConnectionId, Instant) {
     sim.run_for(Duration::from_millis(500));
     let mut dropped = false;
     sim.drop_rule = Some(Box::new(move |_, d| {
-        let hit = !dropped && d.from == client_addr && data_seq(&d.bytes) == victim;
+        let hit = !dropped && d.from == client_addr && data_seq(&d.plain) == victim;
         dropped |= hit;
         hit && victim.is_some()
     }));

@@ -24,7 +24,7 @@ fn client_data_times(sim: &Sim) -> Vec<(u32, Instant)> {
     sim.sent
         .iter()
         .filter(|(_, d)| d.from == sim.client_addr)
-        .filter_map(|(t, d)| data_seq(&d.bytes).map(|seq| (seq, *t)))
+        .filter_map(|(t, d)| data_seq(&d.plain).map(|seq| (seq, *t)))
         .collect()
 }
 
@@ -49,7 +49,7 @@ fn a_lone_lost_message_is_probed_within_about_one_rtt() {
     let client_addr = sim.client_addr;
     let mut dropped = false;
     sim.drop_rule = Some(Box::new(move |_, d| {
-        let drop = !dropped && d.from == client_addr && data_seq(&d.bytes).is_some();
+        let drop = !dropped && d.from == client_addr && data_seq(&d.plain).is_some();
         dropped |= drop;
         drop
     }));

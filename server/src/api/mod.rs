@@ -1,8 +1,9 @@
 //! The HTTP API under `/api/v1`, one file per route group: [`docs`] (create, list, get,
 //! delete), [`content`] (a Yjs document as JSON or as a binary update, read through
 //! [`crate::reads`]), [`registers`] (LWW and manual registers and their conflicts), [`locks`],
-//! [`events`] (Server-Sent Events), [`live`] (the register WebSocket channel) and [`openapi`]
-//! (the description of all of them); and [`scrape`], `GET /metrics`, outside `/api/v1`.
+//! [`events`] (Server-Sent Events), [`live`] (the register WebSocket channel), [`quantum`]
+//! (where and under which key the Quantum listener runs) and [`openapi`] (the description of
+//! all of them); and [`scrape`], `GET /metrics`, outside `/api/v1`.
 //!
 //! Every route takes the client token as `Authorization: Bearer <JWT>` (the WebSocket and SSE
 //! routes also accept `?token=`; none is needed when the relay runs open); changes need a
@@ -20,6 +21,7 @@ pub mod events;
 pub mod live;
 pub mod locks;
 pub mod openapi;
+pub mod quantum;
 pub mod registers;
 pub mod scrape;
 pub mod sessions;
@@ -48,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .merge(events::routes())
         .merge(live::routes())
         .merge(openapi::routes())
+        .merge(quantum::routes())
         .merge(sessions::routes())
         .merge(tokens::routes())
 }

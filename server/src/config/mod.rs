@@ -15,6 +15,9 @@ use crate::rate_limit::Rate;
 
 /// Default HTTP and WebSocket listen address.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// File name of the relay's Quantum static key in the data directory, when --quantum-key
+/// names none.
+pub const DEFAULT_QUANTUM_KEY_FILE: &str = "quantum.key";
 /// Default Quantum (reliable UDP) listen address.
 pub const DEFAULT_QUANTUM_ADDR: &str = "127.0.0.1:9090";
 /// Default data directory; the database is `<data-dir>/aetherflow.redb`.
@@ -136,8 +139,8 @@ pub struct Settings {
     pub http_addr: Option<SocketAddr>,
 
     /// UDP address for Quantum clients, or `off`. Port 0 picks a
-    /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR`. If the default
-    /// address is taken the relay serves without Quantum (with a warning); an address given
+    /// free port, printed on stdout as `aetherflow quantum ready: udp://ADDR` (followed by
+    /// `aetherflow quantum key: HEX`, the key clients pin). If the default address is taken the relay serves without Quantum (with a warning); an address given
     /// explicitly must be free.
     #[arg(long, env = "AETHERFLOW_QUANTUM_ADDR", value_name = "ADDR|off")]
     pub quantum_addr: Option<String>,
@@ -157,6 +160,13 @@ pub struct Settings {
     /// over it is refused with error 4413 (the connection stays).
     #[arg(long, env = "AETHERFLOW_QUANTUM_MAX_DOCUMENTS", value_name = "N")]
     pub quantum_max_documents: Option<usize>,
+
+    /// File holding the relay's Quantum identity: its Noise static private key as 64 hex
+    /// digits. Clients pin the public half, which the relay prints at start-up and serves at
+    /// `GET /api/v1/quantum` [default: `quantum.key` in --data-dir, generated with mode 0600
+    /// on first start].
+    #[arg(long, env = "AETHERFLOW_QUANTUM_KEY", value_name = "FILE")]
+    pub quantum_key: Option<PathBuf>,
 
     /// Directory holding the database `aetherflow.redb`. Created if missing.
     #[arg(long, env = "AETHERFLOW_DATA_DIR", value_name = "DIR")]
@@ -348,6 +358,9 @@ pub struct Config {
     pub quantum_sparse_fec_budget: u16,
     /// Most documents one Quantum connection may be subscribed to at once.
     pub quantum_max_documents: usize,
+    /// The Quantum static key file given explicitly; `None`: [`DEFAULT_QUANTUM_KEY_FILE`] in
+    /// the data directory, generated if missing.
+    pub quantum_key: Option<PathBuf>,
     /// Directory holding the database.
     pub data_dir: PathBuf,
     /// Whether start-up skips the database's integrity check.
@@ -439,6 +452,7 @@ impl Settings {
                 .quantum_sparse_fec_budget
                 .or(lower.quantum_sparse_fec_budget),
             quantum_max_documents: self.quantum_max_documents.or(lower.quantum_max_documents),
+            quantum_key: self.quantum_key.or(lower.quantum_key),
             data_dir: self.data_dir.or(lower.data_dir),
             skip_integrity_check: self.skip_integrity_check.or(lower.skip_integrity_check),
             durability: self.durability.or(lower.durability),
@@ -546,6 +560,7 @@ impl Config {
             quantum_max_documents: s
                 .quantum_max_documents
                 .unwrap_or(DEFAULT_QUANTUM_MAX_DOCUMENTS),
+            quantum_key: s.quantum_key,
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

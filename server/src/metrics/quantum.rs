@@ -1,5 +1,5 @@
-//! What the Quantum listener records: round-trip time, congestion window, retransmits and
-//! FEC repairs, aggregated over every Quantum connection.
+//! What the Quantum listener records: round-trip time, congestion window, retransmits, FEC
+//! repairs and rejected datagrams, aggregated over every Quantum connection.
 //!
 //! The listener takes one [`QuantumConnectionMetrics`] per connection from
 //! [`QuantumMetrics::connection`] and calls [`QuantumConnectionMetrics::record`] with the
@@ -23,6 +23,10 @@ pub struct QuantumStats {
     pub retransmits: u64,
     /// Packets recovered by forward error correction since the connection opened (cumulative).
     pub fec_repairs: u64,
+    /// Datagrams naming the connection that were dropped without effect: they failed
+    /// authentication, replayed a packet number or came in clear after the handshake
+    /// (cumulative). Sustained growth means someone is injecting or replaying.
+    pub rejected: u64,
 }
 
 /// Quantum metrics, shared by every connection. Cheap to clone.
@@ -32,6 +36,7 @@ pub struct QuantumMetrics {
     congestion_window: Histogram,
     retransmits: Counter,
     fec_repairs: Counter,
+    rejected: Counter,
 }
 
 impl QuantumMetrics {
@@ -62,11 +67,18 @@ impl QuantumMetrics {
             "Packets recovered by forward error correction on Quantum connections",
             fec_repairs.clone(),
         );
+        let rejected = Counter::default();
+        registry.register(
+            "quantum_rejected_datagrams",
+            "Datagrams for Quantum connections dropped without effect: not authentic, replayed, or in clear after the handshake",
+            rejected.clone(),
+        );
         QuantumMetrics {
             rtt,
             congestion_window,
             retransmits,
             fec_repairs,
+            rejected,
         }
     }
 
@@ -99,6 +111,8 @@ impl QuantumConnectionMetrics {
         let repairs = stats.fec_repairs.saturating_sub(self.last.fec_repairs);
         self.metrics.retransmits.inc_by(retransmits);
         self.metrics.fec_repairs.inc_by(repairs);
+        let rejected = stats.rejected.saturating_sub(self.last.rejected);
+        self.metrics.rejected.inc_by(rejected);
         self.last = *stats;
     }
 }
@@ -126,6 +140,7 @@ mod tests {
             congestion_window: 64_000,
             retransmits,
             fec_repairs,
+            rejected: retransmits + 1,
         };
         a.record(&sample(3, 1));
         a.record(&sample(5, 1));
@@ -140,6 +155,10 @@ mod tests {
         assert_eq!(
             value(&text, "aetherflow_quantum_fec_repairs_total"),
             Some(5.0)
+        );
+        assert_eq!(
+            value(&text, "aetherflow_quantum_rejected_datagrams_total"),
+            Some(9.0)
         );
         assert_eq!(
             value(&text, "aetherflow_quantum_rtt_seconds_count"),

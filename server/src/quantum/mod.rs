@@ -1,7 +1,9 @@
 //! The relay's Quantum listener: one reliable-UDP connection carries many documents, each
 //! message an [`Envelope`] naming its document (see [`aetherflow_crdt::envelope`]).
 //!
-//! A connection starts with `hello` (client version and token). The client then subscribes to
+//! A connection starts with the transport's Noise handshake, which proves the relay holds the
+//! static key clients pin ([`identity`]); everything after it, the `hello` (client version
+//! and token) first, travels sealed. The client then subscribes to
 //! documents. A subscription to a Yjs document joins the document's room exactly as a
 //! WebSocket session does (the room greets with sync step 1 and answers step 1s after the
 //! updates sent before them), and the room's frames come back wrapped in `yjs` envelopes.
@@ -65,6 +67,7 @@
 //! 2.35 × WebSocket's bytes on the link against 1.65 × at 30 %.
 //! Details in `benches/RESULTS.md`.
 
+pub mod identity;
 pub mod registers;
 mod subscriptions;
 
@@ -73,6 +76,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
+use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -111,11 +115,13 @@ pub const ERROR_TOO_MANY_DOCUMENTS: u32 = 4413;
 /// and ACKs as signs of life.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The listener's transport settings: accepting connections, messages up to the largest
-/// y-protocols message plus its envelope header, and the relay's sparse FEC budget.
-pub fn driver_config(config: &Config) -> DriverConfig {
+/// The listener's transport settings: accepting connections under the relay's static key
+/// (see [`identity`]), messages up to the largest y-protocols message plus its envelope
+/// header, and the relay's sparse FEC budget.
+pub fn driver_config(config: &Config, identity: &Keypair) -> DriverConfig {
     let mut driver = DriverConfig::default();
     driver.quantum.accept_incoming = true;
+    driver.quantum.static_secret = Some(identity.secret.clone());
     driver.quantum.max_message_size = config.max_message_bytes + 1024;
     driver.quantum.fec.sparse_budget_percent = config.quantum_sparse_fec_budget;
     driver
@@ -440,6 +446,7 @@ impl Liveness {
                 congestion_window: stats.cwnd,
                 retransmits: stats.retransmits,
                 fec_repairs: stats.fec_repaired,
+                rejected: stats.auth_failures + stats.replays_dropped + stats.clear_dropped,
             });
         }
     }
@@ -505,7 +512,8 @@ mod tests {
             })
             .unwrap()
         };
-        let default = driver_config(&config(None));
+        let identity = Keypair::from_seed(1);
+        let default = driver_config(&config(None), &identity);
         assert_eq!(
             default.quantum.fec.sparse_budget_percent,
             DEFAULT_QUANTUM_SPARSE_FEC_BUDGET
@@ -516,7 +524,7 @@ mod tests {
                 > aetherflow_quantum::fec::FecConfig::default().sparse_budget_percent
         );
         for budget in [0, 37, 200] {
-            let driver = driver_config(&config(Some(budget)));
+            let driver = driver_config(&config(Some(budget)), &identity);
             assert_eq!(driver.quantum.fec.sparse_budget_percent, budget);
             assert!(driver.quantum.accept_incoming);
             // The transport accepts what the relay accepted.

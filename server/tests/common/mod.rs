@@ -30,6 +30,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The Quantum (UDP) listener's address, unless the test turned it off.
     pub quantum_addr: Option<SocketAddr>,
+    /// The Quantum listener's static public key, as the relay printed it.
+    pub quantum_public_key: Option<[u8; 32]>,
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     _temp: Option<tempfile::TempDir>,
@@ -100,24 +102,38 @@ impl Relay {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .unwrap();
-        let quantum_addr = args
+        let quantum = args
             .windows(2)
             .all(|w| w != ["--quantum-addr", "off"])
             .then(|| {
                 let line = rx.recv_timeout(TIMEOUT).unwrap();
-                line.strip_prefix("aetherflow quantum ready: udp://")
+                let addr = line
+                    .strip_prefix("aetherflow quantum ready: udp://")
                     .unwrap_or_else(|| panic!("unexpected second line: {line}"))
                     .parse()
-                    .unwrap()
+                    .unwrap();
+                let line = rx.recv_timeout(TIMEOUT).unwrap();
+                let key = line
+                    .strip_prefix("aetherflow quantum key: ")
+                    .and_then(aetherflow_quantum::crypto::from_hex)
+                    .unwrap_or_else(|| panic!("unexpected third line: {line}"));
+                (addr, key)
             });
+        let (quantum_addr, quantum_public_key) = quantum.unzip();
         Relay {
             child,
             addr,
             quantum_addr,
+            quantum_public_key,
             data_dir: data_dir.to_owned(),
             stderr,
             _temp: None,
         }
+    }
+
+    /// The Quantum listener's public key; panics if Quantum is off.
+    pub fn quantum_key(&self) -> [u8; 32] {
+        self.quantum_public_key.expect("the relay runs Quantum")
     }
 
     pub fn ws_url(&self, doc: &str) -> String {
