@@ -197,13 +197,7 @@ pub async fn run(
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {
-        sessions: state.sessions.clone(),
-        auth: state.auth.clone(),
-        next_conn: state.next_conn.clone(),
-        tracker: tracker.clone(),
-        registry: state.registry.clone(),
-        connections: state.connections.clone(),
-        registers: state.clone(),
+        app: state.clone(),
         max_documents: config.quantum_max_documents,
     };
     let metrics = state.metrics.clone();

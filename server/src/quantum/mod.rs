@@ -71,8 +71,6 @@ pub mod identity;
 pub mod registers;
 mod subscriptions;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
@@ -82,16 +80,15 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::Auth;
 use crate::config::Config;
 #[cfg(doc)]
 use crate::config::DEFAULT_QUANTUM_SPARSE_FEC_BUDGET;
 use crate::connection::CloseReason;
+use crate::context::AppState;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
-use crate::rate_limit::{ConnectionLimiter, TokenBucket};
-use crate::registry::{Registry, SessionHandle, SessionState, Transport};
-use crate::session::SessionContext;
+use crate::rate_limit::TokenBucket;
+use crate::registry::{SessionHandle, SessionState, Transport};
 use subscriptions::{Next, Peer, Subscriptions, on_envelope};
 
 /// How long shutdown waits for Quantum sessions to say goodbye before resetting them.
@@ -130,21 +127,10 @@ pub fn driver_config(config: &Config, identity: &Keypair) -> DriverConfig {
 /// What the listener needs besides its endpoint.
 #[derive(Clone)]
 pub struct QuantumContext {
-    /// Rooms, limits and the shutdown signal, shared with WebSocket sessions.
-    pub sessions: SessionContext,
-    /// Token verification.
-    pub auth: Auth,
-    /// Source of connection ids, shared with WebSocket sessions.
-    pub next_conn: Arc<AtomicU64>,
-    /// Tracks the listener and the tasks it starts, so shutdown waits for them.
-    pub tracker: TaskTracker,
-    /// The session registry every connection is listed in, shared with WebSocket sessions.
-    pub registry: Registry,
-    /// The per-address connection rate, shared with WebSocket upgrades.
-    pub connections: ConnectionLimiter,
-    /// The HTTP API's state: register operations go through its write path (locks, events,
-    /// store), exactly as `/api/v1` and the live channel do.
-    pub registers: crate::context::AppState,
+    /// The relay's context, shared with every route and WebSocket session: rooms, limits,
+    /// shutdown, auth, connection ids, the task tracker, the session registry, the
+    /// per-address connection rate, and the register service.
+    pub app: AppState,
     /// Most documents one connection may be subscribed to at once
     /// ([`Config::quantum_max_documents`]).
     pub max_documents: usize,
@@ -153,7 +139,7 @@ pub struct QuantumContext {
 impl QuantumContext {
     fn limits(&self) -> EnvelopeLimits {
         EnvelopeLimits {
-            max_envelope_bytes: self.sessions.limits.max_message_bytes + 1024,
+            max_envelope_bytes: self.app.sessions.limits.max_message_bytes + 1024,
             ..EnvelopeLimits::default()
         }
     }
@@ -169,14 +155,14 @@ pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
                 Some(conn) => {
                     // Admitted here, in accept order, not in the spawned tasks, which may run
                     // in any order.
-                    let admitted = ctx.connections.admit(conn.remote_addr().ip(), Instant::now());
+                    let admitted = ctx.app.connections.admit(conn.remote_addr().ip(), Instant::now());
                     let ctx2 = ctx.clone();
                     let span = info_span!("quantum", remote = %conn.remote_addr());
                     connections.spawn(connection(conn, ctx2, admitted).instrument(span));
                 }
                 None => break,
             },
-            () = ctx.sessions.shutdown.cancelled() => break,
+            () = ctx.app.sessions.shutdown.cancelled() => break,
         }
     }
     // Each session queues its goodbye (error 1001, then FIN). Closing the endpoint goes
@@ -197,7 +183,8 @@ pub async fn serve(endpoint: QuantumEndpoint, ctx: QuantumContext) {
 async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Result<(), Duration>) {
     let remote = conn.remote_addr();
     if let Err(wait) = admitted {
-        ctx.sessions
+        ctx.app
+            .sessions
             .rooms
             .metrics()
             .reject(Rejection::ConnectionRate);
@@ -218,16 +205,17 @@ async fn connection(conn: QuantumConnection, ctx: QuantumContext, admitted: Resu
     };
     // A hello whose token does not verify ends the connection before it is listed: with
     // auth on, nothing could be subscribed with it anyway.
-    let (user, expires) = match ctx.auth.hello(token.as_deref()) {
+    let (user, expires) = match ctx.app.auth.hello(token.as_deref()) {
         Ok(hello) => hello,
         Err(e) => {
             warn!(code = e.code(), "hello refused: token missing or invalid");
-            ctx.sessions.rooms.metrics().reject(Rejection::from(&e));
+            ctx.app.sessions.rooms.metrics().reject(Rejection::from(&e));
             refuse(&conn, ERROR_UNAUTHORIZED, e.code()).await;
             return;
         }
     };
     let handle = ctx
+        .app
         .registry
         .open(&user, Transport::Quantum, remote, Vec::new());
     if let Some(exp) = expires {
@@ -266,11 +254,12 @@ async fn session(
     let limits = ctx.limits();
     let (to_peer, mut outgoing) = mpsc::channel::<Vec<u8>>(PEER_QUEUE);
     let mut subscriptions = Subscriptions::new();
-    let mut liveness = Liveness::new(ctx.sessions.rooms.metrics().quantum().connection());
+    let mut liveness = Liveness::new(ctx.app.sessions.rooms.metrics().quantum().connection());
     let mut stats_ticks = tokio::time::interval(STATS_INTERVAL);
-    let mut heartbeat_ticks = tokio::time::interval(ctx.sessions.ping_interval);
+    let mut heartbeat_ticks = tokio::time::interval(ctx.app.sessions.ping_interval);
     heartbeat_ticks.tick().await;
     let mut messages = ctx
+        .app
         .sessions
         .message_rate
         .map(|rate| TokenBucket::new(rate, Instant::now()));
@@ -279,7 +268,7 @@ async fn session(
     let closing = loop {
         tokio::select! {
             biased;
-            () = ctx.sessions.shutdown.cancelled() => {
+            () = ctx.app.sessions.shutdown.cancelled() => {
                 break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
             }
             reason = &mut kicked => {
@@ -307,7 +296,7 @@ async fn session(
                 liveness.heard();
                 handle.received(bytes.len());
                 if let Some(reason) = over_message_rate(messages.as_mut()) {
-                    ctx.sessions.rooms.metrics().reject(Rejection::MessageRate);
+                    ctx.app.sessions.rooms.metrics().reject(Rejection::MessageRate);
                     break Some(reason);
                 }
                 let peer = Peer { conn, queue: &to_peer, handle };

@@ -87,7 +87,7 @@ pub(super) async fn subscribe(
     ctx: &QuantumContext,
     peer: &super::subscriptions::Peer<'_>,
 ) -> Result<RegisterSubscription, (u32, String)> {
-    let app = &ctx.registers;
+    let app = &ctx.app;
     let events = app.sessions.rooms.events().clone();
     // Listening before the state is read, so no change falls between the two.
     let listener = events.subscribe(doc);
@@ -99,7 +99,7 @@ pub(super) async fn subscribe(
             "connection closing".into(),
         ));
     }
-    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn = ctx.app.next_conn.fetch_add(1, Ordering::Relaxed);
     let joined = DocEvent::UserJoined {
         user: grant.user.clone(),
         conn,
@@ -119,7 +119,7 @@ pub(super) async fn subscribe(
         ctx: ctx.clone(),
     };
     // Tracked, so shutdown lets queued commands finish before the store's last commit.
-    ctx.tracker.spawn(writer.run(queue, peer.queue.clone()));
+    ctx.app.tracker.spawn(writer.run(queue, peer.queue.clone()));
     Ok(RegisterSubscription {
         doc: doc.clone(),
         user: grant.user,
@@ -194,7 +194,7 @@ impl Writer {
             let reason = "this token is read-only";
             return error(doc.as_str(), ERROR_READ_ONLY, reason);
         }
-        let registers = &self.ctx.registers.registers;
+        let registers = &self.ctx.app.registers;
         match registers.change(doc, &self.grant, change(command)).await {
             Ok(outcome) => event(doc, "result", outcome_json(outcome)),
             Err(e) => {

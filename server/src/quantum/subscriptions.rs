@@ -91,7 +91,8 @@ pub(super) async fn on_envelope(
                 old.close();
             }
             if subscriptions.len() >= ctx.max_documents {
-                ctx.sessions
+                ctx.app
+                    .sessions
                     .rooms
                     .metrics()
                     .reject(Rejection::TooManyDocuments);
@@ -177,7 +178,8 @@ async fn malformed(
     subscriptions: &Subscriptions,
     peer: &Peer<'_>,
 ) -> Next {
-    ctx.sessions
+    ctx.app
+        .sessions
         .rooms
         .metrics()
         .reject(Rejection::MalformedMessage);
@@ -244,10 +246,11 @@ async fn subscribe(
     peer: &Peer<'_>,
 ) -> Result<Subscription, (u32, String)> {
     let grant = ctx
+        .app
         .auth
         .authorize(token, doc)
         .map_err(|e| (4000 + u32::from(e.status()), e.code().to_owned()))?;
-    let store = ctx.sessions.rooms.store().clone();
+    let store = ctx.app.sessions.rooms.store().clone();
     let lookup = doc.clone();
     let unavailable = || {
         (
@@ -270,10 +273,11 @@ async fn subscribe(
             return Err(unavailable());
         }
     }
-    let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
-    let (outbox, from_room) = crate::rooms::outbox::channel(ctx.sessions.outbox_max_bytes);
+    let conn = ConnId(ctx.app.next_conn.fetch_add(1, Ordering::Relaxed));
+    let (outbox, from_room) = crate::rooms::outbox::channel(ctx.app.sessions.outbox_max_bytes);
     let can_write = grant.permission == Permission::Write;
     let membership = ctx
+        .app
         .sessions
         .rooms
         .join(doc, conn, &grant.user, can_write, outbox)
