@@ -6,6 +6,7 @@
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import { IndexeddbPersistence } from 'y-indexeddb'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import { EditorState } from '@codemirror/state'
 import { EditorView, keymap, placeholder, drawSelection, highlightActiveLine } from '@codemirror/view'
@@ -55,6 +56,35 @@ const provider = new WebsocketProvider(wsBase, encodeURIComponent(docName), doc,
   params: token ? { token } : {}
 })
 const mirror = new RelayMirror(doc, provider)
+
+/**
+ * The text kept in this browser (IndexedDB, one database per document and origin), so edits
+ * made offline survive a reload or a browser restart and are sent when the relay is reachable.
+ * Null when the browser offers no IndexedDB (some private modes): then nothing is kept.
+ */
+const persistence = openPersistence()
+/** Whether the text is being kept in this browser (false once IndexedDB refused). */
+let keptLocally = persistence !== null
+if (!keptLocally) notKeptLocally()
+
+function openPersistence () {
+  if (typeof indexedDB === 'undefined') return null
+  try {
+    const p = new IndexeddbPersistence(`aetherflow-demo/${docName}`, doc)
+    p._db.catch(() => { keptLocally = false; notKeptLocally(); renderStatus() })
+    p.on('synced', scheduleStatus)
+    return p
+  } catch {
+    return null
+  }
+}
+
+/** Says so when this browser refuses to keep the text (IndexedDB unavailable). */
+function notKeptLocally () {
+  $('kept-hint').textContent = "Everyone with this page's address edits the same text. This browser does " +
+    'not let the page keep a copy, so edits made offline are sent when the connection returns ' +
+    'only if this page stays open.'
+}
 const awareness = provider.awareness
 
 const identity = loadIdentity(localStorage)
@@ -112,7 +142,11 @@ function statusText (state, pending) {
     case 'pending': return 'Online: saving changes…'
     case 'synced': return 'Synced: all changes saved'
   }
-  const kept = pending ? '; your changes are kept and sent on reconnect' : ''
+  const kept = !pending
+    ? ''
+    : keptLocally
+      ? '; your changes are kept in this browser and sent on reconnect'
+      : '; your changes are sent on reconnect if this page stays open'
   if (userOffline) return `Offline: working locally${kept}`
   if (networkDown) return `Offline: no network${kept}`
   return everConnected ? `Offline: reconnecting…${kept}` : 'Connecting…'
@@ -255,5 +289,5 @@ setInterval(measureRtt, RTT_INTERVAL_MS)
 // --- Test and debugging hook --------------------------------------------------------------
 
 Object.assign(window, {
-  aetherflowDemo: { doc, ytext, provider, awareness, view, mirror, docName, connectionState, registers }
+  aetherflowDemo: { doc, ytext, provider, persistence, awareness, view, mirror, docName, connectionState, registers }
 })

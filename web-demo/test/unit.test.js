@@ -47,6 +47,7 @@ test('the awareness user has the fields y-codemirror.next draws', () => {
 /** A stand-in for WebsocketProvider's message dispatch: what RelayMirror hooks into. */
 function fakeProvider (doc) {
   const provider = {
+    on () {},
     messageHandlers: [(_encoder, decoder) => {
       const kind = decoding.readVarUint(decoder)
       const payload = decoding.readVarUint8Array(decoder)
