@@ -14,7 +14,7 @@ import { defaultKeymap } from '@codemirror/commands'
 
 import { docNameFromSearch, docNameProblem, docHref } from './doc-name.js'
 import { RelayMirror } from './relay-mirror.js'
-import { loadIdentity, saveIdentity, awarenessUser } from './identity.js'
+import { loadIdentity, saveIdentity, awarenessUser, freeColor, freeName, readableColor } from './identity.js'
 import { RateMeter, measureRoundTrip } from './live-stats.js'
 import { startRegisterPanels } from './register-panels.js'
 import { loadToken } from './token.js'
@@ -88,7 +88,16 @@ function notKeptLocally () {
 const awareness = provider.awareness
 
 const identity = loadIdentity(localStorage)
-awareness.setLocalStateField('user', awarenessUser(identity))
+/**
+ * What this tab shows the others. Tabs of one browser share the saved identity; a tab that
+ * finds an earlier one (another tab or another person) with its name or colour takes the next
+ * free name ("Ada (2)") and palette colour, for this tab only.
+ */
+const tab = { name: identity.name, color: identity.color, joined: Date.now(), chosen: false }
+function publishUser () {
+  awareness.setLocalStateField('user', { ...awarenessUser(tab), joined: tab.joined })
+}
+publishUser()
 
 const view = new EditorView({
   parent: $('editor'),
@@ -104,6 +113,12 @@ const view = new EditorView({
       yCollab(ytext, awareness)
     ]
   })
+})
+
+// The skip link lands in the editable text itself, not on its wrapper.
+$('skip-link').addEventListener('click', (event) => {
+  event.preventDefault()
+  view.focus()
 })
 
 // --- Connection indicator ------------------------------------------------------------------
@@ -181,11 +196,18 @@ $('offline-toggle').addEventListener('click', () => {
 window.addEventListener('offline', () => { networkDown = true; applyConnectionWish() })
 window.addEventListener('online', () => { networkDown = false; applyConnectionWish() })
 
+/** Counts connection changes, so a round trip measured before one is not shown after it. */
+let rttEpoch = 0
+
 function applyConnectionWish () {
   const wanted = !userOffline && !networkDown
   if (wanted && !provider.shouldConnect) provider.connect()
   if (!wanted && provider.shouldConnect) provider.disconnect()
   registers.setOnline(wanted)
+  // The last figure belongs to the connection that just ended: replace it now.
+  rttEpoch++
+  $('rtt').textContent = wanted ? '–' : 'offline'
+  if (wanted) measureRtt()
   renderStatus()
 }
 
@@ -209,8 +231,36 @@ function updateIdentity () {
   identity.name = nameInput.value
   identity.color = colorInput.value
   saveIdentity(localStorage, identity)
-  awareness.setLocalStateField('user', awarenessUser(identity))
+  // What the person chose in this tab is what the others see (made readable if too light).
+  Object.assign(tab, { name: identity.name, color: identity.color, chosen: true })
+  publishUser()
 }
+
+/** Takes a free name and colour when an earlier tab or person already shows this tab's. */
+function avoidLookalikes () {
+  if (tab.chosen) return
+  const mine = awareness.getLocalState()?.user
+  if (!mine) return
+  const others = [...awareness.getStates().entries()]
+    .filter(([id, state]) => id !== doc.clientID && state.user && typeof state.user.name === 'string')
+    .map(([id, state]) => ({ id, user: state.user }))
+  const earlier = others.filter(({ id, user }) => {
+    const joined = typeof user.joined === 'number' ? user.joined : 0
+    return joined < tab.joined || (joined === tab.joined && id < doc.clientID)
+  })
+  let changed = false
+  if (earlier.some(({ user }) => user.color === mine.color)) {
+    tab.color = freeColor(others.map(({ user }) => String(user.color)).concat(mine.color))
+    changed = true
+  }
+  if (earlier.some(({ user }) => user.name === mine.name)) {
+    tab.name = freeName(mine.name, others.map(({ user }) => user.name))
+    changed = true
+  }
+  if (changed) publishUser()
+}
+awareness.on('change', avoidLookalikes)
+colorInput.addEventListener('change', () => { colorInput.value = readableColor(colorInput.value) })
 nameInput.addEventListener('input', updateIdentity)
 colorInput.addEventListener('input', updateIdentity)
 
@@ -280,10 +330,11 @@ async function measureRtt () {
     $('rtt').textContent = 'offline'
     return
   }
+  const epoch = rttEpoch
   const ms = await measureRoundTrip('/healthz')
+  if (epoch !== rttEpoch) return
   $('rtt').textContent = ms === null ? 'unreachable' : `${Math.max(1, Math.round(ms))} ms`
 }
-measureRtt()
 setInterval(measureRtt, RTT_INTERVAL_MS)
 
 // --- Test and debugging hook --------------------------------------------------------------
