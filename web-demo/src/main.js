@@ -7,6 +7,7 @@
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { IndexeddbPersistence } from 'y-indexeddb'
+import { removeAwarenessStates } from 'y-protocols/awareness'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import { EditorState } from '@codemirror/state'
 import { EditorView, keymap, placeholder, drawSelection, highlightActiveLine } from '@codemirror/view'
@@ -18,9 +19,12 @@ import { loadIdentity, saveIdentity, awarenessUser, freeColor, freeName, readabl
 import { RateMeter, measureRoundTrip } from './live-stats.js'
 import { startRegisterPanels } from './register-panels.js'
 import { loadToken } from './token.js'
+import { FRAGMENT_NAME, mountRichEditor, sampleUpdate } from './rich-editor.js'
 
 /** The shared text's name in the Y.Doc (the README's example writes to the same one). */
 const TEXT_NAME = 'content'
+/** The document the first screen opens: it starts with a sample saying what to try. */
+const WELCOME_DOC = 'welcome'
 /** How often the live panel measures the round trip to the relay. */
 const RTT_INTERVAL_MS = 3000
 
@@ -36,6 +40,24 @@ if (problem) {
 }
 $('doc-name').textContent = docName
 document.title = `${docName} · AetherFlow`
+/**
+ * `rich` (default): ProseMirror on the Y.XmlFragment `prosemirror`; `text` (`?mode=text`):
+ * CodeMirror on the Y.Text `content`, which the README's SDK example writes. They are two
+ * separate parts of one document.
+ */
+const mode = new URLSearchParams(location.search).get('mode') === 'text' ? 'text' : 'rich'
+document.body.dataset.mode = mode
+{
+  const other = new URL(location.href)
+  if (mode === 'text') other.searchParams.delete('mode')
+  else other.searchParams.set('mode', 'text')
+  const link = document.createElement('a')
+  link.href = other.search
+  link.textContent = mode === 'text' ? 'Switch to rich text' : 'Switch to plain text'
+  $('mode-switch').append(mode === 'text'
+    ? 'Plain text (the Y.Text “content”, what the SDK example writes). '
+    : 'Rich text (a Y.XmlFragment). ', link)
+}
 
 // --- Yjs document, provider and editor ---------------------------------------------------
 
@@ -99,21 +121,43 @@ function publishUser () {
 }
 publishUser()
 
-const view = new EditorView({
-  parent: $('editor'),
-  state: EditorState.create({
-    doc: ytext.toString(),
-    extensions: [
-      keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
-      drawSelection(),
-      highlightActiveLine(),
-      EditorView.lineWrapping,
-      placeholder('Start typing: everyone on this document sees it live.'),
-      EditorView.contentAttributes.of({ 'aria-label': `Text of document ${docName}`, 'aria-multiline': 'true' }),
-      yCollab(ytext, awareness)
-    ]
+const view = mode === 'text' ? mountTextEditor() : mountRich()
+
+function mountRich () {
+  $('toolbar').hidden = false
+  const fragment = doc.getXmlFragment(FRAGMENT_NAME)
+  // The first screen's sample, once the relay has answered: the same items for everyone, so
+  // it never doubles and does not come back once deleted (see sampleUpdate).
+  if (docName === WELCOME_DOC) {
+    provider.once('sync', () => { if (fragment.length === 0) Y.applyUpdate(doc, sampleUpdate()) })
+  }
+  return mountRichEditor({
+    parent: $('editor'),
+    toolbar: $('toolbar'),
+    linkForm: /** @type {HTMLFormElement} */ ($('link-form')),
+    fragment,
+    awareness,
+    label: `Text of document ${docName}`
   })
-})
+}
+
+function mountTextEditor () {
+  return new EditorView({
+    parent: $('editor'),
+    state: EditorState.create({
+      doc: ytext.toString(),
+      extensions: [
+        keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
+        drawSelection(),
+        highlightActiveLine(),
+        EditorView.lineWrapping,
+        placeholder('Start typing: everyone on this document sees it live.'),
+        EditorView.contentAttributes.of({ 'aria-label': `Text of document ${docName}`, 'aria-multiline': 'true' }),
+        yCollab(ytext, awareness)
+      ]
+    })
+  })
+}
 
 // The skip link lands in the editable text itself, not on its wrapper.
 $('skip-link').addEventListener('click', (event) => {
@@ -260,6 +304,13 @@ function avoidLookalikes () {
   if (changed) publishUser()
 }
 awareness.on('change', avoidLookalikes)
+// y-websocket does not say goodbye when a browser tab closes; other tabs of this browser hear
+// presence over BroadcastChannel and would keep showing this one until it times out.
+window.addEventListener('pagehide', () => {
+  removeAwarenessStates(awareness, [doc.clientID], 'page closed')
+})
+// Back from the browser's back-forward cache: present again.
+window.addEventListener('pageshow', (event) => { if (event.persisted) publishUser() })
 colorInput.addEventListener('change', () => { colorInput.value = readableColor(colorInput.value) })
 nameInput.addEventListener('input', updateIdentity)
 colorInput.addEventListener('input', updateIdentity)
@@ -279,11 +330,33 @@ openForm.addEventListener('submit', (event) => {
     openName.focus()
     return
   }
-  location.assign(docHref(name))
+  location.assign(docHref(name) + (mode === 'text' ? '&mode=text' : ''))
 })
 openName.addEventListener('input', () => {
   openError.textContent = ''
   openName.removeAttribute('aria-invalid')
+})
+
+// --- Sharing ------------------------------------------------------------------------------
+
+/** This document's address, without a token. */
+const shareUrl = () => location.href
+$('copy-link').addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText(shareUrl())
+    $('share-status').textContent = 'Link copied.'
+  } catch {
+    $('share-status').textContent = `Copy this link: ${shareUrl()}`
+  }
+})
+$('conflict-banner-link').addEventListener('click', (event) => {
+  event.preventDefault()
+  const first = /** @type {HTMLElement | null} */ (document.querySelector('#conflicts .conflict button'))
+  first?.scrollIntoView({ block: 'center' })
+  first?.focus()
+})
+$('open-window').addEventListener('click', () => {
+  window.open(shareUrl(), '_blank', 'noopener')
 })
 
 // --- Live panel ---------------------------------------------------------------------------
@@ -293,6 +366,7 @@ function renderPeople () {
   const entries = [...awareness.getStates().entries()]
     .filter(([, state]) => state.user)
     .sort(([a], [b]) => (a === doc.clientID ? -1 : b === doc.clientID ? 1 : a - b))
+  renderAvatars(entries)
   list.replaceChildren(...entries.map(([clientId, state]) => {
     const li = document.createElement('li')
     li.dataset.clientId = String(clientId)
@@ -313,6 +387,24 @@ function renderPeople () {
     return li
   }))
   $('people-count').textContent = String(entries.length)
+}
+/** The header's presence: one initial per person in their colour, always in view. */
+function renderAvatars (entries) {
+  $('avatars').replaceChildren(...entries.map(([clientId, state]) => {
+    const li = document.createElement('li')
+    li.className = 'avatar'
+    const name = String(state.user.name)
+    li.style.backgroundColor = readableColor(String(state.user.color))
+    li.title = clientId === doc.clientID ? `${name} (you)` : name
+    const initial = document.createElement('span')
+    initial.setAttribute('aria-hidden', 'true')
+    initial.textContent = [...name.trim()][0]?.toUpperCase() ?? '?'
+    const full = document.createElement('span')
+    full.className = 'sr-only'
+    full.textContent = li.title
+    li.append(initial, full)
+    return li
+  }))
 }
 awareness.on('change', renderPeople)
 renderPeople()
@@ -340,5 +432,5 @@ setInterval(measureRtt, RTT_INTERVAL_MS)
 // --- Test and debugging hook --------------------------------------------------------------
 
 Object.assign(window, {
-  aetherflowDemo: { doc, ytext, provider, persistence, awareness, view, mirror, docName, connectionState, registers }
+  aetherflowDemo: { doc, ytext, fragment: doc.getXmlFragment(FRAGMENT_NAME), mode, provider, persistence, awareness, view, mirror, docName, connectionState, registers }
 })

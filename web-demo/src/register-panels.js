@@ -233,6 +233,8 @@ export class NotesPanel {
     const hadFocus = list.contains(document.activeElement)
     list.replaceChildren(...[...this.conflicts.values()].map((c) => this.conflictCard(c)))
     list.hidden = this.conflicts.size === 0
+    // The banner at the top says a conflict waits, wherever the person is on the page.
+    $('conflict-banner').hidden = this.conflicts.size === 0
     // The button pressed to resolve is gone with its card: keep keyboard users in the panel.
     if (hadFocus && !list.contains(document.activeElement)) this.input.focus()
   }

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 
 import {
-  docName, launchBrowser, openPerson, screenshot, startRelay, typeAtEnd, waitForIndicator, waitForPage
+  assertAccessible, docName, launchBrowser, openPerson, screenshot, startRelay, typeAtEnd, waitForIndicator, waitForPage
 } from './harness.js'
 import { PALETTE } from '../src/identity.js'
 
@@ -108,6 +108,7 @@ describe('issue 19: no wrong states', () => {
       () => document.querySelector('.cm-ySelectionInfo')?.outerHTML)
       const ratio = contrast(label.fg, label.bg)
       assert.ok(ratio >= 4.5, `${picked} shown as ${label.shown}: label ${label.fg} on ${label.bg} is ${ratio.toFixed(2)}:1`)
+      await assertAccessible(ada, `text-mode caret label of ${picked}`)
     }
     await screenshot(ada, 'states-2-label-of-a-picked-yellow')
   })
