@@ -145,7 +145,8 @@ describe('issue 19: no wrong states', () => {
       document.getElementById('conflicts').hidden && document.activeElement?.id === 'notes-input',
     undefined, () => document.activeElement?.outerHTML.slice(0, 100))
     await waitForPage(bob, 'Bob told the conflict was resolved', () =>
-      document.getElementById('conflicts').hidden && !document.getElementById('notes-status').textContent.includes('choose below'),
+      document.getElementById('conflicts').hidden && /resolved/.test(document.getElementById('notes-status').textContent) &&
+        !/below/.test(document.getElementById('notes-status').textContent),
     undefined, () => document.getElementById('notes-status').textContent)
     await screenshot(bob, 'states-4-resolved-by-the-other')
   })
