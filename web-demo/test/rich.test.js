@@ -243,6 +243,16 @@ describe('rich text', () => {
       }, published, () => document.querySelector('.ProseMirror .remote-label')?.outerHTML)
       await assertAccessible(ada, `rich-text caret label of ${color}`)
     }
+    // Bob's caret is on the second line: his label sits in the gap between the lines and does
+    // not cover the first line's text.
+    const overlap = await ada.page.evaluate(() => {
+      const label = document.querySelector('.ProseMirror .remote-label').getBoundingClientRect()
+      const range = document.createRange()
+      range.selectNodeContents(document.querySelector('.ProseMirror p'))
+      const text = range.getBoundingClientRect()
+      return { labelTop: label.top, textBottom: text.bottom }
+    })
+    assert.ok(overlap.labelTop >= overlap.textBottom - 1, `label top ${overlap.labelTop} above the first line's bottom ${overlap.textBottom}`)
     await screenshot(ada, 'rich-6-remote-cursor')
   })
 
