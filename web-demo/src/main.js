@@ -6,6 +6,8 @@
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import { IndexeddbPersistence } from 'y-indexeddb'
+import { removeAwarenessStates } from 'y-protocols/awareness'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import { EditorState } from '@codemirror/state'
 import { EditorView, keymap, placeholder, drawSelection, highlightActiveLine } from '@codemirror/view'
@@ -13,13 +15,16 @@ import { defaultKeymap } from '@codemirror/commands'
 
 import { docNameFromSearch, docNameProblem, docHref } from './doc-name.js'
 import { RelayMirror } from './relay-mirror.js'
-import { loadIdentity, saveIdentity, awarenessUser } from './identity.js'
+import { loadIdentity, saveIdentity, awarenessUser, freeColor, freeName, readableColor } from './identity.js'
 import { RateMeter, measureRoundTrip } from './live-stats.js'
 import { startRegisterPanels } from './register-panels.js'
 import { loadToken } from './token.js'
+import { FRAGMENT_NAME, mountRichEditor, sampleUpdate } from './rich-editor.js'
 
 /** The shared text's name in the Y.Doc (the README's example writes to the same one). */
 const TEXT_NAME = 'content'
+/** The document the first screen opens: it starts with a sample saying what to try. */
+const WELCOME_DOC = 'welcome'
 /** How often the live panel measures the round trip to the relay. */
 const RTT_INTERVAL_MS = 3000
 
@@ -35,6 +40,24 @@ if (problem) {
 }
 $('doc-name').textContent = docName
 document.title = `${docName} · AetherFlow`
+/**
+ * `rich` (default): ProseMirror on the Y.XmlFragment `prosemirror`; `text` (`?mode=text`):
+ * CodeMirror on the Y.Text `content`, which the README's SDK example writes. They are two
+ * separate parts of one document.
+ */
+const mode = new URLSearchParams(location.search).get('mode') === 'text' ? 'text' : 'rich'
+document.body.dataset.mode = mode
+{
+  const other = new URL(location.href)
+  if (mode === 'text') other.searchParams.delete('mode')
+  else other.searchParams.set('mode', 'text')
+  const link = document.createElement('a')
+  link.href = other.search
+  link.textContent = mode === 'text' ? 'Switch to rich text' : 'Switch to plain text'
+  $('mode-switch').append(mode === 'text'
+    ? 'Plain text (the Y.Text “content”, what the SDK example writes). '
+    : 'Rich text (a Y.XmlFragment). ', link)
+}
 
 // --- Yjs document, provider and editor ---------------------------------------------------
 
@@ -55,25 +78,91 @@ const provider = new WebsocketProvider(wsBase, encodeURIComponent(docName), doc,
   params: token ? { token } : {}
 })
 const mirror = new RelayMirror(doc, provider)
+
+/**
+ * The text kept in this browser (IndexedDB, one database per document and origin), so edits
+ * made offline survive a reload or a browser restart and are sent when the relay is reachable.
+ * Null when the browser offers no IndexedDB (some private modes): then nothing is kept.
+ */
+const persistence = openPersistence()
+/** Whether the text is being kept in this browser (false once IndexedDB refused). */
+let keptLocally = persistence !== null
+if (!keptLocally) notKeptLocally()
+
+function openPersistence () {
+  if (typeof indexedDB === 'undefined') return null
+  try {
+    const p = new IndexeddbPersistence(`aetherflow-demo/${docName}`, doc)
+    p._db.catch(() => { keptLocally = false; notKeptLocally(); renderStatus() })
+    p.on('synced', scheduleStatus)
+    return p
+  } catch {
+    return null
+  }
+}
+
+/** Says so when this browser refuses to keep the text (IndexedDB unavailable). */
+function notKeptLocally () {
+  $('kept-hint').textContent = "Everyone with this page's address edits the same text. This browser does " +
+    'not let the page keep a copy, so edits made offline are sent when the connection returns ' +
+    'only if this page stays open.'
+}
 const awareness = provider.awareness
 
 const identity = loadIdentity(localStorage)
-awareness.setLocalStateField('user', awarenessUser(identity))
+/**
+ * What this tab shows the others. Tabs of one browser share the saved identity; a tab that
+ * finds an earlier one (another tab or another person) with its name or colour takes the next
+ * free name ("Ada (2)") and palette colour, for this tab only.
+ */
+const tab = { name: identity.name, color: identity.color, joined: Date.now(), chosen: false }
+function publishUser () {
+  awareness.setLocalStateField('user', { ...awarenessUser(tab), joined: tab.joined })
+}
+publishUser()
 
-const view = new EditorView({
-  parent: $('editor'),
-  state: EditorState.create({
-    doc: ytext.toString(),
-    extensions: [
-      keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
-      drawSelection(),
-      highlightActiveLine(),
-      EditorView.lineWrapping,
-      placeholder('Start typing: everyone on this document sees it live.'),
-      EditorView.contentAttributes.of({ 'aria-label': `Text of document ${docName}`, 'aria-multiline': 'true' }),
-      yCollab(ytext, awareness)
-    ]
+const view = mode === 'text' ? mountTextEditor() : mountRich()
+
+function mountRich () {
+  $('toolbar').hidden = false
+  const fragment = doc.getXmlFragment(FRAGMENT_NAME)
+  // The first screen's sample, once the relay has answered: the same items for everyone, so
+  // it never doubles and does not come back once deleted (see sampleUpdate).
+  if (docName === WELCOME_DOC) {
+    provider.once('sync', () => { if (fragment.length === 0) Y.applyUpdate(doc, sampleUpdate()) })
+  }
+  return mountRichEditor({
+    parent: $('editor'),
+    toolbar: $('toolbar'),
+    linkForm: /** @type {HTMLFormElement} */ ($('link-form')),
+    fragment,
+    awareness,
+    label: `Text of document ${docName}`
   })
+}
+
+function mountTextEditor () {
+  return new EditorView({
+    parent: $('editor'),
+    state: EditorState.create({
+      doc: ytext.toString(),
+      extensions: [
+        keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
+        drawSelection(),
+        highlightActiveLine(),
+        EditorView.lineWrapping,
+        placeholder('Start typing: everyone on this document sees it live.'),
+        EditorView.contentAttributes.of({ 'aria-label': `Text of document ${docName}`, 'aria-multiline': 'true' }),
+        yCollab(ytext, awareness)
+      ]
+    })
+  })
+}
+
+// The skip link lands in the editable text itself, not on its wrapper.
+$('skip-link').addEventListener('click', (event) => {
+  event.preventDefault()
+  view.focus()
 })
 
 // --- Connection indicator ------------------------------------------------------------------
@@ -112,7 +201,11 @@ function statusText (state, pending) {
     case 'pending': return 'Online: saving changes…'
     case 'synced': return 'Synced: all changes saved'
   }
-  const kept = pending ? '; your changes are kept and sent on reconnect' : ''
+  const kept = !pending
+    ? ''
+    : keptLocally
+      ? '; your changes are kept in this browser and sent on reconnect'
+      : '; your changes are sent on reconnect if this page stays open'
   if (userOffline) return `Offline: working locally${kept}`
   if (networkDown) return `Offline: no network${kept}`
   return everConnected ? `Offline: reconnecting…${kept}` : 'Connecting…'
@@ -147,11 +240,18 @@ $('offline-toggle').addEventListener('click', () => {
 window.addEventListener('offline', () => { networkDown = true; applyConnectionWish() })
 window.addEventListener('online', () => { networkDown = false; applyConnectionWish() })
 
+/** Counts connection changes, so a round trip measured before one is not shown after it. */
+let rttEpoch = 0
+
 function applyConnectionWish () {
   const wanted = !userOffline && !networkDown
   if (wanted && !provider.shouldConnect) provider.connect()
   if (!wanted && provider.shouldConnect) provider.disconnect()
   registers.setOnline(wanted)
+  // The last figure belongs to the connection that just ended: replace it now.
+  rttEpoch++
+  $('rtt').textContent = wanted ? '–' : 'offline'
+  if (wanted) measureRtt()
   renderStatus()
 }
 
@@ -175,8 +275,43 @@ function updateIdentity () {
   identity.name = nameInput.value
   identity.color = colorInput.value
   saveIdentity(localStorage, identity)
-  awareness.setLocalStateField('user', awarenessUser(identity))
+  // What the person chose in this tab is what the others see (made readable if too light).
+  Object.assign(tab, { name: identity.name, color: identity.color, chosen: true })
+  publishUser()
 }
+
+/** Takes a free name and colour when an earlier tab or person already shows this tab's. */
+function avoidLookalikes () {
+  if (tab.chosen) return
+  const mine = awareness.getLocalState()?.user
+  if (!mine) return
+  const others = [...awareness.getStates().entries()]
+    .filter(([id, state]) => id !== doc.clientID && state.user && typeof state.user.name === 'string')
+    .map(([id, state]) => ({ id, user: state.user }))
+  const earlier = others.filter(({ id, user }) => {
+    const joined = typeof user.joined === 'number' ? user.joined : 0
+    return joined < tab.joined || (joined === tab.joined && id < doc.clientID)
+  })
+  let changed = false
+  if (earlier.some(({ user }) => user.color === mine.color)) {
+    tab.color = freeColor(others.map(({ user }) => String(user.color)).concat(mine.color))
+    changed = true
+  }
+  if (earlier.some(({ user }) => user.name === mine.name)) {
+    tab.name = freeName(mine.name, others.map(({ user }) => user.name))
+    changed = true
+  }
+  if (changed) publishUser()
+}
+awareness.on('change', avoidLookalikes)
+// y-websocket does not say goodbye when a browser tab closes; other tabs of this browser hear
+// presence over BroadcastChannel and would keep showing this one until it times out.
+window.addEventListener('pagehide', () => {
+  removeAwarenessStates(awareness, [doc.clientID], 'page closed')
+})
+// Back from the browser's back-forward cache: present again.
+window.addEventListener('pageshow', (event) => { if (event.persisted) publishUser() })
+colorInput.addEventListener('change', () => { colorInput.value = readableColor(colorInput.value) })
 nameInput.addEventListener('input', updateIdentity)
 colorInput.addEventListener('input', updateIdentity)
 
@@ -195,11 +330,33 @@ openForm.addEventListener('submit', (event) => {
     openName.focus()
     return
   }
-  location.assign(docHref(name))
+  location.assign(docHref(name) + (mode === 'text' ? '&mode=text' : ''))
 })
 openName.addEventListener('input', () => {
   openError.textContent = ''
   openName.removeAttribute('aria-invalid')
+})
+
+// --- Sharing ------------------------------------------------------------------------------
+
+/** This document's address, without a token. */
+const shareUrl = () => location.href
+$('copy-link').addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText(shareUrl())
+    $('share-status').textContent = 'Link copied.'
+  } catch {
+    $('share-status').textContent = `Copy this link: ${shareUrl()}`
+  }
+})
+$('conflict-banner-link').addEventListener('click', (event) => {
+  event.preventDefault()
+  const first = /** @type {HTMLElement | null} */ (document.querySelector('#conflicts .conflict button'))
+  first?.scrollIntoView({ block: 'center' })
+  first?.focus()
+})
+$('open-window').addEventListener('click', () => {
+  window.open(shareUrl(), '_blank', 'noopener')
 })
 
 // --- Live panel ---------------------------------------------------------------------------
@@ -209,6 +366,7 @@ function renderPeople () {
   const entries = [...awareness.getStates().entries()]
     .filter(([, state]) => state.user)
     .sort(([a], [b]) => (a === doc.clientID ? -1 : b === doc.clientID ? 1 : a - b))
+  renderAvatars(entries)
   list.replaceChildren(...entries.map(([clientId, state]) => {
     const li = document.createElement('li')
     li.dataset.clientId = String(clientId)
@@ -230,6 +388,24 @@ function renderPeople () {
   }))
   $('people-count').textContent = String(entries.length)
 }
+/** The header's presence: one initial per person in their colour, always in view. */
+function renderAvatars (entries) {
+  $('avatars').replaceChildren(...entries.map(([clientId, state]) => {
+    const li = document.createElement('li')
+    li.className = 'avatar'
+    const name = String(state.user.name)
+    li.style.backgroundColor = readableColor(String(state.user.color))
+    li.title = clientId === doc.clientID ? `${name} (you)` : name
+    const initial = document.createElement('span')
+    initial.setAttribute('aria-hidden', 'true')
+    initial.textContent = [...name.trim()][0]?.toUpperCase() ?? '?'
+    const full = document.createElement('span')
+    full.className = 'sr-only'
+    full.textContent = li.title
+    li.append(initial, full)
+    return li
+  }))
+}
 awareness.on('change', renderPeople)
 renderPeople()
 
@@ -246,14 +422,15 @@ async function measureRtt () {
     $('rtt').textContent = 'offline'
     return
   }
+  const epoch = rttEpoch
   const ms = await measureRoundTrip('/healthz')
+  if (epoch !== rttEpoch) return
   $('rtt').textContent = ms === null ? 'unreachable' : `${Math.max(1, Math.round(ms))} ms`
 }
-measureRtt()
 setInterval(measureRtt, RTT_INTERVAL_MS)
 
 // --- Test and debugging hook --------------------------------------------------------------
 
 Object.assign(window, {
-  aetherflowDemo: { doc, ytext, provider, awareness, view, mirror, docName, connectionState, registers }
+  aetherflowDemo: { doc, ytext, fragment: doc.getXmlFragment(FRAGMENT_NAME), mode, provider, persistence, awareness, view, mirror, docName, connectionState, registers }
 })

@@ -52,10 +52,11 @@ export class TitlePanel {
     this.channel = new RegisterChannel(name, token, {
       onState: ({ register }) => this.show(register),
       onEvent: (event) => { if (event.type === 'updated' && event.register) this.show(event.register) },
-      onStatus: (connected) => { $('title-form').toggleAttribute('data-offline', !connected) }
+      onStatus: (connected) => { offlineForm('title-form', connected) }
     })
     /** Whether the person changed the title field since it was last set or shown. */
     this.dirty = false
+    offlineForm('title-form', false)
     this.input.addEventListener('input', () => { this.dirty = true })
     $('title-form').addEventListener('submit', (event) => { event.preventDefault(); this.save() })
   }
@@ -71,11 +72,20 @@ export class TitlePanel {
     // Someone typing a new title keeps their text until they set it.
     if (!this.dirty) this.input.value = asText(register.value)
     const by = register.stamp ? ` (set by ${register.stamp.writer.split('·')[0]})` : ''
-    this.input.dataset.value = asText(register.value)
-    say(this.status, register.value === null ? 'No title yet.' : `Current title${by}.`)
+    const value = asText(register.value)
+    this.input.dataset.value = value
+    if (register.value === null) say(this.status, 'No title yet.')
+    else if (this.dirty && this.input.value !== value) {
+      // The person's draft stays in the field; the title everyone sees is named here.
+      say(this.status, `Current title${by}: “${value}”. Your draft is not set yet.`)
+    } else say(this.status, `Current title${by}.`)
   }
 
   async save () {
+    if (!this.channel.connected) {
+      say(this.status, 'Offline: the title can be set once the connection is back. Your draft stays here.', true)
+      return
+    }
     const value = this.input.value.trim()
     this.dirty = false
     this.writer = `${this.who()}·${this.writer.split('·')[1]}`
@@ -116,8 +126,9 @@ export class NotesPanel {
     this.channel = new RegisterChannel(name, token, {
       onState: ({ register }) => { this.show(register, true); this.loadConflicts() },
       onEvent: (event) => this.onEvent(event),
-      onStatus: (connected) => { $('notes-form').toggleAttribute('data-offline', !connected) }
+      onStatus: (connected) => { offlineForm('notes-form', connected) }
     })
+    offlineForm('notes-form', false)
     this.input.addEventListener('input', () => { this.dirty = true })
     $('notes-form').addEventListener('submit', (event) => { event.preventDefault(); this.save() })
   }
@@ -130,8 +141,10 @@ export class NotesPanel {
     if (event.type === 'conflict_resolved') {
       // A conflict this tab's save made holds its text; once resolved, show the outcome.
       if (this.mine.delete(event.conflict)) this.dirty = false
-      this.conflicts.delete(event.conflict)
+      const wasOpen = this.conflicts.delete(event.conflict)
       this.renderConflicts()
+      // "Choose below" with nothing below would be a dead end.
+      if (wasOpen && this.conflicts.size === 0 && !this.resolving) say(this.status, 'The conflict was resolved; the notes show the outcome.')
     }
     if (event.type === 'updated' && event.register) this.show(event.register, false)
   }
@@ -147,7 +160,7 @@ export class NotesPanel {
       this.input.value = asText(register.value)
       this.version = register.version
       this.dirty = false
-    } else if (register.version !== this.version) {
+    } else if (register.version !== this.version && this.conflicts.size === 0) {
       say(this.status, 'Someone else saved new notes; saving yours now will ask to resolve a conflict.')
     }
     this.renderVersion()
@@ -168,6 +181,15 @@ export class NotesPanel {
   }
 
   async save () {
+    if (!this.channel.connected) {
+      say(this.status, 'Offline: notes can be saved once the connection is back. Your text stays here.', true)
+      return
+    }
+    if (this.conflicts.size > 0) {
+      // A second save would stack another conflict on the open one.
+      say(this.status, 'A conflict is open: choose or merge below first, then save again if needed.', true)
+      return
+    }
     const value = this.input.value
     try {
       const outcome = await this.channel.request({ op: 'write', value, base_version: this.version, author: this.author() })
@@ -195,18 +217,26 @@ export class NotesPanel {
   async resolve (id, value) {
     // The resolution replaces whatever this tab was typing, as the person chose.
     this.dirty = false
+    this.resolving = true
     try {
       await this.channel.request({ op: 'resolve', conflict: id, value, author: this.author() })
       say(this.status, 'Conflict resolved.')
     } catch (err) {
       say(this.status, `Not resolved: ${err.message}`, true)
+    } finally {
+      this.resolving = false
     }
   }
 
   renderConflicts () {
     const list = $('conflicts')
+    const hadFocus = list.contains(document.activeElement)
     list.replaceChildren(...[...this.conflicts.values()].map((c) => this.conflictCard(c)))
     list.hidden = this.conflicts.size === 0
+    // The banner at the top says a conflict waits, wherever the person is on the page.
+    $('conflict-banner').hidden = this.conflicts.size === 0
+    // The button pressed to resolve is gone with its card: keep keyboard users in the panel.
+    if (hadFocus && !list.contains(document.activeElement)) this.input.focus()
   }
 
   /** One conflict: both values with their authors, and ways to end it. */
@@ -253,6 +283,18 @@ export class NotesPanel {
 
   connect () { this.channel.connect() }
   disconnect () { this.channel.disconnect() }
+}
+
+/**
+ * Marks a register form offline: its button is really disabled (and says why through
+ * `aria-describedby`), the field keeps the person's text. Title and notes are not queued.
+ */
+function offlineForm (id, connected) {
+  const form = $(id)
+  form.toggleAttribute('data-offline', !connected)
+  const submit = /** @type {HTMLButtonElement} */ (form.querySelector('button[type=submit]'))
+  submit.disabled = !connected
+  $(`${id}-offline`).hidden = connected
 }
 
 function button (text, action, onClick) {

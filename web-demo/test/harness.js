@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process'
 import { createHmac } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -140,10 +140,12 @@ export async function launchBrowser () {
 
 /**
  * A person at the demo page: a fresh browser context (own storage, own network state) whose
- * saved identity is `name` and `color`, with the page open on document `doc`.
+ * saved identity is `name` and `color`, with the page open on document `doc`. `mode` is
+ * `text` (default here: the plain-text editor on the Y.Text, which most tests read) or `rich`
+ * (the page's default, ProseMirror on the Y.XmlFragment).
  */
 export async function openPerson (browser, relay, options) {
-  const { name, color, doc, viewport = { width: 1100, height: 760 } } = options
+  const { name, color, doc, viewport = { width: 1100, height: 760 }, mode = 'text' } = options
   const context = await browser.newContext({ viewport })
   await context.addInitScript(([name, color]) => {
     if (!localStorage.getItem('aetherflow-demo-user')) {
@@ -155,7 +157,8 @@ export async function openPerson (browser, relay, options) {
   page.on('pageerror', (err) => errors.push(err.message))
   page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()) })
   const token = options.token ? `&token=${encodeURIComponent(options.token)}` : ''
-  await page.goto(`${relay.url}/?doc=${encodeURIComponent(doc)}${token}`)
+  const modeParam = mode === 'text' ? '&mode=text' : ''
+  await page.goto(`${relay.url}/?doc=${encodeURIComponent(doc)}${modeParam}${token}`)
   return { name, context, page, errors }
 }
 
@@ -222,10 +225,31 @@ export async function typeAtEnd (person, text) {
   await person.page.keyboard.type(text)
 }
 
-/** Saves a full-page screenshot as test-artifacts/<name>.png. */
+/**
+ * Saves a full-page screenshot as test-artifacts/<name>.png, and checks the page in that
+ * state with axe-core: every state a test takes a picture of is also checked.
+ */
 export async function screenshot (person, name) {
   await mkdir(ARTIFACTS, { recursive: true })
   await person.page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true })
+  await assertAccessible(person, name)
+}
+
+let axeSource = null
+
+/** Fails when axe-core finds a serious or critical violation on the page as it is now. */
+export async function assertAccessible (person, state) {
+  axeSource ??= await readFile(path.join(WEB_DEMO, 'node_modules', 'axe-core', 'axe.min.js'), 'utf8')
+  if (!(await person.page.evaluate(() => typeof window.axe !== 'undefined'))) {
+    await person.page.addScriptTag({ content: axeSource })
+  }
+  const violations = await person.page.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ['violations'] })
+    return result.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}): ${v.help}; ${v.nodes.slice(0, 3).map((n) => n.html.slice(0, 160)).join(' | ')}`)
+  })
+  if (violations.length) throw new Error(`${person.name}: axe-core in state "${state}":\n${violations.join('\n')}`)
 }
 
 /** A unique document name per test. */

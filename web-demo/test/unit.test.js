@@ -11,7 +11,7 @@ import * as decoding from 'lib0/decoding'
 import { docNameProblem, docNameFromSearch, docHref, DEFAULT_DOC_NAME } from '../src/doc-name.js'
 import { RelayMirror } from '../src/relay-mirror.js'
 import { RateMeter } from '../src/live-stats.js'
-import { awarenessUser } from '../src/identity.js'
+import { PALETTE, awarenessUser, contrastWithWhite, freeColor, freeName, readableColor } from '../src/identity.js'
 import { HybridClock, compareStamps } from '../src/hlc.js'
 import { companionNames } from '../src/register-panels.js'
 import { loadToken, authHeaders } from '../src/token.js'
@@ -47,6 +47,7 @@ test('the awareness user has the fields y-codemirror.next draws', () => {
 /** A stand-in for WebsocketProvider's message dispatch: what RelayMirror hooks into. */
 function fakeProvider (doc) {
   const provider = {
+    on () {},
     messageHandlers: [(_encoder, decoder) => {
       const kind = decoding.readVarUint(decoder)
       const payload = decoding.readVarUint8Array(decoder)
@@ -150,4 +151,25 @@ test('a token given in the address is kept for the tab and sent as a bearer toke
   assert.equal(loadToken('?doc=b', storage), 'abc.def.ghi', 'remembered when opening another document')
   assert.deepEqual(authHeaders('abc.def.ghi'), { authorization: 'Bearer abc.def.ghi' })
   assert.deepEqual(authHeaders(null), {})
+})
+
+test('every palette colour and every colour a person picks carries a white name label at 4.5:1 or more', () => {
+  assert.equal(new Set(PALETTE).size, PALETTE.length)
+  assert.ok(PALETTE.length >= 12)
+  for (const color of PALETTE) {
+    assert.ok(contrastWithWhite(color) >= 4.5, `${color}: ${contrastWithWhite(color).toFixed(2)}:1`)
+    assert.equal(readableColor(color), color, 'palette colours are shown as they are')
+  }
+  for (const picked of ['#ffffff', '#ffff00', '#2ca02c', '#e377c2', '#9467bd', '#00ffff', '#000000', '#808080']) {
+    const shown = awarenessUser({ name: 'Ada', color: picked }).color
+    assert.ok(contrastWithWhite(shown) >= 4.5, `${picked} shown as ${shown}: ${contrastWithWhite(shown).toFixed(2)}:1`)
+  }
+  assert.equal(readableColor('not a colour'), PALETTE[0])
+})
+
+test('a tab takes the next free name and palette colour', () => {
+  assert.equal(freeName('Ada', ['Bob']), 'Ada')
+  assert.equal(freeName('Ada', ['Ada', 'Ada (2)']), 'Ada (3)')
+  assert.equal(freeColor([PALETTE[0], PALETTE[1]]), PALETTE[2])
+  assert.ok(PALETTE.includes(freeColor(PALETTE)))
 })
