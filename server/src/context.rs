@@ -5,19 +5,41 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use aetherflow_crdt::protocol::Limits;
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap, HeaderName};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::error::AppError;
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Rejection;
-use crate::rate_limit::ConnectionLimiter;
-use crate::registry::Registry;
-use crate::session::SessionContext;
+use crate::rate_limit::{ConnectionLimiter, Rate};
+use crate::rooms::Rooms;
+use crate::sessions::Registry;
+
+/// Everything a session of any transport needs besides its socket.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// The room registry.
+    pub rooms: Rooms,
+    /// Decoding limits.
+    pub limits: Limits,
+    /// Cancelled when the relay shuts down.
+    pub shutdown: CancellationToken,
+    /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
+    /// A write still pending at three ticks in a row closes it too (1013).
+    pub ping_interval: Duration,
+    /// Data messages read per second from a session (`None`: unlimited); over it the relay
+    /// stops reading the socket until the bucket refills (see
+    /// the WebSocket session's hold limit).
+    pub message_rate: Option<Rate>,
+    /// Bytes of frames a session's outbox may hold; over it the session is closed with 1013.
+    pub outbox_max_bytes: usize,
+}
 
 /// Shared state of every route.
 #[derive(Clone)]

@@ -17,8 +17,8 @@ use crate::auth::Permission;
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::metrics::Rejection;
-use crate::registry::Transport;
-use crate::session;
+use crate::sessions::Transport;
+use crate::websocket;
 
 /// Read buffer of a WebSocket connection, and the most one read asks the socket for; see
 /// [`websocket`]. Every idle connection holds it, zero-filled, so resident (issue 7). 256
@@ -157,7 +157,7 @@ async fn websocket(
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             // The user and the address are in the session's registry entry (`handle`).
-            let peer = session::Peer {
+            let peer = websocket::Peer {
                 conn,
                 can_write: grant.permission == Permission::Write,
             };
@@ -166,7 +166,7 @@ async fn websocket(
             // to the session for the connection's whole life, about 1.3 KiB per idle
             // connection (issue 7). The tracker counts the new task before `in_flight` drops,
             // so a shutdown never sees a gap.
-            tracker.spawn(session::run(socket, doc, peer, handle, ctx));
+            tracker.spawn(websocket::run(socket, doc, peer, handle, ctx));
             drop(in_flight);
             std::future::ready(())
         })

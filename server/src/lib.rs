@@ -32,14 +32,14 @@ pub mod quantum;
 pub mod rate_limit;
 pub mod reads;
 pub mod registers;
-pub mod registry;
 pub mod rooms;
-pub mod session;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
 pub mod wall_clock;
 pub mod web_demo;
+pub mod websocket;
 
 use std::future::Future;
 use std::io::Write;
@@ -56,8 +56,8 @@ use tracing::{info, warn};
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
 use crate::context::AppState;
+use crate::context::SessionContext;
 use crate::rooms::{RoomSettings, Rooms};
-use crate::session::SessionContext;
 use crate::store::{Store, StoreWriter, WriteMode};
 
 /// Runs an offline tool (`aetherflow merge`, `inspect`, `check`); returns what to print.
@@ -179,7 +179,7 @@ pub async fn run(
         tracker: tracker.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
         auth,
-        registry: registry::Registry::with_metrics(&metrics),
+        registry: sessions::Registry::with_metrics(&metrics),
         connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
         admin: admin::Admin::from_config(&config),
         locks,

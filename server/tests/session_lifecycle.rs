@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The relay's debug lines about sessions, besides its usual info level.
-const SESSION_DEBUG: [(&str, &str); 1] = [("RUST_LOG", "info,aetherflow_server::session=debug")];
+const SESSION_DEBUG: [(&str, &str); 1] = [("RUST_LOG", "info,aetherflow_server::websocket=debug")];
 
 /// Reads until the relay's close frame; panics on anything else ending the connection.
 async fn next_close(client: &mut YClient) -> CloseFrame {

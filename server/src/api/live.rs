@@ -20,7 +20,7 @@
 //! as HTTP: `read_only`, `locked`, `not_found`, `bad_request`, `stamp_too_far_ahead`, ...); the connection stays open.
 //! A frame that is not such a request closes the connection: binary frames with 1003, text that
 //! is not a request with 1007, each with a reason. Deleting the document closes it with 4410;
-//! the token's expiry with 4401 (see [`crate::registry`]); shutdown with 1001.
+//! the token's expiry with 4401 (see [`crate::sessions`]); shutdown with 1001.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,9 +52,9 @@ use crate::events::DocEvent;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::rate_limit::TokenBucket;
 use crate::registers::{RegisterChange, RegisterWrite, Resolution, outcome_json};
-use crate::registry::{SessionHandle, SessionState, Transport};
-use crate::session;
-use crate::session::account;
+use crate::sessions::{SessionHandle, SessionState, Transport};
+use crate::websocket;
+use crate::websocket::account;
 
 /// Largest request frame a live client may send.
 const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -194,7 +194,7 @@ async fn run(
             let (_, _, message) = e.parts();
             let reason = CloseReason::new(CloseReason::INTERNAL_ERROR, message);
             handle.closing(Some(&reason));
-            session::close(&mut sink, &mut stream, Some(reason.clone())).await;
+            websocket::close(&mut sink, &mut stream, Some(reason.clone())).await;
             return Some(reason);
         }
     }
@@ -258,7 +258,7 @@ async fn run(
     handle.closing(reason.as_ref());
     // The close handshake as on /ws: the client's close is answered, the relay's waits
     // briefly for the client's answer.
-    session::close(&mut sink, &mut stream, reason.clone()).await;
+    websocket::close(&mut sink, &mut stream, reason.clone()).await;
     reason
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::connection::CloseReason;
 use crate::context::AppState;
 use crate::error::AppError;
-use crate::registry::{DisconnectError, Filter, Page, SessionState, SessionView, Transport};
+use crate::sessions::{DisconnectError, Filter, Page, SessionState, SessionView, Transport};
 
 /// Sessions per page unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 100;

@@ -586,7 +586,7 @@ impl Drop for LoadedDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Registry;
+    use crate::sessions::Registry;
 
     fn value(text: &str, series: &str) -> Option<String> {
         text.lines()

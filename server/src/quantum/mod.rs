@@ -88,7 +88,7 @@ use crate::context::AppState;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
 use crate::rate_limit::TokenBucket;
-use crate::registry::{SessionHandle, SessionState, Transport};
+use crate::sessions::{SessionHandle, SessionState, Transport};
 use subscriptions::{Next, Peer, Subscriptions, on_envelope};
 
 /// How long shutdown waits for Quantum sessions to say goodbye before resetting them.

@@ -16,8 +16,8 @@ use super::{ERROR_PROTOCOL, ERROR_TOO_MANY_DOCUMENTS, QuantumContext, error};
 use crate::auth::Permission;
 use crate::connection::CloseReason;
 use crate::metrics::Rejection;
-use crate::registry::SessionHandle;
 use crate::rooms::{Membership, Outbound};
+use crate::sessions::SessionHandle;
 
 /// A subscribed document.
 pub(super) enum Subscription {

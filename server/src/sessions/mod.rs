@@ -13,7 +13,7 @@
 //! disconnect makes, so no connection needs a timer of its own.
 //!
 //! ```
-//! use aetherflow_server::registry::{Registry, SessionState, Transport};
+//! use aetherflow_server::sessions::{Registry, SessionState, Transport};
 //!
 //! let registry = Registry::new();
 //! let handle = registry.open("ada", Transport::Websocket, "127.0.0.1:5000".parse().unwrap(), vec!["notes".into()]);

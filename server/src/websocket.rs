@@ -1,4 +1,4 @@
-//! One WebSocket connection (a session) on one document.
+//! One y-websocket connection (a session) on one document.
 //!
 //! The session decodes each binary frame as exactly one y-protocols message and hands it to
 //! the room; it writes whatever the room puts in its outbox. Bad input closes this connection
@@ -15,34 +15,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::connection::CloseReason;
+use crate::context::SessionContext;
 use crate::heartbeat::{Beat as HeartbeatBeat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
-use crate::rate_limit::{Rate, TokenBucket};
-use crate::registry::{SessionHandle, SessionState};
-use crate::rooms::{Outbound, Rooms, outbox};
-
-/// Everything a session needs besides its socket.
-#[derive(Clone)]
-pub struct SessionContext {
-    /// The room registry.
-    pub rooms: Rooms,
-    /// Decoding limits.
-    pub limits: Limits,
-    /// Cancelled when the relay shuts down.
-    pub shutdown: CancellationToken,
-    /// Interval between pings: one unanswered ping shows the session IDLE, a second closes it.
-    /// A write still pending at three ticks in a row closes it too (1013).
-    pub ping_interval: Duration,
-    /// Data messages read per second from a session (`None`: unlimited); over it the relay
-    /// stops reading the socket until the bucket refills (see [`HOLD_LIMIT`]).
-    pub message_rate: Option<Rate>,
-    /// Bytes of frames a session's outbox may hold; over it the session is closed with 1013.
-    pub outbox_max_bytes: usize,
-}
+use crate::rate_limit::TokenBucket;
+use crate::rooms::{Outbound, outbox};
+use crate::sessions::{SessionHandle, SessionState};
 
 /// Most incoming frames handled per wakeup before the session looks at its other duties.
 const READ_BURST: usize = 64;
@@ -624,9 +605,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Registry, Transport};
+    use crate::rate_limit::Rate;
+    use crate::sessions::{Registry, Transport};
     use std::pin::Pin;
     use std::task::{Context, Poll};
+    use tokio_util::sync::CancellationToken;
 
     /// A socket that never sends anything and accepts every frame: an idle peer.
     struct IdleSocket;
