@@ -32,6 +32,7 @@
 //! | 4400 | protocol misuse: no hello first, a message for an unsubscribed document, a malformed update | kept (closed without hello) |
 //! | 4501 | register operations are not served by peers (they need the relay) | kept |
 
+use aetherflow_crdt::code::Code;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,18 +51,18 @@ use crate::error::ClientError;
 use crate::peer_link::{self, Role, Sink};
 
 /// Error code: the peer is shutting down.
-pub const ERROR_GOING_AWAY: u32 = 1001;
+pub const ERROR_GOING_AWAY: u32 = Code::GoingAway.as_u32();
 /// Error code: malformed envelope.
-pub const ERROR_MALFORMED: u32 = 1002;
+pub const ERROR_MALFORMED: u32 = Code::ProtocolError.as_u32();
 /// Error code: the document could not be opened.
-pub const ERROR_UNAVAILABLE: u32 = 1011;
+pub const ERROR_UNAVAILABLE: u32 = Code::InternalError.as_u32();
 /// Error code: protocol misuse.
-pub const ERROR_PROTOCOL: u32 = 4400;
+pub const ERROR_PROTOCOL: u32 = Code::BadRequest.as_u32();
 /// Error code once sent for a missing or wrong peer secret; no longer sent, since a peer
 /// without the secret now fails the Quantum handshake before any envelope.
-pub const ERROR_UNAUTHORIZED: u32 = 4401;
+pub const ERROR_UNAUTHORIZED: u32 = Code::Unauthorized.as_u32();
 /// Error code: register operations are not served by peers.
-pub const ERROR_NOT_SUPPORTED: u32 = 4501;
+pub const ERROR_NOT_SUPPORTED: u32 = Code::NotSupported.as_u32();
 
 /// How long a new connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

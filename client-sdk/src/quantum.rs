@@ -17,6 +17,7 @@
 //! default 100): a subscription over it is refused with status 413 and the relay's reason,
 //! the connection and the other documents stay as they were.
 
+use aetherflow_crdt::code::Code;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -323,7 +324,7 @@ async fn register_pump(
                     Some(Routed::Message(_)) => continue,
                     None => break,
                 };
-                let deleted = matches!(message, RegisterMessage::Error { code: 4410, .. });
+                let deleted = matches!(message, RegisterMessage::Error { code, .. } if code == Code::DocumentDeleted.as_u32());
                 if to_register.send(message).await.is_err() || deleted {
                     break;
                 }
@@ -386,12 +387,14 @@ async fn demux(mux: Arc<Mux>, limits: EnvelopeLimits) {
 
 /// Maps a subscription refusal to a transport error.
 fn refusal(code: u32, reason: String) -> TransportError {
-    match code {
-        // 4413: the connection holds as many documents as the relay allows.
-        4401 | 4403 | 4409 | 4413 => TransportError::Refused {
-            status: (code - 4000) as u16,
-            reason,
-        },
+    match Code::from_u32(code) {
+        Some(Code::Unauthorized | Code::Forbidden | Code::WrongKind | Code::TooManyDocuments) => {
+            TransportError::Refused {
+                // The HTTP status our 44xx codes mirror.
+                status: (code - 4000) as u16,
+                reason,
+            }
+        }
         _ => TransportError::Connect(format!("{code} {reason}")),
     }
 }

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod awareness;
+pub mod code;
 mod decode;
 pub mod doc_name;
 pub mod envelope;

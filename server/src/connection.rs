@@ -2,6 +2,7 @@
 //! its session is in its life, and why the relay closes it. A leaf: the session registry, the
 //! rooms, the transports and the metrics all name these, and it names none of them.
 
+use aetherflow_crdt::code::Code;
 use serde::{Deserialize, Serialize};
 
 /// How a client is connected.
@@ -62,25 +63,25 @@ pub struct CloseReason {
 
 impl CloseReason {
     /// 1001: the relay is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub const GOING_AWAY: u16 = Code::GoingAway.as_u16();
     /// 1002: the bytes are not a well-formed y-protocols message.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const PROTOCOL_ERROR: u16 = Code::ProtocolError.as_u16();
     /// 1003: a text frame, where y-websocket sends binary.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const UNSUPPORTED_DATA: u16 = Code::UnsupportedData.as_u16();
     /// 1007: a well-formed message whose payload is invalid (not a Yjs update, bad awareness).
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const INVALID_PAYLOAD: u16 = Code::InvalidPayload.as_u16();
     /// 1008: the client broke a policy (message rate limit) or an admin disconnected it.
-    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const POLICY_VIOLATION: u16 = Code::PolicyViolation.as_u16();
     /// 1009: the message is larger than `--max-message-bytes`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const MESSAGE_TOO_BIG: u16 = Code::MessageTooBig.as_u16();
     /// 1011: the relay could not serve the document (storage failure, reload).
-    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const INTERNAL_ERROR: u16 = Code::InternalError.as_u16();
     /// 1013: the connection fell too far behind; reconnect to resync.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const TRY_AGAIN_LATER: u16 = Code::TryAgainLater.as_u16();
     /// 4401: the session's token expired; reconnect with a fresh one.
-    pub const TOKEN_EXPIRED: u16 = 4401;
+    pub const TOKEN_EXPIRED: u16 = Code::Unauthorized.as_u16();
     /// 4410: the document was deleted through the API.
-    pub const DOCUMENT_DELETED: u16 = 4410;
+    pub const DOCUMENT_DELETED: u16 = Code::DocumentDeleted.as_u16();
 
     /// A close reason, with the text cut to fit a close frame.
     pub fn new(code: u16, reason: impl Into<String>) -> CloseReason {

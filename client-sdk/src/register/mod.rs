@@ -57,6 +57,7 @@
 mod replica;
 pub(crate) mod task;
 
+use aetherflow_crdt::code::Code;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,12 +132,12 @@ pub enum RegisterError {
 impl RegisterError {
     /// The error for a relay refusal with `code`.
     pub fn from_code(code: u32, reason: String) -> RegisterError {
-        match code {
-            4403 => RegisterError::ReadOnly { reason },
-            4423 => RegisterError::Locked { reason },
-            4404 => RegisterError::NotFound { reason },
-            4409 => RegisterError::WrongKind { reason },
-            4422 => RegisterError::ClockAhead { reason },
+        match Code::from_u32(code) {
+            Some(Code::Forbidden) => RegisterError::ReadOnly { reason },
+            Some(Code::Locked) => RegisterError::Locked { reason },
+            Some(Code::NotFound) => RegisterError::NotFound { reason },
+            Some(Code::WrongKind) => RegisterError::WrongKind { reason },
+            Some(Code::ClockAhead) => RegisterError::ClockAhead { reason },
             _ => RegisterError::Refused { code, reason },
         }
     }

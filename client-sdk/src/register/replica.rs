@@ -3,6 +3,7 @@
 //! is an argument, and every change comes back as [`Effects`] for the driver to carry out
 //! (events to publish, tickets to answer, database writes).
 
+use aetherflow_crdt::code::Code;
 use std::collections::{BTreeMap, VecDeque};
 
 use aetherflow_crdt::register::clock::{HlcStamp, HybridClock};
@@ -321,10 +322,10 @@ impl Replica {
     /// is final. 4410 (deleted) ends the link and answers nothing.
     pub fn on_error(&mut self, code: u32, reason: String) -> Effects {
         let mut effects = Effects::default();
-        if code == 4410 {
+        if code == Code::DocumentDeleted.as_u32() {
             return effects;
         }
-        if code == 1011 {
+        if code == Code::InternalError.as_u32() {
             self.in_flight.pop_front();
             return effects;
         }

@@ -1,6 +1,7 @@
 //! The task of one register document: connect, send what is pending, apply what the relay
 //! says, reconnect with backoff.
 
+use aetherflow_crdt::code::Code;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -88,7 +89,7 @@ async fn session(
                 Some(RegisterMessage::Error { code, reason }) => {
                     debug!(register = %shared.name, code, %reason, "relay error");
                     let _ = shared.change(|replica| Ok::<_, ()>(replica.on_error(code, reason)));
-                    if code == 4410 {
+                    if code == Code::DocumentDeleted.as_u32() {
                         return true;
                     }
                 }

@@ -9,6 +9,7 @@
 //!   (see [`error_code`]);
 //! - every other frame becomes the event named by its `type`, with the frame as its data.
 
+use aetherflow_crdt::code::Code;
 use aetherflow_crdt::register::Command;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -82,14 +83,15 @@ async fn pump(
                             break;
                         }
                     },
-                    Some(Ok(Frame::Close(Some(close)))) if u16::from(close.code) == 4410 => {
-                        RegisterMessage::Error { code: 4410, reason: close.reason.to_string() }
+                    Some(Ok(Frame::Close(Some(close)))) if u16::from(close.code) == Code::DocumentDeleted.as_u16() => {
+                        let code = Code::DocumentDeleted.as_u32();
+                        RegisterMessage::Error { code, reason: close.reason.to_string() }
                     }
                     Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
                     // Pings are answered by tungstenite itself.
                     Some(Ok(_)) => continue,
                 };
-                let deleted = matches!(message, RegisterMessage::Error { code: 4410, .. });
+                let deleted = matches!(message, RegisterMessage::Error { code, .. } if code == Code::DocumentDeleted.as_u32());
                 if to_register.send(message).await.is_err() || deleted {
                     break;
                 }
@@ -154,20 +156,21 @@ fn translate(text: &str) -> Option<RegisterMessage> {
 
 /// The Quantum error code for the live channel's text code.
 pub(crate) fn error_code(code: &str) -> u32 {
-    match code {
-        "read_only" | "forbidden" => 4403,
-        "locked" => 4423,
-        "not_found" => 4404,
-        "conflict" => 4409,
-        "internal" => 1011,
-        "stamp_too_far_ahead" => 4422,
+    let code = match code {
+        "read_only" | "forbidden" => Code::Forbidden,
+        "locked" => Code::Locked,
+        "not_found" => Code::NotFound,
+        "conflict" => Code::WrongKind,
+        "internal" => Code::InternalError,
+        "stamp_too_far_ahead" => Code::ClockAhead,
         "token_missing"
         | "token_malformed"
         | "token_expired"
         | "token_not_yet_valid"
-        | "token_bad_signature" => 4401,
-        _ => 4400,
-    }
+        | "token_bad_signature" => Code::Unauthorized,
+        _ => Code::BadRequest,
+    };
+    code.as_u32()
 }
 
 #[cfg(test)]

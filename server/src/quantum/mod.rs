@@ -73,6 +73,7 @@ mod subscriptions;
 
 use std::time::{Duration, Instant};
 
+use aetherflow_crdt::code::Code;
 use aetherflow_crdt::envelope::{Control, Envelope, EnvelopeLimits, Payload};
 use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
@@ -98,15 +99,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Error code: protocol misuse (no hello first, a message for an unsubscribed document).
-pub const ERROR_PROTOCOL: u32 = 4400;
+pub const ERROR_PROTOCOL: u32 = Code::BadRequest.as_u32();
 /// Error code: too many new connections from this address; the reason says when to retry.
-pub const ERROR_CONNECTION_RATE: u32 = 4429;
+pub const ERROR_CONNECTION_RATE: u32 = Code::ConnectionRate.as_u32();
 /// Error code: the hello's token is missing or does not verify (the reason is the auth error
 /// code, e.g. `token_expired`); the connection is closed.
-pub const ERROR_UNAUTHORIZED: u32 = 4401;
+pub const ERROR_UNAUTHORIZED: u32 = Code::Unauthorized.as_u32();
 /// Error code: the connection is already subscribed to [`Config::quantum_max_documents`]
 /// documents; the subscription is refused, the connection and its other subscriptions stay.
-pub const ERROR_TOO_MANY_DOCUMENTS: u32 = 4413;
+pub const ERROR_TOO_MANY_DOCUMENTS: u32 = Code::TooManyDocuments.as_u32();
 
 /// How often a connection's transport figures are read: for `/metrics` and to see keepalives
 /// and ACKs as signs of life.

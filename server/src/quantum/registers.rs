@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aetherflow_crdt::DocName;
+use aetherflow_crdt::code::Code;
 use aetherflow_crdt::envelope::{Control, Envelope, Payload};
 use aetherflow_crdt::register::{Command, Kind};
 use serde_json::Value;
@@ -34,17 +35,17 @@ use crate::events::{DocEvent, Events};
 use crate::registers::{RegisterChange, RegisterError, RegisterWrite, Resolution, outcome_json};
 
 /// Error code: the token is read-only.
-pub const ERROR_READ_ONLY: u32 = 4403;
+pub const ERROR_READ_ONLY: u32 = Code::Forbidden.as_u32();
 /// Error code: no such document or open conflict.
-pub const ERROR_NOT_FOUND: u32 = 4404;
+pub const ERROR_NOT_FOUND: u32 = Code::NotFound.as_u32();
 /// Error code: the operation does not fit the document's kind (an LWW write on a manual
 /// document, a register operation on a Yjs document, a Yjs message on a register document).
-pub const ERROR_WRONG_KIND: u32 = 4409;
+pub const ERROR_WRONG_KIND: u32 = Code::WrongKind.as_u32();
 /// Error code: an LWW write's stamp is too far ahead of the relay's clock (HTTP 422
 /// `stamp_too_far_ahead`); nothing was stored.
-pub const ERROR_CLOCK_AHEAD: u32 = 4422;
+pub const ERROR_CLOCK_AHEAD: u32 = Code::ClockAhead.as_u32();
 /// Error code: the document is locked by someone else.
-pub const ERROR_LOCKED: u32 = 4423;
+pub const ERROR_LOCKED: u32 = Code::Locked.as_u32();
 
 /// Register commands a subscription may have waiting for their answers. The session never
 /// waits for room in this queue (its writer may be waiting for the session to send an
