@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::error::ConfigError;
 use crate::relay_key::RelayKey;
 
 /// How long to wait between reconnection attempts: `initial`, doubled after each failure, at
@@ -52,35 +53,6 @@ impl Backoff {
 /// first (a parity packet for every edit), where the transport's own default (30 %) is
 /// bytes first.
 pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 200;
-
-/// Why a [`ClientConfig`] cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// [`ClientConfig::quantum_addr`] is set without a way to know the relay's key.
-    #[error(
-        "quantum_addr needs the relay's Quantum key: pin it with ClientConfig::quantum_key (the \
-         relay prints `aetherflow quantum key: HEX` at start-up) or, for development, use \
-         quantum_trust_on_first_use"
-    )]
-    NoQuantumKey,
-    /// Trust on first use fetches the key over HTTP from the WebSocket URL's host.
-    #[error("quantum_trust_on_first_use needs a ws:// websocket_url to fetch the relay's key from")]
-    TrustOnFirstUseNeedsHttp,
-    /// [`ClientConfig::quantum_sparse_fec_budget`] is above the transport's limit.
-    #[error("quantum_sparse_fec_budget must be a percentage from 0 to {max}, not {percent}")]
-    SparseFecBudget {
-        /// The budget asked for.
-        percent: u16,
-        /// The largest budget the transport accepts.
-        max: u16,
-    },
-    /// A certificate given with [`ClientConfig::tls_root_certificate`] cannot be used.
-    #[error("tls_root_certificate: {reason}")]
-    TlsRootCertificate {
-        /// What is wrong with it.
-        reason: String,
-    },
-}
 
 /// Everything a [`crate::Client`] needs.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum ClientError {
     /// The configuration cannot be used (see [`crate::ClientConfig::validate`]).
     #[error("invalid client configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     /// The local database could not be opened (missing permissions, another process holds it, a
     /// corrupt file).
     #[error("cannot open the local database {path}: {reason}")]
@@ -79,4 +79,33 @@ pub enum TransportError {
     /// The connection did not open in time.
     #[error("connection timed out")]
     Timeout,
+}
+
+/// Why a [`crate::ClientConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// [`crate::ClientConfig::quantum_addr`] is set without a way to know the relay's key.
+    #[error(
+        "quantum_addr needs the relay's Quantum key: pin it with ClientConfig::quantum_key (the \
+         relay prints `aetherflow quantum key: HEX` at start-up) or, for development, use \
+         quantum_trust_on_first_use"
+    )]
+    NoQuantumKey,
+    /// Trust on first use fetches the key over HTTP from the WebSocket URL's host.
+    #[error("quantum_trust_on_first_use needs a ws:// websocket_url to fetch the relay's key from")]
+    TrustOnFirstUseNeedsHttp,
+    /// [`crate::ClientConfig::quantum_sparse_fec_budget`] is above the transport's limit.
+    #[error("quantum_sparse_fec_budget must be a percentage from 0 to {max}, not {percent}")]
+    SparseFecBudget {
+        /// The budget asked for.
+        percent: u16,
+        /// The largest budget the transport accepts.
+        max: u16,
+    },
+    /// A certificate given with [`crate::ClientConfig::tls_root_certificate`] cannot be used.
+    #[error("tls_root_certificate: {reason}")]
+    TlsRootCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -139,7 +139,7 @@ impl SyncSession {
     }
 }
 
-/// The serving side of a peer link (see [`crate::peer`]), as a pure function: what the relay
+/// The serving side of a peer link (the `peer` module), as a pure function: what the relay
 /// does for one subscriber. A step 1 is answered with everything its sender lacks, in order,
 /// so the connecting side's barriers work against a peer exactly as against the relay; a peer
 /// never acknowledges or denies anything.
