@@ -53,7 +53,8 @@ use yrs::{GetString, Text, Transact};
 /// Characters per edit: a zero-padded sequence number and a separator.
 const CHUNK: usize = 8;
 /// The relay's JWT secret in every cell; the clients sign their own tokens with it.
-const SECRET: &str = "sdk-latency-benchmark-secret";
+/// At least 32 bytes: the relay refuses a shorter --jwt-secret beyond loopback (the link cells).
+const SECRET: &str = "sdk-latency-benchmark-secret-of-32-bytes";
 /// The relay's HTTP port on a link: below the clients' ephemeral ports, so it names the flow.
 const LINK_HTTP_PORT: u16 = 8080;
 /// The relay's Quantum port on a link.
