@@ -315,7 +315,8 @@ impl SendBuffer {
         let Some(largest) = self.largest_acked_tx else {
             return result;
         };
-        for (&seq, packet) in &mut self.packets {
+        // Only what was ever transmitted: everything from `next_new` on is queued, unsent.
+        for (&seq, packet) in self.packets.range_mut(..self.next_new) {
             let Some(sent_at) = packet.sent_at else {
                 continue;
             };
@@ -347,7 +348,7 @@ impl SendBuffer {
     /// on entering its loss state, and will be resent in order as the window allows.
     pub fn on_rto(&mut self) -> u64 {
         let mut count = 0;
-        for (&seq, packet) in &mut self.packets {
+        for (&seq, packet) in self.packets.range_mut(..self.next_new) {
             if packet.in_flight {
                 packet.in_flight = false;
                 self.lost.insert(seq);
