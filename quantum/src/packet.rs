@@ -1,7 +1,8 @@
 //! The Quantum packet: flags, sequence, acknowledgement, up to 8 SACK blocks, then the payload.
 //!
 //! A [`Packet`] is what the connection state machine reads and writes; on the wire it travels
-//! inside a datagram framed by [`crate::wire`]: in clear for the handshake packets (SYN,
+//! inside a datagram framed by the `wire` module (which also holds [`Packet::to_bytes`] and
+//! [`Packet::decode`], the clear form): in clear for the handshake packets (SYN,
 //! SYN-ACK, retry cookie, refusal), sealed with the connection's keys for everything else.
 //! The byte layout is described in the crate overview. Decoding never panics: every way a
 //! datagram can be malformed maps to a [`DecodeError`] variant, and the endpoint drops and
@@ -12,9 +13,6 @@ use std::fmt;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::crypto::TAG_LEN;
-use crate::wire::{self, PROTECTED_PREFIX_LEN};
-
 /// The four bytes every Quantum datagram starts with.
 pub const MAGIC: [u8; 4] = *b"AFQM";
 /// The protocol version this crate speaks: 2, authenticated encryption (1 was plaintext and
@@ -23,6 +21,12 @@ pub const VERSION: u8 = 2;
 /// Length of the packet's own header (flags, sequence, acknowledgement, payload length),
 /// inside the datagram framing.
 pub const INNER_HEADER_LEN: usize = 11;
+/// Every datagram's prefix: magic, version, kind and connection id.
+pub const PREFIX_LEN: usize = 22;
+/// A sealed datagram's prefix with its 8-byte packet number: the associated data.
+pub const PROTECTED_PREFIX_LEN: usize = PREFIX_LEN + 8;
+/// Length of the AEAD tag that ends every sealed datagram.
+pub const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram spends besides SACK blocks and payload: framing with the packet
 /// number, the packet's header and the AEAD tag.
 pub const HEADER_LEN: usize = PROTECTED_PREFIX_LEN + INNER_HEADER_LEN + TAG_LEN;
@@ -32,6 +36,20 @@ pub const SACK_BLOCK_LEN: usize = 8;
 pub const MAX_SACK_BLOCKS: usize = 8;
 /// Longest possible packet overhead: header plus a full set of SACK blocks.
 pub const MAX_OVERHEAD: usize = HEADER_LEN + MAX_SACK_BLOCKS * SACK_BLOCK_LEN;
+
+/// The 64-bit sequence number whose low 32 bits are `truncated`, nearest to `expected`: the
+/// wire carries sequence numbers truncated to 32 bits.
+pub(crate) fn expand_sequence(truncated: u32, expected: u64) -> u64 {
+    const SPAN: u64 = 1 << 32;
+    let candidate = (expected & !(SPAN - 1)) | u64::from(truncated);
+    if candidate + SPAN / 2 <= expected {
+        candidate + SPAN
+    } else if candidate > expected + SPAN / 2 && candidate >= SPAN {
+        candidate - SPAN
+    } else {
+        candidate
+    }
+}
 
 /// The header's flag byte: SYN ACK FIN RST FEC PSH URG ECE, from the lowest bit up.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -48,7 +66,7 @@ impl Flags {
     pub const FIN: Flags = Flags(0x04);
     /// Aborts the connection at once.
     pub const RST: Flags = Flags(0x08);
-    /// The payload is forward-error-correction parity (see [`crate::fec`]).
+    /// The payload is forward-error-correction parity (see the `fec` module).
     pub const FEC: Flags = Flags(0x10);
     /// This data packet carries the last fragment of a message.
     pub const PSH: Flags = Flags(0x20);
@@ -246,22 +264,6 @@ impl Packet {
         }
         out.extend_from_slice(&self.payload);
         Ok(())
-    }
-
-    /// The packet as a datagram in clear, the form of the handshake packets.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(wire::PREFIX_LEN + self.encoded_len());
-        wire::write_prefix(&mut out, wire::KIND_CLEAR, self.header.connection_id);
-        self.encode_inner(&mut out)?;
-        Ok(out)
-    }
-
-    /// Parses a datagram in clear (a sealed one is [`DecodeError::Sealed`]).
-    pub fn decode(datagram: &[u8]) -> Result<Packet, DecodeError> {
-        match wire::parse(datagram)? {
-            wire::Datagram::Clear(packet) => Ok(packet),
-            wire::Datagram::Sealed(_) => Err(DecodeError::Sealed),
-        }
     }
 
     /// Parses the packet's own bytes (flags onwards) of connection `connection_id`.

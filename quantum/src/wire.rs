@@ -9,12 +9,11 @@
 use uuid::Uuid;
 
 use crate::crypto::keys::SealHeader;
-use crate::packet::{COOKIE_LEN, ConnectionId, DecodeError, MAGIC, Packet, VERSION, array_at};
+use crate::packet::{
+    COOKIE_LEN, ConnectionId, DecodeError, EncodeError, MAGIC, Packet, VERSION, array_at,
+};
 
-/// Magic, version, kind and connection id.
-pub const PREFIX_LEN: usize = 22;
-/// The prefix of a sealed datagram with its packet number: the associated data.
-pub const PROTECTED_PREFIX_LEN: usize = PREFIX_LEN + 8;
+pub use crate::packet::{PREFIX_LEN, PROTECTED_PREFIX_LEN};
 /// Kind byte of a clear handshake datagram.
 pub const KIND_CLEAR: u8 = 0;
 /// Kind byte of a sealed datagram (with [`KEY_PHASE`] for the odd key phases).
@@ -50,6 +49,24 @@ impl Datagram<'_> {
         match self {
             Datagram::Clear(packet) => packet.header.connection_id,
             Datagram::Sealed(sealed) => sealed.connection_id,
+        }
+    }
+}
+
+impl Packet {
+    /// The packet as a datagram in clear, the form of the handshake packets.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(PREFIX_LEN + self.encoded_len());
+        write_prefix(&mut out, KIND_CLEAR, self.header.connection_id);
+        self.encode_inner(&mut out)?;
+        Ok(out)
+    }
+
+    /// Parses a datagram in clear (a sealed one is [`DecodeError::Sealed`]).
+    pub fn decode(datagram: &[u8]) -> Result<Packet, DecodeError> {
+        match parse(datagram)? {
+            Datagram::Clear(packet) => Ok(packet),
+            Datagram::Sealed(_) => Err(DecodeError::Sealed),
         }
     }
 }

@@ -14,18 +14,7 @@ use crate::packet::{Control, Flags, Packet};
 use crate::recv::{Arrival, Delivery, RecvBuffer};
 use crate::rtt::RttEstimator;
 
-/// Widens a 32-bit wire sequence number to the 64-bit value nearest `expected`.
-pub(crate) fn expand(truncated: u32, expected: u64) -> u64 {
-    const SPAN: u64 = 1 << 32;
-    let candidate = (expected & !(SPAN - 1)) | u64::from(truncated);
-    if candidate + SPAN / 2 <= expected {
-        candidate + SPAN
-    } else if candidate > expected + SPAN / 2 && candidate >= SPAN {
-        candidate - SPAN
-    } else {
-        candidate
-    }
-}
+pub(crate) use crate::packet::expand_sequence as expand;
 
 impl Connection {
     /// Handles a packet of `len` bytes addressed to this connection that authenticated (or

@@ -15,7 +15,6 @@ mod protection;
 mod timers;
 mod types;
 
-pub(crate) use incoming::expand as expand_sequence;
 pub use types::{CloseReason, ConnectionStats, Event, Role, SendError, Transmit};
 
 use std::collections::VecDeque;

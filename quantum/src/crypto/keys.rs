@@ -27,7 +27,7 @@ use thiserror::Error;
 use super::replay::ReplayWindow;
 
 /// Length of the AEAD tag appended to every protected datagram.
-pub const TAG_LEN: usize = 16;
+pub use crate::packet::TAG_LEN;
 
 /// Why a protected datagram was dropped; none of these changes any state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

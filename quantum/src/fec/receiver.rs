@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::FecError;
 use super::group::{DataShard, FecHeader, MAX_DATA_SHARDS, reconstruct};
-use crate::connection::expand_sequence;
+use crate::packet::expand_sequence;
 
 /// Groups waiting for shards at once; a hostile peer announcing more only evicts its own.
 pub const MAX_PENDING_GROUPS: usize = 32;
