@@ -205,9 +205,9 @@ pub(super) fn meta_in(
 }
 
 pub(super) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Redb(format!("encode: {e}")))
+    serde_json::to_vec(value).map_err(|e| StoreError::Record(std::sync::Arc::new(e)))
 }
 
 pub(super) fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Redb(format!("corrupt record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Record(std::sync::Arc::new(e)))
 }

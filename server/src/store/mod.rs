@@ -55,9 +55,12 @@ pub enum StoreError {
     /// failure was contained to this operation. `aetherflow check` finds the damage.
     #[error("the database could not be read ({0}); its file may be damaged")]
     Unreadable(String),
-    /// A transaction, table or commit failed for another reason.
+    /// A transaction, table or commit failed for another reason: redb's error, kept whole.
     #[error("storage error: {0}")]
-    Redb(String),
+    Redb(#[source] Arc<redb::Error>),
+    /// A stored record (register state, document metadata) cannot be encoded or decoded.
+    #[error("stored record: {0}")]
+    Record(#[source] Arc<serde_json::Error>),
     /// The writer task has stopped (shutdown or a previous fatal error).
     #[error("the store writer has stopped")]
     WriterGone,
@@ -84,6 +87,7 @@ impl StoreError {
             },
             StoreError::Unreadable(e) => StoreError::Unreadable(e.clone()),
             StoreError::Redb(e) => StoreError::Redb(e.clone()),
+            StoreError::Record(e) => StoreError::Record(e.clone()),
             StoreError::WriterGone => StoreError::WriterGone,
         }
     }
@@ -95,7 +99,7 @@ impl From<redb::Error> for StoreError {
             redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
                 StoreError::Io(e.to_string())
             }
-            other => StoreError::Redb(other.to_string()),
+            other => StoreError::Redb(Arc::new(other)),
         }
     }
 }

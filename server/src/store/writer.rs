@@ -7,6 +7,7 @@
 //! flush interval, so the bound on loss after a crash is that interval plus one fsync.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -352,7 +353,7 @@ async fn commit_blocking(
         Ok(out) => out,
         Err(e) => (
             SeqCache::new(),
-            Err(StoreError::Redb(format!("store writer panicked: {e}"))),
+            Err(StoreError::Unreadable(format!("store writer task failed: {e}"))),
         ),
     }
 }
@@ -365,7 +366,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
         Durability::None
     };
     txn.set_durability(durability)
-        .map_err(|e| StoreError::Redb(e.to_string()))?;
+        .map_err(|e| StoreError::Redb(Arc::new(redb::Error::from(e))))?;
     let mut results = Vec::with_capacity(ops.len());
     {
         let mut tables = Tables::open(&txn)?;
