@@ -43,7 +43,7 @@
 //! | 4423 | the manual document is locked by someone else | kept |
 //! | 4429 | over the per-address connection rate (`reason` says when to retry) | closed, before the hello |
 //!
-//! Each connection is a session in the [`Registry`] (transport `quantum`), like a WebSocket
+//! Each connection is a session in the [`Registry`](crate::sessions::Registry) (transport `quantum`), like a WebSocket
 //! session: user from the hello token, documents as it subscribes, envelopes and bytes
 //! counted both ways, an admin's disconnect honoured. Quantum has its own keepalive, so the
 //! relay sends no pings: a connection that delivered any packet (data, ACK or keepalive)

@@ -7,8 +7,8 @@
 //! flush interval, so the bound on loss after a crash is that interval plus one fsync.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -353,7 +353,9 @@ async fn commit_blocking(
         Ok(out) => out,
         Err(e) => (
             SeqCache::new(),
-            Err(StoreError::Unreadable(format!("store writer task failed: {e}"))),
+            Err(StoreError::Unreadable(format!(
+                "store writer task failed: {e}"
+            ))),
         ),
     }
 }
