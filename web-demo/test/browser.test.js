@@ -14,53 +14,14 @@
 // Screenshots of every step go to test-artifacts/ (git-ignored).
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe } from 'node:test'
 
 import {
-  docName, indicator, launchBrowser, openPerson, screenshot, startRelay, textOf, typeAtEnd,
-  waitForIndicator, waitForPage, waitForSameText
+  browserSuite, docName, indicator, screenshot, textOf, typeAtEnd, waitForIndicator, waitForPage, waitForSameText
 } from './harness.js'
 
-let relay
-let browser
-/** Contexts opened by the running test, closed after it whatever happens. */
-let open = []
-
-before(async () => {
-  relay = await startRelay()
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await relay?.stop()
-})
-
-/** Opens the page for a person on `doc` and waits until it has synced with the relay. */
-async function person (name, color, doc, options = {}) {
-  const p = await openPerson(browser, relay, { name, color, doc, ...options })
-  open.push(p)
-  await waitForIndicator(p, 'synced', false)
-  return p
-}
-
-/** Runs `fn`, then closes its browser contexts; on failure prints the relay's logs and page errors. */
-function browserTest (name, fn) {
-  test(name, { timeout: 90_000 }, async () => {
-    open = []
-    try {
-      await fn()
-      for (const p of open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
-    } catch (err) {
-      console.error(`\n##### ${name} failed: ${err.message}\n${relay.logs()}`)
-      for (const p of open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
-      throw err
-    } finally {
-      relay.signal('SIGCONT') // in case a test froze it and failed
-      await Promise.all(open.map((p) => p.context.close().catch(() => {})))
-    }
-  })
-}
+const suite = browserSuite()
+const { person, browserTest } = suite
 
 /** Whether the characters of `needle` appear in `haystack` in order (not necessarily together). */
 function isSubsequence (needle, haystack) {
@@ -93,7 +54,7 @@ describe('the demo page against the real relay', () => {
     await screenshot(ada, 'together-2-ada-converged')
     await screenshot(bob, 'together-3-bob-converged')
 
-    // A third person opening the document later gets everything from the relay.
+    // A third person opening the document later gets everything from the suite.relay.
     const cleo = await person('Cleo', '#2ca02c', doc)
     assert.equal(await textOf(cleo), text)
   })
@@ -121,7 +82,7 @@ describe('the demo page against the real relay', () => {
     await screenshot(ada, 'presence-1-ada-sees-bob')
     await screenshot(bob, 'presence-2-bob-sees-ada')
 
-    // Renaming is live for the others and remembered by the browser.
+    // Renaming is live for the others and remembered by the suite.browser.
     await bob.page.getByLabel('Your name').fill('Robert')
     await waitForPage(ada, 'Bob’s new name in the people list',
       () => [...document.querySelectorAll('#people .person-name')].some((el) => el.textContent === 'Robert'),
@@ -177,12 +138,12 @@ describe('the demo page against the real relay', () => {
     await screenshot(ada, 'indicator-1-synced')
 
     // A relay that holds the connection but answers nothing: the edit stays pending, online.
-    relay.signal('SIGSTOP')
+    suite.relay.signal('SIGSTOP')
     await typeAtEnd(ada, 'typed while the relay is frozen')
     await waitForIndicator(ada, 'pending', true)
     assert.equal((await indicator(ada)).text, 'Online: saving changes…')
     await screenshot(ada, 'indicator-2-pending')
-    relay.signal('SIGCONT')
+    suite.relay.signal('SIGCONT')
     await waitForIndicator(ada, 'synced', false)
 
     // Working offline by choice, with the keyboard: the button toggles and says what it does.
@@ -233,7 +194,7 @@ describe('the demo page against the real relay', () => {
     assert.equal(await textOf(ada), 'in the first document')
 
     // A bad name in the address is explained, and the default document opens instead.
-    await ada.page.goto(`${relay.url}/?doc=${encodeURIComponent('a\\b')}`)
+    await ada.page.goto(`${suite.relay.url}/?doc=${encodeURIComponent('a\\b')}`)
     await waitForIndicator(ada, 'synced', false)
     assert.match(await ada.page.locator('#doc-notice').textContent(), /cannot contain \/ or \\/)
     assert.equal(await ada.page.locator('#doc-name').textContent(), 'welcome')

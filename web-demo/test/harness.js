@@ -6,6 +6,8 @@
 // The relay start-up follows tests/interop/test/harness.js (copied, not imported: the two
 // packages install separately).
 
+import assert from 'node:assert/strict'
+import { after, before, test } from 'node:test'
 import { spawn } from 'node:child_process'
 import { createHmac } from 'node:crypto'
 import { existsSync } from 'node:fs'
@@ -264,3 +266,54 @@ export function mintToken (secret, claims) {
   const signature = createHmac('sha256', secret).update(body).digest('base64url')
   return `${body}.${signature}`
 }
+
+/**
+ * One relay and one browser for the test file that calls this (started before its tests,
+ * stopped after), with the helpers every browser test file uses:
+ * `person(name, color, doc, options)` opens the page for a person and waits until it has
+ * synced; `browserTest(name, fn)` runs `fn`, checks that no page reported an error, prints
+ * the relay's logs and the page errors on failure, and closes the test's browser contexts
+ * whatever happens. `suite.relay` and `suite.browser` are set once the suite has started.
+ * `personDefaults` are options every `person` gets (e.g. `{ mode: 'rich' }`); `timeoutMs` is
+ * each test's time limit.
+ */
+export function browserSuite ({ personDefaults = {}, timeoutMs = 90_000 } = {}) {
+  const suite = {
+    relay: null,
+    browser: null,
+    /** Contexts opened by the running test, closed after it whatever happens. */
+    open: [],
+    async person (name, color, doc, options = {}) {
+      const p = await openPerson(suite.browser, suite.relay, { name, color, doc, ...personDefaults, ...options })
+      suite.open.push(p)
+      await waitForIndicator(p, 'synced', false)
+      return p
+    },
+    browserTest (name, fn) {
+      test(name, { timeout: timeoutMs }, async () => {
+        suite.open = []
+        try {
+          await fn()
+          for (const p of suite.open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
+        } catch (err) {
+          console.error(`\n##### ${name} failed: ${err.message}\n${suite.relay.logs()}`)
+          for (const p of suite.open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
+          throw err
+        } finally {
+          suite.relay.signal('SIGCONT') // in case a test froze it and failed
+          await Promise.all(suite.open.map((p) => p.context.close().catch(() => {})))
+        }
+      })
+    }
+  }
+  before(async () => {
+    suite.relay = await startRelay()
+    suite.browser = await launchBrowser()
+  })
+  after(async () => {
+    await suite.browser?.close()
+    await suite.relay?.stop()
+  })
+  return suite
+}
+

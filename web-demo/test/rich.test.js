@@ -3,49 +3,15 @@
 // an axe-core check (harness.screenshot).
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe } from 'node:test'
 
 import {
-  assertAccessible, docName, launchBrowser, openPerson, screenshot, startRelay, waitForIndicator, waitForPage
+  assertAccessible, browserSuite, docName, screenshot, waitForIndicator, waitForPage
 } from './harness.js'
 import { PALETTE } from '../src/identity.js'
 
-let relay
-let browser
-let open = []
-
-before(async () => {
-  relay = await startRelay()
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await relay?.stop()
-})
-
-async function person (name, color, doc, options = {}) {
-  const p = await openPerson(browser, relay, { name, color, doc, mode: 'rich', ...options })
-  open.push(p)
-  await waitForIndicator(p, 'synced', false)
-  return p
-}
-
-function browserTest (name, fn) {
-  test(name, { timeout: 120_000 }, async () => {
-    open = []
-    try {
-      await fn()
-      for (const p of open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
-    } catch (err) {
-      console.error(`\n##### ${name} failed: ${err.message}\n${relay.logs()}`)
-      for (const p of open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
-      throw err
-    } finally {
-      await Promise.all(open.map((p) => p.context.close().catch(() => {})))
-    }
-  })
-}
+const suite = browserSuite({ personDefaults: { mode: 'rich' }, timeoutMs: 120_000 })
+const { person, browserTest } = suite
 
 /** The Y.XmlFragment as XML, checked to match what ProseMirror shows. */
 async function xmlOf (p) {
@@ -72,7 +38,7 @@ async function caretAtEnd (p) {
 
 /** The relay's JSON view of the document (`GET /api/v1/docs/{name}/content`). */
 async function relayContent (doc) {
-  const response = await fetch(`${relay.url}/api/v1/docs/${encodeURIComponent(doc)}/content`)
+  const response = await fetch(`${suite.relay.url}/api/v1/docs/${encodeURIComponent(doc)}/content`)
   assert.equal(response.status, 200)
   return JSON.stringify((await response.json()).content.prosemirror)
 }
@@ -129,7 +95,7 @@ describe('rich text', () => {
       assert.ok(stored.includes(part), `the relay's content has ${part}: ${stored}`)
     }
 
-    // A newcomer gets it all from the relay.
+    // A newcomer gets it all from the suite.relay.
     const cleo = await person('Cleo', '#2e7d32', doc)
     assert.equal(await xmlOf(cleo), xml)
   })

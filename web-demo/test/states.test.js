@@ -5,49 +5,15 @@
 // distinct names and colours for two tabs of one browser.
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 
 import {
-  assertAccessible, docName, launchBrowser, openPerson, screenshot, startRelay, typeAtEnd, waitForIndicator, waitForPage
+  assertAccessible, browserSuite, docName, screenshot, typeAtEnd, waitForIndicator, waitForPage
 } from './harness.js'
 import { PALETTE } from '../src/identity.js'
 
-let relay
-let browser
-let open = []
-
-before(async () => {
-  relay = await startRelay()
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await relay?.stop()
-})
-
-async function person (name, color, doc, options = {}) {
-  const p = await openPerson(browser, relay, { name, color, doc, ...options })
-  open.push(p)
-  await waitForIndicator(p, 'synced', false)
-  return p
-}
-
-function browserTest (name, fn) {
-  test(name, { timeout: 90_000 }, async () => {
-    open = []
-    try {
-      await fn()
-      for (const p of open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
-    } catch (err) {
-      console.error(`\n##### ${name} failed: ${err.message}\n${relay.logs()}`)
-      for (const p of open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
-      throw err
-    } finally {
-      await Promise.all(open.map((p) => p.context.close().catch(() => {})))
-    }
-  })
-}
+const suite = browserSuite()
+const { person, browserTest } = suite
 
 /** Waits until both register panels of `p` are connected. */
 async function panelsReady (p) {
@@ -133,7 +99,7 @@ describe('issue 19: no wrong states', () => {
     await bob.page.getByRole('button', { name: 'Save notes' }).click()
     await waitForPage(bob, 'the refusal', () => document.getElementById('notes-status').textContent.includes('A conflict is open'),
       undefined, () => document.getElementById('notes-status').textContent)
-    const conflicts = await (await fetch(`${relay.url}/api/v1/docs/${encodeURIComponent(`${doc}.notes`)}/conflicts`)).json()
+    const conflicts = await (await fetch(`${suite.relay.url}/api/v1/docs/${encodeURIComponent(`${doc}.notes`)}/conflicts`)).json()
     assert.equal(conflicts.conflicts.length, 1, 'the relay holds one open conflict')
     assert.doesNotMatch(await bob.page.locator('#notes-status').textContent(), /will ask to resolve a conflict/)
     await screenshot(bob, 'states-3-second-save-refused')

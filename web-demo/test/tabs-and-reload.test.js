@@ -2,44 +2,14 @@
 // edits that must survive a reload. Real relay, Debian's Chromium (see harness.js).
 
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe } from 'node:test'
 
 import {
-  docName, indicator, launchBrowser, openPerson, screenshot, startRelay, textOf, typeAtEnd,
-  waitForIndicator, waitForPage, waitForSameText
+  browserSuite, docName, indicator, openPerson, screenshot, textOf, typeAtEnd, waitForIndicator, waitForPage, waitForSameText
 } from './harness.js'
 
-let relay
-let browser
-/** Contexts opened by the running test, closed after it whatever happens. */
-let open = []
-
-before(async () => {
-  relay = await startRelay()
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await relay?.stop()
-})
-
-/** Runs `fn`, then closes its browser contexts; on failure prints the relay's logs and page errors. */
-function browserTest (name, fn) {
-  test(name, { timeout: 90_000 }, async () => {
-    open = []
-    try {
-      await fn()
-      for (const p of open) assert.deepEqual(p.errors, [], `${p.name}'s page reported errors`)
-    } catch (err) {
-      console.error(`\n##### ${name} failed: ${err.message}\n${relay.logs()}`)
-      for (const p of open) if (p.errors.length) console.error(`${p.name}'s page errors:`, p.errors)
-      throw err
-    } finally {
-      await Promise.all(open.map((p) => p.context.close().catch(() => {})))
-    }
-  })
-}
+const suite = browserSuite()
+const { browserTest } = suite
 
 /** A second page (tab) in `first`'s browser context, on the same document. */
 async function secondTab (first, name) {
@@ -49,15 +19,15 @@ async function secondTab (first, name) {
   page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()) })
   await page.goto(first.page.url())
   const tab = { name, context: first.context, page, errors }
-  open.push({ ...tab, context: { close: async () => {} } })
+  suite.open.push({ ...tab, context: { close: async () => {} } })
   return tab
 }
 
 describe('one browser, several tabs; reloads', () => {
   browserTest('a second and third tab of the same document reach "synced", also after a reload', async () => {
     const doc = docName('tabs')
-    const ada = await openPerson(browser, relay, { name: 'Ada', color: '#1f77b4', doc })
-    open.push(ada)
+    const ada = await openPerson(suite.browser, suite.relay, { name: 'Ada', color: '#1f77b4', doc })
+    suite.open.push(ada)
     await waitForIndicator(ada, 'synced', false)
     await typeAtEnd(ada, 'Written in the first tab. ')
     await waitForIndicator(ada, 'synced', false)
@@ -82,16 +52,16 @@ describe('one browser, several tabs; reloads', () => {
 
   browserTest('edits made offline survive a reload and reach the others on reconnect', async () => {
     const doc = docName('reload')
-    const ada = await openPerson(browser, relay, { name: 'Ada', color: '#1f77b4', doc })
-    const bob = await openPerson(browser, relay, { name: 'Bob', color: '#d62728', doc })
-    open.push(ada, bob)
+    const ada = await openPerson(suite.browser, suite.relay, { name: 'Ada', color: '#1f77b4', doc })
+    const bob = await openPerson(suite.browser, suite.relay, { name: 'Bob', color: '#d62728', doc })
+    suite.open.push(ada, bob)
     for (const p of [ada, bob]) await waitForIndicator(p, 'synced', false)
     await typeAtEnd(ada, 'Shared start. ')
     await waitForSameText([ada, bob], 'the shared start', (t) => t === 'Shared start. ')
 
     await ada.page.getByRole('button', { name: 'Work offline' }).click()
     await waitForIndicator(ada, 'offline', false)
-    await typeAtEnd(ada, 'Kept in this browser. ')
+    await typeAtEnd(ada, 'Kept in this suite.browser. ')
     await waitForIndicator(ada, 'offline', true)
     assert.match((await indicator(ada)).text, /kept in this browser/)
     await screenshot(ada, 'reload-1-offline-edit')
@@ -99,13 +69,13 @@ describe('one browser, several tabs; reloads', () => {
     await waitForPage(ada, 'the text to be stored in this browser',
       () => window.aetherflowDemo.persistence?.synced === true)
 
-    // Reload: the offline edit never reached the relay, so it can only come from this browser.
+    // Reload: the offline edit never reached the relay, so it can only come from this suite.browser.
     await ada.page.reload()
     await waitForPage(ada, 'the offline edit back in the editor after the reload',
-      () => window.aetherflowDemo.view.state.doc.toString().includes('Kept in this browser. '),
+      () => window.aetherflowDemo.view.state.doc.toString().includes('Kept in this suite.browser. '),
       undefined, () => window.aetherflowDemo.view.state.doc.toString())
     await waitForIndicator(ada, 'synced', false)
-    await waitForSameText([ada, bob], 'the offline edit at Bob’s too', (t) => t === 'Shared start. Kept in this browser. ')
+    await waitForSameText([ada, bob], 'the offline edit at Bob’s too', (t) => t === 'Shared start. Kept in this suite.browser. ')
     await screenshot(bob, 'reload-2-bob-gets-the-kept-edit')
   })
 })
