@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Relay, YClient, http_get, read_text};
+use common::{Relay, YClient, http_get, metric_value, read_text};
 
 /// Flips one byte of every copy of `needle` in the file at `path`; returns how many.
 fn flip(path: &std::path::Path, needle: &[u8]) -> usize {
@@ -70,11 +70,7 @@ async fn a_damaged_document_is_refused_others_work_and_check_repairs_it() {
     assert_eq!(u16::from(close.code), 1011, "{}", close.reason);
     assert_eq!(read_text(&relay, "bystander").await, "the bystander's text");
     let (_, metrics) = http_get(relay.addr, "/metrics").await;
-    let damaged: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("aetherflow_damaged_loads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the damaged-loads counter");
+    let damaged = metric_value(&metrics, "aetherflow_damaged_loads_total");
     assert!(damaged >= 1.0, "{metrics}");
     assert!(
         metrics.contains("aetherflow_damaged_documents_at_start 1\n"),
@@ -132,14 +128,6 @@ fn break_leaf_offsets(path: &std::path::Path, key: &[u8]) -> usize {
     pages
 }
 
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name}: {metrics}"))
-}
-
 #[tokio::test]
 async fn redb_failing_inside_on_damaged_pages_fails_only_that_document() {
     let mut relay = Relay::start(&[]);
@@ -183,7 +171,7 @@ async fn redb_failing_inside_on_damaged_pages_fails_only_that_document() {
     let (status, _) = http_get(relay.addr, "/healthz").await;
     assert_eq!(status, 200);
     let (_, metrics) = http_get(relay.addr, "/metrics").await;
-    assert!(counter(&metrics, "aetherflow_storage_engine_failures_total") >= 1.0);
+    assert!(metric_value(&metrics, "aetherflow_storage_engine_failures_total") >= 1.0);
     relay.signal_and_wait("TERM");
 
     let (ok, report) = check(&data, false);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::api_client::http_bytes;
-use common::{Relay, http_get};
+use common::{Relay, http_get, metric_value};
 use yrs::{Map, ReadTxn, Transact};
 
 /// A Yjs update setting `entries` entries of root map `m`, from a client with `client_id`.
@@ -20,14 +20,6 @@ fn map_update(client_id: u64, keys: impl Iterator<Item = String>) -> Vec<u8> {
     }
     doc.transact()
         .encode_state_as_update_v1(&yrs::StateVector::default())
-}
-
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name}: {metrics}"))
 }
 
 #[tokio::test]
@@ -64,7 +56,7 @@ async fn concurrent_reads_of_one_document_share_its_load_and_see_every_acknowled
     assert!(bodies.iter().all(|b| *b == bodies[0]), "the reads disagree");
     let (_, metrics) = http_get(relay.addr, "/metrics").await;
     assert!(
-        counter(&metrics, "aetherflow_content_reads_shared_total") >= 1.0,
+        metric_value(&metrics, "aetherflow_content_reads_shared_total") >= 1.0,
         "no read shared another's load"
     );
 

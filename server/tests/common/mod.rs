@@ -491,3 +491,12 @@ pub async fn http_raw(
         body: body.to_owned(),
     }
 }
+
+/// The value of the unlabelled series `name` in `/metrics` text; panics if it is absent.
+pub fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+}
