@@ -13,13 +13,38 @@ use axum::http::{Extensions, HeaderMap, HeaderName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Admin;
 use crate::auth::Auth;
+use crate::config::Config;
 use crate::error::AppError;
 use crate::forwarded::TrustedProxies;
+use crate::locks::Locks;
+use crate::metrics::Metrics;
 use crate::metrics::Rejection;
 use crate::rate_limit::{ConnectionLimiter, Rate};
+use crate::reads::HeavyReads;
+use crate::registers::Registers;
+use crate::rooms::RoomSettings;
 use crate::rooms::Rooms;
 use crate::sessions::Registry;
+use crate::store::{Store, StoreWriter};
+
+/// What [`AppState::build`] starts from: the storage, the metrics, token verification, and the
+/// task tracker and shutdown signal every task of the relay shares.
+pub struct Foundation {
+    /// The open database.
+    pub store: Store,
+    /// Its writer task's handle.
+    pub writer: StoreWriter,
+    /// The relay's metrics.
+    pub metrics: Metrics,
+    /// Token verification.
+    pub auth: Auth,
+    /// Tracks every task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the relay shuts down.
+    pub shutdown: CancellationToken,
+}
 
 /// Everything a session of any transport needs besides its socket.
 #[derive(Clone)]
@@ -80,6 +105,66 @@ pub struct QuantumInfo {
     pub addr: SocketAddr,
     /// The relay's Noise static public key.
     pub public_key: [u8; 32],
+}
+
+impl AppState {
+    /// The one context of a relay configured by `config`: rooms, locks, the register
+    /// service, the session registry and the per-address limits, built on `foundation`.
+    /// `quantum` is the Quantum listener's address and key, if it runs.
+    pub fn build(
+        config: &Config,
+        foundation: Foundation,
+        quantum: Option<QuantumInfo>,
+    ) -> AppState {
+        let Foundation {
+            store,
+            writer,
+            metrics,
+            auth,
+            tracker,
+            shutdown,
+        } = foundation;
+        let rooms = Rooms::new(
+            store.clone(),
+            writer.clone(),
+            RoomSettings::from(config),
+            tracker.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
+        let locks = Locks::new(rooms.events().clone());
+        let registers = Registers::new(
+            store,
+            writer,
+            rooms.events().clone(),
+            locks.clone(),
+            auth.is_open(),
+        );
+        AppState {
+            sessions: SessionContext {
+                rooms,
+                limits: Limits {
+                    max_message_bytes: config.max_message_bytes,
+                },
+                shutdown,
+                ping_interval: config.ping_interval,
+                message_rate: config.message_rate,
+                outbox_max_bytes: config.outbox_max_bytes,
+            },
+            tracker,
+            next_conn: Arc::new(AtomicU64::new(0)),
+            auth,
+            registry: Registry::with_metrics(&metrics),
+            connections: ConnectionLimiter::new(config.connect_rate),
+            admin: Admin::from_config(config),
+            locks,
+            registers,
+            metrics,
+            proxies: config.trusted_proxies.clone(),
+            reads: HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
+            quantum,
+        }
+    }
 }
 
 /// The client's address: the TCP peer's, or for a peer that is a trusted proxy the one its

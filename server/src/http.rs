@@ -171,3 +171,88 @@ async fn websocket(
             std::future::ready(())
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router's answers that need no socket and no process: readiness, liveness and the
+    //! refusals of the WebSocket endpoint and the content reads, through `oneshot`.
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::Auth;
+    use crate::config::{Config, Settings};
+    use crate::context::Foundation;
+    use crate::metrics::Metrics;
+    use crate::store::{Store, StoreWriter, WriteMode};
+
+    /// The router of an open relay (no tokens) on a fresh store in `dir`. Needs a runtime.
+    fn router_in(dir: &std::path::Path) -> Router {
+        let config = Config::from_settings(Settings::default()).expect("the default config");
+        let store = Store::open(&dir.join("db.redb")).expect("store");
+        let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let foundation = Foundation {
+            store,
+            writer,
+            metrics: Metrics::new(),
+            auth: Auth::new(None, None).expect("an open relay"),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        };
+        router(AppState::build(&config, foundation, None))
+    }
+
+    /// Status, and the error code of a JSON error body (empty for other bodies).
+    async fn get(router: &Router, path: &str) -> (StatusCode, String, String) {
+        let request = Request::get(path).body(Body::empty()).expect("a request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        (status, code, text)
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ready_while_the_store_writes_and_livez_always_answers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let router = router_in(dir.path());
+        let (status, _, body) = get(&router, "/healthz").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+        let (status, _, body) = get(&router, "/livez").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn the_websocket_endpoint_refuses_bad_names_and_plain_requests_with_json_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let router = router_in(dir.path());
+        let (status, code, _) = get(&router, "/ws/").await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_doc_name")
+        );
+        // A valid name, but no upgrade: told this endpoint speaks WebSocket.
+        let (status, code, body) = get(&router, "/ws/notes").await;
+        assert!(status.is_client_error(), "{status} {body}");
+        assert_eq!(code, "websocket_required", "{body}");
+    }
+
+    #[tokio::test]
+    async fn reading_a_document_that_does_not_exist_is_a_404() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let router = router_in(dir.path());
+        let (status, code, body) = get(&router, "/api/v1/docs/nothing-here/content").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(code, "not_found", "{body}");
+    }
+}

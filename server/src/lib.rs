@@ -44,9 +44,7 @@ pub mod websocket;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use aetherflow_crdt::protocol::Limits;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,8 +54,6 @@ use tracing::{info, warn};
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
 use crate::context::AppState;
-use crate::context::SessionContext;
-use crate::rooms::{RoomSettings, Rooms};
 use crate::store::{Store, StoreWriter, WriteMode};
 
 /// Runs an offline tool (`aetherflow merge`, `inspect`, `check`); returns what to print.
@@ -147,53 +143,23 @@ pub async fn run(
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let rooms = Rooms::new(
-        store.clone(),
-        writer.clone(),
-        RoomSettings::from(&config),
-        tracker.clone(),
-        token.clone(),
-        metrics.clone(),
-    );
-    let locks = locks::Locks::new(rooms.events().clone());
-    let registers = registers::Registers::new(
-        store,
-        writer,
-        rooms.events().clone(),
-        locks.clone(),
-        auth.is_open(),
-    );
     // Bound before the routes are built: `GET /api/v1/quantum` serves its address and key.
     let quantum = bind_quantum(&config).await?;
-    let state = AppState {
-        sessions: SessionContext {
-            rooms,
-            limits: Limits {
-                max_message_bytes: config.max_message_bytes,
-            },
-            shutdown: token.clone(),
-            ping_interval: config.ping_interval,
-            message_rate: config.message_rate,
-            outbox_max_bytes: config.outbox_max_bytes,
-        },
-        tracker: tracker.clone(),
-        next_conn: Arc::new(AtomicU64::new(0)),
-        auth,
-        registry: sessions::Registry::with_metrics(&metrics),
-        connections: rate_limit::ConnectionLimiter::new(config.connect_rate),
-        admin: admin::Admin::from_config(&config),
-        locks,
-        registers,
+    let quantum_info = quantum
+        .as_ref()
+        .map(|(endpoint, identity)| context::QuantumInfo {
+            addr: endpoint.local_addr(),
+            public_key: identity.public,
+        });
+    let foundation = context::Foundation {
+        store,
+        writer,
         metrics,
-        proxies: config.trusted_proxies.clone(),
-        reads: reads::HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
-        quantum: quantum
-            .as_ref()
-            .map(|(endpoint, identity)| context::QuantumInfo {
-                addr: endpoint.local_addr(),
-                public_key: identity.public,
-            }),
+        auth,
+        tracker: tracker.clone(),
+        shutdown: token.clone(),
     };
+    let state = AppState::build(&config, foundation, quantum_info);
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {

@@ -60,12 +60,9 @@
 //! and few, so parity costs little in absolute bytes, while at 30 % many edits the relay
 //! loses on the way to a reader wait for the tail loss probe, which sets the p99 (see
 //! `aetherflow_quantum::fec`, "The limit"). Parity is sent only while loss is measured (none
-//! below 1 %), so a clean network pays nothing. Measured with `sdk-latency` (two SDK clients
-//! through the relay, 20 edits/s, RTT 50 ms, 5 % loss each way): edits that waited for a
-//! resend were 61–78 per 1,000 at 30 %, about 10–25 at 100 % and 5–6 at 200 %, and the
-//! Quantum p99 moved from the resend tier (106–148 ms) to about 61–64 ms at 200 %, for about
-//! 2.35 × WebSocket's bytes on the link against 1.65 × at 30 %.
-//! Details in `benches/RESULTS.md`.
+//! below 1 %), so a clean network pays nothing. The budget was chosen with `sdk-latency`
+//! (edits that wait for a resend, p99, and bytes on the link at each budget); the figures are
+//! in `benches/RESULTS.md`, not here, so they cannot go stale in the code.
 
 pub mod identity;
 pub mod registers;
