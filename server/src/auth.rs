@@ -181,6 +181,11 @@ pub enum KeyError {
     },
 }
 
+/// A request named someone other than its token's subject as the one acting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not the token's subject")]
+pub struct NotTheSubject(pub String);
+
 /// The relay's token verifier.
 #[derive(Clone)]
 pub struct Auth {
@@ -212,6 +217,17 @@ impl Auth {
     /// Whether no key is configured, so everyone is let in.
     pub fn is_open(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Who acts for a request with `grant` that names `claimed` (a lock holder, the author of
+    /// a manual write): the token's subject, and another name is refused; on an open relay the
+    /// name given, or the grant's `anonymous`.
+    pub fn actor(&self, grant: &Grant, claimed: Option<String>) -> Result<String, NotTheSubject> {
+        match claimed {
+            Some(name) if self.is_open() => Ok(name),
+            Some(name) if name != grant.user => Err(NotTheSubject(name)),
+            _ => Ok(grant.user.clone()),
+        }
     }
 
     /// Checks `token` for `doc`.

@@ -138,7 +138,7 @@ impl AppState {
             writer,
             rooms.events().clone(),
             locks.clone(),
-            auth.is_open(),
+            auth.clone(),
         );
         AppState {
             sessions: SessionContext {

@@ -17,7 +17,7 @@ use aetherflow_crdt::register::{Command, CommandError, Outcome, Register};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::Grant;
+use crate::auth::{Auth, Grant};
 use crate::events::{DocEvent, Events};
 use crate::locks::Locks;
 use crate::store::{RegisterFailure, Store, StoreError, StoreWriter, WriteOp, WriteResult};
@@ -112,25 +112,26 @@ pub struct Registers {
     writer: StoreWriter,
     events: Events,
     locks: Locks,
-    /// Whether the relay runs open (no token checks): authors are then taken as given.
-    open: bool,
+    /// Token rules: who an author is.
+    auth: Auth,
 }
 
 impl Registers {
-    /// The service over `store` and `writer`, announcing on `events`, checking `locks`.
+    /// The service over `store` and `writer`, announcing on `events`, checking `locks`,
+    /// settling authors by `auth`.
     pub fn new(
         store: Store,
         writer: StoreWriter,
         events: Events,
         locks: Locks,
-        open: bool,
+        auth: Auth,
     ) -> Self {
         Registers {
             store,
             writer,
             events,
             locks,
-            open,
+            auth,
         }
     }
 
@@ -217,7 +218,7 @@ impl Registers {
         Ok(outcome)
     }
 
-    /// The store's command for `change`, with its author settled by [`Registers::author`].
+    /// The store's command for `change`, with its author settled by `Registers::author`.
     fn command(&self, change: RegisterChange, grant: &Grant) -> Result<Command, RegisterError> {
         Ok(match change {
             RegisterChange::Write(RegisterWrite::Lww { value, stamp }) => {
@@ -245,14 +246,11 @@ impl Registers {
         })
     }
 
-    /// Who a change is by: the token's subject; a claimed other name is refused, except on an
-    /// open relay, which records it as given.
-    pub fn author(&self, grant: &Grant, claimed: Option<String>) -> Result<String, RegisterError> {
-        match claimed {
-            Some(name) if self.open => Ok(name),
-            Some(name) if name != grant.user => Err(RegisterError::NotTheSubject(name)),
-            _ => Ok(grant.user.clone()),
-        }
+    /// Who a change is by (see [`Auth::actor`]).
+    fn author(&self, grant: &Grant, claimed: Option<String>) -> Result<String, RegisterError> {
+        self.auth
+            .actor(grant, claimed)
+            .map_err(|e| RegisterError::NotTheSubject(e.0))
     }
 
     async fn run(&self, doc: &DocName, command: Command) -> Result<Outcome, RegisterError> {

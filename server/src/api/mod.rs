@@ -126,20 +126,16 @@ pub(crate) fn authorize_token(
     Ok(grant)
 }
 
-/// Who acts: the token's subject when tokens are checked (a different `claimed` name is
-/// refused), or `claimed` (default `anonymous`) when the relay runs open.
+/// Who acts (see [`crate::auth::Auth::actor`]); another name than the token's subject is 403.
 pub(crate) fn identity(
     state: &AppState,
     grant: &Grant,
     claimed: Option<String>,
 ) -> Result<String, AppError> {
-    match claimed {
-        Some(name) if state.auth.is_open() => Ok(name),
-        Some(name) if name != grant.user => Err(AppError::Forbidden(format!(
-            "{name:?} is not the token's subject"
-        ))),
-        _ => Ok(grant.user.clone()),
-    }
+    state
+        .auth
+        .actor(grant, claimed)
+        .map_err(|e| AppError::Forbidden(e.to_string()))
 }
 
 pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
