@@ -64,6 +64,19 @@ async fn forwarder(relay: SocketAddr, recording: Recording) -> SocketAddr {
     addr
 }
 
+/// Asserts that no recorded datagram holds any of the `needles` (named for the message).
+fn assert_hidden(recording: &[Vec<u8>], needles: &[(&str, &[u8])]) {
+    for &(what, needle) in needles {
+        let seen = recording.iter().filter(|d| contains(d, needle)).count();
+        assert_eq!(
+            seen,
+            0,
+            "{what} is visible in {seen} of {} datagrams",
+            recording.len()
+        );
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -112,15 +125,7 @@ async fn an_observer_on_the_path_sees_neither_the_token_nor_the_document() {
         ("the document's name", doc.as_bytes()),
         ("the document's text", text.as_bytes()),
     ];
-    for (what, needle) in needles {
-        let seen = recording.iter().filter(|d| contains(d, needle)).count();
-        assert_eq!(
-            seen,
-            0,
-            "{what} is visible in {seen} of {} datagrams",
-            recording.len()
-        );
-    }
+    assert_hidden(&recording, &needles);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,13 +162,5 @@ async fn an_observer_of_a_peer_link_sees_neither_the_secret_nor_the_document() {
         ("the document's name", doc.as_bytes()),
         ("the document's text", text.as_bytes()),
     ];
-    for (what, needle) in needles {
-        let seen = recording.iter().filter(|d| contains(d, needle)).count();
-        assert_eq!(
-            seen,
-            0,
-            "{what} is visible in {seen} of {} datagrams",
-            recording.len()
-        );
-    }
+    assert_hidden(&recording, &needles);
 }
