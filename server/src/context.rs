@@ -27,15 +27,13 @@ use crate::registers::Registers;
 use crate::rooms::RoomSettings;
 use crate::rooms::Rooms;
 use crate::sessions::Registry;
-use crate::store::{Store, StoreWriter};
+use crate::storage::Storage;
 
 /// What [`AppState::build`] starts from: the storage, the metrics, token verification, and the
 /// task tracker and shutdown signal every task of the relay shares.
 pub struct Foundation {
-    /// The open database.
-    pub store: Store,
-    /// Its writer task's handle.
-    pub writer: StoreWriter,
+    /// The storage engine, seen through its interfaces.
+    pub storage: Storage,
     /// The relay's metrics.
     pub metrics: Metrics,
     /// Token verification.
@@ -85,6 +83,8 @@ pub struct AppState {
     pub admin: crate::admin::Admin,
     /// Document locks (in memory; a restart frees them).
     pub locks: crate::locks::Locks,
+    /// The storage engine: documents' logs, registers and catalog.
+    pub storage: Storage,
     /// Register documents: the one write path of every transport.
     pub registers: crate::registers::Registers,
     /// What `/metrics` serves.
@@ -117,16 +117,14 @@ impl AppState {
         quantum: Option<QuantumInfo>,
     ) -> AppState {
         let Foundation {
-            store,
-            writer,
+            storage,
             metrics,
             auth,
             tracker,
             shutdown,
         } = foundation;
         let rooms = Rooms::new(
-            store.clone(),
-            writer.clone(),
+            storage.clone(),
             RoomSettings::from(config),
             tracker.clone(),
             shutdown.clone(),
@@ -134,8 +132,7 @@ impl AppState {
         );
         let locks = Locks::new(rooms.events().clone());
         let registers = Registers::new(
-            store,
-            writer,
+            storage.clone(),
             rooms.events().clone(),
             locks.clone(),
             auth.clone(),
@@ -159,6 +156,7 @@ impl AppState {
             admin: Admin::from_config(config),
             locks,
             registers,
+            storage,
             metrics,
             proxies: config.trusted_proxies.clone(),
             reads: HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),

@@ -85,9 +85,28 @@ pub enum AppError {
     /// carries redb's message (offsets, no data).
     #[error("the database could not be read; the operator can run `aetherflow check`")]
     DatabaseDamaged(String),
-    /// Something failed inside the relay; the text is logged, never sent.
+    /// Something failed inside the relay; the error and its sources are logged, never sent.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    /// A failure inside the relay, kept whole (with its source chain) for the log.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> AppError {
+        AppError::Internal(error.into())
+    }
+}
+
+/// An error and each of its sources, joined with ": ", for the log.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` of a 507: the relay retries its storage every second.
@@ -185,7 +204,7 @@ impl AppError {
             }
             AppError::Internal(detail) => {
                 let id = uuid::Uuid::now_v7();
-                tracing::error!(error_id = %id, error = %detail, "internal error");
+                tracing::error!(error_id = %id, error = %chain(detail.as_ref()), "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

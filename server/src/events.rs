@@ -1,6 +1,6 @@
 //! The per-document event bus: who joined or left, what changed, conflicts, locks.
 //!
-//! Rooms, register writes and locks publish [`DocEvent`]s; the SSE stream
+//! Rooms, register writes and locks publish [`DocEvent`]s (typed in `aetherflow_crdt::event`); the SSE stream
 //! (`GET /api/v1/docs/{name}/events`) and the live WebSocket channel
 //! (`/api/v1/docs/{name}/live`) subscribe. An event is JSON with a `type` field; it never
 //! carries a token. Publishing to a document nobody listens to costs one map lookup.
@@ -20,102 +20,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aetherflow_crdt::DocName;
-use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// Events a listener may fall behind by before it is told it missed some (`lagged`).
 pub const EVENT_BUFFER: usize = 256;
 
-/// Something that happened to a document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum DocEvent {
-    /// A WebSocket client joined the document's room (or its live channel).
-    UserJoined {
-        /// The token's subject (`anonymous` when the relay runs open).
-        user: String,
-        /// The connection's id, to tell apart two tabs of one user.
-        conn: u64,
-    },
-    /// A WebSocket client left.
-    UserLeft {
-        /// The token's subject.
-        user: String,
-        /// The connection's id.
-        conn: u64,
-    },
-    /// The content changed: a Yjs update was committed, or a register write was applied.
-    Updated {
-        /// `yjs`, `lww` or `manual`.
-        kind: String,
-        /// Bytes of the committed Yjs update (Yjs documents only).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bytes: Option<usize>,
-        /// The register after the write (register documents only).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        register: Option<Value>,
-    },
-    /// A write on a stale version of a manual document became a conflict.
-    ConflictDetected {
-        /// The conflict record.
-        conflict: Value,
-    },
-    /// A conflict was resolved.
-    ConflictResolved {
-        /// The conflict's id.
-        conflict: u64,
-        /// The revision the resolution made.
-        revision: Value,
-    },
-    /// Someone took the document's lock.
-    LockAcquired {
-        /// Who holds it.
-        holder: String,
-        /// When it expires unless renewed, ms since the Unix epoch.
-        expires_ms: u64,
-    },
-    /// The holder extended the lock.
-    LockRenewed {
-        /// Who holds it.
-        holder: String,
-        /// The new expiry, ms since the Unix epoch.
-        expires_ms: u64,
-    },
-    /// The holder released the lock.
-    LockReleased {
-        /// Who held it.
-        holder: String,
-    },
-    /// The lock's time ran out.
-    LockExpired {
-        /// Who held it.
-        holder: String,
-    },
-    /// The document was deleted; listeners are disconnected after this event.
-    Deleted,
-    /// This listener fell behind and missed `missed` events (sent only to that listener).
-    Lagged {
-        /// How many.
-        missed: u64,
-    },
-}
-
-impl DocEvent {
-    /// The event as a JSON object with its `type`.
-    pub fn to_json(&self) -> Value {
-        // Serializing these plain structs cannot fail; an empty object would only lose text.
-        serde_json::to_value(self).unwrap_or_default()
-    }
-
-    /// The event's `type`, which is also the SSE event name.
-    pub fn name(&self) -> String {
-        self.to_json()["type"]
-            .as_str()
-            .unwrap_or("event")
-            .to_owned()
-    }
-}
+pub use aetherflow_crdt::event::DocEvent;
 
 /// The registry of per-document channels; cheap to clone.
 #[derive(Clone, Default)]
@@ -167,7 +77,7 @@ mod tests {
     #[test]
     fn events_serialize_with_a_type_and_no_empty_fields() {
         let event = DocEvent::Updated {
-            kind: "yjs".into(),
+            kind: aetherflow_crdt::register::Kind::Yjs,
             bytes: Some(12),
             register: None,
         };

@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
 /// be written (a full disk), so a load balancer sends writers elsewhere. It turns ready again
 /// by itself once a write or the store's recovery probe succeeds.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.sessions.rooms.store().is_writable() {
+    if state.storage.log.is_writable() {
         (StatusCode::OK, "ok\n")
     } else {
         (
@@ -112,19 +112,16 @@ async fn websocket(
         }
     };
     // Register documents (lww, manual) have no Yjs content to sync.
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    match tokio::task::spawn_blocking(move || store.document(&lookup)).await {
-        Ok(Ok(Some(meta))) if meta.kind != Kind::Yjs => {
+    match state.storage.catalog.document(doc.clone()).await {
+        Ok(Some(meta)) if meta.kind != Kind::Yjs => {
             return AppError::Conflict(format!(
                 "{doc} is a {:?} document; use /api/v1/docs/{doc}/register",
                 meta.kind
             ))
             .into_response();
         }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return AppError::from(e).into_response(),
-        Err(e) => return AppError::Internal(e.to_string()).into_response(),
+        Ok(_) => {}
+        Err(e) => return AppError::from(e).into_response(),
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -188,16 +185,15 @@ mod tests {
     use crate::config::{Config, Settings};
     use crate::context::Foundation;
     use crate::metrics::Metrics;
-    use crate::store::{Store, StoreWriter, WriteMode};
+    use crate::store::{self, Store, WriteMode};
 
     /// The router of an open relay (no tokens) on a fresh store in `dir`. Needs a runtime.
     fn router_in(dir: &std::path::Path) -> Router {
         let config = Config::from_settings(Settings::default()).expect("the default config");
         let store = Store::open(&dir.join("db.redb")).expect("store");
-        let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let (storage, _) = store::start(store, WriteMode::Durable, Metrics::new());
         let foundation = Foundation {
-            store,
-            writer,
+            storage,
             metrics: Metrics::new(),
             auth: Auth::new(None, None).expect("an open relay"),
             tracker: TaskTracker::new(),

@@ -34,7 +34,9 @@ pub mod reads;
 pub mod registers;
 pub mod rooms;
 pub mod sessions;
+pub mod storage;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tools;
 pub mod wall_clock;
@@ -54,7 +56,7 @@ use tracing::{info, warn};
 use crate::auth::Auth;
 use crate::config::{Config, Durability};
 use crate::context::AppState;
-use crate::store::{Store, StoreWriter, WriteMode};
+use crate::store::{Store, WriteMode};
 
 /// Runs an offline tool (`aetherflow merge`, `inspect`, `check`); returns what to print.
 /// `check` opens the store, which the `tools` module stays below, so it is dispatched here.
@@ -138,8 +140,7 @@ pub async fn run(
     if let Some(report) = &integrity {
         metrics.damaged_at_start(report.damaged_documents().len());
     }
-    let (writer, writer_task) =
-        StoreWriter::spawn_with_metrics(store.clone(), mode, metrics.clone());
+    let (storage, writer_task) = store::start(store, mode, metrics.clone());
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -152,8 +153,7 @@ pub async fn run(
             public_key: identity.public,
         });
     let foundation = context::Foundation {
-        store,
-        writer,
+        storage,
         metrics,
         auth,
         tracker: tracker.clone(),

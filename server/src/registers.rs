@@ -13,14 +13,15 @@ use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::clock::{ClockError, MAX_DRIFT_MS, check_drift};
 use aetherflow_crdt::register::lww::{self, LwwWrite, WriteStamp};
 use aetherflow_crdt::register::manual::{self, ManualWrite};
-use aetherflow_crdt::register::{Command, CommandError, Outcome, Register};
+use aetherflow_crdt::register::wire::{RegisterView, WriteOutcome};
+use aetherflow_crdt::register::{Command, CommandError, Kind, Outcome, Register};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Auth, Grant};
 use crate::events::{DocEvent, Events};
 use crate::locks::Locks;
-use crate::store::{RegisterFailure, Store, StoreError, StoreWriter, WriteOp, WriteResult};
+use crate::storage::{RegisterFailure, Storage, StoreError};
 use crate::wall_clock::now_ms;
 
 /// An LWW write carries its stamp; a manual write names its base version.
@@ -100,16 +101,12 @@ pub enum RegisterError {
     /// The store failed (storage unavailable, damaged data, an engine error).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The store answered something a register command cannot produce.
-    #[error("unexpected store answer: {0}")]
-    Unexpected(String),
 }
 
 /// The register service; cheap to clone. Built once at start-up.
 #[derive(Clone)]
 pub struct Registers {
-    store: Store,
-    writer: StoreWriter,
+    storage: Storage,
     events: Events,
     locks: Locks,
     /// Token rules: who an author is.
@@ -117,18 +114,11 @@ pub struct Registers {
 }
 
 impl Registers {
-    /// The service over `store` and `writer`, announcing on `events`, checking `locks`,
+    /// The service over `storage`, announcing on `events`, checking `locks`,
     /// settling authors by `auth`.
-    pub fn new(
-        store: Store,
-        writer: StoreWriter,
-        events: Events,
-        locks: Locks,
-        auth: Auth,
-    ) -> Self {
+    pub fn new(storage: Storage, events: Events, locks: Locks, auth: Auth) -> Self {
         Registers {
-            store,
-            writer,
+            storage,
             events,
             locks,
             auth,
@@ -137,18 +127,11 @@ impl Registers {
 
     /// The register of `doc`.
     pub async fn load(&self, doc: &DocName) -> Result<Register, RegisterError> {
-        let store = self.store.clone();
-        let lookup = doc.clone();
-        let (register, meta) = tokio::task::spawn_blocking(move || {
-            let register = store.register(&lookup)?;
-            let meta = match register {
-                None => store.document(&lookup)?,
-                Some(_) => None,
-            };
-            Ok::<_, StoreError>((register, meta))
-        })
-        .await
-        .map_err(|e| RegisterError::Unexpected(e.to_string()))??;
+        let register = self.storage.registers.register(doc.clone()).await?;
+        let meta = match register {
+            None => self.storage.catalog.document(doc.clone()).await?,
+            Some(_) => None,
+        };
         match (register, meta) {
             (Some(register), _) => Ok(register),
             (None, Some(meta)) => Err(RegisterError::WrongKind(format!(
@@ -200,13 +183,13 @@ impl Registers {
             Command::LwwWrite(write) => {
                 check_drift(write.stamp.clock, now_ms(), MAX_DRIFT_MS)
                     .map_err(RegisterError::ClockAhead)?;
-                "lww"
+                Kind::Lww
             }
             Command::ManualWrite(ManualWrite { author, .. }) | Command::Resolve { author, .. } => {
                 self.locks
                     .may_write(doc, author)
                     .map_err(|e| RegisterError::Locked(e.to_string()))?;
-                "manual"
+                Kind::Manual
             }
         };
         let resolving = match &command {
@@ -254,13 +237,9 @@ impl Registers {
     }
 
     async fn run(&self, doc: &DocName, command: Command) -> Result<Outcome, RegisterError> {
-        let op = WriteOp::Register {
-            doc: doc.clone(),
-            command,
-        };
-        match self.writer.commit(op).await? {
-            WriteResult::Register(Ok(outcome)) => Ok(outcome),
-            WriteResult::Register(Err(failure)) => Err(match failure {
+        match self.storage.registers.apply(doc.clone(), command).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(failure) => Err(match failure {
                 RegisterFailure::NotFound => RegisterError::NotFound(failure.to_string()),
                 RegisterFailure::Command(CommandError::Manual(
                     manual::ManualError::UnknownConflict(id),
@@ -268,13 +247,12 @@ impl Registers {
                 RegisterFailure::Command(other) => RegisterError::Invalid(other),
                 RegisterFailure::NotARegister(_) => RegisterError::WrongKind(failure.to_string()),
             }),
-            other => Err(RegisterError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Publishes what a command did: `updated` with the register for applied changes,
     /// `conflict_detected` / `conflict_resolved` for manual conflicts.
-    async fn announce(&self, doc: &DocName, kind: &str, resolving: Option<u64>, outcome: &Outcome) {
+    async fn announce(&self, doc: &DocName, kind: Kind, resolving: Option<u64>, outcome: &Outcome) {
         let applied = match outcome {
             Outcome::Lww(lww::Outcome::Applied) | Outcome::Manual(manual::Outcome::Applied(_)) => {
                 true
@@ -282,13 +260,13 @@ impl Registers {
             Outcome::Resolved(revision) => {
                 let event = DocEvent::ConflictResolved {
                     conflict: resolving.unwrap_or_default(),
-                    revision: json!(revision),
+                    revision: revision.clone(),
                 };
                 self.events.publish(doc, event);
                 true
             }
             Outcome::Manual(manual::Outcome::Conflict(conflict)) => {
-                let conflict = json!(conflict);
+                let conflict = conflict.clone();
                 self.events
                     .publish(doc, DocEvent::ConflictDetected { conflict });
                 false
@@ -297,9 +275,9 @@ impl Registers {
         };
         if applied {
             // The register as stored now (a later write may already show; events only notify).
-            let register = self.load(doc).await.ok().map(|r| register_json(&r));
+            let register = self.load(doc).await.ok().map(|r| RegisterView::from(&r));
             let event = DocEvent::Updated {
-                kind: kind.to_owned(),
+                kind,
                 bytes: None,
                 register,
             };
@@ -310,31 +288,10 @@ impl Registers {
 
 /// A register as every transport shows it.
 pub fn register_json(register: &Register) -> Value {
-    match register {
-        Register::Lww(r) => json!({ "kind": "lww", "value": r.value(), "stamp": r.stamp() }),
-        Register::Manual(r) => json!({
-            "kind": "manual",
-            "value": r.current().map(|c| &c.value),
-            "version": r.version(),
-            "revision": r.current(),
-            "open_conflicts": r.conflicts().count(),
-        }),
-    }
+    serde_json::to_value(RegisterView::from(register)).unwrap_or_default()
 }
 
 /// An outcome as every transport shows it.
 pub fn outcome_json(outcome: Outcome) -> Value {
-    match outcome {
-        Outcome::Lww(lww::Outcome::Applied) => json!({ "outcome": "applied" }),
-        Outcome::Lww(lww::Outcome::Duplicate) => json!({ "outcome": "duplicate" }),
-        Outcome::Lww(lww::Outcome::Stale { current }) => {
-            json!({ "outcome": "stale", "current": current })
-        }
-        Outcome::Manual(manual::Outcome::Applied(revision)) | Outcome::Resolved(revision) => {
-            json!({ "outcome": "applied", "revision": revision })
-        }
-        Outcome::Manual(manual::Outcome::Conflict(conflict)) => {
-            json!({ "outcome": "conflict", "conflict": conflict })
-        }
-    }
+    serde_json::to_value(WriteOutcome::from(outcome)).unwrap_or_default()
 }

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Sleep;
-use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::connection::CloseReason;
 use crate::context::SessionContext;
-use crate::heartbeat::{Beat as HeartbeatBeat, Heartbeat};
 use crate::metrics::{Metrics, Rejection};
 use crate::rate_limit::TokenBucket;
 use crate::rooms::{Outbound, outbox};
 use crate::sessions::{SessionHandle, SessionState};
+use crate::supervisor::{Silence, Supervisor};
 
 /// Most incoming frames handled per wakeup before the session looks at its other duties.
 const READ_BURST: usize = 64;
@@ -34,17 +34,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait, once the relay's close frame is out, for the client's answering close frame
 /// (RFC 6455 §5.5.1) before the connection is dropped.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Heartbeat ticks in a row that may find one write still pending: a connection that takes
-/// frames this slowly has stopped reading, and is closed with 1013 (between two and three
-/// ping intervals without write progress).
-const STALLED_TICKS: u8 = 3;
-
-/// Longest stretch a session may be held back by the message rate without a break (every
-/// time the relay was ready to read, the client's next message was already waiting). A
-/// session held back longer is closed with 1008: at the default 500 messages a second that
-/// is 150,000 messages in a row.
-pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
 
 /// How much refill a held-back session waits for at a time: waking for every single token
 /// would cost a wakeup per message.
@@ -139,7 +128,9 @@ where
     } = ctx;
     let first_tick = tokio::time::Instant::now() + ping_interval;
     let mut ticks = tokio::time::interval_at(first_tick, ping_interval);
-    let mut messages = message_rate.map(|rate| TokenBucket::new(rate, Instant::now()));
+    // Upgraded while the relay was shutting down?
+    let stopping = shutdown.is_cancelled();
+    let mut supervisor = Supervisor::new(&handle, shutdown, message_rate, Silence::Closes);
     async move {
         let handle = &handle;
         let label = SessionLabel {
@@ -147,7 +138,7 @@ where
             conn: peer.conn,
             doc: &doc,
         };
-        if shutdown.is_cancelled() {
+        if stopping {
             // Upgraded while the relay was shutting down: say so rather than join a room.
             let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
             handle.closing(Some(&reason));
@@ -175,31 +166,24 @@ where
         };
         label.span().in_scope(|| debug!("joined"));
         handle.set_state(SessionState::Active);
-        let mut beat = Beat::new();
         // Set while the message rate holds the session back; boxed, as rarely needed.
         let mut hold: Option<Box<Hold>> = None;
         // A frame handed to the socket and not yet flushed: the next one waits for it, so
         // the room's frames wait in the outbox, bounded in bytes, not in the socket's buffer.
         let mut writing = false;
-        let kicked = handle.disconnect_requested();
-        let mut kicked = std::pin::pin!(kicked);
         let reason = loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
-                }
-                reason = &mut kicked => {
-                    label.span().in_scope(|| {
-                        info!(code = reason.code, reason = %reason.reason, "disconnect requested (admin, or token expired)");
-                    });
-                    break Some(reason);
-                }
+                reason = supervisor.stopped() => break Some(reason),
                 // Runs whatever the socket does: a peer that stopped reading cannot hold the
                 // session in a write past it.
                 _ = ticks.tick() => {
                     let held_since = hold.as_ref().map(|hold| hold.since);
-                    if let Some(reason) = beat.tick(writing, held_since, handle, &label, rooms.metrics()) {
+                    let ticked = label.span().in_scope(|| supervisor.tick(handle, writing, held_since));
+                    if let Err(reason) = ticked {
+                        if reason.code == CloseReason::POLICY_VIOLATION {
+                            rooms.metrics().reject(Rejection::MessageRate);
+                        }
                         break Some(reason);
                     }
                     if !writing {
@@ -214,7 +198,7 @@ where
                         break None;
                     }
                     writing = false;
-                    beat.wrote();
+                    supervisor.wrote();
                 }
                 // While a write is pending this only notices an overflowed outbox.
                 out = from_room.recv_when(!writing) => match out {
@@ -241,7 +225,7 @@ where
                     let mut frame = frame;
                     let mut burst = 1;
                     let end = loop {
-                        beat.heartbeat.heard();
+                        supervisor.heard();
                         let data = count(frame.as_ref(), handle);
                         match on_frame(frame, &limits, rooms.metrics(), &label) {
                             FrameOutcome::Message(message) => {
@@ -256,7 +240,7 @@ where
                             FrameOutcome::Close(reason) => break Some(reason),
                         }
                         if data
-                            && let Some(bucket) = messages.as_mut()
+                            && let Some(bucket) = supervisor.bucket()
                             && let Some(wait) = hold_back(bucket, Instant::now())
                         {
                             // Backpressure: the socket stays unread until the bucket
@@ -287,12 +271,10 @@ where
             }
         };
         drop(membership);
-        handle.closing(reason.as_ref());
-        if let Some(reason) = &reason {
-            label
-                .span()
-                .in_scope(|| debug!(code = reason.code, reason = %reason.reason, "closing"));
-        }
+        label
+            .span()
+            .in_scope(|| Supervisor::closing(handle, reason.as_ref()));
+        drop(supervisor);
         Box::pin(close(&mut sink, &mut stream, reason)).await;
     }
 }
@@ -335,75 +317,6 @@ impl Hold {
     }
 }
 
-/// The session's timekeeping, checked at each heartbeat tick: the heartbeat itself and
-/// writes that make no progress.
-struct Beat {
-    heartbeat: Heartbeat,
-    /// Ticks in a row that found the same write pending.
-    stalled: u8,
-}
-
-impl Beat {
-    fn new() -> Beat {
-        Beat {
-            heartbeat: Heartbeat::new(),
-            stalled: 0,
-        }
-    }
-
-    /// A write completed.
-    fn wrote(&mut self) {
-        self.stalled = 0;
-    }
-
-    /// One ping interval passed; says why to close, if the session must end.
-    fn tick(
-        &mut self,
-        writing: bool,
-        held_since: Option<Instant>,
-        handle: &SessionHandle,
-        label: &SessionLabel<'_>,
-        metrics: &Metrics,
-    ) -> Option<CloseReason> {
-        match self.heartbeat.tick() {
-            HeartbeatBeat::Ping => {}
-            HeartbeatBeat::PingIdle => handle.set_state(SessionState::Idle),
-            HeartbeatBeat::Timeout => {
-                label
-                    .span()
-                    .in_scope(|| warn!("two pings unanswered; closing"));
-                return Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
-            }
-        }
-        if writing {
-            self.stalled += 1;
-            if self.stalled >= STALLED_TICKS {
-                label
-                    .span()
-                    .in_scope(|| warn!("connection not reading: no write progress; closing"));
-                return Some(CloseReason::new(
-                    CloseReason::TRY_AGAIN_LATER,
-                    "connection not reading; reconnect to resync",
-                ));
-            }
-        }
-        if held_since.is_some_and(|since| since.elapsed() >= HOLD_LIMIT) {
-            label.span().in_scope(|| {
-                warn!("message rate limit exceeded without a break; closing");
-            });
-            metrics.reject(Rejection::MessageRate);
-            return Some(CloseReason::new(
-                CloseReason::POLICY_VIOLATION,
-                format!(
-                    "message rate limit exceeded for {} s without a break; slow down and reconnect",
-                    HOLD_LIMIT.as_secs()
-                ),
-            ));
-        }
-        None
-    }
-}
-
 /// Hands `frame` to the socket and flushes what the socket takes at once, without waiting;
 /// says whether the write is still pending. Called only once the previous write is flushed,
 /// when a sink is ready at once; one that is not is treated as broken.
@@ -438,7 +351,7 @@ fn hold_back(bucket: &mut TokenBucket, now: Instant) -> Option<Duration> {
 
 /// Records an incoming frame on the session; says whether it is a data frame (one the
 /// message rate counts).
-fn count(frame: Option<&Result<Frame, axum::Error>>, handle: &SessionHandle) -> bool {
+pub(crate) fn count(frame: Option<&Result<Frame, axum::Error>>, handle: &SessionHandle) -> bool {
     match frame {
         Some(Ok(Frame::Binary(bytes))) => handle.received(bytes.len()),
         Some(Ok(Frame::Text(text))) => handle.received(text.len()),
@@ -449,48 +362,6 @@ fn count(frame: Option<&Result<Frame, axum::Error>>, handle: &SessionHandle) -> 
         _ => return false,
     }
     true
-}
-
-/// Counts an incoming frame on the session and charges a data frame to the message rate; a
-/// frame over the rate is refused with 1008 before the room sees it.
-pub(crate) fn account(
-    frame: Option<&Result<Frame, axum::Error>>,
-    handle: &SessionHandle,
-    bucket: Option<&mut TokenBucket>,
-) -> Option<CloseReason> {
-    let reason = charge(frame, handle, bucket)?;
-    warn!("message rate limit exceeded; closing");
-    Some(reason)
-}
-
-/// [`account`] without the log line, for a caller that logs it in its own span.
-fn charge(
-    frame: Option<&Result<Frame, axum::Error>>,
-    handle: &SessionHandle,
-    bucket: Option<&mut TokenBucket>,
-) -> Option<CloseReason> {
-    let bytes = match frame {
-        Some(Ok(Frame::Binary(bytes))) => bytes.len(),
-        Some(Ok(Frame::Text(text))) => text.len(),
-        Some(Ok(_)) => {
-            handle.heard_from();
-            return None;
-        }
-        _ => return None,
-    };
-    handle.received(bytes);
-    let bucket = bucket?;
-    if bucket.try_take(std::time::Instant::now()).is_ok() {
-        return None;
-    }
-    Some(CloseReason::new(
-        CloseReason::POLICY_VIOLATION,
-        format!(
-            "message rate limit exceeded ({}/s, bursts of {}); slow down and reconnect",
-            bucket.rate().tokens_per_second(),
-            bucket.rate().burst()
-        ),
-    ))
 }
 
 enum FrameOutcome {
@@ -671,61 +542,6 @@ mod tests {
             bytes <= 760,
             "an idle session's future grew to {bytes} bytes"
         );
-    }
-
-    /// A session handle and what a tick needs besides it.
-    fn ticking() -> (SessionHandle, DocName, Metrics) {
-        let registry = Registry::new();
-        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
-        let handle = registry.open("ada", Transport::Websocket, remote, vec!["d".into()]);
-        (handle, DocName::parse("d").expect("name"), Metrics::new())
-    }
-
-    #[test]
-    fn a_write_pending_at_three_ticks_in_a_row_closes_with_1013() {
-        let (handle, doc, metrics) = ticking();
-        let label = SessionLabel {
-            handle: &handle,
-            conn: ConnId(1),
-            doc: &doc,
-        };
-        let mut beat = Beat::new();
-        // The peer keeps talking, so only the stalled write can end the session.
-        for _ in 0..2 {
-            beat.heartbeat.heard();
-            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
-        }
-        // A write that completes starts the count again.
-        beat.wrote();
-        for _ in 0..2 {
-            beat.heartbeat.heard();
-            assert_eq!(beat.tick(true, None, &handle, &label, &metrics), None);
-        }
-        beat.heartbeat.heard();
-        let reason = beat.tick(true, None, &handle, &label, &metrics);
-        assert_eq!(reason.map(|r| r.code), Some(CloseReason::TRY_AGAIN_LATER));
-    }
-
-    #[test]
-    fn a_session_held_back_past_the_hold_limit_closes_with_1008() {
-        let (handle, doc, metrics) = ticking();
-        let label = SessionLabel {
-            handle: &handle,
-            conn: ConnId(1),
-            doc: &doc,
-        };
-        let mut beat = Beat::new();
-        let recent = Instant::now();
-        assert_eq!(
-            beat.tick(false, Some(recent), &handle, &label, &metrics),
-            None
-        );
-        let Some(long_ago) = Instant::now().checked_sub(HOLD_LIMIT + Duration::from_secs(1)) else {
-            return; // A clock this young cannot show it.
-        };
-        beat.heartbeat.heard();
-        let reason = beat.tick(false, Some(long_ago), &handle, &label, &metrics);
-        assert_eq!(reason.map(|r| r.code), Some(CloseReason::POLICY_VIOLATION));
     }
 
     #[test]

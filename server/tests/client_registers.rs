@@ -223,7 +223,7 @@ async fn a_manual_conflict_between_two_clients_is_resolved_by_one_and_seen_by_bo
         WriteOutcome::Applied { .. }
     ));
     let theirs = rb.write_based_on(json!("b's"), 1).unwrap();
-    let WriteOutcome::Conflict(conflict) = theirs.outcome().await.unwrap() else {
+    let WriteOutcome::Conflict { conflict } = theirs.outcome().await.unwrap() else {
         panic!("b's write on version 1 should conflict");
     };
     assert_eq!(conflict.proposed.value, json!("b's"));

@@ -143,44 +143,12 @@ impl RegisterError {
     }
 }
 
-/// What the relay did with a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The value is the register's now; for a manual write or a resolution, as this revision.
-    Applied {
-        /// The new revision (manual registers).
-        revision: Option<Revision>,
-    },
-    /// The relay already had this very LWW write (it was sent again after a reconnect).
-    Duplicate,
-    /// A later LWW write had already won; this one changed nothing.
-    Stale {
-        /// The winning stamp.
-        current: WriteStamp,
-    },
-    /// The manual write was based on an old version and became this conflict record.
-    Conflict(Conflict),
-}
+pub use aetherflow_crdt::register::wire::WriteOutcome;
 
-impl WriteOutcome {
-    /// Reads the outcome JSON the relay answers with.
-    pub fn from_json(data: &Value) -> Result<WriteOutcome, RegisterError> {
-        let field = |name: &str| data.get(name).cloned().unwrap_or_default();
-        let bad = |e: serde_json::Error| RegisterError::BadAnswer(e.to_string());
-        match data["outcome"].as_str() {
-            Some("applied") => Ok(WriteOutcome::Applied {
-                revision: serde_json::from_value(field("revision")).map_err(bad)?,
-            }),
-            Some("duplicate") => Ok(WriteOutcome::Duplicate),
-            Some("stale") => Ok(WriteOutcome::Stale {
-                current: serde_json::from_value(field("current")).map_err(bad)?,
-            }),
-            Some("conflict") => Ok(WriteOutcome::Conflict(
-                serde_json::from_value(field("conflict")).map_err(bad)?,
-            )),
-            _ => Err(RegisterError::BadAnswer(data.to_string())),
-        }
-    }
+/// Reads the outcome JSON the relay answers with.
+fn outcome_from_json(data: Value) -> Result<WriteOutcome, RegisterError> {
+    let shown = data.to_string();
+    serde_json::from_value(data).map_err(|e| RegisterError::BadAnswer(format!("{e}: {shown}")))
 }
 
 /// A change of a document's lock.

@@ -7,13 +7,15 @@ use aetherflow_crdt::code::Code;
 use std::collections::{BTreeMap, VecDeque};
 
 use aetherflow_crdt::register::clock::{HlcStamp, HybridClock};
-use aetherflow_crdt::register::lww::{LwwRegister, LwwWrite, WriteStamp};
+use aetherflow_crdt::register::lww::{LwwRegister, LwwWrite};
 use aetherflow_crdt::register::manual::{Conflict, ManualWrite, Revision};
 use aetherflow_crdt::register::{Command, Kind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LockEvent, RegisterError, RegisterEvent, WriteOutcome};
+use super::{LockEvent, RegisterError, RegisterEvent, WriteOutcome, outcome_from_json};
+use aetherflow_crdt::event::DocEvent;
+use aetherflow_crdt::register::wire::RegisterView;
 
 /// Commands sent without their answers at most: the relay closes a connection that has more
 /// than 256 of one document waiting, and an offline backlog goes out in steps of this size.
@@ -210,35 +212,31 @@ impl Replica {
                 .unwrap_or_default(),
             ..Confirmed::default()
         };
-        self.take_register(&state["register"]);
+        if let Ok(register) = serde_json::from_value(state["register"].clone()) {
+            self.take_register(register);
+        }
         effects.save = true;
         effects.events.push(RegisterEvent::State);
         effects
     }
 
-    /// Takes in a register as the relay shows it (`register_json`).
-    fn take_register(&mut self, register: &Value) {
-        match register["kind"].as_str() {
-            Some("lww") => {
+    /// Takes in a register as the relay shows it.
+    fn take_register(&mut self, register: RegisterView) {
+        match register {
+            RegisterView::Lww { value, stamp } => {
                 self.confirmed.kind = Some(Kind::Lww);
-                let stamp = serde_json::from_value::<WriteStamp>(register["stamp"].clone());
-                if let Ok(stamp) = stamp {
+                if let Some(stamp) = stamp {
                     observe(&mut self.clock, stamp.clock);
-                    let write = LwwWrite {
-                        value: register["value"].clone(),
-                        stamp,
-                    };
-                    self.confirmed.lww.apply(write);
+                    let value = value.unwrap_or_default();
+                    self.confirmed.lww.apply(LwwWrite { value, stamp });
                 }
             }
-            Some("manual") => {
+            RegisterView::Manual { revision, .. } => {
                 self.confirmed.kind = Some(Kind::Manual);
-                let revision = serde_json::from_value::<Revision>(register["revision"].clone());
-                if let Ok(revision) = revision {
+                if let Some(revision) = revision {
                     self.take_revision(revision);
                 }
             }
-            _ => {}
         }
     }
 
@@ -250,65 +248,81 @@ impl Replica {
         }
     }
 
-    /// An event from the relay.
-    pub fn on_event(&mut self, name: &str, data: Value) -> Effects {
+    /// An event from the relay: `result` (a command's answer) or a [`DocEvent`] named `name`.
+    pub fn on_event(&mut self, name: &str, mut data: Value) -> Effects {
         let mut effects = Effects {
             save: true,
             ..Effects::default()
         };
-        match name {
-            "result" => self.answer(Ok(data), &mut effects),
-            "updated" => self.take_register(&data["register"]),
-            "conflict_detected" => {
-                if let Ok(conflict) = serde_json::from_value::<Conflict>(data["conflict"].clone()) {
-                    self.add_conflict(conflict.clone());
-                    effects
-                        .events
-                        .push(RegisterEvent::ConflictDetected(conflict));
-                }
+        if name == "result" {
+            self.answer(Ok(data), &mut effects);
+            return effects;
+        }
+        if let Some(fields) = data.as_object_mut() {
+            fields
+                .entry("type")
+                .or_insert_with(|| Value::from(name.to_owned()));
+        }
+        // An event this SDK does not know (a newer relay's) changes nothing.
+        let Ok(event) = serde_json::from_value::<DocEvent>(data) else {
+            effects.save = false;
+            return effects;
+        };
+        match event {
+            DocEvent::Updated {
+                register: Some(register),
+                ..
+            } => self.take_register(register),
+            DocEvent::ConflictDetected { conflict } => {
+                self.add_conflict(conflict.clone());
+                effects
+                    .events
+                    .push(RegisterEvent::ConflictDetected(conflict));
             }
-            "conflict_resolved" => {
-                let id = data["conflict"].as_u64().unwrap_or_default();
-                self.confirmed.conflicts.retain(|c| c.id != id);
-                if let Ok(revision) = serde_json::from_value::<Revision>(data["revision"].clone()) {
-                    self.take_revision(revision.clone());
-                    effects.events.push(RegisterEvent::ConflictResolved {
-                        conflict: id,
-                        revision,
-                    });
-                }
+            DocEvent::ConflictResolved { conflict, revision } => {
+                self.confirmed.conflicts.retain(|c| c.id != conflict);
+                self.take_revision(revision.clone());
+                effects
+                    .events
+                    .push(RegisterEvent::ConflictResolved { conflict, revision });
             }
-            _ => {
+            other => {
                 effects.save = false;
-                self.other_event(name, data, &mut effects);
+                self.other_event(other, &mut effects);
             }
         }
         effects
     }
 
     /// Lock, presence and deletion events.
-    fn other_event(&mut self, name: &str, data: Value, effects: &mut Effects) {
-        let holder = data["holder"].as_str().unwrap_or_default().to_owned();
-        let expires_ms = data["expires_ms"].as_u64().unwrap_or_default();
-        let user = data["user"].as_str().unwrap_or_default().to_owned();
-        let event = match name {
-            "lock_acquired" => LockEvent::Acquired { holder, expires_ms },
-            "lock_renewed" => LockEvent::Renewed { holder, expires_ms },
-            "lock_released" => LockEvent::Released { holder },
-            "lock_expired" => LockEvent::Expired { holder },
-            "user_joined" => return effects.events.push(RegisterEvent::UserJoined { user }),
-            "user_left" => return effects.events.push(RegisterEvent::UserLeft { user }),
-            "deleted" => return effects.events.push(RegisterEvent::Deleted),
+    fn other_event(&mut self, event: DocEvent, effects: &mut Effects) {
+        let lock = match event {
+            DocEvent::LockAcquired { holder, expires_ms } => {
+                LockEvent::Acquired { holder, expires_ms }
+            }
+            DocEvent::LockRenewed { holder, expires_ms } => {
+                LockEvent::Renewed { holder, expires_ms }
+            }
+            DocEvent::LockReleased { holder } => LockEvent::Released { holder },
+            DocEvent::LockExpired { holder } => LockEvent::Expired { holder },
+            DocEvent::UserJoined { user, .. } => {
+                return effects.events.push(RegisterEvent::UserJoined { user });
+            }
+            DocEvent::UserLeft { user, .. } => {
+                return effects.events.push(RegisterEvent::UserLeft { user });
+            }
+            DocEvent::Deleted => return effects.events.push(RegisterEvent::Deleted),
             _ => return,
         };
-        self.confirmed.lock = match event {
-            LockEvent::Acquired { .. } | LockEvent::Renewed { .. } => Some(
-                serde_json::json!({ "holder": data["holder"], "expires_ms": data["expires_ms"] }),
-            ),
+        self.confirmed.lock = match &lock {
+            LockEvent::Acquired { holder, expires_ms }
+            | LockEvent::Renewed { holder, expires_ms } => {
+                Some(serde_json::json!({ "holder": holder, "expires_ms": expires_ms }))
+            }
             LockEvent::Released { .. } | LockEvent::Expired { .. } => None,
         };
         effects.save = true;
-        effects.events.push(RegisterEvent::Lock(event));
+        effects.events.push(RegisterEvent::Lock(lock));
     }
 
     fn add_conflict(&mut self, conflict: Conflict) {
@@ -348,7 +362,7 @@ impl Replica {
             return;
         };
         effects.done.push(seq);
-        let outcome = answer.and_then(|data| WriteOutcome::from_json(&data));
+        let outcome = answer.and_then(outcome_from_json);
         if let Ok(outcome) = &outcome {
             self.take_outcome(command, outcome);
         }
@@ -375,7 +389,7 @@ impl Replica {
             ) => {
                 self.take_revision(revision.clone());
             }
-            (_, WriteOutcome::Conflict(conflict)) => self.add_conflict(conflict.clone()),
+            (_, WriteOutcome::Conflict { conflict }) => self.add_conflict(conflict.clone()),
             _ => {}
         }
     }

@@ -28,6 +28,7 @@
 pub mod clock;
 pub mod lww;
 pub mod manual;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -20,7 +20,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::openapi::{json_response, name_param, operation, schema, statuses, with_body};
-use super::{NamePath, authorize, blocking};
+use super::{NamePath, authorize};
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::metrics::Rejection;
@@ -54,12 +54,7 @@ async fn get_content(
     authorize(&state, &headers, &doc, false)?;
     match state
         .reads
-        .read(
-            state.sessions.rooms.store(),
-            &state.metrics,
-            &doc,
-            Form::Json,
-        )
+        .read(&state.storage, &state.metrics, &doc, Form::Json)
         .await?
     {
         Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
@@ -81,14 +76,9 @@ async fn get_update(
     authorize(&state, &headers, &doc, false)?;
     let update = state
         .reads
-        .read(
-            state.sessions.rooms.store(),
-            &state.metrics,
-            &doc,
-            Form::Update,
-        )
+        .read(&state.storage, &state.metrics, &doc, Form::Update)
         .await?
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        .map_err(AppError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], update).into_response())
 }
 
@@ -114,9 +104,7 @@ async fn post_update(
             "the body must be a binary Yjs v1 update".into(),
         ));
     }
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    if let Some(meta) = blocking(move || store.document(&lookup)).await?
+    if let Some(meta) = state.storage.catalog.document(doc.clone()).await?
         && meta.kind != Kind::Yjs
     {
         return Err(not_yjs(&doc, meta.kind));

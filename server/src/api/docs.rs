@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use super::openapi::{
     json_response, name_param, operation, request_body, schema, statuses, with_body,
 };
-use super::{NamePath, authorize, bearer, blocking, doc_name, json_body};
+use super::{NamePath, authorize, bearer, doc_name, json_body};
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::rooms::ApplyError;
-use crate::store::{DocStats, DocumentMeta, WriteOp, WriteResult};
+use crate::storage::{Created, DocStats, DocumentMeta};
 use crate::wall_clock::now_ms;
 
 /// Documents per page when the request names no `limit`.
@@ -82,11 +82,8 @@ async fn create_document(
     let request = json_body(body)?;
     let doc = doc_name(&request.name)?;
     match create(&state, &headers, &doc, request.kind).await? {
-        WriteResult::Created(meta) => Ok(created(&doc, &meta)),
-        WriteResult::Exists(meta) => Err(already_exists(&doc, &meta)),
-        other => Err(AppError::Internal(format!(
-            "unexpected write result {other:?}"
-        ))),
+        Created::New(meta) => Ok(created(&doc, &meta)),
+        Created::Exists(meta) => Err(already_exists(&doc, &meta)),
     }
 }
 
@@ -101,14 +98,11 @@ async fn ensure_document(
 ) -> Result<Response, AppError> {
     let kind = json_body(body)?.kind;
     match create(&state, &headers, &doc, kind).await? {
-        WriteResult::Created(meta) => Ok(created(&doc, &meta)),
-        WriteResult::Exists(meta) if meta.kind == kind => {
+        Created::New(meta) => Ok(created(&doc, &meta)),
+        Created::Exists(meta) if meta.kind == kind => {
             Ok(Json(meta_json(&doc, &meta, None)).into_response())
         }
-        WriteResult::Exists(meta) => Err(already_exists(&doc, &meta)),
-        other => Err(AppError::Internal(format!(
-            "unexpected write result {other:?}"
-        ))),
+        Created::Exists(meta) => Err(already_exists(&doc, &meta)),
     }
 }
 
@@ -118,23 +112,14 @@ async fn create(
     headers: &HeaderMap,
     doc: &DocName,
     kind: Kind,
-) -> Result<WriteResult, AppError> {
+) -> Result<Created, AppError> {
     authorize(state, headers, doc, true)?;
     let meta = DocumentMeta {
         kind,
         created_ms: Some(now_ms()),
     };
-    let op = WriteOp::CreateDocument {
-        doc: doc.clone(),
-        meta,
-    };
-    state
-        .sessions
-        .rooms
-        .writer()
-        .commit(op)
-        .await
-        .map_err(AppError::from)
+    let created = state.storage.catalog.create(doc.clone(), meta).await?;
+    Ok(created)
 }
 
 fn created(doc: &DocName, meta: &DocumentMeta) -> Response {
@@ -159,19 +144,12 @@ async fn get_document(
     NamePath(doc): NamePath,
 ) -> Result<Json<Value>, AppError> {
     authorize(&state, &headers, &doc, false)?;
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    let found = blocking(move || {
-        let Some(meta) = store.document(&lookup)? else {
-            return Ok(None);
-        };
-        Ok(Some((meta, store.stats(&lookup)?)))
-    })
-    .await?;
-    match found {
-        Some((meta, stats)) => Ok(Json(meta_json(&doc, &meta, Some(stats)))),
-        None => Err(AppError::NotFound(format!("no document {doc}"))),
-    }
+    let catalog = &state.storage.catalog;
+    let Some(meta) = catalog.document(doc.clone()).await? else {
+        return Err(AppError::NotFound(format!("no document {doc}")));
+    };
+    let stats = catalog.stats(doc.clone()).await?;
+    Ok(Json(meta_json(&doc, &meta, Some(stats))))
 }
 
 /// Lists documents in name order (bytewise), `limit` at a time; `next_cursor` (the last name
@@ -193,12 +171,13 @@ async fn list_documents(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let store = state.sessions.rooms.store().clone();
-    let cursor = page.cursor;
     // One more than asked tells whether another page follows.
-    let mut found =
-        blocking(move || store.list(cursor.as_deref(), limit + 1, |name| visible.covers(name)))
-            .await?;
+    let keep = Box::new(move |name: &str| visible.covers(name));
+    let mut found = state
+        .storage
+        .catalog
+        .list(page.cursor, limit + 1, keep)
+        .await?;
     let more = found.len() > limit;
     found.truncate(limit);
     let next_cursor = more
@@ -225,7 +204,7 @@ async fn delete_document(
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(false) => Err(AppError::NotFound(format!("no document {doc}"))),
-        Err(ApplyError::Invalid(e)) => Err(AppError::Internal(e)),
+        Err(ApplyError::Invalid(e)) => Err(AppError::internal(e)),
         Err(e) => Err(AppError::from(e)),
     }
 }

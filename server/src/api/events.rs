@@ -29,7 +29,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::openapi::{name_param, operation, schema, statuses};
-use super::{NamePath, authorize_token, bearer, blocking};
+use super::{NamePath, authorize_token, bearer};
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
@@ -60,10 +60,11 @@ pub(crate) fn token_of(
 pub(crate) async fn must_exist(
     state: &AppState,
     doc: &aetherflow_crdt::DocName,
-) -> Result<crate::store::DocumentMeta, AppError> {
-    let store = state.sessions.rooms.store().clone();
-    let lookup = doc.clone();
-    blocking(move || store.document(&lookup))
+) -> Result<crate::storage::DocumentMeta, AppError> {
+    state
+        .storage
+        .catalog
+        .document(doc.clone())
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no document {doc}")))
 }

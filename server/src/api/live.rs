@@ -49,12 +49,11 @@ use crate::connection::CloseReason;
 use crate::context::AppState;
 use crate::error::AppError;
 use crate::events::DocEvent;
-use crate::heartbeat::{Beat, Heartbeat};
-use crate::rate_limit::TokenBucket;
 use crate::registers::{RegisterChange, RegisterWrite, Resolution, outcome_json};
 use crate::sessions::{SessionHandle, SessionState, Transport};
+use crate::supervisor::{Silence, Supervisor};
 use crate::websocket;
-use crate::websocket::account;
+use crate::websocket::count;
 
 /// Largest request frame a live client may send.
 const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -200,26 +199,17 @@ async fn run(
     }
     handle.set_state(SessionState::Active);
     let shutdown = state.sessions.shutdown.clone();
-    let mut messages = state
-        .sessions
-        .message_rate
-        .map(|rate| TokenBucket::new(rate, std::time::Instant::now()));
-    let kicked = handle.disconnect_requested();
-    let mut kicked = std::pin::pin!(kicked);
+    let rate = state.sessions.message_rate;
+    let mut supervisor = Supervisor::new(handle, shutdown.clone(), rate, Silence::Closes);
     // Pings as on /ws: one unanswered ping makes the session IDLE, two close it.
     let mut ticks = tokio::time::interval(state.sessions.ping_interval);
     ticks.tick().await;
-    let mut heartbeat = Heartbeat::new();
     let reason = loop {
         tokio::select! {
-            reason = &mut kicked => break Some(reason),
+            reason = supervisor.stopped() => break Some(reason),
             _ = ticks.tick() => {
-                match heartbeat.tick() {
-                    Beat::Ping => {}
-                    Beat::PingIdle => handle.set_state(SessionState::Idle),
-                    Beat::Timeout => {
-                        break Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
-                    }
+                if let Err(reason) = supervisor.tick(handle, false, None) {
+                    break Some(reason);
                 }
                 if sink.send(Frame::Ping(Default::default())).await.is_err() {
                     break None;
@@ -238,8 +228,10 @@ async fn run(
                 None => break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down")),
             },
             frame = stream.next() => {
-                heartbeat.heard();
-                if let Some(reason) = account(frame.as_ref(), handle, messages.as_mut()) {
+                supervisor.heard();
+                if count(frame.as_ref(), handle)
+                    && let Err(reason) = supervisor.charge()
+                {
                     break Some(reason);
                 }
                 match on_frame(frame) {
@@ -255,7 +247,7 @@ async fn run(
             }
         }
     };
-    handle.closing(reason.as_ref());
+    Supervisor::closing(handle, reason.as_ref());
     // The close handshake as on /ws: the client's close is answered, the relay's waits
     // briefly for the client's answer.
     websocket::close(&mut sink, &mut stream, reason.clone()).await;

@@ -38,7 +38,7 @@ use axum::http::{HeaderMap, header};
 use crate::auth::{Grant, Permission};
 use crate::context::AppState;
 use crate::error::AppError;
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// The `/api/v1` routes.
 pub fn routes() -> Router<AppState> {
@@ -143,15 +143,6 @@ pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Ap
         .map_err(|e| AppError::BadRequest(e.body_text()))
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(AppError::from)
-}
-
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         if e.is_io() {
@@ -163,7 +154,7 @@ impl From<StoreError> for AppError {
         } else if let StoreError::Unreadable(_) = e {
             AppError::DatabaseDamaged(e.to_string())
         } else {
-            AppError::Internal(e.to_string())
+            AppError::internal(e)
         }
     }
 }
@@ -176,7 +167,7 @@ impl From<crate::rooms::ApplyError> for AppError {
             ApplyError::Invalid(reason) => AppError::BadRequest(reason),
             ApplyError::TooLarge(reason) => AppError::DocumentLimit(reason),
             ApplyError::Storage => AppError::StorageUnavailable,
-            ApplyError::Unavailable(e) => AppError::Internal(e),
+            ApplyError::Unavailable(e) => AppError::internal(e),
         }
     }
 }

@@ -66,7 +66,6 @@ impl From<RegisterError> for AppError {
             RegisterError::ClockAhead(e) => AppError::ClockAhead(e),
             RegisterError::Locked(text) => AppError::Locked(text),
             RegisterError::Store(e) => AppError::from(e),
-            RegisterError::Unexpected(text) => AppError::Internal(text),
         }
     }
 }

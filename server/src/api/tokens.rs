@@ -142,12 +142,11 @@ async fn mint(
         .map_err(|e| AppError::BadRequest(e.body_text()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(AppError::internal)?
         .as_secs();
     let claims = claims_for(request, state.admin.token_max_ttl.as_secs(), now)
         .map_err(AppError::BadRequest)?;
-    let token = encode(&Header::default(), &claims, signing)
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let token = encode(&Header::default(), &claims, signing).map_err(AppError::internal)?;
     tracing::info!(sub = %claims.sub, perm = ?claims.perm, exp = claims.exp, "token minted");
     Ok((StatusCode::CREATED, Json(Minted { token, claims })))
 }

@@ -76,17 +76,16 @@ use aetherflow_quantum::crypto::Keypair;
 use aetherflow_quantum::{DriverConfig, QuantumConnection, QuantumEndpoint};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::Config;
 #[cfg(doc)]
 use crate::config::DEFAULT_QUANTUM_SPARSE_FEC_BUDGET;
 use crate::connection::CloseReason;
 use crate::context::AppState;
-use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics::{QuantumConnectionMetrics, QuantumStats, Rejection};
-use crate::rate_limit::TokenBucket;
 use crate::sessions::{SessionHandle, SessionState, Transport};
+use crate::supervisor::{Silence, Supervisor};
 use subscriptions::{Next, Peer, Subscriptions, on_envelope};
 
 /// How long shutdown waits for Quantum sessions to say goodbye before resetting them.
@@ -256,44 +255,39 @@ async fn session(
     let mut stats_ticks = tokio::time::interval(STATS_INTERVAL);
     let mut heartbeat_ticks = tokio::time::interval(ctx.app.sessions.ping_interval);
     heartbeat_ticks.tick().await;
-    let mut messages = ctx
-        .app
-        .sessions
-        .message_rate
-        .map(|rate| TokenBucket::new(rate, Instant::now()));
-    let kicked = handle.disconnect_requested();
-    let mut kicked = std::pin::pin!(kicked);
+    let shutdown = ctx.app.sessions.shutdown.clone();
+    let rate = ctx.app.sessions.message_rate;
+    let mut supervisor = Supervisor::new(handle, shutdown, rate, Silence::ShowsIdle);
     let closing = loop {
         tokio::select! {
             biased;
-            () = ctx.app.sessions.shutdown.cancelled() => {
-                break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
-            }
-            reason = &mut kicked => {
-                info!(code = reason.code, reason = %reason.reason, "disconnect requested (admin, or token expired)");
-                break Some(reason);
-            }
+            reason = supervisor.stopped() => break Some(reason),
             _ = stats_ticks.tick() => {
                 let Ok(stats) = conn.stats().await else { break None };
-                liveness.sample(&stats, handle);
+                if liveness.sample(&stats) {
+                    supervisor.heard();
+                    handle.heard_from();
+                }
             }
-            _ = heartbeat_ticks.tick() => liveness.beat(handle),
+            _ = heartbeat_ticks.tick() => {
+                if let Err(reason) = supervisor.tick(handle, false, None) {
+                    break Some(reason);
+                }
+            }
             Some(bytes) = outgoing.recv() => {
                 handle.sent(bytes.len());
-                match send_or_stall(conn, bytes, &mut heartbeat_ticks, &mut liveness, handle).await {
-                    Sent::Queued => {}
-                    Sent::Failed => break None,
-                    Sent::Stalled => break Some(CloseReason::new(
-                        CloseReason::TRY_AGAIN_LATER,
-                        "connection not reading; reconnect to resync",
-                    )),
+                let sent = send_or_stall(conn, bytes, &mut heartbeat_ticks, &mut supervisor, handle).await;
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => break None,
+                    Err(reason) => break Some(reason),
                 }
             }
             incoming = conn.recv() => {
                 let Ok(Some(bytes)) = incoming else { break None };
-                liveness.heard();
+                supervisor.heard();
                 handle.received(bytes.len());
-                if let Some(reason) = over_message_rate(messages.as_mut()) {
+                if let Err(reason) = supervisor.charge() {
                     ctx.app.sessions.rooms.metrics().reject(Rejection::MessageRate);
                     break Some(reason);
                 }
@@ -306,6 +300,7 @@ async fn session(
             }
         }
     };
+    drop(supervisor);
     finish(conn, subscriptions, handle, closing).await;
 }
 
@@ -335,72 +330,36 @@ async fn finish(
 /// Longest wait for the closing error envelope to be queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Heartbeat ticks in a row that may find one send still waiting (the peer has not
-/// acknowledged the connection's send buffer): then the session is closed with 1013, as a
-/// WebSocket whose write makes no progress is.
-const STALLED_TICKS: u8 = 3;
-
-/// How [`send_or_stall`] ended.
-enum Sent {
-    /// The envelope is queued on the connection.
-    Queued,
-    /// The connection is gone.
-    Failed,
-    /// The peer took nothing for [`STALLED_TICKS`] heartbeat ticks.
-    Stalled,
-}
-
 /// Queues `bytes` on the connection while the heartbeat keeps ticking: a send waits while the
 /// peer has not acknowledged the send buffer, and a peer that stopped must neither stop the
-/// heartbeat nor hold the session forever.
+/// heartbeat nor hold the session forever. `Ok(true)`: queued; `Ok(false)`: the connection is
+/// gone; `Err`: the reason to close with (the peer took nothing for
+/// [`STALLED_TICKS`](crate::supervisor::STALLED_TICKS) ticks).
 async fn send_or_stall(
     conn: &QuantumConnection,
     bytes: Vec<u8>,
     ticks: &mut tokio::time::Interval,
-    liveness: &mut Liveness,
+    supervisor: &mut Supervisor,
     handle: &SessionHandle,
-) -> Sent {
+) -> Result<bool, CloseReason> {
     let send = conn.send(bytes);
     let mut send = std::pin::pin!(send);
-    let mut stalled = 0;
     loop {
         tokio::select! {
             biased;
-            sent = &mut send => return if sent.is_ok() { Sent::Queued } else { Sent::Failed },
-            _ = ticks.tick() => {
-                liveness.beat(handle);
-                stalled += 1;
-                if stalled >= STALLED_TICKS {
-                    warn!("connection not reading: no send progress; closing");
-                    return Sent::Stalled;
-                }
+            sent = &mut send => {
+                supervisor.wrote();
+                return Ok(sent.is_ok());
             }
+            _ = ticks.tick() => supervisor.tick(handle, true, None)?,
         }
     }
-}
-
-/// Charges one envelope to the session's message rate; over it, the reason to close with.
-fn over_message_rate(bucket: Option<&mut TokenBucket>) -> Option<CloseReason> {
-    let bucket = bucket?;
-    if bucket.try_take(Instant::now()).is_ok() {
-        return None;
-    }
-    warn!("message rate limit exceeded; closing");
-    Some(CloseReason::new(
-        CloseReason::POLICY_VIOLATION,
-        format!(
-            "message rate limit exceeded ({}/s, bursts of {}); slow down and reconnect",
-            bucket.rate().tokens_per_second(),
-            bucket.rate().burst()
-        ),
-    ))
 }
 
 /// A connection's signs of life and transport figures. Quantum's keepalives and ACKs never
 /// reach the application, so the packet count of the connection's stats stands in for the
 /// WebSocket's pongs.
 struct Liveness {
-    heartbeat: Heartbeat,
     packets_received: u64,
     recorder: QuantumConnectionMetrics,
 }
@@ -408,24 +367,15 @@ struct Liveness {
 impl Liveness {
     fn new(recorder: QuantumConnectionMetrics) -> Liveness {
         Liveness {
-            heartbeat: Heartbeat::new(),
             packets_received: 0,
             recorder,
         }
     }
 
-    /// A message arrived.
-    fn heard(&mut self) {
-        self.heartbeat.heard();
-    }
-
-    /// Records a stats sample; any new packet counts as hearing from the peer.
-    fn sample(&mut self, stats: &aetherflow_quantum::ConnectionStats, handle: &SessionHandle) {
-        if stats.packets_received > self.packets_received {
-            self.packets_received = stats.packets_received;
-            self.heartbeat.heard();
-            handle.heard_from();
-        }
+    /// Records a stats sample; says whether new packets arrived (hearing from the peer).
+    fn sample(&mut self, stats: &aetherflow_quantum::ConnectionStats) -> bool {
+        let heard = stats.packets_received > self.packets_received;
+        self.packets_received = stats.packets_received;
         // Before the first RTT sample there is nothing meaningful to record.
         if let Some(rtt) = stats.srtt {
             self.recorder.record(&QuantumStats {
@@ -436,15 +386,7 @@ impl Liveness {
                 rejected: stats.auth_failures + stats.replays_dropped + stats.clear_dropped,
             });
         }
-    }
-
-    /// One heartbeat interval passed. A silent connection shows IDLE; ending it is left to
-    /// the transport's idle timeout, which knows about keepalives the relay cannot see.
-    fn beat(&mut self, handle: &SessionHandle) {
-        match self.heartbeat.tick() {
-            Beat::Ping => {}
-            Beat::PingIdle | Beat::Timeout => handle.set_state(SessionState::Idle),
-        }
+        heard
     }
 }
 

@@ -247,7 +247,7 @@ fn refusal(e: &RegisterError) -> (u32, String) {
         RegisterError::NotFound(_) | RegisterError::UnknownConflict(_) => ERROR_NOT_FOUND,
         RegisterError::WrongKind(_) => ERROR_WRONG_KIND,
         RegisterError::Invalid(_) => super::ERROR_PROTOCOL,
-        RegisterError::Store(_) | RegisterError::Unexpected(_) => {
+        RegisterError::Store(_) => {
             tracing::error!(error = %e, "register operation failed");
             let code = u32::from(CloseReason::INTERNAL_ERROR);
             return (code, "the relay could not run the operation".into());
@@ -284,7 +284,7 @@ async fn forward(
     while let Some(next) = next_event(&mut listener, &shutdown).await {
         let deleted = next == DocEvent::Deleted;
         if to_peer
-            .send(event(&doc, &next.name(), next.to_json()))
+            .send(event(&doc, next.name(), next.to_json()))
             .await
             .is_err()
         {
@@ -388,7 +388,7 @@ mod tests {
             refusal(&RegisterError::ClockAhead(ahead)).0,
             ERROR_CLOCK_AHEAD
         );
-        let failed = RegisterError::Unexpected("disk on fire".into());
+        let failed = RegisterError::Store(crate::storage::StoreError::Io("disk on fire".into()));
         let (code, text) = refusal(&failed);
         assert_eq!(code, 1011);
         assert!(!text.contains("disk"), "{text}");

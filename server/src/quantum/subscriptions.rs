@@ -250,26 +250,20 @@ async fn subscribe(
         .auth
         .authorize(token, doc)
         .map_err(|e| (4000 + u32::from(e.status()), e.code().to_owned()))?;
-    let store = ctx.app.sessions.rooms.store().clone();
-    let lookup = doc.clone();
     let unavailable = || {
         (
             u32::from(CloseReason::INTERNAL_ERROR),
             "document unavailable".to_owned(),
         )
     };
-    match tokio::task::spawn_blocking(move || store.document(&lookup)).await {
-        Ok(Ok(Some(meta))) if meta.kind != Kind::Yjs => {
+    match ctx.app.storage.catalog.document(doc.clone()).await {
+        Ok(Some(meta)) if meta.kind != Kind::Yjs => {
             let subscription = registers::subscribe(doc, meta.kind, grant, ctx, peer).await?;
             return Ok(Subscription::Register(subscription));
         }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!(error = %e, "document lookup failed");
-            return Err(unavailable());
-        }
+        Ok(_) => {}
         Err(e) => {
-            warn!(error = %e, "document lookup panicked");
+            warn!(error = %e, "document lookup failed");
             return Err(unavailable());
         }
     }

@@ -30,7 +30,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use self::json::TooLarge;
 use crate::error::AppError;
 use crate::metrics::{Metrics, Rejection};
-use crate::store::Store;
+use crate::storage::{Storage, StoredDoc};
 
 /// The forms a document is read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,7 +47,7 @@ pub type Answer = Result<Bytes, TooLarge>;
 
 /// A read in flight, as the reads arriving after it find it.
 struct Flight {
-    /// [`Store::commits`] when it began: only reads arriving at the same count may share it.
+    /// [`DocumentLog::commits`](crate::storage::DocumentLog::commits) when it began: only reads arriving at the same count may share it.
     commits: u64,
     /// Its answer, once there; gone when every read sharing it has finished.
     answer: Weak<OnceCell<Answer>>,
@@ -77,18 +77,17 @@ impl HeavyReads {
     /// read must load and the gate is full.
     pub async fn read(
         &self,
-        store: &Store,
+        storage: &Storage,
         metrics: &Metrics,
         doc: &DocName,
         form: Form,
     ) -> Result<Answer, AppError> {
-        let store = store.clone();
-        let answer = self.flight(doc, form, store.commits());
+        let answer = self.flight(doc, form, storage.log.commits());
         let led = AtomicBool::new(false);
         let shared = answer
             .get_or_try_init(|| {
                 led.store(true, Ordering::Relaxed);
-                self.load(metrics, store, doc.clone(), form)
+                self.load(metrics, storage, doc.clone(), form)
             })
             .await?;
         if !led.load(Ordering::Relaxed) {
@@ -123,7 +122,7 @@ impl HeavyReads {
     async fn load(
         &self,
         metrics: &Metrics,
-        store: Store,
+        storage: &Storage,
         doc: DocName,
         form: Form,
     ) -> Result<Answer, AppError> {
@@ -134,34 +133,33 @@ impl HeavyReads {
             ));
         };
         let cap = self.max_json_bytes;
+        let stored = read_yjs(storage, &doc).await?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let room = load_yjs(&store, &doc)?;
+            let room = Room::load(
+                stored.snapshot.as_deref(),
+                stored.log.iter().map(Vec::as_slice),
+            )
+            .map_err(|e| AppError::internal(format!("stored document does not load: {e}")))?;
             Ok(match form {
                 Form::Json => json::render(room.doc(), doc.as_str(), cap).map(Bytes::from),
                 Form::Update => Ok(Bytes::from(room.snapshot())),
             })
         })
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(AppError::internal)?
     }
 }
 
-/// Loads a Yjs document from the store into a room of its own; 404 if it does not exist,
-/// 409 if it is a register. Blocking.
-fn load_yjs(store: &Store, doc: &DocName) -> Result<Room, AppError> {
-    let Some(meta) = store.document(doc).map_err(AppError::from)? else {
+/// Reads a Yjs document's stored form; 404 if it does not exist, 409 if it is a register.
+async fn read_yjs(storage: &Storage, doc: &DocName) -> Result<StoredDoc, AppError> {
+    let Some(meta) = storage.catalog.document(doc.clone()).await? else {
         return Err(AppError::NotFound(format!("no document {doc}")));
     };
     if meta.kind != Kind::Yjs {
         return Err(not_yjs(doc, meta.kind));
     }
-    let stored = store.load(doc).map_err(AppError::from)?;
-    Room::load(
-        stored.snapshot.as_deref(),
-        stored.log.iter().map(Vec::as_slice),
-    )
-    .map_err(|e| AppError::Internal(format!("stored document does not load: {e}")))
+    Ok(storage.log.load(doc.clone()).await?)
 }
 
 /// The 409 for a Yjs read or write of a register document.

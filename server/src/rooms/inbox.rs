@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
+use super::senders::{self, Senders};
+
 /// Creates an inbox holding at most `capacity` commands.
 pub fn channel<T>(capacity: usize) -> (InboxSender<T>, InboxReceiver<T>) {
     let shared = Arc::new(Shared {
@@ -76,13 +78,15 @@ struct State<T> {
     senders: usize,
 }
 
+impl<T> Senders for State<T> {
+    fn senders(&mut self) -> &mut usize {
+        &mut self.senders
+    }
+}
+
 impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // Every critical section is a push, a pop or a counter update, so a poisoned lock
-        // still guards a consistent queue.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        senders::lock(&self.state)
     }
 
     /// Queues `command` in the slot its caller holds a permit for (already forgotten).
@@ -131,7 +135,7 @@ impl<T> InboxSender<T> {
 
 impl<T> Clone for InboxSender<T> {
     fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
+        senders::added(&self.shared.state);
         InboxSender {
             shared: Arc::clone(&self.shared),
         }
@@ -140,14 +144,7 @@ impl<T> Clone for InboxSender<T> {
 
 impl<T> Drop for InboxSender<T> {
     fn drop(&mut self) {
-        let last = {
-            let mut state = self.shared.lock();
-            state.senders -= 1;
-            state.senders == 0
-        };
-        if last {
-            self.shared.notify.notify_one();
-        }
+        senders::dropped(&self.shared.state, &self.shared.notify);
     }
 }
 

@@ -8,6 +8,7 @@
 mod inbox;
 pub mod outbox;
 mod pipeline;
+mod senders;
 mod task;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use crate::config::{Config, Durability};
 use crate::connection::CloseReason;
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreWriter};
+use crate::storage::Storage;
 
 /// Commands a room's inbox holds before senders wait.
 const INBOX_CAPACITY: usize = 1024;
@@ -157,8 +158,7 @@ pub struct Rooms {
 struct RoomsInner {
     loaded: Mutex<HashMap<DocName, RoomHandle>>,
     next_id: AtomicU64,
-    store: Store,
-    writer: StoreWriter,
+    storage: Storage,
     settings: RoomSettings,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -183,12 +183,11 @@ pub struct JoinError(pub DocName);
 pub struct RoomGone;
 
 impl Rooms {
-    /// A registry whose rooms use `store` and `writer`; room tasks are tracked by `tracker`
+    /// A registry whose rooms keep their documents in `storage`; room tasks are tracked by `tracker`
     /// and stop once `shutdown` is cancelled and their connections have left. They record
     /// into `metrics`.
     pub fn new(
-        store: Store,
-        writer: StoreWriter,
+        storage: Storage,
         settings: RoomSettings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -197,8 +196,7 @@ impl Rooms {
         let inner = RoomsInner {
             loaded: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            store,
-            writer,
+            storage,
             settings,
             tracker,
             shutdown,
@@ -294,16 +292,6 @@ impl Rooms {
     /// What rooms and their sessions record into.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// The store, for reads outside a room.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    /// The store writer, for writes outside a room.
-    pub fn writer(&self) -> &StoreWriter {
-        &self.inner.writer
     }
 
     /// Number of documents loaded now.
@@ -404,13 +392,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::Durability;
     use crate::metrics::Metrics;
-    use crate::store::{Store, StoreWriter, WriteMode};
+    use crate::store::{self, Store, WriteMode};
 
     /// Rooms on a fresh durable store in `dir`, stopping when `shutdown` is cancelled. Needs
     /// a runtime: the store's writer task is spawned.
     pub(crate) fn test_rooms(dir: &std::path::Path, shutdown: CancellationToken) -> Rooms {
         let store = Store::open(&dir.join("db.redb")).expect("store");
-        let (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let (storage, _) = store::start(store, WriteMode::Durable, Metrics::new());
         let settings = RoomSettings {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),
@@ -418,8 +406,7 @@ pub(crate) mod tests {
             doc_limits: DocLimits::default(),
         };
         Rooms::new(
-            store,
-            writer,
+            storage,
             settings,
             TaskTracker::new(),
             shutdown,

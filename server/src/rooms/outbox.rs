@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::Outbound;
+use super::senders::{self, Senders};
 
 /// Bytes each queued frame is charged besides its payload: the queue slot and the shared
 /// buffer's header, so that a flood of tiny frames is bounded too.
@@ -99,13 +100,15 @@ fn charge(frame: &Outbound) -> usize {
     }
 }
 
+impl Senders for State {
+    fn senders(&mut self) -> &mut usize {
+        &mut self.senders
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section is a single push, pop or counter update, so a poisoned lock
-        // still guards a consistent queue.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        senders::lock(&self.state)
     }
 }
 
@@ -141,7 +144,7 @@ impl OutboxSender {
 
 impl Clone for OutboxSender {
     fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
+        senders::added(&self.shared.state);
         OutboxSender {
             shared: Arc::clone(&self.shared),
         }
@@ -150,14 +153,7 @@ impl Clone for OutboxSender {
 
 impl Drop for OutboxSender {
     fn drop(&mut self) {
-        let last = {
-            let mut state = self.shared.lock();
-            state.senders -= 1;
-            state.senders == 0
-        };
-        if last {
-            self.shared.notify.notify_one();
-        }
+        senders::dropped(&self.shared.state, &self.shared.notify);
     }
 }
 

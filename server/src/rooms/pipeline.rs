@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::ApplyError;
-use crate::store::{Committing, StoreError, WriteResult};
+use crate::storage::{Committing, StoreError};
 
 /// Where an HTTP writer is told what became of its update.
 pub(super) type HttpWaiter = oneshot::Sender<Result<(), ApplyError>>;
@@ -88,7 +88,7 @@ impl Pipeline {
     /// Waits for the oldest batch's commit and takes it out, with the commit's outcome;
     /// `None` if nothing is in flight. Cancel safe: dropped before the commit is done, the
     /// batch stays first in line.
-    pub async fn next(&mut self) -> Option<(InFlight, Result<WriteResult, StoreError>)> {
+    pub async fn next(&mut self) -> Option<(InFlight, Result<(), StoreError>)> {
         let oldest = self.batches.front_mut()?;
         let result = (&mut oldest.committing).await;
         self.batches.pop_front().map(|batch| (batch, result))
@@ -108,25 +108,24 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreWriter, WriteMode, WriteOp};
+    use crate::metrics::Metrics;
+    use crate::storage::Storage;
+    use crate::store::{self, Store, WriteMode};
     use aetherflow_crdt::DocName;
 
-    fn append(doc: &DocName, byte: u8) -> WriteOp {
-        WriteOp::Append {
-            doc: doc.clone(),
-            update: vec![byte],
-        }
+    async fn append(storage: &Storage, doc: &DocName, byte: u8) -> Result<Committing, StoreError> {
+        storage.log.append(doc.clone(), vec![byte]).await
     }
 
     #[tokio::test]
     async fn batches_are_released_in_order_and_each_is_on_disk_when_released() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let (storage, _task) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("pipelined").expect("valid name");
         let mut pipeline = Pipeline::default();
         for n in 0..3u8 {
-            let committing = writer.enqueue(append(&doc, n)).await.expect("queued");
+            let committing = append(&storage, &doc, n).await.expect("queued");
             pipeline.push(committing, Bytes::from(vec![n]), 1, Vec::new());
         }
         assert_eq!(pipeline.len(), 3);
@@ -148,14 +147,14 @@ mod tests {
     async fn http_writers_of_known_updates_are_answered_with_the_last_batch() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, _task) = StoreWriter::spawn(store, WriteMode::Durable);
+        let (storage, _task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("known").expect("valid name");
         let mut pipeline = Pipeline::default();
         let (idle, idle_answer) = oneshot::channel();
         // Nothing in flight: the caller answers at once.
         assert_eq!(pipeline.answer_with_last(vec![idle]).len(), 1);
         drop(idle_answer);
-        let committing = writer.enqueue(append(&doc, 1)).await.expect("queued");
+        let committing = append(&storage, &doc, 1).await.expect("queued");
         pipeline.push(committing, Bytes::new(), 1, Vec::new());
         let (done, mut answer) = oneshot::channel();
         assert!(pipeline.answer_with_last(vec![done]).is_empty());
@@ -169,11 +168,11 @@ mod tests {
     async fn abandoned_batches_tell_their_http_writers_the_document_is_unavailable() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, _task) = StoreWriter::spawn(store, WriteMode::Durable);
+        let (storage, _task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("abandoned").expect("valid name");
         let mut pipeline = Pipeline::default();
         let (done, answer) = oneshot::channel();
-        let committing = writer.enqueue(append(&doc, 1)).await.expect("queued");
+        let committing = append(&storage, &doc, 1).await.expect("queued");
         pipeline.push(committing, Bytes::new(), 1, vec![done]);
         pipeline.abandon("commit failed");
         assert!(pipeline.is_empty());
@@ -187,9 +186,9 @@ mod tests {
     async fn a_stopped_writer_fails_the_batch_instead_of_hanging() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, task) = StoreWriter::spawn(store, WriteMode::Durable);
+        let (storage, task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("orphan").expect("valid name");
-        let committing = writer.enqueue(append(&doc, 1)).await.expect("queued");
+        let committing = append(&storage, &doc, 1).await.expect("queued");
         task.abort();
         let _ = task.await;
         let mut pipeline = Pipeline::default();
@@ -200,6 +199,6 @@ mod tests {
             matches!(result, Err(StoreError::WriterGone)),
             "expected WriterGone, got {result:?}"
         );
-        assert!(writer.enqueue(append(&doc, 2)).await.is_err());
+        assert!(append(&storage, &doc, 2).await.is_err());
     }
 }

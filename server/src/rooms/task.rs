@@ -26,8 +26,7 @@ use crate::config::Durability;
 use crate::connection::CloseReason;
 use crate::events::DocEvent;
 use crate::metrics::Rejection;
-use crate::store::StoreError;
-use crate::store::writer::{WriteOp, WriteResult};
+use crate::storage::StoreError;
 
 /// Most commands taken as one turn. Also bounds what the room holds besides its inbox.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
@@ -211,16 +210,18 @@ impl RoomTask {
     }
 
     async fn load(&mut self) -> Option<Room> {
-        let store = self.rooms.inner.store.clone();
-        let name = self.name.clone();
-        let metrics = self.rooms.inner.metrics.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let stored = store.load(&name).map_err(|e| {
+        let stored = match self.rooms.inner.storage.log.load(self.name.clone()).await {
+            Ok(stored) => stored,
+            Err(e) => {
                 if let StoreError::Damaged { .. } | StoreError::Unreadable(_) = e {
-                    metrics.damaged_load();
+                    self.rooms.inner.metrics.damaged_load();
                 }
-                e.to_string()
-            })?;
+                error!(error = %e, "cannot load document");
+                return None;
+            }
+        };
+        // Replaying the log is CPU work: off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || {
             let entries = stored.log.len();
             let room = Room::load(
                 stored.snapshot.as_deref(),
@@ -262,7 +263,7 @@ impl RoomTask {
         let mut http = Vec::new();
         let mut deletes = Vec::new();
         let mut held = Vec::new();
-        let writable = self.rooms.inner.store.is_writable();
+        let writable = self.rooms.inner.storage.log.is_writable();
         if writable && !self.unsaved.is_empty() {
             self.ask_for_unsaved(room);
         }
@@ -336,14 +337,15 @@ impl RoomTask {
             CloseReason::DOCUMENT_DELETED,
             "document deleted",
         ));
-        let op = WriteOp::DeleteDocument {
-            doc: self.name.clone(),
-        };
-        let answer = match self.rooms.inner.writer.commit(op).await {
-            Ok(WriteResult::Deleted(existed)) => Ok(existed),
-            Ok(other) => Err(ApplyError::Unavailable(format!(
-                "unexpected write result {other:?}"
-            ))),
+        let answer = match self
+            .rooms
+            .inner
+            .storage
+            .catalog
+            .delete(self.name.clone())
+            .await
+        {
+            Ok(existed) => Ok(existed),
             Err(e) => Err(ApplyError::Unavailable(e.to_string())),
         };
         if answer.is_ok() {
@@ -408,19 +410,18 @@ impl RoomTask {
             return;
         };
         let bytes = entry.len();
-        let append = WriteOp::Append {
-            doc: self.name.clone(),
-            update: entry,
-        };
-        let writer = self.rooms.inner.writer.clone();
+        let log = self.rooms.inner.storage.log.clone();
         let queued = match self.rooms.inner.settings.durability {
-            Durability::Durable => writer.enqueue(append).await.map(|committing| {
-                let frame = Bytes::from(broadcast);
-                self.pipeline.push(committing, frame, bytes, waiters);
-            }),
+            Durability::Durable => log
+                .append(self.name.clone(), entry)
+                .await
+                .map(|committing| {
+                    let frame = Bytes::from(broadcast);
+                    self.pipeline.push(committing, frame, bytes, waiters);
+                }),
             Durability::Relaxed => {
                 self.broadcast_update(room, Bytes::from(broadcast));
-                let queued = writer.submit(append).await;
+                let queued = log.append_relaxed(self.name.clone(), entry).await;
                 if queued.is_ok() {
                     self.announce_update(bytes, waiters);
                 }
@@ -440,12 +441,7 @@ impl RoomTask {
     }
 
     /// A batch's commit is done: broadcast it, or, if the commit failed, close the document.
-    fn settle(
-        &mut self,
-        room: &mut Room,
-        batch: InFlight,
-        result: Result<WriteResult, StoreError>,
-    ) {
+    fn settle(&mut self, room: &mut Room, batch: InFlight, result: Result<(), StoreError>) {
         match result {
             Ok(_) => {
                 self.broadcast_update(room, batch.frame);
@@ -478,7 +474,7 @@ impl RoomTask {
     fn announce_update(&self, bytes: usize, http: Vec<HttpWaiter>) {
         answer(http, Ok(()));
         let event = DocEvent::Updated {
-            kind: "yjs".into(),
+            kind: aetherflow_crdt::register::Kind::Yjs,
             bytes: Some(bytes),
             register: None,
         };
@@ -490,11 +486,8 @@ impl RoomTask {
     async fn compact(&mut self, room: &Room) {
         let snapshot = room.snapshot();
         let bytes = snapshot.len();
-        let compact = WriteOp::Compact {
-            doc: self.name.clone(),
-            snapshot,
-        };
-        match self.rooms.inner.writer.submit(compact).await {
+        let log = &self.rooms.inner.storage.log;
+        match log.compact(self.name.clone(), snapshot).await {
             Ok(()) => {
                 self.rooms.inner.metrics.compacted();
                 info!(
@@ -694,7 +687,7 @@ impl RoomTask {
     /// arrived meanwhile (or regardless, if `force`). Returns whether the room is gone.
     async fn unload(&mut self, force: bool) -> bool {
         // A later room of this document loads from the store: it must find every write.
-        if let Err(e) = self.rooms.inner.writer.flush().await {
+        if let Err(e) = self.rooms.inner.storage.log.flush().await {
             error!(error = %e, "flush before unload failed");
         }
         if !self

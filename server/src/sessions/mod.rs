@@ -435,11 +435,15 @@ impl SessionHandle {
     ///
     /// Meant for one waiter, the transport's session loop: a request made before it waits is
     /// kept for it.
-    pub async fn disconnect_requested(&self) -> CloseReason {
-        self.entry.kick.notified().await;
-        self.entry
-            .ending(|ending| ending.kick_reason.clone())
-            .unwrap_or_else(|| CloseReason::new(CloseReason::POLICY_VIOLATION, "disconnected"))
+    pub fn disconnect_requested(&self) -> impl Future<Output = CloseReason> + Send + 'static {
+        // Owns its share of the entry, so a session can hold it beside its handle.
+        let entry = self.entry.clone();
+        async move {
+            entry.kick.notified().await;
+            entry
+                .ending(|ending| ending.kick_reason.clone())
+                .unwrap_or_else(|| CloseReason::new(CloseReason::POLICY_VIOLATION, "disconnected"))
+        }
     }
 
     /// Records the close frame about to be sent (`None`: the peer is gone, nothing to send)

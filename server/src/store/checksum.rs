@@ -21,23 +21,7 @@ pub(super) fn sum(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-/// What of a document failed its checksum.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Damage {
-    /// The snapshot.
-    Snapshot,
-    /// The log entry with this sequence number.
-    LogEntry(u64),
-}
-
-impl std::fmt::Display for Damage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Damage::Snapshot => write!(f, "its snapshot"),
-            Damage::LogEntry(seq) => write!(f, "log entry {seq}"),
-        }
-    }
-}
+pub(super) use crate::storage::Damage;
 
 /// Checks `bytes` against the stored sum, if there is one.
 pub(super) fn verify(stored: Option<u32>, bytes: &[u8], what: Damage) -> Result<(), Damage> {

@@ -8,11 +8,12 @@
 
 use crate::wall_clock::now_ms;
 use aetherflow_crdt::DocName;
-use aetherflow_crdt::register::{Command, CommandError, Kind, Outcome, Register};
+use aetherflow_crdt::register::{Command, Kind, Outcome, Register};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{SNAPSHOTS, StoreError, UPDATE_LOG};
+use super::{SNAPSHOTS, UPDATE_LOG};
+use crate::storage::{DocumentMeta, RegisterFailure, StoreError};
 
 /// Document name → [`DocumentMeta`] as JSON.
 pub(super) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
@@ -20,30 +21,6 @@ pub(super) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 pub(super) const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers");
 /// Document name → time of its last change, milliseconds since the Unix epoch.
 pub(super) const MODIFIED: TableDefinition<&str, u64> = TableDefinition::new("modified");
-
-/// What the store knows about a document besides its content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DocumentMeta {
-    /// Its kind, fixed at creation.
-    pub kind: Kind,
-    /// Creation time, milliseconds since the Unix epoch (`None` for a Yjs document created
-    /// implicitly by a connection).
-    pub created_ms: Option<u64>,
-}
-
-/// Why a register command was not applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegisterFailure {
-    /// No document of that name exists.
-    #[error("no such document")]
-    NotFound,
-    /// The document is a Yjs document, not a register.
-    #[error("the document is a {0:?} document, not a register")]
-    NotARegister(Kind),
-    /// The register refused the command.
-    #[error(transparent)]
-    Command(#[from] CommandError),
-}
 
 /// The tables a write transaction works on.
 pub(super) struct Tables<'txn> {

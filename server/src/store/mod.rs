@@ -1,4 +1,5 @@
-//! Durable storage in one redb database.
+//! The default storage engine: one embedded redb database, implementing the interfaces of
+//! [`crate::storage`] ([`RedbEngine`]).
 //!
 //! A document is a snapshot (one Yjs v1 update holding its whole state at some point) plus an
 //! update log of what came after, keyed by `(document, sequence)`. Only the [`writer`] task
@@ -7,6 +8,7 @@
 pub mod check;
 mod checksum;
 pub mod documents;
+mod engine;
 mod slot;
 pub mod writer;
 
@@ -16,82 +18,17 @@ use std::sync::Arc;
 use aetherflow_crdt::DocName;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-pub use self::checksum::Damage;
 use self::slot::Slot;
 use crate::metrics::Metrics;
-pub use documents::{DocumentMeta, RegisterFailure};
-pub use writer::{Committing, StoreWriter, WriteMode, WriteOp, WriteResult};
+pub use engine::RedbEngine;
+pub use writer::{Queued, StoreWriter, WriteMode, WriteOp, WriteResult};
+
+use crate::storage::{Damage, DocStats, DocumentMeta, LogEntry, StoreError, StoredDoc};
 
 /// Snapshot of each document: name → v1 update of its whole state.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// Update log: (name, sequence) → v1 update committed after the snapshot.
 const UPDATE_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("update_log");
-
-/// Storage failures. Clients never see these texts; they are logged.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database file could not be opened or created.
-    #[error("cannot open database {path}: {reason}")]
-    Open {
-        /// The database file.
-        path: String,
-        /// What redb said.
-        reason: String,
-    },
-    /// Reading or writing the file failed (a full disk, an I/O error), or failed earlier and
-    /// the database has not been reopened yet: nothing can be written until it recovers.
-    #[error("storage I/O failed: {0}")]
-    Io(String),
-    /// A stored document no longer matches its checksums (the file was damaged); other
-    /// documents are unaffected. `aetherflow check` lists such documents and can repair them.
-    #[error("document {doc} is damaged in storage: {damage} fails its checksum")]
-    Damaged {
-        /// The document.
-        doc: String,
-        /// What is damaged.
-        damage: Damage,
-    },
-    /// redb failed inside while reading or writing (it panics on some damaged pages); the
-    /// failure was contained to this operation. `aetherflow check` finds the damage.
-    #[error("the database could not be read ({0}); its file may be damaged")]
-    Unreadable(String),
-    /// A transaction, table or commit failed for another reason: redb's error, kept whole.
-    #[error("storage error: {0}")]
-    Redb(#[source] Arc<redb::Error>),
-    /// A stored record (register state, document metadata) cannot be encoded or decoded.
-    #[error("stored record: {0}")]
-    Record(#[source] Arc<serde_json::Error>),
-    /// The writer task has stopped (shutdown or a previous fatal error).
-    #[error("the store writer has stopped")]
-    WriterGone,
-}
-
-impl StoreError {
-    /// Whether the failure is the storage's (disk full, I/O error): writes are impossible
-    /// until it recovers, and retrying later may succeed.
-    pub fn is_io(&self) -> bool {
-        matches!(self, StoreError::Io(_))
-    }
-
-    /// The same failure again, for another waiter of a failed commit.
-    pub fn duplicate(&self) -> StoreError {
-        match self {
-            StoreError::Open { path, reason } => StoreError::Open {
-                path: path.clone(),
-                reason: reason.clone(),
-            },
-            StoreError::Io(e) => StoreError::Io(e.clone()),
-            StoreError::Damaged { doc, damage } => StoreError::Damaged {
-                doc: doc.clone(),
-                damage: damage.clone(),
-            },
-            StoreError::Unreadable(e) => StoreError::Unreadable(e.clone()),
-            StoreError::Redb(e) => StoreError::Redb(e.clone()),
-            StoreError::Record(e) => StoreError::Record(e.clone()),
-            StoreError::WriterGone => StoreError::WriterGone,
-        }
-    }
-}
 
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
@@ -99,7 +36,7 @@ impl From<redb::Error> for StoreError {
             redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
                 StoreError::Io(e.to_string())
             }
-            other => StoreError::Redb(Arc::new(other)),
+            other => StoreError::Engine(Arc::new(other)),
         }
     }
 }
@@ -120,24 +57,18 @@ redb_error_from!(
     redb::CommitError
 );
 
-/// What the store holds of one document.
-#[derive(Debug, Default)]
-pub struct StoredDoc {
-    /// The latest snapshot, if the log was ever compacted.
-    pub snapshot: Option<Vec<u8>>,
-    /// Log entries after the snapshot, oldest first.
-    pub log: Vec<Vec<u8>>,
-}
-
-/// Size and age of a stored document.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DocStats {
-    /// Entries in the update log since the last snapshot (Yjs documents).
-    pub updates: u64,
-    /// Bytes stored: snapshot, log entries and register.
-    pub size_bytes: u64,
-    /// Time of the last change, milliseconds since the Unix epoch, if known.
-    pub modified_ms: Option<u64>,
+/// Starts the writer task of `store` and returns the engine seen through the storage
+/// interfaces, with the writer task's handle (it ends once every handle is dropped).
+pub fn start(
+    store: Store,
+    mode: WriteMode,
+    metrics: Metrics,
+) -> (crate::storage::Storage, tokio::task::JoinHandle<()>) {
+    let (writer, task) = StoreWriter::spawn_with_metrics(store.clone(), mode, metrics);
+    (
+        crate::storage::Storage::of(RedbEngine::new(store, writer)),
+        task,
+    )
 }
 
 /// Handle on the database; cheap to clone.
@@ -244,6 +175,39 @@ impl Store {
             log.push(value.value().to_vec());
         }
         Ok(StoredDoc { snapshot, log })
+    }
+
+    /// Up to `limit` log entries of `doc` from sequence number `from` on, each checked
+    /// against its checksum. Blocking.
+    pub fn entries(
+        &self,
+        doc: &DocName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.contained(|| {
+            let name = doc.as_str();
+            let txn = self.db()?.begin_read()?;
+            let log = txn.open_table(UPDATE_LOG)?;
+            let sums = txn.open_table(checksum::LOG_SUMS)?;
+            let mut out = Vec::new();
+            for entry in log.range((name, from)..=(name, u64::MAX))?.take(limit) {
+                let (key, value) = entry?;
+                let seq = key.value().1;
+                let stored = checksum::log_sum(&sums, name, seq)?;
+                checksum::verify(stored, value.value(), Damage::LogEntry(seq)).map_err(
+                    |damage| StoreError::Damaged {
+                        doc: doc.to_string(),
+                        damage,
+                    },
+                )?;
+                out.push(LogEntry {
+                    seq,
+                    update: value.value().to_vec(),
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// A document's metadata: its kind, and creation time if it was created explicitly.

@@ -23,8 +23,9 @@ use tracing::{debug, error};
 
 use aetherflow_crdt::register::{Command, Outcome};
 
-use super::documents::{DocumentMeta, RegisterFailure, Tables};
-use super::{Store, StoreError};
+use super::Store;
+use super::documents::Tables;
+use crate::storage::{DocumentMeta, RegisterFailure, StoreError};
 
 /// Most requests folded into one commit; bounds the size of one transaction.
 const MAX_REQUESTS_PER_COMMIT: usize = 4096;
@@ -134,11 +135,11 @@ impl StoreWriter {
         self.request(Some(op)).await
     }
 
-    /// Queues `op` and returns at once with a [`Committing`] that resolves when the op is
+    /// Queues `op` and returns at once with a [`Queued`] that resolves when the op is
     /// committed and fsync'd. Waits only for room in the queue. Ops are committed in the
     /// order they are queued, so a room can keep several batches in flight and still
     /// broadcast each one only after its own commit.
-    pub async fn enqueue(&self, op: WriteOp) -> Result<Committing, StoreError> {
+    pub async fn enqueue(&self, op: WriteOp) -> Result<Queued, StoreError> {
         let (done, wait) = oneshot::channel();
         let request = Request {
             op: Some(op),
@@ -148,7 +149,7 @@ impl StoreWriter {
             .send(request)
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        Ok(Committing { wait })
+        Ok(Queued { wait })
     }
 
     /// Queues `op` without waiting for the commit (relaxed durability). Waits only for room
@@ -186,11 +187,11 @@ impl StoreWriter {
 /// A write queued by [`StoreWriter::enqueue`]; resolves to what it did once it is committed
 /// and fsync'd, or to the error that stopped it.
 #[derive(Debug)]
-pub struct Committing {
+pub struct Queued {
     wait: oneshot::Receiver<Result<WriteResult, StoreError>>,
 }
 
-impl Future for Committing {
+impl Future for Queued {
     type Output = Result<WriteResult, StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -368,7 +369,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
         Durability::None
     };
     txn.set_durability(durability)
-        .map_err(|e| StoreError::Redb(Arc::new(redb::Error::from(e))))?;
+        .map_err(|e| StoreError::Engine(Arc::new(redb::Error::from(e))))?;
     let mut results = Vec::with_capacity(ops.len());
     {
         let mut tables = Tables::open(&txn)?;

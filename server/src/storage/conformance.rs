@@ -1,0 +1,325 @@
+//! The storage contract as tests: every engine runs [`run`] against itself.
+//!
+//! An engine's test implements [`Engine`] (open the same data again, as a restarted relay
+//! would) and asserts that [`run`] returns `Ok`. A failed check returns the broken rule, so
+//! an engine that breaks the contract on purpose can show that the suite notices.
+
+use std::collections::BTreeSet;
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::clock::HlcStamp;
+use aetherflow_crdt::register::{Command, Kind, Outcome, Register, lww, manual};
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use super::{Created, DocumentMeta, RegisterFailure, Storage, StoreError};
+
+/// An engine under test.
+pub(crate) trait Engine {
+    /// Opens the engine's data: the first call starts empty, later calls find what earlier
+    /// handles made durable. Earlier handles are dropped before the next open.
+    fn open(&mut self) -> BoxFuture<'_, Storage>;
+}
+
+/// A rule of the contract that an engine broke.
+#[derive(Debug)]
+pub(crate) struct Violation(pub String);
+
+impl From<StoreError> for Violation {
+    fn from(e: StoreError) -> Violation {
+        Violation(format!("storage failed: {e}"))
+    }
+}
+
+impl From<RegisterFailure> for Violation {
+    fn from(e: RegisterFailure) -> Violation {
+        Violation(format!("a register command was refused: {e}"))
+    }
+}
+
+type Checked = Result<(), Violation>;
+
+fn check(holds: bool, rule: impl FnOnce() -> String) -> Checked {
+    if holds {
+        Ok(())
+    } else {
+        Err(Violation(rule()))
+    }
+}
+
+fn name(text: &str) -> DocName {
+    DocName::parse(text).expect("a valid test name")
+}
+
+/// Runs every check against `engine`, in order; the first broken rule ends the run.
+pub(crate) async fn run(engine: &mut impl Engine) -> Checked {
+    let storage = engine.open().await;
+    appends_come_back_in_order(&storage).await?;
+    compaction_keeps_later_entries(&storage).await?;
+    entries_are_read_by_range(&storage).await?;
+    concurrent_appends_are_all_kept(&storage).await?;
+    catalog_creates_lists_and_deletes(&storage).await?;
+    registers_apply_their_rules(&storage).await?;
+    drop(storage);
+    let reopened = engine.open().await;
+    acknowledged_writes_survive_a_reopen(&reopened).await
+}
+
+async fn append(storage: &Storage, doc: &DocName, update: &[u8]) -> Checked {
+    let committing = storage.log.append(doc.clone(), update.to_vec()).await?;
+    committing.await?;
+    Ok(())
+}
+
+async fn appends_come_back_in_order(storage: &Storage) -> Checked {
+    let doc = name("conformance-order");
+    let empty = storage.log.load(doc.clone()).await?;
+    check(empty.snapshot.is_none() && empty.log.is_empty(), || {
+        format!("an unknown document loads as {empty:?}, not empty")
+    })?;
+    for n in 0..5u8 {
+        append(storage, &doc, &[n; 3]).await?;
+    }
+    let loaded = storage.log.load(doc).await?;
+    let expected: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 3]).collect();
+    check(loaded.log == expected && loaded.snapshot.is_none(), || {
+        format!("appended 5 entries, loaded {loaded:?}")
+    })
+}
+
+async fn compaction_keeps_later_entries(storage: &Storage) -> Checked {
+    let doc = name("conformance-compaction");
+    append(storage, &doc, b"a").await?;
+    append(storage, &doc, b"b").await?;
+    storage.log.compact(doc.clone(), b"ab".to_vec()).await?;
+    // Queued right after the compaction, not waited for in between: it must survive it.
+    let after = storage.log.append(doc.clone(), b"c".to_vec()).await?;
+    after.await?;
+    let loaded = storage.log.load(doc.clone()).await?;
+    check(
+        loaded.snapshot.as_deref() == Some(b"ab".as_slice()) && loaded.log == vec![b"c".to_vec()],
+        || format!("after a, b, compact(ab), c: loaded {loaded:?}"),
+    )?;
+    let stats = storage.catalog.stats(doc).await?;
+    check(stats.updates == 1 && stats.size_bytes >= 3, || {
+        format!("stats after compaction: {stats:?}")
+    })
+}
+
+async fn entries_are_read_by_range(storage: &Storage) -> Checked {
+    let doc = name("conformance-range");
+    for n in 0..6u8 {
+        append(storage, &doc, &[n]).await?;
+    }
+    let all = storage.log.entries(doc.clone(), 0, usize::MAX).await?;
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    check(
+        all.len() == 6 && seqs.windows(2).all(|w| w[0] < w[1]),
+        || format!("6 entries with increasing sequence numbers, got {seqs:?}"),
+    )?;
+    let from = all[2].seq;
+    let page = storage.log.entries(doc, from, 2).await?;
+    let updates: Vec<Vec<u8>> = page.iter().map(|e| e.update.clone()).collect();
+    check(
+        page.first().map(|e| e.seq) == Some(from) && updates == vec![vec![2], vec![3]],
+        || format!("2 entries from seq {from}: got {page:?}"),
+    )
+}
+
+async fn concurrent_appends_are_all_kept(storage: &Storage) -> Checked {
+    let doc = name("conformance-concurrent");
+    let writers = (0..8u8).map(|writer| {
+        let storage = storage.clone();
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            for n in 0..25u8 {
+                append(&storage, &doc, &[writer, n]).await?;
+            }
+            Ok::<_, Violation>(())
+        })
+    });
+    for writer in futures_util::future::join_all(writers).await {
+        writer.map_err(|e| Violation(format!("writer task failed: {e}")))??;
+    }
+    let loaded = storage.log.load(doc).await?;
+    let kept: BTreeSet<Vec<u8>> = loaded.log.iter().cloned().collect();
+    check(kept.len() == 200 && loaded.log.len() == 200, || {
+        format!(
+            "8 writers appended 200 entries, {} loaded",
+            loaded.log.len()
+        )
+    })?;
+    for writer in 0..8u8 {
+        let own: Vec<u8> = loaded
+            .log
+            .iter()
+            .filter(|e| e[0] == writer)
+            .map(|e| e[1])
+            .collect();
+        check(own.windows(2).all(|w| w[0] < w[1]), || {
+            format!("writer {writer}'s entries out of order: {own:?}")
+        })?;
+    }
+    Ok(())
+}
+
+async fn catalog_creates_lists_and_deletes(storage: &Storage) -> Checked {
+    let catalog = &storage.catalog;
+    let meta = DocumentMeta {
+        kind: Kind::Lww,
+        created_ms: Some(1),
+    };
+    let doc = name("conformance-catalog-b");
+    let first = catalog.create(doc.clone(), meta).await?;
+    let again = catalog
+        .create(
+            doc.clone(),
+            DocumentMeta {
+                kind: Kind::Manual,
+                ..meta
+            },
+        )
+        .await?;
+    check(
+        first == Created::New(meta) && again == Created::Exists(meta),
+        || format!("create twice: {first:?} then {again:?}"),
+    )?;
+    let found = catalog.document(doc.clone()).await?;
+    check(found == Some(meta), || format!("document(): {found:?}"))?;
+    let implicit = name("conformance-catalog-a");
+    append(storage, &implicit, b"x").await?;
+    let listed = catalog
+        .list(
+            None,
+            100,
+            Box::new(|n: &str| n.starts_with("conformance-catalog")),
+        )
+        .await?;
+    let names: Vec<&str> = listed.iter().map(|(d, _)| d.as_str()).collect();
+    check(
+        names == ["conformance-catalog-a", "conformance-catalog-b"],
+        || format!("list: {names:?}"),
+    )?;
+    let page = catalog
+        .list(
+            Some("conformance-catalog-a".into()),
+            1,
+            Box::new(|n: &str| n.starts_with("conformance-catalog")),
+        )
+        .await?;
+    check(page.len() == 1 && page[0].0 == doc, || {
+        format!("list after a, limit 1: {page:?}")
+    })?;
+    let deleted = catalog.delete(implicit.clone()).await?;
+    let missing = catalog.delete(name("conformance-never")).await?;
+    let gone = storage.log.load(implicit.clone()).await?;
+    let meta_gone = catalog.document(implicit).await?;
+    check(
+        deleted
+            && !missing
+            && gone.log.is_empty()
+            && gone.snapshot.is_none()
+            && meta_gone.is_none(),
+        || {
+            format!(
+                "delete: existed {deleted}, never-existed {missing}, left {gone:?} {meta_gone:?}"
+            )
+        },
+    )
+}
+
+async fn registers_apply_their_rules(storage: &Storage) -> Checked {
+    let registers = &storage.registers;
+    let missing = registers
+        .apply(name("conformance-no-register"), lww_set("x", 1))
+        .await?;
+    check(missing == Err(RegisterFailure::NotFound), || {
+        format!("a command on no document: {missing:?}")
+    })?;
+    let yjs = name("conformance-order");
+    let wrong = registers.apply(yjs.clone(), lww_set("x", 1)).await?;
+    let read = registers.register(yjs).await?;
+    check(
+        read.is_none()
+            && matches!(
+                wrong,
+                Err(RegisterFailure::NotFound | RegisterFailure::NotARegister(_))
+            ),
+        || format!("a command on a Yjs document: {wrong:?}, register {read:?}"),
+    )?;
+
+    let doc = name("conformance-lww");
+    create(storage, &doc, Kind::Lww).await?;
+    registers.apply(doc.clone(), lww_set("late", 20)).await??;
+    let older = registers.apply(doc.clone(), lww_set("early", 10)).await??;
+    let value = match registers.register(doc).await? {
+        Some(Register::Lww(register)) => register.value().cloned(),
+        other => return Err(Violation(format!("lww register read back as {other:?}"))),
+    };
+    check(value == Some(json!("late")), || {
+        format!("lww: the later stamp must win, value {value:?} (older write: {older:?})")
+    })?;
+
+    let doc = name("conformance-manual");
+    create(storage, &doc, Kind::Manual).await?;
+    let write = |value: &str, base_version: u64| {
+        Command::ManualWrite(manual::ManualWrite {
+            base_version,
+            value: json!(value),
+            author: "conformance".into(),
+            at_ms: 1,
+        })
+    };
+    registers.apply(doc.clone(), write("one", 0)).await??;
+    let stale = registers.apply(doc.clone(), write("two", 0)).await??;
+    check(
+        matches!(stale, Outcome::Manual(manual::Outcome::Conflict(_))),
+        || format!("a manual write on a stale version: {stale:?}"),
+    )?;
+    match registers.register(doc).await? {
+        Some(Register::Manual(register)) => check(register.conflicts().count() == 1, || {
+            format!("manual conflicts kept: {}", register.conflicts().count())
+        }),
+        other => Err(Violation(format!("manual register read back as {other:?}"))),
+    }
+}
+
+async fn create(storage: &Storage, doc: &DocName, kind: Kind) -> Checked {
+    let meta = DocumentMeta {
+        kind,
+        created_ms: Some(1),
+    };
+    storage.catalog.create(doc.clone(), meta).await?;
+    Ok(())
+}
+
+fn lww_set(value: &str, stamp_ms: u64) -> Command {
+    let clock = HlcStamp {
+        wall_ms: stamp_ms,
+        counter: 0,
+    };
+    Command::LwwWrite(lww::LwwWrite::new(json!(value), clock, "conformance"))
+}
+
+async fn acknowledged_writes_survive_a_reopen(storage: &Storage) -> Checked {
+    let loaded = storage.log.load(name("conformance-order")).await?;
+    check(loaded.log.len() == 5, || {
+        format!(
+            "5 acknowledged appends, {} after a reopen",
+            loaded.log.len()
+        )
+    })?;
+    let compacted = storage.log.load(name("conformance-compaction")).await?;
+    check(
+        compacted.snapshot.as_deref() == Some(b"ab".as_slice())
+            && compacted.log == vec![b"c".to_vec()],
+        || format!("compacted document after a reopen: {compacted:?}"),
+    )?;
+    let register = storage
+        .registers
+        .register(name("conformance-manual"))
+        .await?;
+    check(matches!(register, Some(Register::Manual(_))), || {
+        format!("manual register after a reopen: {register:?}")
+    })
+}

@@ -1,0 +1,142 @@
+//! The storage interfaces: what the relay needs from the engine that keeps its documents.
+//!
+//! Three seams, each an object-safe trait, so the relay holds `Arc<dyn ...>` and never names
+//! an engine:
+//!
+//! - [`DocumentLog`]: a Yjs document is a snapshot plus the log of updates after it. Rooms
+//!   append a batch and learn when it is durable, read a document's snapshot and entries when
+//!   they load it, fold the log into a new snapshot, and (for history) read entries by range.
+//! - [`RegisterStore`]: `lww` and `manual` registers, changed by commands that read, apply
+//!   the pure rules of [`aetherflow_crdt::register`] and write back atomically.
+//! - [`Catalog`]: which documents exist, of which kind and size; creation and deletion.
+//!
+//! The embedded redb database (the `store` module) implements all three; it is the default.
+//! Every implementation must pass the same conformance suite (`conformance`, run by each
+//! engine's tests), which states the contract as tests: an acknowledged append survives a
+//! reopen; entries come back in order; compaction never loses an entry appended after the
+//! snapshot was taken; a register command is applied atomically; deletion removes everything.
+
+mod committing;
+#[cfg(test)]
+pub(crate) mod conformance;
+mod error;
+mod records;
+
+use std::sync::Arc;
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::{Command, Outcome, Register};
+use futures_util::future::BoxFuture;
+
+pub use committing::Committing;
+pub use error::{Damage, StoreError};
+pub use records::{Created, DocStats, DocumentMeta, LogEntry, RegisterFailure, StoredDoc};
+
+/// A storage operation under way.
+pub type Pending<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Which document names a listing keeps.
+pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The log of Yjs documents: snapshot plus updates after it, per document.
+///
+/// Ordering: the operations of one handle on one document take effect in the order they were
+/// called (appends, then a compaction, then more appends), whichever engine runs them.
+pub trait DocumentLog: Send + Sync {
+    /// Queues `update` at the end of `doc`'s log. Returns once the engine has accepted it
+    /// (waiting only for room in its queue) with a [`Committing`] that resolves once the entry
+    /// is durable. Entries appended through one handle become durable in the order appended.
+    fn append(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, Committing>;
+
+    /// Queues `update` without waiting for it to become durable (relaxed durability): the
+    /// engine makes it durable within its flush interval.
+    fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()>;
+
+    /// Replaces `doc`'s snapshot by `snapshot` and drops the log entries it holds: every entry
+    /// appended through this handle before the call. Entries appended later stay.
+    fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()>;
+
+    /// The document's snapshot and log, each entry checked against its checksum
+    /// ([`StoreError::Damaged`] otherwise). An unknown document is empty.
+    fn load(&self, doc: DocName) -> Pending<'_, StoredDoc>;
+
+    /// Up to `limit` log entries of `doc` with sequence numbers from `from` on, oldest first.
+    fn entries(&self, doc: DocName, from: u64, limit: usize) -> Pending<'_, Vec<LogEntry>>;
+
+    /// Waits until everything queued before the call is durable.
+    fn flush(&self) -> Pending<'_, ()>;
+
+    /// Whether writes currently succeed: `false` while the disk is full or failing. Readiness
+    /// reports it.
+    fn is_writable(&self) -> bool;
+
+    /// Commits since the engine opened; increases before the waiters of a commit are told,
+    /// so a read that began at one count has seen everything committed up to it.
+    fn commits(&self) -> u64;
+}
+
+/// `lww` and `manual` register documents.
+pub trait RegisterStore: Send + Sync {
+    /// The register of `doc`; `None` if `doc` is not a register document.
+    fn register(&self, doc: DocName) -> Pending<'_, Option<Register>>;
+
+    /// Applies `command` to `doc`'s register atomically (read, apply, write back) and
+    /// returns the outcome once it is durable; only applied outcomes change anything.
+    fn apply(
+        &self,
+        doc: DocName,
+        command: Command,
+    ) -> Pending<'_, Result<Outcome, RegisterFailure>>;
+}
+
+/// Which documents exist.
+pub trait Catalog: Send + Sync {
+    /// Creates `doc` with `meta` unless a document of that name exists.
+    fn create(&self, doc: DocName, meta: DocumentMeta) -> Pending<'_, Created>;
+
+    /// The document's metadata; `None` if no such document exists. A Yjs document made by a
+    /// first connection exists, without a creation time, once it holds data.
+    fn document(&self, doc: DocName) -> Pending<'_, Option<DocumentMeta>>;
+
+    /// How much is stored of `doc`.
+    fn stats(&self, doc: DocName) -> Pending<'_, DocStats>;
+
+    /// Up to `limit` documents whose names sort after `after` (all, if `None`) and pass
+    /// `keep`, in bytewise name order.
+    fn list(
+        &self,
+        after: Option<String>,
+        limit: usize,
+        keep: NameFilter,
+    ) -> Pending<'_, Vec<(DocName, DocumentMeta)>>;
+
+    /// Removes `doc` entirely (snapshot, log, metadata, register, conflicts); whether it
+    /// existed. A later document of the same name starts empty.
+    fn delete(&self, doc: DocName) -> Pending<'_, bool>;
+}
+
+/// The relay's storage: one engine seen through its three interfaces. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    /// Yjs documents.
+    pub log: Arc<dyn DocumentLog>,
+    /// Register documents.
+    pub registers: Arc<dyn RegisterStore>,
+    /// Which documents exist.
+    pub catalog: Arc<dyn Catalog>,
+}
+
+impl Storage {
+    /// One engine implementing all three interfaces.
+    pub fn of<E>(engine: E) -> Storage
+    where
+        E: DocumentLog + RegisterStore + Catalog + 'static,
+    {
+        let engine = Arc::new(engine);
+        Storage {
+            log: engine.clone(),
+            registers: engine.clone(),
+            catalog: engine,
+        }
+    }
+}

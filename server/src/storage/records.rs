@@ -1,0 +1,68 @@
+//! What the storage interfaces hand back: a document's stored form, its metadata and size.
+
+use aetherflow_crdt::register::{CommandError, Kind};
+use serde::{Deserialize, Serialize};
+
+/// What storage holds of one Yjs document.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The latest snapshot (one v1 update holding the whole state), if the log was ever
+    /// compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Log entries after the snapshot, oldest first.
+    pub log: Vec<Vec<u8>>,
+}
+
+/// One entry of a document's log, with its place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The entry's sequence number: increasing along the document's log. (An engine may
+    /// restart numbering once compaction has emptied the log.)
+    pub seq: u64,
+    /// The v1 update.
+    pub update: Vec<u8>,
+}
+
+/// Size and age of a stored document.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DocStats {
+    /// Entries in the update log since the last snapshot (Yjs documents).
+    pub updates: u64,
+    /// Bytes stored: snapshot, log entries and register.
+    pub size_bytes: u64,
+    /// Time of the last change, milliseconds since the Unix epoch, if known.
+    pub modified_ms: Option<u64>,
+}
+
+/// What storage knows about a document besides its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentMeta {
+    /// Its kind, fixed at creation.
+    pub kind: Kind,
+    /// Creation time, milliseconds since the Unix epoch (`None` for a Yjs document created
+    /// implicitly by a connection).
+    pub created_ms: Option<u64>,
+}
+
+/// What creating a document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The document was created.
+    New(DocumentMeta),
+    /// A document of that name already exists; nothing changed.
+    Exists(DocumentMeta),
+}
+
+/// Why a register command was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterFailure {
+    /// No document of that name exists.
+    #[error("no such document")]
+    NotFound,
+    /// The document is a Yjs document, not a register.
+    #[error("the document is a {0:?} document, not a register")]
+    NotARegister(Kind),
+    /// The register refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
