@@ -25,6 +25,7 @@ pub mod events;
 pub mod forwarded;
 pub mod heartbeat;
 pub mod http;
+pub mod jetstream;
 pub mod listener;
 pub mod locks;
 pub mod metrics;

@@ -87,21 +87,60 @@ async fn appends_come_back_in_order(storage: &Storage) -> Checked {
     })
 }
 
+/// Three real Yjs updates typing "a", "b", "c" into the text `t`, and the first two merged:
+/// an engine may merge what it folds, so compaction is checked by content, not bytes.
+fn typed() -> ([Vec<u8>; 3], Vec<u8>) {
+    use yrs::{Doc, ReadTxn, Text, Transact};
+    let doc = Doc::with_client_id(1);
+    let text = doc.get_or_insert_text("t");
+    let mut updates = Vec::new();
+    for (at, letter) in ["a", "b", "c"].into_iter().enumerate() {
+        let before = doc.transact().state_vector();
+        text.insert(&mut doc.transact_mut(), at as u32, letter);
+        updates.push(doc.transact().encode_state_as_update_v1(&before));
+    }
+    let merged = yrs::merge_updates_v1([updates[0].as_slice(), updates[1].as_slice()])
+        .expect("valid updates merge");
+    let [a, b, c] = <[Vec<u8>; 3]>::try_from(updates).expect("three updates");
+    ([a, b, c], merged)
+}
+
+/// The text `t` of a stored document, replayed.
+fn text_of(stored: &super::StoredDoc) -> String {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, GetString, Transact, Update};
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    for update in stored.snapshot.iter().chain(&stored.log) {
+        if let Ok(update) = Update::decode_v1(update) {
+            let _ = txn.apply_update(update);
+        }
+    }
+    text.get_string(&txn)
+}
+
 async fn compaction_keeps_later_entries(storage: &Storage) -> Checked {
     let doc = name("conformance-compaction");
-    append(storage, &doc, b"a").await?;
-    append(storage, &doc, b"b").await?;
-    storage.log.compact(doc.clone(), b"ab".to_vec()).await?;
+    let ([a, b, c], ab) = typed();
+    append(storage, &doc, &a).await?;
+    append(storage, &doc, &b).await?;
+    storage.log.compact(doc.clone(), ab).await?;
     // Queued right after the compaction, not waited for in between: it must survive it.
-    let after = storage.log.append(doc.clone(), b"c".to_vec()).await?;
+    let after = storage.log.append(doc.clone(), c.clone()).await?;
     after.await?;
     let loaded = storage.log.load(doc.clone()).await?;
     check(
-        loaded.snapshot.as_deref() == Some(b"ab".as_slice()) && loaded.log == vec![b"c".to_vec()],
-        || format!("after a, b, compact(ab), c: loaded {loaded:?}"),
+        loaded.snapshot.is_some() && loaded.log == vec![c] && text_of(&loaded) == "abc",
+        || {
+            format!(
+                "after a, b, compact(ab), c: loaded {loaded:?}, text {:?}",
+                text_of(&loaded)
+            )
+        },
     )?;
     let stats = storage.catalog.stats(doc).await?;
-    check(stats.updates == 1 && stats.size_bytes >= 3, || {
+    check(stats.updates == 1 && stats.size_bytes > 0, || {
         format!("stats after compaction: {stats:?}")
     })
 }
@@ -311,8 +350,7 @@ async fn acknowledged_writes_survive_a_reopen(storage: &Storage) -> Checked {
     })?;
     let compacted = storage.log.load(name("conformance-compaction")).await?;
     check(
-        compacted.snapshot.as_deref() == Some(b"ab".as_slice())
-            && compacted.log == vec![b"c".to_vec()],
+        compacted.snapshot.is_some() && compacted.log.len() == 1 && text_of(&compacted) == "abc",
         || format!("compacted document after a reopen: {compacted:?}"),
     )?;
     let register = storage

@@ -1,0 +1,340 @@
+//! Yjs documents' logs in the stream, snapshots in the object store (see the module docs).
+
+use std::sync::Arc;
+
+use aetherflow_crdt::DocName;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{ACK_TIMEOUT, Appends, JetStreamEngine, PUBLISH_ATTEMPTS, failed, key, unreachable};
+use crate::storage::{Committing, DocumentLog, LogEntry, Pending, StoreError, StoredDoc};
+
+/// Where a document's snapshot is, and which log entries it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SnapshotIndex {
+    /// The object holding the snapshot.
+    pub object: String,
+    /// The last log sequence folded into it.
+    pub through: u64,
+}
+
+impl JetStreamEngine {
+    /// The document's snapshot index and its revision, if it was ever compacted.
+    pub(super) async fn index(
+        &self,
+        doc: &DocName,
+    ) -> Result<Option<(SnapshotIndex, u64)>, StoreError> {
+        let Some(entry) = self.inner.index.entry(key(doc)).await.map_err(failed)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let index =
+            serde_json::from_slice(&entry.value).map_err(|e| StoreError::Record(Arc::new(e)))?;
+        Ok(Some((index, entry.revision)))
+    }
+
+    /// Log entries of `doc` from sequence `from` on, at most `limit`.
+    async fn read_entries(
+        &self,
+        doc: &DocName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let subject = self.subject(doc);
+        let mut entries = Vec::new();
+        let mut next = from.max(1);
+        while entries.len() < limit {
+            let found = self
+                .inner
+                .log
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            match found {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    entries.push(LogEntry {
+                        seq: message.sequence,
+                        update: message.payload.to_vec(),
+                    });
+                }
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The log entries after the document's snapshot.
+    pub(super) async fn entries_after_snapshot(
+        &self,
+        doc: &DocName,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let through = self.index(doc).await?.map_or(0, |(index, _)| index.through);
+        self.read_entries(doc, through + 1, usize::MAX).await
+    }
+
+    /// The snapshot object's bytes.
+    async fn snapshot(&self, object: &str) -> Result<Vec<u8>, StoreError> {
+        let mut reader = self.inner.snapshots.get(object).await.map_err(failed)?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// Loads `doc`; retried when a compaction moved the snapshot in the middle of it.
+    async fn load_doc(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
+        let mut last_error = None;
+        for _ in 0..super::CAS_ATTEMPTS {
+            let index = self.index(doc).await?;
+            let (snapshot, through) = match &index {
+                Some((index, _)) => match self.snapshot(&index.object).await {
+                    Ok(bytes) => (Some(bytes), index.through),
+                    Err(e) => {
+                        // Replaced and deleted by a compaction since the index was read.
+                        last_error = Some(e);
+                        continue;
+                    }
+                },
+                None => (None, 0),
+            };
+            let entries = self.read_entries(doc, through + 1, usize::MAX).await?;
+            // Entries up to a newer snapshot may be purged already: the index must not
+            // have moved while they were read.
+            let now = self.index(doc).await?.map(|(_, revision)| revision);
+            if now == index.as_ref().map(|(_, revision)| *revision) {
+                let log = entries.into_iter().map(|e| e.update).collect();
+                return Ok(StoredDoc { snapshot, log });
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            StoreError::Io("the document kept being compacted while it loaded".into())
+        }))
+    }
+
+    /// Publishes one entry, again with the same message id while its acknowledgement is
+    /// lost, so it is stored once; the entry's sequence.
+    async fn publish(
+        &self,
+        subject: String,
+        id: String,
+        update: bytes::Bytes,
+    ) -> Result<u64, StoreError> {
+        let mut last_error = None;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let message = PublishMessage::build()
+                .message_id(&id)
+                .payload(update.clone());
+            let ack = match self.inner.js.send_publish(subject.clone(), message).await {
+                Ok(ack) => ack,
+                Err(e) => {
+                    last_error = Some(unreachable(e));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
+                Ok(Ok(ack)) => return Ok(ack.sequence),
+                Ok(Err(e)) => last_error = Some(unreachable(e)),
+                Err(_) => last_error = Some(unreachable("no acknowledgement in time")),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| unreachable("no attempt")))
+    }
+
+    /// Folds `snapshot` (and whatever else the log holds up to `through`) into a new
+    /// snapshot, swaps it in if no other compactor got further, then purges what it holds.
+    async fn compact_doc(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        through: u64,
+    ) -> Result<(), StoreError> {
+        let current = self.index(doc).await?;
+        if current
+            .as_ref()
+            .is_some_and(|(index, _)| index.through >= through)
+        {
+            return Ok(()); // another compactor already folded these entries
+        }
+        // Whatever the log holds up to `through` goes in too: merging updates is idempotent,
+        // and an entry another relay appended that this room had not seen yet is kept.
+        let from = current.as_ref().map_or(0, |(index, _)| index.through) + 1;
+        let mut parts = vec![snapshot];
+        parts.extend(
+            self.read_entries(doc, from, usize::MAX)
+                .await?
+                .into_iter()
+                .filter(|e| e.seq <= through)
+                .map(|e| e.update),
+        );
+        let merged = yrs::merge_updates_v1(&parts)
+            .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+        let object = format!("{}.{through}", key(doc));
+        let mut reader = merged.as_slice();
+        self.inner
+            .snapshots
+            .put(object.as_str(), &mut reader)
+            .await
+            .map_err(failed)?;
+        let index = SnapshotIndex {
+            object: object.clone(),
+            through,
+        };
+        let value = serde_json::to_vec(&index).map_err(|e| StoreError::Record(Arc::new(e)))?;
+        let swapped = match &current {
+            Some((_, revision)) => self
+                .inner
+                .index
+                .update(key(doc), value.into(), *revision)
+                .await
+                .is_ok(),
+            None => self
+                .inner
+                .index
+                .create(key(doc), value.into())
+                .await
+                .is_ok(),
+        };
+        if !swapped {
+            // Another compactor won the race: its snapshot stands, ours goes.
+            let _ = self.inner.snapshots.delete(&object).await;
+            return Ok(());
+        }
+        self.committed();
+        self.inner
+            .log
+            .purge()
+            .filter(self.subject(doc))
+            .sequence(through + 1)
+            .await
+            .map_err(failed)?;
+        if let Some((old, _)) = current {
+            let _ = self.inner.snapshots.delete(&old.object).await;
+        }
+        Ok(())
+    }
+}
+
+impl Appends {
+    fn begin(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight += 1;
+    }
+
+    fn end(&self, seq: Option<u64>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.in_flight -= 1;
+        if let Some(seq) = seq {
+            state.last_seq = state.last_seq.max(seq);
+        }
+        if state.in_flight == 0 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// The last sequence acknowledged once no append is in flight.
+    async fn settled(&self) -> u64 {
+        loop {
+            let notified = self.settled.notified();
+            {
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state.in_flight == 0 {
+                    return state.last_seq;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl DocumentLog for JetStreamEngine {
+    fn append(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, Committing> {
+        Box::pin(async move {
+            let appends = self.appends(&doc);
+            appends.begin();
+            let engine = self.clone();
+            let subject = self.subject(&doc);
+            let id = uuid::Uuid::now_v7().to_string();
+            Ok(Committing::new(async move {
+                let stored = engine.publish(subject, id, update.into()).await;
+                appends.end(stored.as_ref().ok().copied());
+                stored.map(|_| engine.committed())
+            }))
+        })
+    }
+
+    fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()> {
+        Box::pin(async move {
+            let committing = self.append(doc, update).await?;
+            tokio::spawn(async move {
+                if let Err(e) = committing.await {
+                    tracing::error!(error = %e, "relaxed append failed");
+                }
+            });
+            Ok(())
+        })
+    }
+
+    fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()> {
+        Box::pin(async move {
+            let through = self.appends(&doc).settled().await;
+            if through == 0 {
+                return Ok(()); // nothing appended through this handle: nothing to fold
+            }
+            self.compact_doc(&doc, snapshot, through).await
+        })
+    }
+
+    fn load(&self, doc: DocName) -> Pending<'_, StoredDoc> {
+        Box::pin(async move { self.load_doc(&doc).await })
+    }
+
+    fn entries(&self, doc: DocName, from: u64, limit: usize) -> Pending<'_, Vec<LogEntry>> {
+        Box::pin(async move {
+            let through = self
+                .index(&doc)
+                .await?
+                .map_or(0, |(index, _)| index.through);
+            self.read_entries(&doc, from.max(through + 1), limit).await
+        })
+    }
+
+    fn flush(&self) -> Pending<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<_> = self
+                .inner
+                .appends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for appends in all {
+                appends.settled().await;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_writable(&self) -> bool {
+        self.inner.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn commits(&self) -> u64 {
+        self.inner
+            .commits
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}

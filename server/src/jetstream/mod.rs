@@ -1,0 +1,228 @@
+//! Cluster mode's storage engine: NATS JetStream, implementing the interfaces of
+//! [`crate::storage`] so that several relays share the same documents.
+//!
+//! Layout, under a prefix (`--cluster-prefix`, default `AETHERFLOW`) so several deployments can
+//! share one NATS system:
+//!
+//! - the stream `{prefix}_LOG` holds every Yjs document's log, one subject per document,
+//!   `{prefix}.log.{hex of the name}` (names may hold any character a subject may not);
+//!   each append carries a `Nats-Msg-Id`, so a publish retried after a lost acknowledgement
+//!   is stored once (within the stream's duplicate window);
+//! - the object store `{prefix}_snapshots` holds snapshots (any size: objects are chunked),
+//!   named `{hex}.{through}`; the key-value bucket `{prefix}_snapshot_index` maps a document
+//!   to its current snapshot and the last log sequence it folds in (`through`). Compaction
+//!   swaps the index entry with a conditional update on its revision, so of two concurrent
+//!   compactors one wins and the other's object is dropped; only then are the folded entries
+//!   purged;
+//! - the buckets `{prefix}_documents` (metadata) and `{prefix}_registers` (register state,
+//!   changed by read, apply, conditional update, retried on a lost race).
+//!
+//! Durable here means: JetStream acknowledged the write. With the streams' replicas at 3 (the
+//! default) and the servers' `sync_interval: always`, an acknowledgement means the write is on
+//! a majority of the servers' disks; with the servers' default sync interval it means it is in
+//! a majority of the servers' memory, and written to disk within two minutes (see the
+//! example configurations in `deploy/nats/`).
+
+mod catalog;
+mod log;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherflow_crdt::DocName;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use tokio::sync::Notify;
+
+use crate::storage::StoreError;
+
+/// How to reach and lay out the cluster's storage.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// NATS server URLs, comma-separated (`nats://host:4222,nats://other:4222`).
+    pub url: String,
+    /// Prefix of every stream, bucket and subject.
+    pub prefix: String,
+    /// Replicas of every stream and bucket (1, 3 or 5; at most the number of servers).
+    pub replicas: usize,
+}
+
+/// The JetStream engine; cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    prefix: String,
+    log: stream::Stream,
+    snapshots: object_store::ObjectStore,
+    index: kv::Store,
+    documents: kv::Store,
+    registers: kv::Store,
+    /// Appends of this handle per document, so a compaction knows which entries it folds.
+    appends: Mutex<HashMap<DocName, Arc<Appends>>>,
+    /// Acknowledged writes since the engine connected.
+    commits: AtomicU64,
+}
+
+/// One document's appends through this handle.
+#[derive(Default)]
+struct Appends {
+    state: Mutex<AppendState>,
+    settled: Notify,
+}
+
+#[derive(Default)]
+struct AppendState {
+    in_flight: u32,
+    last_seq: u64,
+}
+
+/// How long a publish waits for its acknowledgement before it is sent again (same message id).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes of one append before it fails.
+const PUBLISH_ATTEMPTS: u32 = 3;
+/// Retries of a conditional update that lost a race.
+const CAS_ATTEMPTS: u32 = 32;
+
+impl JetStreamEngine {
+    /// Connects to the cluster and creates (or finds) the stream and buckets.
+    pub async fn connect(settings: &ClusterSettings) -> Result<JetStreamEngine, StoreError> {
+        let open = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: settings.url.clone(),
+            reason: e.to_string(),
+        };
+        let servers = servers(&settings.url).map_err(|e| open(&e))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("aetherflow")
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .map_err(|e| open(&e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .build(client);
+        let prefix = settings.prefix.clone();
+        let replicas = settings.replicas;
+        let log = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}_LOG"),
+                subjects: vec![format!("{prefix}.log.>")],
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| open(&e))?;
+        let bucket = |name: &str| kv::Config {
+            bucket: format!("{prefix}_{name}"),
+            history: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let index = create_bucket(&js, bucket("snapshot_index"))
+            .await
+            .map_err(|e| open(&e))?;
+        let documents = create_bucket(&js, bucket("documents"))
+            .await
+            .map_err(|e| open(&e))?;
+        let registers = create_bucket(&js, bucket("registers"))
+            .await
+            .map_err(|e| open(&e))?;
+        let snapshots = js
+            .create_object_store(object_store::Config {
+                bucket: format!("{prefix}_snapshots"),
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| open(&e))?;
+        Ok(JetStreamEngine {
+            inner: Arc::new(Inner {
+                js,
+                prefix,
+                log,
+                snapshots,
+                index,
+                documents,
+                registers,
+                appends: Mutex::default(),
+                commits: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The log subject of `doc`.
+    fn subject(&self, doc: &DocName) -> String {
+        format!("{}.log.{}", self.inner.prefix, key(doc))
+    }
+
+    /// This handle's appends of `doc`.
+    fn appends(&self, doc: &DocName) -> Arc<Appends> {
+        let mut all = self.inner.appends.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(doc.clone()).or_default().clone()
+    }
+
+    fn committed(&self) {
+        self.inner.commits.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The servers of a comma-separated URL list.
+pub(crate) fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, std::io::Error> {
+    urls.split(',')
+        .map(|url| {
+            url.trim()
+                .parse()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })
+        .collect()
+}
+
+/// Creates a key-value bucket, or opens it if it exists.
+async fn create_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, async_nats::Error> {
+    let name = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js.get_key_value(name).await?),
+    }
+}
+
+/// A document's name as a subject token and key: the hex of its bytes.
+pub(crate) fn key(doc: &DocName) -> String {
+    doc.as_str().bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The document a key names; `None` for a key that is not one.
+pub(crate) fn name_of(key: &str) -> Option<DocName> {
+    if !key.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..key.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(key.get(i..i + 2)?, 16).ok())
+        .collect();
+    DocName::parse(&String::from_utf8(bytes?).ok()?).ok()
+}
+
+/// An engine failure, kept whole.
+fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Engine(Arc::new(e))
+}
+
+/// A failure to reach the cluster: writes are impossible until it is back.
+fn unreachable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("cluster unreachable: {e}"))
+}
