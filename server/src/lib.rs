@@ -98,26 +98,8 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let path = config.database_path();
-    let skip_check = config.skip_integrity_check;
-    let (store, integrity) = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let report = match skip_check {
-            true => None,
-            false => store::check::at_start(&path)?,
-        };
-        if let Some(report) = &report {
-            report.log_at_start(started.elapsed());
-        }
-        Store::open(&path).map(|store| (store, report))
-    })
-    .await??;
-    let mode = match config.durability {
-        Durability::Durable => WriteMode::Durable,
-        Durability::Relaxed => WriteMode::Relaxed {
-            flush: config.relaxed_flush,
-        },
-    };
+    let metrics = metrics::Metrics::new();
+    let (storage, writer_task) = open_storage(&config, &metrics).await?;
     let auth = Auth::new(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
@@ -136,12 +118,6 @@ pub async fn run(
             config::MIN_JWT_SECRET_BYTES
         );
     }
-    let metrics = metrics::Metrics::new();
-    let store = store.with_metrics(metrics.clone());
-    if let Some(report) = &integrity {
-        metrics.damaged_at_start(report.damaged_documents().len());
-    }
-    let (storage, writer_task) = store::start(store, mode, metrics.clone());
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -210,9 +186,52 @@ pub async fn run(
     tracker.wait().await;
     // The router (and with it the last writer handle) is gone: the writer does a final
     // fsync'd commit and stops.
-    writer_task.await.context("store writer failed")?;
+    if let Some(writer_task) = writer_task {
+        writer_task.await.context("store writer failed")?;
+    }
     info!("shutdown complete");
     Ok(())
+}
+
+/// Opens the storage: cluster mode's JetStream when `--cluster` is set, else the redb file in
+/// the data directory, checked first (unless `--skip-integrity-check`), with its writer task.
+async fn open_storage(
+    config: &Config,
+    metrics: &metrics::Metrics,
+) -> anyhow::Result<(storage::Storage, Option<tokio::task::JoinHandle<()>>)> {
+    if let Some(cluster) = &config.cluster {
+        let engine = jetstream::JetStreamEngine::connect(cluster)
+            .await
+            .context("cannot reach the cluster's JetStream")?;
+        info!(prefix = %cluster.prefix, replicas = cluster.replicas, "cluster mode: documents in JetStream");
+        return Ok((storage::Storage::of(engine), None));
+    }
+    let path = config.database_path();
+    let skip_check = config.skip_integrity_check;
+    let (store, integrity) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let report = match skip_check {
+            true => None,
+            false => store::check::at_start(&path)?,
+        };
+        if let Some(report) = &report {
+            report.log_at_start(started.elapsed());
+        }
+        Store::open(&path).map(|store| (store, report))
+    })
+    .await??;
+    let mode = match config.durability {
+        Durability::Durable => WriteMode::Durable,
+        Durability::Relaxed => WriteMode::Relaxed {
+            flush: config.relaxed_flush,
+        },
+    };
+    let store = store.with_metrics(metrics.clone());
+    if let Some(report) = &integrity {
+        metrics.damaged_at_start(report.damaged_documents().len());
+    }
+    let (storage, writer_task) = store::start(store, mode, metrics.clone());
+    Ok((storage, Some(writer_task)))
 }
 
 /// Loads (or on first start generates) the relay's Quantum key and binds the listener. The

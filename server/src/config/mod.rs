@@ -105,6 +105,7 @@ pub enum LogFormat {
     Json,
 }
 
+mod cluster;
 mod help;
 
 pub use help::command;
@@ -184,6 +185,22 @@ pub struct Settings {
         default_missing_value = "true"
     )]
     pub skip_integrity_check: Option<bool>,
+
+    /// Cluster mode: the NATS servers (comma-separated `nats://` URLs) whose JetStream keeps
+    /// every document instead of the local database; relays started with the same servers
+    /// and prefix serve the same documents. Unset: one relay, its own redb file.
+    #[arg(long, env = "AETHERFLOW_CLUSTER", value_name = "URLS")]
+    pub cluster: Option<String>,
+
+    /// Cluster mode: prefix of the JetStream streams, buckets and subjects [default:
+    /// AETHERFLOW].
+    #[arg(long, env = "AETHERFLOW_CLUSTER_PREFIX", value_name = "NAME")]
+    pub cluster_prefix: Option<String>,
+
+    /// Cluster mode: replicas of each stream and bucket, at most the number of NATS servers
+    /// [default: 3].
+    #[arg(long, env = "AETHERFLOW_CLUSTER_REPLICAS", value_name = "N")]
+    pub cluster_replicas: Option<usize>,
 
     /// `durable`: an update is broadcast only after it is committed to disk, so whatever a
     /// client has seen survives a crash. `relaxed`: broadcast first, commit within
@@ -365,6 +382,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Whether start-up skips the database's integrity check.
     pub skip_integrity_check: bool,
+    /// Cluster mode's JetStream, if set.
+    pub cluster: Option<crate::jetstream::ClusterSettings>,
     /// Broadcast-after-commit or broadcast-first.
     pub durability: Durability,
     /// Largest WebSocket message accepted, in bytes.
@@ -455,6 +474,9 @@ impl Settings {
             quantum_key: self.quantum_key.or(lower.quantum_key),
             data_dir: self.data_dir.or(lower.data_dir),
             skip_integrity_check: self.skip_integrity_check.or(lower.skip_integrity_check),
+            cluster: self.cluster.or(lower.cluster),
+            cluster_prefix: self.cluster_prefix.or(lower.cluster_prefix),
+            cluster_replicas: self.cluster_replicas.or(lower.cluster_replicas),
             durability: self.durability.or(lower.durability),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_update_items: self.max_update_items.or(lower.max_update_items),
@@ -565,6 +587,7 @@ impl Config {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             skip_integrity_check: s.skip_integrity_check.unwrap_or(false),
+            cluster: cluster::settings(s.cluster, s.cluster_prefix, s.cluster_replicas)?,
             durability: s.durability.unwrap_or_default(),
             max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             max_update_items: s.max_update_items.unwrap_or(DEFAULT_MAX_UPDATE_ITEMS),

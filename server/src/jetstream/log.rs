@@ -9,8 +9,15 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{ACK_TIMEOUT, Appends, JetStreamEngine, PUBLISH_ATTEMPTS, failed, key, unreachable};
-use crate::storage::{Committing, DocumentLog, LogEntry, Pending, StoreError, StoredDoc};
+use super::{
+    ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_ATTEMPTS, failed, key,
+    unreachable,
+};
+use crate::storage::{
+    Committing, DocumentLog, Following, LogEntry, Pending, StoreError, StoredDoc,
+};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
 
 /// Where a document's snapshot is, and which log entries it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,8 +120,13 @@ impl JetStreamEngine {
             // have moved while they were read.
             let now = self.index(doc).await?.map(|(_, revision)| revision);
             if now == index.as_ref().map(|(_, revision)| *revision) {
+                let last_seq = entries.last().map_or(through, |e| e.seq);
                 let log = entries.into_iter().map(|e| e.update).collect();
-                return Ok(StoredDoc { snapshot, log });
+                return Ok(StoredDoc {
+                    snapshot,
+                    log,
+                    last_seq,
+                });
             }
         }
         Err(last_error.unwrap_or_else(|| {
@@ -134,6 +146,7 @@ impl JetStreamEngine {
         for _ in 0..PUBLISH_ATTEMPTS {
             let message = PublishMessage::build()
                 .message_id(&id)
+                .header(ORIGIN_HEADER, self.inner.origin.as_str())
                 .payload(update.clone());
             let ack = match self.inner.js.send_publish(subject.clone(), message).await {
                 Ok(ack) => ack,
@@ -308,6 +321,51 @@ impl DocumentLog for JetStreamEngine {
                 .await?
                 .map_or(0, |(index, _)| index.through);
             self.read_entries(&doc, from.max(through + 1), limit).await
+        })
+    }
+
+    fn follow(&self, doc: DocName, after: u64) -> Pending<'_, Option<Following>> {
+        Box::pin(async move {
+            let deliver_policy = match after {
+                0 => DeliverPolicy::All,
+                seq => DeliverPolicy::ByStartSequence {
+                    start_sequence: seq + 1,
+                },
+            };
+            let consumer = self
+                .inner
+                .log
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: self.subject(&doc),
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unreachable)?;
+            let messages = consumer.messages().await.map_err(unreachable)?;
+            let origin = self.inner.origin.clone();
+            let following = messages.filter_map(move |message| {
+                let entry = match message {
+                    Err(e) => Some(Err(unreachable(e))),
+                    Ok(message) => {
+                        let own = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(ORIGIN_HEADER))
+                            .is_some_and(|o| o.as_str() == origin);
+                        match message.info() {
+                            _ if own => None,
+                            Ok(info) => Some(Ok(LogEntry {
+                                seq: info.stream_sequence,
+                                update: message.payload.to_vec(),
+                            })),
+                            Err(e) => Some(Err(unreachable(e))),
+                        }
+                    }
+                };
+                std::future::ready(entry)
+            });
+            Ok(Some(Box::pin(following) as Following))
         })
     }
 

@@ -68,7 +68,13 @@ struct Inner {
     appends: Mutex<HashMap<DocName, Arc<Appends>>>,
     /// Acknowledged writes since the engine connected.
     commits: AtomicU64,
+    /// This handle's id, in the [`ORIGIN_HEADER`] of its appends, so that following a log
+    /// skips its own.
+    origin: String,
 }
+
+/// The header naming the engine handle that appended an entry.
+const ORIGIN_HEADER: &str = "Aetherflow-Origin";
 
 /// One document's appends through this handle.
 #[derive(Default)]
@@ -157,6 +163,7 @@ impl JetStreamEngine {
                 registers,
                 appends: Mutex::default(),
                 commits: AtomicU64::new(0),
+                origin: uuid::Uuid::now_v7().to_string(),
             }),
         })
     }

@@ -8,6 +8,7 @@
 mod inbox;
 pub mod outbox;
 mod pipeline;
+mod remote;
 mod senders;
 mod task;
 
@@ -79,6 +80,10 @@ pub enum RoomCommand {
         /// The answer.
         done: oneshot::Sender<Result<(), ApplyError>>,
     },
+    /// An entry another relay appended to the document's log (cluster mode): durable
+    /// already, so applied and broadcast without being stored again. `Err`: following the log
+    /// failed, and the room, which may now miss entries, reloads.
+    Remote(Result<Vec<u8>, String>),
     /// Delete the document: close every connection, remove it from the store, unload.
     /// `done` is told whether it existed.
     Delete {
@@ -324,6 +329,13 @@ impl Rooms {
         let room = task::RoomTask::new(doc.clone(), handle.id, rx, self.clone());
         self.inner.tracker.spawn(room.run());
         handle
+    }
+
+    /// A sender into room `id` of `doc`'s inbox, while it is the registered one.
+    fn sender_of(&self, doc: &DocName, id: u64) -> Option<InboxSender<RoomCommand>> {
+        let loaded = self.lock();
+        let handle = loaded.get(doc).filter(|handle| handle.id == id)?;
+        Some(handle.inbox.clone())
     }
 
     /// Removes room `id` of `doc` from the registry, if it is still the registered one, and

@@ -79,6 +79,9 @@ const STORAGE_FAILED: &str =
 /// count up from 0 and never get near it.
 const HTTP_CONN_BASE: u64 = u64::MAX - MAX_COMMANDS_PER_TURN as u64;
 
+/// The connection id entries from other relays are applied as (cluster mode).
+const REMOTE_CONN: ConnId = ConnId(HTTP_CONN_BASE - 1);
+
 impl RoomTask {
     pub(super) fn new(
         name: DocName,
@@ -123,13 +126,15 @@ impl RoomTask {
     )]
     fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            let Some(mut room) = Box::pin(self.load()).await else {
+            let Some((mut room, last_seq)) = Box::pin(self.load()).await else {
                 // Waiting joins are dropped unanswered: their sessions retry, then give up.
                 self.rooms
                     .retire(&self.name, self.id, &mut self.inbox, true);
                 return;
             };
             let _loaded = self.rooms.inner.metrics.document_loaded();
+            // Cluster mode: what other relays append from here on.
+            let _follower = Box::pin(self.follow(last_seq)).await;
             let unload_after = self.rooms.inner.settings.unload_after;
             let shutdown = self.rooms.inner.shutdown.clone();
             loop {
@@ -209,7 +214,7 @@ impl RoomTask {
                 || (self.waiting.len() >= BUSY_BATCH && self.pipeline.len() < MAX_IN_FLIGHT))
     }
 
-    async fn load(&mut self) -> Option<Room> {
+    async fn load(&mut self) -> Option<(Room, u64)> {
         let stored = match self.rooms.inner.storage.log.load(self.name.clone()).await {
             Ok(stored) => stored,
             Err(e) => {
@@ -220,6 +225,7 @@ impl RoomTask {
                 return None;
             }
         };
+        let last_seq = stored.last_seq;
         // Replaying the log is CPU work: off the async workers.
         let loaded = tokio::task::spawn_blocking(move || {
             let entries = stored.log.len();
@@ -240,7 +246,7 @@ impl RoomTask {
                     "document loaded"
                 );
                 self.log_entries = entries;
-                Some(room)
+                Some((room, last_seq))
             }
             Ok(Err(e)) => {
                 error!(error = %e, "cannot load document");
@@ -263,6 +269,7 @@ impl RoomTask {
         let mut http = Vec::new();
         let mut deletes = Vec::new();
         let mut held = Vec::new();
+        let mut remote = Vec::new();
         let writable = self.rooms.inner.storage.log.is_writable();
         if writable && !self.unsaved.is_empty() {
             self.ask_for_unsaved(room);
@@ -291,6 +298,11 @@ impl RoomTask {
                     http.push((conn, done));
                 }
                 RoomCommand::Delete { done } => deletes.push(done),
+                RoomCommand::Remote(Ok(update)) => remote.push(update),
+                RoomCommand::Remote(Err(why)) => {
+                    error!(error = %why, "following the log failed; reloading the document");
+                    self.failed = true;
+                }
                 other => others.push(other),
             }
         }
@@ -313,6 +325,9 @@ impl RoomTask {
             if !self.unsaved.contains(&conn) {
                 self.unsaved.push(conn);
             }
+        }
+        if !remote.is_empty() {
+            self.apply_remote(room, remote);
         }
         if !updates.is_empty() {
             self.apply_updates(room, updates, http).await;
@@ -356,6 +371,42 @@ impl RoomTask {
             let _ = done.send(answer.clone());
         }
         self.deleted = true;
+    }
+
+    /// Follows the document's log after `last_seq` for what other relays append, if the
+    /// engine is shared (cluster mode).
+    async fn follow(&mut self, last_seq: u64) -> Option<super::remote::Follower> {
+        let log = &self.rooms.inner.storage.log;
+        let following = match log.follow(self.name.clone(), last_seq).await {
+            Ok(following) => following?,
+            Err(e) => {
+                error!(error = %e, "cannot follow the document's log");
+                self.failed = true;
+                return None;
+            }
+        };
+        let inbox = self.rooms.sender_of(&self.name, self.id)?;
+        Some(super::remote::start(following, inbox))
+    }
+
+    /// Applies entries other relays stored and broadcasts what they add. They are durable
+    /// already, so not stored again; one the room refuses makes it reload.
+    fn apply_remote(&mut self, room: &mut Room, updates: Vec<Vec<u8>>) {
+        let count = updates.len();
+        let batch = room.apply_updates(updates.into_iter().map(|u| (REMOTE_CONN, u)).collect());
+        for (_, err) in &batch.rejected {
+            error!(reason = %err.reason(), "a stored entry from another relay was refused; reloading");
+            self.failed = true;
+        }
+        if room.is_tainted() {
+            self.failed = true;
+        }
+        self.log_entries += count;
+        if let Some(frame) = batch.broadcast {
+            let bytes = frame.len();
+            self.broadcast_update(room, Bytes::from(frame));
+            self.announce_update(bytes, Vec::new());
+        }
     }
 
     /// Applies a batch of updates and queues its log entry. Durable mode puts the batch in
@@ -538,7 +589,7 @@ impl RoomTask {
                 }
             }
             // Taken out of the batch in `turn`.
-            RoomCommand::Apply { .. } | RoomCommand::Delete { .. } => {}
+            RoomCommand::Apply { .. } | RoomCommand::Delete { .. } | RoomCommand::Remote(_) => {}
             RoomCommand::Message { conn, message } => {
                 if self.subscribers.contains_key(&conn) {
                     self.handle_message(room, conn, message);

@@ -35,6 +35,10 @@ pub use records::{Created, DocStats, DocumentMeta, LogEntry, RegisterFailure, St
 /// A storage operation under way.
 pub type Pending<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
+/// Entries other relays append to a document, as they become durable.
+pub type Following =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogEntry, StoreError>> + Send>>;
+
 /// Which document names a listing keeps.
 pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -62,6 +66,13 @@ pub trait DocumentLog: Send + Sync {
 
     /// Up to `limit` log entries of `doc` with sequence numbers from `from` on, oldest first.
     fn entries(&self, doc: DocName, from: u64, limit: usize) -> Pending<'_, Vec<LogEntry>>;
+
+    /// Entries of `doc` appended after sequence `after` by other handles (other relays), as
+    /// they become durable; `None` for an engine only this relay writes to (the default).
+    fn follow(&self, doc: DocName, after: u64) -> Pending<'_, Option<Following>> {
+        let _ = (doc, after);
+        Box::pin(async { Ok(None) })
+    }
 
     /// Waits until everything queued before the call is durable.
     fn flush(&self) -> Pending<'_, ()>;

@@ -11,6 +11,9 @@ pub struct StoredDoc {
     pub snapshot: Option<Vec<u8>>,
     /// Log entries after the snapshot, oldest first.
     pub log: Vec<Vec<u8>>,
+    /// The sequence number of the last entry loaded (or folded into the snapshot); 0 for an
+    /// empty document. [`DocumentLog::follow`](super::DocumentLog::follow) starts after it.
+    pub last_seq: u64,
 }
 
 /// One entry of a document's log, with its place in it.

@@ -164,9 +164,11 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let mut log = Vec::new();
+        let mut last_seq = 0;
         for entry in log_table.range((name, 0)..=(name, u64::MAX))? {
             let (key, value) = entry?;
             let seq = key.value().1;
+            last_seq = seq;
             let stored = match &sums {
                 Some(sums) => checksum::log_sum(sums, name, seq)?,
                 None => None,
@@ -174,7 +176,11 @@ impl Store {
             checksum::verify(stored, value.value(), Damage::LogEntry(seq)).map_err(damaged)?;
             log.push(value.value().to_vec());
         }
-        Ok(StoredDoc { snapshot, log })
+        Ok(StoredDoc {
+            snapshot,
+            log,
+            last_seq,
+        })
     }
 
     /// Up to `limit` log entries of `doc` from sequence number `from` on, each checked
