@@ -36,6 +36,7 @@ pub mod code;
 mod decode;
 pub mod doc_name;
 pub mod envelope;
+pub mod hocuspocus;
 mod lib0;
 pub mod protocol;
 pub mod register;
