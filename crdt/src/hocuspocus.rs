@@ -348,8 +348,8 @@ pub fn encode_sync_status(address: &str, applied: bool) -> Vec<u8> {
 
 /// The sync status frame without its address (`[8, 1]` or `[8, 0]`), for a transport that
 /// prefixes addresses itself (see [`encode_prefixed`]).
-pub fn sync_status_body(applied: bool) -> [u8; 2] {
-    [TYPE_SYNC_STATUS as u8, u8::from(applied)]
+pub const fn sync_status_body(applied: bool) -> [u8; 2] {
+    [TYPE_SYNC_STATUS as u8, applied as u8]
 }
 
 #[cfg(test)]

@@ -1,0 +1,328 @@
+//! One Hocuspocus connection: its frames in, its documents' rooms, its answers and the
+//! rooms' frames out, until either side closes it.
+//!
+//! Liveness, the message rate, the write-progress check and the close handshake follow the
+//! y-websocket session ([`crate::websocket`]); a ping is sent both as a WebSocket ping and as
+//! Hocuspocus's one-byte ping, since the provider reconnects when it has heard no message
+//! for 30 s and WebSocket pings are invisible to it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aetherflow_crdt::hocuspocus::{self as wire, Frame as WireFrame};
+use axum::extract::ws::{Message as Frame, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use std::future::poll_fn;
+use tracing::{Span, debug, info, info_span, warn};
+
+use super::Endpoint;
+use super::documents::{Documents, Next, RoomFrames};
+use crate::connection::CloseReason;
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::metrics::Rejection;
+use crate::rate_limit::TokenBucket;
+use crate::sessions::{SessionHandle, SessionState};
+use crate::websocket::{account, close, write};
+
+/// Most incoming frames handled per wakeup before the session asks its rooms for the
+/// acknowledgements and looks at its other duties.
+const READ_BURST: usize = 64;
+
+/// Heartbeat ticks in a row that may find one write still pending (as on `/ws`).
+const STALLED_TICKS: u8 = 3;
+
+/// Most answers of the session's own waiting to be written: a client that sends faster than
+/// it reads is closed (1013) rather than buffered without bound.
+const MAX_REPLIES: usize = 1024;
+
+/// Serves one upgraded connection.
+pub(super) fn run(
+    socket: WebSocket,
+    id: u64,
+    endpoint: Arc<Endpoint>,
+    handle: SessionHandle,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    serve(sink, stream, id, endpoint, handle)
+}
+
+/// The session's `session` span (built when a line is logged, as on `/ws`).
+fn span(handle: &SessionHandle, id: u64) -> Span {
+    info_span!(
+        "session",
+        id = %handle.id(),
+        transport = "hocuspocus",
+        remote = %handle.remote_addr(),
+        conn = id,
+    )
+}
+
+/// The session's outgoing side: its own answers, then the rooms' frames.
+struct Outgoing {
+    replies: VecDeque<Frame>,
+    rooms: SelectAll<RoomFrames>,
+    /// A frame handed to the socket and not yet flushed.
+    writing: bool,
+    /// Ticks in a row that found the same write pending.
+    stalled: u8,
+}
+
+impl Outgoing {
+    /// Queues answers and takes the rooms of newly opened documents.
+    fn take(&mut self, documents: &mut Documents) -> Result<(), CloseReason> {
+        for reply in documents.replies.drain(..) {
+            self.replies.push_back(Frame::Binary(reply));
+        }
+        for frames in documents.joined.drain(..) {
+            self.rooms.push(frames);
+        }
+        if self.replies.len() > MAX_REPLIES {
+            return Err(CloseReason::new(
+                CloseReason::TRY_AGAIN_LATER,
+                "connection not reading its answers; reconnect",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes queued answers while the socket takes them at once.
+    fn flush_replies<K>(&mut self, sink: &mut K) -> Result<(), ()>
+    where
+        K: Sink<Frame, Error = axum::Error> + Unpin,
+    {
+        while !self.writing {
+            let Some(frame) = self.replies.pop_front() else {
+                break;
+            };
+            self.writing = write(sink, frame)?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn serve<K, R>(
+    mut sink: K,
+    mut stream: R,
+    id: u64,
+    endpoint: Arc<Endpoint>,
+    handle: SessionHandle,
+) -> impl Future<Output = ()>
+where
+    K: Sink<Frame, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
+{
+    let ctx = endpoint.app.sessions.clone();
+    let first_tick = tokio::time::Instant::now() + ctx.ping_interval;
+    let mut ticks = tokio::time::interval_at(first_tick, ctx.ping_interval);
+    let mut bucket = ctx
+        .message_rate
+        .map(|rate| TokenBucket::new(rate, Instant::now()));
+    async move {
+        let handle = &handle;
+        if ctx.shutdown.is_cancelled() {
+            let reason = CloseReason::new(CloseReason::GOING_AWAY, "server shutting down");
+            handle.closing(Some(&reason));
+            Box::pin(close(&mut sink, &mut stream, Some(reason))).await;
+            return;
+        }
+        handle.set_state(SessionState::Active);
+        let mut documents = Documents::new();
+        let mut out = Outgoing {
+            replies: VecDeque::new(),
+            rooms: SelectAll::new(),
+            writing: false,
+            stalled: 0,
+        };
+        let mut heartbeat = Heartbeat::new();
+        let kicked = handle.disconnect_requested();
+        let mut kicked = std::pin::pin!(kicked);
+        let reason = loop {
+            if out.flush_replies(&mut sink).is_err() {
+                break None;
+            }
+            tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => {
+                    break Some(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
+                }
+                reason = &mut kicked => {
+                    span(handle, id).in_scope(|| {
+                        info!(code = reason.code, reason = %reason.reason, "disconnect requested (admin, or token expired)");
+                    });
+                    break Some(reason);
+                }
+                _ = ticks.tick() => {
+                    if let Some(reason) = tick(&mut heartbeat, &mut out, handle, id) {
+                        break Some(reason);
+                    }
+                }
+                flushed = poll_fn(|cx| sink.poll_flush_unpin(cx)), if out.writing => {
+                    if flushed.is_err() {
+                        break None;
+                    }
+                    out.writing = false;
+                    out.stalled = 0;
+                }
+                next = out.rooms.next(), if !out.writing && out.replies.is_empty() && !out.rooms.is_empty() => {
+                    let Some((conn, address, item)) = next else { continue };
+                    match documents.translate_room_frame(conn, &address, item) {
+                        None => {}
+                        Some(Ok(bytes)) => {
+                            handle.sent(bytes.len());
+                            match write(&mut sink, Frame::Binary(bytes)) {
+                                Ok(pending) => out.writing = pending,
+                                Err(()) => break None,
+                            }
+                        }
+                        Some(Err(reason)) => break Some(reason),
+                    }
+                }
+                frame = stream.next() => {
+                    heartbeat.heard();
+                    if let Some(reason) = read_burst(frame, &mut stream, &mut documents, &mut bucket, &endpoint, handle, id).await {
+                        break reason;
+                    }
+                    if let Err(reason) = out.take(&mut documents) {
+                        break Some(reason);
+                    }
+                }
+            }
+        };
+        drop(documents);
+        handle.closing(reason.as_ref());
+        if let Some(reason) = &reason {
+            span(handle, id)
+                .in_scope(|| debug!(code = reason.code, reason = %reason.reason, "closing"));
+        }
+        Box::pin(close(&mut sink, &mut stream, reason)).await;
+    }
+}
+
+/// One heartbeat interval: ping (both kinds), or say why to close.
+fn tick(
+    heartbeat: &mut Heartbeat,
+    out: &mut Outgoing,
+    handle: &SessionHandle,
+    id: u64,
+) -> Option<CloseReason> {
+    match heartbeat.tick() {
+        Beat::Ping => handle.set_state(SessionState::Active),
+        Beat::PingIdle => handle.set_state(SessionState::Idle),
+        Beat::Timeout => {
+            span(handle, id).in_scope(|| warn!("two pings unanswered; closing"));
+            return Some(CloseReason::new(CloseReason::GOING_AWAY, "ping timeout"));
+        }
+    }
+    if out.writing {
+        out.stalled += 1;
+        if out.stalled >= STALLED_TICKS {
+            span(handle, id).in_scope(|| warn!("connection not reading; closing"));
+            return Some(CloseReason::new(
+                CloseReason::TRY_AGAIN_LATER,
+                "connection not reading; reconnect to resync",
+            ));
+        }
+    }
+    out.replies.push_back(Frame::Ping(Bytes::new()));
+    out.replies
+        .push_back(Frame::Binary(Bytes::from_static(&[wire::PING])));
+    None
+}
+
+/// Handles the frame just read and whatever else the socket already holds (up to
+/// [`READ_BURST`]), then asks the rooms to acknowledge the updates. `Some` ends the session
+/// (with a close frame to send, if the peer is still there).
+async fn read_burst<R>(
+    first: Option<Result<Frame, axum::Error>>,
+    stream: &mut R,
+    documents: &mut Documents,
+    bucket: &mut Option<TokenBucket>,
+    endpoint: &Endpoint,
+    handle: &SessionHandle,
+    id: u64,
+) -> Option<Option<CloseReason>>
+where
+    R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
+{
+    let mut frame = first;
+    for _ in 0..READ_BURST {
+        if let Some(reason) =
+            span(handle, id).in_scope(|| account(frame.as_ref(), handle, bucket.as_mut()))
+        {
+            endpoint.app.metrics.reject(Rejection::MessageRate);
+            return Some(Some(reason));
+        }
+        match on_frame(frame, endpoint, handle, id) {
+            FrameOutcome::Message(message) => {
+                if let Next::Close(reason) = documents.on_message(message, endpoint, handle).await {
+                    return Some(Some(reason));
+                }
+            }
+            FrameOutcome::Ignore => {}
+            FrameOutcome::Close(reason) => return Some(reason),
+        }
+        match stream.next().now_or_never() {
+            Some(next) => frame = next,
+            None => break,
+        }
+    }
+    match documents.acknowledge().await {
+        Next::Continue => None,
+        Next::Close(reason) => Some(Some(reason)),
+    }
+}
+
+enum FrameOutcome {
+    Message(wire::Message),
+    Ignore,
+    Close(Option<CloseReason>),
+}
+
+fn on_frame(
+    frame: Option<Result<Frame, axum::Error>>,
+    endpoint: &Endpoint,
+    handle: &SessionHandle,
+    id: u64,
+) -> FrameOutcome {
+    let metrics = &endpoint.app.metrics;
+    let limits = &endpoint.app.sessions.limits;
+    match frame {
+        None | Some(Ok(Frame::Close(_))) => FrameOutcome::Close(None),
+        Some(Ok(Frame::Binary(bytes))) => match WireFrame::decode(&bytes, limits) {
+            Ok(WireFrame::Message(message)) => FrameOutcome::Message(message),
+            Ok(WireFrame::Ping | WireFrame::Pong) => FrameOutcome::Ignore,
+            Err(e) => {
+                metrics.reject(Rejection::MalformedMessage);
+                let doc = wire::address_of(&bytes).map(wire::document_of);
+                span(handle, id).in_scope(|| warn!(doc, reason = %e.reason(), "malformed message"));
+                FrameOutcome::Close(Some(CloseReason::new(
+                    CloseReason::PROTOCOL_ERROR,
+                    e.reason(),
+                )))
+            }
+        },
+        Some(Ok(Frame::Text(_))) => {
+            metrics.reject(Rejection::TextFrame);
+            FrameOutcome::Close(Some(CloseReason::new(
+                CloseReason::UNSUPPORTED_DATA,
+                "text frames are not supported; Hocuspocus messages are binary",
+            )))
+        }
+        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => FrameOutcome::Ignore,
+        Some(Err(e)) => {
+            let reason =
+                span(handle, id).in_scope(|| crate::websocket::close_for_error(&e, limits));
+            if reason.is_some() {
+                metrics.reject(Rejection::MessageTooBig);
+            }
+            FrameOutcome::Close(reason)
+        }
+    }
+}
