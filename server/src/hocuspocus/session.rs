@@ -252,7 +252,7 @@ where
     R: Stream<Item = Result<Frame, axum::Error>> + Unpin,
 {
     let mut frame = first;
-    for _ in 0..READ_BURST {
+    for read in 1..=READ_BURST {
         if let Some(reason) =
             span(handle, id).in_scope(|| account(frame.as_ref(), handle, bucket.as_mut()))
         {
@@ -267,6 +267,10 @@ where
             }
             FrameOutcome::Ignore => {}
             FrameOutcome::Close(reason) => return Some(reason),
+        }
+        // Not past the burst: a frame taken off the socket must be handled.
+        if read == READ_BURST {
+            break;
         }
         match stream.next().now_or_never() {
             Some(next) => frame = next,
