@@ -244,7 +244,10 @@ mod tests {
             Dialect::Hocuspocus.decode(&[1, b'a', 9]).unwrap(),
             Incoming::Other
         );
-        assert_eq!(Dialect::Hocuspocus.decode(&[HP_PING]).unwrap(), Incoming::Other);
+        assert_eq!(
+            Dialect::Hocuspocus.decode(&[HP_PING]).unwrap(),
+            Incoming::Other
+        );
     }
 
     #[test]
