@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(decode(&[1, b'd', 6, 0]), Err(UnknownMessageType(6).into()));
         assert_eq!(decode(&[1, b'd', 2, 9]), Err(UnknownAuthType(9).into()));
         assert_eq!(decode(&[1, b'd', 5, 0, 0]), Err(TrailingBytes(1).into()));
-        assert_eq!(decode(&[1, b'd', 2, 1]).map(|_| ()).is_err(), true);
+        assert!(decode(&[1, b'd', 2, 1]).is_err());
         assert_eq!(
             decode(&[1, b'd']),
             Err(Truncated {
