@@ -28,10 +28,12 @@ use crate::sessions::SessionHandle;
 /// The acknowledgement of one applied update, without its address.
 static APPLIED: [u8; 2] = wire::sync_status_body(true);
 
-/// A room's frames for one address, tagged with the connection that joined: `None` last,
-/// when the outbox ends.
-pub(super) type RoomFrames =
-    Pin<Box<dyn Stream<Item = (ConnId, Arc<str>, Option<Outbound>)> + Send>>;
+/// One item of a room's frames for an address: the connection that joined, the address,
+/// and the frame (`None` last, when the outbox ends).
+pub(super) type RoomItem = (ConnId, Arc<str>, Option<Outbound>);
+
+/// A room's frames for one address.
+pub(super) type RoomFrames = Pin<Box<dyn Stream<Item = RoomItem> + Send>>;
 
 /// One open document.
 struct Document {

@@ -41,6 +41,11 @@ pub const PATH: &str = "/hocuspocus";
 /// Read buffer of a connection: small, as on `/ws` (issue 7); it grows for a larger frame.
 const READ_BUFFER_BYTES: usize = 256;
 
+/// Bytes of frames the WebSocket layer collects before it writes them out: the session
+/// flushes after each burst of room frames (a writer's acknowledgements come one frame per
+/// update), so a burst goes out in one write. The buffer is allocated only when used.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// What every Hocuspocus session shares.
 pub(crate) struct Endpoint {
     /// The relay's context.
@@ -96,7 +101,7 @@ fn upgrade_to_session(
     let tracker = state.tracker.clone();
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
