@@ -4,7 +4,7 @@
 # against each server in turn on this machine, each against a freshly started server.
 #
 #   benches/anchors/run.sh [--quick] [--servers "aetherflow-durable y-websocket ..."] (also: floor,
-#                          aetherflow-hocuspocus) [--scenarios "ingest fanout idle mixed conns"]
+#                          aetherflow-hocuspocus[-relaxed]) [--scenarios "ingest fanout idle mixed conns"]
 #                          (also: idle-multi) [--out DIR]
 #
 # On Hocuspocus's own protocol (the relay's /hocuspocus endpoint against Hocuspocus 4):
@@ -97,11 +97,12 @@ start_server() {
         --durability "${name#aetherflow-}" --quantum-addr off \
         --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/ws/{doc}"; server_dialect="y-websocket" ;;
-    # The same relay, spoken to over its Hocuspocus endpoint (durable), to compare with
-    # Hocuspocus on Hocuspocus's own protocol.
-    aetherflow-hocuspocus)
+    # The same relay, spoken to over its Hocuspocus endpoint (durable, or relaxed with the
+    # -relaxed suffix), to compare with Hocuspocus on Hocuspocus's own protocol.
+    aetherflow-hocuspocus|aetherflow-hocuspocus-relaxed)
+      durability=durable; [ "$name" = aetherflow-hocuspocus-relaxed ] && durability=relaxed
       RUST_LOG=warn $SERVER_PIN "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
-        --durability durable --quantum-addr off \
+        --durability "$durability" --quantum-addr off \
         --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/hocuspocus"; server_dialect="hocuspocus" ;;
     y-websocket)
