@@ -255,3 +255,33 @@ async fn a_connection_holds_at_most_hocuspocus_max_documents() {
         "the refusal is counted"
     );
 }
+
+#[tokio::test]
+async fn a_connection_over_the_message_rate_closes_with_1008_and_others_go_on() {
+    let relay = Relay::start(&["--message-rate-per-sec", "1", "--message-burst", "20"]);
+    let mut bystander = Hocuspocus::connect(&relay).await;
+    assert!(authenticated(&bystander.authenticate("rated", "").await));
+    let mut flooder = Hocuspocus::connect(&relay).await;
+    assert!(authenticated(&flooder.authenticate("rated", "").await));
+    let query = protocol::Message::QueryAwareness;
+    for _ in 0..100 {
+        let message = Message {
+            address: "rated".into(),
+            payload: Payload::Yjs(query.clone()),
+        };
+        // The relay may close mid-flood; later sends then fail, which is the point.
+        if flooder
+            .socket
+            .send(Frame::Binary(message.encode().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let close = flooder.expect_close().await;
+    assert_eq!(u16::from(close.code), 1008, "{}", close.reason);
+    assert!(close.reason.contains("rate"), "{}", close.reason);
+    bystander.append("rated", "still here").await;
+    assert_eq!(read_text(&relay, "rated").await, "still here");
+}
