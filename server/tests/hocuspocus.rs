@@ -285,3 +285,34 @@ async fn a_connection_over_the_message_rate_closes_with_1008_and_others_go_on() 
     bystander.append("rated", "still here").await;
     assert_eq!(read_text(&relay, "rated").await, "still here");
 }
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_closes_with_1009_and_stores_nothing() {
+    let relay = Relay::start(&["--max-message-bytes", "1024"]);
+    let mut big = vec![4, b'n', b'o', b't', b'e', 5, 0x90, 0x20]; // stateless, 4,112 bytes
+    big.extend(std::iter::repeat_n(b'x', 4112));
+    assert_refused(&relay, "note", big, 1009).await;
+}
+
+#[tokio::test]
+async fn deleting_a_document_closes_it_on_the_socket_and_the_other_documents_stay() {
+    let relay = Relay::start(&[]);
+    let mut client = Hocuspocus::connect(&relay).await;
+    assert!(authenticated(&client.authenticate("doomed", "").await));
+    assert!(authenticated(&client.authenticate("kept", "").await));
+    client.append("doomed", "gone soon").await;
+    let (status, _) =
+        common::http_request(relay.addr, "DELETE", "/api/v1/docs/doomed", None, None).await;
+    assert!((200..300).contains(&status), "{status}");
+    loop {
+        let message = client.next().await;
+        if message.address == "doomed"
+            && let Payload::Close(reason) = message.payload
+        {
+            assert!(reason.is_some_and(|r| r.contains("deleted")));
+            break;
+        }
+    }
+    client.append("kept", "still here").await;
+    assert_eq!(read_text(&relay, "kept").await, "still here");
+}
