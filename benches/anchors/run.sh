@@ -3,12 +3,19 @@
 # server (y-websocket@1 bin/server.js) vs Hocuspocus, every scenario of the load generator run
 # against each server in turn on this machine, each against a freshly started server.
 #
-#   benches/anchors/run.sh [--quick] [--servers "aetherflow-durable y-websocket ..."] (also: floor)
-#                          [--scenarios "ingest fanout idle mixed conns"] [--out DIR]
+#   benches/anchors/run.sh [--quick] [--servers "aetherflow-durable y-websocket ..."] (also: floor,
+#                          aetherflow-hocuspocus[-relaxed]) [--scenarios "ingest fanout idle mixed conns"]
+#                          (also: idle-multi) [--out DIR]
+#
+# On Hocuspocus's own protocol (the relay's /hocuspocus endpoint against Hocuspocus 4):
+#   benches/anchors/run.sh --servers "aetherflow-hocuspocus hocuspocus" \
+#                          --scenarios "ingest fanout idle-multi"
 #
 # Writes DIR/results.jsonl (one line per run, from `loadgen --json`) and DIR/loadgen.log, then
 # renders DIR/report.md and the charts (benches/charts/*.png, or $CHARTS) with report.py.
 # Scale knobs (environment): FANOUT_READERS, FANOUT_RATE, DURATION, IDLE_CONNS, IDLE_DOCS,
+# IDLE_DOCS_PER_CONN (idle-multi, default 10), SERVER_PIN / LOADGEN_PIN (command prefixes, e.g.
+# "taskset -c 0" and "taskset -c 1", to keep server and load generator on separate cores),
 # MIXED_DOCS, MIXED_WRITERS, MIXED_READERS, MIXED_RATE, CONNS, CONNS_DOCS, INGEST_UPDATES,
 # TRACE (trace file; default: loadgen's, ../shared/traces/automerge-paper.json.gz next to the
 # repository, so a git worktree elsewhere must set it; where it is absent loadgen replays a
@@ -41,9 +48,10 @@ if [ "$quick" = 1 ]; then
   : "${MIXED_DOCS:=10}" "${CONNS:=1000}" "${CONNS_DOCS:=100}" "${INGEST_UPDATES:=20000}"
 fi
 : "${FANOUT_READERS:=1000}" "${FANOUT_RATE:=20}" "${DURATION:=10}"
-: "${IDLE_CONNS:=5000}" "${IDLE_DOCS:=500}"
+: "${IDLE_CONNS:=5000}" "${IDLE_DOCS:=500}" "${IDLE_DOCS_PER_CONN:=10}"
 : "${MIXED_DOCS:=100}" "${MIXED_WRITERS:=2}" "${MIXED_READERS:=10}" "${MIXED_RATE:=5}"
 : "${CONNS:=15000}" "${CONNS_DOCS:=1500}" "${INGEST_UPDATES:=}"
+: "${SERVER_PIN:=}" "${LOADGEN_PIN:=}"
 
 # Every connection is a file descriptor in the load generator and in the server.
 ulimit -n "$(ulimit -Hn)"
@@ -85,21 +93,29 @@ start_server() {
   work="$(mktemp -d)"
   case "$name" in
     aetherflow-durable|aetherflow-relaxed)
-      RUST_LOG=warn "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
+      RUST_LOG=warn $SERVER_PIN "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
         --durability "${name#aetherflow-}" --quantum-addr off \
         --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/ws/{doc}"; server_dialect="y-websocket" ;;
+    # The same relay, spoken to over its Hocuspocus endpoint (durable, or relaxed with the
+    # -relaxed suffix), to compare with Hocuspocus on Hocuspocus's own protocol.
+    aetherflow-hocuspocus|aetherflow-hocuspocus-relaxed)
+      durability=durable; [ "$name" = aetherflow-hocuspocus-relaxed ] && durability=relaxed
+      RUST_LOG=warn $SERVER_PIN "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
+        --durability "$durability" --quantum-addr off \
+        --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
+      server_url="ws://127.0.0.1:$port/hocuspocus"; server_dialect="hocuspocus" ;;
     y-websocket)
-      HOST=127.0.0.1 PORT="$port" node "$here/node_modules/y-websocket/bin/server.js" \
+      HOST=127.0.0.1 PORT="$port" $SERVER_PIN node "$here/node_modules/y-websocket/bin/server.js" \
         > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/{doc}"; server_dialect="y-websocket" ;;
     hocuspocus)
-      HOST=127.0.0.1 PORT="$port" node "$here/hocuspocus-server.js" > "$work/server.log" 2>&1 &
+      HOST=127.0.0.1 PORT="$port" $SERVER_PIN node "$here/hocuspocus-server.js" > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/"; server_dialect="hocuspocus" ;;
     # Not an alternative: a relay with no CRDT (benches/src/bin/broadcast-floor.rs), the
     # floor of the fan-out figures on this machine.
     floor)
-      "$target_dir/release/broadcast-floor" --addr "127.0.0.1:$port" > "$work/server.log" 2>&1 &
+      $SERVER_PIN "$target_dir/release/broadcast-floor" --addr "127.0.0.1:$port" > "$work/server.log" 2>&1 &
       server_url="ws://127.0.0.1:$port/{doc}"; server_dialect="y-websocket" ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
   esac
@@ -118,7 +134,7 @@ run_loadgen() {
   echo "== $name: $*" | tee -a "$log"
   # A failed run is recorded in the log and the report shows it as missing; the comparison
   # goes on with the next one.
-  "$loadgen" --url "$server_url" --dialect "$server_dialect" --server "$name" \
+  $LOADGEN_PIN "$loadgen" --url "$server_url" --dialect "$server_dialect" --server "$name" \
     --json "$results" --sources 8 "$@" >> "$log" 2>&1 || echo "   FAILED (see $log)" | tee -a "$log"
 }
 
@@ -131,6 +147,10 @@ for scenario in $scenarios; do
       fanout) run_loadgen "$name" fanout --readers "$FANOUT_READERS" --rate "$FANOUT_RATE" \
                 --duration "$DURATION" ;;
       idle)   run_loadgen "$name" idle --connections "$IDLE_CONNS" --docs "$IDLE_DOCS" \
+                --server-pid "$server_pid" ;;
+      # Idle connections holding IDLE_DOCS_PER_CONN documents each (Hocuspocus servers only).
+      idle-multi) run_loadgen "$name" --label idle-multi idle --connections "$IDLE_CONNS" \
+                --docs "$IDLE_DOCS" --docs-per-connection "$IDLE_DOCS_PER_CONN" \
                 --server-pid "$server_pid" ;;
       mixed)  run_loadgen "$name" mixed --docs "$MIXED_DOCS" --writers "$MIXED_WRITERS" \
                 --readers "$MIXED_READERS" --rate "$MIXED_RATE" --duration "$DURATION" ;;

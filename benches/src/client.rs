@@ -81,6 +81,31 @@ impl Session {
         .with_context(|| format!("handshake with {doc} timed out"))?
     }
 
+    /// Opens `docs` over one connection (Hocuspocus only: y-websocket has one document per
+    /// connection) and completes each one's handshake and initial sync in turn; the session
+    /// is named after the first.
+    pub async fn open_documents(
+        target: &Target,
+        docs: &[String],
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<Self> {
+        let (first, rest) = docs.split_first().context("no document to open")?;
+        if !rest.is_empty() && target.dialect != Dialect::Hocuspocus {
+            bail!("only Hocuspocus carries several documents over one connection");
+        }
+        tokio::time::timeout(target.handshake_timeout, async {
+            let mut session = Self::open_inner(target, first, source).await?;
+            for doc in rest {
+                session.doc = doc.clone();
+                session.sync().await?;
+            }
+            session.doc = first.clone();
+            Ok(session)
+        })
+        .await
+        .with_context(|| format!("handshake with {} documents timed out", docs.len()))?
+    }
+
     async fn open_inner(
         target: &Target,
         doc: &str,
@@ -124,6 +149,10 @@ impl Session {
             let Frame::Binary(bytes) = frame? else {
                 continue;
             };
+            // Another document's traffic on a shared connection is not this handshake's.
+            if self.dialect == Dialect::Hocuspocus && !self.dialect.is_for(&bytes, &self.doc) {
+                continue;
+            }
             match self.dialect.decode(&bytes)? {
                 Incoming::Sync(SyncMessage::Step1(_)) => {
                     let step2 = self.frame(&encode_sync_step2(EMPTY_UPDATE));

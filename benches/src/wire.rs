@@ -23,6 +23,10 @@ const HP_SYNC: u8 = 0;
 const HP_AUTH: u8 = 2;
 /// Hocuspocus message type of the server's answer to a client's sync step 1.
 const HP_SYNC_REPLY: u8 = 4;
+/// Hocuspocus's one-byte ping frame.
+const HP_PING: u8 = 9;
+/// Hocuspocus's one-byte pong frame.
+const HP_PONG: u8 = 10;
 /// Hocuspocus auth sub-type: a client's token.
 const HP_AUTH_TOKEN: u8 = 0;
 /// Hocuspocus auth sub-type: the server refuses the document.
@@ -91,9 +95,19 @@ impl Dialect {
         }
     }
 
+    /// Whether a Hocuspocus frame is about `doc` (always, for y-websocket).
+    pub fn is_for(self, frame: &[u8], doc: &str) -> bool {
+        self == Dialect::YWebsocket || read_var_string(frame) == Some(doc)
+    }
+
     /// Reads one server frame.
     pub fn decode(self, frame: &[u8]) -> Result<Incoming, WireError> {
         let limits = Limits::default();
+        // Hocuspocus's one-byte ping (AetherFlow's /hocuspocus sends one each interval) and
+        // pong carry no document.
+        if self == Dialect::Hocuspocus && matches!(frame, [HP_PING | HP_PONG]) {
+            return Ok(Incoming::Other);
+        }
         let message = match self {
             Dialect::YWebsocket => frame,
             Dialect::Hocuspocus => skip_var_string(frame).ok_or(WireError::Envelope)?,
@@ -230,5 +244,17 @@ mod tests {
             Dialect::Hocuspocus.decode(&[1, b'a', 9]).unwrap(),
             Incoming::Other
         );
+        assert_eq!(
+            Dialect::Hocuspocus.decode(&[HP_PING]).unwrap(),
+            Incoming::Other
+        );
+    }
+
+    #[test]
+    fn hocuspocus_frames_name_their_document() {
+        let frame = Dialect::Hocuspocus.frame("doc", &encode_sync_step1(&[0]));
+        assert!(Dialect::Hocuspocus.is_for(&frame, "doc"));
+        assert!(!Dialect::Hocuspocus.is_for(&frame, "other"));
+        assert!(Dialect::YWebsocket.is_for(&frame, "other"));
     }
 }

@@ -37,6 +37,7 @@ mod decode;
 pub mod doc_name;
 pub mod envelope;
 pub mod event;
+pub mod hocuspocus;
 mod lib0;
 pub mod protocol;
 pub mod register;

@@ -96,6 +96,8 @@ pub struct AppState {
     /// The Quantum listener's address and public key, for `GET /api/v1/quantum`; `None`
     /// when Quantum is off.
     pub quantum: Option<QuantumInfo>,
+    /// Most documents one Hocuspocus connection may hold open (`--hocuspocus-max-documents`).
+    pub hocuspocus_max_documents: usize,
 }
 
 /// The listener's address and key.
@@ -161,6 +163,7 @@ impl AppState {
             proxies: config.trusted_proxies.clone(),
             reads: HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
             quantum,
+            hocuspocus_max_documents: config.hocuspocus_max_documents,
         }
     }
 }

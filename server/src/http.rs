@@ -1,4 +1,5 @@
-//! HTTP routes: `/healthz`, the WebSocket endpoint `/ws/{document}`, and the browser demo
+//! HTTP routes: `/healthz`, the WebSocket endpoints `/ws/{document}` and `/hocuspocus` (see
+//! [`crate::hocuspocus`]), and the browser demo
 //! at `/` (see [`crate::web_demo`]).
 
 use std::sync::atomic::Ordering;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(empty_doc_name))
         .route("/ws/", get(empty_doc_name))
         .route("/ws/{*doc}", get(websocket))
+        .merge(crate::hocuspocus::routes(&state))
         .merge(crate::api::routes())
         .merge(crate::api::scrape::routes())
         .merge(crate::web_demo::routes())

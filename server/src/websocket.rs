@@ -320,7 +320,7 @@ impl Hold {
 /// Hands `frame` to the socket and flushes what the socket takes at once, without waiting;
 /// says whether the write is still pending. Called only once the previous write is flushed,
 /// when a sink is ready at once; one that is not is treated as broken.
-fn write<K>(sink: &mut K, frame: Frame) -> Result<bool, ()>
+pub(crate) fn write<K>(sink: &mut K, frame: Frame) -> Result<bool, ()>
 where
     K: Sink<Frame, Error = axum::Error> + Unpin,
 {
@@ -413,7 +413,7 @@ fn on_frame(
 
 /// A read error that deserves a close frame: an oversized message. Anything else means the
 /// connection is broken, and there is nobody to tell.
-fn close_for_error(error: &axum::Error, limits: &Limits) -> Option<CloseReason> {
+pub(crate) fn close_for_error(error: &axum::Error, limits: &Limits) -> Option<CloseReason> {
     use std::error::Error as _;
     let mut source = error.source();
     while let Some(e) = source {

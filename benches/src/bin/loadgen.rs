@@ -149,6 +149,9 @@ enum Scenario {
         /// Documents they spread over.
         #[arg(long, default_value_t = 500)]
         docs: usize,
+        /// Documents each connection holds open (more than 1 needs --dialect hocuspocus).
+        #[arg(long, default_value_t = 1)]
+        docs_per_connection: usize,
         /// Server process id, for its resident memory (`/proc/PID/status`).
         #[arg(long)]
         server_pid: Option<u32>,
@@ -283,19 +286,25 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
         Scenario::Idle {
             connections,
             docs,
+            docs_per_connection,
             server_pid,
             settle,
         } => {
             let p = idle::IdleParams {
                 connections: *connections,
                 docs: *docs,
+                docs_per_connection: *docs_per_connection,
                 settle: Duration::from_secs(*settle),
                 server_pid: *server_pid,
                 concurrency: cli.concurrency,
                 sources: sources.clone(),
             };
             let report = idle::run(target, &p).await?;
-            let params = serde_json::json!({ "connections": connections, "docs": docs });
+            let params = serde_json::json!({
+                "connections": connections,
+                "docs": docs,
+                "docs_per_connection": docs_per_connection,
+            });
             ("idle", params, serde_json::to_value(report)?)
         }
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{open_many, rss_bytes};
+use super::{open_many_documents, rss_bytes};
 use crate::client::Target;
 
 /// Shape of the idle run.
@@ -14,8 +14,11 @@ use crate::client::Target;
 pub struct IdleParams {
     /// Connections to open.
     pub connections: usize,
-    /// Documents they spread over (connection i opens document i mod docs).
+    /// Documents they spread over (connection i opens documents i·k .. i·k + k − 1, each mod
+    /// docs, for k documents per connection).
     pub docs: usize,
+    /// Documents each connection holds open (more than 1: Hocuspocus only).
+    pub docs_per_connection: usize,
     /// Time to let the server settle after the last connection synced, before measuring.
     pub settle: Duration,
     /// The server's process id, for its resident memory.
@@ -33,6 +36,8 @@ pub struct IdleReport {
     pub connections: usize,
     /// Documents.
     pub docs: usize,
+    /// Documents each connection held open.
+    pub docs_per_connection: usize,
     /// Connections that opened and synced.
     pub synced: usize,
     /// Connections that failed to open or sync.
@@ -54,11 +59,16 @@ pub struct IdleReport {
 /// Runs the idle scenario against `target`.
 pub async fn run(target: &Target, p: &IdleParams) -> anyhow::Result<IdleReport> {
     let rss_before = p.server_pid.map(rss_bytes).transpose()?;
-    let docs: Vec<String> = (0..p.connections)
-        .map(|i| format!("idle-{}", i % p.docs.max(1)))
+    let per = p.docs_per_connection.max(1);
+    let docs: Vec<Vec<String>> = (0..p.connections)
+        .map(|i| {
+            (0..per)
+                .map(|j| format!("idle-{}", (i * per + j) % p.docs.max(1)))
+                .collect()
+        })
         .collect();
     let started = std::time::Instant::now();
-    let results = open_many(target, &docs, &p.sources, p.concurrency).await;
+    let results = open_many_documents(target, &docs, &p.sources, p.concurrency).await;
     let connect_s = started.elapsed().as_secs_f64();
     let mut sessions = Vec::new();
     let mut errors = Vec::new();
@@ -90,6 +100,7 @@ pub async fn run(target: &Target, p: &IdleParams) -> anyhow::Result<IdleReport> 
     Ok(IdleReport {
         connections: p.connections,
         docs: p.docs,
+        docs_per_connection: per,
         synced,
         failed: errors.len(),
         still_open,

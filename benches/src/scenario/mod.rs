@@ -34,6 +34,28 @@ pub async fn open_many(
         .await
 }
 
+/// Opens one session per entry of `docs`, each carrying every document of its entry over
+/// one connection (see [`Session::open_documents`]); otherwise as [`open_many`].
+pub async fn open_many_documents(
+    target: &Target,
+    docs: &[Vec<String>],
+    sources: &[IpAddr],
+    concurrency: usize,
+) -> Vec<Result<Session, String>> {
+    futures_util::stream::iter(docs.iter().enumerate())
+        .map(|(i, docs)| {
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            async move {
+                Session::open_documents(target, docs, source)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            }
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
 /// Reads the resident set size of process `pid` in bytes, from `/proc/PID/status`.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     status_bytes(pid, "VmRSS:")

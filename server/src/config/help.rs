@@ -16,9 +16,10 @@ use super::{
     DEFAULT_UNLOAD_AFTER_SECS, Durability, LogFormat, MIN_ADMIN_KEY_LEN,
 };
 use super::{
-    DEFAULT_HTTP_HEADER_TIMEOUT_SECS, DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS,
-    DEFAULT_MAX_DOC_BYTES, DEFAULT_MAX_DOC_ITEMS, DEFAULT_MAX_UPDATE_ITEMS,
-    DEFAULT_OUTBOX_MAX_BYTES, DEFAULT_QUANTUM_MAX_DOCUMENTS,
+    DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS, DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+    DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS, DEFAULT_MAX_DOC_BYTES,
+    DEFAULT_MAX_DOC_ITEMS, DEFAULT_MAX_UPDATE_ITEMS, DEFAULT_OUTBOX_MAX_BYTES,
+    DEFAULT_QUANTUM_MAX_DOCUMENTS,
 };
 
 /// The clap command of the `aetherflow` binary, with every setting's help ending in its
@@ -67,6 +68,10 @@ fn help_suffixes() -> Vec<(&'static str, String)> {
         (
             "quantum_max_documents",
             default(DEFAULT_QUANTUM_MAX_DOCUMENTS),
+        ),
+        (
+            "hocuspocus_max_documents",
+            default(DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS),
         ),
         ("data_dir", default(DEFAULT_DATA_DIR)),
         ("max_update_items", default(DEFAULT_MAX_UPDATE_ITEMS)),

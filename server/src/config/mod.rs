@@ -71,6 +71,9 @@ pub const RESERVED_FILES: u64 = 64;
 /// Default limit on the documents one Quantum connection may subscribe to at once: each is a
 /// loaded document and a forwarding task the relay holds for the connection.
 pub const DEFAULT_QUANTUM_MAX_DOCUMENTS: usize = 100;
+/// Default limit on the documents one Hocuspocus connection may hold open at once: each is
+/// a room membership and an outbox the relay holds for the connection.
+pub const DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS: usize = 100;
 /// Default limit on the items one update may hold (see `aetherflow_crdt::room`, "Decoded
 /// size"): about 45 MiB of relay memory for small map entries (`benches/RESULTS.md`).
 pub const DEFAULT_MAX_UPDATE_ITEMS: u64 = 100_000;
@@ -161,6 +164,12 @@ pub struct Settings {
     /// over it is refused with error 4413 (the connection stays).
     #[arg(long, env = "AETHERFLOW_QUANTUM_MAX_DOCUMENTS", value_name = "N")]
     pub quantum_max_documents: Option<usize>,
+
+    /// Most documents one connection to the Hocuspocus endpoint (`/hocuspocus`) may hold
+    /// open at once; the token for one more is refused with permission-denied (the
+    /// connection stays).
+    #[arg(long, env = "AETHERFLOW_HOCUSPOCUS_MAX_DOCUMENTS", value_name = "N")]
+    pub hocuspocus_max_documents: Option<usize>,
 
     /// File holding the relay's Quantum identity: its Noise static private key as 64 hex
     /// digits. Clients pin the public half, which the relay prints at start-up and serves at
@@ -375,6 +384,8 @@ pub struct Config {
     pub quantum_sparse_fec_budget: u16,
     /// Most documents one Quantum connection may be subscribed to at once.
     pub quantum_max_documents: usize,
+    /// Most documents one Hocuspocus connection may hold open at once.
+    pub hocuspocus_max_documents: usize,
     /// The Quantum static key file given explicitly; `None`: [`DEFAULT_QUANTUM_KEY_FILE`] in
     /// the data directory, generated if missing.
     pub quantum_key: Option<PathBuf>,
@@ -471,6 +482,9 @@ impl Settings {
                 .quantum_sparse_fec_budget
                 .or(lower.quantum_sparse_fec_budget),
             quantum_max_documents: self.quantum_max_documents.or(lower.quantum_max_documents),
+            hocuspocus_max_documents: self
+                .hocuspocus_max_documents
+                .or(lower.hocuspocus_max_documents),
             quantum_key: self.quantum_key.or(lower.quantum_key),
             data_dir: self.data_dir.or(lower.data_dir),
             skip_integrity_check: self.skip_integrity_check.or(lower.skip_integrity_check),
@@ -582,6 +596,9 @@ impl Config {
             quantum_max_documents: s
                 .quantum_max_documents
                 .unwrap_or(DEFAULT_QUANTUM_MAX_DOCUMENTS),
+            hocuspocus_max_documents: s
+                .hocuspocus_max_documents
+                .unwrap_or(DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS),
             quantum_key: s.quantum_key,
             data_dir: s
                 .data_dir
@@ -712,6 +729,12 @@ impl Config {
         if self.quantum_max_documents == 0 {
             return Err(ConfigError::Invalid {
                 name: "--quantum-max-documents",
+                why: "must be at least 1",
+            });
+        }
+        if self.hocuspocus_max_documents == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--hocuspocus-max-documents",
                 why: "must be at least 1",
             });
         }

@@ -231,6 +231,7 @@ fn the_outbox_bound_comes_from_flag_env_or_file_and_refuses_tiny_values() {
 fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_refused() {
     let config = Config::from_settings(Settings::default()).unwrap();
     assert_eq!(config.quantum_max_documents, 100);
+    assert_eq!(config.hocuspocus_max_documents, 100);
     assert_eq!(config.max_update_items, 100_000);
     assert_eq!(config.max_doc_items, 1_000_000);
     assert_eq!(config.max_doc_bytes, 256 * 1024 * 1024);
@@ -238,7 +239,7 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
     let path = dir.path().join("relay.toml");
     std::fs::write(
         &path,
-        "quantum_max_documents = 5\nmax_update_items = 10\nmax_doc_items = 20\nmax_doc_bytes = 30\n",
+        "quantum_max_documents = 5\nhocuspocus_max_documents = 7\nmax_update_items = 10\nmax_doc_items = 20\nmax_doc_bytes = 30\n",
     )
     .unwrap();
     let cli = Cli::parse_from([
@@ -249,6 +250,7 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
         "25",
     ]);
     let config = Config::from_cli(cli).unwrap();
+    assert_eq!(config.hocuspocus_max_documents, 7);
     assert_eq!(
         (
             config.quantum_max_documents,
@@ -260,6 +262,7 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
     );
     for flag in [
         "--quantum-max-documents",
+        "--hocuspocus-max-documents",
         "--max-update-items",
         "--max-doc-items",
         "--max-doc-bytes",

@@ -84,6 +84,18 @@ pub enum RoomCommand {
     /// already, so applied and broadcast without being stored again. `Err`: following the log
     /// failed, and the room, which may now miss entries, reloads.
     Remote(Result<Vec<u8>, String>),
+    /// Queue `frame` in the connection's outbox `times` times, once every update the
+    /// connection sent before this command is committed and broadcast: a transport's
+    /// acknowledgement that its client's updates are saved (Hocuspocus's sync status). A
+    /// connection whose updates the room holds back (storage unwritable) gets none.
+    Acknowledge {
+        /// The connection.
+        conn: ConnId,
+        /// The acknowledgement, in the connection's own framing.
+        frame: &'static [u8],
+        /// How many updates it acknowledges.
+        times: u32,
+    },
     /// Delete the document: close every connection, remove it from the store, unload.
     /// `done` is told whether it existed.
     Delete {
@@ -371,6 +383,25 @@ impl Membership {
         // The waiting send is boxed: its future (the command plus a semaphore wait) would
         // otherwise be part of every session's future, idle or not, and it is only needed
         // when the room is behind.
+        match self.inbox.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(RoomGone),
+            Err(TrySendError::Full(command)) => Box::pin(self.inbox.send(command))
+                .await
+                .map_err(|_| RoomGone),
+        }
+    }
+}
+
+impl Membership {
+    /// Asks the room to send `frame` `times` times once every update this membership sent
+    /// so far is committed (see [`RoomCommand::Acknowledge`]).
+    pub async fn acknowledge(&self, frame: &'static [u8], times: u32) -> Result<(), RoomGone> {
+        let command = RoomCommand::Acknowledge {
+            conn: self.conn,
+            frame,
+            times,
+        };
         match self.inbox.try_send(command) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(RoomGone),

@@ -590,6 +590,14 @@ impl RoomTask {
             }
             // Taken out of the batch in `turn`.
             RoomCommand::Apply { .. } | RoomCommand::Delete { .. } | RoomCommand::Remote(_) => {}
+            RoomCommand::Acknowledge { conn, frame, times } => {
+                if self.unsaved.contains(&conn) {
+                    return;
+                }
+                for _ in 0..times {
+                    self.send_to(room, conn, Bytes::from_static(frame));
+                }
+            }
             RoomCommand::Message { conn, message } => {
                 if self.subscribers.contains_key(&conn) {
                     self.handle_message(room, conn, message);
@@ -635,11 +643,11 @@ impl RoomTask {
         }
     }
 
-    fn send_to(&mut self, room: &mut Room, conn: ConnId, frame: Vec<u8>) {
+    fn send_to(&mut self, room: &mut Room, conn: ConnId, frame: impl Into<Bytes>) {
         let Some(sub) = self.subscribers.get(&conn) else {
             return;
         };
-        if let Err(e) = sub.outbox.try_send(Outbound::Frame(Bytes::from(frame))) {
+        if let Err(e) = sub.outbox.try_send(Outbound::Frame(frame.into())) {
             self.drop_slow(room, vec![(conn, Departure::of(&e))]);
         }
     }

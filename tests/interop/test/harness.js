@@ -483,9 +483,10 @@ export class Env {
  * cleans up processes, clients and temp dirs whatever happens.
  *
  * @param {string} name
- * @param {{ needsPersistence?: boolean, needsTls?: boolean, timeout?: number }} options
+ * @param {{ needsPersistence?: boolean, needsTls?: boolean, needsHocuspocus?: boolean, timeout?: number }} options
  *   needsPersistence: the test restarts the server over its data dir; skipped in reference mode.
  *   needsTls: the test starts the relay with --tls-cert; skipped in reference mode.
+ *   needsHocuspocus: the test uses the relay's /hocuspocus endpoint; skipped in reference mode.
  * @param {(env: Env, t: import('node:test').TestContext) => Promise<void>} fn
  */
 export function interopTest (name, options, fn) {
@@ -493,7 +494,9 @@ export function interopTest (name, options, fn) {
     ? 'the reference server keeps no data across restarts'
     : options.needsTls && IS_REFERENCE
       ? 'the reference server does not terminate TLS'
-      : false
+      : options.needsHocuspocus && IS_REFERENCE
+        ? 'the reference server does not speak the Hocuspocus protocol'
+        : false
   test(name, { skip, timeout: options.timeout ?? 120_000 }, async (t) => {
     const env = new Env(name)
     try {
