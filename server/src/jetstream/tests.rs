@@ -5,111 +5,15 @@
 //! plain `cargo test` without it reports them as ignored, never as passed; the README's test
 //! command runs them with `--ignored`.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 
 use super::{ClusterSettings, JetStreamEngine};
 use crate::storage::Storage;
 use crate::storage::conformance::{self, Engine};
 
-/// Three `nats-server` processes clustered on loopback, each with JetStream in its own
-/// directory; killed when dropped.
-pub(crate) struct NatsCluster {
-    servers: Vec<Child>,
-    /// Client URLs, one per server.
-    pub urls: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("bound").port()
-}
-
-impl NatsCluster {
-    /// Starts the cluster and waits until JetStream has a meta leader.
-    pub(crate) async fn start() -> NatsCluster {
-        let binary = std::env::var_os("AETHERFLOW_NATS_SERVER").map(PathBuf::from).expect(
-            "AETHERFLOW_NATS_SERVER must name a nats-server binary (tests/nats-server.sh prints one)",
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        let servers = (0..3)
-            .map(|i| {
-                let store = dir.path().join(format!("n{i}"));
-                Command::new(&binary)
-                    .args(["--addr", "127.0.0.1", "--port"])
-                    .arg(client_ports[i].to_string())
-                    .args([
-                        "--server_name",
-                        &format!("n{i}"),
-                        "--jetstream",
-                        "--store_dir",
-                    ])
-                    .arg(&store)
-                    .args(["--cluster_name", "aetherflow-test", "--cluster"])
-                    .arg(format!("nats://127.0.0.1:{}", cluster_ports[i]))
-                    .args(["--routes", &routes.join(",")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("nats-server starts")
-            })
-            .collect();
-        let urls = client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        let cluster = NatsCluster {
-            servers,
-            urls,
-            _dir: dir,
-        };
-        cluster.wait_for_jetstream().await;
-        cluster
-    }
-
-    /// All client URLs, comma-separated.
-    pub(crate) fn url(&self) -> String {
-        self.urls.join(",")
-    }
-
-    async fn wait_for_jetstream(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let servers = super::servers(&self.url()).expect("valid URLs");
-            if let Ok(client) = async_nats::connect(servers).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the JetStream cluster did not elect a leader in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
+#[path = "../../tests/common/nats.rs"]
+mod nats;
+use nats::NatsCluster;
 
 /// The engine on a cluster, reopened as a restarted relay would.
 struct OnCluster {
