@@ -318,3 +318,51 @@ fn tls_needs_both_files_from_flag_env_or_file() {
     );
     assert_eq!(config.http_scheme(), "https");
 }
+
+#[test]
+fn cluster_mode_is_off_by_default_and_its_settings_are_checked() {
+    assert!(
+        Config::from_settings(Settings::default())
+            .unwrap()
+            .cluster
+            .is_none()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "cluster = \"nats://10.0.0.1:4222,nats://10.0.0.2:4222\"\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+    let cluster = Config::from_cli(cli).unwrap().cluster.unwrap();
+    assert_eq!(cluster.prefix, "AETHERFLOW");
+    assert_eq!(cluster.replicas, 3);
+    let refused = |settings: Settings| match Config::from_settings(settings) {
+        Err(ConfigError::Invalid { name, .. }) => name,
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.cluster)),
+    };
+    let url = || Some("nats://127.0.0.1:4222".to_owned());
+    let orphan = Settings {
+        cluster_replicas: Some(3),
+        ..Settings::default()
+    };
+    assert_eq!(refused(orphan), "--cluster");
+    let too_many = Settings {
+        cluster: url(),
+        cluster_replicas: Some(7),
+        ..Settings::default()
+    };
+    assert_eq!(refused(too_many), "--cluster-replicas");
+    let bad_prefix = Settings {
+        cluster: url(),
+        cluster_prefix: Some("has.dots".into()),
+        ..Settings::default()
+    };
+    assert_eq!(refused(bad_prefix), "--cluster-prefix");
+    let bad_url = Settings {
+        cluster: Some("not a url at all".into()),
+        ..Settings::default()
+    };
+    assert_eq!(refused(bad_url), "--cluster");
+}
