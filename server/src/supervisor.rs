@@ -37,8 +37,18 @@ pub enum Silence {
     /// Two unanswered pings close the session (WebSocket, `/live`).
     Closes,
     /// A silent session only shows IDLE: the transport's own idle timeout, which sees
-    /// keepalives the relay cannot, ends it (Quantum).
+    /// keepalives the relay cannot, ends it (Quantum, whose writes are sends).
     ShowsIdle,
+}
+
+impl Silence {
+    /// What the transport calls a write, for the log.
+    fn write_word(self) -> &'static str {
+        match self {
+            Silence::Closes => "write",
+            Silence::ShowsIdle => "send",
+        }
+    }
 }
 
 /// One session's supervisor. Owns nothing of the session but its own state, so a transport
@@ -127,7 +137,8 @@ impl Supervisor {
         if write_pending {
             self.stalled += 1;
             if self.stalled >= STALLED_TICKS {
-                warn!("connection not reading: no write progress; closing");
+                let write = self.silence.write_word();
+                warn!("connection not reading: no {write} progress; closing");
                 return Err(CloseReason::new(
                     CloseReason::TRY_AGAIN_LATER,
                     "connection not reading; reconnect to resync",

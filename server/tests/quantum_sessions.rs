@@ -515,7 +515,7 @@ async fn a_quantum_client_that_stops_acknowledging_is_closed_while_a_send_waits(
     }
     // The session is closed for it, although its send never completes.
     relay
-        .wait_for_log("connection not reading: no write progress; closing")
+        .wait_for_log("connection not reading: no send progress; closing")
         .await;
     release_tx.send(()).unwrap();
     frozen.join().unwrap();

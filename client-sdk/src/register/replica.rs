@@ -258,6 +258,14 @@ impl Replica {
             self.answer(Ok(data), &mut effects);
             return effects;
         }
+        if name == "updated" {
+            // Only the register matters here, whatever else the event holds.
+            let register = data.get_mut("register").map(Value::take);
+            if let Some(Ok(register)) = register.map(serde_json::from_value::<RegisterView>) {
+                self.take_register(register);
+            }
+            return effects;
+        }
         if let Some(fields) = data.as_object_mut() {
             fields
                 .entry("type")
@@ -269,10 +277,6 @@ impl Replica {
             return effects;
         };
         match event {
-            DocEvent::Updated {
-                register: Some(register),
-                ..
-            } => self.take_register(register),
             DocEvent::ConflictDetected { conflict } => {
                 self.add_conflict(conflict.clone());
                 effects

@@ -70,7 +70,9 @@ pub enum RegisterView {
     Lww {
         /// The winning value (`null` before the first write).
         value: Option<Value>,
-        /// The winning write's stamp.
+        /// The winning write's stamp (`None` too when it cannot be read: a reader takes the
+        /// kind and leaves the write).
+        #[serde(default, deserialize_with = "readable")]
         stamp: Option<WriteStamp>,
     },
     /// A manual register.
@@ -80,12 +82,24 @@ pub enum RegisterView {
         /// The current version: the base of the next write.
         #[serde(default)]
         version: u64,
-        /// The current revision.
+        /// The current revision (`None` too when it cannot be read).
+        #[serde(default, deserialize_with = "readable")]
         revision: Option<Revision>,
         /// How many conflicts are open.
         #[serde(default)]
         open_conflicts: usize,
     },
+}
+
+/// `Some` if the value reads as a `T`, else `None`: one unreadable field does not make a
+/// whole register unreadable.
+fn readable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 impl From<&Register> for RegisterView {
