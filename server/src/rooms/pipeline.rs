@@ -115,6 +115,7 @@ mod tests {
         WriteOp::Append {
             doc: doc.clone(),
             update: vec![byte],
+            authors: Vec::new(),
         }
     }
 

@@ -329,6 +329,20 @@ impl RoomTask {
         }
     }
 
+    /// The users (token subjects) of the subscribers among `updates` with an edit, each once,
+    /// for webhooks; HTTP writers (no subscriber) are not named.
+    fn authors_of(&self, updates: &[(ConnId, Vec<u8>)]) -> Vec<String> {
+        let mut authors: Vec<String> = updates
+            .iter()
+            .filter(|(_, update)| update != EMPTY_UPDATE)
+            .filter_map(|(conn, _)| self.subscribers.get(conn))
+            .map(|sub| sub.user.clone())
+            .collect();
+        authors.sort_unstable();
+        authors.dedup();
+        authors
+    }
+
     /// Closes every connection, removes the document from the store and marks the room for
     /// unloading; a later connection starts an empty document of the same name.
     async fn delete(&mut self, waiters: Vec<oneshot::Sender<Result<bool, ApplyError>>>) {
@@ -367,6 +381,7 @@ impl RoomTask {
     ) {
         // Handshake answers with nothing new (the empty update) are not edits.
         let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
+        let authors = self.authors_of(&updates);
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
@@ -411,6 +426,7 @@ impl RoomTask {
         let append = WriteOp::Append {
             doc: self.name.clone(),
             update: entry,
+            authors,
         };
         let writer = self.rooms.inner.writer.clone();
         let queued = match self.rooms.inner.settings.durability {

@@ -7,6 +7,7 @@
 pub mod check;
 mod checksum;
 pub mod documents;
+pub mod outbox;
 mod slot;
 pub mod writer;
 
@@ -149,6 +150,8 @@ pub struct Store {
     /// Successful commits since start: a read that began at one count has seen everything
     /// committed up to it.
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Woken after a commit that recorded webhook events or made some due.
+    webhooks_due: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -159,6 +162,7 @@ impl Store {
             slot: Arc::new(Slot::new(path, db)),
             metrics: Metrics::new(),
             commits: Arc::default(),
+            webhooks_due: Arc::default(),
         })
     }
 
@@ -427,6 +431,16 @@ impl Store {
         written.map_err(|e| StoreError::Io(e.to_string()))
     }
 
+    /// Resolves after a commit that recorded webhook events (the delivery task waits on it).
+    pub fn webhooks_recorded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.webhooks_due.notified()
+    }
+
+    /// Wakes the webhook delivery task.
+    pub(crate) fn wake_webhooks(&self) {
+        self.webhooks_due.notify_one();
+    }
+
     /// Successful commits since the store opened.
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Acquire)
@@ -477,6 +491,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     txn.open_table(documents::DOCUMENTS)?;
     txn.open_table(documents::REGISTERS)?;
     txn.open_table(documents::MODIFIED)?;
+    outbox::create_tables(&txn)?;
     txn.commit()?;
     Ok(db)
 }

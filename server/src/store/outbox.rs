@@ -1,0 +1,542 @@
+//! The webhook outbox: endpoints and the events owed to them, in the same database as the
+//! documents, written only by the [`super::writer`] task.
+//!
+//! An event is recorded in the same write transaction as the change that caused it, so a
+//! crash never loses one (the change and its event commit together) nor invents one (neither
+//! commits). Each row is one event for one endpoint, keyed by a sequence number, with its
+//! idempotency id, its next attempt time and its attempts so far; the `due` table orders
+//! pending rows by time so the delivery task reads only what is due. A `document.changed` row
+//! stays open for the endpoint's debounce window: further changes to that document within it
+//! extend the same row (`windows` names it), so one row is sent per document, endpoint and
+//! window.
+//!
+//! The rules of delivery (signing, retries, parking) live in `webhooks`; this file only keeps
+//! the records.
+
+use std::collections::BTreeSet;
+
+use aetherflow_crdt::DocName;
+use aetherflow_crdt::register::{Command, Outcome, lww, manual};
+use aetherflow_crdt::webhook::EventKind;
+use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::documents::{from_json, to_json};
+use super::{Store, StoreError};
+
+/// Endpoint id → [`EndpointRecord`] as JSON.
+pub(super) const ENDPOINTS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("webhook_endpoints");
+/// Sequence → [`OutboxRow`] as JSON.
+pub(super) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_outbox");
+/// (due time in ms, sequence) of every pending row.
+pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("webhook_due");
+/// (endpoint id, document) → sequence of its open `document.changed` row.
+pub(super) const WINDOWS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("webhook_windows");
+
+/// Most authors one `document.changed` event lists; more are counted, not named.
+pub const MAX_AUTHORS: usize = 100;
+
+/// A webhook endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// Its id (a UUIDv7).
+    pub id: String,
+    /// Where events are posted.
+    pub url: String,
+    /// The event types it wants.
+    pub events: BTreeSet<EventKind>,
+    /// Only documents whose names start with this (every document if `None`).
+    pub prefix: Option<String>,
+    /// The HMAC-SHA256 key of its signatures.
+    pub secret: String,
+    /// Whether its events carry the document's content.
+    pub include_content: bool,
+    /// Its `document.changed` debounce window, in milliseconds.
+    pub debounce_ms: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl EndpointRecord {
+    /// Whether the endpoint wants `kind` events of `doc`.
+    pub fn wants(&self, kind: EventKind, doc: &str) -> bool {
+        self.events.contains(&kind) && self.prefix.as_deref().is_none_or(|p| doc.starts_with(p))
+    }
+}
+
+/// The time range and authors of a `document.changed` event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeWindow {
+    /// The first change in the window, ms since the Unix epoch.
+    pub from_ms: u64,
+    /// The last change in the window.
+    pub to_ms: u64,
+    /// Committed updates in the window.
+    pub updates: u64,
+    /// Who made them (token subjects), at most [`MAX_AUTHORS`].
+    pub authors: BTreeSet<String>,
+}
+
+/// One event owed to one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The idempotency id (a UUIDv7): the same on every attempt.
+    pub id: String,
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The document.
+    pub doc: String,
+    /// When it was recorded, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the next attempt is due (for an open change window: when the window closes).
+    pub due_ms: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Given up on after the retry horizon; waits for an admin's replay.
+    pub parked: bool,
+    /// The event's details.
+    pub data: Value,
+    /// For `document.changed`: the window it covers.
+    pub window: Option<ChangeWindow>,
+}
+
+/// A change to the webhook records, applied by the writer.
+#[derive(Debug)]
+pub enum OutboxOp {
+    /// Create or replace an endpoint.
+    PutEndpoint(EndpointRecord),
+    /// Remove an endpoint and every event owed to it.
+    DeleteEndpoint(String),
+    /// Record an event that did not come from a store change (lock events).
+    Record {
+        /// The document.
+        doc: DocName,
+        /// What happened.
+        kind: EventKind,
+        /// Its details.
+        data: Value,
+    },
+    /// The row was delivered: remove it.
+    Delivered(RowRef),
+    /// An attempt failed: try again at `due_ms`.
+    Retry {
+        /// The row.
+        row: RowRef,
+        /// The next attempt.
+        due_ms: u64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Attempts failed for longer than the retry horizon: park the row.
+    Park {
+        /// The row.
+        row: RowRef,
+        /// Why the last attempt failed.
+        error: String,
+    },
+    /// An admin asks for a parked row to be sent again now.
+    Replay(u64),
+}
+
+/// A row by sequence and idempotency id: an answer about a row that was removed meanwhile
+/// (its endpoint deleted) must not touch a later row that took its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRef {
+    /// The row's sequence number.
+    pub seq: u64,
+    /// Its idempotency id.
+    pub id: String,
+}
+
+/// The webhook tables within one write transaction, with the endpoints read once.
+pub(super) struct Outbox<'txn> {
+    endpoints: Vec<EndpointRecord>,
+    endpoint_table: Table<'txn, &'static str, &'static [u8]>,
+    rows: Table<'txn, u64, &'static [u8]>,
+    due: Table<'txn, (u64, u64), ()>,
+    windows: Table<'txn, (&'static str, &'static str), u64>,
+    /// Rows recorded or made due in this transaction: the delivery task is woken if any.
+    pub(super) woken: bool,
+}
+
+impl<'txn> Outbox<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Outbox<'txn>, StoreError> {
+        let endpoint_table = txn.open_table(ENDPOINTS)?;
+        let mut endpoints = Vec::new();
+        for entry in endpoint_table.iter()? {
+            let (_, value) = entry?;
+            endpoints.push(from_json(value.value())?);
+        }
+        Ok(Outbox {
+            endpoints,
+            endpoint_table,
+            rows: txn.open_table(OUTBOX)?,
+            due: txn.open_table(DUE)?,
+            windows: txn.open_table(WINDOWS)?,
+            woken: false,
+        })
+    }
+
+    /// Records `kind` for every endpoint that wants it of `doc`.
+    pub(super) fn record(
+        &mut self,
+        doc: &str,
+        kind: EventKind,
+        data: &Value,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let wanting: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.wants(kind, doc))
+            .map(|e| e.id.clone())
+            .collect();
+        for endpoint in wanting {
+            let row = OutboxRow::new(endpoint, kind, doc, now_ms, data.clone());
+            self.insert(row)?;
+        }
+        Ok(())
+    }
+
+    /// A Yjs update by `authors` was committed to `doc`: extend each wanting endpoint's open
+    /// window, or open one that closes after the endpoint's debounce time.
+    pub(super) fn changed(
+        &mut self,
+        doc: &str,
+        authors: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let kind = EventKind::DocumentChanged;
+        let wanting: Vec<(String, u64)> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.wants(kind, doc))
+            .map(|e| (e.id.clone(), e.debounce_ms))
+            .collect();
+        for (endpoint, debounce_ms) in wanting {
+            let open = match self.windows.get((endpoint.as_str(), doc))? {
+                Some(seq) => self.row(seq.value())?.map(|row| (seq.value(), row)),
+                None => None,
+            };
+            match open {
+                // Still open: not yet due, never attempted.
+                Some((seq, mut row)) if row.attempts == 0 && !row.parked && now_ms < row.due_ms => {
+                    if let Some(window) = &mut row.window {
+                        window.extend(authors, now_ms);
+                    }
+                    self.rows.insert(seq, to_json(&row)?.as_slice())?;
+                }
+                _ => {
+                    let mut row = OutboxRow::new(endpoint.clone(), kind, doc, now_ms, json!({}));
+                    row.due_ms = now_ms.saturating_add(debounce_ms);
+                    let mut window = ChangeWindow {
+                        from_ms: now_ms,
+                        ..ChangeWindow::default()
+                    };
+                    window.extend(authors, now_ms);
+                    row.window = Some(window);
+                    let seq = self.insert(row)?;
+                    self.windows.insert((endpoint.as_str(), doc), seq)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A register command was applied with `outcome`: `register.updated`, and for manual
+    /// registers `conflict.detected` / `conflict.resolved`.
+    pub(super) fn register_changed(
+        &mut self,
+        doc: &str,
+        command: &ResolveOf,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match outcome {
+            Outcome::Lww(lww::Outcome::Applied) => {
+                let data = json!({ "kind": "lww" });
+                self.record(doc, EventKind::RegisterUpdated, &data, now_ms)
+            }
+            Outcome::Lww(_) => Ok(()),
+            Outcome::Manual(manual::Outcome::Applied(revision)) => {
+                let data = json!({ "kind": "manual", "version": revision.version, "author": revision.author });
+                self.record(doc, EventKind::RegisterUpdated, &data, now_ms)
+            }
+            Outcome::Manual(manual::Outcome::Conflict(conflict)) => {
+                let data = json!({ "conflict": conflict.id, "base_version": conflict.base_version,
+                    "author": conflict.proposed.author });
+                self.record(doc, EventKind::ConflictDetected, &data, now_ms)
+            }
+            Outcome::Resolved(revision) => {
+                let data = json!({ "conflict": command.0, "version": revision.version, "author": revision.author });
+                self.record(doc, EventKind::ConflictResolved, &data, now_ms)?;
+                let data = json!({ "kind": "manual", "version": revision.version, "author": revision.author });
+                self.record(doc, EventKind::RegisterUpdated, &data, now_ms)
+            }
+        }
+    }
+
+    /// `doc` was deleted: its open windows close (their rows are still delivered).
+    pub(super) fn deleted(&mut self, doc: &str, now_ms: u64) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.endpoints.iter().map(|e| e.id.clone()).collect();
+        for id in ids {
+            self.windows.remove((id.as_str(), doc))?;
+        }
+        self.record(doc, EventKind::DocumentDeleted, &json!({}), now_ms)
+    }
+
+    /// Applies an [`OutboxOp`]; returns whether the endpoint or row it names was found.
+    pub(super) fn apply(&mut self, op: OutboxOp, now_ms: u64) -> Result<bool, StoreError> {
+        match op {
+            OutboxOp::PutEndpoint(record) => {
+                let existed = self.endpoint_table.get(record.id.as_str())?.is_some();
+                self.endpoint_table
+                    .insert(record.id.as_str(), to_json(&record)?.as_slice())?;
+                self.endpoints.retain(|e| e.id != record.id);
+                self.endpoints.push(record);
+                Ok(existed)
+            }
+            OutboxOp::DeleteEndpoint(id) => self.delete_endpoint(&id),
+            OutboxOp::Record { doc, kind, data } => {
+                self.record(doc.as_str(), kind, &data, now_ms)?;
+                Ok(true)
+            }
+            OutboxOp::Delivered(row) => {
+                let Some(found) = self.matching(&row)? else {
+                    return Ok(false);
+                };
+                self.remove(row.seq, &found)?;
+                Ok(true)
+            }
+            OutboxOp::Retry { row, due_ms, error } => {
+                let Some(mut found) = self.matching(&row)? else {
+                    return Ok(false);
+                };
+                self.due.remove((found.due_ms, row.seq))?;
+                found.attempts += 1;
+                found.due_ms = due_ms;
+                found.last_error = Some(error);
+                self.due.insert((due_ms, row.seq), ())?;
+                self.rows.insert(row.seq, to_json(&found)?.as_slice())?;
+                Ok(true)
+            }
+            OutboxOp::Park { row, error } => {
+                let Some(mut found) = self.matching(&row)? else {
+                    return Ok(false);
+                };
+                self.due.remove((found.due_ms, row.seq))?;
+                found.attempts += 1;
+                found.parked = true;
+                found.last_error = Some(error);
+                self.rows.insert(row.seq, to_json(&found)?.as_slice())?;
+                Ok(true)
+            }
+            OutboxOp::Replay(seq) => {
+                let Some(mut found) = self.row(seq)?.filter(|r| r.parked) else {
+                    return Ok(false);
+                };
+                found.parked = false;
+                found.attempts = 0;
+                found.due_ms = now_ms;
+                self.due.insert((now_ms, seq), ())?;
+                self.rows.insert(seq, to_json(&found)?.as_slice())?;
+                self.woken = true;
+                Ok(true)
+            }
+        }
+    }
+
+    fn delete_endpoint(&mut self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.endpoint_table.remove(id)?.is_some();
+        self.endpoints.retain(|e| e.id != id);
+        let mut owed = Vec::new();
+        for entry in self.rows.iter()? {
+            let (seq, value) = entry?;
+            let row: OutboxRow = from_json(value.value())?;
+            if row.endpoint == id {
+                owed.push((seq.value(), row));
+            }
+        }
+        for (seq, row) in owed {
+            self.remove(seq, &row)?;
+        }
+        Ok(existed)
+    }
+
+    fn row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        match self.rows.get(seq)? {
+            Some(value) => from_json(value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn matching(&self, row: &RowRef) -> Result<Option<OutboxRow>, StoreError> {
+        Ok(self.row(row.seq)?.filter(|found| found.id == row.id))
+    }
+
+    fn insert(&mut self, row: OutboxRow) -> Result<u64, StoreError> {
+        let seq = match self.rows.last()? {
+            Some((key, _)) => key.value() + 1,
+            None => 0,
+        };
+        self.due.insert((row.due_ms, seq), ())?;
+        self.rows.insert(seq, to_json(&row)?.as_slice())?;
+        self.woken = true;
+        Ok(seq)
+    }
+
+    fn remove(&mut self, seq: u64, row: &OutboxRow) -> Result<(), StoreError> {
+        self.rows.remove(seq)?;
+        self.due.remove((row.due_ms, seq))?;
+        let window = (row.endpoint.as_str(), row.doc.as_str());
+        if self.windows.get(window)?.map(|s| s.value()) == Some(seq) {
+            self.windows.remove(window)?;
+        }
+        Ok(())
+    }
+}
+
+/// The conflict a resolving command names, kept before the command is consumed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResolveOf(pub(super) Option<u64>);
+
+impl ResolveOf {
+    pub(super) fn of(command: &Command) -> ResolveOf {
+        match command {
+            Command::Resolve { conflict, .. } => ResolveOf(Some(*conflict)),
+            _ => ResolveOf(None),
+        }
+    }
+}
+
+impl ChangeWindow {
+    fn extend(&mut self, authors: &[String], now_ms: u64) {
+        self.to_ms = self.to_ms.max(now_ms);
+        self.updates += 1;
+        for author in authors {
+            if self.authors.len() >= MAX_AUTHORS {
+                break;
+            }
+            self.authors.insert(author.clone());
+        }
+    }
+}
+
+impl OutboxRow {
+    fn new(endpoint: String, kind: EventKind, doc: &str, now_ms: u64, data: Value) -> OutboxRow {
+        OutboxRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            endpoint,
+            kind,
+            doc: doc.to_owned(),
+            created_ms: now_ms,
+            due_ms: now_ms,
+            attempts: 0,
+            last_error: None,
+            parked: false,
+            data,
+            window: None,
+        }
+    }
+}
+
+/// How many rows wait: pending (to be sent or retried) and parked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxDepth {
+    /// Rows to be sent or retried.
+    pub pending: u64,
+    /// Rows given up on, waiting for a replay.
+    pub parked: u64,
+}
+
+impl Store {
+    /// Every webhook endpoint. Blocking.
+    pub fn webhook_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+        self.contained(|| {
+            let txn = self.db()?.begin_read()?;
+            let table = txn.open_table(ENDPOINTS)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                out.push(from_json(value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Up to `limit` pending rows due at `now_ms` or before, earliest first. Blocking.
+    pub fn due_webhooks(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxRow)>, StoreError> {
+        self.contained(|| {
+            let txn = self.db()?.begin_read()?;
+            let due = txn.open_table(DUE)?;
+            let rows = txn.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            for entry in due.range((0, 0)..=(now_ms, u64::MAX))?.take(limit) {
+                let (key, _) = entry?;
+                let seq = key.value().1;
+                if let Some(value) = rows.get(seq)? {
+                    out.push((seq, from_json(value.value())?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// When the earliest pending row is due, if any. Blocking.
+    pub fn next_webhook_due(&self) -> Result<Option<u64>, StoreError> {
+        self.contained(|| {
+            let txn = self.db()?.begin_read()?;
+            let due = txn.open_table(DUE)?;
+            Ok(due.first()?.map(|(key, _)| key.value().0))
+        })
+    }
+
+    /// Up to `limit` rows after sequence `after`, optionally only parked ones or those of one
+    /// endpoint, and the outbox's depth. Blocking.
+    pub fn webhook_rows(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&OutboxRow) -> bool,
+    ) -> Result<(Vec<(u64, OutboxRow)>, OutboxDepth), StoreError> {
+        self.contained(|| {
+            let txn = self.db()?.begin_read()?;
+            let rows = txn.open_table(OUTBOX)?;
+            let start = after.map_or(0, |a| a.saturating_add(1));
+            let mut out = Vec::new();
+            let mut depth = OutboxDepth::default();
+            for entry in rows.iter()? {
+                let (key, value) = entry?;
+                let row: OutboxRow = from_json(value.value())?;
+                match row.parked {
+                    true => depth.parked += 1,
+                    false => depth.pending += 1,
+                }
+                if key.value() >= start && out.len() < limit && keep(&row) {
+                    out.push((key.value(), row));
+                }
+            }
+            Ok((out, depth))
+        })
+    }
+}
+
+/// Creates the webhook tables (in `open_database`'s first transaction).
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(ENDPOINTS)?;
+    txn.open_table(OUTBOX)?;
+    txn.open_table(DUE)?;
+    txn.open_table(WINDOWS)?;
+    Ok(())
+}
