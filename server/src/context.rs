@@ -28,6 +28,7 @@ use crate::rooms::RoomSettings;
 use crate::rooms::Rooms;
 use crate::sessions::Registry;
 use crate::store::{Store, StoreWriter};
+use crate::webhooks::{WebhookSettings, Webhooks};
 
 /// What [`AppState::build`] starts from: the storage, the metrics, token verification, and the
 /// task tracker and shutdown signal every task of the relay shares.
@@ -96,6 +97,8 @@ pub struct AppState {
     /// The Quantum listener's address and public key, for `GET /api/v1/quantum`; `None`
     /// when Quantum is off.
     pub quantum: Option<QuantumInfo>,
+    /// Webhook endpoints and their outbox (`/api/v1/webhooks`).
+    pub webhooks: Webhooks,
 }
 
 /// The listener's address and key.
@@ -124,6 +127,11 @@ impl AppState {
             tracker,
             shutdown,
         } = foundation;
+        let webhooks = Webhooks::new(
+            store.clone(),
+            writer.clone(),
+            WebhookSettings::from(config),
+        );
         let rooms = Rooms::new(
             store.clone(),
             writer.clone(),
@@ -163,6 +171,7 @@ impl AppState {
             proxies: config.trusted_proxies.clone(),
             reads: HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
             quantum,
+            webhooks,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod telemetry;
 pub mod tools;
 pub mod wall_clock;
 pub mod web_demo;
+pub mod webhooks;
 pub mod websocket;
 
 use std::future::Future;
@@ -160,6 +161,11 @@ pub async fn run(
         shutdown: token.clone(),
     };
     let state = AppState::build(&config, foundation, quantum_info);
+    tracker.spawn(webhooks::delivery::run(
+        state.webhooks.clone(),
+        state.metrics.webhooks().clone(),
+        token.clone(),
+    ));
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {

@@ -97,6 +97,9 @@ pub struct OutboxRow {
     pub due_ms: u64,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Retries are counted from here (the first due time, or the admin's replay): past the
+    /// retry horizon a failed row is parked.
+    pub retry_from_ms: u64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
     /// Given up on after the retry horizon; waits for an admin's replay.
@@ -236,6 +239,7 @@ impl<'txn> Outbox<'txn> {
                 _ => {
                     let mut row = OutboxRow::new(endpoint.clone(), kind, doc, now_ms, json!({}));
                     row.due_ms = now_ms.saturating_add(debounce_ms);
+                    row.retry_from_ms = row.due_ms;
                     let mut window = ChangeWindow {
                         from_ms: now_ms,
                         ..ChangeWindow::default()
@@ -345,6 +349,7 @@ impl<'txn> Outbox<'txn> {
                 found.parked = false;
                 found.attempts = 0;
                 found.due_ms = now_ms;
+                found.retry_from_ms = now_ms;
                 self.due.insert((now_ms, seq), ())?;
                 self.rows.insert(seq, to_json(&found)?.as_slice())?;
                 self.woken = true;
@@ -439,6 +444,7 @@ impl OutboxRow {
             created_ms: now_ms,
             due_ms: now_ms,
             attempts: 0,
+            retry_from_ms: now_ms,
             last_error: None,
             parked: false,
             data,
