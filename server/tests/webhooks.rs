@@ -1,0 +1,421 @@
+//! Webhooks against the real relay: a receiver started by each test on loopback (which the
+//! relay is told to allow), events signed and verified here with an HMAC of our own,
+//! retries until the receiver recovers, `kill -9` between commit and delivery, debouncing,
+//! the private-address refusal and the admin's replay of parked events.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use common::{Relay, TIMEOUT, YClient, http_json, metric_value};
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "webhook-admin-key-0123456789";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    kind: String,
+    signature: String,
+    body: Vec<u8>,
+    /// Whether the receiver answered 2xx.
+    accepted: bool,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook receiver on loopback: it fails the first `fail` requests with 503, holds every
+/// request without answering while `hang` is set, and answers 200 otherwise.
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<Received>>>,
+    fail: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let me = me.clone();
+                async move { me.receive(&headers, body).await }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    async fn receive(&self, headers: &HeaderMap, body: Bytes) -> StatusCode {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let hang = self.hang.load(Ordering::SeqCst);
+        let fail = !hang
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        self.seen.lock().unwrap().push(Received {
+            id: header("webhook-id"),
+            kind: header("aetherflow-event"),
+            signature: header("aetherflow-signature"),
+            body: body.to_vec(),
+            accepted: !hang && !fail,
+        });
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        match fail {
+            true => StatusCode::SERVICE_UNAVAILABLE,
+            false => StatusCode::OK,
+        }
+    }
+
+    fn seen(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> Vec<Received> {
+        self.seen().into_iter().filter(|r| r.accepted).collect()
+    }
+
+    /// Waits until `done` holds for what the receiver accepted.
+    async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let accepted = self.accepted();
+            if done(&accepted) {
+                return accepted;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {:?}", self.seen());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The relay, allowed to post to loopback, with fast retries.
+fn relay_args(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec![
+        "--admin-key",
+        ADMIN_KEY,
+        "--webhook-allow-private-addresses",
+        "--webhook-retry-initial-ms",
+        "50",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--webhook-debounce-ms") {
+        args.extend_from_slice(&["--webhook-debounce-ms", "200"]);
+    }
+    args
+}
+
+async fn admin(relay: &Relay, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let answer = common::http_raw(relay.addr, method, path, &[("X-Admin-Key", ADMIN_KEY)], &body).await;
+    let json = match answer.body.is_empty() {
+        true => Value::Null,
+        false => answer.json(),
+    };
+    (answer.status, json)
+}
+
+/// `/metrics`, which takes the admin key when the relay has one.
+async fn metrics(relay: &Relay) -> String {
+    common::http_raw(relay.addr, "GET", "/metrics", &[("X-Admin-Key", ADMIN_KEY)], "")
+        .await
+        .body
+}
+
+async fn register_endpoint(relay: &Relay, receiver: SocketAddr, events: &[&str]) -> Value {
+    let body = json!({ "url": format!("http://{receiver}/hook"), "events": events });
+    let (status, endpoint) = admin(relay, "POST", "/api/v1/webhooks", Some(body)).await;
+    assert_eq!(status, 201, "{endpoint}");
+    endpoint
+}
+
+async fn create_doc(relay: &Relay, name: &str, kind: &str) {
+    let body = json!({ "name": name, "kind": kind });
+    let (status, body) = http_json(relay.addr, "POST", "/api/v1/docs", None, Some(body)).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Our own check of the signature header: HMAC-SHA256 over `"{t}.{body}"`.
+fn verify(secret: &str, received: &Received) -> bool {
+    let Some((t, signatures)) = aetherflow_crdt::webhook::parse_signature(&received.signature)
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut payload = format!("{t}.").into_bytes();
+    payload.extend_from_slice(&received.body);
+    signatures
+        .iter()
+        .any(|s| ring::hmac::verify(&key, &payload, s).is_ok())
+}
+
+#[tokio::test]
+async fn events_arrive_signed_verifiable_and_without_content() {
+    let receiver = Receiver::default();
+    let at = receiver.start().await;
+    let relay = Relay::start(&relay_args(&[]));
+    let endpoint = register_endpoint(
+        &relay,
+        at,
+        &["document.created", "register.updated", "document.deleted"],
+    )
+    .await;
+    let secret = endpoint["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+    let (_, listed) = admin(&relay, "GET", "/api/v1/webhooks", None).await;
+    assert!(
+        listed["endpoints"][0].get("secret").is_none(),
+        "a listing never shows the secret: {listed}"
+    );
+
+    create_doc(&relay, "notes", "manual").await;
+    let write = json!({ "value": "top secret value", "base_version": 0 });
+    let (status, _) =
+        http_json(relay.addr, "PUT", "/api/v1/docs/notes/register", None, Some(write)).await;
+    assert_eq!(status, 200);
+    let (status, _) = common::http_request(relay.addr, "DELETE", "/api/v1/docs/notes", None, None).await;
+    assert_eq!(status, 204);
+
+    let mut got = receiver.wait_until("three events", |r| r.len() >= 3).await;
+    // Events are delivered concurrently, in no promised order; their ids (UUIDv7) sort in
+    // the order they were recorded.
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    let kinds: Vec<&str> = got.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["document.created", "register.updated", "document.deleted"]);
+    for event in &got {
+        assert!(verify(secret, event), "signature does not verify: {event:?}");
+        assert!(!verify("whsec_wrong", event), "a wrong secret must not verify");
+        let body = event.json();
+        assert_eq!(body["id"], event.id.as_str(), "the id header is the body's id");
+        assert_eq!(body["document"], "notes");
+        assert!(body["data"].get("content").is_none(), "{body}");
+        assert!(!String::from_utf8_lossy(&event.body).contains("top secret"));
+    }
+    // A tampered body no longer verifies.
+    let mut tampered = got[0].clone();
+    tampered.body = br#"{"id":"forged"}"#.to_vec();
+    assert!(!verify(secret, &tampered));
+    let metrics = metrics(&relay).await;
+    assert_eq!(metric_value(&metrics, "aetherflow_webhook_deliveries_total"), 3.0);
+}
+
+#[tokio::test]
+async fn a_receiver_failing_n_times_then_recovering_gets_every_event_exactly_once() {
+    let receiver = Receiver::default();
+    receiver.fail.store(4, Ordering::SeqCst);
+    let at = receiver.start().await;
+    let relay = Relay::start(&relay_args(&[]));
+    register_endpoint(&relay, at, &["document.created"]).await;
+    for n in 0..5 {
+        create_doc(&relay, &format!("doc-{n}"), "yjs").await;
+    }
+    let got = receiver
+        .wait_until("five distinct events accepted", |r| {
+            r.iter().map(|e| &e.id).collect::<BTreeSet<_>>().len() >= 5
+        })
+        .await;
+    // Let any duplicate show itself before counting: everything is acknowledged, so the
+    // outbox is empty once the relay has recorded the last delivery.
+    wait_for_empty_outbox(&relay).await;
+    let mut accepted_per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for event in receiver.accepted() {
+        *accepted_per_id.entry(event.id).or_default() += 1;
+    }
+    assert_eq!(accepted_per_id.len(), 5, "{got:?}");
+    assert!(
+        accepted_per_id.values().all(|&n| n == 1),
+        "each event accepted exactly once: {accepted_per_id:?}"
+    );
+    let documents: BTreeSet<String> = got
+        .iter()
+        .map(|e| e.json()["document"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(documents.len(), 5);
+    assert_eq!(receiver.seen().len(), 9, "4 refused attempts, then 5 accepted");
+    let metrics = metrics(&relay).await;
+    assert_eq!(metric_value(&metrics, "aetherflow_webhook_retries_total"), 4.0);
+    assert_eq!(metric_value(&metrics, "aetherflow_webhook_failures_total"), 4.0);
+    assert_eq!(metric_value(&metrics, "aetherflow_webhook_deliveries_total"), 5.0);
+}
+
+async fn wait_for_empty_outbox(relay: &Relay) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, page) = admin(relay, "GET", "/api/v1/webhooks/deliveries", None).await;
+        if page["pending"] == 0 && page["parked"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "outbox never emptied: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_committed_before_kill_9_is_delivered_after_restart() {
+    let receiver = Receiver::default();
+    receiver.hang.store(true, Ordering::SeqCst);
+    let at = receiver.start().await;
+    let mut relay = Relay::start(&relay_args(&[]));
+    let temp = relay.take_temp().unwrap();
+    register_endpoint(&relay, at, &["document.created"]).await;
+    create_doc(&relay, "survivor", "yjs").await;
+    // The relay is now between the commit and a delivery it will never finish.
+    let deadline = Instant::now() + TIMEOUT;
+    while receiver.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the first attempt never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = receiver.seen()[0].clone();
+    relay.kill9();
+
+    receiver.hang.store(false, Ordering::SeqCst);
+    let relay = Relay::start_in(temp.path(), &relay_args(&[]));
+    let got = receiver.wait_until("the event after restart", |r| !r.is_empty()).await;
+    assert_eq!(got[0].id, first.id, "the same event, by its idempotency id");
+    assert_eq!(got[0].json()["document"], "survivor");
+    drop(relay);
+}
+
+#[tokio::test]
+async fn changes_are_debounced_per_document_with_their_authors() {
+    let receiver = Receiver::default();
+    let at = receiver.start().await;
+    // A window far longer than the edits take: each document's edits fall in one or two.
+    let relay = Relay::start(&relay_args(&["--webhook-debounce-ms", "3000"]));
+    register_endpoint(&relay, at, &["document.changed"]).await;
+    let mut a = YClient::connect(&relay.ws_url("alpha")).await;
+    let mut b = YClient::connect(&relay.ws_url("beta")).await;
+    for n in 0..5 {
+        a.append(&format!("a{n} ")).await;
+        a.wait_for_echo().await;
+    }
+    b.append("b").await;
+    b.wait_for_echo().await;
+    let got = receiver
+        .wait_until("every update accounted for", |r| {
+            let updates = |doc: &str| -> u64 {
+                r.iter()
+                    .map(Received::json)
+                    .filter(|e| e["document"] == doc)
+                    .map(|e| e["data"]["updates"].as_u64().unwrap())
+                    .sum()
+            };
+            updates("alpha") == 5 && updates("beta") == 1
+        })
+        .await;
+    let alpha: Vec<Value> = got
+        .iter()
+        .map(Received::json)
+        .filter(|e| e["document"] == "alpha")
+        .collect();
+    assert!(alpha.len() < 5, "five edits, debounced into fewer events: {alpha:?}");
+    for event in &alpha {
+        assert_eq!(event["type"], "document.changed");
+        assert_eq!(event["data"]["authors"], json!(["anonymous"]));
+        let (from, to) = (event["data"]["from_ms"].as_u64(), event["data"]["to_ms"].as_u64());
+        assert!(from <= to, "{event}");
+        assert!(event["data"].get("content").is_none());
+    }
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let relay = Relay::start(&["--admin-key", ADMIN_KEY]);
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.10/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://localhost:9/hook",
+    ] {
+        let body = json!({ "url": url, "events": ["document.created"] });
+        let (status, answer) = admin(&relay, "POST", "/api/v1/webhooks", Some(body)).await;
+        assert_eq!(status, 400, "{url}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("refused"), "{url}: {message}");
+    }
+    let (_, listed) = admin(&relay, "GET", "/api/v1/webhooks", None).await;
+    assert_eq!(listed["endpoints"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn bad_endpoint_requests_are_refused_and_change_nothing() {
+    let relay = Relay::start(&["--admin-key", ADMIN_KEY]);
+    for body in [
+        json!({ "url": "ftp://example.com/", "events": ["document.created"] }),
+        json!({ "url": "https://example.com/", "events": [] }),
+        json!({ "url": "https://example.com/", "events": ["document.exploded"] }),
+        json!({ "url": "https://example.com/", "events": ["document.created"], "extra": 1 }),
+        json!({ "url": "https://example.com/", "events": ["document.created"], "debounce_ms": 3_600_001 }),
+        json!({ "events": ["document.created"] }),
+    ] {
+        let (status, answer) = admin(&relay, "POST", "/api/v1/webhooks", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    let (status, _) = http_json(relay.addr, "GET", "/api/v1/webhooks", None, None).await;
+    assert_eq!(status, 401, "the admin key is required");
+    let (_, listed) = admin(&relay, "GET", "/api/v1/webhooks", None).await;
+    assert_eq!(listed["endpoints"], json!([]));
+}
+
+#[tokio::test]
+async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
+    let receiver = Receiver::default();
+    receiver.fail.store(usize::MAX, Ordering::SeqCst);
+    let at = receiver.start().await;
+    let relay = Relay::start(&relay_args(&["--webhook-retry-horizon-secs", "1"]));
+    register_endpoint(&relay, at, &["document.created"]).await;
+    create_doc(&relay, "parked", "yjs").await;
+
+    let deadline = Instant::now() + TIMEOUT;
+    let parked = loop {
+        let (_, page) =
+            admin(&relay, "GET", "/api/v1/webhooks/deliveries?state=parked", None).await;
+        if let Some(row) = page["deliveries"].get(0) {
+            break row.clone();
+        }
+        assert!(Instant::now() < deadline, "never parked: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(parked["state"], "parked");
+    assert!(parked["last_error"].as_str().unwrap().contains("503"), "{parked}");
+    assert!(receiver.accepted().is_empty());
+    let metrics = metrics(&relay).await;
+    assert_eq!(metric_value(&metrics, "aetherflow_webhook_parked_total"), 1.0);
+
+    receiver.fail.store(0, Ordering::SeqCst);
+    let seq = parked["seq"].as_u64().unwrap();
+    let path = format!("/api/v1/webhooks/deliveries/{seq}/replay");
+    let (status, _) = admin(&relay, "POST", &path, None).await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_until("the replayed event", |r| !r.is_empty()).await;
+    assert_eq!(got[0].id, parked["id"].as_str().unwrap(), "replayed under its own id");
+    wait_for_empty_outbox(&relay).await;
+    let (status, _) = admin(&relay, "POST", &path, None).await;
+    assert_eq!(status, 404, "nothing parked is left to replay");
+}
