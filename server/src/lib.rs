@@ -166,6 +166,12 @@ pub async fn run(
         state.metrics.webhooks().clone(),
         token.clone(),
     ));
+    tracker.spawn(
+        state
+            .webhooks
+            .clone()
+            .record_lock_events(state.sessions.rooms.events().clone(), token.clone()),
+    );
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {

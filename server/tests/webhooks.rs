@@ -419,3 +419,98 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
     let (status, _) = admin(&relay, "POST", &path, None).await;
     assert_eq!(status, 404, "nothing parked is left to replay");
 }
+
+#[tokio::test]
+async fn lock_events_and_the_prefix_filter() {
+    let receiver = Receiver::default();
+    let at = receiver.start().await;
+    let relay = Relay::start(&relay_args(&[]));
+    let body = json!({ "url": format!("http://{at}/hook"), "prefix": "team-",
+        "events": ["lock.acquired", "lock.released", "document.created"] });
+    let (status, _) = admin(&relay, "POST", "/api/v1/webhooks", Some(body)).await;
+    assert_eq!(status, 201);
+    create_doc(&relay, "private-notes", "yjs").await;
+    create_doc(&relay, "team-notes", "yjs").await;
+    let lock = json!({ "ttl_ms": 60_000, "holder": "ann" });
+    let (status, answer) =
+        http_json(relay.addr, "POST", "/api/v1/docs/team-notes/lock", None, Some(lock)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = common::http_request(
+        relay.addr,
+        "DELETE",
+        "/api/v1/docs/team-notes/lock?holder=ann",
+        None,
+        None,
+    )
+    .await;
+    assert!(status < 300, "release: {status}");
+    receiver.wait_until("three events", |r| r.len() >= 3).await;
+    wait_for_empty_outbox(&relay).await;
+    let got: Vec<Value> = receiver.accepted().iter().map(Received::json).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let kinds: BTreeSet<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["document.created", "lock.acquired", "lock.released"])
+    );
+    assert!(
+        got.iter().all(|e| e["document"] == "team-notes"),
+        "only documents under the prefix: {got:?}"
+    );
+    let acquired = got.iter().find(|e| e["type"] == "lock.acquired").unwrap();
+    assert_eq!(acquired["data"]["holder"], "ann");
+}
+
+#[tokio::test]
+async fn content_is_sent_only_to_endpoints_that_ask_for_it() {
+    let plain = Receiver::default();
+    let plain_at = plain.start().await;
+    let full = Receiver::default();
+    let full_at = full.start().await;
+    let relay = Relay::start(&relay_args(&[]));
+    register_endpoint(&relay, plain_at, &["register.updated"]).await;
+    let body = json!({ "url": format!("http://{full_at}/hook"), "events": ["register.updated"],
+        "include_content": true });
+    let (status, _) = admin(&relay, "POST", "/api/v1/webhooks", Some(body)).await;
+    assert_eq!(status, 201);
+    create_doc(&relay, "title", "manual").await;
+    let write = json!({ "value": "the new title", "base_version": 0 });
+    let (status, _) =
+        http_json(relay.addr, "PUT", "/api/v1/docs/title/register", None, Some(write)).await;
+    assert_eq!(status, 200);
+    let with_content = full.wait_until("the event", |r| !r.is_empty()).await;
+    let without = plain.wait_until("the event", |r| !r.is_empty()).await;
+    assert!(String::from_utf8_lossy(&with_content[0].body).contains("the new title"));
+    assert!(with_content[0].json()["data"]["content"]["register"].is_object());
+    assert!(!String::from_utf8_lossy(&without[0].body).contains("the new title"));
+}
+
+#[tokio::test]
+async fn every_delivery_checks_the_address_again() {
+    // Registered while private addresses were allowed; the relay restarted without that
+    // permission must not post there, even though the endpoint is stored.
+    let receiver = Receiver::default();
+    let at = receiver.start().await;
+    let mut relay = Relay::start(&relay_args(&[]));
+    let temp = relay.take_temp().unwrap();
+    register_endpoint(&relay, at, &["document.created"]).await;
+    relay.signal_and_wait("TERM");
+    let relay = Relay::start_in(temp.path(), &["--admin-key", ADMIN_KEY]);
+    create_doc(&relay, "nowhere", "yjs").await;
+    let deadline = Instant::now() + TIMEOUT;
+    let row = loop {
+        let (_, page) = admin(&relay, "GET", "/api/v1/webhooks/deliveries", None).await;
+        if let Some(row) = page["deliveries"].get(0)
+            && row["attempts"].as_u64() > Some(0)
+        {
+            break row.clone();
+        }
+        assert!(Instant::now() < deadline, "never attempted: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        row["last_error"].as_str().unwrap().contains("refused"),
+        "{row}"
+    );
+    assert!(receiver.seen().is_empty(), "nothing reached the private address");
+}

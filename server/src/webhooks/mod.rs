@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod delivery;
+pub mod locks;
 pub mod target;
 
 use std::collections::BTreeSet;
@@ -192,6 +193,15 @@ impl Webhooks {
     ) -> Result<(Vec<(u64, OutboxRow)>, OutboxDepth), WebhookError> {
         let store = self.store.clone();
         Ok(blocking(move || store.webhook_rows(after, limit, keep)).await?)
+    }
+
+    /// Records lock events from `events` in the outbox until `shutdown`.
+    pub async fn record_lock_events(
+        self,
+        events: crate::events::Events,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        locks::record(events, self.writer, shutdown).await;
     }
 
     /// Sends a parked row again now, with a fresh retry horizon.
