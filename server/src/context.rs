@@ -127,11 +127,7 @@ impl AppState {
             tracker,
             shutdown,
         } = foundation;
-        let webhooks = Webhooks::new(
-            store.clone(),
-            writer.clone(),
-            WebhookSettings::from(config),
-        );
+        let webhooks = Webhooks::new(store.clone(), writer.clone(), WebhookSettings::from(config));
         let rooms = Rooms::new(
             store.clone(),
             writer.clone(),

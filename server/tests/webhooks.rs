@@ -130,7 +130,14 @@ fn relay_args(extra: &[&'static str]) -> Vec<&'static str> {
 
 async fn admin(relay: &Relay, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let answer = common::http_raw(relay.addr, method, path, &[("X-Admin-Key", ADMIN_KEY)], &body).await;
+    let answer = common::http_raw(
+        relay.addr,
+        method,
+        path,
+        &[("X-Admin-Key", ADMIN_KEY)],
+        &body,
+    )
+    .await;
     let json = match answer.body.is_empty() {
         true => Value::Null,
         false => answer.json(),
@@ -140,9 +147,15 @@ async fn admin(relay: &Relay, method: &str, path: &str, body: Option<Value>) -> 
 
 /// `/metrics`, which takes the admin key when the relay has one.
 async fn metrics(relay: &Relay) -> String {
-    common::http_raw(relay.addr, "GET", "/metrics", &[("X-Admin-Key", ADMIN_KEY)], "")
-        .await
-        .body
+    common::http_raw(
+        relay.addr,
+        "GET",
+        "/metrics",
+        &[("X-Admin-Key", ADMIN_KEY)],
+        "",
+    )
+    .await
+    .body
 }
 
 async fn register_endpoint(relay: &Relay, receiver: SocketAddr, events: &[&str]) -> Value {
@@ -193,10 +206,17 @@ async fn events_arrive_signed_verifiable_and_without_content() {
 
     create_doc(&relay, "notes", "manual").await;
     let write = json!({ "value": "top secret value", "base_version": 0 });
-    let (status, _) =
-        http_json(relay.addr, "PUT", "/api/v1/docs/notes/register", None, Some(write)).await;
+    let (status, _) = http_json(
+        relay.addr,
+        "PUT",
+        "/api/v1/docs/notes/register",
+        None,
+        Some(write),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _) = common::http_request(relay.addr, "DELETE", "/api/v1/docs/notes", None, None).await;
+    let (status, _) =
+        common::http_request(relay.addr, "DELETE", "/api/v1/docs/notes", None, None).await;
     assert_eq!(status, 204);
 
     let mut got = receiver.wait_until("three events", |r| r.len() >= 3).await;
@@ -204,12 +224,25 @@ async fn events_arrive_signed_verifiable_and_without_content() {
     // the order they were recorded.
     got.sort_by(|a, b| a.id.cmp(&b.id));
     let kinds: Vec<&str> = got.iter().map(|r| r.kind.as_str()).collect();
-    assert_eq!(kinds, ["document.created", "register.updated", "document.deleted"]);
+    assert_eq!(
+        kinds,
+        ["document.created", "register.updated", "document.deleted"]
+    );
     for event in &got {
-        assert!(verify(secret, event), "signature does not verify: {event:?}");
-        assert!(!verify("whsec_wrong", event), "a wrong secret must not verify");
+        assert!(
+            verify(secret, event),
+            "signature does not verify: {event:?}"
+        );
+        assert!(
+            !verify("whsec_wrong", event),
+            "a wrong secret must not verify"
+        );
         let body = event.json();
-        assert_eq!(body["id"], event.id.as_str(), "the id header is the body's id");
+        assert_eq!(
+            body["id"],
+            event.id.as_str(),
+            "the id header is the body's id"
+        );
         assert_eq!(body["document"], "notes");
         assert!(body["data"].get("content").is_none(), "{body}");
         assert!(!String::from_utf8_lossy(&event.body).contains("top secret"));
@@ -219,7 +252,10 @@ async fn events_arrive_signed_verifiable_and_without_content() {
     tampered.body = br#"{"id":"forged"}"#.to_vec();
     assert!(!verify(secret, &tampered));
     let metrics = metrics(&relay).await;
-    assert_eq!(metric_value(&metrics, "aetherflow_webhook_deliveries_total"), 3.0);
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_deliveries_total"),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -254,11 +290,24 @@ async fn a_receiver_failing_n_times_then_recovering_gets_every_event_exactly_onc
         .map(|e| e.json()["document"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(documents.len(), 5);
-    assert_eq!(receiver.seen().len(), 9, "4 refused attempts, then 5 accepted");
+    assert_eq!(
+        receiver.seen().len(),
+        9,
+        "4 refused attempts, then 5 accepted"
+    );
     let metrics = metrics(&relay).await;
-    assert_eq!(metric_value(&metrics, "aetherflow_webhook_retries_total"), 4.0);
-    assert_eq!(metric_value(&metrics, "aetherflow_webhook_failures_total"), 4.0);
-    assert_eq!(metric_value(&metrics, "aetherflow_webhook_deliveries_total"), 5.0);
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_retries_total"),
+        4.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_failures_total"),
+        4.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_deliveries_total"),
+        5.0
+    );
 }
 
 async fn wait_for_empty_outbox(relay: &Relay) {
@@ -293,7 +342,9 @@ async fn an_event_committed_before_kill_9_is_delivered_after_restart() {
 
     receiver.hang.store(false, Ordering::SeqCst);
     let relay = Relay::start_in(temp.path(), &relay_args(&[]));
-    let got = receiver.wait_until("the event after restart", |r| !r.is_empty()).await;
+    let got = receiver
+        .wait_until("the event after restart", |r| !r.is_empty())
+        .await;
     assert_eq!(got[0].id, first.id, "the same event, by its idempotency id");
     assert_eq!(got[0].json()["document"], "survivor");
     drop(relay);
@@ -331,11 +382,17 @@ async fn changes_are_debounced_per_document_with_their_authors() {
         .map(Received::json)
         .filter(|e| e["document"] == "alpha")
         .collect();
-    assert!(alpha.len() < 5, "five edits, debounced into fewer events: {alpha:?}");
+    assert!(
+        alpha.len() < 5,
+        "five edits, debounced into fewer events: {alpha:?}"
+    );
     for event in &alpha {
         assert_eq!(event["type"], "document.changed");
         assert_eq!(event["data"]["authors"], json!(["anonymous"]));
-        let (from, to) = (event["data"]["from_ms"].as_u64(), event["data"]["to_ms"].as_u64());
+        let (from, to) = (
+            event["data"]["from_ms"].as_u64(),
+            event["data"]["to_ms"].as_u64(),
+        );
         assert!(from <= to, "{event}");
         assert!(event["data"].get("content").is_none());
     }
@@ -394,8 +451,13 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
 
     let deadline = Instant::now() + TIMEOUT;
     let parked = loop {
-        let (_, page) =
-            admin(&relay, "GET", "/api/v1/webhooks/deliveries?state=parked", None).await;
+        let (_, page) = admin(
+            &relay,
+            "GET",
+            "/api/v1/webhooks/deliveries?state=parked",
+            None,
+        )
+        .await;
         if let Some(row) = page["deliveries"].get(0) {
             break row.clone();
         }
@@ -403,18 +465,30 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(parked["state"], "parked");
-    assert!(parked["last_error"].as_str().unwrap().contains("503"), "{parked}");
+    assert!(
+        parked["last_error"].as_str().unwrap().contains("503"),
+        "{parked}"
+    );
     assert!(receiver.accepted().is_empty());
     let metrics = metrics(&relay).await;
-    assert_eq!(metric_value(&metrics, "aetherflow_webhook_parked_total"), 1.0);
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_parked_total"),
+        1.0
+    );
 
     receiver.fail.store(0, Ordering::SeqCst);
     let seq = parked["seq"].as_u64().unwrap();
     let path = format!("/api/v1/webhooks/deliveries/{seq}/replay");
     let (status, _) = admin(&relay, "POST", &path, None).await;
     assert_eq!(status, 202);
-    let got = receiver.wait_until("the replayed event", |r| !r.is_empty()).await;
-    assert_eq!(got[0].id, parked["id"].as_str().unwrap(), "replayed under its own id");
+    let got = receiver
+        .wait_until("the replayed event", |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        got[0].id,
+        parked["id"].as_str().unwrap(),
+        "replayed under its own id"
+    );
     wait_for_empty_outbox(&relay).await;
     let (status, _) = admin(&relay, "POST", &path, None).await;
     assert_eq!(status, 404, "nothing parked is left to replay");
@@ -432,8 +506,14 @@ async fn lock_events_and_the_prefix_filter() {
     create_doc(&relay, "private-notes", "yjs").await;
     create_doc(&relay, "team-notes", "yjs").await;
     let lock = json!({ "ttl_ms": 60_000, "holder": "ann" });
-    let (status, answer) =
-        http_json(relay.addr, "POST", "/api/v1/docs/team-notes/lock", None, Some(lock)).await;
+    let (status, answer) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs/team-notes/lock",
+        None,
+        Some(lock),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     let (status, _) = common::http_request(
         relay.addr,
@@ -475,8 +555,14 @@ async fn content_is_sent_only_to_endpoints_that_ask_for_it() {
     assert_eq!(status, 201);
     create_doc(&relay, "title", "manual").await;
     let write = json!({ "value": "the new title", "base_version": 0 });
-    let (status, _) =
-        http_json(relay.addr, "PUT", "/api/v1/docs/title/register", None, Some(write)).await;
+    let (status, _) = http_json(
+        relay.addr,
+        "PUT",
+        "/api/v1/docs/title/register",
+        None,
+        Some(write),
+    )
+    .await;
     assert_eq!(status, 200);
     let with_content = full.wait_until("the event", |r| !r.is_empty()).await;
     let without = plain.wait_until("the event", |r| !r.is_empty()).await;
@@ -512,5 +598,8 @@ async fn every_delivery_checks_the_address_again() {
         row["last_error"].as_str().unwrap().contains("refused"),
         "{row}"
     );
-    assert!(receiver.seen().is_empty(), "nothing reached the private address");
+    assert!(
+        receiver.seen().is_empty(),
+        "nothing reached the private address"
+    );
 }

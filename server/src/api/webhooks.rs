@@ -29,10 +29,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/webhooks", get(list).post(create))
         .route("/api/v1/webhooks/deliveries", get(deliveries))
-        .route(
-            "/api/v1/webhooks/deliveries/{seq}/replay",
-            post(replay),
-        )
+        .route("/api/v1/webhooks/deliveries/{seq}/replay", post(replay))
         .route(
             "/api/v1/webhooks/{id}",
             get(get_one).patch(update).delete(remove),
@@ -40,7 +37,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn endpoint_schema(with_secret: bool) -> Value {
-    let mut required = vec!["id", "url", "events", "include_content", "debounce_ms", "created_ms"];
+    let mut required = vec![
+        "id",
+        "url",
+        "events",
+        "include_content",
+        "debounce_ms",
+        "created_ms",
+    ];
     if with_secret {
         required.push("secret");
     }
@@ -94,12 +98,16 @@ fn row_schema() -> Value {
 /// This group's part of the OpenAPI description.
 pub fn paths() -> Value {
     let body = |schema: Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
-    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
+    let id =
+        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
     let list = admin_operation(
         "List webhook endpoints (without their secrets)",
         json!([]),
-        &[(200, json!({ "type": "object", "required": ["endpoints"], "properties": {
-            "endpoints": { "type": "array", "items": endpoint_schema(false) } } }))],
+        &[(
+            200,
+            json!({ "type": "object", "required": ["endpoints"], "properties": {
+            "endpoints": { "type": "array", "items": endpoint_schema(false) } } }),
+        )],
         &[401, 403],
     );
     let mut create = admin_operation(
@@ -109,7 +117,12 @@ pub fn paths() -> Value {
         &[400, 401, 403, 409],
     );
     create["requestBody"] = body(spec_schema(&["url", "events"], false));
-    let get_one = admin_operation("One webhook endpoint", json!([id]), &[(200, endpoint_schema(false))], &[401, 403, 404]);
+    let get_one = admin_operation(
+        "One webhook endpoint",
+        json!([id]),
+        &[(200, endpoint_schema(false))],
+        &[401, 403, 404],
+    );
     let mut update = admin_operation(
         "Change a webhook endpoint's fields; rotate_secret makes a new secret, shown in the answer",
         json!([id]),
@@ -117,7 +130,12 @@ pub fn paths() -> Value {
         &[400, 401, 403, 404],
     );
     update["requestBody"] = body(spec_schema(&[], true));
-    let mut delete = admin_operation("Delete a webhook endpoint and the events still owed to it", json!([id]), &[], &[401, 403, 404]);
+    let mut delete = admin_operation(
+        "Delete a webhook endpoint and the events still owed to it",
+        json!([id]),
+        &[],
+        &[401, 403, 404],
+    );
     delete["responses"]["204"] = json!({ "description": "deleted" });
     let deliveries = admin_operation(
         "Events in the outbox, oldest first: pending (to send or retry) or parked (given up on after the retry horizon)",
@@ -127,17 +145,23 @@ pub fn paths() -> Value {
             { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE } },
             { "name": "after", "in": "query", "description": "next_after of the previous page", "schema": { "type": "integer", "minimum": 0 } }
         ]),
-        &[(200, json!({ "type": "object", "required": ["deliveries", "pending", "parked"], "properties": {
+        &[(
+            200,
+            json!({ "type": "object", "required": ["deliveries", "pending", "parked"], "properties": {
             "deliveries": { "type": "array", "items": row_schema() },
             "pending": { "type": "integer", "minimum": 0 }, "parked": { "type": "integer", "minimum": 0 },
-            "next_after": { "type": "integer", "minimum": 0 } } }))],
+            "next_after": { "type": "integer", "minimum": 0 } } }),
+        )],
         &[400, 401, 403],
     );
     let seq = json!({ "name": "seq", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 0 } });
     let replay = admin_operation(
         "Send a parked event again now (same idempotency id), with a fresh retry horizon",
         json!([seq]),
-        &[(202, json!({ "type": "object", "required": ["replayed"], "properties": { "replayed": { "type": "integer" } } }))],
+        &[(
+            202,
+            json!({ "type": "object", "required": ["replayed"], "properties": { "replayed": { "type": "integer" } } }),
+        )],
         &[400, 401, 403, 404],
     );
     json!({
@@ -151,7 +175,9 @@ pub fn paths() -> Value {
 impl From<WebhookError> for AppError {
     fn from(e: WebhookError) -> AppError {
         match e {
-            WebhookError::Invalid(_) | WebhookError::Target(_) => AppError::BadRequest(e.to_string()),
+            WebhookError::Invalid(_) | WebhookError::Target(_) => {
+                AppError::BadRequest(e.to_string())
+            }
             WebhookError::NotFound(_) => AppError::NotFound(e.to_string()),
             WebhookError::TooMany => AppError::Conflict(e.to_string()),
             WebhookError::Store(e) => AppError::from(e),
@@ -250,7 +276,9 @@ async fn deliveries(
     };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(AppError::BadRequest(format!("limit must be 1 to {MAX_PAGE}")));
+        return Err(AppError::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
     }
     let endpoint = query.endpoint;
     let keep = move |row: &OutboxRow| {

@@ -356,7 +356,11 @@ pub struct Settings {
 
     /// How long a failing webhook event is retried before it is parked as failed (listed by
     /// `GET /api/v1/webhooks/deliveries?state=parked`, replayable), in seconds.
-    #[arg(long, env = "AETHERFLOW_WEBHOOK_RETRY_HORIZON_SECS", value_name = "SECS")]
+    #[arg(
+        long,
+        env = "AETHERFLOW_WEBHOOK_RETRY_HORIZON_SECS",
+        value_name = "SECS"
+    )]
     pub webhook_retry_horizon_secs: Option<u64>,
 
     /// Deadline of one webhook delivery attempt (resolving, connecting, sending, answer), in

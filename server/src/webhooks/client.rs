@@ -149,7 +149,10 @@ where
     let request = Request::post(attempt.target.path.as_str())
         .header(header::HOST, attempt.target.authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, concat!("AetherFlow-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("AetherFlow-Webhooks/", env!("CARGO_PKG_VERSION")),
+        )
         .header(ID_HEADER, attempt.id)
         .header(EVENT_HEADER, attempt.kind)
         .header(ATTEMPT_HEADER, attempt.number)

@@ -161,7 +161,11 @@ impl Webhooks {
     }
 
     /// Changes the fields `spec` names.
-    pub async fn update(&self, id: &str, spec: EndpointSpec) -> Result<EndpointRecord, WebhookError> {
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: EndpointSpec,
+    ) -> Result<EndpointRecord, WebhookError> {
         let mut record = self.get(id).await?;
         if let Some(url) = &spec.url {
             url.clone_into(&mut record.url);
@@ -213,7 +217,11 @@ impl Webhooks {
     }
 
     /// Checks the URL, prefix, content flag and debounce of `spec` into `record`.
-    async fn apply(&self, record: &mut EndpointRecord, spec: EndpointSpec) -> Result<(), WebhookError> {
+    async fn apply(
+        &self,
+        record: &mut EndpointRecord,
+        spec: EndpointSpec,
+    ) -> Result<(), WebhookError> {
         let target = Target::parse(&record.url, self.settings.allow_private)?;
         target.resolve_if_named(self.settings.allow_private).await?;
         if let Some(prefix) = spec.prefix {
@@ -255,14 +263,15 @@ impl Webhooks {
 
 fn parse_events(names: &[String]) -> Result<BTreeSet<EventKind>, WebhookError> {
     if names.is_empty() {
-        return Err(WebhookError::Invalid("events must name at least one event type".into()));
+        return Err(WebhookError::Invalid(
+            "events must name at least one event type".into(),
+        ));
     }
     names
         .iter()
         .map(|name| {
-            EventKind::parse(name).ok_or_else(|| {
-                WebhookError::Invalid(format!("unknown event type {name:?}"))
-            })
+            EventKind::parse(name)
+                .ok_or_else(|| WebhookError::Invalid(format!("unknown event type {name:?}")))
         })
         .collect()
 }

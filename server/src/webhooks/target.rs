@@ -25,7 +25,9 @@ pub enum TargetError {
     #[error("invalid webhook URL: {0}")]
     Invalid(String),
     /// The host is, or resolves to, an address the relay does not post to.
-    #[error("webhook URL refused: {host} is {address}, a {range} address (allow with --webhook-allow-private-addresses)")]
+    #[error(
+        "webhook URL refused: {host} is {address}, a {range} address (allow with --webhook-allow-private-addresses)"
+    )]
     Private {
         /// The URL's host.
         host: String,
@@ -226,7 +228,12 @@ mod tests {
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808"] {
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+        ] {
             assert!(!refused(ip), "{ip} is public");
         }
     }
