@@ -74,7 +74,7 @@ pub struct ChangeWindow {
     pub from_ms: u64,
     /// The last change in the window.
     pub to_ms: u64,
-    /// Committed updates in the window.
+    /// Log entries committed in the window (each one batch of client updates).
     pub updates: u64,
     /// Who made them (token subjects), at most [`MAX_AUTHORS`].
     pub authors: BTreeSet<String>,

@@ -167,3 +167,18 @@ where
         false => Err(AttemptError::Status(status.as_u16())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_matches_the_documented_recipe() {
+        // Python's hmac.new(b"whsec_test", b'1700000000.{"id":"x"}', hashlib.sha256), as the
+        // README's verification snippet computes it.
+        assert_eq!(
+            signature("whsec_test", 1_700_000_000, br#"{"id":"x"}"#),
+            "t=1700000000,v1=80e8d098018f757aa814ab1abb924f35d304affa1d93d29611a54696207eb7c3"
+        );
+    }
+}
