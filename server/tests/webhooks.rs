@@ -118,10 +118,11 @@ fn relay_args(extra: &[&'static str]) -> Vec<&'static str> {
         "--admin-key",
         ADMIN_KEY,
         "--webhook-allow-private-addresses",
-        "--webhook-retry-initial-ms",
-        "50",
     ];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--webhook-retry-initial-ms") {
+        args.extend_from_slice(&["--webhook-retry-initial-ms", "50"]);
+    }
     if !extra.contains(&"--webhook-debounce-ms") {
         args.extend_from_slice(&["--webhook-debounce-ms", "200"]);
     }
@@ -601,5 +602,47 @@ async fn every_delivery_checks_the_address_again() {
     assert!(
         receiver.seen().is_empty(),
         "nothing reached the private address"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_makes_the_relay_hold_one_growing_row_per_document() {
+    // Bounded: while the receiver fails, the relay probes it once per backoff step (the first
+    // retry here is 30 s or more away) and keeps each document's later changes in one open
+    // row, however many debounce windows pass.
+    let receiver = Receiver::default();
+    receiver.fail.store(usize::MAX, Ordering::SeqCst);
+    let at = receiver.start().await;
+    let relay = Relay::start(&relay_args(&[
+        "--webhook-debounce-ms",
+        "50",
+        "--webhook-retry-initial-ms",
+        "60000",
+    ]));
+    register_endpoint(&relay, at, &["document.changed"]).await;
+    let mut client = YClient::connect(&relay.ws_url("busy")).await;
+    for n in 0..10 {
+        client.append(&format!("{n} ")).await;
+        client.wait_for_echo().await;
+        // Past the debounce window, so each edit would open a window of its own.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        if n == 0 {
+            let deadline = Instant::now() + TIMEOUT;
+            while receiver.seen().is_empty() {
+                assert!(Instant::now() < deadline, "the first attempt never came");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let (_, page) = admin(&relay, "GET", "/api/v1/webhooks/deliveries", None).await;
+    assert_eq!(
+        page["pending"], 2,
+        "the failed row and one open row: {page}"
+    );
+    assert_eq!(receiver.seen().len(), 1, "one probe: {:?}", receiver.seen());
+    let metrics = metrics(&relay).await;
+    assert_eq!(
+        metric_value(&metrics, "aetherflow_webhook_outbox_pending"),
+        2.0
     );
 }

@@ -148,14 +148,18 @@ pub enum OutboxOp {
     Replay(u64),
 }
 
-/// A row by sequence and idempotency id: an answer about a row that was removed meanwhile
-/// (its endpoint deleted) must not touch a later row that took its sequence number.
+/// A row as an attempt sent it: an answer about a row that was removed meanwhile (its
+/// endpoint deleted) must not touch a later row that took its sequence number, and an
+/// answer about a change window that grew while the attempt was in flight must not drop what
+/// the receiver has not seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowRef {
     /// The row's sequence number.
     pub seq: u64,
     /// Its idempotency id.
     pub id: String,
+    /// The row's [`OutboxRow::revision`] when it was sent.
+    pub revision: u64,
 }
 
 /// The webhook tables within one write transaction, with the endpoints read once.
@@ -229,8 +233,11 @@ impl<'txn> Outbox<'txn> {
                 None => None,
             };
             match open {
-                // Still open: not yet due, never attempted.
-                Some((seq, mut row)) if row.attempts == 0 && !row.parked && now_ms < row.due_ms => {
+                // Still open: never attempted (or its first attempt is in flight: the answer
+                // then sees the row grew, see `RowRef::revision`). While an endpoint fails,
+                // the delivery task attempts one row of it at a time, so its other documents
+                // keep one open row each instead of one per window.
+                Some((seq, mut row)) if row.attempts == 0 && !row.parked => {
                     if let Some(window) = &mut row.window {
                         window.extend(authors, now_ms);
                     }
@@ -313,32 +320,49 @@ impl<'txn> Outbox<'txn> {
                 Ok(true)
             }
             OutboxOp::Delivered(row) => {
-                let Some(found) = self.matching(&row)? else {
+                let Some(mut found) = self.matching(&row)? else {
                     return Ok(false);
                 };
-                self.remove(row.seq, &found)?;
+                if found.revision() == row.revision {
+                    self.remove(row.seq, &found)?;
+                } else {
+                    let due_ms = now_ms.saturating_add(self.debounce_ms(&found.endpoint));
+                    self.reschedule(row.seq, &mut found, |r| r.renew(due_ms))?;
+                }
                 Ok(true)
             }
             OutboxOp::Retry { row, due_ms, error } => {
                 let Some(mut found) = self.matching(&row)? else {
                     return Ok(false);
                 };
-                self.due.remove((found.due_ms, row.seq))?;
-                found.attempts += 1;
-                found.due_ms = due_ms;
-                found.last_error = Some(error);
-                self.due.insert((due_ms, row.seq), ())?;
-                self.rows.insert(row.seq, to_json(&found)?.as_slice())?;
+                let grew = found.revision() != row.revision;
+                self.reschedule(row.seq, &mut found, |r| {
+                    if grew {
+                        // What the receiver never saw goes out as a new event.
+                        r.renew(due_ms);
+                    } else {
+                        r.attempts += 1;
+                        r.due_ms = due_ms;
+                    }
+                    r.last_error = Some(error);
+                })?;
                 Ok(true)
             }
             OutboxOp::Park { row, error } => {
                 let Some(mut found) = self.matching(&row)? else {
                     return Ok(false);
                 };
+                let grew = found.revision() != row.revision;
                 self.due.remove((found.due_ms, row.seq))?;
-                found.attempts += 1;
-                found.parked = true;
-                found.last_error = Some(error);
+                if grew {
+                    // What the receiver never saw goes out as a new event.
+                    found.renew(now_ms);
+                    self.due.insert((found.due_ms, row.seq), ())?;
+                } else {
+                    found.attempts += 1;
+                    found.parked = true;
+                    found.last_error = Some(error);
+                }
                 self.rows.insert(row.seq, to_json(&found)?.as_slice())?;
                 Ok(true)
             }
@@ -356,6 +380,28 @@ impl<'txn> Outbox<'txn> {
                 Ok(true)
             }
         }
+    }
+
+    /// Changes a pending row with `change`, keeping the `due` index in step.
+    fn reschedule(
+        &mut self,
+        seq: u64,
+        row: &mut OutboxRow,
+        change: impl FnOnce(&mut OutboxRow),
+    ) -> Result<(), StoreError> {
+        self.due.remove((row.due_ms, seq))?;
+        change(row);
+        self.due.insert((row.due_ms, seq), ())?;
+        self.rows.insert(seq, to_json(row)?.as_slice())?;
+        self.woken = true;
+        Ok(())
+    }
+
+    fn debounce_ms(&self, endpoint: &str) -> u64 {
+        self.endpoints
+            .iter()
+            .find(|e| e.id == endpoint)
+            .map_or(0, |e| e.debounce_ms)
     }
 
     fn delete_endpoint(&mut self, id: &str) -> Result<bool, StoreError> {
@@ -435,6 +481,23 @@ impl ChangeWindow {
 }
 
 impl OutboxRow {
+    /// How many commits a change window holds (0 for other events): it grows while the row
+    /// waits, and tells an answer about an older state of the row from one about this one.
+    pub fn revision(&self) -> u64 {
+        self.window.as_ref().map_or(0, |w| w.updates)
+    }
+
+    /// The row grew while an attempt of an older state was in flight: it becomes a new event
+    /// (a new id, so a receiver that saw the old state does not discard it) covering the
+    /// whole window again, due after the endpoint's debounce time.
+    fn renew(&mut self, due_ms: u64) {
+        self.id = uuid::Uuid::now_v7().to_string();
+        self.attempts = 0;
+        self.due_ms = due_ms;
+        self.retry_from_ms = due_ms;
+        self.last_error = None;
+    }
+
     fn new(endpoint: String, kind: EventKind, doc: &str, now_ms: u64, data: Value) -> OutboxRow {
         OutboxRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -508,8 +571,8 @@ impl Store {
         })
     }
 
-    /// Up to `limit` rows after sequence `after`, optionally only parked ones or those of one
-    /// endpoint, and the outbox's depth. Blocking.
+    /// Up to `limit` rows after sequence `after` that pass `keep`, and the outbox's depth.
+    /// Blocking.
     pub fn webhook_rows(
         &self,
         after: Option<u64>,
@@ -521,21 +584,34 @@ impl Store {
             let rows = txn.open_table(OUTBOX)?;
             let start = after.map_or(0, |a| a.saturating_add(1));
             let mut out = Vec::new();
-            let mut depth = OutboxDepth::default();
-            for entry in rows.iter()? {
-                let (key, value) = entry?;
-                let row: OutboxRow = from_json(value.value())?;
-                match row.parked {
-                    true => depth.parked += 1,
-                    false => depth.pending += 1,
-                }
-                if key.value() >= start && out.len() < limit && keep(&row) {
-                    out.push((key.value(), row));
+            if limit > 0 {
+                for entry in rows.range(start..)? {
+                    let (key, value) = entry?;
+                    let row: OutboxRow = from_json(value.value())?;
+                    if keep(&row) {
+                        out.push((key.value(), row));
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-            Ok((out, depth))
+            Ok((out, depth_of(&rows, &txn.open_table(DUE)?)?))
         })
     }
+}
+
+/// Pending rows are those in the `due` index; the others are parked. Both lengths are kept
+/// by redb, so this reads no row.
+fn depth_of(
+    rows: &impl redb::ReadableTableMetadata,
+    due: &impl redb::ReadableTableMetadata,
+) -> Result<OutboxDepth, StoreError> {
+    let pending = due.len()?;
+    Ok(OutboxDepth {
+        pending,
+        parked: rows.len()?.saturating_sub(pending),
+    })
 }
 
 /// Creates the webhook tables (in `open_database`'s first transaction).
@@ -545,4 +621,74 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DUE)?;
     txn.open_table(WINDOWS)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreWriter, WriteMode, WriteOp};
+
+    fn endpoint() -> EndpointRecord {
+        EndpointRecord {
+            id: "e1".into(),
+            url: "http://example.com/".into(),
+            events: BTreeSet::from([EventKind::DocumentChanged]),
+            prefix: None,
+            secret: "whsec_test".into(),
+            include_content: false,
+            debounce_ms: 0,
+            created_ms: 0,
+        }
+    }
+
+    async fn append(writer: &StoreWriter, doc: &DocName) {
+        let op = WriteOp::Append {
+            doc: doc.clone(),
+            update: vec![0, 0],
+            authors: vec!["ann".into()],
+        };
+        writer.commit(op).await.expect("committed");
+    }
+
+    #[tokio::test]
+    async fn a_window_that_grew_during_its_delivery_goes_out_again_under_a_new_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let doc = DocName::parse("notes").expect("valid name");
+        let op = WriteOp::Webhook(OutboxOp::PutEndpoint(endpoint()));
+        writer.commit(op).await.expect("committed");
+        append(&writer, &doc).await;
+        let (seq, sent) = store.due_webhooks(u64::MAX, 10).expect("readable")[0].clone();
+        let sent_ref = RowRef {
+            seq,
+            id: sent.id.clone(),
+            revision: sent.revision(),
+        };
+        // A commit lands while the attempt is in flight: same row, one more update.
+        append(&writer, &doc).await;
+        let op = WriteOp::Webhook(OutboxOp::Delivered(sent_ref));
+        writer.commit(op).await.expect("committed");
+        let rows = store.due_webhooks(u64::MAX, 10).expect("readable");
+        assert_eq!(rows.len(), 1, "the grown row is kept: {rows:?}");
+        let (_, kept) = &rows[0];
+        assert_ne!(
+            kept.id, sent.id,
+            "a new id: the receiver already has the old one"
+        );
+        assert_eq!(kept.revision(), 2);
+        // Delivered as it is now, it is gone.
+        let op = WriteOp::Webhook(OutboxOp::Delivered(RowRef {
+            seq,
+            id: kept.id.clone(),
+            revision: kept.revision(),
+        }));
+        writer.commit(op).await.expect("committed");
+        assert!(
+            store
+                .due_webhooks(u64::MAX, 10)
+                .expect("readable")
+                .is_empty()
+        );
+    }
 }

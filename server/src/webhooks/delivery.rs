@@ -7,7 +7,7 @@
 //! At shutdown attempts in flight are abandoned; their rows stay due and go out after the
 //! restart.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aetherflow_crdt::webhook::{EventBody, EventKind};
@@ -32,21 +32,66 @@ const POLL: Duration = Duration::from_secs(1);
 /// Longest delay between two attempts of one event.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// The attempts in flight, and the endpoints that failed their last attempt.
+///
+/// While an endpoint fails, one of its rows at a time is attempted (the earliest due, once the
+/// failed attempt's retry time has come): a receiver that is down gets one probe per backoff
+/// step instead of one request per event, and its other rows are left unattempted, so that a
+/// document's `document.changed` row keeps growing instead of a new one opening every window.
+#[derive(Default)]
+struct Flights {
+    /// Attempt task → (row sequence, endpoint).
+    running: HashMap<tokio::task::Id, (u64, String)>,
+    /// Endpoint → when its failed row is retried, ms since the Unix epoch.
+    failing: HashMap<String, u64>,
+}
+
+impl Flights {
+    fn may_start(&self, seq: u64, endpoint: &str, now_ms: u64) -> bool {
+        if self.running.values().any(|(s, _)| *s == seq) {
+            return false;
+        }
+        match self.failing.get(endpoint) {
+            Some(&until) => now_ms >= until && !self.running.values().any(|(_, e)| e == endpoint),
+            None => true,
+        }
+    }
+
+    fn finished(&mut self, id: tokio::task::Id, outcome: Option<Outcome>) {
+        let Some((_, endpoint)) = self.running.remove(&id) else {
+            return;
+        };
+        match outcome {
+            Some(Outcome::Delivered) => {
+                self.failing.remove(&endpoint);
+            }
+            Some(Outcome::Failed { retry_at }) => {
+                self.failing.insert(endpoint, retry_at);
+            }
+            // The task panicked; the row is untouched and due again.
+            None => {}
+        }
+    }
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Delivered,
+    Failed {
+        /// When the endpoint may be tried again.
+        retry_at: u64,
+    },
+}
+
 /// Runs until `shutdown`.
 pub async fn run(hooks: Webhooks, metrics: WebhookMetrics, shutdown: CancellationToken) {
     let client = Client::new(hooks.settings.allow_private, hooks.settings.timeout);
     let mut attempts = JoinSet::new();
-    let mut in_flight: HashMap<tokio::task::Id, u64> = HashMap::new();
+    let mut flights = Flights::default();
     let mut last_depth = tokio::time::Instant::now() - POLL;
     loop {
-        let busy: HashSet<u64> = in_flight.values().copied().collect();
-        let wait = match start_due(&hooks, &client, &metrics, &busy, &mut attempts).await {
-            Ok((started, wait)) => {
-                for (id, seq) in started {
-                    in_flight.insert(id, seq);
-                }
-                wait
-            }
+        let wait = match start_due(&hooks, &client, &metrics, &mut flights, &mut attempts).await {
+            Ok(wait) => wait,
             Err(e) => {
                 warn!(error = %e, "cannot read the webhook outbox");
                 POLL
@@ -60,11 +105,10 @@ pub async fn run(hooks: Webhooks, metrics: WebhookMetrics, shutdown: Cancellatio
             () = shutdown.cancelled() => break,
             () = hooks.store.webhooks_recorded() => {}
             Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
-                };
-                in_flight.remove(&id);
+                match done {
+                    Ok((id, outcome)) => flights.finished(id, Some(outcome)),
+                    Err(e) => flights.finished(e.id(), None),
+                }
             }
             () = tokio::time::sleep(wait) => {}
         }
@@ -73,17 +117,15 @@ pub async fn run(hooks: Webhooks, metrics: WebhookMetrics, shutdown: Cancellatio
     debug!("webhook delivery stopped");
 }
 
-type Started = (Vec<(tokio::task::Id, u64)>, Duration);
-
-/// Starts an attempt for each due row not in flight, as far as [`MAX_IN_FLIGHT`] allows;
-/// returns the tasks started and how long to wait before looking again.
+/// Starts an attempt for each due row that [`Flights::may_start`], as far as
+/// [`MAX_IN_FLIGHT`] allows; returns how long to wait before looking again.
 async fn start_due(
     hooks: &Webhooks,
     client: &Client,
     metrics: &WebhookMetrics,
-    busy: &HashSet<u64>,
-    attempts: &mut JoinSet<()>,
-) -> Result<Started, crate::store::StoreError> {
+    flights: &mut Flights,
+    attempts: &mut JoinSet<Outcome>,
+) -> Result<Duration, crate::store::StoreError> {
     let now = now_ms();
     let store = hooks.store.clone();
     let limit = MAX_IN_FLIGHT * 4;
@@ -95,9 +137,8 @@ async fn start_due(
     })
     .await
     .map_err(|e| crate::store::StoreError::Unreadable(e.to_string()))??;
-    let mut started = Vec::new();
     for (seq, row) in due {
-        if busy.contains(&seq) || attempts.len() >= MAX_IN_FLIGHT {
+        if attempts.len() >= MAX_IN_FLIGHT || !flights.may_start(seq, &row.endpoint, now) {
             continue;
         }
         // Rows of a deleted endpoint were removed with it; one read before that is skipped.
@@ -112,17 +153,17 @@ async fn start_due(
             row,
             endpoint,
         };
+        let name = job.endpoint.id.clone();
         let handle = attempts.spawn(job.run());
-        started.push((handle.id(), seq));
+        flights.running.insert(handle.id(), (seq, name));
     }
-    let wait = match next {
+    Ok(match next {
         Some(due) if due > now => Duration::from_millis(due - now).min(POLL),
-        // Something is due but in flight (or over the in-flight bound): an attempt's end
-        // wakes the loop; look again within the poll interval in any case.
+        // Something is due but in flight, held back or over the in-flight bound: an
+        // attempt's end wakes the loop; look again within the poll interval in any case.
         Some(_) => POLL / 4,
         None => POLL,
-    };
-    Ok((started, wait))
+    })
 }
 
 async fn record_depth(store: &Store, metrics: &WebhookMetrics) {
@@ -144,14 +185,16 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self) {
+    async fn run(self) -> Outcome {
         let number = self.row.attempts + 1;
         let result = self.send(number).await;
         let row = RowRef {
             seq: self.seq,
             id: self.row.id.clone(),
+            revision: self.row.revision(),
         };
         let now = now_ms();
+        let mut outcome = Outcome::Delivered;
         let op = match result {
             Ok(()) => {
                 self.metrics.delivered();
@@ -163,6 +206,7 @@ impl Job {
                 let horizon = self.hooks.settings.retry_horizon;
                 let delay = backoff(self.hooks.settings.retry_initial, self.row.attempts);
                 let retry_at = now.saturating_add(millis(delay));
+                outcome = Outcome::Failed { retry_at };
                 if retry_at.saturating_sub(self.row.retry_from_ms) > millis(horizon) {
                     warn!(id = %row.id, endpoint = %self.endpoint.id, attempts = number, %error,
                         "webhook parked: failing past the retry horizon");
@@ -184,6 +228,7 @@ impl Job {
             // The row stays as it was: it is sent again (at least once).
             warn!(error = %e, "cannot record a webhook attempt");
         }
+        outcome
     }
 
     async fn send(&self, number: u32) -> Result<(), AttemptError> {
