@@ -8,109 +8,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use common::webhook_receiver::{Received, Receiver};
 use common::{Relay, TIMEOUT, YClient, http_json, metric_value};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "webhook-admin-key-0123456789";
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    id: String,
-    kind: String,
-    signature: String,
-    body: Vec<u8>,
-    /// Whether the receiver answered 2xx.
-    accepted: bool,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-/// A webhook receiver on loopback: it fails the first `fail` requests with 503, holds every
-/// request without answering while `hang` is set, and answers 200 otherwise.
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: Arc<Mutex<Vec<Received>>>,
-    fail: Arc<AtomicUsize>,
-    hang: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    async fn start(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let me = self.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let me = me.clone();
-                async move { me.receive(&headers, body).await }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    }
-
-    async fn receive(&self, headers: &HeaderMap, body: Bytes) -> StatusCode {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        let hang = self.hang.load(Ordering::SeqCst);
-        let fail = !hang
-            && self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        self.seen.lock().unwrap().push(Received {
-            id: header("webhook-id"),
-            kind: header("aetherflow-event"),
-            signature: header("aetherflow-signature"),
-            body: body.to_vec(),
-            accepted: !hang && !fail,
-        });
-        if hang {
-            std::future::pending::<()>().await;
-        }
-        match fail {
-            true => StatusCode::SERVICE_UNAVAILABLE,
-            false => StatusCode::OK,
-        }
-    }
-
-    fn seen(&self) -> Vec<Received> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn accepted(&self) -> Vec<Received> {
-        self.seen().into_iter().filter(|r| r.accepted).collect()
-    }
-
-    /// Waits until `done` holds for what the receiver accepted.
-    async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let accepted = self.accepted();
-            if done(&accepted) {
-                return accepted;
-            }
-            assert!(Instant::now() < deadline, "never {what}: {:?}", self.seen());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// The relay, allowed to post to loopback, with fast retries.
 fn relay_args(extra: &[&'static str]) -> Vec<&'static str> {

@@ -27,6 +27,8 @@ use crate::wall_clock::now_ms;
 
 /// Attempts in flight at once, over every endpoint.
 pub const MAX_IN_FLIGHT: usize = 16;
+/// Due rows of each endpoint read per look at the outbox.
+const PER_ENDPOINT: usize = 4;
 /// Longest wait between two looks at the outbox.
 const POLL: Duration = Duration::from_secs(1);
 /// Longest delay between two attempts of one event.
@@ -128,10 +130,8 @@ async fn start_due(
 ) -> Result<Duration, crate::store::StoreError> {
     let now = now_ms();
     let store = hooks.store.clone();
-    let limit = MAX_IN_FLIGHT * 4;
     let (due, next, endpoints) = tokio::task::spawn_blocking(move || {
-        let due = store.due_webhooks(now, limit)?;
-        let next = store.next_webhook_due()?;
+        let (due, next) = store.due_webhooks(now, PER_ENDPOINT)?;
         let endpoints = store.webhook_endpoints()?;
         Ok::<_, crate::store::StoreError>((due, next, endpoints))
     })

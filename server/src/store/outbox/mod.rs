@@ -18,20 +18,21 @@ use std::collections::BTreeSet;
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, Outcome, lww, manual};
 use aetherflow_crdt::webhook::EventKind;
-use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::StoreError;
 use super::documents::{from_json, to_json};
-use super::{Store, StoreError};
 
 /// Endpoint id → [`EndpointRecord`] as JSON.
 pub(super) const ENDPOINTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("webhook_endpoints");
 /// Sequence → [`OutboxRow`] as JSON.
 pub(super) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_outbox");
-/// (due time in ms, sequence) of every pending row.
-pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("webhook_due");
+/// (endpoint id, due time in ms, sequence) of every pending row: each endpoint's rows in
+/// time order, so one endpoint's backlog never hides another's due rows.
+pub(super) const DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("webhook_due");
 /// (endpoint id, document) → sequence of its open `document.changed` row.
 pub(super) const WINDOWS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("webhook_windows");
@@ -167,7 +168,7 @@ pub(super) struct Outbox<'txn> {
     endpoints: Vec<EndpointRecord>,
     endpoint_table: Table<'txn, &'static str, &'static [u8]>,
     rows: Table<'txn, u64, &'static [u8]>,
-    due: Table<'txn, (u64, u64), ()>,
+    due: Table<'txn, (&'static str, u64, u64), ()>,
     windows: Table<'txn, (&'static str, &'static str), u64>,
     /// Rows recorded or made due in this transaction: the delivery task is woken if any.
     pub(super) woken: bool,
@@ -353,11 +354,13 @@ impl<'txn> Outbox<'txn> {
                     return Ok(false);
                 };
                 let grew = found.revision() != row.revision;
-                self.due.remove((found.due_ms, row.seq))?;
+                self.due
+                    .remove((found.endpoint.as_str(), found.due_ms, row.seq))?;
                 if grew {
                     // What the receiver never saw goes out as a new event.
                     found.renew(now_ms);
-                    self.due.insert((found.due_ms, row.seq), ())?;
+                    self.due
+                        .insert((found.endpoint.as_str(), found.due_ms, row.seq), ())?;
                 } else {
                     found.attempts += 1;
                     found.parked = true;
@@ -374,7 +377,8 @@ impl<'txn> Outbox<'txn> {
                 found.attempts = 0;
                 found.due_ms = now_ms;
                 found.retry_from_ms = now_ms;
-                self.due.insert((now_ms, seq), ())?;
+                self.due
+                    .insert((found.endpoint.as_str(), now_ms, seq), ())?;
                 self.rows.insert(seq, to_json(&found)?.as_slice())?;
                 self.woken = true;
                 Ok(true)
@@ -389,9 +393,10 @@ impl<'txn> Outbox<'txn> {
         row: &mut OutboxRow,
         change: impl FnOnce(&mut OutboxRow),
     ) -> Result<(), StoreError> {
-        self.due.remove((row.due_ms, seq))?;
+        self.due.remove((row.endpoint.as_str(), row.due_ms, seq))?;
         change(row);
-        self.due.insert((row.due_ms, seq), ())?;
+        self.due
+            .insert((row.endpoint.as_str(), row.due_ms, seq), ())?;
         self.rows.insert(seq, to_json(row)?.as_slice())?;
         self.woken = true;
         Ok(())
@@ -437,7 +442,8 @@ impl<'txn> Outbox<'txn> {
             Some((key, _)) => key.value() + 1,
             None => 0,
         };
-        self.due.insert((row.due_ms, seq), ())?;
+        self.due
+            .insert((row.endpoint.as_str(), row.due_ms, seq), ())?;
         self.rows.insert(seq, to_json(&row)?.as_slice())?;
         self.woken = true;
         Ok(seq)
@@ -445,7 +451,7 @@ impl<'txn> Outbox<'txn> {
 
     fn remove(&mut self, seq: u64, row: &OutboxRow) -> Result<(), StoreError> {
         self.rows.remove(seq)?;
-        self.due.remove((row.due_ms, seq))?;
+        self.due.remove((row.endpoint.as_str(), row.due_ms, seq))?;
         let window = (row.endpoint.as_str(), row.doc.as_str());
         if self.windows.get(window)?.map(|s| s.value()) == Some(seq) {
             self.windows.remove(window)?;
@@ -516,103 +522,8 @@ impl OutboxRow {
     }
 }
 
-/// How many rows wait: pending (to be sent or retried) and parked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxDepth {
-    /// Rows to be sent or retried.
-    pub pending: u64,
-    /// Rows given up on, waiting for a replay.
-    pub parked: u64,
-}
-
-impl Store {
-    /// Every webhook endpoint. Blocking.
-    pub fn webhook_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
-        self.contained(|| {
-            let txn = self.db()?.begin_read()?;
-            let table = txn.open_table(ENDPOINTS)?;
-            let mut out = Vec::new();
-            for entry in table.iter()? {
-                let (_, value) = entry?;
-                out.push(from_json(value.value())?);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Up to `limit` pending rows due at `now_ms` or before, earliest first. Blocking.
-    pub fn due_webhooks(
-        &self,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboxRow)>, StoreError> {
-        self.contained(|| {
-            let txn = self.db()?.begin_read()?;
-            let due = txn.open_table(DUE)?;
-            let rows = txn.open_table(OUTBOX)?;
-            let mut out = Vec::new();
-            for entry in due.range((0, 0)..=(now_ms, u64::MAX))?.take(limit) {
-                let (key, _) = entry?;
-                let seq = key.value().1;
-                if let Some(value) = rows.get(seq)? {
-                    out.push((seq, from_json(value.value())?));
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// When the earliest pending row is due, if any. Blocking.
-    pub fn next_webhook_due(&self) -> Result<Option<u64>, StoreError> {
-        self.contained(|| {
-            let txn = self.db()?.begin_read()?;
-            let due = txn.open_table(DUE)?;
-            Ok(due.first()?.map(|(key, _)| key.value().0))
-        })
-    }
-
-    /// Up to `limit` rows after sequence `after` that pass `keep`, and the outbox's depth.
-    /// Blocking.
-    pub fn webhook_rows(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-        keep: impl Fn(&OutboxRow) -> bool,
-    ) -> Result<(Vec<(u64, OutboxRow)>, OutboxDepth), StoreError> {
-        self.contained(|| {
-            let txn = self.db()?.begin_read()?;
-            let rows = txn.open_table(OUTBOX)?;
-            let start = after.map_or(0, |a| a.saturating_add(1));
-            let mut out = Vec::new();
-            if limit > 0 {
-                for entry in rows.range(start..)? {
-                    let (key, value) = entry?;
-                    let row: OutboxRow = from_json(value.value())?;
-                    if keep(&row) {
-                        out.push((key.value(), row));
-                    }
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok((out, depth_of(&rows, &txn.open_table(DUE)?)?))
-        })
-    }
-}
-
-/// Pending rows are those in the `due` index; the others are parked. Both lengths are kept
-/// by redb, so this reads no row.
-fn depth_of(
-    rows: &impl redb::ReadableTableMetadata,
-    due: &impl redb::ReadableTableMetadata,
-) -> Result<OutboxDepth, StoreError> {
-    let pending = due.len()?;
-    Ok(OutboxDepth {
-        pending,
-        parked: rows.len()?.saturating_sub(pending),
-    })
-}
+mod reads;
+pub use reads::OutboxDepth;
 
 /// Creates the webhook tables (in `open_database`'s first transaction).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -624,71 +535,4 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{StoreWriter, WriteMode, WriteOp};
-
-    fn endpoint() -> EndpointRecord {
-        EndpointRecord {
-            id: "e1".into(),
-            url: "http://example.com/".into(),
-            events: BTreeSet::from([EventKind::DocumentChanged]),
-            prefix: None,
-            secret: "whsec_test".into(),
-            include_content: false,
-            debounce_ms: 0,
-            created_ms: 0,
-        }
-    }
-
-    async fn append(writer: &StoreWriter, doc: &DocName) {
-        let op = WriteOp::Append {
-            doc: doc.clone(),
-            update: vec![0, 0],
-            authors: vec!["ann".into()],
-        };
-        writer.commit(op).await.expect("committed");
-    }
-
-    #[tokio::test]
-    async fn a_window_that_grew_during_its_delivery_goes_out_again_under_a_new_id() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-        let doc = DocName::parse("notes").expect("valid name");
-        let op = WriteOp::Webhook(OutboxOp::PutEndpoint(endpoint()));
-        writer.commit(op).await.expect("committed");
-        append(&writer, &doc).await;
-        let (seq, sent) = store.due_webhooks(u64::MAX, 10).expect("readable")[0].clone();
-        let sent_ref = RowRef {
-            seq,
-            id: sent.id.clone(),
-            revision: sent.revision(),
-        };
-        // A commit lands while the attempt is in flight: same row, one more update.
-        append(&writer, &doc).await;
-        let op = WriteOp::Webhook(OutboxOp::Delivered(sent_ref));
-        writer.commit(op).await.expect("committed");
-        let rows = store.due_webhooks(u64::MAX, 10).expect("readable");
-        assert_eq!(rows.len(), 1, "the grown row is kept: {rows:?}");
-        let (_, kept) = &rows[0];
-        assert_ne!(
-            kept.id, sent.id,
-            "a new id: the receiver already has the old one"
-        );
-        assert_eq!(kept.revision(), 2);
-        // Delivered as it is now, it is gone.
-        let op = WriteOp::Webhook(OutboxOp::Delivered(RowRef {
-            seq,
-            id: kept.id.clone(),
-            revision: kept.revision(),
-        }));
-        writer.commit(op).await.expect("committed");
-        assert!(
-            store
-                .due_webhooks(u64::MAX, 10)
-                .expect("readable")
-                .is_empty()
-        );
-    }
-}
+mod tests;
