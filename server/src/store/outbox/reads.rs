@@ -7,6 +7,9 @@ use super::{DUE, ENDPOINTS, EndpointRecord, OUTBOX, OutboxRow};
 use crate::store::documents::from_json;
 use crate::store::{Store, StoreError};
 
+/// Due rows by sequence, and when the earliest pending row is due.
+pub type DueRows = (Vec<(u64, OutboxRow)>, Option<u64>);
+
 /// How many rows wait: pending (to be sent or retried) and parked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutboxDepth {
@@ -38,7 +41,7 @@ impl Store {
         &self,
         now_ms: u64,
         per_endpoint: usize,
-    ) -> Result<(Vec<(u64, OutboxRow)>, Option<u64>), StoreError> {
+    ) -> Result<DueRows, StoreError> {
         self.contained(|| {
             let txn = self.db()?.begin_read()?;
             let endpoints = txn.open_table(ENDPOINTS)?;

@@ -1,7 +1,7 @@
 //! The outbox's rules against a real database and writer.
 
 use super::*;
-use crate::store::{StoreWriter, WriteMode, WriteOp};
+use crate::store::{Store, StoreWriter, WriteMode, WriteOp};
 
 fn endpoint() -> EndpointRecord {
     EndpointRecord {
