@@ -2,8 +2,8 @@
 # What webhooks cost on the commit path: the relay-ingest trace (one sender, one receiver, one
 # document) through release relays with no webhook endpoint ("none"), with one endpoint
 # subscribed to document.changed at the default 2 s debounce ("debounced": every commit
-# extends one outbox row), and with debounce 0 ("every-commit": every commit records a row and
-# the receiver gets one request per commit). Rounds alternate the variants; the relay runs on
+# extends one outbox row), and with debounce 0 ("debounce-0": a row is due at once, and the
+# commits that land while it waits for its attempt still join it). Rounds alternate the variants; the relay runs on
 # core 1, the load generator and the receiver on core 0.
 #
 #   cargo build --release --locked -p aetherflow-server -p aetherflow-benches
@@ -62,7 +62,7 @@ run() {
   local debounce=""
   case "$variant" in
     debounced) debounce=2000 ;;
-    every-commit) debounce=0 ;;
+    debounce-0) debounce=0 ;;
   esac
   if [ -n "$debounce" ]; then
     curl -sf -X POST "http://$addr/api/v1/webhooks" -H "x-admin-key: $key" \
@@ -82,7 +82,7 @@ run() {
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'variant\trelay_s\twebhook_requests\n'
 for round in $(seq 1 "$rounds"); do
-  for variant in none debounced every-commit; do
+  for variant in none debounced debounce-0; do
     run "$variant"
   done
 done

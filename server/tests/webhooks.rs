@@ -353,6 +353,28 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
     let at = receiver.start().await;
     let relay = Relay::start(&relay_args(&["--webhook-retry-horizon-secs", "1"]));
     register_endpoint(&relay, at, &["document.created"]).await;
+    create_doc(&relay, "dropped", "yjs").await;
+    // The first event parks, then the next is attempted (one at a time while failing).
+    let deadline = Instant::now() + TIMEOUT;
+    let dropped = loop {
+        let (_, page) = admin(
+            &relay,
+            "GET",
+            "/api/v1/webhooks/deliveries?state=parked",
+            None,
+        )
+        .await;
+        if let Some(row) = page["deliveries"].get(0) {
+            break row.clone();
+        }
+        assert!(Instant::now() < deadline, "never parked: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let path = format!("/api/v1/webhooks/deliveries/{}", dropped["seq"]);
+    let (status, _) = admin(&relay, "DELETE", &path, None).await;
+    assert_eq!(status, 204, "the admin discards a parked event");
+    let (status, _) = admin(&relay, "DELETE", &path, None).await;
+    assert_eq!(status, 404);
     create_doc(&relay, "parked", "yjs").await;
 
     let deadline = Instant::now() + TIMEOUT;
@@ -379,7 +401,7 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
     let metrics = metrics(&relay).await;
     assert_eq!(
         metric_value(&metrics, "aetherflow_webhook_parked_total"),
-        1.0
+        2.0
     );
 
     receiver.fail.store(0, Ordering::SeqCst);
@@ -396,6 +418,16 @@ async fn parked_events_are_listed_and_the_admins_replay_delivers_them() {
         "replayed under its own id"
     );
     wait_for_empty_outbox(&relay).await;
+    let documents: Vec<Value> = receiver
+        .accepted()
+        .iter()
+        .map(|r| r.json()["document"].clone())
+        .collect();
+    assert_eq!(
+        documents,
+        [json!("parked")],
+        "the discarded event never went out"
+    );
     let (status, _) = admin(&relay, "POST", &path, None).await;
     assert_eq!(status, 404, "nothing parked is left to replay");
 }

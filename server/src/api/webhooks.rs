@@ -1,6 +1,7 @@
 //! Admin routes for webhooks (see [`crate::webhooks`]): endpoints under
 //! `/api/v1/webhooks` (create, list, get, update, delete) and the outbox under
-//! `/api/v1/webhooks/deliveries` (list pending or parked events, replay a parked one).
+//! `/api/v1/webhooks/deliveries` (list pending or parked events, replay or discard a parked
+//! one).
 //!
 //! An endpoint's secret is shown when it is created and when an update rotates it, never in
 //! a listing.
@@ -30,6 +31,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/webhooks", get(list).post(create))
         .route("/api/v1/webhooks/deliveries", get(deliveries))
         .route("/api/v1/webhooks/deliveries/{seq}/replay", post(replay))
+        .route(
+            "/api/v1/webhooks/deliveries/{seq}",
+            axum::routing::delete(discard),
+        )
         .route(
             "/api/v1/webhooks/{id}",
             get(get_one).patch(update).delete(remove),
@@ -164,8 +169,16 @@ pub fn paths() -> Value {
         )],
         &[400, 401, 403, 404],
     );
+    let mut discard = admin_operation(
+        "Discard a parked event: removed without being sent",
+        json!([seq]),
+        &[],
+        &[400, 401, 403, 404],
+    );
+    discard["responses"]["204"] = json!({ "description": "discarded" });
     json!({
         "/api/v1/webhooks": { "get": list, "post": create },
+        "/api/v1/webhooks/deliveries/{seq}": { "delete": discard },
         "/api/v1/webhooks/{id}": { "get": get_one, "patch": update, "delete": delete },
         "/api/v1/webhooks/deliveries": { "get": deliveries },
         "/api/v1/webhooks/deliveries/{seq}/replay": { "post": replay },
@@ -296,15 +309,28 @@ async fn deliveries(
     Ok(Json(out))
 }
 
+fn parse_seq(seq: &str) -> Result<u64, AppError> {
+    seq.parse()
+        .map_err(|_| AppError::BadRequest(format!("delivery {seq:?} is not an integer")))
+}
+
+async fn discard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+) -> Result<StatusCode, AppError> {
+    state.admin.require(&state.auth, &headers)?;
+    state.webhooks.discard(parse_seq(&seq)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(seq): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     state.admin.require(&state.auth, &headers)?;
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| AppError::BadRequest(format!("delivery {seq:?} is not an integer")))?;
+    let seq = parse_seq(&seq)?;
     state.webhooks.replay(seq).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": seq }))))
 }

@@ -216,6 +216,14 @@ impl Webhooks {
         }
     }
 
+    /// Removes a parked row without sending it.
+    pub async fn discard(&self, seq: u64) -> Result<(), WebhookError> {
+        match self.write(OutboxOp::Discard(seq)).await? {
+            true => Ok(()),
+            false => Err(WebhookError::NotFound(format!("parked delivery {seq}"))),
+        }
+    }
+
     /// Checks the URL, prefix, content flag and debounce of `spec` into `record`.
     async fn apply(
         &self,

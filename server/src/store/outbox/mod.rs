@@ -147,6 +147,8 @@ pub enum OutboxOp {
     },
     /// An admin asks for a parked row to be sent again now.
     Replay(u64),
+    /// An admin gives up on a parked row: it is removed, never sent.
+    Discard(u64),
 }
 
 /// A row as an attempt sent it: an answer about a row that was removed meanwhile (its
@@ -367,6 +369,13 @@ impl<'txn> Outbox<'txn> {
                     found.last_error = Some(error);
                 }
                 self.rows.insert(row.seq, to_json(&found)?.as_slice())?;
+                Ok(true)
+            }
+            OutboxOp::Discard(seq) => {
+                let Some(found) = self.row(seq)?.filter(|r| r.parked) else {
+                    return Ok(false);
+                };
+                self.remove(seq, &found)?;
                 Ok(true)
             }
             OutboxOp::Replay(seq) => {

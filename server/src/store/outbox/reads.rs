@@ -37,11 +37,7 @@ impl Store {
     /// Up to `per_endpoint` pending rows of each endpoint due at `now_ms` or before, each
     /// endpoint's earliest first, and when the earliest pending row of any endpoint is due.
     /// Blocking.
-    pub fn due_webhooks(
-        &self,
-        now_ms: u64,
-        per_endpoint: usize,
-    ) -> Result<DueRows, StoreError> {
+    pub fn due_webhooks(&self, now_ms: u64, per_endpoint: usize) -> Result<DueRows, StoreError> {
         self.contained(|| {
             let txn = self.db()?.begin_read()?;
             let endpoints = txn.open_table(ENDPOINTS)?;
