@@ -31,6 +31,9 @@ pub enum AttemptError {
     /// The receiver answered, but not 2xx (a redirect included: redirects are not followed).
     #[error("answered {0}")]
     Status(u16),
+    /// The document's content (asked for by the endpoint) could not be read.
+    #[error("cannot read the document's content: {0}")]
+    Content(String),
     /// No answer within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),

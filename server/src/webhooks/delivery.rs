@@ -8,11 +8,13 @@
 //! restart.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aetherflow_crdt::webhook::{EventBody, EventKind};
 use rand::Rng;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,6 +29,9 @@ use crate::wall_clock::now_ms;
 
 /// Attempts in flight at once, over every endpoint.
 pub const MAX_IN_FLIGHT: usize = 16;
+/// Document loads for `include_content` running at once: each holds a blocking thread and a
+/// copy of the document.
+const CONTENT_READS: usize = 2;
 /// Due rows of each endpoint read per look at the outbox.
 const PER_ENDPOINT: usize = 4;
 /// Longest wait between two looks at the outbox.
@@ -88,11 +93,20 @@ enum Outcome {
 /// Runs until `shutdown`.
 pub async fn run(hooks: Webhooks, metrics: WebhookMetrics, shutdown: CancellationToken) {
     let client = Client::new(hooks.settings.allow_private, hooks.settings.timeout);
+    let reads = Arc::new(Semaphore::new(CONTENT_READS));
     let mut attempts = JoinSet::new();
     let mut flights = Flights::default();
     let mut last_depth = tokio::time::Instant::now() - POLL;
     loop {
-        let wait = match start_due(&hooks, &client, &metrics, &mut flights, &mut attempts).await {
+        let started = start_due(
+            &hooks,
+            &client,
+            &metrics,
+            &reads,
+            &mut flights,
+            &mut attempts,
+        );
+        let wait = match started.await {
             Ok(wait) => wait,
             Err(e) => {
                 warn!(error = %e, "cannot read the webhook outbox");
@@ -125,6 +139,7 @@ async fn start_due(
     hooks: &Webhooks,
     client: &Client,
     metrics: &WebhookMetrics,
+    reads: &Arc<Semaphore>,
     flights: &mut Flights,
     attempts: &mut JoinSet<Outcome>,
 ) -> Result<Duration, crate::store::StoreError> {
@@ -137,6 +152,10 @@ async fn start_due(
     })
     .await
     .map_err(|e| crate::store::StoreError::Unreadable(e.to_string()))??;
+    // Forget endpoints deleted since they failed.
+    flights
+        .failing
+        .retain(|id, _| endpoints.iter().any(|e| &e.id == id));
     for (seq, row) in due {
         if attempts.len() >= MAX_IN_FLIGHT || !flights.may_start(seq, &row.endpoint, now) {
             continue;
@@ -149,6 +168,7 @@ async fn start_due(
             hooks: hooks.clone(),
             client: client.clone(),
             metrics: metrics.clone(),
+            reads: reads.clone(),
             seq,
             row,
             endpoint,
@@ -179,6 +199,8 @@ struct Job {
     hooks: Webhooks,
     client: Client,
     metrics: WebhookMetrics,
+    /// Permits for content reads ([`CONTENT_READS`]).
+    reads: Arc<Semaphore>,
     seq: u64,
     row: OutboxRow,
     endpoint: EndpointRecord,
@@ -256,13 +278,18 @@ impl Job {
     async fn content(&self) -> Result<Value, AttemptError> {
         let store = self.hooks.store.clone();
         let doc = aetherflow_crdt::DocName::parse(&self.row.doc)
-            .map_err(|e| AttemptError::Http(format!("document name: {e}")))?;
+            .map_err(|e| AttemptError::Content(format!("document name: {e}")))?;
         let kind = self.row.kind;
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|e| AttemptError::Content(e.to_string()))?;
         let read = tokio::task::spawn_blocking(move || content_of(&store, &doc, kind)).await;
         match read {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(AttemptError::Http(format!("cannot read the content: {e}"))),
-            Err(e) => Err(AttemptError::Http(format!("cannot read the content: {e}"))),
+            Ok(Err(e)) => Err(AttemptError::Content(e)),
+            Err(e) => Err(AttemptError::Content(e.to_string())),
         }
     }
 }
