@@ -157,6 +157,8 @@ async fn events_arrive_signed_verifiable_and_without_content() {
     let mut tampered = got[0].clone();
     tampered.body = br#"{"id":"forged"}"#.to_vec();
     assert!(!verify(secret, &tampered));
+    // Counted before the delivery is recorded, so once the outbox is empty.
+    wait_for_empty_outbox(&relay).await;
     let metrics = metrics(&relay).await;
     assert_eq!(
         metric_value(&metrics, "aetherflow_webhook_deliveries_total"),

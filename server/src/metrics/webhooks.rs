@@ -1,6 +1,6 @@
 //! What webhook delivery records: deliveries, failed attempts, retries scheduled, rows parked,
-//! and the outbox's depth (pending and parked rows), which the delivery task sets after each
-//! look at the outbox.
+//! and the outbox's depth (pending and parked rows), which `/metrics` sets at each scrape and
+//! the delivery task once a second.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;

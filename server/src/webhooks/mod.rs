@@ -208,6 +208,12 @@ impl Webhooks {
         locks::record(events, self.writer, shutdown).await;
     }
 
+    /// How many outbox rows are pending and parked.
+    pub async fn depth(&self) -> Result<(u64, u64), WebhookError> {
+        let (_, depth) = self.rows(None, 0, |_| false).await?;
+        Ok((depth.pending, depth.parked))
+    }
+
     /// Sends a parked row again now, with a fresh retry horizon.
     pub async fn replay(&self, seq: u64) -> Result<(), WebhookError> {
         match self.write(OutboxOp::Replay(seq)).await? {
