@@ -52,20 +52,24 @@ port="$(cat "$work/receiver.port")"
 
 run() {
   local variant="$1" data="$work/data-$variant-$RANDOM"
+  # A ready file of its own: the background start may truncate a shared one only after the
+  # loop below has read the previous relay's address.
+  local ready="$data.ready"
   taskset -c 1 "$bin" --http-addr 127.0.0.1:0 --quantum-addr off --data-dir "$data" \
     --durability "$durability" --message-rate-per-sec 0 --admin-key "$key" \
-    --webhook-allow-private-addresses >"$work/ready" 2>"$work/relay.log" &
+    --webhook-allow-private-addresses >"$ready" 2>"$work/relay.log" &
   relay_pid=$!
-  for _ in $(seq 1 100); do grep -q "aetherflow ready" "$work/ready" && break; sleep 0.05; done
+  for _ in $(seq 1 300); do grep -q "aetherflow ready" "$ready" 2>/dev/null && break; sleep 0.1; done
   local addr
-  addr="$(sed -n 's/^aetherflow ready: http:\/\///p' "$work/ready")"
+  addr="$(sed -n 's/^aetherflow ready: http:\/\///p' "$ready")"
+  [ -n "$addr" ] || { echo "relay did not start: $(cat "$work/relay.log")" >&2; exit 1; }
   local debounce=""
   case "$variant" in
     debounced) debounce=2000 ;;
     debounce-0) debounce=0 ;;
   esac
   if [ -n "$debounce" ]; then
-    curl -sf -X POST "http://$addr/api/v1/webhooks" -H "x-admin-key: $key" \
+    curl -sf --retry 5 --retry-connrefused -X POST "http://$addr/api/v1/webhooks" -H "x-admin-key: $key" \
       -H 'content-type: application/json' \
       -d "{\"url\":\"http://127.0.0.1:$port/hook\",\"events\":[\"document.changed\"],\"debounce_ms\":$debounce}" >/dev/null
   fi
@@ -75,7 +79,7 @@ run() {
   sleep 3
   after="$(curl -sf "http://127.0.0.1:$port/")"
   kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=""
-  rm -rf "$data"
+  rm -rf "$data" "$ready"
   printf '%s\t%s\t%s\n' "$variant" "$seconds" "$((after - before))"
 }
 
