@@ -7,7 +7,8 @@
 //! then goes to those checked addresses, never to a second lookup, so a name cannot resolve
 //! to a public address for the check and a private one for the request. Loopback, private,
 //! link-local, shared (CGNAT), unique-local, multicast, documentation and reserved ranges are
-//! refused unless the admin allows private addresses (`--webhook-allow-private-addresses`).
+//! refused (also when embedded in IPv4-mapped, IPv4-compatible, NAT64 or 6to4 IPv6 addresses)
+//! unless the admin allows private addresses (`--webhook-allow-private-addresses`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -187,6 +188,12 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
             return refused_v4(embedded_v4(ip));
         }
         0 if segments[..6] == [0; 6] => return refused_v4(embedded_v4(ip)),
+        // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits.
+        0x2002 => {
+            let [a, b] = segments[1].to_be_bytes();
+            let [c, d] = segments[2].to_be_bytes();
+            return refused_v4(Ipv4Addr::new(a, b, c, d));
+        }
         _ => return None,
     };
     Some(range)
@@ -225,6 +232,8 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
             "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
