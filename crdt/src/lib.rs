@@ -44,6 +44,7 @@ pub mod register;
 pub mod room;
 pub mod update_check;
 pub mod update_file;
+pub mod webhook;
 
 pub use awareness::{Awareness, AwarenessError};
 pub use doc_name::{DocName, DocNameError, MAX_DOC_NAME_BYTES};

@@ -28,12 +28,17 @@ use crate::rooms::RoomSettings;
 use crate::rooms::Rooms;
 use crate::sessions::Registry;
 use crate::storage::Storage;
+use crate::store::StoreWriter;
+use crate::webhooks::{WebhookSettings, Webhooks};
 
 /// What [`AppState::build`] starts from: the storage, the metrics, token verification, and the
 /// task tracker and shutdown signal every task of the relay shares.
 pub struct Foundation {
     /// The storage engine, seen through its interfaces.
     pub storage: Storage,
+    /// The embedded engine's store and writer, which keep the webhooks' outbox in the same
+    /// commits as the changes; `None` in cluster mode, which has no webhooks yet.
+    pub embedded: Option<(crate::store::Store, StoreWriter)>,
     /// The relay's metrics.
     pub metrics: Metrics,
     /// Token verification.
@@ -98,6 +103,9 @@ pub struct AppState {
     pub quantum: Option<QuantumInfo>,
     /// Most documents one Hocuspocus connection may hold open (`--hocuspocus-max-documents`).
     pub hocuspocus_max_documents: usize,
+    /// Webhook endpoints and their outbox (`/api/v1/webhooks`); `None` in cluster mode,
+    /// whose engine keeps no outbox yet.
+    pub webhooks: Option<Webhooks>,
 }
 
 /// The listener's address and key.
@@ -120,11 +128,14 @@ impl AppState {
     ) -> AppState {
         let Foundation {
             storage,
+            embedded,
             metrics,
             auth,
             tracker,
             shutdown,
         } = foundation;
+        let webhooks = embedded
+            .map(|(store, writer)| Webhooks::new(store, writer, WebhookSettings::from(config)));
         let rooms = Rooms::new(
             storage.clone(),
             RoomSettings::from(config),
@@ -164,6 +175,7 @@ impl AppState {
             reads: HeavyReads::new(config.max_content_reads, config.max_content_json_bytes),
             quantum,
             hocuspocus_max_documents: config.hocuspocus_max_documents,
+            webhooks,
         }
     }
 }

@@ -62,6 +62,10 @@ pub enum AppError {
         "the relay cannot write to its storage (disk full or I/O error); nothing was changed, retry later"
     )]
     StorageUnavailable,
+    /// The feature needs the embedded store, and this relay runs in cluster mode (501
+    /// `not_in_cluster_mode`).
+    #[error("{0} needs the embedded store; cluster mode (--cluster) does not have it yet")]
+    NotInClusterMode(&'static str),
     /// Too many heavy reads run already (503 `busy`, `Retry-After: 1`).
     #[error("{0}")]
     Busy(String),
@@ -175,6 +179,11 @@ impl AppError {
             AppError::StorageUnavailable => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "storage_unavailable",
+                self.to_string(),
+            ),
+            AppError::NotInClusterMode(_) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not_in_cluster_mode",
                 self.to_string(),
             ),
             AppError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", self.to_string()),

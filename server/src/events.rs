@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aetherflow_crdt::DocName;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// Events a listener may fall behind by before it is told it missed some (`lagged`).
 pub const EVENT_BUFFER: usize = 256;
@@ -31,7 +31,19 @@ pub use aetherflow_crdt::event::DocEvent;
 #[derive(Clone, Default)]
 pub struct Events {
     channels: Arc<Mutex<HashMap<DocName, broadcast::Sender<Arc<DocEvent>>>>>,
+    /// One listener to the events of every document that pass its filter (webhooks' lock
+    /// events), if any.
+    tap: Arc<Mutex<Option<Tap>>>,
 }
+
+/// What [`Events::tap`] set up.
+struct Tap {
+    keep: fn(&DocEvent) -> bool,
+    tx: mpsc::Sender<(DocName, Arc<DocEvent>)>,
+}
+
+/// Events of every document that a tap holds before it drops new ones.
+pub const TAP_BUFFER: usize = 1024;
 
 impl Events {
     /// An empty bus.
@@ -58,11 +70,27 @@ impl Events {
             .subscribe()
     }
 
+    /// Listens to the events of every document that pass `keep`, replacing any earlier tap.
+    /// Up to [`TAP_BUFFER`] events wait for the receiver; beyond that new ones are dropped
+    /// (and logged), so a slow receiver never holds up a publisher.
+    pub fn tap(&self, keep: fn(&DocEvent) -> bool) -> mpsc::Receiver<(DocName, Arc<DocEvent>)> {
+        let (tx, rx) = mpsc::channel(TAP_BUFFER);
+        *self.tap.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tap { keep, tx });
+        rx
+    }
+
     /// Tells `doc`'s listeners, if any.
     pub fn publish(&self, doc: &DocName, event: DocEvent) {
+        let event = Arc::new(event);
+        if let Some(tap) = &*self.tap.lock().unwrap_or_else(|p| p.into_inner())
+            && (tap.keep)(&event)
+            && tap.tx.try_send((doc.clone(), event.clone())).is_err()
+        {
+            tracing::warn!(doc = %doc, "event tap full or closed: event not passed on");
+        }
         let mut channels = self.lock();
         if let Some(tx) = channels.get(doc)
-            && tx.send(Arc::new(event)).is_err()
+            && tx.send(event).is_err()
         {
             // Nobody listens any more.
             channels.remove(doc);

@@ -193,9 +193,10 @@ mod tests {
     fn router_in(dir: &std::path::Path) -> Router {
         let config = Config::from_settings(Settings::default()).expect("the default config");
         let store = Store::open(&dir.join("db.redb")).expect("store");
-        let (storage, _) = store::start(store, WriteMode::Durable, Metrics::new());
+        let (storage, writer, _) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
         let foundation = Foundation {
             storage,
+            embedded: Some((store, writer)),
             metrics: Metrics::new(),
             auth: Auth::new(None, None).expect("an open relay"),
             tracker: TaskTracker::new(),

@@ -43,6 +43,7 @@ pub mod telemetry;
 pub mod tools;
 pub mod wall_clock;
 pub mod web_demo;
+pub mod webhooks;
 pub mod websocket;
 
 use std::future::Future;
@@ -100,7 +101,11 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let metrics = metrics::Metrics::new();
-    let (storage, writer_task) = open_storage(&config, &metrics).await?;
+    let Opened {
+        storage,
+        embedded,
+        writer_task,
+    } = open_storage(&config, &metrics).await?;
     let auth = Auth::new(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
@@ -132,12 +137,23 @@ pub async fn run(
         });
     let foundation = context::Foundation {
         storage,
+        embedded,
         metrics,
         auth,
         tracker: tracker.clone(),
         shutdown: token.clone(),
     };
     let state = AppState::build(&config, foundation, quantum_info);
+    if let Some(hooks) = &state.webhooks {
+        let metrics = state.metrics.webhooks().clone();
+        tracker.spawn(webhooks::delivery::run(
+            hooks.clone(),
+            metrics,
+            token.clone(),
+        ));
+        let events = state.sessions.rooms.events().clone();
+        tracker.spawn(hooks.clone().record_lock_events(events, token.clone()));
+    }
     // Sessions end when their tokens expire: one task for all of them.
     tracker.spawn(state.registry.clone().close_expired(token.clone()));
     let quantum_ctx = quantum::QuantumContext {
@@ -196,16 +212,17 @@ pub async fn run(
 
 /// Opens the storage: cluster mode's JetStream when `--cluster` is set, else the redb file in
 /// the data directory, checked first (unless `--skip-integrity-check`), with its writer task.
-async fn open_storage(
-    config: &Config,
-    metrics: &metrics::Metrics,
-) -> anyhow::Result<(storage::Storage, Option<tokio::task::JoinHandle<()>>)> {
+async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Result<Opened> {
     if let Some(cluster) = &config.cluster {
         let engine = jetstream::JetStreamEngine::connect(cluster)
             .await
             .context("cannot reach the cluster's JetStream")?;
         info!(prefix = %cluster.prefix, replicas = cluster.replicas, "cluster mode: documents in JetStream");
-        return Ok((storage::Storage::of(engine), None));
+        return Ok(Opened {
+            storage: storage::Storage::of(engine),
+            embedded: None,
+            writer_task: None,
+        });
     }
     let path = config.database_path();
     let skip_check = config.skip_integrity_check;
@@ -231,8 +248,22 @@ async fn open_storage(
     if let Some(report) = &integrity {
         metrics.damaged_at_start(report.damaged_documents().len());
     }
-    let (storage, writer_task) = store::start(store, mode, metrics.clone());
-    Ok((storage, Some(writer_task)))
+    let (storage, writer, writer_task) = store::start(store.clone(), mode, metrics.clone());
+    Ok(Opened {
+        storage,
+        embedded: Some((store, writer)),
+        writer_task: Some(writer_task),
+    })
+}
+
+/// The storage [`open_storage`] opened.
+struct Opened {
+    storage: storage::Storage,
+    /// The embedded engine's store and writer (for the webhooks' outbox); `None` in cluster
+    /// mode.
+    embedded: Option<(Store, store::StoreWriter)>,
+    /// The embedded engine's writer task, awaited at shutdown for its final commit.
+    writer_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Loads (or on first start generates) the relay's Quantum key and binds the listener. The

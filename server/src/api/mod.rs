@@ -12,7 +12,7 @@
 //! A route group contributes its routes with `routes()` and its part of the OpenAPI
 //! description with `paths()`; [`openapi::document`] merges the parts.
 //!
-//! The admin routes ([`sessions`], [`tokens`]; see [`crate::admin`]) take the admin key instead
+//! The admin routes ([`sessions`], [`tokens`], [`webhooks`]; see [`crate::admin`]) take the admin key instead
 //! of a client token.
 
 pub mod content;
@@ -26,6 +26,7 @@ pub mod registers;
 pub mod scrape;
 pub mod sessions;
 pub mod tokens;
+pub mod webhooks;
 
 use aetherflow_crdt::DocName;
 use axum::Json;
@@ -53,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .merge(quantum::routes())
         .merge(sessions::routes())
         .merge(tokens::routes())
+        .merge(webhooks::routes())
 }
 
 pub(crate) fn doc_name(name: &str) -> Result<DocName, AppError> {

@@ -21,6 +21,7 @@ pub const GROUPS: &[fn() -> Value] = &[
     super::live::paths,
     super::sessions::paths,
     super::tokens::paths,
+    super::webhooks::paths,
     super::quantum::paths,
     paths,
 ];

@@ -36,6 +36,12 @@ async fn metrics(
     if let Err(refusal) = admit(&state, &headers, &extensions) {
         return refusal.into_response();
     }
+    // The webhook outbox's depth as of this scrape (two table lengths, no rows read).
+    if let Some(hooks) = &state.webhooks
+        && let Ok((pending, parked)) = hooks.depth().await
+    {
+        state.metrics.webhooks().outbox_depth(pending, parked);
+    }
     let text = state.metrics.render(&state.registry.census());
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],

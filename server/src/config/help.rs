@@ -19,7 +19,8 @@ use super::{
     DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS, DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
     DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS, DEFAULT_MAX_DOC_BYTES,
     DEFAULT_MAX_DOC_ITEMS, DEFAULT_MAX_UPDATE_ITEMS, DEFAULT_OUTBOX_MAX_BYTES,
-    DEFAULT_QUANTUM_MAX_DOCUMENTS,
+    DEFAULT_QUANTUM_MAX_DOCUMENTS, DEFAULT_WEBHOOK_DEBOUNCE_MS, DEFAULT_WEBHOOK_RETRY_HORIZON_SECS,
+    DEFAULT_WEBHOOK_RETRY_INITIAL_MS, DEFAULT_WEBHOOK_TIMEOUT_SECS,
 };
 
 /// The clap command of the `aetherflow` binary, with every setting's help ending in its
@@ -116,6 +117,20 @@ fn help_suffixes() -> Vec<(&'static str, String)> {
             default(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
         ),
         ("max_content_reads", default(DEFAULT_MAX_CONTENT_READS)),
+        ("webhook_debounce_ms", default(DEFAULT_WEBHOOK_DEBOUNCE_MS)),
+        (
+            "webhook_retry_initial_ms",
+            default(DEFAULT_WEBHOOK_RETRY_INITIAL_MS),
+        ),
+        (
+            "webhook_retry_horizon_secs",
+            default(format!("{DEFAULT_WEBHOOK_RETRY_HORIZON_SECS} (24 h)")),
+        ),
+        (
+            "webhook_timeout_secs",
+            default(DEFAULT_WEBHOOK_TIMEOUT_SECS),
+        ),
+        ("webhook_allow_private_addresses", default("false")),
         (
             "max_content_json_bytes",
             default(mib(DEFAULT_MAX_CONTENT_JSON_BYTES)),

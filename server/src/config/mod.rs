@@ -63,6 +63,14 @@ pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_CONTENT_READS: usize = 2;
 /// Default largest JSON body `GET .../content` answers: 64 MiB.
 pub const DEFAULT_MAX_CONTENT_JSON_BYTES: usize = 64 * 1024 * 1024;
+/// Default debounce window of webhook `document.changed` events, in milliseconds.
+pub const DEFAULT_WEBHOOK_DEBOUNCE_MS: u64 = 2000;
+/// Default first retry delay of a failed webhook delivery, in milliseconds.
+pub const DEFAULT_WEBHOOK_RETRY_INITIAL_MS: u64 = 1000;
+/// Default time failed webhook deliveries are retried before they are parked: a day.
+pub const DEFAULT_WEBHOOK_RETRY_HORIZON_SECS: u64 = 24 * 60 * 60;
+/// Default deadline of one webhook delivery attempt, in seconds.
+pub const DEFAULT_WEBHOOK_TIMEOUT_SECS: u64 = 10;
 /// File descriptors kept out of the default connection cap for everything else the relay
 /// opens (the database, the Quantum socket, blocking threads' files), at least; see
 /// [`default_max_connections`].
@@ -360,6 +368,43 @@ pub struct Settings {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, env = "AETHERFLOW_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// Default debounce window of a webhook endpoint's `document.changed` events, in
+    /// milliseconds: changes to one document within it make one event (an endpoint may set
+    /// its own).
+    #[arg(long, env = "AETHERFLOW_WEBHOOK_DEBOUNCE_MS", value_name = "MS")]
+    pub webhook_debounce_ms: Option<u64>,
+
+    /// Delay before a failed webhook delivery is retried the first time, in milliseconds;
+    /// each later retry waits twice as long (up to an hour), with jitter.
+    #[arg(long, env = "AETHERFLOW_WEBHOOK_RETRY_INITIAL_MS", value_name = "MS")]
+    pub webhook_retry_initial_ms: Option<u64>,
+
+    /// How long a failing webhook event is retried before it is parked as failed (listed by
+    /// `GET /api/v1/webhooks/deliveries?state=parked`, replayable), in seconds.
+    #[arg(
+        long,
+        env = "AETHERFLOW_WEBHOOK_RETRY_HORIZON_SECS",
+        value_name = "SECS"
+    )]
+    pub webhook_retry_horizon_secs: Option<u64>,
+
+    /// Deadline of one webhook delivery attempt (resolving, connecting, sending, answer), in
+    /// seconds.
+    #[arg(long, env = "AETHERFLOW_WEBHOOK_TIMEOUT_SECS", value_name = "SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+
+    /// Allow webhook endpoints on loopback, private, link-local and other non-public
+    /// addresses. Off by default: an endpoint URL could otherwise make the relay reach its
+    /// own machine or network (server-side request forgery).
+    #[arg(
+        long,
+        env = "AETHERFLOW_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub webhook_allow_private_addresses: Option<bool>,
 }
 
 /// The files of the relay's own TLS certificate (see [`Settings::tls_cert`]).
@@ -441,6 +486,16 @@ pub struct Config {
     pub max_content_json_bytes: usize,
     /// The certificate and key to terminate TLS with; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Default `document.changed` debounce window of a webhook endpoint.
+    pub webhook_debounce: Duration,
+    /// First retry delay of a failed webhook delivery.
+    pub webhook_retry_initial: Duration,
+    /// How long failed webhook deliveries are retried before they are parked.
+    pub webhook_retry_horizon: Duration,
+    /// Deadline of one webhook delivery attempt.
+    pub webhook_timeout: Duration,
+    /// Whether webhook endpoints may be on non-public addresses.
+    pub webhook_allow_private_addresses: bool,
 }
 
 /// Why the configuration could not be built.
@@ -519,6 +574,17 @@ impl Settings {
             max_content_json_bytes: self.max_content_json_bytes.or(lower.max_content_json_bytes),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
+            webhook_debounce_ms: self.webhook_debounce_ms.or(lower.webhook_debounce_ms),
+            webhook_retry_initial_ms: self
+                .webhook_retry_initial_ms
+                .or(lower.webhook_retry_initial_ms),
+            webhook_retry_horizon_secs: self
+                .webhook_retry_horizon_secs
+                .or(lower.webhook_retry_horizon_secs),
+            webhook_timeout_secs: self.webhook_timeout_secs.or(lower.webhook_timeout_secs),
+            webhook_allow_private_addresses: self
+                .webhook_allow_private_addresses
+                .or(lower.webhook_allow_private_addresses),
         }
     }
 
@@ -671,6 +737,22 @@ impl Config {
             max_content_json_bytes: s
                 .max_content_json_bytes
                 .unwrap_or(DEFAULT_MAX_CONTENT_JSON_BYTES),
+            webhook_debounce: Duration::from_millis(
+                s.webhook_debounce_ms.unwrap_or(DEFAULT_WEBHOOK_DEBOUNCE_MS),
+            ),
+            webhook_retry_initial: Duration::from_millis(
+                s.webhook_retry_initial_ms
+                    .unwrap_or(DEFAULT_WEBHOOK_RETRY_INITIAL_MS),
+            ),
+            webhook_retry_horizon: Duration::from_secs(
+                s.webhook_retry_horizon_secs
+                    .unwrap_or(DEFAULT_WEBHOOK_RETRY_HORIZON_SECS),
+            ),
+            webhook_timeout: Duration::from_secs(
+                s.webhook_timeout_secs
+                    .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT_SECS),
+            ),
+            webhook_allow_private_addresses: s.webhook_allow_private_addresses.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -817,6 +899,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "--max-content-json-bytes",
                 why: "must be at least 1024",
+            });
+        }
+        if self.webhook_debounce > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid {
+                name: "--webhook-debounce-ms",
+                why: "must be at most 3600000 (an hour)",
+            });
+        }
+        if self.webhook_retry_initial.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--webhook-retry-initial-ms",
+                why: "must be at least 1",
+            });
+        }
+        if self.webhook_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "--webhook-timeout-secs",
+                why: "must be at least 1",
             });
         }
         if self.relaxed_flush.is_zero() {

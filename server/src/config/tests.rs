@@ -231,7 +231,6 @@ fn the_outbox_bound_comes_from_flag_env_or_file_and_refuses_tiny_values() {
 fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_refused() {
     let config = Config::from_settings(Settings::default()).unwrap();
     assert_eq!(config.quantum_max_documents, 100);
-    assert_eq!(config.hocuspocus_max_documents, 100);
     assert_eq!(config.max_update_items, 100_000);
     assert_eq!(config.max_doc_items, 1_000_000);
     assert_eq!(config.max_doc_bytes, 256 * 1024 * 1024);
@@ -239,7 +238,7 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
     let path = dir.path().join("relay.toml");
     std::fs::write(
         &path,
-        "quantum_max_documents = 5\nhocuspocus_max_documents = 7\nmax_update_items = 10\nmax_doc_items = 20\nmax_doc_bytes = 30\n",
+        "quantum_max_documents = 5\nmax_update_items = 10\nmax_doc_items = 20\nmax_doc_bytes = 30\n",
     )
     .unwrap();
     let cli = Cli::parse_from([
@@ -250,7 +249,6 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
         "25",
     ]);
     let config = Config::from_cli(cli).unwrap();
-    assert_eq!(config.hocuspocus_max_documents, 7);
     assert_eq!(
         (
             config.quantum_max_documents,
@@ -262,7 +260,6 @@ fn size_limits_default_to_the_documented_ones_come_from_the_file_and_zero_is_ref
     );
     for flag in [
         "--quantum-max-documents",
-        "--hocuspocus-max-documents",
         "--max-update-items",
         "--max-doc-items",
         "--max-doc-bytes",
@@ -317,6 +314,58 @@ fn tls_needs_both_files_from_flag_env_or_file() {
         })
     );
     assert_eq!(config.http_scheme(), "https");
+}
+
+#[test]
+fn webhook_settings_come_from_flag_or_file_and_private_addresses_stay_refused_by_default() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(
+        config.webhook_debounce,
+        Duration::from_millis(DEFAULT_WEBHOOK_DEBOUNCE_MS)
+    );
+    assert_eq!(
+        config.webhook_retry_horizon,
+        Duration::from_secs(DEFAULT_WEBHOOK_RETRY_HORIZON_SECS)
+    );
+    assert!(!config.webhook_allow_private_addresses);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "webhook_debounce_ms = 500\nwebhook_retry_horizon_secs = 60\n\
+         webhook_timeout_secs = 3\nwebhook_allow_private_addresses = true\n",
+    )
+    .unwrap();
+    let cli = Cli::parse_from([
+        "aetherflow",
+        "--config",
+        path.to_str().unwrap(),
+        "--webhook-retry-initial-ms",
+        "20",
+    ]);
+    let config = Config::from_cli(cli).unwrap();
+    assert_eq!(config.webhook_debounce, Duration::from_millis(500));
+    assert_eq!(config.webhook_retry_horizon, Duration::from_secs(60));
+    assert_eq!(config.webhook_retry_initial, Duration::from_millis(20));
+    assert_eq!(config.webhook_timeout, Duration::from_secs(3));
+    assert!(config.webhook_allow_private_addresses);
+    for bad in [
+        Settings {
+            webhook_timeout_secs: Some(0),
+            ..Settings::default()
+        },
+        Settings {
+            webhook_retry_initial_ms: Some(0),
+            ..Settings::default()
+        },
+        Settings {
+            webhook_debounce_ms: Some(3_600_001),
+            ..Settings::default()
+        },
+    ] {
+        let err = Config::from_settings(bad).unwrap_err();
+        assert!(err.to_string().contains("--webhook-"), "{err}");
+    }
 }
 
 #[test]

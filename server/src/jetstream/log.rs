@@ -273,7 +273,12 @@ impl Appends {
 }
 
 impl DocumentLog for JetStreamEngine {
-    fn append(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, Committing> {
+    fn append(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        _authors: Vec<String>,
+    ) -> Pending<'_, Committing> {
         Box::pin(async move {
             let appends = self.appends(&doc);
             appends.begin();
@@ -288,9 +293,14 @@ impl DocumentLog for JetStreamEngine {
         })
     }
 
-    fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()> {
+    fn append_relaxed(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        authors: Vec<String>,
+    ) -> Pending<'_, ()> {
         Box::pin(async move {
-            let committing = self.append(doc, update).await?;
+            let committing = self.append(doc, update, authors).await?;
             tokio::spawn(async move {
                 if let Err(e) = committing.await {
                     tracing::error!(error = %e, "relaxed append failed");

@@ -317,7 +317,7 @@ fn server_config(
 /// exchange (its `aws-lc-rs` provider has it); the relay keeps `ring`, which builds without
 /// cmake in a fraction of the time, until rustls offers post-quantum key exchange with it.
 #[allow(deprecated)]
-fn crypto_provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn crypto_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

@@ -3,7 +3,7 @@
 //! One [`Metrics`] is built at start-up and handed to what records into it: the session
 //! registry (messages and bytes per transport), the rooms (updates, apply and broadcast
 //! latency, compactions, rejections), the store writer (commit latency and batch size) and
-//! the Quantum listener ([`QuantumMetrics`]). Recording is an atomic add on a counter that
+//! the Quantum listener ([`QuantumMetrics`]) and webhook delivery ([`WebhookMetrics`]). Recording is an atomic add on a counter that
 //! was resolved when [`Metrics`] was built, never a lock or a label lookup per message;
 //! histograms are observed once per batch. Gauges that describe sessions are rendered from a
 //! census of the session registry taken at scrape time, so connections cost nothing extra. A
@@ -20,6 +20,7 @@
 //! ```
 
 mod quantum;
+mod webhooks;
 
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry as PromRegistry, Unit};
 
 pub use quantum::{QuantumConnectionMetrics, QuantumMetrics, QuantumStats};
+pub use webhooks::WebhookMetrics;
 
 use crate::connection::{SessionState, Transport};
 
@@ -253,6 +255,7 @@ struct Inner {
     compactions: Counter,
     rejected: Vec<Counter>,
     quantum: QuantumMetrics,
+    webhooks: WebhookMetrics,
 }
 
 /// The relay's metrics. Cheap to clone; every clone records into the same registry.
@@ -356,6 +359,7 @@ impl Metrics {
             .map(|&reason| family.get_or_create(&ReasonLabel { reason }).clone())
             .collect();
         let quantum = QuantumMetrics::register(&mut registry);
+        let webhooks = WebhookMetrics::register(&mut registry);
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -379,6 +383,7 @@ impl Metrics {
                 compactions,
                 rejected,
                 quantum,
+                webhooks,
             }),
         }
     }
@@ -458,6 +463,11 @@ impl Metrics {
     /// What the Quantum listener records into.
     pub fn quantum(&self) -> &QuantumMetrics {
         &self.inner.quantum
+    }
+
+    /// What webhook delivery records into.
+    pub fn webhooks(&self) -> &WebhookMetrics {
+        &self.inner.webhooks
     }
 
     /// A document is loaded until the returned guard is dropped.

@@ -441,7 +441,7 @@ pub(crate) mod tests {
     /// a runtime: the store's writer task is spawned.
     pub(crate) fn test_rooms(dir: &std::path::Path, shutdown: CancellationToken) -> Rooms {
         let store = Store::open(&dir.join("db.redb")).expect("store");
-        let (storage, _) = store::start(store, WriteMode::Durable, Metrics::new());
+        let (storage, _, _) = store::start(store, WriteMode::Durable, Metrics::new());
         let settings = RoomSettings {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),

@@ -114,14 +114,17 @@ mod tests {
     use aetherflow_crdt::DocName;
 
     async fn append(storage: &Storage, doc: &DocName, byte: u8) -> Result<Committing, StoreError> {
-        storage.log.append(doc.clone(), vec![byte]).await
+        storage
+            .log
+            .append(doc.clone(), vec![byte], Vec::new())
+            .await
     }
 
     #[tokio::test]
     async fn batches_are_released_in_order_and_each_is_on_disk_when_released() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (storage, _task) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
+        let (storage, _, _task) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("pipelined").expect("valid name");
         let mut pipeline = Pipeline::default();
         for n in 0..3u8 {
@@ -147,7 +150,7 @@ mod tests {
     async fn http_writers_of_known_updates_are_answered_with_the_last_batch() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (storage, _task) = store::start(store, WriteMode::Durable, Metrics::new());
+        let (storage, _, _task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("known").expect("valid name");
         let mut pipeline = Pipeline::default();
         let (idle, idle_answer) = oneshot::channel();
@@ -168,7 +171,7 @@ mod tests {
     async fn abandoned_batches_tell_their_http_writers_the_document_is_unavailable() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (storage, _task) = store::start(store, WriteMode::Durable, Metrics::new());
+        let (storage, _, _task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("abandoned").expect("valid name");
         let mut pipeline = Pipeline::default();
         let (done, answer) = oneshot::channel();
@@ -186,7 +189,7 @@ mod tests {
     async fn a_stopped_writer_fails_the_batch_instead_of_hanging() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (storage, task) = store::start(store, WriteMode::Durable, Metrics::new());
+        let (storage, _, task) = store::start(store, WriteMode::Durable, Metrics::new());
         let doc = DocName::parse("orphan").expect("valid name");
         let committing = append(&storage, &doc, 1).await.expect("queued");
         task.abort();

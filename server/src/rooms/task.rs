@@ -345,6 +345,20 @@ impl RoomTask {
         }
     }
 
+    /// The users (token subjects) of the subscribers among `updates` with an edit, each once,
+    /// for webhooks; HTTP writers (no subscriber) are not named.
+    fn authors_of(&self, updates: &[(ConnId, Vec<u8>)]) -> Vec<String> {
+        let mut authors: Vec<String> = updates
+            .iter()
+            .filter(|(_, update)| update != EMPTY_UPDATE)
+            .filter_map(|(conn, _)| self.subscribers.get(conn))
+            .map(|sub| sub.user.clone())
+            .collect();
+        authors.sort_unstable();
+        authors.dedup();
+        authors
+    }
+
     /// Closes every connection, removes the document from the store and marks the room for
     /// unloading; a later connection starts an empty document of the same name.
     async fn delete(&mut self, waiters: Vec<oneshot::Sender<Result<bool, ApplyError>>>) {
@@ -420,6 +434,7 @@ impl RoomTask {
     ) {
         // Handshake answers with nothing new (the empty update) are not edits.
         let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
+        let authors = self.authors_of(&updates);
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
@@ -463,16 +478,17 @@ impl RoomTask {
         let bytes = entry.len();
         let log = self.rooms.inner.storage.log.clone();
         let queued = match self.rooms.inner.settings.durability {
-            Durability::Durable => log
-                .append(self.name.clone(), entry)
-                .await
-                .map(|committing| {
-                    let frame = Bytes::from(broadcast);
-                    self.pipeline.push(committing, frame, bytes, waiters);
-                }),
+            Durability::Durable => {
+                log.append(self.name.clone(), entry, authors)
+                    .await
+                    .map(|committing| {
+                        let frame = Bytes::from(broadcast);
+                        self.pipeline.push(committing, frame, bytes, waiters);
+                    })
+            }
             Durability::Relaxed => {
                 self.broadcast_update(room, Bytes::from(broadcast));
-                let queued = log.append_relaxed(self.name.clone(), entry).await;
+                let queued = log.append_relaxed(self.name.clone(), entry, authors).await;
                 if queued.is_ok() {
                     self.announce_update(bytes, waiters);
                 }

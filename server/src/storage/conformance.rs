@@ -66,7 +66,10 @@ pub(crate) async fn run(engine: &mut impl Engine) -> Checked {
 }
 
 async fn append(storage: &Storage, doc: &DocName, update: &[u8]) -> Checked {
-    let committing = storage.log.append(doc.clone(), update.to_vec()).await?;
+    let committing = storage
+        .log
+        .append(doc.clone(), update.to_vec(), Vec::new())
+        .await?;
     committing.await?;
     Ok(())
 }
@@ -127,7 +130,10 @@ async fn compaction_keeps_later_entries(storage: &Storage) -> Checked {
     append(storage, &doc, &b).await?;
     storage.log.compact(doc.clone(), ab).await?;
     // Queued right after the compaction, not waited for in between: it must survive it.
-    let after = storage.log.append(doc.clone(), c.clone()).await?;
+    let after = storage
+        .log
+        .append(doc.clone(), c.clone(), Vec::new())
+        .await?;
     after.await?;
     let loaded = storage.log.load(doc.clone()).await?;
     check(

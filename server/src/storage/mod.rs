@@ -47,14 +47,25 @@ pub type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// Ordering: the operations of one handle on one document take effect in the order they were
 /// called (appends, then a compaction, then more appends), whichever engine runs them.
 pub trait DocumentLog: Send + Sync {
-    /// Queues `update` at the end of `doc`'s log. Returns once the engine has accepted it
-    /// (waiting only for room in its queue) with a [`Committing`] that resolves once the entry
-    /// is durable. Entries appended through one handle become durable in the order appended.
-    fn append(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, Committing>;
+    /// Queues `update` at the end of `doc`'s log, made by `authors` (token subjects; empty
+    /// when unknown). Returns once the engine has accepted it (waiting only for room in its
+    /// queue) with a [`Committing`] that resolves once the entry is durable. Entries appended
+    /// through one handle become durable in the order appended.
+    fn append(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        authors: Vec<String>,
+    ) -> Pending<'_, Committing>;
 
     /// Queues `update` without waiting for it to become durable (relaxed durability): the
     /// engine makes it durable within its flush interval.
-    fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()>;
+    fn append_relaxed(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        authors: Vec<String>,
+    ) -> Pending<'_, ()>;
 
     /// Replaces `doc`'s snapshot by `snapshot` and drops the log entries it holds: every entry
     /// appended through this handle before the call. Entries appended later stay.

@@ -57,15 +57,34 @@ impl RedbEngine {
 }
 
 impl DocumentLog for RedbEngine {
-    fn append(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, Committing> {
+    fn append(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        authors: Vec<String>,
+    ) -> Pending<'_, Committing> {
         Box::pin(async move {
-            let queued = self.writer.enqueue(WriteOp::Append { doc, update }).await?;
+            let append = WriteOp::Append {
+                doc,
+                update,
+                authors,
+            };
+            let queued = self.writer.enqueue(append).await?;
             Ok(Committing::new(async move { queued.await.map(drop) }))
         })
     }
 
-    fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()> {
-        Box::pin(self.writer.submit(WriteOp::Append { doc, update }))
+    fn append_relaxed(
+        &self,
+        doc: DocName,
+        update: Vec<u8>,
+        authors: Vec<String>,
+    ) -> Pending<'_, ()> {
+        Box::pin(self.writer.submit(WriteOp::Append {
+            doc,
+            update,
+            authors,
+        }))
     }
 
     fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()> {
@@ -198,11 +217,16 @@ mod tests {
     struct Forgetful(std::sync::Arc<dyn DocumentLog>);
 
     impl DocumentLog for Forgetful {
-        fn append(&self, _doc: DocName, _update: Vec<u8>) -> Pending<'_, Committing> {
+        fn append(&self, _: DocName, _: Vec<u8>, _: Vec<String>) -> Pending<'_, Committing> {
             Box::pin(async { Ok(Committing::new(async { Ok(()) })) })
         }
-        fn append_relaxed(&self, doc: DocName, update: Vec<u8>) -> Pending<'_, ()> {
-            self.0.append_relaxed(doc, update)
+        fn append_relaxed(
+            &self,
+            doc: DocName,
+            update: Vec<u8>,
+            by: Vec<String>,
+        ) -> Pending<'_, ()> {
+            self.0.append_relaxed(doc, update, by)
         }
         fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()> {
             self.0.compact(doc, snapshot)

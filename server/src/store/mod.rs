@@ -9,6 +9,7 @@ pub mod check;
 mod checksum;
 pub mod documents;
 mod engine;
+pub mod outbox;
 mod slot;
 pub mod writer;
 
@@ -58,17 +59,20 @@ redb_error_from!(
 );
 
 /// Starts the writer task of `store` and returns the engine seen through the storage
-/// interfaces, with the writer task's handle (it ends once every handle is dropped).
+/// interfaces, the writer (for what only this engine keeps: the webhooks' outbox) and the
+/// writer task's handle (it ends once every handle is dropped).
 pub fn start(
     store: Store,
     mode: WriteMode,
     metrics: Metrics,
-) -> (crate::storage::Storage, tokio::task::JoinHandle<()>) {
+) -> (
+    crate::storage::Storage,
+    StoreWriter,
+    tokio::task::JoinHandle<()>,
+) {
     let (writer, task) = StoreWriter::spawn_with_metrics(store.clone(), mode, metrics);
-    (
-        crate::storage::Storage::of(RedbEngine::new(store, writer)),
-        task,
-    )
+    let storage = crate::storage::Storage::of(RedbEngine::new(store, writer.clone()));
+    (storage, writer, task)
 }
 
 /// Handle on the database; cheap to clone.
@@ -80,6 +84,8 @@ pub struct Store {
     /// Successful commits since start: a read that began at one count has seen everything
     /// committed up to it.
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Woken after a commit that recorded webhook events or made some due.
+    webhooks_due: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -90,6 +96,7 @@ impl Store {
             slot: Arc::new(Slot::new(path, db)),
             metrics: Metrics::new(),
             commits: Arc::default(),
+            webhooks_due: Arc::default(),
         })
     }
 
@@ -397,6 +404,16 @@ impl Store {
         written.map_err(|e| StoreError::Io(e.to_string()))
     }
 
+    /// Resolves after a commit that recorded webhook events (the delivery task waits on it).
+    pub fn webhooks_recorded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.webhooks_due.notified()
+    }
+
+    /// Wakes the webhook delivery task.
+    pub(crate) fn wake_webhooks(&self) {
+        self.webhooks_due.notify_one();
+    }
+
     /// Successful commits since the store opened.
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Acquire)
@@ -447,6 +464,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     txn.open_table(documents::DOCUMENTS)?;
     txn.open_table(documents::REGISTERS)?;
     txn.open_table(documents::MODIFIED)?;
+    outbox::create_tables(&txn)?;
     txn.commit()?;
     Ok(db)
 }

@@ -22,9 +22,11 @@ use crate::metrics::Metrics;
 use tracing::{debug, error};
 
 use aetherflow_crdt::register::{Command, Outcome};
+use aetherflow_crdt::webhook::EventKind;
 
 use super::Store;
 use super::documents::Tables;
+use super::outbox::{Outbox, OutboxOp, ResolveOf};
 use crate::storage::{DocumentMeta, RegisterFailure, StoreError};
 
 /// Most requests folded into one commit; bounds the size of one transaction.
@@ -53,6 +55,8 @@ pub enum WriteOp {
         doc: DocName,
         /// The update, as it will be replayed on load.
         update: Vec<u8>,
+        /// Who made it (token subjects), for webhooks' `document.changed`.
+        authors: Vec<String>,
     },
     /// Replace a document's snapshot and drop its whole log: the snapshot holds everything
     /// the log held. Sent by the document's room, after its appends, so the order in this
@@ -82,6 +86,8 @@ pub enum WriteOp {
         /// The document.
         doc: DocName,
     },
+    /// Change the webhook endpoints or the outbox (see [`super::outbox`]).
+    Webhook(OutboxOp),
 }
 
 /// What one committed write did.
@@ -97,6 +103,8 @@ pub enum WriteResult {
     Register(Result<Outcome, RegisterFailure>),
     /// A deletion: whether the document existed.
     Deleted(bool),
+    /// A webhook change: whether the endpoint or outbox row it named was there.
+    Found(bool),
 }
 
 type Waiter = oneshot::Sender<Result<WriteResult, StoreError>>;
@@ -371,40 +379,79 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
     txn.set_durability(durability)
         .map_err(|e| StoreError::Engine(Arc::new(redb::Error::from(e))))?;
     let mut results = Vec::with_capacity(ops.len());
+    let woken;
     {
         let mut tables = Tables::open(&txn)?;
+        // Events are recorded in this same transaction: they commit with their change or
+        // not at all.
+        let mut outbox = Outbox::open(&txn)?;
         for op in ops {
-            let result = match op {
-                None => WriteResult::Done,
-                Some(WriteOp::Append { doc, update }) => {
-                    let seq = match seqs.get(&doc) {
-                        Some(&seq) => seq,
-                        None => next_seq(&tables.log, &doc)?,
-                    };
-                    tables.append(&doc, seq, &update)?;
-                    tables.touch(&doc, crate::wall_clock::now_ms())?;
-                    seqs.insert(doc, seq + 1);
-                    WriteResult::Done
-                }
-                Some(WriteOp::Compact { doc, snapshot }) => {
-                    tables.compact(&doc, &snapshot)?;
-                    WriteResult::Done
-                }
-                Some(WriteOp::CreateDocument { doc, meta }) => tables.create(&doc, meta)?,
-                Some(WriteOp::Register { doc, command }) => {
-                    WriteResult::Register(tables.apply_command(&doc, command)?)
-                }
-                Some(WriteOp::DeleteDocument { doc }) => {
-                    // The log restarts at 0 for a document of this name made later.
-                    seqs.remove(&doc);
-                    WriteResult::Deleted(tables.delete(&doc)?)
-                }
-            };
-            results.push(result);
+            results.push(apply_one(&mut tables, &mut outbox, op, seqs)?);
         }
+        woken = outbox.woken;
     }
     txn.commit()?;
+    if woken {
+        store.wake_webhooks();
+    }
     Ok(results)
+}
+
+fn apply_one(
+    tables: &mut Tables<'_>,
+    outbox: &mut Outbox<'_>,
+    op: Option<WriteOp>,
+    seqs: &mut SeqCache,
+) -> Result<WriteResult, StoreError> {
+    let now = crate::wall_clock::now_ms();
+    Ok(match op {
+        None => WriteResult::Done,
+        Some(WriteOp::Append {
+            doc,
+            update,
+            authors,
+        }) => {
+            let seq = match seqs.get(&doc) {
+                Some(&seq) => seq,
+                None => next_seq(&tables.log, &doc)?,
+            };
+            tables.append(&doc, seq, &update)?;
+            tables.touch(&doc, now)?;
+            outbox.changed(doc.as_str(), &authors, now)?;
+            seqs.insert(doc, seq + 1);
+            WriteResult::Done
+        }
+        Some(WriteOp::Compact { doc, snapshot }) => {
+            tables.compact(&doc, &snapshot)?;
+            WriteResult::Done
+        }
+        Some(WriteOp::CreateDocument { doc, meta }) => {
+            let result = tables.create(&doc, meta)?;
+            if let WriteResult::Created(meta) = &result {
+                let data = serde_json::json!({ "kind": meta.kind });
+                outbox.record(doc.as_str(), EventKind::DocumentCreated, &data, now)?;
+            }
+            result
+        }
+        Some(WriteOp::Register { doc, command }) => {
+            let resolving = ResolveOf::of(&command);
+            let result = tables.apply_command(&doc, command)?;
+            if let Ok(outcome) = &result {
+                outbox.register_changed(doc.as_str(), &resolving, outcome, now)?;
+            }
+            WriteResult::Register(result)
+        }
+        Some(WriteOp::DeleteDocument { doc }) => {
+            // The log restarts at 0 for a document of this name made later.
+            seqs.remove(&doc);
+            let existed = tables.delete(&doc)?;
+            if existed {
+                outbox.deleted(doc.as_str(), now)?;
+            }
+            WriteResult::Deleted(existed)
+        }
+        Some(WriteOp::Webhook(op)) => WriteResult::Found(outbox.apply(op, now)?),
+    })
 }
 
 fn next_seq(

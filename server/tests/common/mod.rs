@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod api_client;
+pub mod webhook_receiver;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
