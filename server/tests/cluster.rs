@@ -86,3 +86,46 @@ async fn a_relay_killed_mid_burst_loses_nothing_a_client_saw() {
     assert_eq!(read_text(&a, "burst").await, stored);
     on_a.wait_for_text(&stored).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn killing_the_streams_leader_loses_nothing_and_writes_resume() {
+    let mut cluster = NatsCluster::start().await;
+    let relay = relay(&cluster, "LEADER");
+    let mut writer = YClient::connect(&relay.ws_url("leader")).await;
+    for n in 0..10 {
+        writer.append(&format!("before{n} ")).await;
+    }
+    writer.barrier().await;
+    let seen = writer.text();
+    let leader = cluster.leader_of("LEADER_LOG").await;
+    cluster.kill(leader);
+    // The other two elect a new leader; the relay's client reconnects to one of them, and a
+    // publish that lost its acknowledgement is sent again under the same id.
+    for n in 0..10 {
+        writer.append(&format!("after{n} ")).await;
+    }
+    writer.barrier().await;
+    let fresh = Relay::start(&[
+        "--cluster",
+        &cluster.url(),
+        "--cluster-prefix",
+        "LEADER",
+        "--cluster-replicas",
+        "3",
+    ]);
+    let stored = read_text(&fresh, "leader").await;
+    for word in seen.split_whitespace() {
+        assert!(
+            stored.contains(word),
+            "{word} lost with the leader: {stored}"
+        );
+    }
+    for n in 0..10 {
+        let word = format!("after{n} ");
+        assert!(
+            stored.contains(&word),
+            "{word} not stored after the failover: {stored}"
+        );
+    }
+}

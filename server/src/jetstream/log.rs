@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_ATTEMPTS, failed, key,
+    ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_PATIENCE, failed, key,
     unreachable,
 };
 use crate::storage::{
@@ -18,6 +18,7 @@ use crate::storage::{
 };
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt;
+use std::time::Duration;
 
 /// Where a document's snapshot is, and which log entries it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,33 +136,36 @@ impl JetStreamEngine {
     }
 
     /// Publishes one entry, again with the same message id while its acknowledgement is
-    /// lost, so it is stored once; the entry's sequence.
+    /// lost or the stream has no leader (an election after a server died), so it is stored
+    /// once; the entry's sequence. Gives up after [`PUBLISH_PATIENCE`].
     async fn publish(
         &self,
         subject: String,
         id: String,
         update: bytes::Bytes,
     ) -> Result<u64, StoreError> {
-        let mut last_error = None;
-        for _ in 0..PUBLISH_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
             let message = PublishMessage::build()
                 .message_id(&id)
                 .header(ORIGIN_HEADER, self.inner.origin.as_str())
                 .payload(update.clone());
-            let ack = match self.inner.js.send_publish(subject.clone(), message).await {
-                Ok(ack) => ack,
-                Err(e) => {
-                    last_error = Some(unreachable(e));
-                    continue;
-                }
+            let error = match self.inner.js.send_publish(subject.clone(), message).await {
+                Ok(ack) => match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
+                    Ok(Ok(ack)) => return Ok(ack.sequence),
+                    Ok(Err(e)) => unreachable(e),
+                    Err(_) => unreachable("no acknowledgement in time"),
+                },
+                Err(e) => unreachable(e),
             };
-            match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
-                Ok(Ok(ack)) => return Ok(ack.sequence),
-                Ok(Err(e)) => last_error = Some(unreachable(e)),
-                Err(_) => last_error = Some(unreachable("no acknowledgement in time")),
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(error);
             }
+            tracing::debug!(error = %error, "publish not acknowledged; sending it again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
-        Err(last_error.unwrap_or_else(|| unreachable("no attempt")))
     }
 
     /// Folds `snapshot` (and whatever else the log holds up to `through`) into a new

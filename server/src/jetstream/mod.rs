@@ -91,13 +91,17 @@ struct AppendState {
 
 /// How long a publish waits for its acknowledgement before it is sent again (same message id).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Publishes of one append before it fails.
-const PUBLISH_ATTEMPTS: u32 = 3;
+/// How long an append keeps being sent again (same message id) before it fails: long enough
+/// for the servers to elect a new stream leader after one died.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(20);
+/// How long start-up keeps trying to set up the stream and buckets.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Retries of a conditional update that lost a race.
 const CAS_ATTEMPTS: u32 = 32;
 
 impl JetStreamEngine {
-    /// Connects to the cluster and creates (or finds) the stream and buckets.
+    /// Connects to the cluster and creates (or finds) the stream and buckets, trying again
+    /// for up to [`SETUP_PATIENCE`] while the servers have no leaders (just after one died).
     pub async fn connect(settings: &ClusterSettings) -> Result<JetStreamEngine, StoreError> {
         let open = |e: &dyn std::fmt::Display| StoreError::Open {
             path: settings.url.clone(),
@@ -113,6 +117,28 @@ impl JetStreamEngine {
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
             .build(client);
+        let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+        loop {
+            match JetStreamEngine::set_up(js.clone(), settings).await {
+                Ok(engine) => return Ok(engine),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream not ready; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates (or finds) the stream and buckets.
+    async fn set_up(
+        js: jetstream::Context,
+        settings: &ClusterSettings,
+    ) -> Result<JetStreamEngine, StoreError> {
+        let open = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: settings.url.clone(),
+            reason: e.to_string(),
+        };
         let prefix = settings.prefix.clone();
         let replicas = settings.replicas;
         let log = js

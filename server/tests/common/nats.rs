@@ -72,6 +72,38 @@ impl NatsCluster {
         cluster
     }
 
+    /// Kills server `index` (`n0`, `n1`, `n2`) with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        let _ = self.servers[index].kill();
+        let _ = self.servers[index].wait();
+    }
+
+    /// The index of the server leading `stream`, once it has a leader.
+    pub async fn leader_of(&self, stream: &str) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let servers: Vec<async_nats::ServerAddr> = self
+                .urls
+                .iter()
+                .map(|u| u.parse().expect("a valid URL"))
+                .collect();
+            if let Ok(client) = async_nats::connect(servers).await {
+                let js = async_nats::jetstream::new(client);
+                if let Ok(info) = js.get_stream(stream).await.map(|s| s.cached_info().clone())
+                    && let Some(leader) = info.cluster.and_then(|c| c.leader)
+                    && let Some(index) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
+                {
+                    return index;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stream {stream} has no leader after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// All client URLs, comma-separated.
     pub fn url(&self) -> String {
         self.urls.join(",")
