@@ -36,6 +36,8 @@ use crate::webhooks::{WebhookSettings, Webhooks};
 pub struct Foundation {
     /// The storage engine, seen through its interfaces.
     pub storage: Storage,
+    /// Presence shared with the other relays (cluster mode).
+    pub presence: Option<Arc<dyn crate::presence::Presence>>,
     /// The embedded engine's store and writer, which keep the webhooks' outbox in the same
     /// commits as the changes; `None` in cluster mode, which has no webhooks yet.
     pub embedded: Option<(crate::store::Store, StoreWriter)>,
@@ -128,6 +130,7 @@ impl AppState {
     ) -> AppState {
         let Foundation {
             storage,
+            presence,
             embedded,
             metrics,
             auth,
@@ -138,6 +141,7 @@ impl AppState {
             .map(|(store, writer)| Webhooks::new(store, writer, WebhookSettings::from(config)));
         let rooms = Rooms::new(
             storage.clone(),
+            presence,
             RoomSettings::from(config),
             tracker.clone(),
             shutdown.clone(),

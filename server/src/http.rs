@@ -196,6 +196,7 @@ mod tests {
         let (storage, writer, _) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
         let foundation = Foundation {
             storage,
+            presence: None,
             embedded: Some((store, writer)),
             metrics: Metrics::new(),
             auth: Auth::new(None, None).expect("an open relay"),

@@ -30,6 +30,7 @@ pub mod jetstream;
 pub mod listener;
 pub mod locks;
 pub mod metrics;
+pub mod presence;
 pub mod quantum;
 pub mod rate_limit;
 pub mod reads;
@@ -103,6 +104,7 @@ pub async fn run(
     let metrics = metrics::Metrics::new();
     let Opened {
         storage,
+        presence,
         embedded,
         writer_task,
     } = open_storage(&config, &metrics).await?;
@@ -137,6 +139,7 @@ pub async fn run(
         });
     let foundation = context::Foundation {
         storage,
+        presence,
         embedded,
         metrics,
         auth,
@@ -218,8 +221,10 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
             .await
             .context("cannot reach the cluster's JetStream")?;
         info!(prefix = %cluster.prefix, replicas = cluster.replicas, "cluster mode: documents in JetStream");
+        let presence: Arc<dyn presence::Presence> = Arc::new(engine.presence());
         return Ok(Opened {
             storage: storage::Storage::of(engine),
+            presence: Some(presence),
             embedded: None,
             writer_task: None,
         });
@@ -251,6 +256,7 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
     let (storage, writer, writer_task) = store::start(store.clone(), mode, metrics.clone());
     Ok(Opened {
         storage,
+        presence: None,
         embedded: Some((store, writer)),
         writer_task: Some(writer_task),
     })
@@ -259,6 +265,8 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
 /// The storage [`open_storage`] opened.
 struct Opened {
     storage: storage::Storage,
+    /// Presence shared with the other relays (cluster mode).
+    presence: Option<Arc<dyn presence::Presence>>,
     /// The embedded engine's store and writer (for the webhooks' outbox); `None` in cluster
     /// mode.
     embedded: Option<(Store, store::StoreWriter)>,

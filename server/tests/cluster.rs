@@ -129,3 +129,48 @@ async fn killing_the_streams_leader_loses_nothing_and_writes_resume() {
         );
     }
 }
+
+/// The next awareness payload `client` receives.
+async fn next_awareness(client: &mut YClient) -> Vec<u8> {
+    loop {
+        if let aetherflow_crdt::protocol::Message::Awareness(payload) = client.next_message().await
+        {
+            return payload;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn presence_crosses_relays_and_a_killed_relays_users_leave_it() {
+    use aetherflow_crdt::awareness::encode_update;
+    use aetherflow_crdt::protocol::Message;
+    let cluster = NatsCluster::start().await;
+    let mut a = relay(&cluster, "PRESENCE");
+    let b = relay(&cluster, "PRESENCE");
+    let mut ann = YClient::connect(&a.ws_url("room")).await;
+    let mut bob = YClient::connect(&b.ws_url("room")).await;
+    ann.send(&Message::Awareness(encode_update(&[(
+        7,
+        1,
+        r#"{"user":"ann"}"#,
+    )])))
+    .await;
+    let seen = loop {
+        let payload = next_awareness(&mut bob).await;
+        if String::from_utf8_lossy(&payload).contains("ann") {
+            break payload;
+        }
+    };
+    assert!(!seen.is_empty());
+    // Ann's relay dies: within a few heartbeats Bob is told she is gone (state null).
+    a.kill9();
+    let gone = loop {
+        let payload = next_awareness(&mut bob).await;
+        if String::from_utf8_lossy(&payload).contains("null") {
+            break payload;
+        }
+    };
+    assert!(!String::from_utf8_lossy(&gone).contains("ann"), "{gone:?}");
+    drop(ann);
+}

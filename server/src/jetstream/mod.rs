@@ -25,6 +25,7 @@
 
 mod catalog;
 mod log;
+pub mod presence;
 #[cfg(test)]
 mod tests;
 
@@ -101,7 +102,7 @@ const CAS_ATTEMPTS: u32 = 32;
 
 impl JetStreamEngine {
     /// Connects to the cluster and creates (or finds) the stream and buckets, trying again
-    /// for up to [`SETUP_PATIENCE`] while the servers have no leaders (just after one died).
+    /// for up to 30 s while the servers have no leaders (just after one died).
     pub async fn connect(settings: &ClusterSettings) -> Result<JetStreamEngine, StoreError> {
         let open = |e: &dyn std::fmt::Display| StoreError::Open {
             path: settings.url.clone(),
@@ -192,6 +193,11 @@ impl JetStreamEngine {
                 origin: uuid::Uuid::now_v7().to_string(),
             }),
         })
+    }
+
+    /// Presence shared with the other relays over the same NATS connection.
+    pub fn presence(&self) -> presence::NatsPresence {
+        presence::NatsPresence::start(self.inner.js.client(), self.inner.prefix.clone())
     }
 
     /// The log subject of `doc`.

@@ -31,6 +31,7 @@ use crate::config::{Config, Durability};
 use crate::connection::CloseReason;
 use crate::events::Events;
 use crate::metrics::Metrics;
+use crate::presence::{Presence, PresenceEvent};
 use crate::storage::Storage;
 
 /// Commands a room's inbox holds before senders wait.
@@ -84,6 +85,8 @@ pub enum RoomCommand {
     /// already, so applied and broadcast without being stored again. `Err`: following the log
     /// failed, and the room, which may now miss entries, reloads.
     Remote(Result<Vec<u8>, String>),
+    /// Presence from another relay's connections (cluster mode).
+    RemotePresence(PresenceEvent),
     /// Queue `frame` in the connection's outbox `times` times, once every update the
     /// connection sent before this command is committed and broadcast: a transport's
     /// acknowledgement that its client's updates are saved (Hocuspocus's sync status). A
@@ -176,6 +179,8 @@ struct RoomsInner {
     loaded: Mutex<HashMap<DocName, RoomHandle>>,
     next_id: AtomicU64,
     storage: Storage,
+    /// Presence shared with the other relays (cluster mode).
+    presence: Option<Arc<dyn Presence>>,
     settings: RoomSettings,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -200,11 +205,13 @@ pub struct JoinError(pub DocName);
 pub struct RoomGone;
 
 impl Rooms {
-    /// A registry whose rooms keep their documents in `storage`; room tasks are tracked by `tracker`
+    /// A registry whose rooms keep their documents in `storage` and share presence through
+    /// `presence` (cluster mode; `None` for one relay); room tasks are tracked by `tracker`
     /// and stop once `shutdown` is cancelled and their connections have left. They record
     /// into `metrics`.
     pub fn new(
         storage: Storage,
+        presence: Option<Arc<dyn Presence>>,
         settings: RoomSettings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -214,6 +221,7 @@ impl Rooms {
             loaded: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             storage,
+            presence,
             settings,
             tracker,
             shutdown,
@@ -450,6 +458,7 @@ pub(crate) mod tests {
         };
         Rooms::new(
             storage,
+            None,
             settings,
             TaskTracker::new(),
             shutdown,

@@ -1,6 +1,7 @@
 //! Cluster mode: a loaded room follows its document's log for entries other relays append,
 //! and takes them in as [`RoomCommand::Remote`]: already durable, so applied and broadcast
-//! to this relay's connections without being stored again.
+//! to this relay's connections without being stored again. It follows the other relays'
+//! presence too ([`RoomCommand::RemotePresence`]).
 
 use futures_util::StreamExt;
 use tokio::task::AbortHandle;
@@ -21,6 +22,27 @@ impl Drop for Follower {
 /// Starts feeding `following` into `inbox`.
 pub(super) fn start(following: Following, inbox: InboxSender<RoomCommand>) -> Follower {
     Follower(tokio::spawn(forward(following, inbox)).abort_handle())
+}
+
+/// Starts feeding another relays' presence `feed` into `inbox`.
+pub(super) fn start_presence(
+    mut feed: crate::presence::PresenceFeed,
+    inbox: InboxSender<RoomCommand>,
+) -> Follower {
+    Follower(
+        tokio::spawn(async move {
+            while let Some(event) = feed.next().await {
+                if inbox
+                    .send(RoomCommand::RemotePresence(event))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .abort_handle(),
+    )
 }
 
 async fn forward(mut following: Following, inbox: InboxSender<RoomCommand>) {

@@ -133,8 +133,9 @@ impl RoomTask {
                 return;
             };
             let _loaded = self.rooms.inner.metrics.document_loaded();
-            // Cluster mode: what other relays append from here on.
+            // Cluster mode: what other relays append from here on, and their presence.
             let _follower = Box::pin(self.follow(last_seq)).await;
+            let _presence = Box::pin(self.follow_presence()).await;
             let unload_after = self.rooms.inner.settings.unload_after;
             let shutdown = self.rooms.inner.shutdown.clone();
             loop {
@@ -403,6 +404,52 @@ impl RoomTask {
         Some(super::remote::start(following, inbox))
     }
 
+    /// Follows the presence of the other relays' connections (cluster mode).
+    async fn follow_presence(&mut self) -> Option<super::remote::Follower> {
+        let presence = self.rooms.inner.presence.clone()?;
+        let feed = match presence.follow(self.name.clone()).await {
+            Ok(feed) => feed,
+            Err(e) => {
+                warn!(error = %e, "cannot follow presence from other relays");
+                return None;
+            }
+        };
+        let inbox = self.rooms.sender_of(&self.name, self.id)?;
+        Some(super::remote::start_presence(feed, inbox))
+    }
+
+    /// Tells the other relays that `conn`'s clients left (cluster mode).
+    fn share_removal(&self, conn: ConnId, removal: &[u8]) {
+        let Some(presence) = &self.rooms.inner.presence else {
+            return;
+        };
+        let limits = aetherflow_crdt::protocol::Limits::default();
+        if let Ok(Message::Awareness(payload)) = Message::decode(removal, &limits) {
+            presence.publish(&self.name, conn, payload);
+        }
+    }
+
+    /// Applies presence from another relay's connections and passes on what changed.
+    fn remote_presence(&mut self, room: &mut Room, event: crate::presence::PresenceEvent) {
+        use crate::presence::PresenceEvent;
+        match event {
+            PresenceEvent::Update { origin, payload } => {
+                match room.apply_awareness(origin, &payload) {
+                    Ok(Some(frame)) => self.broadcast(room, frame),
+                    Ok(None) => {}
+                    Err(e) => debug!(reason = %e.reason(), "presence from another relay refused"),
+                }
+            }
+            PresenceEvent::Gone { origins } => {
+                for origin in origins {
+                    if let Some(removal) = room.disconnect(origin) {
+                        self.broadcast(room, removal);
+                    }
+                }
+            }
+        }
+    }
+
     /// Applies entries other relays stored and broadcasts what they add. They are durable
     /// already, so not stored again; one the room refuses makes it reload.
     fn apply_remote(&mut self, room: &mut Room, updates: Vec<Vec<u8>>) {
@@ -600,10 +647,12 @@ impl RoomTask {
                 if let Some(sub) = self.subscribers.remove(&conn) {
                     self.announce_left(conn, &sub);
                     if let Some(removal) = room.disconnect(conn) {
+                        self.share_removal(conn, &removal);
                         self.broadcast(room, removal);
                     }
                 }
             }
+            RoomCommand::RemotePresence(event) => self.remote_presence(room, event),
             // Taken out of the batch in `turn`.
             RoomCommand::Apply { .. } | RoomCommand::Delete { .. } | RoomCommand::Remote(_) => {}
             RoomCommand::Acknowledge { conn, frame, times } => {
@@ -636,7 +685,12 @@ impl RoomTask {
                 }
             }
             Message::Awareness(update) => match room.apply_awareness(conn, &update) {
-                Ok(Some(frame)) => self.broadcast(room, frame),
+                Ok(Some(frame)) => {
+                    if let Some(presence) = &self.rooms.inner.presence {
+                        presence.publish(&self.name, conn, update);
+                    }
+                    self.broadcast(room, frame);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     // Over a presence limit is a policy refusal; anything else is bad bytes.
