@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interleaved A/B of two relay builds next to the y-websocket reference server and Hocuspocus:
 # ROUNDS rounds of { fanout (1,000 readers, 20 updates/s, 10 s) on A relaxed, B relaxed,
-# Hocuspocus, y-websocket; ingest (automerge-paper) on A durable, B durable, y-websocket }.
+# Hocuspocus, y-websocket; ingest (automerge-paper) on A durable, B durable, y-websocket;
+# idle (IDLE_CONNS connections over IDLE_DOCS documents, server RSS per connection) on A, B }.
 # Interleaving puts each pair of figures in the same moment of a shared, noisy machine.
 #
 #   RELAY_A=path/to/aetherflow RELAY_B=path/to/other/aetherflow \
@@ -50,6 +51,11 @@ for _ in $(seq 1 "$ROUNDS"); do
   for s in "$A_LABEL-durable $RELAY_A durable" "$B_LABEL-durable $RELAY_B durable" y-websocket; do
     set -- $s; start "$@"
     run "$1" ingest --trace "$TRACE"
+    stop
+  done
+  for s in "$A_LABEL-durable $RELAY_A durable" "$B_LABEL-durable $RELAY_B durable"; do
+    set -- $s; start "$@"
+    run "$1" idle --connections "${IDLE_CONNS:-1000}" --docs "${IDLE_DOCS:-100}" --server-pid "$pid"
     stop
   done
 done
