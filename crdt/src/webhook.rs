@@ -55,6 +55,9 @@ pub enum EventKind {
     /// Someone took a document's lock.
     #[serde(rename = "lock.acquired")]
     LockAcquired,
+    /// The holder extended the lock.
+    #[serde(rename = "lock.renewed")]
+    LockRenewed,
     /// The holder released the lock.
     #[serde(rename = "lock.released")]
     LockReleased,
@@ -65,7 +68,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event type.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::DocumentCreated,
         EventKind::DocumentChanged,
         EventKind::DocumentDeleted,
@@ -73,6 +76,7 @@ impl EventKind {
         EventKind::ConflictDetected,
         EventKind::ConflictResolved,
         EventKind::LockAcquired,
+        EventKind::LockRenewed,
         EventKind::LockReleased,
         EventKind::LockExpired,
     ];
@@ -87,6 +91,7 @@ impl EventKind {
             EventKind::ConflictDetected => "conflict.detected",
             EventKind::ConflictResolved => "conflict.resolved",
             EventKind::LockAcquired => "lock.acquired",
+            EventKind::LockRenewed => "lock.renewed",
             EventKind::LockReleased => "lock.released",
             EventKind::LockExpired => "lock.expired",
         }

@@ -440,7 +440,7 @@ async fn lock_events_and_the_prefix_filter() {
     let at = receiver.start().await;
     let relay = Relay::start(&relay_args(&[]));
     let body = json!({ "url": format!("http://{at}/hook"), "prefix": "team-",
-        "events": ["lock.acquired", "lock.released", "document.created"] });
+        "events": ["lock.acquired", "lock.renewed", "lock.released", "document.created"] });
     let (status, _) = admin(&relay, "POST", "/api/v1/webhooks", Some(body)).await;
     assert_eq!(status, 201);
     create_doc(&relay, "private-notes", "yjs").await;
@@ -455,6 +455,17 @@ async fn lock_events_and_the_prefix_filter() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+    // The holder taking it again extends it: `lock.renewed`.
+    let again = json!({ "ttl_ms": 60_000, "holder": "ann" });
+    let (status, answer) = http_json(
+        relay.addr,
+        "POST",
+        "/api/v1/docs/team-notes/lock",
+        None,
+        Some(again),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     let (status, _) = common::http_request(
         relay.addr,
         "DELETE",
@@ -464,14 +475,19 @@ async fn lock_events_and_the_prefix_filter() {
     )
     .await;
     assert!(status < 300, "release: {status}");
-    receiver.wait_until("three events", |r| r.len() >= 3).await;
+    receiver.wait_until("four events", |r| r.len() >= 4).await;
     wait_for_empty_outbox(&relay).await;
     let got: Vec<Value> = receiver.accepted().iter().map(Received::json).collect();
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
     let kinds: BTreeSet<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["document.created", "lock.acquired", "lock.released"])
+        BTreeSet::from([
+            "document.created",
+            "lock.acquired",
+            "lock.renewed",
+            "lock.released"
+        ])
     );
     assert!(
         got.iter().all(|e| e["document"] == "team-notes"),

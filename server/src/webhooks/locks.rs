@@ -18,6 +18,10 @@ fn lock_event(event: &DocEvent) -> Option<(EventKind, serde_json::Value)> {
             EventKind::LockAcquired,
             json!({ "holder": holder, "expires_ms": expires_ms }),
         )),
+        DocEvent::LockRenewed { holder, expires_ms } => Some((
+            EventKind::LockRenewed,
+            json!({ "holder": holder, "expires_ms": expires_ms }),
+        )),
         DocEvent::LockReleased { holder } => {
             Some((EventKind::LockReleased, json!({ "holder": holder })))
         }
