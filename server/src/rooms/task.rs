@@ -349,15 +349,18 @@ impl RoomTask {
     /// The users (token subjects) of the subscribers among `updates` with an edit, each once,
     /// for webhooks; HTTP writers (no subscriber) are not named.
     fn authors_of(&self, updates: &[(ConnId, Vec<u8>)]) -> Vec<String> {
-        let mut authors: Vec<String> = updates
-            .iter()
-            .filter(|(_, update)| update != EMPTY_UPDATE)
-            .filter_map(|(conn, _)| self.subscribers.get(conn))
-            .map(|sub| sub.user.clone())
-            .collect();
+        // A batch holds many updates from few people: names are copied once each.
+        let mut authors: Vec<&str> = Vec::new();
+        for (conn, update) in updates {
+            if let Some(sub) = self.subscribers.get(conn)
+                && update != EMPTY_UPDATE
+                && !authors.contains(&sub.user.as_str())
+            {
+                authors.push(&sub.user);
+            }
+        }
         authors.sort_unstable();
-        authors.dedup();
-        authors
+        authors.into_iter().map(str::to_owned).collect()
     }
 
     /// Closes every connection, removes the document from the store and marks the room for

@@ -86,6 +86,9 @@ pub struct Store {
     commits: Arc<std::sync::atomic::AtomicU64>,
     /// Woken after a commit that recorded webhook events or made some due.
     webhooks_due: Arc<tokio::sync::Notify>,
+    /// Whether webhook endpoints may exist (true until a commit found none): without any,
+    /// the writer does not open the outbox's tables at all.
+    webhook_endpoints: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -97,6 +100,7 @@ impl Store {
             metrics: Metrics::new(),
             commits: Arc::default(),
             webhooks_due: Arc::default(),
+            webhook_endpoints: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
@@ -407,6 +411,18 @@ impl Store {
     /// Resolves after a commit that recorded webhook events (the delivery task waits on it).
     pub fn webhooks_recorded(&self) -> tokio::sync::futures::Notified<'_> {
         self.webhooks_due.notified()
+    }
+
+    /// Whether webhook endpoints may exist (see the field).
+    pub(crate) fn may_have_webhook_endpoints(&self) -> bool {
+        self.webhook_endpoints
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A commit found whether endpoints exist.
+    pub(crate) fn set_webhook_endpoints(&self, any: bool) {
+        self.webhook_endpoints
+            .store(any, std::sync::atomic::Ordering::Release);
     }
 
     /// Wakes the webhook delivery task.

@@ -380,17 +380,28 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
         .map_err(|e| StoreError::Engine(Arc::new(redb::Error::from(e))))?;
     let mut results = Vec::with_capacity(ops.len());
     let woken;
+    let endpoints;
     {
         let mut tables = Tables::open(&txn)?;
         // Events are recorded in this same transaction: they commit with their change or
-        // not at all.
-        let mut outbox = Outbox::open(&txn)?;
+        // not at all. With no endpoint there is nothing to record, and the outbox's tables
+        // stay closed (opening them costs every commit; issue 16's ingest bisect).
+        let needs_outbox = store.may_have_webhook_endpoints()
+            || ops.iter().any(|op| matches!(op, Some(WriteOp::Webhook(_))));
+        let mut outbox = match needs_outbox {
+            true => Some(Outbox::open(&txn)?),
+            false => None,
+        };
         for op in ops {
-            results.push(apply_one(&mut tables, &mut outbox, op, seqs)?);
+            results.push(apply_one(&mut tables, outbox.as_mut(), op, seqs)?);
         }
-        woken = outbox.woken;
+        woken = outbox.as_ref().is_some_and(|o| o.woken);
+        endpoints = outbox.as_ref().map(Outbox::has_endpoints);
     }
     txn.commit()?;
+    if let Some(any) = endpoints {
+        store.set_webhook_endpoints(any);
+    }
     if woken {
         store.wake_webhooks();
     }
@@ -399,7 +410,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
 
 fn apply_one(
     tables: &mut Tables<'_>,
-    outbox: &mut Outbox<'_>,
+    outbox: Option<&mut Outbox<'_>>,
     op: Option<WriteOp>,
     seqs: &mut SeqCache,
 ) -> Result<WriteResult, StoreError> {
@@ -417,7 +428,9 @@ fn apply_one(
             };
             tables.append(&doc, seq, &update)?;
             tables.touch(&doc, now)?;
-            outbox.changed(doc.as_str(), &authors, now)?;
+            if let Some(outbox) = outbox {
+                outbox.changed(doc.as_str(), &authors, now)?;
+            }
             seqs.insert(doc, seq + 1);
             WriteResult::Done
         }
@@ -427,7 +440,7 @@ fn apply_one(
         }
         Some(WriteOp::CreateDocument { doc, meta }) => {
             let result = tables.create(&doc, meta)?;
-            if let WriteResult::Created(meta) = &result {
+            if let (WriteResult::Created(meta), Some(outbox)) = (&result, outbox) {
                 let data = serde_json::json!({ "kind": meta.kind });
                 outbox.record(doc.as_str(), EventKind::DocumentCreated, &data, now)?;
             }
@@ -436,7 +449,7 @@ fn apply_one(
         Some(WriteOp::Register { doc, command }) => {
             let resolving = ResolveOf::of(&command);
             let result = tables.apply_command(&doc, command)?;
-            if let Ok(outcome) = &result {
+            if let (Ok(outcome), Some(outbox)) = (&result, outbox) {
                 outbox.register_changed(doc.as_str(), &resolving, outcome, now)?;
             }
             WriteResult::Register(result)
@@ -445,12 +458,19 @@ fn apply_one(
             // The log restarts at 0 for a document of this name made later.
             seqs.remove(&doc);
             let existed = tables.delete(&doc)?;
-            if existed {
+            if let (true, Some(outbox)) = (existed, outbox) {
                 outbox.deleted(doc.as_str(), now)?;
             }
             WriteResult::Deleted(existed)
         }
-        Some(WriteOp::Webhook(op)) => WriteResult::Found(outbox.apply(op, now)?),
+        Some(WriteOp::Webhook(op)) => {
+            let Some(outbox) = outbox else {
+                return Err(StoreError::Unreadable(
+                    "the outbox is opened for every webhook change".into(),
+                ));
+            };
+            WriteResult::Found(outbox.apply(op, now)?)
+        }
     })
 }
 

@@ -194,6 +194,11 @@ impl<'txn> Outbox<'txn> {
         })
     }
 
+    /// Whether any endpoint exists (after this transaction's changes so far).
+    pub(super) fn has_endpoints(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+
     /// Records `kind` for every endpoint that wants it of `doc`.
     pub(super) fn record(
         &mut self,
