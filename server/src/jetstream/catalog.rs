@@ -40,14 +40,7 @@ impl JetStreamEngine {
 
     /// The register of `doc` and its revision.
     async fn register_entry(&self, doc: &DocName) -> Result<Option<(Register, u64)>, StoreError> {
-        let Some(entry) = self.inner.registers.entry(key(doc)).await.map_err(failed)? else {
-            return Ok(None);
-        };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let register = serde_json::from_slice(&entry.value).map_err(record)?;
-        Ok(Some((register, entry.revision)))
+        super::versioned(&self.inner.registers, doc).await
     }
 
     /// Every document name any bucket or the log knows.

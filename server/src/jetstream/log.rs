@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use aetherflow_crdt::DocName;
-use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde::{Deserialize, Serialize};
@@ -35,15 +34,7 @@ impl JetStreamEngine {
         &self,
         doc: &DocName,
     ) -> Result<Option<(SnapshotIndex, u64)>, StoreError> {
-        let Some(entry) = self.inner.index.entry(key(doc)).await.map_err(failed)? else {
-            return Ok(None);
-        };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let index =
-            serde_json::from_slice(&entry.value).map_err(|e| StoreError::Record(Arc::new(e)))?;
-        Ok(Some((index, entry.revision)))
+        super::versioned(&self.inner.index, doc).await
     }
 
     /// Log entries of `doc` from sequence `from` on, at most `limit`.

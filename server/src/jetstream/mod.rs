@@ -227,6 +227,23 @@ pub(crate) fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, std::io
         .collect()
 }
 
+/// The JSON record `bucket` holds for `doc`, with its revision (for a conditional update);
+/// `None` if there is none or it was deleted.
+async fn versioned<T: serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+    doc: &DocName,
+) -> Result<Option<(T, u64)>, StoreError> {
+    let Some(entry) = bucket.entry(key(doc)).await.map_err(failed)? else {
+        return Ok(None);
+    };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let value =
+        serde_json::from_slice(&entry.value).map_err(|e| StoreError::Record(Arc::new(e)))?;
+    Ok(Some((value, entry.revision)))
+}
+
 /// Creates a key-value bucket, or opens it if it exists.
 async fn create_bucket(
     js: &jetstream::Context,

@@ -82,19 +82,12 @@ impl NatsCluster {
     pub async fn leader_of(&self, stream: &str) -> usize {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let servers: Vec<async_nats::ServerAddr> = self
-                .urls
-                .iter()
-                .map(|u| u.parse().expect("a valid URL"))
-                .collect();
-            if let Ok(client) = async_nats::connect(servers).await {
-                let js = async_nats::jetstream::new(client);
-                if let Ok(info) = js.get_stream(stream).await.map(|s| s.cached_info().clone())
-                    && let Some(leader) = info.cluster.and_then(|c| c.leader)
-                    && let Some(index) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
-                {
-                    return index;
-                }
+            if let Some(js) = self.jetstream().await
+                && let Ok(info) = js.get_stream(stream).await.map(|s| s.cached_info().clone())
+                && let Some(leader) = info.cluster.and_then(|c| c.leader)
+                && let Some(index) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
+            {
+                return index;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -102,6 +95,17 @@ impl NatsCluster {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// A JetStream context on the cluster, if a server answers.
+    async fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        let servers: Vec<async_nats::ServerAddr> = self
+            .urls
+            .iter()
+            .map(|u| u.parse().expect("a valid URL"))
+            .collect();
+        let client = async_nats::connect(servers).await.ok()?;
+        Some(async_nats::jetstream::new(client))
     }
 
     /// All client URLs, comma-separated.
@@ -112,16 +116,10 @@ impl NatsCluster {
     async fn wait_for_jetstream(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let servers: Vec<async_nats::ServerAddr> = self
-                .urls
-                .iter()
-                .map(|u| u.parse().expect("a valid URL"))
-                .collect();
-            if let Ok(client) = async_nats::connect(servers).await {
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return;
-                }
+            if let Some(js) = self.jetstream().await
+                && js.query_account().await.is_ok()
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
