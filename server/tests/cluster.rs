@@ -9,6 +9,8 @@ mod common;
 #[path = "common/nats.rs"]
 mod nats;
 
+use std::time::Duration;
+
 use common::{Relay, YClient, read_text};
 use nats::NatsCluster;
 
@@ -105,7 +107,19 @@ async fn killing_the_streams_leader_loses_nothing_and_writes_resume() {
     for n in 0..10 {
         writer.append(&format!("after{n} ")).await;
     }
-    writer.barrier().await;
+    // While the stream has no leader the relay stores nothing: it leaves what it cannot store
+    // with its writer and asks for it again once it can. The writer keeps answering (as any
+    // y-websocket client does) until its relay serves every word.
+    // New connections are refused with 503 (storage unavailable) meanwhile.
+    for _ in 0..120 {
+        writer.barrier().await;
+        if let Ok(reader) = YClient::try_connect(&relay.ws_url("leader")).await
+            && (0..10).all(|n| reader.text().contains(&format!("after{n} ")))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let fresh = Relay::start(&[
         "--cluster",
         &cluster.url(),

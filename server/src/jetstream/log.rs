@@ -186,7 +186,7 @@ impl JetStreamEngine {
                 .map(|e| e.update),
         );
         let merged = yrs::merge_updates_v1(&parts)
-            .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
         let object = format!("{}.{through}", key(doc));
         let mut reader = merged.as_slice();
         self.inner

@@ -229,19 +229,32 @@ pub(crate) fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, std::io
 
 /// The JSON record `bucket` holds for `doc`, with its revision (for a conditional update);
 /// `None` if there is none or it was deleted.
+///
+/// Read from the bucket stream's leader, not with the key-value client's `get`: buckets allow
+/// direct gets, which any replica answers, and a follower may lag behind the leader (right
+/// after a failover, by whole seconds). A stale snapshot index would send a load to log
+/// entries a newer compaction already purged, and the document would come back without them.
 async fn versioned<T: serde::de::DeserializeOwned>(
     bucket: &kv::Store,
     doc: &DocName,
 ) -> Result<Option<(T, u64)>, StoreError> {
-    let Some(entry) = bucket.entry(key(doc)).await.map_err(failed)? else {
-        return Ok(None);
+    let subject = format!("{}{}", bucket.prefix, key(doc));
+    let message = match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => message,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
     };
-    if entry.operation != kv::Operation::Put {
+    // Deletions and purges are markers with a `KV-Operation` header and no value.
+    if message.headers.get("KV-Operation").is_some() {
         return Ok(None);
     }
     let value =
-        serde_json::from_slice(&entry.value).map_err(|e| StoreError::Record(Arc::new(e)))?;
-    Ok(Some((value, entry.revision)))
+        serde_json::from_slice(&message.payload).map_err(|e| StoreError::Record(Arc::new(e)))?;
+    Ok(Some((value, message.sequence)))
 }
 
 /// Creates a key-value bucket, or opens it if it exists.
@@ -273,9 +286,10 @@ pub(crate) fn name_of(key: &str) -> Option<DocName> {
     DocName::parse(&String::from_utf8(bytes?).ok()?).ok()
 }
 
-/// An engine failure, kept whole.
+/// A request the cluster did not answer as asked (no leader during an election, a timeout,
+/// a server gone): transient, so callers answer "unavailable, retry" rather than fail hard.
 fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Engine(Arc::new(e))
+    StoreError::Unreachable(Arc::new(e))
 }
 
 /// A failure to reach the cluster: writes are impossible until it is back.

@@ -73,7 +73,7 @@ pub(super) struct RoomTask {
 
 /// Why edits are refused, and connections closed, while the storage cannot be written.
 const STORAGE_FAILED: &str =
-    "storage unavailable (disk full?): edits not saved, kept on your device; retry later";
+    "storage unavailable: edits not saved, kept on your device; retry later";
 
 /// Connection ids at and above this one stand for HTTP API writers inside one turn; sessions
 /// count up from 0 and never get near it.

@@ -30,6 +30,11 @@ pub enum StoreError {
     /// pages); the failure was contained to this operation.
     #[error("the database could not be read ({0}); its file may be damaged")]
     Unreadable(String),
+    /// The engine could not be reached or did not answer (a replicated engine between leaders,
+    /// a network partition): nothing can be read or written until it answers again, and
+    /// retrying later may succeed. The engine's error, kept whole.
+    #[error("storage unreachable: {0}")]
+    Unreachable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// A transaction, table or commit failed for another reason: the engine's error, kept
     /// whole with its source chain.
     #[error("storage error: {0}")]
@@ -43,10 +48,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the failure is the storage's (disk full, I/O error): writes are impossible
-    /// until it recovers, and retrying later may succeed.
+    /// Whether the failure is the storage's (disk full, I/O error, engine unreachable):
+    /// writes are impossible until it recovers, and retrying later may succeed.
     pub fn is_io(&self) -> bool {
-        matches!(self, StoreError::Io(_))
+        matches!(self, StoreError::Io(_) | StoreError::Unreachable(_))
     }
 
     /// The same failure again, for another waiter of a failed commit.
@@ -62,6 +67,7 @@ impl StoreError {
                 damage: damage.clone(),
             },
             StoreError::Unreadable(e) => StoreError::Unreadable(e.clone()),
+            StoreError::Unreachable(e) => StoreError::Unreachable(e.clone()),
             StoreError::Engine(e) => StoreError::Engine(e.clone()),
             StoreError::Record(e) => StoreError::Record(e.clone()),
             StoreError::WriterGone => StoreError::WriterGone,

@@ -223,7 +223,12 @@ pub struct YClient {
 impl YClient {
     /// Connects and completes the handshake: sends our step 1, applies the relay's step 2.
     pub async fn connect(url: &str) -> YClient {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        YClient::try_connect(url).await.unwrap()
+    }
+
+    /// [`YClient::connect`], or the relay's refusal of the WebSocket upgrade.
+    pub async fn try_connect(url: &str) -> Result<YClient, tokio_tungstenite::tungstenite::Error> {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
         let mut client = YClient {
             socket,
             doc: Doc::new(),
@@ -242,7 +247,7 @@ impl YClient {
                 _ => {}
             }
         }
-        client
+        Ok(client)
     }
 
     pub async fn send(&mut self, message: &Message) {
