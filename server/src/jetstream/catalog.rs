@@ -8,7 +8,7 @@ use aetherflow_crdt::register::{Command, Kind, Outcome, Register};
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 
-use super::{CAS_ATTEMPTS, JetStreamEngine, failed, key, name_of};
+use super::{CAS_ATTEMPTS, JetStreamEngine, failed, key, lost_race, name_of};
 use crate::storage::{
     Catalog, Created, DocStats, DocumentMeta, NameFilter, Pending, RegisterFailure, RegisterStore,
     StoreError,
@@ -236,7 +236,7 @@ impl RegisterStore for JetStreamEngine {
                         return Ok(Ok(outcome));
                     }
                     // Another writer changed it since it was read: read and apply again.
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) if lost_race(&e) => continue,
                     Err(e) => return Err(failed(e)),
                 }
             }

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use aetherflow_crdt::DocName;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
 
 use super::{
     ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_PATIENCE, failed, key,
@@ -126,11 +128,32 @@ impl JetStreamEngine {
         }))
     }
 
-    /// Publishes one entry, again with the same message id while its acknowledgement is
-    /// lost or the stream has no leader (an election after a server died), so it is stored
-    /// once; the entry's sequence. Gives up after [`PUBLISH_PATIENCE`].
-    async fn publish(
+    /// Sends one entry, tagged with its message id and this relay's origin; the future
+    /// resolves to the acknowledgement.
+    async fn send(
         &self,
+        subject: &str,
+        id: &str,
+        update: bytes::Bytes,
+    ) -> Result<PublishAckFuture, StoreError> {
+        let message = PublishMessage::build()
+            .message_id(id)
+            .header(ORIGIN_HEADER, self.inner.origin.as_str())
+            .payload(update);
+        self.inner
+            .js
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(unreachable)
+    }
+
+    /// Waits for the acknowledgement of an entry `sent` already; sends it again with the same
+    /// message id while the acknowledgement is lost or the stream has no leader (an election
+    /// after a server died), so it is stored once. The entry's sequence. Gives up after
+    /// [`PUBLISH_PATIENCE`].
+    async fn confirm(
+        &self,
+        mut sent: Result<PublishAckFuture, StoreError>,
         subject: String,
         id: String,
         update: bytes::Bytes,
@@ -138,17 +161,13 @@ impl JetStreamEngine {
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut pause = Duration::from_millis(50);
         loop {
-            let message = PublishMessage::build()
-                .message_id(&id)
-                .header(ORIGIN_HEADER, self.inner.origin.as_str())
-                .payload(update.clone());
-            let error = match self.inner.js.send_publish(subject.clone(), message).await {
+            let error = match sent {
                 Ok(ack) => match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
                     Ok(Ok(ack)) => return Ok(ack.sequence),
                     Ok(Err(e)) => unreachable(e),
                     Err(_) => unreachable("no acknowledgement in time"),
                 },
-                Err(e) => unreachable(e),
+                Err(e) => e,
             };
             if tokio::time::Instant::now() + pause >= deadline {
                 return Err(error);
@@ -156,6 +175,7 @@ impl JetStreamEngine {
             tracing::debug!(error = %error, "publish not acknowledged; sending it again");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
+            sent = self.send(&subject, &id, update.clone()).await;
         }
     }
 
@@ -280,10 +300,19 @@ impl DocumentLog for JetStreamEngine {
             let engine = self.clone();
             let subject = self.subject(&doc);
             let id = uuid::Uuid::now_v7().to_string();
-            Ok(Committing::new(async move {
-                let stored = engine.publish(subject, id, update.into()).await;
+            let update = bytes::Bytes::from(update);
+            // Sent now, so entries go out in the order appended; acknowledged (or sent again)
+            // by a task of its own, so the append settles whether or not anyone polls its
+            // `Committing` (a compaction waits for every append to settle).
+            let sent = self.send(&subject, &id, update.clone()).await;
+            let (done, committed) = oneshot::channel();
+            tokio::spawn(async move {
+                let stored = engine.confirm(sent, subject, id, update).await;
                 appends.end(stored.as_ref().ok().copied());
-                stored.map(|_| engine.committed())
+                let _ = done.send(stored.map(|_| engine.committed()));
+            });
+            Ok(Committing::new(async move {
+                committed.await.unwrap_or(Err(StoreError::WriterGone))
             }))
         })
     }

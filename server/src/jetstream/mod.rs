@@ -257,6 +257,26 @@ async fn versioned<T: serde::de::DeserializeOwned>(
     Ok(Some((value, message.sequence)))
 }
 
+/// Whether a conditional update lost its race: the record changed since it was read. Servers
+/// say so with error 10071 or, since 2.12, 10164, which this client leaves unclassified.
+fn lost_race(e: &kv::UpdateError) -> bool {
+    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(error) = cause {
+        if let Some(refusal) = error.downcast_ref::<jetstream::Error>() {
+            return matches!(
+                refusal.error_code(),
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            );
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// Creates a key-value bucket, or opens it if it exists.
 async fn create_bucket(
     js: &jetstream::Context,
