@@ -59,7 +59,7 @@ pub enum AppError {
     /// The relay cannot write to its storage (a full disk, an I/O error); nothing changed.
     /// Reads keep working; `/healthz` is not ready until writes work again.
     #[error(
-        "the relay cannot write to its storage (disk full or I/O error); nothing was changed, retry later"
+        "the relay cannot write to its storage (disk full, I/O error or storage cluster unreachable); nothing was changed, retry later"
     )]
     StorageUnavailable,
     /// The feature needs the embedded store, and this relay runs in cluster mode (501

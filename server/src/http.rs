@@ -59,7 +59,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: storage cannot be written (disk full or I/O error)\n",
+            "not ready: storage cannot be written (disk full, I/O error or storage cluster unreachable)\n",
         )
     }
 }

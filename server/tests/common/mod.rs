@@ -342,6 +342,21 @@ impl YClient {
         }
     }
 
+    /// Applies what arrives until the connection ends (closed, reset, or silent for
+    /// [`TIMEOUT`]): afterwards the text holds everything the relay sent before it went away.
+    pub async fn drain(&mut self) {
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(TIMEOUT, self.socket.next()).await {
+            let Frame::Binary(bytes) = frame else {
+                continue;
+            };
+            if let Ok(Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u))) =
+                Message::decode(&bytes, &Limits::default())
+            {
+                self.apply(&u);
+            }
+        }
+    }
+
     /// Waits for the relay to echo an update back: everything sent before is committed.
     pub async fn wait_for_echo(&mut self) {
         while !matches!(
