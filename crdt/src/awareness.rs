@@ -267,6 +267,25 @@ impl Awareness {
         Some(buf)
     }
 
+    /// The live states `conn` controls as one update payload, `None` if it has none (for
+    /// another relay asking which clients this relay's connections stand for).
+    pub fn encode_controlled(&self, conn: ConnId) -> Option<Vec<u8>> {
+        let clients = self.controlled.get(&conn)?;
+        let live: Vec<(u64, &ClientState)> = clients
+            .iter()
+            .filter_map(|client| self.states.get(client).map(|state| (*client, state)))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let mut buf = Vec::new();
+        write_var_uint(&mut buf, live.len() as u64);
+        for (client, state) in live {
+            write_entry(&mut buf, client, state.clock, Some(&state.json));
+        }
+        Some(buf)
+    }
+
     /// Number of live clients.
     pub fn len(&self) -> usize {
         self.states.len()

@@ -29,6 +29,9 @@ pub enum PresenceEvent {
         /// The connections.
         origins: Vec<ConnId>,
     },
+    /// Another relay just loaded the document and asks for everyone's presence: this relay
+    /// publishes the states its own connections control again.
+    Asked,
 }
 
 /// A document's presence events from other relays.
@@ -40,7 +43,8 @@ pub trait Presence: Send + Sync {
     /// on `doc`. Best effort: presence is ephemeral, and clients renew it.
     fn publish(&self, doc: &DocName, conn: ConnId, payload: Vec<u8>);
 
-    /// The presence events of `doc` from other relays, from now on.
+    /// The presence events of `doc` from other relays, from now on; the other relays are
+    /// asked for the states their connections control, which arrive as updates.
     fn follow(&self, doc: DocName) -> Pending<'_, PresenceFeed>;
 }
 

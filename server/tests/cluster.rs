@@ -67,7 +67,7 @@ async fn next_awareness(client: &mut YClient) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
-async fn presence_crosses_relays_and_a_killed_relays_users_leave_it() {
+async fn presence_crosses_relays_reaches_a_late_relay_and_a_killed_relays_users_leave_it() {
     use aetherflow_crdt::awareness::encode_update;
     use aetherflow_crdt::protocol::Message;
     let cluster = NatsCluster::start().await;
@@ -88,6 +88,11 @@ async fn presence_crosses_relays_and_a_killed_relays_users_leave_it() {
         }
     };
     assert!(!seen.is_empty());
+    // A relay that loads the document later asks the others: Carol, on a third relay, sees
+    // Ann at once (Ann's client renews its state only every 15 s; this one never does).
+    let c = relay(&cluster, "PRESENCE");
+    let mut carol = YClient::connect(&c.ws_url("room")).await;
+    while !String::from_utf8_lossy(&next_awareness(&mut carol).await).contains("ann") {}
     // Ann's relay dies: within a few heartbeats Bob is told she is gone (state null).
     a.kill9();
     let gone = loop {

@@ -1,7 +1,9 @@
 //! Presence between relays over core NATS (not JetStream: presence is ephemeral).
 //!
 //! Subjects, under the cluster's prefix: `{prefix}.presence.{hex of the name}` carries a
-//! document's awareness updates, each with the sending relay and connection in its headers;
+//! document's awareness updates, each with the sending relay and connection in its headers,
+//! and the question a relay asks when it loads the document (a message with the query header
+//! and no connection), which the others answer with their connections' current states;
 //! `{prefix}.relays` carries each relay's heartbeat, its id, every [`HEARTBEAT`]. A relay not
 //! heard from for [`RELAY_TIMEOUT`] is gone: the connections it stood for leave every
 //! document's presence.
@@ -27,6 +29,7 @@ pub const RELAY_TIMEOUT: Duration = Duration::from_secs(4);
 
 const RELAY_HEADER: &str = "Aetherflow-Relay";
 const CONN_HEADER: &str = "Aetherflow-Conn";
+const QUERY_HEADER: &str = "Aetherflow-Presence-Query";
 
 /// Presence shared over NATS; cheap to clone.
 #[derive(Clone)]
@@ -132,6 +135,18 @@ impl Presence for NatsPresence {
                 .subscribe(subject)
                 .await
                 .map_err(super::unreachable)?;
+            // Subscribed first, so no answer to the question is missed.
+            let mut question = HeaderMap::new();
+            question.insert(RELAY_HEADER, self.relay.as_str());
+            question.insert(QUERY_HEADER, "1");
+            let subject = format!("{}.presence.{}", self.prefix, key(&doc));
+            if let Err(e) = self
+                .client
+                .publish_with_headers(subject, question, bytes::Bytes::new())
+                .await
+            {
+                tracing::debug!(error = %e, "cannot ask the other relays for their presence");
+            }
             let own = self.relay.clone();
             let presence = self.clone();
             // The connections each other relay stood for on this document.
@@ -146,6 +161,9 @@ impl Presence for NatsPresence {
                         .map(|v| v.as_str().to_owned())
                 };
                 let event = match (header(RELAY_HEADER), header(CONN_HEADER)) {
+                    (Some(relay), None) if relay != own && header(QUERY_HEADER).is_some() => {
+                        Some(PresenceEvent::Asked)
+                    }
                     (Some(relay), Some(conn)) if relay != own => {
                         presence.heard(relay.clone());
                         conn.parse::<u64>().ok().map(|conn| {

@@ -450,6 +450,16 @@ impl RoomTask {
                     }
                 }
             }
+            PresenceEvent::Asked => {
+                let Some(presence) = &self.rooms.inner.presence else {
+                    return;
+                };
+                for conn in self.subscribers.keys() {
+                    if let Some(states) = room.awareness().encode_controlled(*conn) {
+                        presence.publish(&self.name, *conn, states);
+                    }
+                }
+            }
         }
     }
 
