@@ -27,6 +27,7 @@ use crate::registers::Registers;
 use crate::rooms::RoomSettings;
 use crate::rooms::Rooms;
 use crate::sessions::Registry;
+use crate::sessions::cluster::ClusterSessions;
 use crate::storage::Storage;
 use crate::store::StoreWriter;
 use crate::webhooks::{WebhookSettings, Webhooks};
@@ -38,6 +39,9 @@ pub struct Foundation {
     pub storage: Storage,
     /// Presence shared with the other relays (cluster mode).
     pub presence: Option<Arc<dyn crate::presence::Presence>>,
+    /// This relay's link to the other relays of its cluster (cluster mode), for the admin's
+    /// cluster-wide view of sessions.
+    pub cluster: Option<crate::jetstream::presence::NatsPresence>,
     /// The embedded engine's store and writer, which keep the webhooks' outbox in the same
     /// commits as the changes; `None` in cluster mode, which has no webhooks yet.
     pub embedded: Option<(crate::store::Store, StoreWriter)>,
@@ -84,6 +88,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Every live session, for the admin routes.
     pub registry: Registry,
+    /// Every relay's sessions (`scope=cluster`); `None` on a single relay.
+    pub cluster_sessions: Option<Arc<dyn ClusterSessions>>,
     /// Per-address WebSocket connection limit.
     pub connections: ConnectionLimiter,
     /// Admin key and token minting.
@@ -131,12 +137,18 @@ impl AppState {
         let Foundation {
             storage,
             presence,
+            cluster,
             embedded,
             metrics,
             auth,
             tracker,
             shutdown,
         } = foundation;
+        let registry = Registry::with_metrics(&metrics);
+        let cluster_sessions = cluster.map(|link| {
+            let sessions = crate::jetstream::admin::NatsSessions::start(link, registry.clone());
+            Arc::new(sessions) as Arc<dyn ClusterSessions>
+        });
         let webhooks = embedded
             .map(|(store, writer)| Webhooks::new(store, writer, WebhookSettings::from(config)));
         let rooms = Rooms::new(
@@ -168,7 +180,8 @@ impl AppState {
             tracker,
             next_conn: Arc::new(AtomicU64::new(0)),
             auth,
-            registry: Registry::with_metrics(&metrics),
+            registry,
+            cluster_sessions,
             connections: ConnectionLimiter::new(config.connect_rate),
             admin: Admin::from_config(config),
             locks,

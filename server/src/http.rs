@@ -197,6 +197,7 @@ mod tests {
         let foundation = Foundation {
             storage,
             presence: None,
+            cluster: None,
             embedded: Some((store, writer)),
             metrics: Metrics::new(),
             auth: Auth::new(None, None).expect("an open relay"),

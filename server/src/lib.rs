@@ -105,6 +105,7 @@ pub async fn run(
     let Opened {
         storage,
         presence,
+        cluster,
         embedded,
         writer_task,
     } = open_storage(&config, &metrics).await?;
@@ -140,6 +141,7 @@ pub async fn run(
     let foundation = context::Foundation {
         storage,
         presence,
+        cluster,
         embedded,
         metrics,
         auth,
@@ -221,10 +223,12 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
             .await
             .context("cannot reach the cluster's JetStream")?;
         info!(prefix = %cluster.prefix, replicas = cluster.replicas, "cluster mode: documents in JetStream");
-        let presence: Arc<dyn presence::Presence> = Arc::new(engine.presence());
+        let link = engine.presence();
+        let presence: Arc<dyn presence::Presence> = Arc::new(link.clone());
         return Ok(Opened {
             storage: storage::Storage::of(engine),
             presence: Some(presence),
+            cluster: Some(link),
             embedded: None,
             writer_task: None,
         });
@@ -257,6 +261,7 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
     Ok(Opened {
         storage,
         presence: None,
+        cluster: None,
         embedded: Some((store, writer)),
         writer_task: Some(writer_task),
     })
@@ -267,6 +272,8 @@ struct Opened {
     storage: storage::Storage,
     /// Presence shared with the other relays (cluster mode).
     presence: Option<Arc<dyn presence::Presence>>,
+    /// The link to the other relays (cluster mode).
+    cluster: Option<jetstream::presence::NatsPresence>,
     /// The embedded engine's store and writer (for the webhooks' outbox); `None` in cluster
     /// mode.
     embedded: Option<(Store, store::StoreWriter)>,

@@ -9,8 +9,9 @@ mod common;
 #[path = "common/nats.rs"]
 mod nats;
 
-use common::{Relay, YClient, read_text};
+use common::{Relay, YClient, http_json, read_text};
 use nats::NatsCluster;
+use serde_json::{Value, json};
 
 /// A relay of the cluster, its documents under `prefix`.
 fn relay(cluster: &NatsCluster, prefix: &str) -> Relay {
@@ -103,4 +104,71 @@ async fn presence_crosses_relays_reaches_a_late_relay_and_a_killed_relays_users_
     };
     assert!(!String::from_utf8_lossy(&gone).contains("ann"), "{gone:?}");
     drop(ann);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn the_admin_sees_and_closes_every_relays_sessions_through_any_relay() {
+    const KEY: &str = "admin-key-for-cluster-tests";
+    let cluster = NatsCluster::start().await;
+    let url = cluster.url();
+    let args = [
+        "--cluster",
+        &url,
+        "--cluster-prefix",
+        "ADMIN",
+        "--admin-key",
+        KEY,
+    ];
+    let (a, b) = (Relay::start(&args), Relay::start(&args));
+    let admin = |relay: &Relay, method: &'static str, path: String| {
+        let addr = relay.addr;
+        async move { http_json(addr, method, &path, Some(KEY), None).await }
+    };
+    let _ann = YClient::connect(&a.ws_url("plan")).await;
+    let mut bob = YClient::connect(&b.ws_url("plan")).await;
+    let _cy = YClient::connect(&b.ws_url("notes")).await;
+    // Per relay: each sees its own.
+    let (_, own) = admin(&a, "GET", "/api/v1/sessions".into()).await;
+    assert_eq!(own["sessions"].as_array().unwrap().len(), 1, "{own}");
+    // The whole cluster, through either relay (once each has heard the other's heartbeat,
+    // within a second of starting).
+    let mut everyone = Value::Null;
+    for relay in [&a, &b] {
+        everyone = loop {
+            let (status, page) = admin(relay, "GET", "/api/v1/sessions?scope=cluster".into()).await;
+            assert_eq!(status, 200, "{page}");
+            if page["relays"] == 2 {
+                break page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+    }
+    let sessions = everyone["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "{everyone}");
+    let relays: std::collections::BTreeSet<&str> = sessions
+        .iter()
+        .map(|s| s["relay"].as_str().unwrap())
+        .collect();
+    assert_eq!(relays.len(), 2, "{everyone}");
+    // Paged, oldest first, across relays.
+    let (_, first) = admin(&b, "GET", "/api/v1/sessions?scope=cluster&limit=2".into()).await;
+    assert_eq!(first["sessions"].as_array().unwrap().len(), 2, "{first}");
+
+    let after = first["next_after"].as_str().unwrap();
+    let path = format!("/api/v1/sessions?scope=cluster&limit=2&after={after}");
+    let (_, second) = admin(&b, "GET", path).await;
+    assert_eq!(second["sessions"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second.get("next_after").is_none(), "{second}");
+    assert_eq!(second["sessions"][0]["id"], sessions[2]["id"]);
+    // Closing every session on a document through relay A closes Bob's, on relay B.
+    let (status, closed) = admin(
+        &a,
+        "DELETE",
+        "/api/v1/sessions?document=plan&scope=cluster".into(),
+    )
+    .await;
+    assert_eq!((status, &closed["requested"]), (200, &json!(2)), "{closed}");
+    let close = bob.expect_close().await;
+    assert_eq!(u16::from(close.code), 1008);
 }

@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::connection::CloseReason;
 use crate::context::AppState;
 use crate::error::AppError;
-use crate::sessions::{DisconnectError, Filter, Page, SessionState, SessionView, Transport};
+use crate::sessions::cluster::{self, ClusterRequest};
+use crate::sessions::{DisconnectError, Filter, SessionState, SessionView, Transport};
 
 /// Sessions per page unless `limit` says otherwise.
 pub const DEFAULT_PAGE: usize = 100;
@@ -80,6 +81,7 @@ fn session_schema() -> Value {
             "transport": { "type": "string", "enum": ["websocket", "quantum"] },
             "remote_addr": { "type": "string", "description": "the client's address; behind a --trusted-proxies proxy the forwarded one (port 0 if none was given)" },
             "documents": { "type": "array", "items": { "type": "string" } },
+            "relay": { "type": "string", "description": "scope=cluster in cluster mode: the id of the relay holding the session" },
             "state": { "type": "string", "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] },
             "created_ms": count, "last_active_ms": count,
             "bytes_in": count, "bytes_out": count, "messages_in": count, "messages_out": count,
@@ -91,6 +93,9 @@ fn session_schema() -> Value {
 /// This group's part of the OpenAPI description.
 pub fn paths() -> Value {
     let string = |name: &str, description: &str| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } });
+    let scope = json!({ "name": "scope", "in": "query",
+        "description": "relay (default): this relay's sessions; cluster: every relay's (in cluster mode; each session then names its relay)",
+        "schema": { "type": "string", "enum": ["relay", "cluster"] } });
     let list = admin_operation(
         "List sessions, oldest first, a page at a time",
         json!([
@@ -101,13 +106,16 @@ pub fn paths() -> Value {
                 "enum": ["CONNECTING", "ACTIVE", "IDLE", "DISCONNECTING", "CLOSED"] } },
             { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE } },
             { "name": "after", "in": "query", "description": "next_after of the previous page",
-                "schema": { "type": "string", "format": "uuid" } }
+                "schema": { "type": "string", "format": "uuid" } },
+            scope.clone()
         ]),
         &[(
             200,
             json!({ "type": "object", "required": ["sessions"], "properties": {
             "sessions": { "type": "array", "items": session_schema() },
-            "next_after": { "type": "string", "format": "uuid" } } }),
+            "next_after": { "type": "string", "format": "uuid" },
+            "relays": { "type": "integer", "minimum": 0,
+                "description": "scope=cluster in cluster mode: how many relays answered" } } }),
         )],
         &[400, 401, 403],
     );
@@ -132,7 +140,8 @@ pub fn paths() -> Value {
         json!([
             string("user", "exact user (token subject)"),
             string("document", "sessions on this document (alias: doc)"),
-            string("reason", "added to the close reason (at most 80 bytes)")
+            string("reason", "added to the close reason (at most 80 bytes)"),
+            scope
         ]),
         &[(
             200,
@@ -158,6 +167,7 @@ struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +183,26 @@ struct DisconnectAllQuery {
     #[serde(alias = "doc")]
     document: Option<String>,
     reason: Option<String>,
+    scope: Option<String>,
+}
+
+/// Whose sessions a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// This relay's (the default).
+    Relay,
+    /// Every relay's of the cluster; on a single relay the same as [`Scope::Relay`].
+    Cluster,
+}
+
+fn parse_scope(text: Option<&str>) -> Result<Scope, AppError> {
+    match text.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("relay") => Ok(Scope::Relay),
+        Some("cluster") => Ok(Scope::Cluster),
+        Some(other) => Err(AppError::BadRequest(format!(
+            "unknown scope {other:?}; expected relay or cluster"
+        ))),
+    }
 }
 
 /// The close reason of an admin's disconnect, with the admin's words if any.
@@ -228,7 +258,7 @@ async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
     params: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page>, AppError> {
+) -> Result<Json<Value>, AppError> {
     state.admin.require(&state.auth, &headers)?;
     let params = query(params)?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -248,7 +278,18 @@ async fn list_sessions(
         state: params.state.as_deref().map(parse_state).transpose()?,
     };
     let after = params.after.as_deref().map(parse_id).transpose()?;
-    Ok(Json(state.registry.list(&filter, after, limit)))
+    if let (Scope::Cluster, Some(cluster)) = (
+        parse_scope(params.scope.as_deref())?,
+        &state.cluster_sessions,
+    ) {
+        let request = ClusterRequest::List {
+            filter,
+            after,
+            limit,
+        };
+        return Ok(Json(cluster::merge(cluster.ask(request).await, limit)));
+    }
+    Ok(Json(json!(state.registry.list(&filter, after, limit))))
 }
 
 async fn get_session(
@@ -311,7 +352,20 @@ async fn disconnect_sessions(
         document: params.document,
         ..Filter::default()
     };
-    let requested = state.registry.disconnect_matching(&filter, &close);
+    let requested = match (
+        parse_scope(params.scope.as_deref())?,
+        &state.cluster_sessions,
+    ) {
+        (Scope::Cluster, Some(cluster)) => {
+            let request = ClusterRequest::Disconnect {
+                filter: filter.clone(),
+                code: close.code,
+                reason: close.reason,
+            };
+            cluster::requested(&cluster.ask(request).await)
+        }
+        _ => state.registry.disconnect_matching(&filter, &close) as u64,
+    };
     tracing::info!(
         requested,
         user = filter.user.as_deref(),

@@ -23,6 +23,7 @@
 //! a majority of the servers' memory, and written to disk within two minutes (see the
 //! example configurations in `deploy/nats/`).
 
+pub mod admin;
 mod catalog;
 mod log;
 pub mod presence;

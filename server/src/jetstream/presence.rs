@@ -60,6 +60,21 @@ impl NatsPresence {
         presence
     }
 
+    /// This relay's id in the cluster.
+    pub fn relay_id(&self) -> &str {
+        &self.relay
+    }
+
+    /// How many other relays were heard from within [`RELAY_TIMEOUT`].
+    pub(super) fn others_alive(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The NATS connection and the cluster's prefix, for other relay-to-relay exchanges.
+    pub(super) fn link(&self) -> (&async_nats::Client, &str) {
+        (&self.client, &self.prefix)
+    }
+
     /// `relay` was heard from now.
     fn heard(&self, relay: String) {
         if relay != self.relay {

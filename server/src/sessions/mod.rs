@@ -40,6 +40,7 @@ use crate::connection::CloseReason;
 use crate::metrics::{Metrics, Traffic};
 use crate::wall_clock::now_ms;
 
+pub mod cluster;
 mod view;
 
 pub use view::{CloseView, DisconnectError, Filter, Page, SessionState, SessionView, Transport};

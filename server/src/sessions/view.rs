@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::connection::{SessionState, Transport};
 use uuid::Uuid;
@@ -53,7 +53,7 @@ pub struct CloseView {
 }
 
 /// Which sessions a listing wants; `None` fields match everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Filter {
     /// Exact user.
     pub user: Option<String>,
