@@ -79,7 +79,9 @@ function openDocument (socket, name) {
   const editor = new Editor({
     element: mount,
     extensions: [
-      StarterKit.configure({ undoRedo: false }), // Collaboration brings its own undo
+      // Collaboration brings its own undo. No trailing empty paragraph: each editor would add
+      // its own at once, so the document's end would depend on timing.
+      StarterKit.configure({ undoRedo: false, trailingNode: false }),
       Collaboration.configure({ document: ydoc }),
       CollaborationCaret.configure({ provider, user })
     ],

@@ -18,6 +18,7 @@ const HTML = `<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>Tiptap test page</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="page.css">
 </head>
 <body>
@@ -83,5 +84,6 @@ export async function serveTiptapPage () {
     server.once('error', reject)
     server.listen(0, '127.0.0.1', resolve)
   })
+  server.unref() // a failed test run must still end
   return new TiptapPage(server, dir)
 }
