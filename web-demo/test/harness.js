@@ -67,6 +67,12 @@ export class Relay {
   /** Sends `signal` to the relay (e.g. SIGSTOP / SIGCONT to freeze and thaw it). */
   signal (signal) { this.child.kill(signal) }
 
+  /** `kill -9`: ends the relay at once and keeps its data dir for a restart. */
+  async kill () {
+    this.child.kill('SIGKILL')
+    await withTimeout(this.exited, 'the killed relay to exit')
+  }
+
   async stop () {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       this.child.kill('SIGCONT')
@@ -81,14 +87,17 @@ export class Relay {
   }
 }
 
-/** Starts the relay binary on 127.0.0.1:0 with a fresh data dir; resolves once it is ready. */
-export async function startRelay (extraArgs = []) {
+/**
+ * Starts the relay binary on 127.0.0.1:0 with a fresh data dir (or `dataDir`, e.g. a killed
+ * relay's, to restart it); resolves once it is ready.
+ */
+export async function startRelay (extraArgs = [], { dataDir: reuse } = {}) {
   const bin = process.env.AETHERFLOW_BIN || path.join(REPO_ROOT, 'target', 'debug', 'aetherflow')
   if (!existsSync(bin)) {
     throw new Error(`relay binary not found at ${bin}: run \`cargo build -p aetherflow-server\` ` +
       'at the repo root or set AETHERFLOW_BIN')
   }
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'aetherflow-browser-'))
+  const dataDir = reuse ?? await mkdtemp(path.join(tmpdir(), 'aetherflow-browser-'))
   const args = ['--http-addr', '127.0.0.1:0', '--data-dir', dataDir, '--quantum-addr', 'off', ...extraArgs]
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { RUST_BACKTRACE: '1', ...process.env } })
   liveChildren.add(child)
