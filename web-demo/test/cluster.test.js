@@ -66,8 +66,9 @@ test('demo pages on two cluster relays edit one document together; a late joiner
     const c = await clusterRelay()
     const cleo = await open(c, 'Cleo', '#2e7d32', doc)
     await waitForSameText([cleo], 'the document on the third relay', (t) => t === text)
-    // (Cleo's relay learns Ada's and Bob's presence from their next awareness renewal, up to
-    // 15 s later, as the README's "Running several relays" says; not waited for here.)
+    // Cleo's relay asks the others for their users' presence when it loads the document.
+    await waitForPresence(cleo, 'Ada')
+    await waitForPresence(cleo, 'Bob')
     const response = await fetch(`${c.url}/api/v1/docs/${encodeURIComponent(doc)}/content`)
     assert.equal(response.status, 200)
     assert.equal((await response.json()).content.content, text)
