@@ -172,3 +172,56 @@ async fn the_admin_sees_and_closes_every_relays_sessions_through_any_relay() {
     let close = bob.expect_close().await;
     assert_eq!(u16::from(close.code), 1008);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn sdk_clients_over_quantum_and_websocket_on_different_relays_converge_and_each_relay_counts_its_own()
+ {
+    use aetherflow_client::testing::{append_text, wait_text};
+    use aetherflow_client::{Client, ClientConfig};
+    let cluster = NatsCluster::start().await;
+    let (a, b) = (relay(&cluster, "SDK"), relay(&cluster, "SDK"));
+    let (dir_q, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path| {
+        let mut config = ClientConfig::new(dir).backoff(aetherflow_client::Backoff {
+            initial: std::time::Duration::from_millis(20),
+            max: std::time::Duration::from_millis(200),
+        });
+        config.quantum_handshake_timeout = std::time::Duration::from_millis(500);
+        config
+    };
+    // One native client over Quantum on relay A, one over WebSocket on relay B.
+    let on_a = Client::open(
+        config(dir_q.path())
+            .quantum(a.quantum_addr.unwrap())
+            .quantum_key(a.quantum_key()),
+    )
+    .unwrap();
+    let on_b = Client::open(config(dir_w.path()).websocket(format!("ws://{}", b.addr))).unwrap();
+    let (qa, wb) = (
+        on_a.doc("native").await.unwrap(),
+        on_b.doc("native").await.unwrap(),
+    );
+    append_text(&qa, "text", "quantum on A;");
+    wait_text(&wb, "text", common::TIMEOUT, |t| t == "quantum on A;").await;
+    append_text(&wb, "text", "websocket on B;");
+    let both = "quantum on A;websocket on B;";
+    wait_text(&qa, "text", common::TIMEOUT, |t| t == both).await;
+    // A y-websocket client on a third relay gets what both wrote.
+    let c = relay(&cluster, "SDK");
+    YClient::connect(&c.ws_url("native"))
+        .await
+        .wait_for_text(both)
+        .await;
+    // Each relay's /metrics counts its own connections, not the cluster's.
+    for (relay, quantum, websocket) in [(&a, 1.0, 0.0), (&b, 0.0, 1.0)] {
+        let (_, metrics) = common::http_get(relay.addr, "/metrics").await;
+        let open = |transport: &str| {
+            let series = format!("aetherflow_connections{{transport=\"{transport}\"}}");
+            common::metric_value(&metrics, &series)
+        };
+        assert_eq!((open("quantum"), open("websocket")), (quantum, websocket));
+    }
+    on_a.close().await.unwrap();
+    on_b.close().await.unwrap();
+}
