@@ -225,3 +225,35 @@ async fn sdk_clients_over_quantum_and_websocket_on_different_relays_converge_and
     on_a.close().await.unwrap();
     on_b.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn an_edit_larger_than_a_nats_message_is_stored_and_crosses_relays() {
+    let cluster = NatsCluster::start().await;
+    // Compaction after every few entries, so a large entry is also folded and purged.
+    let args = [
+        "--cluster",
+        &cluster.url(),
+        "--cluster-prefix",
+        "LARGE",
+        "--compact-after-updates",
+        "3",
+    ];
+    let (a, b) = (Relay::start(&args), Relay::start(&args));
+    let mut writer = YClient::connect(&a.ws_url("paste")).await;
+    let mut reader = YClient::connect(&b.ws_url("paste")).await;
+    // A paste of 3 MiB: NATS carries at most 1 MiB per message by default.
+    let paste = "x".repeat(3 << 20);
+    writer.append(&paste).await;
+    for n in 0..4 {
+        writer.append(&format!(" after{n}")).await;
+    }
+    writer.barrier().await;
+    let expected = writer.text();
+    reader.wait_for_text(&expected).await;
+    let fresh = Relay::start(&args);
+    assert!(
+        read_text(&fresh, "paste").await == expected,
+        "the paste is lost"
+    );
+}

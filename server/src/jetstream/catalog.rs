@@ -174,12 +174,14 @@ impl Catalog for JetStreamEngine {
     fn delete(&self, doc: DocName) -> Pending<'_, bool> {
         Box::pin(async move {
             let existed = self.meta(&doc).await?.is_some();
+            let entries = self.read_raw(&doc, 1, usize::MAX).await?;
             self.inner
                 .log
                 .purge()
                 .filter(self.subject(&doc))
                 .await
                 .map_err(failed)?;
+            self.drop_objects(entries).await;
             if let Some((index, _)) = self.index(&doc).await? {
                 let _ = self.inner.snapshots.delete(&index.object).await;
             }

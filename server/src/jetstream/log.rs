@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
+use super::large::{OBJECT_HEADER, RawEntry};
 use super::{
     ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_PATIENCE, failed, key,
     unreachable,
@@ -30,6 +31,17 @@ pub(super) struct SnapshotIndex {
     pub through: u64,
 }
 
+/// One log message on its way: sent again, the same, until it is acknowledged.
+struct Outgoing {
+    subject: String,
+    /// The `Nats-Msg-Id`, by which a message sent again is stored once.
+    id: String,
+    /// The entry's bytes, or nothing for a pointer.
+    payload: bytes::Bytes,
+    /// The object holding the bytes of an entry too large for a message.
+    object: Option<String>,
+}
+
 impl JetStreamEngine {
     /// The document's snapshot index and its revision, if it was ever compacted.
     pub(super) async fn index(
@@ -39,13 +51,14 @@ impl JetStreamEngine {
         super::versioned(&self.inner.index, doc).await
     }
 
-    /// Log entries of `doc` from sequence `from` on, at most `limit`.
-    async fn read_entries(
+    /// Log messages of `doc` from sequence `from` on, at most `limit`, as stored (pointers
+    /// not followed).
+    pub(super) async fn read_raw(
         &self,
         doc: &DocName,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    ) -> Result<Vec<RawEntry>, StoreError> {
         let subject = self.subject(doc);
         let mut entries = Vec::new();
         let mut next = from.max(1);
@@ -61,14 +74,28 @@ impl JetStreamEngine {
             match found {
                 Ok(message) => {
                     next = message.sequence + 1;
-                    entries.push(LogEntry {
-                        seq: message.sequence,
-                        update: message.payload.to_vec(),
-                    });
+                    let headers = Some(&message.headers);
+                    entries.push(RawEntry::new(message.sequence, headers, message.payload));
                 }
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
                 Err(e) => return Err(failed(e)),
             }
+        }
+        Ok(entries)
+    }
+
+    /// Log entries of `doc` from sequence `from` on, at most `limit`.
+    async fn read_entries(
+        &self,
+        doc: &DocName,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for raw in self.read_raw(doc, from, limit).await? {
+            let seq = raw.seq;
+            let update = self.bytes_of(raw).await?;
+            entries.push(LogEntry { seq, update });
         }
         Ok(entries)
     }
@@ -130,19 +157,17 @@ impl JetStreamEngine {
 
     /// Sends one entry, tagged with its message id and this relay's origin; the future
     /// resolves to the acknowledgement.
-    async fn send(
-        &self,
-        subject: &str,
-        id: &str,
-        update: bytes::Bytes,
-    ) -> Result<PublishAckFuture, StoreError> {
-        let message = PublishMessage::build()
-            .message_id(id)
+    async fn send(&self, outgoing: &Outgoing) -> Result<PublishAckFuture, StoreError> {
+        let mut message = PublishMessage::build()
+            .message_id(&outgoing.id)
             .header(ORIGIN_HEADER, self.inner.origin.as_str())
-            .payload(update);
+            .payload(outgoing.payload.clone());
+        if let Some(object) = &outgoing.object {
+            message = message.header(OBJECT_HEADER, object.as_str());
+        }
         self.inner
             .js
-            .send_publish(subject.to_owned(), message)
+            .send_publish(outgoing.subject.clone(), message)
             .await
             .map_err(unreachable)
     }
@@ -154,9 +179,7 @@ impl JetStreamEngine {
     async fn confirm(
         &self,
         mut sent: Result<PublishAckFuture, StoreError>,
-        subject: String,
-        id: String,
-        update: bytes::Bytes,
+        outgoing: Outgoing,
     ) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut pause = Duration::from_millis(50);
@@ -175,7 +198,7 @@ impl JetStreamEngine {
             tracing::debug!(error = %error, "publish not acknowledged; sending it again");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
-            sent = self.send(&subject, &id, update.clone()).await;
+            sent = self.send(&outgoing).await;
         }
     }
 
@@ -198,13 +221,19 @@ impl JetStreamEngine {
         // and an entry another relay appended that this room had not seen yet is kept.
         let from = current.as_ref().map_or(0, |(index, _)| index.through) + 1;
         let mut parts = vec![snapshot];
-        parts.extend(
-            self.read_entries(doc, from, usize::MAX)
-                .await?
-                .into_iter()
-                .filter(|e| e.seq <= through)
-                .map(|e| e.update),
-        );
+        let mut folded = Vec::new();
+        for raw in self.read_raw(doc, from, usize::MAX).await? {
+            if raw.seq > through {
+                break;
+            }
+            let pointer = raw.object.clone().map(|object| RawEntry {
+                seq: raw.seq,
+                payload: bytes::Bytes::new(),
+                object: Some(object),
+            });
+            parts.push(self.bytes_of(raw).await?);
+            folded.extend(pointer);
+        }
         let merged = yrs::merge_updates_v1(&parts)
             .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
         let object = format!("{}.{through}", key(doc));
@@ -249,6 +278,7 @@ impl JetStreamEngine {
         if let Some((old, _)) = current {
             let _ = self.inner.snapshots.delete(&old.object).await;
         }
+        self.drop_objects(folded).await;
         Ok(())
     }
 }
@@ -298,16 +328,33 @@ impl DocumentLog for JetStreamEngine {
             let appends = self.appends(&doc);
             appends.begin();
             let engine = self.clone();
-            let subject = self.subject(&doc);
             let id = uuid::Uuid::now_v7().to_string();
-            let update = bytes::Bytes::from(update);
+            // Larger than a message: the bytes go to the object store first, the log gets a
+            // pointer (see `large.rs`).
+            let (payload, object) = if self.too_large_for_a_message(&update) {
+                match self.put_large(&doc, &id, &update).await {
+                    Ok(object) => (bytes::Bytes::new(), Some(object)),
+                    Err(e) => {
+                        appends.end(None);
+                        return Err(e);
+                    }
+                }
+            } else {
+                (bytes::Bytes::from(update), None)
+            };
+            let outgoing = Outgoing {
+                subject: self.subject(&doc),
+                id,
+                payload,
+                object,
+            };
             // Sent now, so entries go out in the order appended; acknowledged (or sent again)
             // by a task of its own, so the append settles whether or not anyone polls its
             // `Committing` (a compaction waits for every append to settle).
-            let sent = self.send(&subject, &id, update.clone()).await;
+            let sent = self.send(&outgoing).await;
             let (done, committed) = oneshot::channel();
             tokio::spawn(async move {
-                let stored = engine.confirm(sent, subject, id, update).await;
+                let stored = engine.confirm(sent, outgoing).await;
                 appends.end(stored.as_ref().ok().copied());
                 let _ = done.send(stored.map(|_| engine.committed()));
             });
@@ -377,27 +424,31 @@ impl DocumentLog for JetStreamEngine {
                 .await
                 .map_err(unreachable)?;
             let messages = consumer.messages().await.map_err(unreachable)?;
-            let origin = self.inner.origin.clone();
+            let engine = self.clone();
             let following = messages.filter_map(move |message| {
-                let entry = match message {
-                    Err(e) => Some(Err(unreachable(e))),
-                    Ok(message) => {
-                        let own = message
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get(ORIGIN_HEADER))
-                            .is_some_and(|o| o.as_str() == origin);
-                        match message.info() {
-                            _ if own => None,
-                            Ok(info) => Some(Ok(LogEntry {
-                                seq: info.stream_sequence,
-                                update: message.payload.to_vec(),
-                            })),
-                            Err(e) => Some(Err(unreachable(e))),
-                        }
-                    }
-                };
-                std::future::ready(entry)
+                let engine = engine.clone();
+                async move {
+                    let message = match message {
+                        Err(e) => return Some(Err(unreachable(e))),
+                        Ok(message) => message,
+                    };
+                    let headers = message.headers.as_ref();
+                    let own = headers
+                        .and_then(|h| h.get(ORIGIN_HEADER))
+                        .is_some_and(|o| o.as_str() == engine.inner.origin);
+                    let seq = match message.info() {
+                        _ if own => return None,
+                        Ok(info) => info.stream_sequence,
+                        Err(e) => return Some(Err(unreachable(e))),
+                    };
+                    let raw = RawEntry::new(seq, headers, message.payload.clone());
+                    Some(
+                        engine
+                            .bytes_of(raw)
+                            .await
+                            .map(|update| LogEntry { seq, update }),
+                    )
+                }
             });
             Ok(Some(Box::pin(following) as Following))
         })

@@ -25,6 +25,7 @@
 
 pub mod admin;
 mod catalog;
+mod large;
 mod log;
 pub mod presence;
 #[cfg(test)]
