@@ -7,7 +7,6 @@
 //! (compaction, deletion).
 
 use async_nats::HeaderMap;
-use tokio::io::AsyncReadExt;
 
 use super::{JetStreamEngine, failed, key};
 use crate::storage::StoreError;
@@ -69,16 +68,10 @@ impl JetStreamEngine {
 
     /// The entry's bytes: its payload, or the object its pointer names.
     pub(super) async fn bytes_of(&self, entry: RawEntry) -> Result<Vec<u8>, StoreError> {
-        let Some(object) = entry.object else {
-            return Ok(entry.payload.to_vec());
-        };
-        let mut reader = self.inner.snapshots.get(&object).await.map_err(failed)?;
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(bytes)
+        match entry.object {
+            Some(object) => self.read_object(&object).await,
+            None => Ok(entry.payload.to_vec()),
+        }
     }
 
     /// Deletes the objects of pointers that were purged (best effort: an object left behind

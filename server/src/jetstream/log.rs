@@ -109,8 +109,8 @@ impl JetStreamEngine {
         self.read_entries(doc, through + 1, usize::MAX).await
     }
 
-    /// The snapshot object's bytes.
-    async fn snapshot(&self, object: &str) -> Result<Vec<u8>, StoreError> {
+    /// An object's bytes (a snapshot, or a log entry too large for a message).
+    pub(super) async fn read_object(&self, object: &str) -> Result<Vec<u8>, StoreError> {
         let mut reader = self.inner.snapshots.get(object).await.map_err(failed)?;
         let mut bytes = Vec::new();
         reader
@@ -126,7 +126,7 @@ impl JetStreamEngine {
         for _ in 0..super::CAS_ATTEMPTS {
             let index = self.index(doc).await?;
             let (snapshot, through) = match &index {
-                Some((index, _)) => match self.snapshot(&index.object).await {
+                Some((index, _)) => match self.read_object(&index.object).await {
                     Ok(bytes) => (Some(bytes), index.through),
                     Err(e) => {
                         // Replaced and deleted by a compaction since the index was read.
