@@ -455,6 +455,21 @@ mod tests {
     }
 
     #[test]
+    fn a_connections_controlled_states_are_encoded_without_the_others() {
+        let mut aw = Awareness::new();
+        aw.apply(A, &update(&[(1, 5, "{\"a\":1}"), (2, 1, "{}")]))
+            .unwrap();
+        aw.apply(B, &update(&[(3, 9, "{}")])).unwrap();
+        aw.apply(A, &update(&[(2, 2, "null")])).unwrap();
+        assert_eq!(
+            aw.encode_controlled(A),
+            Some(update(&[(1, 5, "{\"a\":1}")]))
+        );
+        assert_eq!(aw.encode_controlled(B), Some(update(&[(3, 9, "{}")])));
+        assert_eq!(aw.encode_controlled(ConnId(9)), None);
+    }
+
+    #[test]
     fn duplicate_ids_in_one_update_broadcast_the_final_state() {
         let mut aw = Awareness::new();
         let out = aw.apply(A, &update(&[(1, 1, "1"), (1, 2, "2")])).unwrap();
