@@ -17,6 +17,7 @@ use crate::admin::Admin;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::AppError;
+use crate::events::Events;
 use crate::forwarded::TrustedProxies;
 use crate::locks::Locks;
 use crate::metrics::Metrics;
@@ -41,6 +42,10 @@ pub struct Foundation {
     /// The embedded engine's store and writer, which keep the webhooks' outbox in the same
     /// commits as the changes; `None` in cluster mode, which has no webhooks yet.
     pub embedded: Option<(crate::store::Store, StoreWriter)>,
+    /// The event bus (in cluster mode shared with the other relays).
+    pub events: Events,
+    /// Document locks (in cluster mode kept in JetStream), announcing on `events`.
+    pub locks: Locks,
     /// The relay's metrics.
     pub metrics: Metrics,
     /// Token verification.
@@ -88,7 +93,8 @@ pub struct AppState {
     pub connections: ConnectionLimiter,
     /// Admin key and token minting.
     pub admin: crate::admin::Admin,
-    /// Document locks (in memory; a restart frees them).
+    /// Document locks (one relay: in memory, a restart frees them; cluster mode: in
+    /// JetStream).
     pub locks: crate::locks::Locks,
     /// The storage engine: documents' logs, registers and catalog.
     pub storage: Storage,
@@ -132,6 +138,8 @@ impl AppState {
             storage,
             presence,
             embedded,
+            events,
+            locks,
             metrics,
             auth,
             tracker,
@@ -142,12 +150,12 @@ impl AppState {
         let rooms = Rooms::new(
             storage.clone(),
             presence,
+            events,
             RoomSettings::from(config),
             tracker.clone(),
             shutdown.clone(),
             metrics.clone(),
         );
-        let locks = Locks::new(rooms.events().clone());
         let registers = Registers::new(
             storage.clone(),
             rooms.events().clone(),
