@@ -42,6 +42,7 @@ step "cluster mode: the JetStream engine and relays on a real three-node JetStre
 export AETHERFLOW_NATS_SERVER="$(tests/nats-server.sh)"
 cargo test -p aetherflow-server --locked --lib jetstream -- --ignored
 cargo test -p aetherflow-server --locked --test cluster -- --ignored
+cargo test -p aetherflow-server --locked --test cluster_events -- --ignored
 
 step "fuzz targets compile (quantum/fuzz, outside the workspace)"
 # Not --locked: the fuzz crate has its own lock file, which would go stale whenever the

@@ -261,25 +261,36 @@ impl ClusterLocks {
         let locks = self.clone();
         let name = doc.clone();
         let timer = tokio::spawn(async move {
-            let mut wait = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+            tokio::time::sleep(Duration::from_millis(expires_ms.saturating_sub(now_ms()))).await;
+            // From here on nothing stops this task (a watched delete would, and could cut it
+            // between its winning delete and the announcement).
+            locks.unlist(&name, revision);
             loop {
-                tokio::time::sleep(wait).await;
                 match locks.settle(&name).await {
                     Ok(stand) => {
-                        // Still running here (another relay's clock, a renewal): wait again.
-                        let Some(lock) = stand.lock else { break };
-                        wait = Duration::from_millis(lock.expires_ms.saturating_sub(now_ms()));
+                        // Still running by this relay's clock (clocks differ): wait again.
+                        if let Some(lock) = stand.lock {
+                            locks.arm(&name, lock.lease, lock.expires_ms);
+                        }
+                        return;
                     }
                     Err(e) => {
                         tracing::warn!(doc = %name, error = %e, "lock expiry not checked; trying again");
-                        wait = RETRY;
+                        tokio::time::sleep(RETRY).await;
                     }
                 }
             }
-            locks.disarm(&name, revision + 1);
         });
         if let Some((_, old)) = timers.insert(doc.clone(), (revision, timer.abort_handle())) {
             old.abort();
+        }
+    }
+
+    /// Takes `doc`'s timer for `revision` off the list without stopping it (it is running).
+    fn unlist(&self, doc: &DocName, revision: u64) {
+        let mut timers = self.timers();
+        if timers.get(doc).is_some_and(|(armed, _)| *armed == revision) {
+            timers.remove(doc);
         }
     }
 
