@@ -117,14 +117,22 @@ async fn a_listener_on_one_relay_hears_each_change_made_through_another_once() {
     .await;
     let taken = json!({ "ttl_ms": 60_000, "holder": "ann" });
     assert_eq!(call(&a, "POST", lock, Some(taken)).await.0, 200);
-    assert_eq!(call(&a, "DELETE", &format!("{lock}?holder=ann"), None).await.0, 204);
+    assert_eq!(
+        call(&a, "DELETE", &format!("{lock}?holder=ann"), None)
+            .await
+            .0,
+        204
+    );
     let (counts, seen) = count_until(&mut sse, |name, _| name == "lock_released").await;
     for kind in ["updated", "conflict_detected", "lock_acquired"] {
         assert_eq!(counts.get(kind), Some(&1), "{kind}: {seen:?}");
     }
     let by_type = |kind: &str| seen.iter().find(|e| e["type"] == kind).unwrap().clone();
     assert_eq!(by_type("updated")["register"]["value"], "v1");
-    assert_eq!(by_type("conflict_detected")["conflict"]["proposed"]["value"], "late");
+    assert_eq!(
+        by_type("conflict_detected")["conflict"]["proposed"]["value"],
+        "late"
+    );
     assert_eq!(by_type("lock_acquired")["holder"], "ann");
 }
 
@@ -137,8 +145,18 @@ async fn writers_racing_for_a_lock_on_two_relays_get_one_holder_until_it_expires
     let mut sse = events(&b, "plan").await;
     let lock = "/api/v1/docs/plan/lock";
     let (ann, bob) = tokio::join!(
-        call(&a, "POST", lock, Some(json!({ "ttl_ms": 1500, "holder": "ann" }))),
-        call(&b, "POST", lock, Some(json!({ "ttl_ms": 1500, "holder": "bob" }))),
+        call(
+            &a,
+            "POST",
+            lock,
+            Some(json!({ "ttl_ms": 1500, "holder": "ann" }))
+        ),
+        call(
+            &b,
+            "POST",
+            lock,
+            Some(json!({ "ttl_ms": 1500, "holder": "bob" }))
+        ),
     );
     let ((winner, on_winner), (loser, on_loser, refusal)) = match (ann.0, bob.0) {
         (200, 423) => (("ann", &a), ("bob", &b, bob.1)),
@@ -156,7 +174,10 @@ async fn writers_racing_for_a_lock_on_two_relays_get_one_holder_until_it_expires
     let renew = json!({ "ttl_ms": 1500, "holder": winner });
     assert_eq!(call(on_loser, "PUT", lock, Some(renew)).await.0, 200);
     let again = json!({ "ttl_ms": 60_000, "holder": loser });
-    assert_eq!(call(on_winner, "POST", lock, Some(again.clone())).await.0, 423);
+    assert_eq!(
+        call(on_winner, "POST", lock, Some(again.clone())).await.0,
+        423
+    );
     // Nobody touches it: it expires, announced once cluster-wide, and then the other takes it.
     // (A bound on the wait only so that a lost event fails instead of hanging: the stream's
     // keep-alives would reset the per-line timeout.)
@@ -188,11 +209,21 @@ async fn a_write_under_someone_elses_lock_is_refused_through_another_relay() {
     let (status, refused) = call(&b, "PUT", register, Some(bobs)).await;
     assert_eq!(status, 423, "{refused}");
     assert_eq!(refused["error"]["code"], "locked");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("ann"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ann")
+    );
     let anns = json!({ "value": "ann's", "base_version": 0, "author": "ann" });
     assert_eq!(call(&b, "PUT", register, Some(anns)).await.0, 200);
     // Released through B, the document is open to everyone through A.
-    assert_eq!(call(&b, "DELETE", &format!("{lock}?holder=ann"), None).await.0, 204);
+    assert_eq!(
+        call(&b, "DELETE", &format!("{lock}?holder=ann"), None)
+            .await
+            .0,
+        204
+    );
     let bobs = json!({ "value": "bob's", "base_version": 1, "author": "bob" });
     let (status, written) = call(&a, "PUT", register, Some(bobs)).await;
     assert_eq!(status, 200, "{written}");

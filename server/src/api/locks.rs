@@ -67,10 +67,12 @@ async fn get_lock(
 ) -> Result<Json<Value>, AppError> {
     authorize(&state, &headers, &doc, false)?;
     must_exist(&state, &doc).await?;
-    Ok(Json(match state.locks.current(&doc).await.map_err(lock_error)? {
-        Some(lock) => lock_json(&doc, &lock),
-        None => json!({ "name": doc.as_str(), "locked": false }),
-    }))
+    Ok(Json(
+        match state.locks.current(&doc).await.map_err(lock_error)? {
+            Some(lock) => lock_json(&doc, &lock),
+            None => json!({ "name": doc.as_str(), "locked": false }),
+        },
+    ))
 }
 
 async fn acquire(

@@ -98,7 +98,11 @@ impl ClusterLocks {
     async fn read(&self, doc: &DocName) -> Result<Stand, LockError> {
         let bucket = &self.inner.bucket;
         let subject = format!("{}{}", bucket.prefix, key(doc));
-        let message = match bucket.stream.get_last_raw_message_by_subject(&subject).await {
+        let message = match bucket
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
             Ok(message) => message,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(Stand {
@@ -305,7 +309,9 @@ impl ClusterLocks {
         }
     }
 
-    fn timers(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, (u64, tokio::task::AbortHandle)>> {
+    fn timers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<DocName, (u64, tokio::task::AbortHandle)>> {
         // Single inserts and removes cannot leave the map inconsistent.
         self.inner
             .timers

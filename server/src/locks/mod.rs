@@ -77,8 +77,12 @@ pub trait LockLedger: Send + Sync {
     /// The lock on `doc` now, if any (an expired one is freed and announced).
     fn current<'a>(&'a self, doc: &'a DocName) -> LockFuture<'a, Option<Lock>>;
     /// See [`rules::acquire`]; announces `lock_acquired` (or `lock_renewed`).
-    fn acquire<'a>(&'a self, doc: &'a DocName, holder: &'a str, ttl_ms: u64)
-    -> LockFuture<'a, Lock>;
+    fn acquire<'a>(
+        &'a self,
+        doc: &'a DocName,
+        holder: &'a str,
+        ttl_ms: u64,
+    ) -> LockFuture<'a, Lock>;
     /// See [`rules::renew`]; announces `lock_renewed`.
     fn renew<'a>(&'a self, doc: &'a DocName, holder: &'a str, ttl_ms: u64) -> LockFuture<'a, Lock>;
     /// See [`rules::release`]; announces `lock_released`.

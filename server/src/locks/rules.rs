@@ -247,7 +247,9 @@ mod tests {
             Err(LockError::BadTtl)
         );
         assert_eq!(
-            table.acquire(&doc(), "ann", MAX_TTL_MS + 1, 0).map(|(l, _)| l),
+            table
+                .acquire(&doc(), "ann", MAX_TTL_MS + 1, 0)
+                .map(|(l, _)| l),
             Err(LockError::BadTtl)
         );
     }
