@@ -171,7 +171,13 @@ async fn writers_racing_for_a_lock_on_two_relays_get_one_holder_until_it_expires
     let ((winner, on_winner), (loser, on_loser, refusal)) = match (ann.0, bob.0) {
         (200, 423) => (("ann", &a), ("bob", &b, bob.1)),
         (423, 200) => (("bob", &b), ("ann", &a, ann.1)),
-        other => panic!("one holder expected: {other:?} {} {}", ann.1, bob.1),
+        other => panic!(
+            "one holder expected: {other:?} {} {}\nA: {}\nB: {}",
+            ann.1,
+            bob.1,
+            a.logs(),
+            b.logs()
+        ),
     };
     // The same refusal as on one relay.
     assert_eq!(refusal["error"]["code"], "locked");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aetherflow_crdt::DocName;
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::{ErrorCode, kv, stream};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +154,7 @@ impl ClusterLocks {
         };
         match written {
             Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) if lost_race(&e) => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -320,13 +320,47 @@ impl ClusterLocks {
     }
 }
 
+/// Whether a conditional write failed because the key changed since it was read. A clustered
+/// stream answers a race it sees while the competing write is still being proposed with error
+/// 10164 ("wrong last sequence", without the sequence), which async-nats does not map to
+/// `WrongLastRevision` as it does 10071.
+fn lost_race(error: &kv::UpdateError) -> bool {
+    if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            let code = js.error_code();
+            return code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn kept_changing() -> LockError {
     LockError::Unavailable("the lock kept changing under concurrent requests".into())
 }
 
+/// Runs a lock operation in a task of its own, so that a caller that goes away (a client
+/// hanging up) cannot cut it between its winning write and the announcement.
+fn detached<T: Send + 'static>(
+    operation: impl Future<Output = Result<T, LockError>> + Send + 'static,
+) -> LockFuture<'static, T> {
+    async move {
+        tokio::spawn(operation)
+            .await
+            .map_err(|e| LockError::Unavailable(format!("lock operation failed: {e}")))?
+    }
+    .boxed()
+}
+
 impl LockLedger for ClusterLocks {
     fn current<'a>(&'a self, doc: &'a DocName) -> LockFuture<'a, Option<Lock>> {
-        async move { Ok(self.settle(doc).await?.lock) }.boxed()
+        let (locks, doc) = (self.clone(), doc.clone());
+        detached(async move { Ok(locks.settle(&doc).await?.lock) })
     }
 
     fn acquire<'a>(
@@ -335,29 +369,32 @@ impl LockLedger for ClusterLocks {
         holder: &'a str,
         ttl_ms: u64,
     ) -> LockFuture<'a, Lock> {
-        self.grant(doc, holder, move |lock, now| {
-            rules::acquire(lock, holder, ttl_ms, now)
+        let (locks, doc, holder) = (self.clone(), doc.clone(), holder.to_owned());
+        detached(async move {
+            let decide = |lock: Option<&Lock>, now| rules::acquire(lock, &holder, ttl_ms, now);
+            locks.grant(&doc, &holder, decide).await
         })
-        .boxed()
     }
 
     fn renew<'a>(&'a self, doc: &'a DocName, holder: &'a str, ttl_ms: u64) -> LockFuture<'a, Lock> {
-        self.grant(doc, holder, move |lock, now| {
-            rules::renew(lock, holder, ttl_ms, now)
+        let (locks, doc, holder) = (self.clone(), doc.clone(), holder.to_owned());
+        detached(async move {
+            let decide = |lock: Option<&Lock>, now| rules::renew(lock, &holder, ttl_ms, now);
+            locks.grant(&doc, &holder, decide).await
         })
-        .boxed()
     }
 
     fn release<'a>(&'a self, doc: &'a DocName, holder: &'a str) -> LockFuture<'a, Lock> {
-        self.release_lock(doc, holder).boxed()
+        let (locks, doc, holder) = (self.clone(), doc.clone(), holder.to_owned());
+        detached(async move { locks.release_lock(&doc, &holder).await })
     }
 
     fn may_write<'a>(&'a self, doc: &'a DocName, who: &'a str) -> LockFuture<'a, ()> {
-        async move {
-            let stand = self.settle(doc).await?;
-            rules::may_write(stand.lock.as_ref(), who, now_ms())
-        }
-        .boxed()
+        let (locks, doc, who) = (self.clone(), doc.clone(), who.to_owned());
+        detached(async move {
+            let stand = locks.settle(&doc).await?;
+            rules::may_write(stand.lock.as_ref(), &who, now_ms())
+        })
     }
 
     fn forget<'a>(&'a self, doc: &'a DocName) -> LockFuture<'a, ()> {
