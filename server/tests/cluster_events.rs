@@ -95,10 +95,18 @@ async fn a_listener_on_one_relay_hears_each_change_made_through_another_once() {
     on_b.wait_for_text("hello").await;
     on_a.append(" again").await;
     on_b.wait_for_text("hello again").await;
-    // A announces its client's departure after the updates: everything before it has come.
+    // Once A answered the barrier it has announced the updates (it answers only after they are
+    // committed), so its client's departure is announced after them: the end of what to count.
+    on_a.barrier().await;
     drop(on_a);
     let (counts, seen) = count_until(&mut sse, |name, _| name == "user_left").await;
-    assert_eq!(counts.get("updated"), Some(&2), "{seen:?}");
+    assert_eq!(
+        counts.get("updated"),
+        Some(&2),
+        "{seen:?}\nA: {}\nB: {}",
+        a.logs(),
+        b.logs()
+    );
     assert_eq!(counts.get("user_joined"), Some(&2), "A's and B's: {seen:?}");
     assert!(
         seen.iter()
