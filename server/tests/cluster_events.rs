@@ -56,6 +56,14 @@ async fn events(relay: &Relay, doc: &str) -> SseClient {
     panic!("{doc} never became visible through this relay");
 }
 
+/// A y-websocket client of `doc` through `relay`; a refused upgrade fails with the relay's log.
+async fn connect(relay: &Relay, doc: &str) -> YClient {
+    if let Err(e) = tokio_tungstenite::connect_async(relay.ws_url(doc)).await {
+        panic!("cannot connect to {doc}: {e}\n{}", relay.logs());
+    }
+    YClient::connect(&relay.ws_url(doc)).await
+}
+
 /// The events `sse` gets up to and including the first that `last` accepts, counted by type.
 async fn count_until(
     sse: &mut SseClient,
@@ -259,10 +267,10 @@ async fn a_write_under_someone_elses_lock_is_refused_through_another_relay() {
 async fn deleting_through_one_relay_closes_the_documents_clients_on_every_relay() {
     let cluster = NatsCluster::start().await;
     let (a, b) = (relay(&cluster, "DELETE"), relay(&cluster, "DELETE"));
-    let mut on_a = YClient::connect(&a.ws_url("doomed")).await;
+    let mut on_a = connect(&a, "doomed").await;
     on_a.append("content").await;
     on_a.barrier().await;
-    let mut on_b = YClient::connect(&b.ws_url("doomed")).await;
+    let mut on_b = connect(&b, "doomed").await;
     on_b.wait_for_text("content").await;
     let mut sse = events(&b, "doomed").await;
     assert_eq!(call(&a, "DELETE", "/api/v1/docs/doomed", None).await.0, 204);

@@ -60,13 +60,37 @@ struct Inner {
 
 impl JetStreamEngine {
     /// The cluster's locks, announcing on `events`; watching the bucket for leases to expire
-    /// from when this returns.
+    /// from when this returns. Tries again for up to 30 s while the servers have no leaders
+    /// (just after one died), like [`JetStreamEngine::connect`].
     pub async fn locks(&self, events: Events) -> Result<ClusterLocks, StoreError> {
-        let replicas = self.inner.log.cached_info().config.num_replicas;
+        let deadline = tokio::time::Instant::now() + super::SETUP_PATIENCE;
+        let (bucket, watch) = loop {
+            match self.open_locks().await {
+                Ok(opened) => break opened,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "the locks bucket is not ready; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let locks = ClusterLocks {
+            inner: Arc::new(Inner {
+                bucket,
+                events,
+                timers: Mutex::default(),
+            }),
+        };
+        tokio::spawn(locks.clone().watch(watch));
+        Ok(locks)
+    }
+
+    /// Creates (or finds) the locks bucket and starts watching it.
+    async fn open_locks(&self) -> Result<(kv::Store, kv::Watch), StoreError> {
         let config = kv::Config {
             bucket: format!("{}_locks", self.inner.prefix),
             history: 1,
-            num_replicas: replicas,
+            num_replicas: self.inner.log.cached_info().config.num_replicas,
             storage: stream::StorageType::File,
             ..Default::default()
         };
@@ -77,15 +101,7 @@ impl JetStreamEngine {
             .watch_with_history(">")
             .await
             .map_err(super::unreachable)?;
-        let locks = ClusterLocks {
-            inner: Arc::new(Inner {
-                bucket,
-                events,
-                timers: Mutex::default(),
-            }),
-        };
-        tokio::spawn(locks.clone().watch(watch));
-        Ok(locks)
+        Ok((bucket, watch))
     }
 }
 
