@@ -340,7 +340,7 @@ impl ClusterLocks {
 /// stream answers a race it sees while the competing write is still being proposed with error
 /// 10164 ("wrong last sequence", without the sequence), which async-nats does not map to
 /// `WrongLastRevision` as it does 10071.
-fn lost_race(error: &kv::UpdateError) -> bool {
+pub(super) fn lost_race(error: &kv::UpdateError) -> bool {
     if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
         return true;
     }
