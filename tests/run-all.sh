@@ -41,7 +41,7 @@ step "cluster mode: the JetStream engine and relays on a real three-node JetStre
 # need it are #[ignore]d in a plain `cargo test` and run here.
 export AETHERFLOW_NATS_SERVER="$(tests/nats-server.sh)"
 cargo test -p aetherflow-server --locked --lib jetstream -- --ignored
-cargo test -p aetherflow-server --locked --test cluster --test cluster_failover --test cluster_registers -- --ignored
+cargo test -p aetherflow-server --locked --test cluster --test cluster_events --test cluster_failover --test cluster_registers -- --ignored
 
 step "fuzz targets compile (quantum/fuzz, outside the workspace)"
 # Not --locked: the fuzz crate has its own lock file, which would go stale whenever the

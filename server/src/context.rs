@@ -17,6 +17,7 @@ use crate::admin::Admin;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::AppError;
+use crate::events::Events;
 use crate::forwarded::TrustedProxies;
 use crate::locks::Locks;
 use crate::metrics::Metrics;
@@ -45,6 +46,10 @@ pub struct Foundation {
     /// The embedded engine's store and writer, which keep the webhooks' outbox in the same
     /// commits as the changes; `None` in cluster mode, which has no webhooks yet.
     pub embedded: Option<(crate::store::Store, StoreWriter)>,
+    /// The event bus (in cluster mode shared with the other relays).
+    pub events: Events,
+    /// Document locks (in cluster mode kept in JetStream), announcing on `events`.
+    pub locks: Locks,
     /// The relay's metrics.
     pub metrics: Metrics,
     /// Token verification.
@@ -94,7 +99,8 @@ pub struct AppState {
     pub connections: ConnectionLimiter,
     /// Admin key and token minting.
     pub admin: crate::admin::Admin,
-    /// Document locks (in memory; a restart frees them).
+    /// Document locks (one relay: in memory, a restart frees them; cluster mode: in
+    /// JetStream).
     pub locks: crate::locks::Locks,
     /// The storage engine: documents' logs, registers and catalog.
     pub storage: Storage,
@@ -139,6 +145,8 @@ impl AppState {
             presence,
             cluster,
             embedded,
+            events,
+            locks,
             metrics,
             auth,
             tracker,
@@ -154,12 +162,12 @@ impl AppState {
         let rooms = Rooms::new(
             storage.clone(),
             presence,
+            events,
             RoomSettings::from(config),
             tracker.clone(),
             shutdown.clone(),
             metrics.clone(),
         );
-        let locks = Locks::new(rooms.events().clone());
         let registers = Registers::new(
             storage.clone(),
             rooms.events().clone(),

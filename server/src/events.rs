@@ -5,6 +5,11 @@
 //! (`/api/v1/docs/{name}/live`) subscribe. An event is JSON with a `type` field; it never
 //! carries a token. Publishing to a document nobody listens to costs one map lookup.
 //!
+//! In cluster mode the bus is [`Events::shared`]: what this relay publishes also goes to the
+//! other relays through an [`EventShare`], and what they publish arrives through
+//! [`Events::deliver`], for this relay's listeners only (never passed on again, so an event
+//! reaches every relay's listeners once).
+//!
 //! ```
 //! use aetherflow_crdt::DocName;
 //! use aetherflow_server::events::{DocEvent, Events};
@@ -34,6 +39,15 @@ pub struct Events {
     /// One listener to the events of every document that pass its filter (webhooks' lock
     /// events), if any.
     tap: Arc<Mutex<Option<Tap>>>,
+    /// Where this relay's events go to the other relays (cluster mode).
+    share: Option<Arc<dyn EventShare>>,
+}
+
+/// Passes a relay's events on to the other relays of a cluster.
+pub trait EventShare: Send + Sync {
+    /// Sends `event` of `doc`, published on this relay, to the other relays. Must not wait:
+    /// publishers are rooms and request handlers.
+    fn share(&self, doc: &DocName, event: &DocEvent);
 }
 
 /// What [`Events::tap`] set up.
@@ -60,6 +74,14 @@ impl Events {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A bus whose events also go to the other relays through `share` (cluster mode).
+    pub fn shared(share: Arc<dyn EventShare>) -> Events {
+        Events {
+            share: Some(share),
+            ..Events::default()
+        }
+    }
+
     /// Listens to `doc`'s events from now on.
     pub fn subscribe(&self, doc: &DocName) -> broadcast::Receiver<Arc<DocEvent>> {
         let mut channels = self.lock();
@@ -79,8 +101,11 @@ impl Events {
         rx
     }
 
-    /// Tells `doc`'s listeners, if any.
+    /// Tells `doc`'s listeners, if any, and in cluster mode the other relays'.
     pub fn publish(&self, doc: &DocName, event: DocEvent) {
+        if let Some(share) = &self.share {
+            share.share(doc, &event);
+        }
         let event = Arc::new(event);
         if let Some(tap) = &*self.tap.lock().unwrap_or_else(|p| p.into_inner())
             && (tap.keep)(&event)
@@ -88,12 +113,27 @@ impl Events {
         {
             tracing::warn!(doc = %doc, "event tap full or closed: event not passed on");
         }
+        self.deliver(doc, event);
+    }
+
+    /// Tells this relay's listeners of `doc` about an event another relay published (cluster
+    /// mode): not shared again, and not tapped (the publishing relay's tap saw it).
+    pub fn deliver(&self, doc: &DocName, event: Arc<DocEvent>) {
         let mut channels = self.lock();
         if let Some(tx) = channels.get(doc)
             && tx.send(event).is_err()
         {
             // Nobody listens any more.
             channels.remove(doc);
+        }
+    }
+
+    /// Tells every listener of every document that it may have missed `missed` events (events
+    /// from another relay were lost on the way, and which documents they were for is unknown).
+    pub fn lagged_everywhere(&self, missed: u64) {
+        let event = Arc::new(DocEvent::Lagged { missed });
+        for tx in self.lock().values() {
+            let _ = tx.send(event.clone());
         }
     }
 }

@@ -194,11 +194,14 @@ mod tests {
         let config = Config::from_settings(Settings::default()).expect("the default config");
         let store = Store::open(&dir.join("db.redb")).expect("store");
         let (storage, writer, _) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
+        let events = crate::events::Events::new();
         let foundation = Foundation {
             storage,
             presence: None,
             cluster: None,
             embedded: Some((store, writer)),
+            locks: crate::locks::Locks::local(events.clone()),
+            events,
             metrics: Metrics::new(),
             auth: Auth::new(None, None).expect("an open relay"),
             tracker: TaskTracker::new(),

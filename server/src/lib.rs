@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod context;
@@ -107,6 +108,9 @@ pub async fn run(
         presence,
         cluster,
         embedded,
+        events,
+        locks,
+        remote_events,
         writer_task,
     } = open_storage(&config, &metrics).await?;
     let auth = Auth::new(
@@ -143,12 +147,18 @@ pub async fn run(
         presence,
         cluster,
         embedded,
+        events,
+        locks,
         metrics,
         auth,
         tracker: tracker.clone(),
         shutdown: token.clone(),
     };
     let state = AppState::build(&config, foundation, quantum_info);
+    if let Some(remote) = remote_events {
+        let events = state.sessions.rooms.events().clone();
+        cluster::Cluster::follow(remote, events, state.sessions.rooms.clone());
+    }
     if let Some(hooks) = &state.webhooks {
         let metrics = state.metrics.webhooks().clone();
         tracker.spawn(webhooks::delivery::run(
@@ -219,17 +229,18 @@ pub async fn run(
 /// the data directory, checked first (unless `--skip-integrity-check`), with its writer task.
 async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Result<Opened> {
     if let Some(cluster) = &config.cluster {
-        let engine = jetstream::JetStreamEngine::connect(cluster)
+        let opened = cluster::Cluster::open(cluster)
             .await
             .context("cannot reach the cluster's JetStream")?;
         info!(prefix = %cluster.prefix, replicas = cluster.replicas, "cluster mode: documents in JetStream");
-        let link = engine.presence();
-        let presence: Arc<dyn presence::Presence> = Arc::new(link.clone());
         return Ok(Opened {
-            storage: storage::Storage::of(engine),
-            presence: Some(presence),
-            cluster: Some(link),
+            storage: opened.storage,
+            presence: Some(opened.presence),
+            cluster: Some(opened.link),
             embedded: None,
+            events: opened.events,
+            locks: opened.locks,
+            remote_events: Some(opened.remote),
             writer_task: None,
         });
     }
@@ -258,11 +269,15 @@ async fn open_storage(config: &Config, metrics: &metrics::Metrics) -> anyhow::Re
         metrics.damaged_at_start(report.damaged_documents().len());
     }
     let (storage, writer, writer_task) = store::start(store.clone(), mode, metrics.clone());
+    let events = events::Events::new();
     Ok(Opened {
         storage,
         presence: None,
         cluster: None,
         embedded: Some((store, writer)),
+        locks: locks::Locks::local(events.clone()),
+        events,
+        remote_events: None,
         writer_task: Some(writer_task),
     })
 }
@@ -277,6 +292,12 @@ struct Opened {
     /// The embedded engine's store and writer (for the webhooks' outbox); `None` in cluster
     /// mode.
     embedded: Option<(Store, store::StoreWriter)>,
+    /// The event bus (cluster mode: shared with the other relays).
+    events: events::Events,
+    /// Document locks (cluster mode: in JetStream, across relays).
+    locks: locks::Locks,
+    /// The other relays' events, delivered once the rooms exist (cluster mode).
+    remote_events: Option<jetstream::events::RemoteEvents>,
     /// The embedded engine's writer task, awaited at shutdown for its final commit.
     writer_task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Auth, Grant};
 use crate::events::{DocEvent, Events};
-use crate::locks::Locks;
+use crate::locks::{LockError, Locks};
 use crate::storage::{RegisterFailure, Storage, StoreError};
 use crate::wall_clock::now_ms;
 
@@ -150,7 +150,7 @@ impl Registers {
         let mut state = json!({
             "type": "state",
             "register": register_json(&register),
-            "lock": self.locks.current(doc),
+            "lock": self.locks.current(doc).await.map_err(lock_failure)?,
         });
         if let Register::Manual(manual) = &register {
             state["conflicts"] = json!(manual.conflicts().collect::<Vec<_>>());
@@ -188,7 +188,8 @@ impl Registers {
             Command::ManualWrite(ManualWrite { author, .. }) | Command::Resolve { author, .. } => {
                 self.locks
                     .may_write(doc, author)
-                    .map_err(|e| RegisterError::Locked(e.to_string()))?;
+                    .await
+                    .map_err(lock_failure)?;
                 Kind::Manual
             }
         };
@@ -283,6 +284,14 @@ impl Registers {
             };
             self.events.publish(doc, event);
         }
+    }
+}
+
+/// A lock refusal as a register error: held by someone else, or locks unreachable.
+fn lock_failure(error: LockError) -> RegisterError {
+    match error {
+        LockError::Unavailable(why) => RegisterError::Store(StoreError::Io(why)),
+        other => RegisterError::Locked(other.to_string()),
     }
 }
 

@@ -200,7 +200,9 @@ async fn delete_document(
     authorize(&state, &headers, &doc, true)?;
     match state.sessions.rooms.delete(&doc).await {
         Ok(true) => {
-            state.locks.forget(&doc);
+            if let Err(e) = state.locks.forget(&doc).await {
+                tracing::warn!(doc = %doc, error = %e, "the deleted document's lock stays until it expires");
+            }
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(false) => Err(AppError::NotFound(format!("no document {doc}"))),

@@ -1,8 +1,9 @@
 //! Document locks: `POST` acquires (or renews one's own), `PUT` renews, `DELETE` releases,
 //! `GET` shows the lock. A lock is a lease of `ttl_ms` (1 ms to an hour) for a holder: the
 //! token's subject, or, when the relay runs open, the `holder` named in the request. While a
-//! `manual` document is locked, only its holder may write or resolve its register. Locks live
-//! in memory: a restart frees them (see [`crate::locks`]).
+//! `manual` document is locked, only its holder may write or resolve its register. One relay
+//! keeps locks in memory (a restart frees them); cluster mode keeps them in JetStream, one
+//! holder across every relay (see [`crate::locks`]).
 
 use aetherflow_crdt::DocName;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -52,6 +53,10 @@ fn lock_error(error: LockError) -> AppError {
         LockError::Held { .. } => AppError::Locked(error.to_string()),
         LockError::NotLocked => AppError::Conflict(error.to_string()),
         LockError::BadTtl => AppError::BadRequest(error.to_string()),
+        LockError::Unavailable(_) => {
+            tracing::warn!(%error, "lock operation refused");
+            AppError::StorageUnavailable
+        }
     }
 }
 
@@ -62,10 +67,12 @@ async fn get_lock(
 ) -> Result<Json<Value>, AppError> {
     authorize(&state, &headers, &doc, false)?;
     must_exist(&state, &doc).await?;
-    Ok(Json(match state.locks.current(&doc) {
-        Some(lock) => lock_json(&doc, &lock),
-        None => json!({ "name": doc.as_str(), "locked": false }),
-    }))
+    Ok(Json(
+        match state.locks.current(&doc).await.map_err(lock_error)? {
+            Some(lock) => lock_json(&doc, &lock),
+            None => json!({ "name": doc.as_str(), "locked": false }),
+        },
+    ))
 }
 
 async fn acquire(
@@ -81,6 +88,7 @@ async fn acquire(
     let lock = state
         .locks
         .acquire(&doc, &holder, request.ttl_ms)
+        .await
         .map_err(lock_error)?;
     Ok(Json(lock_json(&doc, &lock)))
 }
@@ -97,6 +105,7 @@ async fn renew(
     let lock = state
         .locks
         .renew(&doc, &holder, request.ttl_ms)
+        .await
         .map_err(lock_error)?;
     Ok(Json(lock_json(&doc, &lock)))
 }
@@ -110,7 +119,11 @@ async fn release(
     let grant = authorize(&state, &headers, &doc, true)?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let holder = identity(&state, &grant, query.holder)?;
-    state.locks.release(&doc, &holder).map_err(lock_error)?;
+    state
+        .locks
+        .release(&doc, &holder)
+        .await
+        .map_err(lock_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -15,7 +15,9 @@
 //!   compactors one wins and the other's object is dropped; only then are the folded entries
 //!   purged;
 //! - the buckets `{prefix}_documents` (metadata) and `{prefix}_registers` (register state,
-//!   changed by read, apply, conditional update, retried on a lost race).
+//!   changed by read, apply, conditional update, retried on a lost race);
+//! - the bucket `{prefix}_locks`, document locks across relays ([`locks`]); document events
+//!   between relays on core NATS, `{prefix}.events.*` ([`events`]).
 //!
 //! Durable here means: JetStream acknowledged the write. With the streams' replicas at 3 (the
 //! default) and the servers' `sync_interval: always`, an acknowledgement means the write is on
@@ -25,7 +27,9 @@
 
 pub mod admin;
 mod catalog;
+pub mod events;
 mod large;
+pub mod locks;
 mod log;
 pub mod presence;
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! plain `cargo test` without it reports them as ignored, never as passed; the README's test
 //! command runs them with `--ignored`.
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::kv;
 use futures_util::future::BoxFuture;
 
-use super::{ClusterSettings, JetStreamEngine};
+use super::{ClusterSettings, JetStreamEngine, lost_race};
 use crate::storage::Storage;
 use crate::storage::conformance::{self, Engine};
 
@@ -59,4 +61,29 @@ fn names_round_trip_through_keys() {
     }
     assert_eq!(super::name_of("zz"), None);
     assert_eq!(super::name_of("abc"), None);
+}
+
+/// An update refused by the server with JetStream error `code`, as async-nats reports it.
+fn refused(code: u64) -> kv::UpdateError {
+    let answer = format!(r#"{{"code":400,"err_code":{code},"description":"wrong last sequence"}}"#);
+    let server: async_nats::jetstream::Error =
+        serde_json::from_str(&answer).expect("a JetStream error");
+    let publish = PublishError::with_source(PublishErrorKind::Other, server);
+    kv::UpdateError::with_source(kv::UpdateErrorKind::Other, publish)
+}
+
+#[test]
+fn both_wrong_last_sequence_answers_are_a_lost_race_and_other_failures_are_not() {
+    assert!(lost_race(&kv::UpdateError::new(
+        kv::UpdateErrorKind::WrongLastRevision
+    )));
+    assert!(
+        lost_race(&refused(10164)),
+        "a race seen during the proposal"
+    );
+    assert!(lost_race(&refused(10071)));
+    assert!(!lost_race(&refused(10077)), "another JetStream refusal");
+    assert!(!lost_race(&kv::UpdateError::new(
+        kv::UpdateErrorKind::TimedOut
+    )));
 }

@@ -105,6 +105,10 @@ pub enum RoomCommand {
         /// The answer.
         done: oneshot::Sender<Result<bool, ApplyError>>,
     },
+    /// Another relay deleted the document (cluster mode): close every connection as
+    /// [`RoomCommand::Delete`] does and unload, storing and announcing nothing (that relay
+    /// did both).
+    DeletedElsewhere,
 }
 
 /// Why the room did not apply an update from the HTTP API.
@@ -205,13 +209,14 @@ pub struct JoinError(pub DocName);
 pub struct RoomGone;
 
 impl Rooms {
-    /// A registry whose rooms keep their documents in `storage` and share presence through
-    /// `presence` (cluster mode; `None` for one relay); room tasks are tracked by `tracker`
-    /// and stop once `shutdown` is cancelled and their connections have left. They record
-    /// into `metrics`.
+    /// A registry whose rooms keep their documents in `storage`, share presence through
+    /// `presence` (cluster mode; `None` for one relay) and announce on `events`; room tasks
+    /// are tracked by `tracker` and stop once `shutdown` is cancelled and their connections
+    /// have left. They record into `metrics`.
     pub fn new(
         storage: Storage,
         presence: Option<Arc<dyn Presence>>,
+        events: Events,
         settings: RoomSettings,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -225,7 +230,7 @@ impl Rooms {
             settings,
             tracker,
             shutdown,
-            events: Events::new(),
+            events,
             metrics,
         };
         Rooms {
@@ -307,6 +312,16 @@ impl Rooms {
             tokio::task::yield_now().await;
         }
         Err(ApplyError::Unavailable("room did not start".into()))
+    }
+
+    /// Another relay deleted `doc` (cluster mode): if it is loaded here, its connections are
+    /// closed with [`CloseReason::DOCUMENT_DELETED`] and the room unloads, so the next
+    /// connection loads what is stored now (nothing).
+    pub async fn deleted_elsewhere(&self, doc: &DocName) {
+        let loaded = self.lock().get(doc).map(|handle| handle.inbox.clone());
+        if let Some(inbox) = loaded {
+            let _ = inbox.send(RoomCommand::DeletedElsewhere).await;
+        }
     }
 
     /// The per-document event bus.
@@ -459,6 +474,7 @@ pub(crate) mod tests {
         Rooms::new(
             storage,
             None,
+            Events::new(),
             settings,
             TaskTracker::new(),
             shutdown,

@@ -271,6 +271,7 @@ impl RoomTask {
         let mut deletes = Vec::new();
         let mut held = Vec::new();
         let mut remote = Vec::new();
+        let mut deleted_elsewhere = false;
         let writable = self.rooms.inner.storage.log.is_writable();
         if writable && !self.unsaved.is_empty() {
             self.ask_for_unsaved(room);
@@ -299,6 +300,7 @@ impl RoomTask {
                     http.push((conn, done));
                 }
                 RoomCommand::Delete { done } => deletes.push(done),
+                RoomCommand::DeletedElsewhere => deleted_elsewhere = true,
                 RoomCommand::Remote(Ok(update)) => remote.push(update),
                 RoomCommand::Remote(Err(why)) => {
                     error!(error = %why, "following the log failed; reloading the document");
@@ -333,7 +335,7 @@ impl RoomTask {
         if !updates.is_empty() {
             self.apply_updates(room, updates, http).await;
         }
-        if !others.is_empty() || !deletes.is_empty() {
+        if !others.is_empty() || !deletes.is_empty() || deleted_elsewhere {
             // They may show the document's state (step 2, a join's greeting): only what is
             // on disk.
             self.settle_all(room).await;
@@ -343,6 +345,10 @@ impl RoomTask {
         }
         if !deletes.is_empty() {
             self.delete(deletes).await;
+        } else if deleted_elsewhere {
+            info!("document deleted through another relay");
+            self.close_all(deletion());
+            self.deleted = true;
         }
     }
 
@@ -366,10 +372,7 @@ impl RoomTask {
     /// Closes every connection, removes the document from the store and marks the room for
     /// unloading; a later connection starts an empty document of the same name.
     async fn delete(&mut self, waiters: Vec<oneshot::Sender<Result<bool, ApplyError>>>) {
-        self.close_all(CloseReason::new(
-            CloseReason::DOCUMENT_DELETED,
-            "document deleted",
-        ));
+        self.close_all(deletion());
         let answer = match self
             .rooms
             .inner
@@ -476,10 +479,9 @@ impl RoomTask {
             self.failed = true;
         }
         self.log_entries += count;
+        // Not announced: the relay that stored it did, to every relay's listeners.
         if let Some(frame) = batch.broadcast {
-            let bytes = frame.len();
             self.broadcast_update(room, Bytes::from(frame));
-            self.announce_update(bytes, Vec::new());
         }
     }
 
@@ -667,7 +669,10 @@ impl RoomTask {
             }
             RoomCommand::RemotePresence(event) => self.remote_presence(room, event),
             // Taken out of the batch in `turn`.
-            RoomCommand::Apply { .. } | RoomCommand::Delete { .. } | RoomCommand::Remote(_) => {}
+            RoomCommand::Apply { .. }
+            | RoomCommand::Delete { .. }
+            | RoomCommand::DeletedElsewhere
+            | RoomCommand::Remote(_) => {}
             RoomCommand::Acknowledge { conn, frame, times } => {
                 if self.unsaved.contains(&conn) {
                     return;
@@ -864,6 +869,11 @@ impl Departure {
             TrySendError::Closed(_) => Departure::Gone,
         }
     }
+}
+
+/// How connections of a deleted document are closed, whichever relay deleted it.
+fn deletion() -> CloseReason {
+    CloseReason::new(CloseReason::DOCUMENT_DELETED, "document deleted")
 }
 
 /// Tells every HTTP writer in `waiters` the same answer.
