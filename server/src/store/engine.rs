@@ -9,9 +9,10 @@ use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, Outcome, Register};
 
 use super::{Store, StoreWriter, WriteOp, WriteResult};
+use crate::history::Retention;
 use crate::storage::{
-    Catalog, Committing, Created, DocStats, DocumentLog, DocumentMeta, LogEntry, NameFilter,
-    Pending, RegisterFailure, RegisterStore, StoreError, StoredDoc,
+    Catalog, Committing, Created, DocStats, DocumentHistory, DocumentLog, DocumentMeta, LogEntry,
+    NameFilter, Pending, RegisterFailure, RegisterStore, StoreError, StoredDoc, Timeline,
 };
 
 /// The embedded redb database seen through the storage interfaces. Cheap to clone.
@@ -110,6 +111,35 @@ impl DocumentLog for RedbEngine {
 
     fn commits(&self) -> u64 {
         self.store.commits()
+    }
+}
+
+impl DocumentHistory for RedbEngine {
+    fn timeline(&self, doc: DocName) -> Pending<'_, Timeline> {
+        self.read(move |store| store.timeline(&doc))
+    }
+
+    fn at(&self, doc: DocName, seq: u64) -> Pending<'_, Option<StoredDoc>> {
+        self.read(move |store| store.at(&doc, seq))
+    }
+
+    fn label(&self, doc: DocName, seq: u64, label: Option<String>) -> Pending<'_, bool> {
+        self.commit(WriteOp::Label { doc, seq, label }, |result| match result {
+            WriteResult::Found(found) => Some(found),
+            _ => None,
+        })
+    }
+
+    fn thin(&self, doc: DocName, retention: Retention, now_ms: u64) -> Pending<'_, usize> {
+        let thin = WriteOp::Thin {
+            doc,
+            retention,
+            now_ms,
+        };
+        self.commit(thin, |result| match result {
+            WriteResult::Thinned(dropped) => Some(dropped),
+            _ => None,
+        })
     }
 }
 
