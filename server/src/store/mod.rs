@@ -12,6 +12,8 @@ mod checksum;
 pub mod documents;
 mod engine;
 pub mod history;
+#[cfg(test)]
+mod history_props;
 pub mod outbox;
 mod slot;
 pub mod writer;
