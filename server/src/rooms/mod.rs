@@ -143,6 +143,8 @@ pub struct RoomSettings {
     pub unload_after: Duration,
     /// Log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Which versions of the history thinning keeps (run after each compaction).
+    pub history_retention: crate::history::Retention,
     /// What one update and one document may hold.
     pub doc_limits: DocLimits,
 }
@@ -153,6 +155,7 @@ impl From<&Config> for RoomSettings {
             durability: config.durability,
             unload_after: config.unload_after,
             compact_after_updates: config.compact_after_updates,
+            history_retention: config.history_retention,
             doc_limits: DocLimits {
                 max_update_items: config.max_update_items,
                 max_doc_items: config.max_doc_items,
@@ -454,6 +457,7 @@ pub(crate) mod tests {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),
             compact_after_updates: 1000,
+            history_retention: crate::history::Retention::DEFAULT,
             doc_limits: DocLimits::default(),
         };
         Rooms::new(

@@ -613,9 +613,33 @@ impl RoomTask {
                     "update log compacted"
                 );
                 self.log_entries = 0;
+                self.thin_history();
             }
             Err(e) => error!(error = %e, "compaction not queued"),
         }
+    }
+
+    /// Thins the document's history by the retention policy, off the room's task: the
+    /// writer does it in a later commit, and the room does not wait for it.
+    fn thin_history(&self) {
+        let Some(history) = self.rooms.inner.storage.history.clone() else {
+            return;
+        };
+        let doc = self.name.clone();
+        let retention = self.rooms.inner.settings.history_retention;
+        let thin = async move {
+            let now_ms = crate::wall_clock::now_ms();
+            match history.thin(doc, retention, now_ms).await {
+                Ok(0) => {}
+                Ok(dropped) => info!(dropped, "history thinned"),
+                Err(e) => warn!(error = %e, "history not thinned"),
+            }
+        };
+        let span = tracing::Span::current();
+        self.rooms
+            .inner
+            .tracker
+            .spawn(tracing::Instrument::instrument(thin, span));
     }
 
     fn handle(&mut self, room: &mut Room, command: RoomCommand) {
