@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::event::DocEvent;
+use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -17,7 +18,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -44,9 +44,15 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/docs/{name}/history", get(list))
         .route("/api/v1/docs/{name}/history/labels", get(labels))
-        .route("/api/v1/docs/{name}/history/{version}/content", get(content))
+        .route(
+            "/api/v1/docs/{name}/history/{version}/content",
+            get(content),
+        )
         .route("/api/v1/docs/{name}/history/{version}/update", get(update))
-        .route("/api/v1/docs/{name}/history/{version}/restore", post(restore))
+        .route(
+            "/api/v1/docs/{name}/history/{version}/restore",
+            post(restore),
+        )
         .route(
             "/api/v1/docs/{name}/history/{version}/label",
             put(set_label).delete(remove_label),
@@ -65,7 +71,9 @@ impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
             .map_err(|e| AppError::InvalidDocName(e.body_text()))?;
         let doc = doc_name(&name)?;
         let version = version.parse().map_err(|_| {
-            AppError::BadRequest(format!("version {version:?} is not a version id (an integer)"))
+            AppError::BadRequest(format!(
+                "version {version:?} is not a version id (an integer)"
+            ))
         })?;
         Ok(VersionPath(doc, version))
     }
@@ -114,7 +122,9 @@ async fn list(
     let more = newest.len() > limit;
     newest.truncate(limit);
     let next_before = newest.last().filter(|_| more).map(|v| v.id);
-    Ok(Json(json!({ "versions": newest, "next_before": next_before })))
+    Ok(Json(
+        json!({ "versions": newest, "next_before": next_before }),
+    ))
 }
 
 /// The document's labels, oldest version first.
@@ -242,7 +252,9 @@ async fn set_label(
         .label(doc.clone(), version, Some(label.clone()))
         .await?
     {
-        return Err(AppError::NotFound(format!("{doc} has no version {version}")));
+        return Err(AppError::NotFound(format!(
+            "{doc} has no version {version}"
+        )));
     }
     let event = DocEvent::VersionLabelled {
         version,

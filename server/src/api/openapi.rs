@@ -198,10 +198,9 @@ pub fn components() -> Value {
                     "description": "token_expired (SSE only) is a stream's last event when its token expires, with code 4401 and a reason" } } },
         }
     });
-    if let (Some(Value::Object(all)), Value::Object(more)) = (
-        components.get_mut("schemas"),
-        super::history::schemas(),
-    ) {
+    if let (Some(Value::Object(all)), Value::Object(more)) =
+        (components.get_mut("schemas"), super::history::schemas())
+    {
         all.extend(more);
     }
     components

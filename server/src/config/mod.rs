@@ -716,9 +716,7 @@ impl Config {
                         .unwrap_or(DEFAULT_HISTORY_KEEP_ALL_DAYS),
                 ),
                 hourly_ms: days_ms(s.history_hourly_days.unwrap_or(DEFAULT_HISTORY_HOURLY_DAYS)),
-                keep_newest: s
-                    .history_keep_newest
-                    .unwrap_or(DEFAULT_HISTORY_KEEP_NEWEST),
+                keep_newest: s.history_keep_newest.unwrap_or(DEFAULT_HISTORY_KEEP_NEWEST),
             },
             ping_interval: Duration::from_secs(
                 s.ping_interval_secs.unwrap_or(DEFAULT_PING_INTERVAL_SECS),

@@ -141,7 +141,11 @@ mod tests {
 
     #[test]
     fn a_label_ends_its_version() {
-        let log = [entry(0, 0, &["ada"]), entry(1, 1, &["ada"]), entry(2, 2, &["ada"])];
+        let log = [
+            entry(0, 0, &["ada"]),
+            entry(1, 1, &["ada"]),
+            entry(2, 2, &["ada"]),
+        ];
         let labels = BTreeMap::from([(0, "draft".to_owned())]);
         let found = versions(&log, &labels);
         assert_eq!(found.len(), 2);

@@ -46,7 +46,10 @@ fn apply(txn: &mut yrs::TransactionMut<'_>, bytes: &[u8]) -> Result<(), RestoreE
 
 /// The v1 update that turns `current` back into `past`'s content, or `None` when they hold
 /// the same content already. `past` must be an earlier state of the same document.
-pub fn restore_update(past: &StoredDoc, current: &StoredDoc) -> Result<Option<Vec<u8>>, RestoreError> {
+pub fn restore_update(
+    past: &StoredDoc,
+    current: &StoredDoc,
+) -> Result<Option<Vec<u8>>, RestoreError> {
     let now = doc_of(current)?;
     let target = doc_of(past)?;
     let roots: Vec<(String, RootKind)> = {
@@ -96,7 +99,10 @@ mod tests {
 
     fn stored(doc: &Doc) -> StoredDoc {
         StoredDoc {
-            snapshot: Some(doc.transact().encode_state_as_update_v1(&StateVector::default())),
+            snapshot: Some(
+                doc.transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            ),
             ..StoredDoc::default()
         }
     }

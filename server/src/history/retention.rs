@@ -51,7 +51,11 @@ impl Retention {
         if age <= self.keep_all_ms {
             return true;
         }
-        let bucket = if age <= self.hourly_ms { HOUR_MS } else { DAY_MS };
+        let bucket = if age <= self.hourly_ms {
+            HOUR_MS
+        } else {
+            DAY_MS
+        };
         match next {
             None => true,
             Some(next) => next.time_ms / bucket != version.time_ms / bucket,

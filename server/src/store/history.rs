@@ -197,7 +197,11 @@ pub(super) fn thin(
     now_ms: u64,
 ) -> Result<usize, StoreError> {
     let name = doc.as_str();
-    let oldest = tables.meta.range((name, 0)..=(name, u64::MAX))?.next().transpose()?;
+    let oldest = tables
+        .meta
+        .range((name, 0)..=(name, u64::MAX))?
+        .next()
+        .transpose()?;
     let young = oldest
         .and_then(|(key, value)| decode_meta(key.value().1, value.value()))
         .is_none_or(|e| now_ms.saturating_sub(e.time_ms) <= retention.keep_all_ms);
@@ -303,11 +307,17 @@ impl Store {
         }
         let bound = seq.saturating_add(1);
         let checkpoints = txn.open_table(CHECKPOINTS)?;
-        let checkpoint = checkpoints.range((name, 0)..=(name, bound))?.next_back().transpose()?;
+        let checkpoint = checkpoints
+            .range((name, 0)..=(name, bound))?
+            .next_back()
+            .transpose()?;
         let mut base: Option<(u64, Vec<u8>, Option<u32>)> = match checkpoint {
             Some((key, value)) => {
                 let at = key.value().1;
-                let sum = txn.open_table(CHECKPOINT_SUMS)?.get((name, at))?.map(|v| v.value());
+                let sum = txn
+                    .open_table(CHECKPOINT_SUMS)?
+                    .get((name, at))?
+                    .map(|v| v.value());
                 Some((at, value.value().to_vec(), sum))
             }
             None => None,
@@ -315,7 +325,10 @@ impl Store {
         let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
         if covered <= bound && base.as_ref().is_none_or(|(at, _, _)| *at <= covered) {
             if let Some(snapshot) = txn.open_table(super::SNAPSHOTS)?.get(name)? {
-                let sum = txn.open_table(checksum::SNAPSHOT_SUMS)?.get(name)?.map(|v| v.value());
+                let sum = txn
+                    .open_table(checksum::SNAPSHOT_SUMS)?
+                    .get(name)?
+                    .map(|v| v.value());
                 base = Some((covered, snapshot.value().to_vec(), sum));
             }
         }
@@ -350,7 +363,10 @@ mod tests {
         let record = encode_meta(1_700_000_000_000, 42, &authors);
         let entry = decode_meta(9, &record).expect("decodes");
         assert_eq!(entry.authors, authors);
-        assert_eq!((entry.seq, entry.time_ms, entry.bytes), (9, 1_700_000_000_000, 42));
+        assert_eq!(
+            (entry.seq, entry.time_ms, entry.bytes),
+            (9, 1_700_000_000_000, 42)
+        );
         assert!(decode_meta(9, &record[..record.len() - 1]).is_none());
         assert!(decode_meta(9, &record[..7]).is_none());
     }

@@ -84,7 +84,9 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     for step in &steps {
         let op = match step {
             Step::Insert { by, .. } | Step::Delete { at: by, .. } => {
-                let Some(update) = model.edit(step) else { continue };
+                let Some(update) = model.edit(step) else {
+                    continue;
+                };
                 WriteOp::Append {
                     doc: doc.clone(),
                     update,
@@ -131,11 +133,22 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         prop_assert_eq!(last as usize + 1, model.text_after.len());
     }
     for label in timeline.labels.keys() {
-        prop_assert!(seqs.contains(label), "labelled entry {label} was thinned away");
+        prop_assert!(
+            seqs.contains(label),
+            "labelled entry {label} was thinned away"
+        );
     }
     for seq in seqs {
-        let at = store.at(&doc, seq).expect("readable").expect("a kept entry");
-        prop_assert_eq!(&text_of(&at), &model.text_after[seq as usize], "at entry {}", seq);
+        let at = store
+            .at(&doc, seq)
+            .expect("readable")
+            .expect("a kept entry");
+        prop_assert_eq!(
+            &text_of(&at),
+            &model.text_after[seq as usize],
+            "at entry {}",
+            seq
+        );
     }
     let loaded = store.load(&doc).expect("loads");
     let now = model.text_after.last().cloned().unwrap_or_default();

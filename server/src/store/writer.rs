@@ -467,9 +467,13 @@ fn apply_one(
             super::history::compact(txn, tables, &doc, next, &snapshot)?;
             WriteResult::Done
         }
-        Some(WriteOp::Label { doc, seq, label }) => {
-            WriteResult::Found(super::history::label(txn, tables, &doc, seq, label.as_deref())?)
-        }
+        Some(WriteOp::Label { doc, seq, label }) => WriteResult::Found(super::history::label(
+            txn,
+            tables,
+            &doc,
+            seq,
+            label.as_deref(),
+        )?),
         Some(WriteOp::Thin {
             doc,
             retention,
