@@ -7,7 +7,7 @@ use aetherflow_crdt::protocol::{Message, SyncMessage};
 use aetherflow_editing::{Fallback, session};
 use aetherflow_server::auth::Permission;
 use common::api_client::{SECRET, SseClient, http_bytes, token};
-use common::{Relay, YClient, http_json, read_text};
+use common::{Relay, YClient, http_json, read_text_with};
 use serde_json::{Value, json};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Text, Transact, Update};
@@ -17,6 +17,11 @@ async fn writer(relay: &Relay, doc: &str, who: &str) -> (YClient, String) {
     let token = token(who, &[doc], Permission::Write);
     let url = format!("{}?token={token}", relay.ws_url(doc));
     (YClient::connect(&url).await, token)
+}
+
+/// The current text of `doc`, as a fresh client with `token` sees it.
+async fn current_text(relay: &Relay, doc: &str, token: &str) -> String {
+    read_text_with(&format!("{}?token={token}", relay.ws_url(doc))).await
 }
 
 /// Applies one trace patch to the client's text and sends it, without waiting.
@@ -92,7 +97,7 @@ fn id(version: &Value) -> u64 {
 async fn replay_and_check(patches: &[(u32, u32, String)], run: usize, samples: usize) {
     let relay = Relay::start(&["--jwt-secret", SECRET, "--compact-after-updates", "50"]);
     let doc = "paper";
-    let (mut ada, read) = writer(&relay, doc, "ada").await;
+    let (mut ada, reader) = writer(&relay, doc, "ada").await;
     let (mut bob, _) = writer(&relay, doc, "bob").await;
     let mut expected = Vec::with_capacity(patches.len());
     let mut text = String::new();
@@ -109,7 +114,7 @@ async fn replay_and_check(patches: &[(u32, u32, String)], run: usize, samples: u
         text.replace_range(start..start + *deleted as usize, inserted);
         expected.push(text.clone());
     }
-    let found = versions(&relay, doc, &read).await;
+    let found = versions(&relay, doc, &reader).await;
     assert_eq!(
         found.len(),
         patches.len().div_ceil(run),
@@ -126,17 +131,21 @@ async fn replay_and_check(patches: &[(u32, u32, String)], run: usize, samples: u
     for version in found.iter().step_by((found.len() / samples).max(1)) {
         let at = id(version);
         assert_eq!(
-            text_at(&relay, doc, at, &read).await,
+            text_at(&relay, doc, at, &reader).await,
             expected[at as usize],
             "version {at}"
         );
     }
     let step = (patches.len() / samples).max(1);
     for entry in (0..patches.len()).step_by(step) {
-        let shown = text_at_binary(&relay, doc, entry as u64, &read).await;
+        let shown = text_at_binary(&relay, doc, entry as u64, &reader).await;
         assert_eq!(shown, expected[entry], "entry {entry}");
     }
-    assert_eq!(read_text(&relay, doc).await, text, "the current document");
+    assert_eq!(
+        current_text(&relay, doc, &reader).await,
+        text,
+        "the current document"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +174,8 @@ async fn a_restore_reaches_every_client_and_converges_with_concurrent_edits() {
     let (mut ada, ada_token) = writer(&relay, doc, "ada").await;
     let (mut bob, _) = writer(&relay, doc, "bob").await;
     let reader = token("rita", &[doc], Permission::Read);
+    type_at_end(&mut ada, "Dear Sir,").await;
+    // The document exists now: its event stream can be followed.
     let mut events = SseClient::open(
         relay.addr,
         &format!("/api/v1/docs/{doc}/events"),
@@ -172,7 +183,6 @@ async fn a_restore_reaches_every_client_and_converges_with_concurrent_edits() {
     )
     .await
     .expect("subscribed");
-    type_at_end(&mut ada, "Dear Sir,").await;
     let draft = id(&versions(&relay, doc, &reader).await[0]);
     bob.wait_for_text("Dear Sir,").await;
     type_at_end(&mut bob, " we regret to say no.").await;
@@ -193,7 +203,7 @@ async fn a_restore_reaches_every_client_and_converges_with_concurrent_edits() {
     let converged = ada.text();
     assert_eq!(bob.text(), converged, "both clients converge");
     assert_eq!(
-        read_text(&relay, doc).await,
+        current_text(&relay, doc, &reader).await,
         converged,
         "a new client sees the same"
     );
@@ -263,7 +273,7 @@ async fn labelled_and_newest_versions_survive_thinning_with_their_content() {
     assert_eq!(text_at(&relay, doc, 4, &reader).await, "ABCDE");
     assert_eq!(text_at(&relay, doc, 5, &reader).await, expected);
     assert_eq!(
-        read_text(&relay, doc).await,
+        current_text(&relay, doc, &reader).await,
         expected,
         "thinning never changes the document"
     );
