@@ -9,6 +9,7 @@
 //!   every other version's id is final.
 //! - [`retention`]: which versions thinning drops.
 //! - [`restore`]: the change that brings a document back to an earlier version.
+//! - [`compare`]: what changed between two versions, and who wrote each part of a text.
 //!
 //! ```
 //! use aetherflow_server::history::{VERSION_GAP_MS, versions};
@@ -26,6 +27,7 @@
 //! assert!(VERSION_GAP_MS >= 1_000);
 //! ```
 
+pub mod compare;
 pub mod restore;
 pub mod retention;
 
