@@ -332,6 +332,52 @@ async fn history_survives_compaction_and_a_restart_and_numbers_never_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diff_and_a_blame_say_who_wrote_and_who_deleted_what() {
+    let relay = Relay::start(&["--jwt-secret", SECRET, "--compact-after-updates", "2"]);
+    let doc = "minutes";
+    let (mut ada, _) = writer(&relay, doc, "ada").await;
+    let (mut bob, _) = writer(&relay, doc, "bob").await;
+    let reader = token("rita", &[doc], Permission::Read);
+    type_at_end(&mut ada, "Agenda: budget").await;
+    let draft = id(&versions(&relay, doc, &reader).await[0]);
+    bob.barrier().await;
+    // Bob deletes "budget" and writes "hiring".
+    edit(&mut bob, 8, 6, "hiring").await;
+    type_at_end(&mut bob, ", rent").await;
+    let now = id(&versions(&relay, doc, &reader).await[0]);
+
+    let path = format!("/api/v1/docs/{doc}/history/diff?from={draft}&to={now}");
+    let (status, diff) = http_json(relay.addr, "GET", &path, Some(&reader), None).await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(
+        diff["roots"]["text"]["runs"],
+        json!([
+            { "kind": "kept", "text": "Agenda: ", "by": [] },
+            { "kind": "deleted", "text": "budget", "by": ["bob"] },
+            { "kind": "inserted", "text": "hiring, rent", "by": ["bob"] },
+        ]),
+        "{diff}"
+    );
+    let path = format!("/api/v1/docs/{doc}/history/blame");
+    let (status, blame) = http_json(relay.addr, "GET", &path, Some(&reader), None).await;
+    assert_eq!(status, 200, "{blame}");
+    assert_eq!(blame["version"], now);
+    assert_eq!(
+        blame["roots"]["text"],
+        json!([
+            { "kind": "inserted", "text": "Agenda: ", "by": ["ada"] },
+            { "kind": "inserted", "text": "hiring, rent", "by": ["bob"] },
+        ])
+    );
+    let path = format!("/api/v1/docs/{doc}/history/blame?at={draft}");
+    let (_, old) = http_json(relay.addr, "GET", &path, Some(&reader), None).await;
+    assert_eq!(
+        old["roots"]["text"],
+        json!([{ "kind": "inserted", "text": "Agenda: budget", "by": ["ada"] }])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_history_requests_get_a_clear_4xx() {
     let relay = Relay::start(&["--jwt-secret", SECRET]);
     let doc = "notes";
@@ -440,6 +486,38 @@ async fn bad_history_requests_get_a_clear_4xx() {
             format!("/api/v1/docs/{doc}/history/99/label"),
             &write,
             Some(json!({ "label": "x" })),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            format!("/api/v1/docs/{doc}/history/diff?from=0&to=0"),
+            &read,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/api/v1/docs/{doc}/history/diff?from=0"),
+            &read,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/api/v1/docs/{doc}/history/diff?from=0&to=99"),
+            &read,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            format!("/api/v1/docs/{doc}/history/blame?at=99"),
+            &read,
+            None,
             404,
             "not_found",
         ),

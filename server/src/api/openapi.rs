@@ -16,6 +16,7 @@ pub const GROUPS: &[fn() -> Value] = &[
     super::docs::paths,
     super::content::paths,
     super::history::paths,
+    super::compare::paths,
     super::registers::paths,
     super::locks::paths,
     super::events::paths,

@@ -145,7 +145,7 @@ impl HeavyReads {
     }
 
     /// A place at the gate, or 503 `busy`.
-    fn permit(&self, metrics: &Metrics) -> Result<OwnedSemaphorePermit, AppError> {
+    pub fn permit(&self, metrics: &Metrics) -> Result<OwnedSemaphorePermit, AppError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             metrics.reject(Rejection::ContentBusy);
             AppError::Busy("too many document reads are running; retry shortly".into())
