@@ -102,7 +102,7 @@ async fn replay_and_check(patches: &[(u32, u32, String)], run: usize, samples: u
     let mut expected = Vec::with_capacity(patches.len());
     let mut text = String::new();
     for (n, (at, deleted, inserted)) in patches.iter().enumerate() {
-        let author = if (n / run) % 2 == 0 {
+        let author = if (n / run).is_multiple_of(2) {
             &mut ada
         } else {
             &mut bob
@@ -122,7 +122,7 @@ async fn replay_and_check(patches: &[(u32, u32, String)], run: usize, samples: u
     );
     let newest = &found[0];
     assert_eq!(id(newest), patches.len() as u64 - 1);
-    let last_author = if ((patches.len() - 1) / run) % 2 == 0 {
+    let last_author = if ((patches.len() - 1) / run).is_multiple_of(2) {
         "ada"
     } else {
         "bob"
@@ -377,6 +377,9 @@ async fn a_diff_and_a_blame_say_who_wrote_and_who_deleted_what() {
     );
 }
 
+/// A request and the status and error code it must get: method, path, token, body.
+type Case<'a> = (&'a str, String, &'a str, Option<Value>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_history_requests_get_a_clear_4xx() {
     let relay = Relay::start(&["--jwt-secret", SECRET]);
@@ -384,7 +387,7 @@ async fn bad_history_requests_get_a_clear_4xx() {
     let (mut ada, write) = writer(&relay, doc, "ada").await;
     type_at_end(&mut ada, "hello").await;
     let read = token("rita", &[doc], Permission::Read);
-    let cases: Vec<(&str, String, &str, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "GET",
             format!("/api/v1/docs/{doc}/history/99/content"),

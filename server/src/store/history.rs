@@ -2,13 +2,13 @@
 //! authors, checkpoints to rebuild any state quickly, and labels.
 //!
 //! - Compaction writes the new snapshot with the sequence number it covers
-//!   ([`SNAPSHOT_NEXT`]: every entry below it is in the snapshot) and keeps the entries;
+//!   (table `snapshot_next`: every entry below it is in the snapshot) and keeps the entries;
 //!   [`Store::load`] reads the snapshot and only the entries from that number on, so loading
 //!   stays proportional to the document, not its history. Appends pay one small metadata
-//!   record each ([`ENTRY_META`]).
+//!   record each (table `history_entries`).
 //! - Sequence numbers never restart while a document exists: the next one is past both the
 //!   log's last entry and the snapshot's covered number.
-//! - A checkpoint is a snapshot kept at the number it covers ([`CHECKPOINTS`]). A compaction
+//! - A checkpoint is a snapshot kept at the number it covers (table `history_checkpoints`). A compaction
 //!   keeps its snapshot as one once the entries since the previous checkpoint weigh more than
 //!   [`CHECKPOINT_FACTOR`] times the snapshot, so checkpoints cost at most a
 //!   `1 / CHECKPOINT_FACTOR` share of the update bytes, and rebuilding a state replays at most
@@ -17,7 +17,7 @@
 //!   `seq + 1` entries, plus the entries after it up to `seq`. Entries are Yjs updates, so
 //!   applying one that a base already holds changes nothing: thinning may merge entries
 //!   across a checkpoint safely.
-//! - Thinning ([`thin`]) merges the entries of dropped versions into the first entry of the
+//! - Thinning merges the entries of dropped versions into the first entry of the
 //!   next kept version (which keeps its time and authors): later states never change.
 //!
 //! Documents compacted before history existed keep their old snapshot: it becomes the
@@ -323,14 +323,18 @@ impl Store {
             None => None,
         };
         let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
-        if covered <= bound && base.as_ref().is_none_or(|(at, _, _)| *at <= covered) {
-            if let Some(snapshot) = txn.open_table(super::SNAPSHOTS)?.get(name)? {
-                let sum = txn
-                    .open_table(checksum::SNAPSHOT_SUMS)?
-                    .get(name)?
-                    .map(|v| v.value());
-                base = Some((covered, snapshot.value().to_vec(), sum));
-            }
+        let snapshots = txn.open_table(super::SNAPSHOTS)?;
+        // The snapshot is the nearest base when it covers no more than wanted and at least
+        // as much as the checkpoint.
+        if covered <= bound
+            && base.as_ref().is_none_or(|(at, _, _)| *at <= covered)
+            && let Some(snapshot) = snapshots.get(name)?
+        {
+            let sum = txn
+                .open_table(checksum::SNAPSHOT_SUMS)?
+                .get(name)?
+                .map(|v| v.value());
+            base = Some((covered, snapshot.value().to_vec(), sum));
         }
         let from = base.as_ref().map_or(0, |(at, _, _)| *at);
         if let Some((_, bytes, sum)) = &base {
