@@ -377,6 +377,57 @@ async fn a_diff_and_a_blame_say_who_wrote_and_who_deleted_what() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_restores_reach_webhook_endpoints() {
+    const ADMIN_KEY: &str = "history-admin-key-0123456789";
+    let relay = Relay::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--admin-key",
+        ADMIN_KEY,
+        "--webhook-allow-private-addresses",
+    ]);
+    let receiver = common::webhook_receiver::Receiver::default();
+    let at = receiver.start().await;
+    let body = json!({ "url": format!("http://{at}/hook"),
+                       "events": ["version.labelled", "version.restored"] });
+    let answer = common::http_raw(
+        relay.addr,
+        "POST",
+        "/api/v1/webhooks",
+        &[("X-Admin-Key", ADMIN_KEY)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let doc = "memo";
+    let (mut ada, write) = writer(&relay, doc, "ada").await;
+    type_at_end(&mut ada, "v1").await;
+    type_at_end(&mut ada, " and more").await;
+    let version = id(&versions(&relay, doc, &write).await[0]);
+    let path = format!("/api/v1/docs/{doc}/history/{version}/label");
+    let label = Some(json!({ "label": "final" }));
+    let (status, _) = http_json(relay.addr, "PUT", &path, Some(&write), label).await;
+    assert_eq!(status, 200);
+    let path = format!("/api/v1/docs/{doc}/history/{version}/restore");
+    let (status, _) = http_json(relay.addr, "POST", &path, Some(&write), None).await;
+    assert_eq!(status, 200);
+    let got = receiver
+        .wait_until("both version events", |seen| seen.len() >= 2)
+        .await;
+    let bodies: Vec<Value> = got.iter().map(|r| r.json()).collect();
+    let labelled = bodies.iter().find(|b| b["type"] == "version.labelled");
+    let labelled = labelled.unwrap_or_else(|| panic!("no version.labelled in {bodies:?}"));
+    assert_eq!(labelled["document"], doc);
+    assert_eq!(
+        labelled["data"],
+        json!({ "version": version, "label": "final", "by": "ada" })
+    );
+    let restored = bodies.iter().find(|b| b["type"] == "version.restored");
+    let restored = restored.unwrap_or_else(|| panic!("no version.restored in {bodies:?}"));
+    assert_eq!(restored["data"], json!({ "version": version, "by": "ada" }));
+}
+
 /// A request and the status and error code it must get: method, path, token, body.
 type Case<'a> = (&'a str, String, &'a str, Option<Value>, u16, &'a str);
 
