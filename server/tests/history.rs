@@ -403,15 +403,21 @@ async fn labels_and_restores_reach_webhook_endpoints() {
     let doc = "memo";
     let (mut ada, write) = writer(&relay, doc, "ada").await;
     type_at_end(&mut ada, "v1").await;
+    let first = id(&versions(&relay, doc, &write).await[0]);
     type_at_end(&mut ada, " and more").await;
     let version = id(&versions(&relay, doc, &write).await[0]);
     let path = format!("/api/v1/docs/{doc}/history/{version}/label");
     let label = Some(json!({ "label": "final" }));
     let (status, _) = http_json(relay.addr, "PUT", &path, Some(&write), label).await;
     assert_eq!(status, 200);
-    let path = format!("/api/v1/docs/{doc}/history/{version}/restore");
-    let (status, _) = http_json(relay.addr, "POST", &path, Some(&write), None).await;
+    // Rosa restores the first version: the change is hers.
+    let rosa = token("rosa", &[doc], Permission::Write);
+    let path = format!("/api/v1/docs/{doc}/history/{first}/restore");
+    let (status, _) = http_json(relay.addr, "POST", &path, Some(&rosa), None).await;
     assert_eq!(status, 200);
+    let newest = versions(&relay, doc, &write).await.remove(0);
+    assert_eq!(newest["authors"], json!(["rosa"]), "{newest}");
+    assert_eq!(text_at(&relay, doc, id(&newest), &write).await, "v1");
     let got = receiver
         .wait_until("both version events", |seen| seen.len() >= 2)
         .await;
@@ -425,7 +431,7 @@ async fn labels_and_restores_reach_webhook_endpoints() {
     );
     let restored = bodies.iter().find(|b| b["type"] == "version.restored");
     let restored = restored.unwrap_or_else(|| panic!("no version.restored in {bodies:?}"));
-    assert_eq!(restored["data"], json!({ "version": version, "by": "ada" }));
+    assert_eq!(restored["data"], json!({ "version": first, "by": "rosa" }));
 }
 
 /// A request and the status and error code it must get: method, path, token, body.

@@ -212,7 +212,8 @@ async fn restore(
         .map_err(AppError::internal)?;
     let changed = change.is_some();
     if let Some(change) = change {
-        state.sessions.rooms.apply(&doc, change).await?;
+        let by = Some(grant.user.clone());
+        state.sessions.rooms.apply_as(&doc, change, by).await?;
     }
     let event = DocEvent::VersionRestored {
         version,

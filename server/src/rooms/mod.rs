@@ -78,6 +78,9 @@ pub enum RoomCommand {
     Apply {
         /// The update.
         update: Vec<u8>,
+        /// Who applies it, named as its author in the history (a restore's token subject);
+        /// `None` for HTTP writes, which name no author.
+        by: Option<String>,
         /// The answer.
         done: oneshot::Sender<Result<(), ApplyError>>,
     },
@@ -272,11 +275,23 @@ impl Rooms {
     /// Applies a v1 update to `doc` through its room (loading it if needed), as a writer's
     /// WebSocket update would be: checked, committed, then broadcast to every connection.
     pub async fn apply(&self, doc: &DocName, update: Vec<u8>) -> Result<(), ApplyError> {
+        self.apply_as(doc, update, None).await
+    }
+
+    /// [`Rooms::apply`], naming `by` as the update's author (in the log's history and
+    /// webhooks' `document.changed`).
+    pub async fn apply_as(
+        &self,
+        doc: &DocName,
+        update: Vec<u8>,
+        by: Option<String>,
+    ) -> Result<(), ApplyError> {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.find_or_start(doc);
             let (done, answer) = oneshot::channel();
             let command = RoomCommand::Apply {
                 update: update.clone(),
+                by: by.clone(),
                 done,
             };
             // A room answers every command it takes; an unanswered one was dropped unapplied
