@@ -434,8 +434,79 @@ async fn labels_and_restores_reach_webhook_endpoints() {
     assert_eq!(restored["data"], json!({ "version": first, "by": "rosa" }));
 }
 
-/// A request and the status and error code it must get: method, path, token, body.
-type Case<'a> = (&'a str, String, &'a str, Option<Value>, u16, &'a str);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_document_deletes_its_history() {
+    let relay = Relay::start(&["--jwt-secret", SECRET, "--compact-after-updates", "2"]);
+    let doc = "secret-plan";
+    let (mut ada, write) = writer(&relay, doc, "ada").await;
+    for word in ["alpha", " beta", " gamma"] {
+        type_at_end(&mut ada, word).await;
+    }
+    let path = format!("/api/v1/docs/{doc}/history/0/label");
+    let label = Some(json!({ "label": "v0" }));
+    let (status, _) = http_json(relay.addr, "PUT", &path, Some(&write), label).await;
+    assert_eq!(status, 200);
+    let (status, _) = common::http_request(
+        relay.addr,
+        "DELETE",
+        &format!("/api/v1/docs/{doc}"),
+        Some(&write),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    drop(ada);
+    let (mut bob, _) = writer(&relay, doc, "bob").await;
+    type_at_end(&mut bob, "fresh").await;
+    let found = versions(&relay, doc, &write).await;
+    assert_eq!(found.len(), 1, "only the new document's version: {found:?}");
+    assert_eq!(found[0]["authors"], json!(["bob"]));
+    assert_eq!(
+        found[0]["label"],
+        Value::Null,
+        "labels went with the document"
+    );
+    assert_eq!(text_at(&relay, doc, id(&found[0]), &write).await, "fresh");
+    let path = format!("/api/v1/docs/{doc}/history/labels");
+    let (_, labels) = http_json(relay.addr, "GET", &path, Some(&write), None).await;
+    assert_eq!(labels["labels"], json!([]));
+}
+
+/// A request on `notes` and the status and error code it must get.
+struct Case {
+    method: &'static str,
+    /// The path after `/api/v1/docs/notes/history`.
+    path: &'static str,
+    write: bool,
+    body: Option<Value>,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(
+    method: &'static str,
+    path: &'static str,
+    write: bool,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        method,
+        path,
+        write,
+        body: None,
+        status,
+        code,
+    }
+}
+
+fn labelled(path: &'static str, write: bool, label: &str, status: u16, code: &'static str) -> Case {
+    let body = Some(json!({ "label": label }));
+    Case {
+        body,
+        ..case("PUT", path, write, status, code)
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_history_requests_get_a_clear_4xx() {
@@ -444,160 +515,47 @@ async fn bad_history_requests_get_a_clear_4xx() {
     let (mut ada, write) = writer(&relay, doc, "ada").await;
     type_at_end(&mut ada, "hello").await;
     let read = token("rita", &[doc], Permission::Read);
-    let cases: Vec<Case> = vec![
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/99/content"),
-            &read,
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/99/update"),
-            &read,
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/x/content"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history?limit=0"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history?limit=1000000"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history?before=-1"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            "/api/v1/docs/nothing/history".to_owned(),
-            &read,
-            None,
-            403,
-            "token_wrong_document",
-        ),
-        (
-            "POST",
-            format!("/api/v1/docs/{doc}/history/0/restore"),
-            &read,
-            None,
-            403,
-            "read_only",
-        ),
-        (
-            "POST",
-            format!("/api/v1/docs/{doc}/history/99/restore"),
-            &write,
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            "PUT",
-            format!("/api/v1/docs/{doc}/history/0/label"),
-            &read,
-            Some(json!({ "label": "x" })),
-            403,
-            "read_only",
-        ),
-        (
-            "PUT",
-            format!("/api/v1/docs/{doc}/history/0/label"),
-            &write,
-            Some(json!({ "label": "" })),
-            400,
-            "bad_request",
-        ),
-        (
-            "PUT",
-            format!("/api/v1/docs/{doc}/history/0/label"),
-            &write,
-            Some(json!({ "label": "x".repeat(201) })),
-            400,
-            "bad_request",
-        ),
-        (
-            "PUT",
-            format!("/api/v1/docs/{doc}/history/99/label"),
-            &write,
-            Some(json!({ "label": "x" })),
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/diff?from=0&to=0"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/diff?from=0"),
-            &read,
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/diff?from=0&to=99"),
-            &read,
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            format!("/api/v1/docs/{doc}/history/blame?at=99"),
-            &read,
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            "DELETE",
-            format!("/api/v1/docs/{doc}/history/0/label"),
-            &write,
-            None,
-            404,
-            "not_found",
-        ),
+    let long = "x".repeat(201);
+    let cases = [
+        case("GET", "/99/content", false, 404, "not_found"),
+        case("GET", "/99/update", false, 404, "not_found"),
+        case("GET", "/x/content", false, 400, "bad_request"),
+        case("GET", "?limit=0", false, 400, "bad_request"),
+        case("GET", "?limit=1000000", false, 400, "bad_request"),
+        case("GET", "?before=-1", false, 400, "bad_request"),
+        case("GET", "/diff?from=0&to=0", false, 400, "bad_request"),
+        case("GET", "/diff?from=0", false, 400, "bad_request"),
+        case("GET", "/diff?from=0&to=99", false, 404, "not_found"),
+        case("GET", "/blame?at=99", false, 404, "not_found"),
+        case("POST", "/0/restore", false, 403, "read_only"),
+        case("POST", "/99/restore", true, 404, "not_found"),
+        labelled("/0/label", false, "x", 403, "read_only"),
+        labelled("/0/label", true, "", 400, "bad_request"),
+        labelled("/0/label", true, &long, 400, "bad_request"),
+        labelled("/99/label", true, "x", 404, "not_found"),
+        case("DELETE", "/0/label", true, 404, "not_found"),
     ];
-    for (method, path, bearer, body, status, code) in cases {
+    for Case {
+        method,
+        path,
+        write: writes,
+        body,
+        status,
+        code,
+    } in cases
+    {
+        let path = format!("/api/v1/docs/{doc}/history{path}");
+        let bearer = if writes { &write } else { &read };
         let (got, answer) = http_json(relay.addr, method, &path, Some(bearer), body).await;
-        assert_eq!(
-            (got, answer["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{method} {path}: {answer}"
-        );
+        let got = (got, answer["error"]["code"].as_str());
+        assert_eq!(got, (status, Some(code)), "{method} {path}: {answer}");
     }
+    let path = "/api/v1/docs/nothing/history";
+    let (status, answer) = http_json(relay.addr, "GET", path, Some(&read), None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("token_wrong_document"))
+    );
     let everything = token("root", &["*"], Permission::Read);
     let (status, answer) = http_json(
         relay.addr,

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use aetherflow_crdt::DocName;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::documents::Tables;
 use super::{Store, checksum};
@@ -275,6 +275,39 @@ fn timeline_in(
     Ok(timeline)
 }
 
+/// A stored state: the number of entries it covers, its bytes and its stored checksum.
+type Base = (u64, Vec<u8>, Option<u32>);
+
+/// The nearest base covering at most `bound` entries of `name`: the latest checkpoint, or the
+/// snapshot when it covers at least as much; `None` to start from an empty document.
+fn base_at(txn: &ReadTransaction, name: &str, bound: u64) -> Result<Option<Base>, StoreError> {
+    let checkpoints = txn.open_table(CHECKPOINTS)?;
+    let checkpoint = checkpoints
+        .range((name, 0)..=(name, bound))?
+        .next_back()
+        .transpose()?;
+    let mut base = match checkpoint {
+        Some((key, value)) => {
+            let at = key.value().1;
+            let sums = txn.open_table(CHECKPOINT_SUMS)?;
+            let sum = sums.get((name, at))?.map(|v| v.value());
+            Some((at, value.value().to_vec(), sum))
+        }
+        None => None,
+    };
+    let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
+    let snapshots = txn.open_table(super::SNAPSHOTS)?;
+    if covered <= bound
+        && base.as_ref().is_none_or(|(at, _, _)| *at <= covered)
+        && let Some(snapshot) = snapshots.get(name)?
+    {
+        let sums = txn.open_table(checksum::SNAPSHOT_SUMS)?;
+        let sum = sums.get(name)?.map(|v| v.value());
+        base = Some((covered, snapshot.value().to_vec(), sum));
+    }
+    Ok(base)
+}
+
 impl Store {
     /// Every kept entry's metadata and the labels of `doc`. Blocking.
     pub fn timeline(&self, doc: &DocName) -> Result<Timeline, StoreError> {
@@ -305,37 +338,7 @@ impl Store {
         if log.get((name, seq))?.is_none() {
             return Ok(None);
         }
-        let bound = seq.saturating_add(1);
-        let checkpoints = txn.open_table(CHECKPOINTS)?;
-        let checkpoint = checkpoints
-            .range((name, 0)..=(name, bound))?
-            .next_back()
-            .transpose()?;
-        let mut base: Option<(u64, Vec<u8>, Option<u32>)> = match checkpoint {
-            Some((key, value)) => {
-                let at = key.value().1;
-                let sum = txn
-                    .open_table(CHECKPOINT_SUMS)?
-                    .get((name, at))?
-                    .map(|v| v.value());
-                Some((at, value.value().to_vec(), sum))
-            }
-            None => None,
-        };
-        let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
-        let snapshots = txn.open_table(super::SNAPSHOTS)?;
-        // The snapshot is the nearest base when it covers no more than wanted and at least
-        // as much as the checkpoint.
-        if covered <= bound
-            && base.as_ref().is_none_or(|(at, _, _)| *at <= covered)
-            && let Some(snapshot) = snapshots.get(name)?
-        {
-            let sum = txn
-                .open_table(checksum::SNAPSHOT_SUMS)?
-                .get(name)?
-                .map(|v| v.value());
-            base = Some((covered, snapshot.value().to_vec(), sum));
-        }
+        let base = base_at(&txn, name, seq.saturating_add(1))?;
         let from = base.as_ref().map_or(0, |(at, _, _)| *at);
         if let Some((_, bytes, sum)) = &base {
             checksum::verify(*sum, bytes, Damage::Snapshot).map_err(damaged)?;

@@ -72,6 +72,40 @@ fn text_of(stored: &crate::storage::StoredDoc) -> String {
     text.get_string(&doc.transact())
 }
 
+/// The write `step` makes, editing the model; `None` for a step that writes nothing.
+fn op_of(step: &Step, doc: &DocName, model: &mut Model) -> Option<WriteOp> {
+    Some(match step {
+        Step::Insert { by, .. } | Step::Delete { at: by, .. } => WriteOp::Append {
+            doc: doc.clone(),
+            update: model.edit(step)?,
+            authors: vec![format!("author-{}", by % 3)],
+        },
+        Step::Compact => WriteOp::Compact {
+            doc: doc.clone(),
+            snapshot: model
+                .doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        },
+        Step::Label => WriteOp::Label {
+            doc: doc.clone(),
+            seq: model.text_after.len().checked_sub(1)? as u64,
+            label: Some(format!("label {}", model.text_after.len())),
+        },
+        Step::Thin { keep } => WriteOp::Thin {
+            doc: doc.clone(),
+            retention: Retention {
+                keep_all_ms: 0,
+                hourly_ms: 0,
+                keep_newest: usize::from(*keep),
+            },
+            // Far ahead: every version is old, and all fall in one day.
+            now_ms: u64::MAX / 2,
+        },
+        Step::Restart => return None,
+    })
+}
+
 async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("db.redb")).expect("store");
@@ -82,50 +116,19 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         text_after: Vec::new(),
     };
     for step in &steps {
-        let op = match step {
-            Step::Insert { by, .. } | Step::Delete { at: by, .. } => {
-                let Some(update) = model.edit(step) else {
-                    continue;
-                };
-                WriteOp::Append {
-                    doc: doc.clone(),
-                    update,
-                    authors: vec![format!("author-{}", by % 3)],
-                }
-            }
-            Step::Compact => WriteOp::Compact {
-                doc: doc.clone(),
-                snapshot: model
-                    .doc
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default()),
-            },
-            Step::Label => match model.text_after.len() {
-                0 => continue,
-                n => WriteOp::Label {
-                    doc: doc.clone(),
-                    seq: n as u64 - 1,
-                    label: Some(format!("label {n}")),
-                },
-            },
-            Step::Thin { keep } => WriteOp::Thin {
-                doc: doc.clone(),
-                retention: Retention {
-                    keep_all_ms: 0,
-                    hourly_ms: 0,
-                    keep_newest: usize::from(*keep),
-                },
-                // Far ahead: every version is old, and all fall in one day.
-                now_ms: u64::MAX / 2,
-            },
-            Step::Restart => {
-                (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-                continue;
-            }
-        };
-        writer.commit(op).await.expect("committed");
+        if let Step::Restart = step {
+            // A new writer, as after a restart: sequence numbers come from the tables.
+            (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        } else if let Some(op) = op_of(step, &doc, &mut model) {
+            writer.commit(op).await.expect("committed");
+        }
     }
-    let timeline = store.timeline(&doc).expect("timeline");
+    check(&store, &doc, &model)
+}
+
+/// Checks the store's history of `doc` against the model.
+fn check(store: &Store, doc: &DocName, model: &Model) -> Result<(), TestCaseError> {
+    let timeline = store.timeline(doc).expect("timeline");
     let seqs: Vec<u64> = timeline.entries.iter().map(|e| e.seq).collect();
     prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs {seqs:?}");
     if let Some(&last) = seqs.last() {
@@ -139,10 +142,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         );
     }
     for seq in seqs {
-        let at = store
-            .at(&doc, seq)
-            .expect("readable")
-            .expect("a kept entry");
+        let at = store.at(doc, seq).expect("readable").expect("a kept entry");
         prop_assert_eq!(
             &text_of(&at),
             &model.text_after[seq as usize],
@@ -150,7 +150,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             seq
         );
     }
-    let loaded = store.load(&doc).expect("loads");
+    let loaded = store.load(doc).expect("loads");
     let now = model.text_after.last().cloned().unwrap_or_default();
     prop_assert_eq!(text_of(&loaded), now, "the current document");
     Ok(())
