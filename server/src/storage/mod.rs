@@ -71,8 +71,10 @@ pub trait DocumentLog: Send + Sync {
         authors: Vec<String>,
     ) -> Pending<'_, ()>;
 
-    /// Replaces `doc`'s snapshot by `snapshot` and drops the log entries it holds: every entry
-    /// appended through this handle before the call. Entries appended later stay.
+    /// Replaces `doc`'s snapshot by `snapshot`, which holds every entry appended through this
+    /// handle before the call: [`DocumentLog::load`] no longer returns those entries (an
+    /// engine with [`DocumentHistory`] keeps them as history; others drop them). Entries
+    /// appended later stay.
     fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()>;
 
     /// The document's snapshot and log, each entry checked against its checksum

@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StoredDoc {
     /// The latest snapshot (one v1 update holding the whole state), if the log was ever
-    /// compacted.
+    /// compacted; from [`DocumentHistory::at`](super::DocumentHistory::at), the base state
+    /// the entries replay on.
     pub snapshot: Option<Vec<u8>>,
     /// Log entries after the snapshot, oldest first.
     pub log: Vec<Vec<u8>>,
     /// The sequence number of the last entry loaded (or folded into the snapshot); 0 for an
-    /// empty document. [`DocumentLog::follow`](super::DocumentLog::follow) starts after it.
+    /// empty document. From [`DocumentHistory::at`](super::DocumentHistory::at): the entry asked
+    /// for. [`DocumentLog::follow`](super::DocumentLog::follow) starts after it.
     pub last_seq: u64,
 }
 
