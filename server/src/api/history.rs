@@ -364,3 +364,77 @@ pub fn schemas() -> Value {
             "changed": { "type": "boolean", "description": "false when the content was already the version's" } } },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use tower::ServiceExt;
+
+    use crate::auth::Auth;
+    use crate::config::{Config, Settings};
+    use crate::context::{AppState, Foundation};
+    use crate::metrics::Metrics;
+    use crate::store::{self, Store, WriteMode};
+
+    /// An open relay whose engine keeps no history, as cluster mode's does not yet.
+    fn router_without_history(dir: &std::path::Path) -> axum::Router {
+        let config = Config::from_settings(Settings::default()).expect("the default config");
+        let store = Store::open(&dir.join("db.redb")).expect("store");
+        let (mut storage, writer, _) =
+            store::start(store.clone(), WriteMode::Durable, Metrics::new());
+        storage.history = None;
+        let foundation = Foundation {
+            storage,
+            presence: None,
+            embedded: Some((store, writer)),
+            metrics: Metrics::new(),
+            auth: Auth::new(None, None).expect("an open relay"),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        };
+        crate::http::router(AppState::build(&config, foundation, None))
+    }
+
+    #[tokio::test]
+    async fn without_a_history_engine_every_history_route_answers_501() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let router = router_without_history(dir.path());
+        let label = r#"{"label":"x"}"#;
+        for (method, path, body) in [
+            ("GET", "/api/v1/docs/d/history", ""),
+            ("GET", "/api/v1/docs/d/history/labels", ""),
+            ("GET", "/api/v1/docs/d/history/0/content", ""),
+            ("GET", "/api/v1/docs/d/history/0/update", ""),
+            ("POST", "/api/v1/docs/d/history/0/restore", ""),
+            ("PUT", "/api/v1/docs/d/history/0/label", label),
+            ("DELETE", "/api/v1/docs/d/history/0/label", ""),
+            ("GET", "/api/v1/docs/d/history/diff?from=0&to=1", ""),
+            ("GET", "/api/v1/docs/d/history/blame", ""),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .expect("a request");
+            let response = router.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("a body");
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(
+                status,
+                StatusCode::NOT_IMPLEMENTED,
+                "{method} {path}: {text}"
+            );
+            assert!(
+                text.contains("not_in_cluster_mode"),
+                "{method} {path}: {text}"
+            );
+        }
+    }
+}
