@@ -120,9 +120,10 @@ pub trait DocumentHistory: Send + Sync {
     /// entry `seq` (setting) or has no label there (removing).
     fn label(&self, doc: DocName, seq: u64, label: Option<String>) -> Pending<'_, bool>;
 
-    /// Thins `doc`'s history by `retention` as of `now_ms`: the entries of every version it
-    /// drops are merged into the next kept one, so the document's content never changes.
-    /// Returns how many versions were dropped.
+    /// Thins `doc`'s history by `retention` as of `now_ms`, counting every entry appended
+    /// through this handle before the call: the entries of every version it drops are merged
+    /// into the next kept one, so the document's content never changes. Returns how many
+    /// versions were dropped.
     fn thin(
         &self,
         doc: DocName,

@@ -131,14 +131,24 @@ impl DocumentHistory for RedbEngine {
     }
 
     fn thin(&self, doc: DocName, retention: Retention, now_ms: u64) -> Pending<'_, usize> {
-        let thin = WriteOp::Thin {
-            doc,
-            retention,
-            now_ms,
-        };
-        self.commit(thin, |result| match result {
-            WriteResult::Thinned(dropped) => Some(dropped),
-            _ => None,
+        Box::pin(async move {
+            // Planned from a read, off the writer task; the writer only applies the merges.
+            // The read must see every entry queued before the call (the room queues its
+            // appends and compaction without waiting for them).
+            self.writer.flush().await?;
+            let planned = doc.clone();
+            let merges = self
+                .read(move |store| store.thin_plan(&planned, retention, now_ms))
+                .await?;
+            if merges.is_empty() {
+                return Ok(0);
+            }
+            let thin = WriteOp::Thin { doc, merges };
+            self.commit(thin, |result| match result {
+                WriteResult::Thinned(dropped) => Some(dropped),
+                _ => None,
+            })
+            .await
         })
     }
 }

@@ -18,7 +18,10 @@
 //!   applying one that a base already holds changes nothing: thinning may merge entries
 //!   across a checkpoint safely.
 //! - Thinning merges the entries of dropped versions into the first entry of the
-//!   next kept version (which keeps its time and authors): later states never change.
+//!   next kept version (which keeps its time and authors): later states never change. Which
+//!   entries to merge is planned from a read ([`Store::thin_plan`]), so the scan of the whole
+//!   history stays off the writer task, which only applies the merges (skipping any whose
+//!   entries changed since).
 //!
 //! Documents compacted before history existed keep their old snapshot: it becomes the
 //! checkpoint at 0 at the next compaction, and their earlier entries are gone.
@@ -187,69 +190,90 @@ pub(super) fn label(
     })
 }
 
-/// Thins `doc`'s history by `retention` (see the module docs); how many versions it dropped.
-/// An entry that does not merge (damaged) stops the thinning of this document, unchanged.
+/// One step of thinning: the entries of dropped versions merged into the first entry of the
+/// next kept version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The entry that takes the merged update (and keeps its time and authors).
+    pub into: u64,
+    /// The entries merged into it and removed.
+    pub gone: Vec<u64>,
+    /// How many versions they made up.
+    pub versions: usize,
+}
+
+impl Merge {
+    fn empty() -> Merge {
+        Merge {
+            into: 0,
+            gone: Vec::new(),
+            versions: 0,
+        }
+    }
+}
+
+/// What thinning `timeline` by `retention` as of `now_ms` merges.
+fn plan(timeline: &Timeline, retention: Retention, now_ms: u64) -> Vec<Merge> {
+    let oldest = timeline.entries.first();
+    if oldest.is_none_or(|e| now_ms.saturating_sub(e.time_ms) <= retention.keep_all_ms) {
+        return Vec::new();
+    }
+    let all = versions(&timeline.entries, &timeline.labels);
+    let dropped = retention.dropped(&all, now_ms);
+    let mut merges = Vec::new();
+    let mut pending = Merge::empty();
+    let mut entries = timeline.entries.iter().map(|e| e.seq).peekable();
+    for version in &all {
+        let mut seqs = Vec::new();
+        while let Some(seq) = entries.next_if(|seq| *seq <= version.id) {
+            seqs.push(seq);
+        }
+        if dropped.contains(&version.id) {
+            pending.gone.extend(seqs);
+            pending.versions += 1;
+        } else if let (Some(&first), false) = (seqs.first(), pending.gone.is_empty()) {
+            pending.into = first;
+            merges.push(std::mem::replace(&mut pending, Merge::empty()));
+        }
+    }
+    merges
+}
+
+/// Applies `merges` (planned by [`Store::thin_plan`] from an earlier read) to `doc`; how many
+/// versions they dropped. A merge whose entries changed meanwhile (gone, or one of them
+/// labelled since) is skipped, and so is one whose entries do not merge (damaged).
 pub(super) fn thin(
     txn: &WriteTransaction,
     tables: &mut Tables<'_>,
     doc: &DocName,
-    retention: Retention,
-    now_ms: u64,
+    merges: &[Merge],
 ) -> Result<usize, StoreError> {
     let name = doc.as_str();
-    let oldest = tables
-        .meta
-        .range((name, 0)..=(name, u64::MAX))?
-        .next()
-        .transpose()?;
-    let young = oldest
-        .and_then(|(key, value)| decode_meta(key.value().1, value.value()))
-        .is_none_or(|e| now_ms.saturating_sub(e.time_ms) <= retention.keep_all_ms);
-    if young {
-        return Ok(0);
-    }
-    let timeline = timeline_in(&tables.meta, &txn.open_table(LABELS)?, name)?;
-    let all = versions(&timeline.entries, &timeline.labels);
-    let dropped = retention.dropped(&all, now_ms);
-    let mut merges: Vec<(u64, Vec<u64>, Vec<u8>)> = Vec::new();
-    let mut pending: Vec<u64> = Vec::new();
-    for version in &all {
-        let seqs = seqs_in(tables, name, version.first_seq, version.id)?;
-        if dropped.contains(&version.id) {
-            pending.extend(seqs);
-            continue;
-        }
-        let (Some(&first), false) = (seqs.first(), pending.is_empty()) else {
-            continue;
-        };
-        let mut updates = Vec::with_capacity(pending.len() + 1);
-        for seq in pending.iter().chain([&first]) {
-            if let Some(update) = tables.log.get((name, *seq))? {
-                updates.push(update.value().to_vec());
+    let labels = txn.open_table(LABELS)?;
+    let mut dropped = 0;
+    for merge in merges {
+        let mut updates = Vec::with_capacity(merge.gone.len() + 1);
+        for seq in merge.gone.iter().chain([&merge.into]) {
+            let labelled = *seq != merge.into && labels.get((name, *seq))?.is_some();
+            match tables.log.get((name, *seq))? {
+                Some(update) if !labelled => updates.push(update.value().to_vec()),
+                _ => break,
             }
         }
+        if updates.len() != merge.gone.len() + 1 {
+            continue;
+        }
         let Ok(merged) = yrs::merge_updates_v1(updates.iter().map(Vec::as_slice)) else {
-            tracing::warn!(doc = %doc, "history not thinned: an entry does not merge");
-            return Ok(0);
+            tracing::warn!(doc = %doc, "history entries not thinned: they do not merge");
+            continue;
         };
-        merges.push((first, std::mem::take(&mut pending), merged));
-    }
-    for (into, gone, merged) in &merges {
-        for seq in gone {
+        for seq in &merge.gone {
             tables.remove_entry(doc, *seq)?;
         }
-        tables.replace_entry(doc, *into, merged)?;
+        tables.replace_entry(doc, merge.into, &merged)?;
+        dropped += merge.versions;
     }
-    Ok(dropped.len())
-}
-
-/// The sequence numbers of `doc`'s entries from `first` to `last`.
-fn seqs_in(tables: &Tables<'_>, name: &str, first: u64, last: u64) -> Result<Vec<u64>, StoreError> {
-    let mut seqs = Vec::new();
-    for entry in tables.log.range((name, first)..=(name, last))? {
-        seqs.push(entry?.0.value().1);
-    }
-    Ok(seqs)
+    Ok(dropped)
 }
 
 /// `doc`'s timeline, read from the given tables.
@@ -321,6 +345,17 @@ impl Store {
         })
     }
 
+    /// What thinning `doc` by `retention` as of `now_ms` would merge, read without the
+    /// writer (the scan of the whole history stays off the one writer task). Blocking.
+    pub fn thin_plan(
+        &self,
+        doc: &DocName,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<Vec<Merge>, StoreError> {
+        Ok(plan(&self.timeline(doc)?, retention, now_ms))
+    }
+
     /// `doc` just after entry `seq`: the nearest base and the entries to replay on it,
     /// checked against their checksums; `None` if there is no entry `seq`. Blocking.
     pub fn at(&self, doc: &DocName, seq: u64) -> Result<Option<StoredDoc>, StoreError> {
@@ -363,6 +398,60 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{StoreWriter, WriteMode, WriteOp, WriteResult};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_labelled_after_thinning_was_planned_is_kept() {
+        use yrs::{ReadTxn, Text, Transact};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let doc = DocName::parse("race").expect("a valid name");
+        let text = yrs::Doc::with_client_id(1);
+        for (n, who) in ["ada", "bob", "ada"].into_iter().enumerate() {
+            let before = text.transact().state_vector();
+            let root = text.get_or_insert_text("t");
+            root.insert(&mut text.transact_mut(), 0, &n.to_string());
+            let update = text.transact().encode_state_as_update_v1(&before);
+            let authors = vec![who.to_owned()];
+            let append = WriteOp::Append {
+                doc: doc.clone(),
+                update,
+                authors,
+            };
+            writer.commit(append).await.expect("appended");
+        }
+        let everything_old = Retention {
+            keep_all_ms: 0,
+            hourly_ms: 0,
+            keep_newest: 1,
+        };
+        let merges = store
+            .thin_plan(&doc, everything_old, u64::MAX / 2)
+            .expect("planned");
+        assert_eq!(merges.len(), 1, "versions 0 and 1 merge into 2: {merges:?}");
+        let label = WriteOp::Label {
+            doc: doc.clone(),
+            seq: 0,
+            label: Some("keep".into()),
+        };
+        writer.commit(label).await.expect("labelled");
+        let thin = WriteOp::Thin {
+            doc: doc.clone(),
+            merges,
+        };
+        assert_eq!(
+            writer.commit(thin).await.expect("committed"),
+            WriteResult::Thinned(0)
+        );
+        let timeline = store.timeline(&doc).expect("read");
+        let kept: Vec<u64> = timeline.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            kept,
+            [0, 1, 2],
+            "nothing merged away from under the new label"
+        );
+    }
 
     #[test]
     fn metadata_records_round_trip_and_malformed_ones_are_refused() {

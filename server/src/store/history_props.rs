@@ -73,7 +73,7 @@ fn text_of(stored: &crate::storage::StoredDoc) -> String {
 }
 
 /// The write `step` makes, editing the model; `None` for a step that writes nothing.
-fn op_of(step: &Step, doc: &DocName, model: &mut Model) -> Option<WriteOp> {
+fn op_of(store: &Store, step: &Step, doc: &DocName, model: &mut Model) -> Option<WriteOp> {
     Some(match step {
         Step::Insert { by, .. } | Step::Delete { at: by, .. } => WriteOp::Append {
             doc: doc.clone(),
@@ -92,16 +92,21 @@ fn op_of(step: &Step, doc: &DocName, model: &mut Model) -> Option<WriteOp> {
             seq: model.text_after.len().checked_sub(1)? as u64,
             label: Some(format!("label {}", model.text_after.len())),
         },
-        Step::Thin { keep } => WriteOp::Thin {
-            doc: doc.clone(),
-            retention: Retention {
+        Step::Thin { keep } => {
+            let retention = Retention {
                 keep_all_ms: 0,
                 hourly_ms: 0,
                 keep_newest: usize::from(*keep),
-            },
+            };
             // Far ahead: every version is old, and all fall in one day.
-            now_ms: u64::MAX / 2,
-        },
+            let merges = store
+                .thin_plan(doc, retention, u64::MAX / 2)
+                .expect("planned");
+            WriteOp::Thin {
+                doc: doc.clone(),
+                merges,
+            }
+        }
         Step::Restart => return None,
     })
 }
@@ -119,7 +124,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         if let Step::Restart = step {
             // A new writer, as after a restart: sequence numbers come from the tables.
             (writer, _) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-        } else if let Some(op) = op_of(step, &doc, &mut model) {
+        } else if let Some(op) = op_of(&store, step, &doc, &mut model) {
             writer.commit(op).await.expect("committed");
         }
     }

@@ -99,14 +99,13 @@ pub enum WriteOp {
         /// The label.
         label: Option<String>,
     },
-    /// Thin a document's history (see [`super::history`]); answers [`WriteResult::Thinned`].
+    /// Thin a document's history by merges planned from a read ([`Store::thin_plan`]);
+    /// answers [`WriteResult::Thinned`].
     Thin {
         /// The document.
         doc: DocName,
-        /// Which versions to keep.
-        retention: crate::history::Retention,
-        /// The time thinning is judged at.
-        now_ms: u64,
+        /// The merges.
+        merges: Vec<super::history::Merge>,
     },
 }
 
@@ -474,11 +473,9 @@ fn apply_one(
             seq,
             label.as_deref(),
         )?),
-        Some(WriteOp::Thin {
-            doc,
-            retention,
-            now_ms,
-        }) => WriteResult::Thinned(super::history::thin(txn, tables, &doc, retention, now_ms)?),
+        Some(WriteOp::Thin { doc, merges }) => {
+            WriteResult::Thinned(super::history::thin(txn, tables, &doc, &merges)?)
+        }
         Some(WriteOp::CreateDocument { doc, meta }) => {
             let result = tables.create(&doc, meta)?;
             if let (WriteResult::Created(meta), Some(outbox)) = (&result, outbox) {
