@@ -82,6 +82,22 @@ pub enum DocEvent {
         /// Who held it.
         holder: String,
     },
+    /// A version was labelled (`label` set) or its label removed (`label` null).
+    VersionLabelled {
+        /// The version's id (the sequence number of its last log entry).
+        version: u64,
+        /// The new label, or `None` when it was removed.
+        label: Option<String>,
+        /// Who did it (the token's subject).
+        by: String,
+    },
+    /// A version was restored: its content was applied as a new change.
+    VersionRestored {
+        /// The version restored.
+        version: u64,
+        /// Who did it (the token's subject).
+        by: String,
+    },
     /// The document was deleted; listeners are disconnected after this event.
     Deleted,
     /// This listener fell behind and missed `missed` events (sent only to that listener).
@@ -104,6 +120,8 @@ impl DocEvent {
             DocEvent::LockRenewed { .. } => "lock_renewed",
             DocEvent::LockReleased { .. } => "lock_released",
             DocEvent::LockExpired { .. } => "lock_expired",
+            DocEvent::VersionLabelled { .. } => "version_labelled",
+            DocEvent::VersionRestored { .. } => "version_restored",
             DocEvent::Deleted => "deleted",
             DocEvent::Lagged { .. } => "lagged",
         }
@@ -146,6 +164,15 @@ mod tests {
             },
             DocEvent::LockReleased { holder: "h".into() },
             DocEvent::LockExpired { holder: "h".into() },
+            DocEvent::VersionLabelled {
+                version: 4,
+                label: Some("sent".into()),
+                by: "ada".into(),
+            },
+            DocEvent::VersionRestored {
+                version: 4,
+                by: "ada".into(),
+            },
             DocEvent::Deleted,
             DocEvent::Lagged { missed: 2 },
         ];

@@ -64,11 +64,17 @@ pub enum EventKind {
     /// The lock's time ran out.
     #[serde(rename = "lock.expired")]
     LockExpired,
+    /// A version of a Yjs document was labelled, or its label removed.
+    #[serde(rename = "version.labelled")]
+    VersionLabelled,
+    /// A version of a Yjs document was restored as a new change.
+    #[serde(rename = "version.restored")]
+    VersionRestored,
 }
 
 impl EventKind {
     /// Every event type.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::DocumentCreated,
         EventKind::DocumentChanged,
         EventKind::DocumentDeleted,
@@ -79,6 +85,8 @@ impl EventKind {
         EventKind::LockRenewed,
         EventKind::LockReleased,
         EventKind::LockExpired,
+        EventKind::VersionLabelled,
+        EventKind::VersionRestored,
     ];
 
     /// The type's name on the wire, such as `document.changed`.
@@ -94,6 +102,8 @@ impl EventKind {
             EventKind::LockRenewed => "lock.renewed",
             EventKind::LockReleased => "lock.released",
             EventKind::LockExpired => "lock.expired",
+            EventKind::VersionLabelled => "version.labelled",
+            EventKind::VersionRestored => "version.restored",
         }
     }
 

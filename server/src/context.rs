@@ -60,6 +60,31 @@ pub struct Foundation {
     pub shutdown: CancellationToken,
 }
 
+#[cfg(test)]
+impl Foundation {
+    /// An open single relay (no tokens) on `storage` and the embedded `store` with its
+    /// `writer`, for tests of the router. Needs a runtime.
+    pub(crate) fn for_tests(
+        storage: Storage,
+        store: crate::store::Store,
+        writer: StoreWriter,
+    ) -> Foundation {
+        let events = Events::new();
+        Foundation {
+            storage,
+            presence: None,
+            cluster: None,
+            embedded: Some((store, writer)),
+            locks: Locks::local(events.clone()),
+            events,
+            metrics: Metrics::new(),
+            auth: Auth::new(None, None).expect("an open relay"),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
 /// Everything a session of any transport needs besides its socket.
 #[derive(Clone)]
 pub struct SessionContext {

@@ -178,12 +178,9 @@ mod tests {
 
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::auth::Auth;
     use crate::config::{Config, Settings};
     use crate::context::Foundation;
     use crate::metrics::Metrics;
@@ -194,19 +191,7 @@ mod tests {
         let config = Config::from_settings(Settings::default()).expect("the default config");
         let store = Store::open(&dir.join("db.redb")).expect("store");
         let (storage, writer, _) = store::start(store.clone(), WriteMode::Durable, Metrics::new());
-        let events = crate::events::Events::new();
-        let foundation = Foundation {
-            storage,
-            presence: None,
-            cluster: None,
-            embedded: Some((store, writer)),
-            locks: crate::locks::Locks::local(events.clone()),
-            events,
-            metrics: Metrics::new(),
-            auth: Auth::new(None, None).expect("an open relay"),
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-        };
+        let foundation = Foundation::for_tests(storage, store, writer);
         router(AppState::build(&config, foundation, None))
     }
 

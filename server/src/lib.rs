@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod forwarded;
 pub mod heartbeat;
+pub mod history;
 pub mod hocuspocus;
 pub mod http;
 pub mod jetstream;

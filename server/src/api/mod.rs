@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`, one file per route group: [`docs`] (create, list, get,
 //! delete), [`content`] (a Yjs document as JSON or as a binary update, read through
-//! [`crate::reads`]), [`registers`] (LWW and manual registers and their conflicts), [`locks`],
+//! [`crate::reads`]), [`history`] (versions of a Yjs document: list, content at one, restore,
+//! labels), [`compare`] (diff and blame of versions), [`registers`] (LWW and manual registers and their conflicts), [`locks`],
 //! [`events`] (Server-Sent Events), [`live`] (the register WebSocket channel), [`quantum`]
 //! (where and under which key the Quantum listener runs) and [`openapi`] (the description of
 //! all of them); and [`scrape`], `GET /metrics`, outside `/api/v1`.
@@ -15,9 +16,11 @@
 //! The admin routes ([`sessions`], [`tokens`], [`webhooks`]; see [`crate::admin`]) take the admin key instead
 //! of a client token.
 
+pub mod compare;
 pub mod content;
 pub mod docs;
 pub mod events;
+pub mod history;
 pub mod live;
 pub mod locks;
 pub mod openapi;
@@ -46,6 +49,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(docs::routes())
         .merge(content::routes())
+        .merge(history::routes())
+        .merge(compare::routes())
         .merge(registers::routes())
         .merge(locks::routes())
         .merge(events::routes())

@@ -15,6 +15,8 @@ use crate::context::AppState;
 pub const GROUPS: &[fn() -> Value] = &[
     super::docs::paths,
     super::content::paths,
+    super::history::paths,
+    super::compare::paths,
     super::registers::paths,
     super::locks::paths,
     super::events::paths,
@@ -141,7 +143,7 @@ pub fn components() -> Value {
     let revision = json!({ "type": "object", "required": ["version", "value", "author", "at_ms"], "properties": {
         "version": { "type": "integer" }, "value": {}, "author": { "type": "string" }, "at_ms": { "type": "integer" } } });
     let author = json!({ "type": "string", "description": "must be the token's subject (403 `forbidden` otherwise); only an open relay records the name given here (default `anonymous`)" });
-    json!({
+    let mut components = json!({
         "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
         "schemas": {
             "Error": { "type": "object", "required": ["error"], "properties": { "error": {
@@ -192,10 +194,17 @@ pub fn components() -> Value {
             "Event": { "type": "object", "required": ["type"], "properties": {
                 "type": { "type": "string", "enum": ["user_joined", "user_left", "updated",
                     "conflict_detected", "conflict_resolved", "lock_acquired", "lock_renewed",
-                    "lock_released", "lock_expired", "deleted", "lagged", "token_expired"],
+                    "lock_released", "lock_expired", "version_labelled", "version_restored",
+                    "deleted", "lagged", "token_expired"],
                     "description": "token_expired (SSE only) is a stream's last event when its token expires, with code 4401 and a reason" } } },
         }
-    })
+    });
+    if let (Some(Value::Object(all)), Value::Object(more)) =
+        (components.get_mut("schemas"), super::history::schemas())
+    {
+        all.extend(more);
+    }
+    components
 }
 
 #[cfg(test)]
@@ -211,6 +220,8 @@ mod tests {
             "/api/v1/docs/{name}",
             "/api/v1/docs/{name}/content",
             "/api/v1/docs/{name}/update",
+            "/api/v1/docs/{name}/history",
+            "/api/v1/docs/{name}/history/{version}/restore",
             "/api/v1/docs/{name}/register",
             "/api/v1/docs/{name}/conflicts",
             "/api/v1/docs/{name}/conflicts/{id}",

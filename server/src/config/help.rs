@@ -16,6 +16,9 @@ use super::{
     DEFAULT_UNLOAD_AFTER_SECS, Durability, LogFormat, MIN_ADMIN_KEY_LEN,
 };
 use super::{
+    DEFAULT_HISTORY_HOURLY_DAYS, DEFAULT_HISTORY_KEEP_ALL_DAYS, DEFAULT_HISTORY_KEEP_NEWEST,
+};
+use super::{
     DEFAULT_HOCUSPOCUS_MAX_DOCUMENTS, DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
     DEFAULT_MAX_CONTENT_JSON_BYTES, DEFAULT_MAX_CONTENT_READS, DEFAULT_MAX_DOC_BYTES,
     DEFAULT_MAX_DOC_ITEMS, DEFAULT_MAX_UPDATE_ITEMS, DEFAULT_OUTBOX_MAX_BYTES,
@@ -96,6 +99,12 @@ fn help_suffixes() -> Vec<(&'static str, String)> {
             "compact_after_updates",
             default(DEFAULT_COMPACT_AFTER_UPDATES),
         ),
+        (
+            "history_keep_all_days",
+            default(DEFAULT_HISTORY_KEEP_ALL_DAYS),
+        ),
+        ("history_hourly_days", default(DEFAULT_HISTORY_HOURLY_DAYS)),
+        ("history_keep_newest", default(DEFAULT_HISTORY_KEEP_NEWEST)),
         ("ping_interval_secs", default(DEFAULT_PING_INTERVAL_SECS)),
         (
             "admin_key",

@@ -30,6 +30,12 @@ pub const DEFAULT_RELAXED_FLUSH_MS: u64 = 100;
 pub const DEFAULT_UNLOAD_AFTER_SECS: u64 = 30;
 /// Default number of update-log entries that triggers folding the log into a snapshot.
 pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 500;
+/// Days every version of a document's history is kept (see [`crate::history::retention`]).
+pub const DEFAULT_HISTORY_KEEP_ALL_DAYS: u64 = 30;
+/// Days versions are kept one per hour; older ones are kept one per day.
+pub const DEFAULT_HISTORY_HOURLY_DAYS: u64 = 365;
+/// Newest versions of a document kept whatever their age.
+pub const DEFAULT_HISTORY_KEEP_NEWEST: usize = 50;
 /// Default interval between WebSocket pings, in seconds.
 pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
 /// Default WebSocket connections a remote IP address may open per minute.
@@ -261,6 +267,19 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
 
+    /// Keep every version of a document's history this many days; older versions are thinned
+    /// (at compaction) to one per hour, then one per day. Labelled versions are always kept.
+    #[arg(long, env = "AETHERFLOW_HISTORY_KEEP_ALL_DAYS", value_name = "DAYS")]
+    pub history_keep_all_days: Option<u64>,
+
+    /// Keep one version per hour until versions are this many days old; one per day after.
+    #[arg(long, env = "AETHERFLOW_HISTORY_HOURLY_DAYS", value_name = "DAYS")]
+    pub history_hourly_days: Option<u64>,
+
+    /// Always keep this many of a document's newest versions, whatever their age.
+    #[arg(long, env = "AETHERFLOW_HISTORY_KEEP_NEWEST", value_name = "N")]
+    pub history_keep_newest: Option<usize>,
+
     /// Ping every WebSocket this often, in seconds; a connection that leaves one ping
     /// unanswered is shown IDLE, one that leaves two is closed (1001 "ping timeout") and its
     /// presence removed.
@@ -458,6 +477,8 @@ pub struct Config {
     pub unload_after: Duration,
     /// Update-log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Which versions of a document's history thinning keeps.
+    pub history_retention: crate::history::Retention,
     /// Interval between WebSocket pings.
     pub ping_interval: Duration,
     /// HS256 secret for client tokens.
@@ -555,6 +576,9 @@ impl Settings {
             relaxed_flush_ms: self.relaxed_flush_ms.or(lower.relaxed_flush_ms),
             unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
             compact_after_updates: self.compact_after_updates.or(lower.compact_after_updates),
+            history_keep_all_days: self.history_keep_all_days.or(lower.history_keep_all_days),
+            history_hourly_days: self.history_hourly_days.or(lower.history_hourly_days),
+            history_keep_newest: self.history_keep_newest.or(lower.history_keep_newest),
             ping_interval_secs: self.ping_interval_secs.or(lower.ping_interval_secs),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             jwt_public_key: self.jwt_public_key.or(lower.jwt_public_key),
@@ -686,6 +710,14 @@ impl Config {
             compact_after_updates: s
                 .compact_after_updates
                 .unwrap_or(DEFAULT_COMPACT_AFTER_UPDATES),
+            history_retention: crate::history::Retention {
+                keep_all_ms: days_ms(
+                    s.history_keep_all_days
+                        .unwrap_or(DEFAULT_HISTORY_KEEP_ALL_DAYS),
+                ),
+                hourly_ms: days_ms(s.history_hourly_days.unwrap_or(DEFAULT_HISTORY_HOURLY_DAYS)),
+                keep_newest: s.history_keep_newest.unwrap_or(DEFAULT_HISTORY_KEEP_NEWEST),
+            },
             ping_interval: Duration::from_secs(
                 s.ping_interval_secs.unwrap_or(DEFAULT_PING_INTERVAL_SECS),
             ),
@@ -844,6 +876,12 @@ impl Config {
                 });
             }
         }
+        if self.history_retention.keep_newest == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--history-keep-newest",
+                why: "must be at least 1",
+            });
+        }
         if self.compact_after_updates == 0 {
             return Err(ConfigError::Invalid {
                 name: "--compact-after-updates",
@@ -958,3 +996,8 @@ pub fn default_max_connections(file_limit: Option<u64>) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// `days` in milliseconds, saturating.
+fn days_ms(days: u64) -> u64 {
+    days.saturating_mul(24 * 3_600_000)
+}

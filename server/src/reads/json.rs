@@ -37,10 +37,14 @@ pub fn render(doc: &Doc, name: &str, cap: usize) -> Result<Vec<u8>, TooLarge> {
 
 /// The kind a root type is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RootKind {
+pub enum RootKind {
+    /// A `Y.Map`.
     Map,
+    /// A `Y.Array`.
     Array,
+    /// A `Y.Text`.
     Text,
+    /// A `Y.XmlFragment` (or an XML element or text).
     Xml,
 }
 
@@ -90,7 +94,8 @@ fn write_document(out: &mut Capped, doc: &Doc, name: &str) -> io::Result<()> {
 /// What yrs would infer a root as. A root with map entries and no list items is a map, found
 /// without a copy; otherwise yrs's own inference decides, which copies the root's content
 /// once (texts and arrays; a map, the large case, is never copied).
-fn root_kind<T: ReadTxn>(value: &Out, txn: &T) -> RootKind {
+/// The kind of root type `value` is, inferred from its content when no client declared it.
+pub fn root_kind<T: ReadTxn>(value: &Out, txn: &T) -> RootKind {
     match value {
         Out::YMap(_) => return RootKind::Map,
         Out::YArray(_) => return RootKind::Array,

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{DocName, Room};
 use axum::body::Bytes;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use self::json::TooLarge;
 use crate::error::AppError;
@@ -126,14 +126,40 @@ impl HeavyReads {
         doc: DocName,
         form: Form,
     ) -> Result<Answer, AppError> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            metrics.reject(Rejection::ContentBusy);
-            return Err(AppError::Busy(
-                "too many document reads are running; retry shortly".into(),
-            ));
-        };
-        let cap = self.max_json_bytes;
+        let permit = self.permit(metrics)?;
         let stored = read_yjs(storage, &doc).await?;
+        self.render_with(permit, doc, stored, form).await
+    }
+
+    /// Renders a stored state of `doc` that the caller read (a past version, say) in `form`,
+    /// through the gate: 503 `busy` when it is full. Not shared with other reads.
+    pub async fn render(
+        &self,
+        metrics: &Metrics,
+        doc: DocName,
+        stored: StoredDoc,
+        form: Form,
+    ) -> Result<Answer, AppError> {
+        let permit = self.permit(metrics)?;
+        self.render_with(permit, doc, stored, form).await
+    }
+
+    /// A place at the gate, or 503 `busy`.
+    pub fn permit(&self, metrics: &Metrics) -> Result<OwnedSemaphorePermit, AppError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics.reject(Rejection::ContentBusy);
+            AppError::Busy("too many document reads are running; retry shortly".into())
+        })
+    }
+
+    async fn render_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        doc: DocName,
+        stored: StoredDoc,
+        form: Form,
+    ) -> Result<Answer, AppError> {
+        let cap = self.max_json_bytes;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let room = Room::load(
@@ -153,13 +179,19 @@ impl HeavyReads {
 
 /// Reads a Yjs document's stored form; 404 if it does not exist, 409 if it is a register.
 async fn read_yjs(storage: &Storage, doc: &DocName) -> Result<StoredDoc, AppError> {
+    ensure_yjs(storage, doc).await?;
+    Ok(storage.log.load(doc.clone()).await?)
+}
+
+/// 404 if `doc` does not exist, 409 if it is a register.
+pub async fn ensure_yjs(storage: &Storage, doc: &DocName) -> Result<(), AppError> {
     let Some(meta) = storage.catalog.document(doc.clone()).await? else {
         return Err(AppError::NotFound(format!("no document {doc}")));
     };
     if meta.kind != Kind::Yjs {
         return Err(not_yjs(doc, meta.kind));
     }
-    Ok(storage.log.load(doc.clone()).await?)
+    Ok(())
 }
 
 /// The 409 for a Yjs read or write of a register document.

@@ -78,6 +78,9 @@ pub enum RoomCommand {
     Apply {
         /// The update.
         update: Vec<u8>,
+        /// Who applies it, named as its author in the history (a restore's token subject);
+        /// `None` for HTTP writes, which name no author.
+        by: Option<String>,
         /// The answer.
         done: oneshot::Sender<Result<(), ApplyError>>,
     },
@@ -147,6 +150,8 @@ pub struct RoomSettings {
     pub unload_after: Duration,
     /// Log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Which versions of the history thinning keeps (run after each compaction).
+    pub history_retention: crate::history::Retention,
     /// What one update and one document may hold.
     pub doc_limits: DocLimits,
 }
@@ -157,6 +162,7 @@ impl From<&Config> for RoomSettings {
             durability: config.durability,
             unload_after: config.unload_after,
             compact_after_updates: config.compact_after_updates,
+            history_retention: config.history_retention,
             doc_limits: DocLimits {
                 max_update_items: config.max_update_items,
                 max_doc_items: config.max_doc_items,
@@ -274,11 +280,23 @@ impl Rooms {
     /// Applies a v1 update to `doc` through its room (loading it if needed), as a writer's
     /// WebSocket update would be: checked, committed, then broadcast to every connection.
     pub async fn apply(&self, doc: &DocName, update: Vec<u8>) -> Result<(), ApplyError> {
+        self.apply_as(doc, update, None).await
+    }
+
+    /// [`Rooms::apply`], naming `by` as the update's author (in the log's history and
+    /// webhooks' `document.changed`).
+    pub async fn apply_as(
+        &self,
+        doc: &DocName,
+        update: Vec<u8>,
+        by: Option<String>,
+    ) -> Result<(), ApplyError> {
         for _ in 0..JOIN_ATTEMPTS {
             let handle = self.find_or_start(doc);
             let (done, answer) = oneshot::channel();
             let command = RoomCommand::Apply {
                 update: update.clone(),
+                by: by.clone(),
                 done,
             };
             // A room answers every command it takes; an unanswered one was dropped unapplied
@@ -469,6 +487,7 @@ pub(crate) mod tests {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),
             compact_after_updates: 1000,
+            history_retention: crate::history::Retention::DEFAULT,
             doc_limits: DocLimits::default(),
         };
         Rooms::new(

@@ -268,6 +268,8 @@ impl RoomTask {
         let mut denied = Vec::new();
         let mut others = Vec::new();
         let mut http = Vec::new();
+        // HTTP writers named as authors (restores).
+        let mut named = Vec::new();
         let mut deletes = Vec::new();
         let mut held = Vec::new();
         let mut remote = Vec::new();
@@ -294,10 +296,13 @@ impl RoomTask {
                 RoomCommand::Apply { done, .. } if !writable => {
                     let _ = done.send(Err(ApplyError::Storage));
                 }
-                RoomCommand::Apply { update, done } => {
+                RoomCommand::Apply { update, by, done } => {
                     let conn = ConnId(HTTP_CONN_BASE + http.len() as u64);
                     updates.push((conn, update));
                     http.push((conn, done));
+                    if let Some(by) = by {
+                        named.push((conn, by));
+                    }
                 }
                 RoomCommand::Delete { done } => deletes.push(done),
                 RoomCommand::DeletedElsewhere => deleted_elsewhere = true,
@@ -333,7 +338,7 @@ impl RoomTask {
             self.apply_remote(room, remote);
         }
         if !updates.is_empty() {
-            self.apply_updates(room, updates, http).await;
+            self.apply_updates(room, updates, http, &named).await;
         }
         if !others.is_empty() || !deletes.is_empty() || deleted_elsewhere {
             // They may show the document's state (step 2, a join's greeting): only what is
@@ -353,16 +358,24 @@ impl RoomTask {
     }
 
     /// The users (token subjects) of the subscribers among `updates` with an edit, each once,
-    /// for webhooks; HTTP writers (no subscriber) are not named.
-    fn authors_of(&self, updates: &[(ConnId, Vec<u8>)]) -> Vec<String> {
+    /// for webhooks and the history; HTTP writers are named only when `named` says who they
+    /// are (restores).
+    fn authors_of(&self, updates: &[(ConnId, Vec<u8>)], named: &[(ConnId, String)]) -> Vec<String> {
         // A batch holds many updates from few people: names are copied once each.
         let mut authors: Vec<&str> = Vec::new();
         for (conn, update) in updates {
-            if let Some(sub) = self.subscribers.get(conn)
+            let user = match self.subscribers.get(conn) {
+                Some(sub) => Some(sub.user.as_str()),
+                None => named
+                    .iter()
+                    .find(|(c, _)| c == conn)
+                    .map(|(_, by)| by.as_str()),
+            };
+            if let Some(user) = user
                 && update != EMPTY_UPDATE
-                && !authors.contains(&sub.user.as_str())
+                && !authors.contains(&user)
             {
-                authors.push(&sub.user);
+                authors.push(user);
             }
         }
         authors.sort_unstable();
@@ -487,16 +500,18 @@ impl RoomTask {
 
     /// Applies a batch of updates and queues its log entry. Durable mode puts the batch in
     /// the pipeline, to be broadcast once committed; relaxed mode broadcasts it now. `http`
-    /// are the HTTP writers among `updates`, answered when their fate is known.
+    /// are the HTTP writers among `updates`, answered when their fate is known; `named`, those
+    /// of them with a known author.
     async fn apply_updates(
         &mut self,
         room: &mut Room,
         updates: Vec<(ConnId, Vec<u8>)>,
         mut http: Vec<(ConnId, HttpWaiter)>,
+        named: &[(ConnId, String)],
     ) {
         // Handshake answers with nothing new (the empty update) are not edits.
         let count = updates.iter().filter(|(_, u)| u != EMPTY_UPDATE).count();
-        let authors = self.authors_of(&updates);
+        let authors = self.authors_of(&updates, named);
         let started = Instant::now();
         let batch = room.apply_updates(updates);
         self.rooms.inner.metrics.applied(count, started.elapsed());
@@ -625,9 +640,33 @@ impl RoomTask {
                     "update log compacted"
                 );
                 self.log_entries = 0;
+                self.thin_history();
             }
             Err(e) => error!(error = %e, "compaction not queued"),
         }
+    }
+
+    /// Thins the document's history by the retention policy, off the room's task: the
+    /// writer does it in a later commit, and the room does not wait for it.
+    fn thin_history(&self) {
+        let Some(history) = self.rooms.inner.storage.history.clone() else {
+            return;
+        };
+        let doc = self.name.clone();
+        let retention = self.rooms.inner.settings.history_retention;
+        let thin = async move {
+            let now_ms = crate::wall_clock::now_ms();
+            match history.thin(doc, retention, now_ms).await {
+                Ok(0) => {}
+                Ok(dropped) => info!(dropped, "history thinned"),
+                Err(e) => warn!(error = %e, "history not thinned"),
+            }
+        };
+        let span = tracing::Span::current();
+        self.rooms
+            .inner
+            .tracker
+            .spawn(tracing::Instrument::instrument(thin, span));
     }
 
     fn handle(&mut self, room: &mut Room, command: RoomCommand) {

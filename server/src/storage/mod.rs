@@ -1,6 +1,6 @@
 //! The storage interfaces: what the relay needs from the engine that keeps its documents.
 //!
-//! Three seams, each an object-safe trait, so the relay holds `Arc<dyn ...>` and never names
+//! Four seams, each an object-safe trait, so the relay holds `Arc<dyn ...>` and never names
 //! an engine:
 //!
 //! - [`DocumentLog`]: a Yjs document is a snapshot plus the log of updates after it. Rooms
@@ -9,6 +9,8 @@
 //! - [`RegisterStore`]: `lww` and `manual` registers, changed by commands that read, apply
 //!   the pure rules of [`aetherflow_crdt::register`] and write back atomically.
 //! - [`Catalog`]: which documents exist, of which kind and size; creation and deletion.
+//! - [`DocumentHistory`] (optional): a Yjs document's kept log read as versions, the state at
+//!   any entry, labels and thinning.
 //!
 //! The embedded redb database (the `store` module) implements all three; it is the default.
 //! Every implementation must pass the same conformance suite (`conformance`, run by each
@@ -30,7 +32,9 @@ use futures_util::future::BoxFuture;
 
 pub use committing::Committing;
 pub use error::{Damage, StoreError};
-pub use records::{Created, DocStats, DocumentMeta, LogEntry, RegisterFailure, StoredDoc};
+pub use records::{
+    Created, DocStats, DocumentMeta, HistoryEntry, LogEntry, RegisterFailure, StoredDoc, Timeline,
+};
 
 /// A storage operation under way.
 pub type Pending<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
@@ -67,8 +71,10 @@ pub trait DocumentLog: Send + Sync {
         authors: Vec<String>,
     ) -> Pending<'_, ()>;
 
-    /// Replaces `doc`'s snapshot by `snapshot` and drops the log entries it holds: every entry
-    /// appended through this handle before the call. Entries appended later stay.
+    /// Replaces `doc`'s snapshot by `snapshot`, which holds every entry appended through this
+    /// handle before the call: [`DocumentLog::load`] no longer returns those entries (an
+    /// engine with [`DocumentHistory`] keeps them as history; others drop them). Entries
+    /// appended later stay.
     fn compact(&self, doc: DocName, snapshot: Vec<u8>) -> Pending<'_, ()>;
 
     /// The document's snapshot and log, each entry checked against its checksum
@@ -95,6 +101,35 @@ pub trait DocumentLog: Send + Sync {
     /// Commits since the engine opened; increases before the waiters of a commit are told,
     /// so a read that began at one count has seen everything committed up to it.
     fn commits(&self) -> u64;
+}
+
+/// A Yjs document's past: the log entries kept after compaction, and labels on them.
+///
+/// A state "at" entry `seq` is the document just after that entry: everything appended up
+/// to and including it. Engines keep checkpoints (snapshots at a sequence number) so that
+/// producing it replays a short stretch of the log, not all of it.
+pub trait DocumentHistory: Send + Sync {
+    /// The metadata of every kept entry of `doc`, oldest first, and its labels.
+    fn timeline(&self, doc: DocName) -> Pending<'_, Timeline>;
+
+    /// `doc` just after entry `seq`, as a base snapshot and the entries to replay on it;
+    /// `None` if `doc` keeps no entry `seq`.
+    fn at(&self, doc: DocName, seq: u64) -> Pending<'_, Option<StoredDoc>>;
+
+    /// Sets (`Some`) or removes (`None`) the label of entry `seq`; `false` if `doc` keeps no
+    /// entry `seq` (setting) or has no label there (removing).
+    fn label(&self, doc: DocName, seq: u64, label: Option<String>) -> Pending<'_, bool>;
+
+    /// Thins `doc`'s history by `retention` as of `now_ms`, counting every entry appended
+    /// through this handle before the call: the entries of every version it drops are merged
+    /// into the next kept one, so the document's content never changes. Returns how many
+    /// versions were dropped.
+    fn thin(
+        &self,
+        doc: DocName,
+        retention: crate::history::Retention,
+        now_ms: u64,
+    ) -> Pending<'_, usize>;
 }
 
 /// `lww` and `manual` register documents.
@@ -146,6 +181,8 @@ pub struct Storage {
     pub registers: Arc<dyn RegisterStore>,
     /// Which documents exist.
     pub catalog: Arc<dyn Catalog>,
+    /// Documents' past versions; `None` for an engine that keeps none (cluster mode, for now).
+    pub history: Option<Arc<dyn DocumentHistory>>,
 }
 
 impl Storage {
@@ -159,6 +196,21 @@ impl Storage {
             log: engine.clone(),
             registers: engine.clone(),
             catalog: engine,
+            history: None,
+        }
+    }
+
+    /// One engine implementing all four interfaces, history included.
+    pub fn with_history<E>(engine: E) -> Storage
+    where
+        E: DocumentLog + RegisterStore + Catalog + DocumentHistory + 'static,
+    {
+        let engine = Arc::new(engine);
+        Storage {
+            log: engine.clone(),
+            registers: engine.clone(),
+            catalog: engine.clone(),
+            history: Some(engine),
         }
     }
 }

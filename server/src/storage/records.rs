@@ -7,20 +7,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StoredDoc {
     /// The latest snapshot (one v1 update holding the whole state), if the log was ever
-    /// compacted.
+    /// compacted; from [`DocumentHistory::at`](super::DocumentHistory::at), the base state
+    /// the entries replay on.
     pub snapshot: Option<Vec<u8>>,
     /// Log entries after the snapshot, oldest first.
     pub log: Vec<Vec<u8>>,
     /// The sequence number of the last entry loaded (or folded into the snapshot); 0 for an
-    /// empty document. [`DocumentLog::follow`](super::DocumentLog::follow) starts after it.
+    /// empty document. From [`DocumentHistory::at`](super::DocumentHistory::at): the entry asked
+    /// for. [`DocumentLog::follow`](super::DocumentLog::follow) starts after it.
     pub last_seq: u64,
 }
 
 /// One entry of a document's log, with its place in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
-    /// The entry's sequence number: increasing along the document's log. (An engine may
-    /// restart numbering once compaction has emptied the log.)
+    /// The entry's sequence number: increasing along the document's log, never reused while
+    /// the document exists (the embedded engine keeps entries as history; see
+    /// [`DocumentHistory`](super::DocumentHistory)).
     pub seq: u64,
     /// The v1 update.
     pub update: Vec<u8>,
@@ -31,7 +34,8 @@ pub struct LogEntry {
 pub struct DocStats {
     /// Entries in the update log since the last snapshot (Yjs documents).
     pub updates: u64,
-    /// Bytes stored: snapshot, log entries and register.
+    /// Bytes of the current document: snapshot, log entries after it and register (kept
+    /// history not counted).
     pub size_bytes: u64,
     /// Time of the last change, milliseconds since the Unix epoch, if known.
     pub modified_ms: Option<u64>,
@@ -68,4 +72,26 @@ pub enum RegisterFailure {
     /// The register refused the command.
     #[error(transparent)]
     Command(#[from] CommandError),
+}
+
+/// What the history keeps of one log entry besides its update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The entry's sequence number; never reused within a document.
+    pub seq: u64,
+    /// When it was committed, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Who made it (token subjects, sorted); empty when unknown (an HTTP writer, an open relay).
+    pub authors: Vec<String>,
+    /// Size of its update in bytes.
+    pub bytes: u64,
+}
+
+/// A document's history as stored: its entries' metadata and its labels.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Timeline {
+    /// Every kept entry, oldest first.
+    pub entries: Vec<HistoryEntry>,
+    /// Labels by the sequence number of the entry they name.
+    pub labels: std::collections::BTreeMap<u64, String>,
 }

@@ -182,6 +182,8 @@ fn remove(db: &Database, damaged: &[(String, Damage)]) -> Result<(), StoreError>
         let mut snapshot_sums = txn.open_table(SNAPSHOT_SUMS)?;
         let mut log = txn.open_table(UPDATE_LOG)?;
         let mut log_sums = txn.open_table(LOG_SUMS)?;
+        // A removed entry leaves the history too.
+        let mut meta = txn.open_table(super::history::ENTRY_META)?;
         for (name, damage) in damaged {
             match damage {
                 Damage::Snapshot => {
@@ -191,6 +193,7 @@ fn remove(db: &Database, damaged: &[(String, Damage)]) -> Result<(), StoreError>
                 Damage::LogEntry(seq) => {
                     log.remove((name.as_str(), *seq))?;
                     log_sums.remove((name.as_str(), *seq))?;
+                    meta.remove((name.as_str(), *seq))?;
                 }
             }
         }

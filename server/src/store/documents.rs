@@ -27,6 +27,8 @@ pub(super) struct Tables<'txn> {
     pub(super) log: Table<'txn, (&'static str, u64), &'static [u8]>,
     pub(super) snapshots: Table<'txn, &'static str, &'static [u8]>,
     log_sums: Table<'txn, (&'static str, u64), u32>,
+    /// Each entry's time, size and authors (see [`super::history`]).
+    pub(super) meta: Table<'txn, (&'static str, u64), &'static [u8]>,
     snapshot_sums: Table<'txn, &'static str, u32>,
     documents: Table<'txn, &'static str, &'static [u8]>,
     registers: Table<'txn, &'static str, &'static [u8]>,
@@ -39,6 +41,7 @@ impl<'txn> Tables<'txn> {
             log: txn.open_table(UPDATE_LOG)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
             log_sums: txn.open_table(super::checksum::LOG_SUMS)?,
+            meta: txn.open_table(super::history::ENTRY_META)?,
             snapshot_sums: txn.open_table(super::checksum::SNAPSHOT_SUMS)?,
             documents: txn.open_table(DOCUMENTS)?,
             registers: txn.open_table(REGISTERS)?,
@@ -59,20 +62,66 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Replaces `doc`'s snapshot (with its checksum) and empties its log.
+    /// Records who made entry `seq` of `doc` and when.
+    pub(super) fn record(
+        &mut self,
+        doc: &DocName,
+        seq: u64,
+        time_ms: u64,
+        bytes: usize,
+        authors: &[String],
+    ) -> Result<(), StoreError> {
+        let record = super::history::encode_meta(time_ms, bytes as u64, authors);
+        self.meta.insert((doc.as_str(), seq), record.as_slice())?;
+        Ok(())
+    }
+
+    /// Replaces entry `seq` of `doc` by `update` (with its checksum), keeping its time and
+    /// authors.
+    pub(super) fn replace_entry(
+        &mut self,
+        doc: &DocName,
+        seq: u64,
+        update: &[u8],
+    ) -> Result<(), StoreError> {
+        self.append(doc, seq, update)?;
+        let name = doc.as_str();
+        let kept = self
+            .meta
+            .get((name, seq))?
+            .and_then(|v| super::history::decode_meta(seq, v.value()));
+        if let Some(entry) = kept {
+            self.record(doc, seq, entry.time_ms, update.len(), &entry.authors)?;
+        }
+        Ok(())
+    }
+
+    /// Removes entry `seq` of `doc`, its checksum and its metadata.
+    pub(super) fn remove_entry(&mut self, doc: &DocName, seq: u64) -> Result<(), StoreError> {
+        let key = (doc.as_str(), seq);
+        self.log.remove(key)?;
+        self.log_sums.remove(key)?;
+        self.meta.remove(key)?;
+        Ok(())
+    }
+
+    /// Replaces `doc`'s snapshot (with its checksum). The log stays: it is the document's
+    /// history (see [`super::history`]).
     pub(super) fn compact(&mut self, doc: &DocName, snapshot: &[u8]) -> Result<(), StoreError> {
         self.snapshots.insert(doc.as_str(), snapshot)?;
         self.snapshot_sums
             .insert(doc.as_str(), super::checksum::sum(snapshot))?;
-        self.clear_log(doc)
+        Ok(())
     }
 
-    /// Removes `doc`'s log entries and their checksums.
+    /// Removes `doc`'s log entries, their checksums and metadata.
     fn clear_log(&mut self, doc: &DocName) -> Result<(), StoreError> {
         let name = doc.as_str();
         self.log
             .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
         self.log_sums
+            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        self.meta
             .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
         Ok(())
     }

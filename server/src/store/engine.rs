@@ -9,9 +9,10 @@ use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, Outcome, Register};
 
 use super::{Store, StoreWriter, WriteOp, WriteResult};
+use crate::history::Retention;
 use crate::storage::{
-    Catalog, Committing, Created, DocStats, DocumentLog, DocumentMeta, LogEntry, NameFilter,
-    Pending, RegisterFailure, RegisterStore, StoreError, StoredDoc,
+    Catalog, Committing, Created, DocStats, DocumentHistory, DocumentLog, DocumentMeta, LogEntry,
+    NameFilter, Pending, RegisterFailure, RegisterStore, StoreError, StoredDoc, Timeline,
 };
 
 /// The embedded redb database seen through the storage interfaces. Cheap to clone.
@@ -110,6 +111,45 @@ impl DocumentLog for RedbEngine {
 
     fn commits(&self) -> u64 {
         self.store.commits()
+    }
+}
+
+impl DocumentHistory for RedbEngine {
+    fn timeline(&self, doc: DocName) -> Pending<'_, Timeline> {
+        self.read(move |store| store.timeline(&doc))
+    }
+
+    fn at(&self, doc: DocName, seq: u64) -> Pending<'_, Option<StoredDoc>> {
+        self.read(move |store| store.at(&doc, seq))
+    }
+
+    fn label(&self, doc: DocName, seq: u64, label: Option<String>) -> Pending<'_, bool> {
+        self.commit(WriteOp::Label { doc, seq, label }, |result| match result {
+            WriteResult::Found(found) => Some(found),
+            _ => None,
+        })
+    }
+
+    fn thin(&self, doc: DocName, retention: Retention, now_ms: u64) -> Pending<'_, usize> {
+        Box::pin(async move {
+            // Planned from a read, off the writer task; the writer only applies the merges.
+            // The read must see every entry queued before the call (the room queues its
+            // appends and compaction without waiting for them).
+            self.writer.flush().await?;
+            let planned = doc.clone();
+            let merges = self
+                .read(move |store| store.thin_plan(&planned, retention, now_ms))
+                .await?;
+            if merges.is_empty() {
+                return Ok(0);
+            }
+            let thin = WriteOp::Thin { doc, merges };
+            self.commit(thin, |result| match result {
+                WriteResult::Thinned(dropped) => Some(dropped),
+                _ => None,
+            })
+            .await
+        })
     }
 }
 

@@ -2,13 +2,18 @@
 //! [`crate::storage`] ([`RedbEngine`]).
 //!
 //! A document is a snapshot (one Yjs v1 update holding its whole state at some point) plus an
-//! update log of what came after, keyed by `(document, sequence)`. Only the [`writer`] task
-//! writes; rooms read their document once when they load.
+//! update log of what came after, keyed by `(document, sequence)`. The log outlives
+//! compaction as the document's history ([`history`]): a load reads the snapshot and only the
+//! entries it does not cover. Only the [`writer`] task writes; rooms read their document once
+//! when they load.
 
 pub mod check;
 mod checksum;
 pub mod documents;
 mod engine;
+pub mod history;
+#[cfg(test)]
+mod history_props;
 pub mod outbox;
 mod slot;
 pub mod writer;
@@ -28,7 +33,8 @@ use crate::storage::{Damage, DocStats, DocumentMeta, LogEntry, StoreError, Store
 
 /// Snapshot of each document: name → v1 update of its whole state.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-/// Update log: (name, sequence) → v1 update committed after the snapshot.
+/// Update log: (name, sequence) → v1 update; the entries from the snapshot's covered number
+/// on are those after it (see [`history`]).
 const UPDATE_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("update_log");
 
 impl From<redb::Error> for StoreError {
@@ -71,7 +77,7 @@ pub fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let (writer, task) = StoreWriter::spawn_with_metrics(store.clone(), mode, metrics);
-    let storage = crate::storage::Storage::of(RedbEngine::new(store, writer.clone()));
+    let storage = crate::storage::Storage::with_history(RedbEngine::new(store, writer.clone()));
     (storage, writer, task)
 }
 
@@ -174,9 +180,10 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        let covered = history::snapshot_next(&txn.open_table(history::SNAPSHOT_NEXT)?, name)?;
         let mut log = Vec::new();
-        let mut last_seq = 0;
-        for entry in log_table.range((name, 0)..=(name, u64::MAX))? {
+        let mut last_seq = covered.saturating_sub(1);
+        for entry in log_table.range((name, covered)..=(name, u64::MAX))? {
             let (key, value) = entry?;
             let seq = key.value().1;
             last_seq = seq;
@@ -274,9 +281,10 @@ impl Store {
         if let Some(snapshot) = txn.open_table(SNAPSHOTS)?.get(name)? {
             stats.size_bytes += snapshot.value().len() as u64;
         }
+        let covered = history::snapshot_next(&txn.open_table(history::SNAPSHOT_NEXT)?, name)?;
         for entry in txn
             .open_table(UPDATE_LOG)?
-            .range((name, 0)..=(name, u64::MAX))?
+            .range((name, covered)..=(name, u64::MAX))?
         {
             let (_, value) = entry?;
             stats.updates += 1;
@@ -480,6 +488,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     txn.open_table(documents::DOCUMENTS)?;
     txn.open_table(documents::REGISTERS)?;
     txn.open_table(documents::MODIFIED)?;
+    history::create_tables(&txn)?;
     outbox::create_tables(&txn)?;
     txn.commit()?;
     Ok(db)

@@ -58,9 +58,10 @@ pub enum WriteOp {
         /// Who made it (token subjects), for webhooks' `document.changed`.
         authors: Vec<String>,
     },
-    /// Replace a document's snapshot and drop its whole log: the snapshot holds everything
-    /// the log held. Sent by the document's room, after its appends, so the order in this
-    /// queue guarantees that every dropped entry is in the snapshot.
+    /// Replace a document's snapshot, covering its whole log: the snapshot holds everything
+    /// the log held, and loads read only later entries (the log stays, as history). Sent by
+    /// the document's room, after its appends, so the order in this queue guarantees that
+    /// every covered entry is in the snapshot.
     Compact {
         /// The document.
         doc: DocName,
@@ -88,6 +89,24 @@ pub enum WriteOp {
     },
     /// Change the webhook endpoints or the outbox (see [`super::outbox`]).
     Webhook(OutboxOp),
+    /// Set (`Some`) or remove (`None`) the label of a document's log entry; answers
+    /// [`WriteResult::Found`].
+    Label {
+        /// The document.
+        doc: DocName,
+        /// The entry (a version's id).
+        seq: u64,
+        /// The label.
+        label: Option<String>,
+    },
+    /// Thin a document's history by merges planned from a read ([`Store::thin_plan`]);
+    /// answers [`WriteResult::Thinned`].
+    Thin {
+        /// The document.
+        doc: DocName,
+        /// The merges.
+        merges: Vec<super::history::Merge>,
+    },
 }
 
 /// What one committed write did.
@@ -103,8 +122,11 @@ pub enum WriteResult {
     Register(Result<Outcome, RegisterFailure>),
     /// A deletion: whether the document existed.
     Deleted(bool),
-    /// A webhook change: whether the endpoint or outbox row it named was there.
+    /// A webhook change or a label: whether the endpoint, outbox row, entry or label it
+    /// named was there.
     Found(bool),
+    /// Thinning: how many versions it dropped.
+    Thinned(usize),
 }
 
 type Waiter = oneshot::Sender<Result<WriteResult, StoreError>>;
@@ -393,7 +415,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
             false => None,
         };
         for op in ops {
-            results.push(apply_one(&mut tables, outbox.as_mut(), op, seqs)?);
+            results.push(apply_one(&txn, &mut tables, outbox.as_mut(), op, seqs)?);
         }
         woken = outbox.as_ref().is_some_and(|o| o.woken);
         endpoints = outbox.as_ref().map(Outbox::has_endpoints);
@@ -409,6 +431,7 @@ fn apply(store: &Store, ops: Vec<Option<WriteOp>>, sync: bool, seqs: &mut SeqCac
 }
 
 fn apply_one(
+    txn: &redb::WriteTransaction,
     tables: &mut Tables<'_>,
     outbox: Option<&mut Outbox<'_>>,
     op: Option<WriteOp>,
@@ -424,9 +447,10 @@ fn apply_one(
         }) => {
             let seq = match seqs.get(&doc) {
                 Some(&seq) => seq,
-                None => next_seq(&tables.log, &doc)?,
+                None => next_seq(txn, &tables.log, &doc)?,
             };
             tables.append(&doc, seq, &update)?;
+            tables.record(&doc, seq, now, update.len(), &authors)?;
             tables.touch(&doc, now)?;
             if let Some(outbox) = outbox {
                 outbox.changed(doc.as_str(), &authors, now)?;
@@ -435,8 +459,22 @@ fn apply_one(
             WriteResult::Done
         }
         Some(WriteOp::Compact { doc, snapshot }) => {
-            tables.compact(&doc, &snapshot)?;
+            let next = match seqs.get(&doc) {
+                Some(&seq) => seq,
+                None => next_seq(txn, &tables.log, &doc)?,
+            };
+            super::history::compact(txn, tables, &doc, next, &snapshot)?;
             WriteResult::Done
+        }
+        Some(WriteOp::Label { doc, seq, label }) => WriteResult::Found(super::history::label(
+            txn,
+            tables,
+            &doc,
+            seq,
+            label.as_deref(),
+        )?),
+        Some(WriteOp::Thin { doc, merges }) => {
+            WriteResult::Thinned(super::history::thin(txn, tables, &doc, &merges)?)
         }
         Some(WriteOp::CreateDocument { doc, meta }) => {
             let result = tables.create(&doc, meta)?;
@@ -458,6 +496,7 @@ fn apply_one(
             // The log restarts at 0 for a document of this name made later.
             seqs.remove(&doc);
             let existed = tables.delete(&doc)?;
+            super::history::delete(txn, &doc)?;
             if let (true, Some(outbox)) = (existed, outbox) {
                 outbox.deleted(doc.as_str(), now)?;
             }
@@ -474,7 +513,10 @@ fn apply_one(
     })
 }
 
+/// The next sequence number of `doc`: past its last entry and past what its snapshot
+/// covers, so numbers never restart while the document exists.
 fn next_seq(
+    txn: &redb::WriteTransaction,
     log: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     doc: &DocName,
 ) -> Result<u64, StoreError> {
@@ -483,5 +525,8 @@ fn next_seq(
         .range((name, 0)..=(name, u64::MAX))?
         .next_back()
         .transpose()?;
-    Ok(last.map_or(0, |(key, _)| key.value().1 + 1))
+    let after_log = last.map_or(0, |(key, _)| key.value().1 + 1);
+    let covered =
+        super::history::snapshot_next(&txn.open_table(super::history::SNAPSHOT_NEXT)?, name)?;
+    Ok(after_log.max(covered))
 }

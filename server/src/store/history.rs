@@ -1,0 +1,469 @@
+//! The history half of the redb engine: log entries outlive compaction, with their time and
+//! authors, checkpoints to rebuild any state quickly, and labels.
+//!
+//! - Compaction writes the new snapshot with the sequence number it covers
+//!   (table `snapshot_next`: every entry below it is in the snapshot) and keeps the entries;
+//!   [`Store::load`] reads the snapshot and only the entries from that number on, so loading
+//!   stays proportional to the document, not its history. Appends pay one small metadata
+//!   record each (table `history_entries`).
+//! - Sequence numbers never restart while a document exists: the next one is past both the
+//!   log's last entry and the snapshot's covered number.
+//! - A checkpoint is a snapshot kept at the number it covers (table `history_checkpoints`). A compaction
+//!   keeps its snapshot as one once the entries since the previous checkpoint weigh more than
+//!   [`CHECKPOINT_FACTOR`] times the snapshot, so checkpoints cost at most a
+//!   `1 / CHECKPOINT_FACTOR` share of the update bytes, and rebuilding a state replays at most
+//!   about that many times the document's size (plus one compaction interval).
+//! - The state at entry `seq` is the nearest checkpoint (or the snapshot) covering at most
+//!   `seq + 1` entries, plus the entries after it up to `seq`. Entries are Yjs updates, so
+//!   applying one that a base already holds changes nothing: thinning may merge entries
+//!   across a checkpoint safely.
+//! - Thinning merges the entries of dropped versions into the first entry of the
+//!   next kept version (which keeps its time and authors): later states never change. Which
+//!   entries to merge is planned from a read ([`Store::thin_plan`]), so the scan of the whole
+//!   history stays off the writer task, which only applies the merges (skipping any whose
+//!   entries changed since).
+//!
+//! Documents compacted before history existed keep their old snapshot: it becomes the
+//! checkpoint at 0 at the next compaction, and their earlier entries are gone.
+
+use std::collections::BTreeMap;
+
+use aetherflow_crdt::DocName;
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::documents::Tables;
+use super::{Store, checksum};
+use crate::history::{Retention, versions};
+use crate::storage::{Damage, HistoryEntry, StoreError, StoredDoc, Timeline};
+
+/// Document name → sequence number its snapshot covers: every entry below it is in it.
+pub(super) const SNAPSHOT_NEXT: TableDefinition<&str, u64> = TableDefinition::new("snapshot_next");
+/// (name, sequence) → the entry's time, size and authors (see [`encode_meta`]).
+pub(super) const ENTRY_META: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("history_entries");
+/// (name, n) → v1 update of the document holding every entry below `n`.
+const CHECKPOINTS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("history_checkpoints");
+/// CRC-32 of each checkpoint.
+const CHECKPOINT_SUMS: TableDefinition<(&str, u64), u32> =
+    TableDefinition::new("history_checkpoints_crc32");
+/// (name, sequence) → label of the version ending at that entry.
+const LABELS: TableDefinition<(&str, u64), &str> = TableDefinition::new("history_labels");
+
+/// A compaction keeps its snapshot as a checkpoint once the entries since the last one weigh
+/// more than this many times the snapshot.
+pub const CHECKPOINT_FACTOR: u64 = 4;
+
+/// Creates the history tables (at open).
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SNAPSHOT_NEXT)?;
+    txn.open_table(ENTRY_META)?;
+    txn.open_table(CHECKPOINTS)?;
+    txn.open_table(CHECKPOINT_SUMS)?;
+    txn.open_table(LABELS)?;
+    Ok(())
+}
+
+/// An entry's metadata record: time (u64), size (u64), then each author as a u16 length
+/// and its UTF-8 bytes, all little-endian.
+pub(super) fn encode_meta(time_ms: u64, bytes: u64, authors: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + authors.iter().map(|a| a.len() + 2).sum::<usize>());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.extend_from_slice(&bytes.to_le_bytes());
+    for author in authors {
+        // Token subjects are short; a longer one is cut at a character boundary.
+        let mut end = author.len().min(u16::MAX as usize);
+        while !author.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&(end as u16).to_le_bytes());
+        out.extend_from_slice(&author.as_bytes()[..end]);
+    }
+    out
+}
+
+/// Reads a metadata record; `None` if it is malformed.
+pub(super) fn decode_meta(seq: u64, record: &[u8]) -> Option<HistoryEntry> {
+    let time_ms = u64::from_le_bytes(record.get(0..8)?.try_into().ok()?);
+    let bytes = u64::from_le_bytes(record.get(8..16)?.try_into().ok()?);
+    let mut rest = record.get(16..)?;
+    let mut authors = Vec::new();
+    while !rest.is_empty() {
+        let len = u16::from_le_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
+        let name = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+        authors.push(name.to_owned());
+        rest = rest.get(2 + len..)?;
+    }
+    Some(HistoryEntry {
+        seq,
+        time_ms,
+        authors,
+        bytes,
+    })
+}
+
+/// The sequence number `doc`'s snapshot covers (0 without one, or for a snapshot made
+/// before history existed, which holds only what precedes every kept entry).
+pub(super) fn snapshot_next(
+    table: &impl ReadableTable<&'static str, u64>,
+    doc: &str,
+) -> Result<u64, StoreError> {
+    Ok(table.get(doc)?.map_or(0, |v| v.value()))
+}
+
+/// Compaction: stores `snapshot` as covering every entry below `next`, keeping it as a
+/// checkpoint too when the entries since the last checkpoint are heavy enough.
+pub(super) fn compact(
+    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
+    doc: &DocName,
+    next: u64,
+    snapshot: &[u8],
+) -> Result<(), StoreError> {
+    let name = doc.as_str();
+    let mut covered = txn.open_table(SNAPSHOT_NEXT)?;
+    let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+    let mut sums = txn.open_table(CHECKPOINT_SUMS)?;
+    let no_checkpoint = checkpoints
+        .range((name, 0)..=(name, u64::MAX))?
+        .next()
+        .is_none();
+    if covered.get(name)?.is_none() && no_checkpoint {
+        // A snapshot from before history: it holds what precedes every kept entry.
+        if let Some(old) = tables.snapshots.get(name)?.map(|v| v.value().to_vec()) {
+            checkpoints.insert((name, 0), old.as_slice())?;
+            sums.insert((name, 0), checksum::sum(&old))?;
+        }
+    }
+    let last = checkpoints
+        .range((name, 0)..=(name, next))?
+        .next_back()
+        .transpose()?
+        .map_or(0, |(key, _)| key.value().1);
+    let mut since = 0u64;
+    for entry in tables.log.range((name, last)..(name, next))? {
+        since += entry?.1.value().len() as u64;
+    }
+    if since > CHECKPOINT_FACTOR * snapshot.len() as u64 {
+        checkpoints.insert((name, next), snapshot)?;
+        sums.insert((name, next), checksum::sum(snapshot))?;
+    }
+    tables.compact(doc, snapshot)?;
+    covered.insert(name, next)?;
+    Ok(())
+}
+
+/// Removes `doc`'s checkpoints, labels and covered number (its entries and their metadata
+/// go with its log).
+pub(super) fn delete(txn: &WriteTransaction, doc: &DocName) -> Result<(), StoreError> {
+    let name = doc.as_str();
+    let all = (name, 0)..=(name, u64::MAX);
+    txn.open_table(SNAPSHOT_NEXT)?.remove(name)?;
+    txn.open_table(CHECKPOINTS)?
+        .retain_in(all.clone(), |_, _| false)?;
+    txn.open_table(CHECKPOINT_SUMS)?
+        .retain_in(all.clone(), |_, _| false)?;
+    txn.open_table(LABELS)?.retain_in(all, |_, _| false)?;
+    Ok(())
+}
+
+/// Sets or removes the label of entry `seq`; whether there was an entry (setting) or a
+/// label (removing).
+pub(super) fn label(
+    txn: &WriteTransaction,
+    tables: &Tables<'_>,
+    doc: &DocName,
+    seq: u64,
+    label: Option<&str>,
+) -> Result<bool, StoreError> {
+    let name = doc.as_str();
+    let mut labels = txn.open_table(LABELS)?;
+    Ok(match label {
+        Some(label) => {
+            let exists = tables.log.get((name, seq))?.is_some();
+            if exists {
+                labels.insert((name, seq), label)?;
+            }
+            exists
+        }
+        None => labels.remove((name, seq))?.is_some(),
+    })
+}
+
+/// One step of thinning: the entries of dropped versions merged into the first entry of the
+/// next kept version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The entry that takes the merged update (and keeps its time and authors).
+    pub into: u64,
+    /// The entries merged into it and removed.
+    pub gone: Vec<u64>,
+    /// How many versions they made up.
+    pub versions: usize,
+}
+
+impl Merge {
+    fn empty() -> Merge {
+        Merge {
+            into: 0,
+            gone: Vec::new(),
+            versions: 0,
+        }
+    }
+}
+
+/// What thinning `timeline` by `retention` as of `now_ms` merges.
+fn plan(timeline: &Timeline, retention: Retention, now_ms: u64) -> Vec<Merge> {
+    let oldest = timeline.entries.first();
+    if oldest.is_none_or(|e| now_ms.saturating_sub(e.time_ms) <= retention.keep_all_ms) {
+        return Vec::new();
+    }
+    let all = versions(&timeline.entries, &timeline.labels);
+    let dropped = retention.dropped(&all, now_ms);
+    let mut merges = Vec::new();
+    let mut pending = Merge::empty();
+    let mut entries = timeline.entries.iter().map(|e| e.seq).peekable();
+    for version in &all {
+        let mut seqs = Vec::new();
+        while let Some(seq) = entries.next_if(|seq| *seq <= version.id) {
+            seqs.push(seq);
+        }
+        if dropped.contains(&version.id) {
+            pending.gone.extend(seqs);
+            pending.versions += 1;
+        } else if let (Some(&first), false) = (seqs.first(), pending.gone.is_empty()) {
+            pending.into = first;
+            merges.push(std::mem::replace(&mut pending, Merge::empty()));
+        }
+    }
+    merges
+}
+
+/// Applies `merges` (planned by [`Store::thin_plan`] from an earlier read) to `doc`; how many
+/// versions they dropped. A merge whose entries changed meanwhile (gone, or one of them
+/// labelled since) is skipped, and so is one whose entries do not merge (damaged).
+pub(super) fn thin(
+    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
+    doc: &DocName,
+    merges: &[Merge],
+) -> Result<usize, StoreError> {
+    let name = doc.as_str();
+    let labels = txn.open_table(LABELS)?;
+    let mut dropped = 0;
+    for merge in merges {
+        let mut updates = Vec::with_capacity(merge.gone.len() + 1);
+        for seq in merge.gone.iter().chain([&merge.into]) {
+            let labelled = *seq != merge.into && labels.get((name, *seq))?.is_some();
+            match tables.log.get((name, *seq))? {
+                Some(update) if !labelled => updates.push(update.value().to_vec()),
+                _ => break,
+            }
+        }
+        if updates.len() != merge.gone.len() + 1 {
+            continue;
+        }
+        let Ok(merged) = yrs::merge_updates_v1(updates.iter().map(Vec::as_slice)) else {
+            tracing::warn!(doc = %doc, "history entries not thinned: they do not merge");
+            continue;
+        };
+        for seq in &merge.gone {
+            tables.remove_entry(doc, *seq)?;
+        }
+        tables.replace_entry(doc, merge.into, &merged)?;
+        dropped += merge.versions;
+    }
+    Ok(dropped)
+}
+
+/// `doc`'s timeline, read from the given tables.
+fn timeline_in(
+    meta: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    labels: &impl ReadableTable<(&'static str, u64), &'static str>,
+    name: &str,
+) -> Result<Timeline, StoreError> {
+    let mut timeline = Timeline::default();
+    for entry in meta.range((name, 0)..=(name, u64::MAX))? {
+        let (key, value) = entry?;
+        // A malformed record is skipped: its entry still counts in the content.
+        if let Some(entry) = decode_meta(key.value().1, value.value()) {
+            timeline.entries.push(entry);
+        }
+    }
+    let mut found = BTreeMap::new();
+    for entry in labels.range((name, 0)..=(name, u64::MAX))? {
+        let (key, value) = entry?;
+        found.insert(key.value().1, value.value().to_owned());
+    }
+    timeline.labels = found;
+    Ok(timeline)
+}
+
+/// A stored state: the number of entries it covers, its bytes and its stored checksum.
+type Base = (u64, Vec<u8>, Option<u32>);
+
+/// The nearest base covering at most `bound` entries of `name`: the latest checkpoint, or the
+/// snapshot when it covers at least as much; `None` to start from an empty document.
+fn base_at(txn: &ReadTransaction, name: &str, bound: u64) -> Result<Option<Base>, StoreError> {
+    let checkpoints = txn.open_table(CHECKPOINTS)?;
+    let checkpoint = checkpoints
+        .range((name, 0)..=(name, bound))?
+        .next_back()
+        .transpose()?;
+    let mut base = match checkpoint {
+        Some((key, value)) => {
+            let at = key.value().1;
+            let sums = txn.open_table(CHECKPOINT_SUMS)?;
+            let sum = sums.get((name, at))?.map(|v| v.value());
+            Some((at, value.value().to_vec(), sum))
+        }
+        None => None,
+    };
+    let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
+    let snapshots = txn.open_table(super::SNAPSHOTS)?;
+    if covered <= bound
+        && base.as_ref().is_none_or(|(at, _, _)| *at <= covered)
+        && let Some(snapshot) = snapshots.get(name)?
+    {
+        let sums = txn.open_table(checksum::SNAPSHOT_SUMS)?;
+        let sum = sums.get(name)?.map(|v| v.value());
+        base = Some((covered, snapshot.value().to_vec(), sum));
+    }
+    Ok(base)
+}
+
+impl Store {
+    /// Every kept entry's metadata and the labels of `doc`. Blocking.
+    pub fn timeline(&self, doc: &DocName) -> Result<Timeline, StoreError> {
+        self.contained(|| {
+            let txn = self.database()?.begin_read()?;
+            timeline_in(
+                &txn.open_table(ENTRY_META)?,
+                &txn.open_table(LABELS)?,
+                doc.as_str(),
+            )
+        })
+    }
+
+    /// What thinning `doc` by `retention` as of `now_ms` would merge, read without the
+    /// writer (the scan of the whole history stays off the one writer task). Blocking.
+    pub fn thin_plan(
+        &self,
+        doc: &DocName,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<Vec<Merge>, StoreError> {
+        Ok(plan(&self.timeline(doc)?, retention, now_ms))
+    }
+
+    /// `doc` just after entry `seq`: the nearest base and the entries to replay on it,
+    /// checked against their checksums; `None` if there is no entry `seq`. Blocking.
+    pub fn at(&self, doc: &DocName, seq: u64) -> Result<Option<StoredDoc>, StoreError> {
+        self.contained(|| self.at_uncontained(doc, seq))
+    }
+
+    fn at_uncontained(&self, doc: &DocName, seq: u64) -> Result<Option<StoredDoc>, StoreError> {
+        let damaged = |damage| StoreError::Damaged {
+            doc: doc.to_string(),
+            damage,
+        };
+        let name = doc.as_str();
+        let txn = self.database()?.begin_read()?;
+        let log = txn.open_table(super::UPDATE_LOG)?;
+        if log.get((name, seq))?.is_none() {
+            return Ok(None);
+        }
+        let base = base_at(&txn, name, seq.saturating_add(1))?;
+        let from = base.as_ref().map_or(0, |(at, _, _)| *at);
+        if let Some((_, bytes, sum)) = &base {
+            checksum::verify(*sum, bytes, Damage::Snapshot).map_err(damaged)?;
+        }
+        let sums = txn.open_table(checksum::LOG_SUMS)?;
+        let mut entries = Vec::new();
+        for entry in log.range((name, from)..=(name, seq))? {
+            let (key, value) = entry?;
+            let at = key.value().1;
+            let stored = checksum::log_sum(&sums, name, at)?;
+            checksum::verify(stored, value.value(), Damage::LogEntry(at)).map_err(damaged)?;
+            entries.push(value.value().to_vec());
+        }
+        Ok(Some(StoredDoc {
+            snapshot: base.map(|(_, bytes, _)| bytes),
+            log: entries,
+            last_seq: seq,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreWriter, WriteMode, WriteOp, WriteResult};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_labelled_after_thinning_was_planned_is_kept() {
+        use yrs::{ReadTxn, Text, Transact};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
+        let doc = DocName::parse("race").expect("a valid name");
+        let text = yrs::Doc::with_client_id(1);
+        for (n, who) in ["ada", "bob", "ada"].into_iter().enumerate() {
+            let before = text.transact().state_vector();
+            let root = text.get_or_insert_text("t");
+            root.insert(&mut text.transact_mut(), 0, &n.to_string());
+            let update = text.transact().encode_state_as_update_v1(&before);
+            let authors = vec![who.to_owned()];
+            let append = WriteOp::Append {
+                doc: doc.clone(),
+                update,
+                authors,
+            };
+            writer.commit(append).await.expect("appended");
+        }
+        let everything_old = Retention {
+            keep_all_ms: 0,
+            hourly_ms: 0,
+            keep_newest: 1,
+        };
+        let merges = store
+            .thin_plan(&doc, everything_old, u64::MAX / 2)
+            .expect("planned");
+        assert_eq!(merges.len(), 1, "versions 0 and 1 merge into 2: {merges:?}");
+        let label = WriteOp::Label {
+            doc: doc.clone(),
+            seq: 0,
+            label: Some("keep".into()),
+        };
+        writer.commit(label).await.expect("labelled");
+        let thin = WriteOp::Thin {
+            doc: doc.clone(),
+            merges,
+        };
+        assert_eq!(
+            writer.commit(thin).await.expect("committed"),
+            WriteResult::Thinned(0)
+        );
+        let timeline = store.timeline(&doc).expect("read");
+        let kept: Vec<u64> = timeline.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            kept,
+            [0, 1, 2],
+            "nothing merged away from under the new label"
+        );
+    }
+
+    #[test]
+    fn metadata_records_round_trip_and_malformed_ones_are_refused() {
+        let authors = vec!["ada".to_owned(), "bob@example".to_owned()];
+        let record = encode_meta(1_700_000_000_000, 42, &authors);
+        let entry = decode_meta(9, &record).expect("decodes");
+        assert_eq!(entry.authors, authors);
+        assert_eq!(
+            (entry.seq, entry.time_ms, entry.bytes),
+            (9, 1_700_000_000_000, 42)
+        );
+        assert!(decode_meta(9, &record[..record.len() - 1]).is_none());
+        assert!(decode_meta(9, &record[..7]).is_none());
+    }
+}
