@@ -7,6 +7,10 @@
 //!     --url 'ws://127.0.0.1:8080/ws/{doc}' --server aetherflow fanout --readers 1000 --rate 20
 //! ```
 //!
+//! With `--reader-url` the readers of `ingest`, `fanout` and `mixed` connect there and the
+//! writers to `--url`: one writer on relay A, its readers on relay B of a cluster
+//! (`benches/anchors/cluster.sh`).
+//!
 //! Each run prints a human-readable summary and, with `--json FILE`, appends one JSON line
 //! `{server, scenario, params, report}` for the report generator.
 
@@ -30,6 +34,10 @@ struct Cli {
     /// WebSocket URL; `{doc}` is replaced by the document name.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws/{doc}")]
     url: String,
+    /// WebSocket URL the readers of `ingest`, `fanout` and `mixed` connect to (another relay
+    /// of the same cluster); default: `--url`.
+    #[arg(long)]
+    reader_url: Option<String>,
     /// The server's framing.
     #[arg(long, value_enum, default_value_t = DialectArg::YWebsocket)]
     dialect: DialectArg,
@@ -171,8 +179,12 @@ fn main() -> anyhow::Result<()> {
         },
         handshake_timeout: Duration::from_secs(cli.handshake_timeout),
     };
+    let reader = Target {
+        url_template: cli.reader_url.clone().unwrap_or_else(|| cli.url.clone()),
+        ..target.clone()
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    let (name, params, report) = runtime.block_on(run(&cli, &target))?;
+    let (name, params, report) = runtime.block_on(run(&cli, &target, &reader))?;
     let name = cli.label.as_deref().unwrap_or(name);
     println!(
         "{} {name}: {}",
@@ -195,7 +207,8 @@ fn main() -> anyhow::Result<()> {
 
 type Outcome = (&'static str, serde_json::Value, serde_json::Value);
 
-async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
+/// Runs the chosen scenario; `reader` is where readers connect, `target` everything else.
+async fn run(cli: &Cli, target: &Target, reader: &Target) -> anyhow::Result<Outcome> {
     let sources = if cli.sources > 1 {
         loopback_sources(cli.sources)
     } else {
@@ -222,7 +235,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             eprintln!("ingest: replaying {source}");
             let (updates, end) = session_updates(&session, *updates)?;
             let limit = Duration::from_secs(*limit_secs);
-            let report = ingest::run(target, "ingest", &updates, &end, limit).await?;
+            let report = ingest::run(target, reader, "ingest", &updates, &end, limit).await?;
             let name = trace::source_name(&source);
             let params = serde_json::json!({ "trace": name, "updates": updates.len() });
             ("ingest", params, serde_json::to_value(report)?)
@@ -234,7 +247,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             grace,
         } => {
             let p = traffic_params(1, 1, *readers, *rate, *duration, *grace);
-            let report = traffic::run(target, &p).await?;
+            let report = traffic::run(target, reader, &p).await?;
             let params =
                 serde_json::json!({ "readers": readers, "rate": rate, "duration": duration });
             ("fanout", params, serde_json::to_value(report)?)
@@ -248,7 +261,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             grace,
         } => {
             let p = traffic_params(*docs, *writers, *readers, *rate, *duration, *grace);
-            let report = traffic::run(target, &p).await?;
+            let report = traffic::run(target, reader, &p).await?;
             let params = serde_json::json!({
                 "docs": docs, "writers": writers, "readers": readers, "rate": rate, "duration": duration,
             });
