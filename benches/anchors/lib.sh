@@ -96,13 +96,14 @@ run_loadgen() {
     --json "$results" --sources 8 "$@" >> "$log" 2>&1 || echo "   FAILED (see $log)" | tee -a "$log"
 }
 
-# Renders $1/report.md and the charts from results.jsonl (matplotlib in a private venv).
+# Renders $1/report.md and the charts from results.jsonl (matplotlib in a private venv);
+# further arguments go to report.py (e.g. --base and --alternatives).
 render_report() {
-  local out="$1"
+  local out="$1"; shift
   local venv="${VENV:-$here/.venv}"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet -r "$here/requirements.txt"
   "$venv/bin/python" "$here/report.py" "$results" --charts "${CHARTS:-$root/benches/charts}" \
-    > "$out/report.md"
+    "$@" > "$out/report.md"
   echo "report: $out/report.md"
 }

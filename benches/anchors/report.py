@@ -4,7 +4,9 @@ one PNG bar chart per scenario.
     python3 report.py results.jsonl --charts ../charts > report.md
 
 Input: the JSON lines `loadgen --json` appends ({server, scenario, params, report}). The
-reference for every ratio is AetherFlow in durable mode (`aetherflow-durable`).
+reference for every ratio is AetherFlow in durable mode (`aetherflow-durable`), or `--base`
+against `--alternatives` (cluster.sh: the cluster against Hocuspocus with Redis and against the
+single-node relay).
 """
 
 import argparse
@@ -74,7 +76,7 @@ def ratios_line(metric, runs, key, better):
     for alt in ALTERNATIVES:
         theirs = key(runs[alt]["report"]) if alt in runs else None
         parts.append(f"{alt} {ratio(ours, theirs)}")
-    return f"AetherFlow (durable) / alternative, {metric} ({better} is better): " + ", ".join(parts)
+    return f"{BASE} / alternative, {metric} ({better} is better): " + ", ".join(parts)
 
 
 def ingest_section(runs, charts):
@@ -144,7 +146,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
     parser.add_argument("--charts", required=True)
+    parser.add_argument("--base", default=BASE, help="the server every ratio is taken of")
+    parser.add_argument("--alternatives", nargs="+", default=ALTERNATIVES,
+                        help="the servers it is compared with")
     args = parser.parse_args()
+    global BASE, ALTERNATIVES
+    BASE, ALTERNATIVES = args.base, args.alternatives
     os.makedirs(args.charts, exist_ok=True)
     runs = load(args.results)
     sections = []
