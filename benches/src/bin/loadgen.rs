@@ -9,7 +9,7 @@
 //!
 //! With `--reader-url` the readers of `ingest`, `fanout` and `mixed` connect there and the
 //! writers to `--url`: one writer on relay A, its readers on relay B of a cluster
-//! (`benches/anchors/cluster.sh`).
+//! (`benches/anchors/cluster.sh`); `failover` needs it (B is the survivor).
 //!
 //! Each run prints a human-readable summary and, with `--json FILE`, appends one JSON line
 //! `{server, scenario, params, report}` for the report generator.
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aetherflow_benches::client::{Target, loopback_sources};
-use aetherflow_benches::scenario::{hostile, idle, ingest, traffic};
+use aetherflow_benches::scenario::{failover, hostile, idle, ingest, traffic};
 use aetherflow_benches::trace;
 use aetherflow_benches::wire::Dialect;
 use anyhow::Context;
@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws/{doc}")]
     url: String,
     /// WebSocket URL the readers of `ingest`, `fanout` and `mixed` connect to (another relay
-    /// of the same cluster); default: `--url`.
+    /// of the same cluster), and the survivor of `failover`; default: `--url`.
     #[arg(long)]
     reader_url: Option<String>,
     /// The server's framing.
@@ -148,6 +148,26 @@ enum Scenario {
         /// Map entries of the one large update.
         #[arg(long, default_value_t = 850_000)]
         update_entries: usize,
+    },
+    /// Failover storm: connections alternately on `--url` (instance A) and `--reader-url`
+    /// (instance B) of one cluster, an update through A on every document, then A killed with
+    /// SIGKILL and its clients reconnected to B: time until all are synced, updates lost.
+    Failover {
+        /// Connections in all, half on each instance.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        /// Documents they spread over.
+        #[arg(long, default_value_t = 500)]
+        docs: usize,
+        /// Characters of each document's update through A.
+        #[arg(long, default_value_t = 64)]
+        seed_chars: usize,
+        /// Process id of instance A, killed with SIGKILL.
+        #[arg(long)]
+        victim_pid: u32,
+        /// Seconds a client on B may take to see its document's update through A.
+        #[arg(long, default_value_t = 10)]
+        seen_timeout: u64,
     },
     /// Hold many synced connections open and measure the server's memory.
     Idle {
@@ -295,6 +315,26 @@ async fn run(cli: &Cli, target: &Target, reader: &Target) -> anyhow::Result<Outc
                 "update_entries": update_entries,
             });
             ("hostile", params, serde_json::to_value(report)?)
+        }
+        Scenario::Failover {
+            connections,
+            docs,
+            seed_chars,
+            victim_pid,
+            seen_timeout,
+        } => {
+            let p = failover::FailoverParams {
+                connections: *connections,
+                docs: *docs,
+                seed_chars: *seed_chars,
+                victim_pid: *victim_pid,
+                seen_timeout: Duration::from_secs(*seen_timeout),
+                concurrency: cli.concurrency,
+                sources: sources.clone(),
+            };
+            let report = failover::run(target, reader, &p).await?;
+            let params = serde_json::json!({ "connections": connections, "docs": docs });
+            ("failover", params, serde_json::to_value(report)?)
         }
         Scenario::Idle {
             connections,
