@@ -323,6 +323,10 @@ async fn run(cli: &Cli, target: &Target, reader: &Target) -> anyhow::Result<Outc
             victim_pid,
             seen_timeout,
         } => {
+            anyhow::ensure!(
+                cli.reader_url.is_some(),
+                "failover needs --reader-url: the instance that survives"
+            );
             let p = failover::FailoverParams {
                 connections: *connections,
                 docs: *docs,
