@@ -12,13 +12,17 @@
 #                       the "cluster ≥ 0.3 × single-node" ratio.
 #
 #   benches/anchors/cluster.sh [--quick] [--servers "aetherflow-cluster hocuspocus-redis
-#                              aetherflow-durable"] [--scenarios "ingest fanout"] [--out DIR]
+#                              aetherflow-durable"] [--scenarios "ingest fanout failover"]
+#                              [--out DIR]
 #
 # Scenarios: ingest (the automerge-paper trace, one update per frame, writer on A, receiver on
-# B) and fanout (one writer on A at FANOUT_RATE updates/s, FANOUT_READERS readers on B).
+# B), fanout (one writer on A at FANOUT_RATE updates/s, FANOUT_READERS readers on B) and
+# failover (FAILOVER_CONNS connections over FAILOVER_DOCS documents, half on each instance, an
+# update through A on every document, then A killed with SIGKILL: time until every displaced
+# client has synced on B, and updates lost; skipped for the single node).
 # Writes DIR/results.jsonl and DIR/loadgen.log and renders DIR/report.md and DIR/charts/ with
 # report.py, every ratio taken of aetherflow-cluster. Knobs (environment): FANOUT_READERS,
-# FANOUT_RATE, DURATION, INGEST_UPDATES, TRACE, SERVER_PIN / LOADGEN_PIN (as run.sh),
+# FANOUT_RATE, DURATION, INGEST_UPDATES, FAILOVER_CONNS, FAILOVER_DOCS, TRACE, SERVER_PIN / LOADGEN_PIN (as run.sh),
 # NATS_SERVER (default: the binary tests/nats-server.sh pins and installs), REDIS_SERVER
 # (default: redis-server on the PATH; `apt-get install redis-server` on Debian).
 set -euo pipefail
@@ -28,7 +32,7 @@ root="$(cd "$here/../.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 out="$here/out-cluster"
 servers="aetherflow-cluster hocuspocus-redis aetherflow-durable"
-scenarios="ingest fanout"
+scenarios="ingest fanout failover"
 quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,8 +48,10 @@ done
 # --quick: a smoke run, not for the record.
 if [ "$quick" = 1 ]; then
   : "${FANOUT_READERS:=100}" "${DURATION:=3}" "${INGEST_UPDATES:=20000}"
+  : "${FAILOVER_CONNS:=500}" "${FAILOVER_DOCS:=50}"
 fi
 : "${FANOUT_READERS:=1000}" "${FANOUT_RATE:=20}" "${DURATION:=10}" "${INGEST_UPDATES:=}"
+: "${FAILOVER_CONNS:=5000}" "${FAILOVER_DOCS:=500}"
 : "${SERVER_PIN:=}" "${LOADGEN_PIN:=}"
 
 ulimit -n "$(ulimit -Hn)"
@@ -177,6 +183,14 @@ for scenario in $scenarios; do
                 ${TRACE:+--trace "$TRACE"} ;;
       fanout) run_loadgen "$name" fanout --readers "$FANOUT_READERS" --rate "$FANOUT_RATE" \
                 --duration "$DURATION" ;;
+      # Kills instance A (server_pid) in the middle of the run; a single node has no B.
+      failover)
+        if [ -n "$reader_url" ]; then
+          run_loadgen "$name" failover --connections "$FAILOVER_CONNS" --docs "$FAILOVER_DOCS" \
+            --victim-pid "$server_pid"
+        else
+          echo "== $name: failover skipped (a single instance)" | tee -a "$log"
+        fi ;;
       *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     stop_system

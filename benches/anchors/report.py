@@ -142,6 +142,22 @@ def idle_section(name, runs, charts):
     ])
 
 
+def failover_section(runs):
+    rows = []
+    for s in runs:
+        r = runs[s]["report"]
+        rows.append([s, fmt(r["connections"]), fmt(r["docs"]), fmt(r["failed_connections"]),
+                     fmt(r["seen_before_kill"]), fmt(r["displaced"]), fmt(r["resynced"]),
+                     fmt(r["failed_reconnects"]), fmt(r["kill_to_all_synced_s"], 2),
+                     fmt(r["updates_lost"])])
+    return "\n\n".join([
+        "#### failover (instance A killed with SIGKILL, its clients resync on B)",
+        table(["server", "connections", "docs", "failed conns", "seen before kill", "displaced",
+               "resynced", "failed reconnects", "kill to all synced s", "updates lost"], rows),
+        ratios_line("kill to all synced", runs, lambda r: r["kill_to_all_synced_s"], "lower"),
+    ])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
@@ -160,6 +176,8 @@ def main():
             sections.append(ingest_section(by_server, args.charts))
         elif name in ("fanout", "mixed"):
             sections.append(traffic_section(name, by_server, args.charts))
+        elif name == "failover":
+            sections.append(failover_section(by_server))
         else:
             sections.append(idle_section(name, by_server, args.charts))
     print("\n\n".join(sections))
