@@ -159,6 +159,7 @@ def failover_section(runs):
 
 
 def main():
+    global BASE, ALTERNATIVES
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
     parser.add_argument("--charts", required=True)
@@ -166,7 +167,6 @@ def main():
     parser.add_argument("--alternatives", nargs="+", default=ALTERNATIVES,
                         help="the servers it is compared with")
     args = parser.parse_args()
-    global BASE, ALTERNATIVES
     BASE, ALTERNATIVES = args.base, args.alternatives
     os.makedirs(args.charts, exist_ok=True)
     runs = load(args.results)
