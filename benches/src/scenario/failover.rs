@@ -158,7 +158,7 @@ async fn seed_through_a(
     for session in on_b {
         let d = doc_index(&session.doc);
         if std::mem::replace(&mut watched[d], true) {
-            kept.push(OpenHalf::Whole(session));
+            kept.push(OpenHalf::Whole(Box::new(session)));
             continue;
         }
         let dialect = session.dialect;
@@ -194,7 +194,7 @@ async fn seed_through_a(
 /// split it into.
 #[allow(dead_code)] // held for its open socket, never read
 enum OpenHalf {
-    Whole(Session),
+    Whole(Box<Session>),
     Sender(crate::client::Sender),
     Receiver(Receiver),
 }
