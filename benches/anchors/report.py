@@ -4,7 +4,9 @@ one PNG bar chart per scenario.
     python3 report.py results.jsonl --charts ../charts > report.md
 
 Input: the JSON lines `loadgen --json` appends ({server, scenario, params, report}). The
-reference for every ratio is AetherFlow in durable mode (`aetherflow-durable`).
+reference for every ratio is AetherFlow in durable mode (`aetherflow-durable`), or `--base`
+against `--alternatives` (cluster.sh: the cluster against Hocuspocus with Redis and against the
+single-node relay).
 """
 
 import argparse
@@ -74,7 +76,7 @@ def ratios_line(metric, runs, key, better):
     for alt in ALTERNATIVES:
         theirs = key(runs[alt]["report"]) if alt in runs else None
         parts.append(f"{alt} {ratio(ours, theirs)}")
-    return f"AetherFlow (durable) / alternative, {metric} ({better} is better): " + ", ".join(parts)
+    return f"{BASE} / alternative, {metric} ({better} is better): " + ", ".join(parts)
 
 
 def ingest_section(runs, charts):
@@ -140,11 +142,32 @@ def idle_section(name, runs, charts):
     ])
 
 
+def failover_section(runs):
+    rows = []
+    for s in runs:
+        r = runs[s]["report"]
+        rows.append([s, fmt(r["connections"]), fmt(r["docs"]), fmt(r["failed_connections"]),
+                     fmt(r["seen_before_kill"]), fmt(r["displaced"]), fmt(r["resynced"]),
+                     fmt(r["failed_reconnects"]), fmt(r["kill_to_all_synced_s"], 2),
+                     fmt(r["updates_lost"])])
+    return "\n\n".join([
+        "#### failover (instance A killed with SIGKILL, its clients resync on B)",
+        table(["server", "connections", "docs", "failed conns", "seen before kill", "displaced",
+               "resynced", "failed reconnects", "kill to all synced s", "updates lost"], rows),
+        ratios_line("kill to all synced", runs, lambda r: r["kill_to_all_synced_s"], "lower"),
+    ])
+
+
 def main():
+    global BASE, ALTERNATIVES
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
     parser.add_argument("--charts", required=True)
+    parser.add_argument("--base", default=BASE, help="the server every ratio is taken of")
+    parser.add_argument("--alternatives", nargs="+", default=ALTERNATIVES,
+                        help="the servers it is compared with")
     args = parser.parse_args()
+    BASE, ALTERNATIVES = args.base, args.alternatives
     os.makedirs(args.charts, exist_ok=True)
     runs = load(args.results)
     sections = []
@@ -153,6 +176,8 @@ def main():
             sections.append(ingest_section(by_server, args.charts))
         elif name in ("fanout", "mixed"):
             sections.append(traffic_section(name, by_server, args.charts))
+        elif name == "failover":
+            sections.append(failover_section(by_server))
         else:
             sections.append(idle_section(name, by_server, args.charts))
     print("\n\n".join(sections))

@@ -57,8 +57,9 @@ fi
 ulimit -n "$(ulimit -Hn)"
 echo "open-file limit: $(ulimit -n)"
 
-(cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
-(cd "$root" && cargo build --release -p aetherflow-server -p aetherflow-benches)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+build_anchors
 loadgen="$target_dir/release/loadgen"
 # RELAY_BIN: another relay binary (e.g. an experimental build) in place of this checkout's.
 relay="${RELAY_BIN:-$target_dir/release/aetherflow}"
@@ -68,75 +69,6 @@ results="$out/results.jsonl"
 log="$out/loadgen.log"
 : > "$results"
 : > "$log"
-
-server_pid=""
-server_url=""
-server_dialect=""
-work=""
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_for_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not open port $1" >&2
-  return 1
-}
-
-start_server() {
-  local name="$1" port
-  port="$(free_port)"
-  work="$(mktemp -d)"
-  case "$name" in
-    aetherflow-durable|aetherflow-relaxed)
-      RUST_LOG=warn $SERVER_PIN "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
-        --durability "${name#aetherflow-}" --quantum-addr off \
-        --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
-      server_url="ws://127.0.0.1:$port/ws/{doc}"; server_dialect="y-websocket" ;;
-    # The same relay, spoken to over its Hocuspocus endpoint (durable, or relaxed with the
-    # -relaxed suffix), to compare with Hocuspocus on Hocuspocus's own protocol.
-    aetherflow-hocuspocus|aetherflow-hocuspocus-relaxed)
-      durability=durable; [ "$name" = aetherflow-hocuspocus-relaxed ] && durability=relaxed
-      RUST_LOG=warn $SERVER_PIN "$relay" --http-addr "127.0.0.1:$port" --data-dir "$work/data" \
-        --durability "$durability" --quantum-addr off \
-        --connect-rate-per-min 0 --message-rate-per-sec 0 > "$work/server.log" 2>&1 &
-      server_url="ws://127.0.0.1:$port/hocuspocus"; server_dialect="hocuspocus" ;;
-    y-websocket)
-      HOST=127.0.0.1 PORT="$port" $SERVER_PIN node "$here/node_modules/y-websocket/bin/server.js" \
-        > "$work/server.log" 2>&1 &
-      server_url="ws://127.0.0.1:$port/{doc}"; server_dialect="y-websocket" ;;
-    hocuspocus)
-      HOST=127.0.0.1 PORT="$port" $SERVER_PIN node "$here/hocuspocus-server.js" > "$work/server.log" 2>&1 &
-      server_url="ws://127.0.0.1:$port/"; server_dialect="hocuspocus" ;;
-    # Not an alternative: a relay with no CRDT (benches/src/bin/broadcast-floor.rs), the
-    # floor of the fan-out figures on this machine.
-    floor)
-      $SERVER_PIN "$target_dir/release/broadcast-floor" --addr "127.0.0.1:$port" > "$work/server.log" 2>&1 &
-      server_url="ws://127.0.0.1:$port/{doc}"; server_dialect="y-websocket" ;;
-    *) echo "unknown server $name" >&2; exit 2 ;;
-  esac
-  server_pid=$!
-  wait_for_port "$port"
-}
-
-stop_server() {
-  kill "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-
-run_loadgen() {
-  local name="$1"; shift
-  echo "== $name: $*" | tee -a "$log"
-  # A failed run is recorded in the log and the report shows it as missing; the comparison
-  # goes on with the next one.
-  $LOADGEN_PIN "$loadgen" --url "$server_url" --dialect "$server_dialect" --server "$name" \
-    --json "$results" --sources 8 "$@" >> "$log" 2>&1 || echo "   FAILED (see $log)" | tee -a "$log"
-}
 
 for scenario in $scenarios; do
   for name in $servers; do
@@ -162,10 +94,4 @@ for scenario in $scenarios; do
   done
 done
 
-# The report needs matplotlib: a private venv with the pinned requirements.
-venv="${VENV:-$here/.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet -r "$here/requirements.txt"
-"$venv/bin/python" "$here/report.py" "$results" --charts "${CHARTS:-$root/benches/charts}" \
-  > "$out/report.md"
-echo "report: $out/report.md"
+render_report "$out"

@@ -73,6 +73,16 @@ impl Session {
     /// Connects to `doc` from `source` (any local address when `None`) and completes the
     /// handshake and initial sync within the target's timeout.
     pub async fn open(target: &Target, doc: &str, source: Option<IpAddr>) -> anyhow::Result<Self> {
+        Ok(Self::open_with_state(target, doc, source).await?.0)
+    }
+
+    /// As [`Session::open`], and also returns the update of the server's sync step 2: the
+    /// document as the server held it when this client joined.
+    pub async fn open_with_state(
+        target: &Target,
+        doc: &str,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<(Self, Vec<u8>)> {
         tokio::time::timeout(
             target.handshake_timeout,
             Self::open_inner(target, doc, source),
@@ -94,7 +104,7 @@ impl Session {
             bail!("only Hocuspocus carries several documents over one connection");
         }
         tokio::time::timeout(target.handshake_timeout, async {
-            let mut session = Self::open_inner(target, first, source).await?;
+            let (mut session, _) = Self::open_inner(target, first, source).await?;
             for doc in rest {
                 session.doc = doc.clone();
                 session.sync().await?;
@@ -110,7 +120,7 @@ impl Session {
         target: &Target,
         doc: &str,
         source: Option<IpAddr>,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Vec<u8>)> {
         let addr = target.socket_addr()?;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -133,13 +143,13 @@ impl Session {
             dialect: target.dialect,
             socket,
         };
-        session.sync().await?;
-        Ok(session)
+        let state = session.sync().await?;
+        Ok((session, state))
     }
 
-    /// Sends the dialect's hello and our step 1, answers the server's step 1, and returns once
-    /// the server's step 2 has arrived.
-    async fn sync(&mut self) -> anyhow::Result<()> {
+    /// Sends the dialect's hello and our step 1, answers the server's step 1, and returns the
+    /// update of the server's step 2 once it has arrived.
+    async fn sync(&mut self) -> anyhow::Result<Vec<u8>> {
         if let Some(hello) = self.dialect.hello(&self.doc, TOKEN) {
             self.socket.send(Frame::Binary(hello.into())).await?;
         }
@@ -158,7 +168,7 @@ impl Session {
                     let step2 = self.frame(&encode_sync_step2(EMPTY_UPDATE));
                     self.socket.send(step2).await?;
                 }
-                Incoming::Sync(SyncMessage::Step2(_)) => return Ok(()),
+                Incoming::Sync(SyncMessage::Step2(update)) => return Ok(update),
                 Incoming::Denied(reason) => bail!("server denied {}: {reason}", self.doc),
                 Incoming::Sync(SyncMessage::Update(_)) | Incoming::Authenticated => {}
                 Incoming::Other => {}
@@ -170,6 +180,13 @@ impl Session {
     /// Wraps a y-protocols message for this session's document and dialect.
     pub fn frame(&self, message: &[u8]) -> Frame {
         Frame::Binary(self.dialect.frame(&self.doc, message).into())
+    }
+
+    /// Sends one y-protocols message for this session's document.
+    pub async fn send_message(&mut self, message: &[u8]) -> anyhow::Result<()> {
+        let frame = self.frame(message);
+        self.socket.send(frame).await?;
+        Ok(())
     }
 
     /// Splits the session into its sending and receiving halves.

@@ -7,6 +7,10 @@
 //!     --url 'ws://127.0.0.1:8080/ws/{doc}' --server aetherflow fanout --readers 1000 --rate 20
 //! ```
 //!
+//! With `--reader-url` the readers of `ingest`, `fanout` and `mixed` connect there and the
+//! writers to `--url`: one writer on relay A, its readers on relay B of a cluster
+//! (`benches/anchors/cluster.sh`); `failover` needs it (B is the survivor).
+//!
 //! Each run prints a human-readable summary and, with `--json FILE`, appends one JSON line
 //! `{server, scenario, params, report}` for the report generator.
 
@@ -15,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aetherflow_benches::client::{Target, loopback_sources};
-use aetherflow_benches::scenario::{hostile, idle, ingest, traffic};
+use aetherflow_benches::scenario::{failover, hostile, idle, ingest, traffic};
 use aetherflow_benches::trace;
 use aetherflow_benches::wire::Dialect;
 use anyhow::Context;
@@ -30,6 +34,10 @@ struct Cli {
     /// WebSocket URL; `{doc}` is replaced by the document name.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws/{doc}")]
     url: String,
+    /// WebSocket URL the readers of `ingest`, `fanout` and `mixed` connect to (another relay
+    /// of the same cluster), and the survivor of `failover`; default: `--url`.
+    #[arg(long)]
+    reader_url: Option<String>,
     /// The server's framing.
     #[arg(long, value_enum, default_value_t = DialectArg::YWebsocket)]
     dialect: DialectArg,
@@ -141,6 +149,26 @@ enum Scenario {
         #[arg(long, default_value_t = 850_000)]
         update_entries: usize,
     },
+    /// Failover storm: connections alternately on `--url` (instance A) and `--reader-url`
+    /// (instance B) of one cluster, an update through A on every document, then A killed with
+    /// SIGKILL and its clients reconnected to B: time until all are synced, updates lost.
+    Failover {
+        /// Connections in all, half on each instance.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        /// Documents they spread over.
+        #[arg(long, default_value_t = 500)]
+        docs: usize,
+        /// Characters of each document's update through A.
+        #[arg(long, default_value_t = 64)]
+        seed_chars: usize,
+        /// Process id of instance A, killed with SIGKILL.
+        #[arg(long)]
+        victim_pid: u32,
+        /// Seconds a client on B may take to see its document's update through A.
+        #[arg(long, default_value_t = 10)]
+        seen_timeout: u64,
+    },
     /// Hold many synced connections open and measure the server's memory.
     Idle {
         /// Connections.
@@ -171,8 +199,12 @@ fn main() -> anyhow::Result<()> {
         },
         handshake_timeout: Duration::from_secs(cli.handshake_timeout),
     };
+    let reader = Target {
+        url_template: cli.reader_url.clone().unwrap_or_else(|| cli.url.clone()),
+        ..target.clone()
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    let (name, params, report) = runtime.block_on(run(&cli, &target))?;
+    let (name, params, report) = runtime.block_on(run(&cli, &target, &reader))?;
     let name = cli.label.as_deref().unwrap_or(name);
     println!(
         "{} {name}: {}",
@@ -195,7 +227,8 @@ fn main() -> anyhow::Result<()> {
 
 type Outcome = (&'static str, serde_json::Value, serde_json::Value);
 
-async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
+/// Runs the chosen scenario; `reader` is where readers connect, `target` everything else.
+async fn run(cli: &Cli, target: &Target, reader: &Target) -> anyhow::Result<Outcome> {
     let sources = if cli.sources > 1 {
         loopback_sources(cli.sources)
     } else {
@@ -222,7 +255,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             eprintln!("ingest: replaying {source}");
             let (updates, end) = session_updates(&session, *updates)?;
             let limit = Duration::from_secs(*limit_secs);
-            let report = ingest::run(target, "ingest", &updates, &end, limit).await?;
+            let report = ingest::run(target, reader, "ingest", &updates, &end, limit).await?;
             let name = trace::source_name(&source);
             let params = serde_json::json!({ "trace": name, "updates": updates.len() });
             ("ingest", params, serde_json::to_value(report)?)
@@ -234,7 +267,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             grace,
         } => {
             let p = traffic_params(1, 1, *readers, *rate, *duration, *grace);
-            let report = traffic::run(target, &p).await?;
+            let report = traffic::run(target, reader, &p).await?;
             let params =
                 serde_json::json!({ "readers": readers, "rate": rate, "duration": duration });
             ("fanout", params, serde_json::to_value(report)?)
@@ -248,7 +281,7 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
             grace,
         } => {
             let p = traffic_params(*docs, *writers, *readers, *rate, *duration, *grace);
-            let report = traffic::run(target, &p).await?;
+            let report = traffic::run(target, reader, &p).await?;
             let params = serde_json::json!({
                 "docs": docs, "writers": writers, "readers": readers, "rate": rate, "duration": duration,
             });
@@ -282,6 +315,30 @@ async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Outcome> {
                 "update_entries": update_entries,
             });
             ("hostile", params, serde_json::to_value(report)?)
+        }
+        Scenario::Failover {
+            connections,
+            docs,
+            seed_chars,
+            victim_pid,
+            seen_timeout,
+        } => {
+            anyhow::ensure!(
+                cli.reader_url.is_some(),
+                "failover needs --reader-url: the instance that survives"
+            );
+            let p = failover::FailoverParams {
+                connections: *connections,
+                docs: *docs,
+                seed_chars: *seed_chars,
+                victim_pid: *victim_pid,
+                seen_timeout: Duration::from_secs(*seen_timeout),
+                concurrency: cli.concurrency,
+                sources: sources.clone(),
+            };
+            let report = failover::run(target, reader, &p).await?;
+            let params = serde_json::json!({ "connections": connections, "docs": docs });
+            ("failover", params, serde_json::to_value(report)?)
         }
         Scenario::Idle {
             connections,

@@ -1,6 +1,7 @@
 //! Ingest: replays an editing trace, one update per frame, from one client through the server
 //! to a second, already-synced client; the clock runs from the first frame sent until the
-//! second client's state vector equals the trace's final one.
+//! second client's state vector equals the trace's final one. The two may be on different
+//! relays of a cluster (the sender's target and the receiver's).
 
 use std::time::{Duration, Instant};
 
@@ -26,9 +27,11 @@ pub struct IngestReport {
     pub updates_per_s: f64,
 }
 
-/// Replays `updates` (whose final text is `end`) through `target` on document `doc`.
+/// Replays `updates` (whose final text is `end`) on document `doc`, sent through `sender` and
+/// received through `receiver` (the same target on a single server).
 pub async fn run(
-    target: &Target,
+    sender: &Target,
+    receiver: &Target,
     doc: &str,
     updates: &[Vec<u8>],
     end: &str,
@@ -41,8 +44,8 @@ pub async fn run(
         }
         doc.transact().state_vector()
     };
-    let receiver = Session::open(target, doc, None).await?;
-    let sender = Session::open(target, doc, None).await?;
+    let receiver = Session::open(receiver, doc, None).await?;
+    let sender = Session::open(sender, doc, None).await?;
     let frames: Vec<Frame> = updates
         .iter()
         .map(|u| sender.frame(&encode_sync_update(u)))

@@ -1,6 +1,7 @@
 //! The load generator's scenarios. Each takes a [`Target`] and its own
 //! parameters and returns a serialisable report; none of them starts or stops a server.
 
+pub mod failover;
 pub mod hostile;
 pub mod idle;
 pub mod ingest;

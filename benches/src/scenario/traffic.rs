@@ -8,6 +8,7 @@
 //! own replica and reads the writers' clocks off the replica's state vector: every clock value
 //! newly covered is one delivery, whose latency is the time since the writer sent that update.
 //! This holds whether the server forwards updates one by one or merges several into one.
+//! Writers and readers may be on different relays of a cluster (two targets).
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -89,8 +90,13 @@ impl SendTimes {
     }
 }
 
-/// Runs the traffic scenario against `target`.
-pub async fn run(target: &Target, p: &TrafficParams) -> anyhow::Result<TrafficReport> {
+/// Runs the traffic scenario with writers connected through `writer` and readers through
+/// `reader` (the same target on a single server).
+pub async fn run(
+    writer: &Target,
+    reader: &Target,
+    p: &TrafficParams,
+) -> anyhow::Result<TrafficReport> {
     let doc_names: Vec<String> = (0..p.docs).map(|d| format!("traffic-{d}")).collect();
     let spread = |per_doc: usize| -> Vec<String> {
         doc_names
@@ -99,8 +105,8 @@ pub async fn run(target: &Target, p: &TrafficParams) -> anyhow::Result<TrafficRe
             .collect()
     };
     let (reader_docs, writer_docs) = (spread(p.readers_per_doc), spread(p.writers_per_doc));
-    let readers = open_many(target, &reader_docs, &p.sources, p.concurrency).await;
-    let writers = open_many(target, &writer_docs, &p.sources, p.concurrency).await;
+    let readers = open_many(reader, &reader_docs, &p.sources, p.concurrency).await;
+    let writers = open_many(writer, &writer_docs, &p.sources, p.concurrency).await;
 
     let per_writer = (p.rate * p.duration.as_secs_f64()).ceil() as usize + 2;
     let times = Arc::new(SendTimes {
@@ -114,7 +120,7 @@ pub async fn run(target: &Target, p: &TrafficParams) -> anyhow::Result<TrafficRe
     let mut errors = Vec::new();
     let (reader_tasks, readers_per_doc) = spawn_readers(
         readers,
-        target.dialect,
+        reader.dialect,
         p,
         &times,
         stop_listening,
