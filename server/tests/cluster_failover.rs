@@ -198,3 +198,26 @@ async fn a_relay_stopped_past_the_heartbeat_catches_up_when_resumed() {
     let fresh = relay(&cluster, "STOPPED");
     assert_eq!(read_text(&fresh, "doc").await, "ann while-stopped resumed ");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn healthz_says_not_ready_while_no_nats_server_answers() {
+    let mut cluster = NatsCluster::start().await;
+    let relay = relay(&cluster, "HEALTH");
+    assert_eq!(common::http_get(relay.addr, "/healthz").await.0, 200);
+    for server in 0..3 {
+        cluster.kill(server);
+    }
+    // The relay notices the lost connection within its client's ping or on the next read; a
+    // balancer polling /healthz then steers new clients elsewhere.
+    let mut status = 200;
+    for _ in 0..120 {
+        status = common::http_get(relay.addr, "/healthz").await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, 503, "/healthz still ok with every NATS server gone");
+    assert_eq!(common::http_get(relay.addr, "/livez").await.0, 200);
+}
