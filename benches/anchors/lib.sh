@@ -107,3 +107,45 @@ render_report() {
     "$@" > "$out/report.md"
   echo "report: $out/report.md"
 }
+
+# Waits up to 30 s until GET $1 answers 2xx.
+wait_for_http() {
+  for _ in $(seq 1 300); do
+    if curl -sf -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not answer in 30 s" >&2
+  return 1
+}
+
+# Three nats-server processes on loopback, each from its deploy/nats/nN.conf with the
+# addresses and the store directory rewritten (sync_interval: always kept) into $work; sets
+# nats_urls and adds the servers to system_pids. Needs nats_server (the binary).
+start_nats_cluster() {
+  local i client=() route=() monitor=() conf
+  for i in 0 1 2; do
+    client+=("$(free_port)"); route+=("$(free_port)"); monitor+=("$(free_port)")
+  done
+  nats_urls=""
+  for i in 0 1 2; do
+    conf="$work/n$((i + 1)).conf"
+    sed -e "s|listen: 0.0.0.0:4222|listen: 127.0.0.1:${client[i]}|" \
+        -e "s|store_dir: /var/lib/nats|store_dir: $work/n$((i + 1))|" \
+        -e "s|listen: 0.0.0.0:6222|listen: 127.0.0.1:${route[i]}|" \
+        -e "s|nats-route://nats-1.internal:6222|nats-route://127.0.0.1:${route[0]}|" \
+        -e "s|nats-route://nats-2.internal:6222|nats-route://127.0.0.1:${route[1]}|" \
+        -e "s|nats-route://nats-3.internal:6222|nats-route://127.0.0.1:${route[2]}|" \
+        "$root/deploy/nats/n$((i + 1)).conf" > "$conf"
+    # The rewrite must have hit both listeners and all three routes, and kept the fsync.
+    if [ "$(grep -c '127\.0\.0\.1' "$conf")" != 5 ] || ! grep -q 'sync_interval: always' "$conf"; then
+      echo "deploy/nats/n$((i + 1)).conf no longer has the expected shape" >&2
+      exit 2
+    fi
+    $SERVER_PIN "$nats_server" -c "$conf" -m "${monitor[i]}" > "$work/n$((i + 1)).log" 2>&1 &
+    system_pids+=($!)
+    nats_urls+="${nats_urls:+,}nats://127.0.0.1:${client[i]}"
+  done
+  # /healthz answers 200 once the server's JetStream is current with a meta leader.
+  for i in 0 1 2; do wait_for_http "http://127.0.0.1:${monitor[i]}/healthz"; done
+}
+
