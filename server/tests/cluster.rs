@@ -9,30 +9,18 @@ mod common;
 #[path = "common/nats.rs"]
 mod nats;
 
-use common::{Relay, YClient, http_json, read_text};
+use common::{Relay, YClient, cluster_relay, http_json, read_text};
 use nats::NatsCluster;
 use serde_json::{Value, json};
-
-/// A relay of the cluster, its documents under `prefix`.
-fn relay(cluster: &NatsCluster, prefix: &str) -> Relay {
-    Relay::start(&[
-        "--cluster",
-        &cluster.url(),
-        "--cluster-prefix",
-        prefix,
-        "--cluster-replicas",
-        "3",
-    ])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn clients_on_different_relays_converge_and_a_late_joiner_on_a_third_gets_everything() {
     let cluster = NatsCluster::start().await;
     let (a, b, c) = (
-        relay(&cluster, "CONVERGE"),
-        relay(&cluster, "CONVERGE"),
-        relay(&cluster, "CONVERGE"),
+        cluster_relay(&cluster.url(), "CONVERGE"),
+        cluster_relay(&cluster.url(), "CONVERGE"),
+        cluster_relay(&cluster.url(), "CONVERGE"),
     );
     let mut alice = YClient::connect(&a.ws_url("shared")).await;
     let mut bob = YClient::connect(&b.ws_url("shared")).await;
@@ -72,8 +60,8 @@ async fn presence_crosses_relays_reaches_a_late_relay_and_a_killed_relays_users_
     use aetherflow_crdt::awareness::encode_update;
     use aetherflow_crdt::protocol::Message;
     let cluster = NatsCluster::start().await;
-    let mut a = relay(&cluster, "PRESENCE");
-    let b = relay(&cluster, "PRESENCE");
+    let mut a = cluster_relay(&cluster.url(), "PRESENCE");
+    let b = cluster_relay(&cluster.url(), "PRESENCE");
     let mut ann = YClient::connect(&a.ws_url("room")).await;
     let mut bob = YClient::connect(&b.ws_url("room")).await;
     ann.send(&Message::Awareness(encode_update(&[(
@@ -91,7 +79,7 @@ async fn presence_crosses_relays_reaches_a_late_relay_and_a_killed_relays_users_
     assert!(!seen.is_empty());
     // A relay that loads the document later asks the others: Carol, on a third relay, sees
     // Ann at once (Ann's client renews its state only every 15 s; this one never does).
-    let c = relay(&cluster, "PRESENCE");
+    let c = cluster_relay(&cluster.url(), "PRESENCE");
     let mut carol = YClient::connect(&c.ws_url("room")).await;
     while !String::from_utf8_lossy(&next_awareness(&mut carol).await).contains("ann") {}
     // Ann's relay dies: within a few heartbeats Bob is told she is gone (state null).
@@ -180,7 +168,10 @@ async fn sdk_clients_over_quantum_and_websocket_on_different_relays_converge_and
     use aetherflow_client::testing::{append_text, wait_text};
     use aetherflow_client::{Client, ClientConfig};
     let cluster = NatsCluster::start().await;
-    let (a, b) = (relay(&cluster, "SDK"), relay(&cluster, "SDK"));
+    let (a, b) = (
+        cluster_relay(&cluster.url(), "SDK"),
+        cluster_relay(&cluster.url(), "SDK"),
+    );
     let (dir_q, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = |dir: &std::path::Path| {
         let mut config = ClientConfig::new(dir).backoff(aetherflow_client::Backoff {
@@ -208,7 +199,7 @@ async fn sdk_clients_over_quantum_and_websocket_on_different_relays_converge_and
     let both = "quantum on A;websocket on B;";
     wait_text(&qa, "text", common::TIMEOUT, |t| t == both).await;
     // A y-websocket client on a third relay gets what both wrote.
-    let c = relay(&cluster, "SDK");
+    let c = cluster_relay(&cluster.url(), "SDK");
     YClient::connect(&c.ws_url("native"))
         .await
         .wait_for_text(both)

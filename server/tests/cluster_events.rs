@@ -15,21 +15,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::api_client::SseClient;
-use common::{Relay, YClient, read_text};
+use common::{Relay, YClient, cluster_relay, read_text};
 use nats::NatsCluster;
 use serde_json::{Value, json};
-
-/// A relay of the cluster, its documents under `prefix`.
-fn relay(cluster: &NatsCluster, prefix: &str) -> Relay {
-    Relay::start(&[
-        "--cluster",
-        &cluster.url(),
-        "--cluster-prefix",
-        prefix,
-        "--cluster-replicas",
-        "3",
-    ])
-}
 
 async fn call(relay: &Relay, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let (status, text) = common::http_request(relay.addr, method, path, None, body.as_ref()).await;
@@ -90,7 +78,10 @@ async fn count_until(
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn a_listener_on_one_relay_hears_each_change_made_through_another_once() {
     let cluster = NatsCluster::start().await;
-    let (a, b) = (relay(&cluster, "HEAR"), relay(&cluster, "HEAR"));
+    let (a, b) = (
+        cluster_relay(&cluster.url(), "HEAR"),
+        cluster_relay(&cluster.url(), "HEAR"),
+    );
 
     // Yjs updates through A: the first while B has no room of the document, the second while
     // it has one (a client of its own, so B follows the log too); B's listener hears each once.
@@ -166,7 +157,10 @@ async fn a_listener_on_one_relay_hears_each_change_made_through_another_once() {
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn writers_racing_for_a_lock_on_two_relays_get_one_holder_until_it_expires() {
     let cluster = NatsCluster::start().await;
-    let (a, b) = (relay(&cluster, "RACE"), relay(&cluster, "RACE"));
+    let (a, b) = (
+        cluster_relay(&cluster.url(), "RACE"),
+        cluster_relay(&cluster.url(), "RACE"),
+    );
     create(&a, "plan", "manual").await;
     let mut sse = events(&b, "plan").await;
     let lock = "/api/v1/docs/plan/lock";
@@ -231,7 +225,10 @@ async fn writers_racing_for_a_lock_on_two_relays_get_one_holder_until_it_expires
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn a_write_under_someone_elses_lock_is_refused_through_another_relay() {
     let cluster = NatsCluster::start().await;
-    let (a, b) = (relay(&cluster, "GUARD"), relay(&cluster, "GUARD"));
+    let (a, b) = (
+        cluster_relay(&cluster.url(), "GUARD"),
+        cluster_relay(&cluster.url(), "GUARD"),
+    );
     create(&a, "memo", "manual").await;
     let lock = "/api/v1/docs/memo/lock";
     let register = "/api/v1/docs/memo/register";
@@ -266,7 +263,10 @@ async fn a_write_under_someone_elses_lock_is_refused_through_another_relay() {
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn deleting_through_one_relay_closes_the_documents_clients_on_every_relay() {
     let cluster = NatsCluster::start().await;
-    let (a, b) = (relay(&cluster, "DELETE"), relay(&cluster, "DELETE"));
+    let (a, b) = (
+        cluster_relay(&cluster.url(), "DELETE"),
+        cluster_relay(&cluster.url(), "DELETE"),
+    );
     let mut on_a = connect(&a, "doomed").await;
     on_a.append("content").await;
     on_a.barrier().await;

@@ -13,20 +13,8 @@ mod nats;
 
 use std::time::Duration;
 
-use common::{Relay, YClient, read_text};
+use common::{Relay, YClient, cluster_relay, read_text};
 use nats::NatsCluster;
-
-/// A relay of the cluster, its documents under `prefix`.
-fn relay(cluster: &NatsCluster, prefix: &str) -> Relay {
-    Relay::start(&[
-        "--cluster",
-        &cluster.url(),
-        "--cluster-prefix",
-        prefix,
-        "--cluster-replicas",
-        "3",
-    ])
-}
 
 /// A small deterministic generator (xorshift), so a failing run names its seed.
 struct Seeded(u64);
@@ -55,7 +43,7 @@ fn nothing_lost(seen: &str, stored: &str, context: &str) {
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn a_relay_killed_mid_burst_loses_nothing_a_client_saw() {
     let cluster = NatsCluster::start().await;
-    let a = relay(&cluster, "KILLED");
+    let a = cluster_relay(&cluster.url(), "KILLED");
     for seed in [
         0x9e37_79b9_7f4a_7c15_u64,
         0x2545_f491_4f6c_dd1d,
@@ -71,7 +59,7 @@ async fn a_relay_killed_mid_burst_loses_nothing_a_client_saw() {
 async fn burst_then_kill(cluster: &NatsCluster, a: &Relay, seed: u64) {
     let mut rng = Seeded(seed);
     let doc = format!("burst-{seed:x}");
-    let mut b = relay(cluster, "KILLED");
+    let mut b = cluster_relay(&cluster.url(), "KILLED");
     let mut watcher = YClient::connect(&b.ws_url(&doc)).await;
     let mut writers = Vec::new();
     for url in [a.ws_url(&doc), b.ws_url(&doc)] {
@@ -96,7 +84,7 @@ async fn burst_then_kill(cluster: &NatsCluster, a: &Relay, seed: u64) {
         writer.barrier().await;
         seen_on_a.push(writer.text());
     }
-    let fresh = relay(cluster, "KILLED");
+    let fresh = cluster_relay(&cluster.url(), "KILLED");
     let stored = read_text(&fresh, &doc).await;
     let context = format!("seed {seed:#x}, killed after {kill_after} appends");
     nothing_lost(&seen_on_b, &stored, &context);
@@ -135,7 +123,7 @@ async fn killing_a_follower_loses_nothing_and_writes_go_on() {
 /// relay then serves all twenty.
 async fn server_killed_between_writes(prefix: &str, victim: Victim) {
     let mut cluster = NatsCluster::start().await;
-    let relay = relay(&cluster, prefix);
+    let relay = cluster_relay(&cluster.url(), prefix);
     let mut writer = YClient::connect(&relay.ws_url("doc")).await;
     for n in 0..10 {
         writer.append(&format!("before{n} ")).await;
@@ -163,7 +151,7 @@ async fn server_killed_between_writes(prefix: &str, victim: Victim) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let fresh = self::relay(&cluster, prefix);
+    let fresh = cluster_relay(&cluster.url(), prefix);
     let stored = read_text(&fresh, "doc").await;
     nothing_lost(&seen, &stored, "lost with the killed server");
     for n in 0..10 {
@@ -179,8 +167,8 @@ async fn server_killed_between_writes(prefix: &str, victim: Victim) {
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn a_relay_stopped_past_the_heartbeat_catches_up_when_resumed() {
     let cluster = NatsCluster::start().await;
-    let a = relay(&cluster, "STOPPED");
-    let b = relay(&cluster, "STOPPED");
+    let a = cluster_relay(&cluster.url(), "STOPPED");
+    let b = cluster_relay(&cluster.url(), "STOPPED");
     let mut ann = YClient::connect(&a.ws_url("doc")).await;
     let mut bob = YClient::connect(&b.ws_url("doc")).await;
     ann.append("ann ").await;
@@ -195,7 +183,7 @@ async fn a_relay_stopped_past_the_heartbeat_catches_up_when_resumed() {
     ann.wait_for_text("ann while-stopped ").await;
     ann.append("resumed ").await;
     bob.wait_for_text("ann while-stopped resumed ").await;
-    let fresh = relay(&cluster, "STOPPED");
+    let fresh = cluster_relay(&cluster.url(), "STOPPED");
     assert_eq!(read_text(&fresh, "doc").await, "ann while-stopped resumed ");
 }
 
@@ -203,7 +191,7 @@ async fn a_relay_stopped_past_the_heartbeat_catches_up_when_resumed() {
 #[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
 async fn healthz_says_not_ready_while_no_nats_server_answers() {
     let mut cluster = NatsCluster::start().await;
-    let relay = relay(&cluster, "HEALTH");
+    let relay = cluster_relay(&cluster.url(), "HEALTH");
     assert_eq!(common::http_get(relay.addr, "/healthz").await.0, 200);
     for server in 0..3 {
         cluster.kill(server);

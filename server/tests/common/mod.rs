@@ -420,6 +420,19 @@ impl YClient {
     }
 }
 
+/// A relay of a cluster mode deployment on the NATS servers at `urls` (comma-separated), its
+/// documents under `prefix`, streams of 3 replicas.
+pub fn cluster_relay(urls: &str, prefix: &str) -> Relay {
+    Relay::start(&[
+        "--cluster",
+        urls,
+        "--cluster-prefix",
+        prefix,
+        "--cluster-replicas",
+        "3",
+    ])
+}
+
 /// One HTTP/1.1 request on the relay; returns (status, body).
 pub async fn http_request(
     addr: SocketAddr,
