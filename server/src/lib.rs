@@ -32,6 +32,7 @@ pub mod jetstream;
 pub mod listener;
 pub mod locks;
 pub mod metrics;
+pub mod offline;
 pub mod presence;
 pub mod quantum;
 pub mod rate_limit;
@@ -68,8 +69,16 @@ use crate::store::{Store, WriteMode};
 /// `check` opens the store, which the `tools` module stays below, so it is dispatched here.
 pub fn run_tool(tool: &tools::Tool) -> Result<String, tools::ToolError> {
     use tools::{Tool, ToolError};
-    let Tool::Check { data_dir, repair } = tool else {
-        return tools::run(tool);
+    let (data_dir, repair) = match tool {
+        Tool::Check { data_dir, repair } => (data_dir, repair),
+        Tool::History { doc, data_dir } => return offline::versions(data_dir, doc),
+        Tool::Export {
+            doc,
+            at,
+            output,
+            data_dir,
+        } => return offline::export(data_dir, doc, *at, output),
+        _ => return tools::run(tool),
     };
     let path = data_dir.join("aetherflow.redb");
     let report = store::check::check(&path, *repair).map_err(|e| ToolError::Check {

@@ -1,6 +1,7 @@
-//! Offline tools on Yjs v1 update files, run as `aetherflow merge` and `aetherflow inspect`
-//! instead of starting the relay. The logic is in [`aetherflow_crdt::update_file`]; this module
-//! only reads and writes the files.
+//! Offline tools, run instead of starting the relay: `aetherflow merge` and `aetherflow inspect`
+//! on Yjs v1 update files (the logic is in [`aetherflow_crdt::update_file`]; this module only
+//! reads and writes the files), and `check`, `history` and `export` on a stopped relay's
+//! database (run by `run_tool` in the crate root, since they need the store).
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,32 @@ pub enum Tool {
         /// again when they next sync).
         #[arg(long)]
         repair: bool,
+    },
+    /// List a Yjs document's versions in a stopped relay's database, newest first: id, time,
+    /// authors, bytes of the change, label.
+    History {
+        /// The document.
+        #[arg(value_name = "DOCUMENT")]
+        doc: String,
+        /// The relay's data directory (holding `aetherflow.redb`).
+        #[arg(long, value_name = "DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Write a Yjs document of a stopped relay's database as one Yjs v1 update file: as it is
+    /// now, or as it was at a version (`--at`, an id from `aetherflow history`).
+    Export {
+        /// The document.
+        #[arg(value_name = "DOCUMENT")]
+        doc: String,
+        /// The version to export (default: the document as it is now).
+        #[arg(long, value_name = "VERSION")]
+        at: Option<u64>,
+        /// Where to write the update.
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// The relay's data directory (holding `aetherflow.redb`).
+        #[arg(long, value_name = "DIR", default_value = "./data")]
+        data_dir: PathBuf,
     },
     /// Describe a Yjs v1 update file: clients, deletions, root types and their start.
     Inspect {
@@ -60,6 +87,14 @@ pub enum ToolError {
     /// The database could not be checked.
     #[error("cannot check {path}: {reason}")]
     Check {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The database could not be opened or read, or holds no such document or version.
+    #[error("{path}: {reason}")]
+    Database {
         /// The database file.
         path: PathBuf,
         /// Why.
@@ -98,8 +133,8 @@ pub fn run(tool: &Tool) -> Result<String, ToolError> {
                 merged.len()
             ))
         }
-        // Needs the store, which this module stays below: `crate::run_tool` runs it.
-        Tool::Check { .. } => Err(ToolError::Check {
+        // Need the store, which this module stays below: `crate::run_tool` runs them.
+        Tool::Check { .. } | Tool::History { .. } | Tool::Export { .. } => Err(ToolError::Check {
             path: PathBuf::new(),
             reason: "run through aetherflow_server::run_tool".into(),
         }),

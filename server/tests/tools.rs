@@ -154,3 +154,84 @@ async fn without_a_subcommand_the_binary_still_serves() {
     let relay = Relay::start(&[]);
     assert_eq!(read_text(&relay, "fresh").await, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_a_stopped_relays_versions_and_export_writes_one_of_them() {
+    let data = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_in(data.path(), &[]);
+    let mut writer = common::YClient::connect(&relay.ws_url("notes")).await;
+    writer.append("first ").await;
+    writer.barrier().await;
+    // A label ends a version: the next edit starts another.
+    let (_, listed) =
+        common::http_json(relay.addr, "GET", "/api/v1/docs/notes/history", None, None).await;
+    let first = listed["versions"][0]["id"].as_u64().unwrap();
+    let label = format!("/api/v1/docs/notes/history/{first}/label");
+    let body = serde_json::json!({ "label": "draft" });
+    let (status, _) = common::http_json(relay.addr, "PUT", &label, None, Some(body)).await;
+    assert_eq!(status, 200);
+    writer.append("second").await;
+    writer.barrier().await;
+    drop(writer);
+    relay.signal_and_wait("TERM");
+
+    let dir = data.path().to_str().unwrap();
+    let listing = aetherflow(&["history", "notes", "--data-dir", dir], data.path());
+    assert!(listing.status.success(), "{listing:?}");
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.starts_with("2 versions of notes"), "{listing}");
+    assert!(
+        listing.contains(&format!("\n{first}\t")) && listing.contains("\tdraft\n"),
+        "{listing}"
+    );
+    let then = data.path().join("then.update");
+    let at = first.to_string();
+    let exported = aetherflow(
+        &[
+            "export",
+            "notes",
+            "--at",
+            &at,
+            "-o",
+            then.to_str().unwrap(),
+            "--data-dir",
+            dir,
+        ],
+        data.path(),
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    assert_eq!(text_of(&std::fs::read(&then).unwrap()), "first ");
+    let now = data.path().join("now.update");
+    let exported = aetherflow(
+        &[
+            "export",
+            "notes",
+            "-o",
+            now.to_str().unwrap(),
+            "--data-dir",
+            dir,
+        ],
+        data.path(),
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    assert_eq!(text_of(&std::fs::read(&now).unwrap()), "first second");
+    // An unknown version or data directory is a clear error, not an empty file.
+    let unknown = aetherflow(
+        &[
+            "export",
+            "notes",
+            "--at",
+            "999999",
+            "-o",
+            "x",
+            "--data-dir",
+            dir,
+        ],
+        data.path(),
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no version 999999"));
+    let elsewhere = aetherflow(&["history", "notes", "--data-dir", "nowhere"], data.path());
+    assert!(!elsewhere.status.success());
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("no database here"));
+}
