@@ -273,7 +273,8 @@ async fn deleting_through_one_relay_closes_the_documents_clients_on_every_relay(
     let mut on_b = connect(&b, "doomed").await;
     on_b.wait_for_text("content").await;
     let mut sse = events(&b, "doomed").await;
-    assert_eq!(call(&a, "DELETE", "/api/v1/docs/doomed", None).await.0, 204);
+    let (status, body) = call(&a, "DELETE", "/api/v1/docs/doomed", None).await;
+    assert_eq!(status, 204, "{body}\nrelay A:\n{}", a.logs());
     for client in [&mut on_a, &mut on_b] {
         let close = client.expect_close().await;
         assert_eq!(u16::from(close.code), 4410);

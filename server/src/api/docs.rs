@@ -257,7 +257,7 @@ pub fn paths() -> Value {
         "Delete a document: content, register, conflicts; its connections are closed (4410)",
         json!([name_param()]),
         (204, json!({ "description": "deleted" })),
-        &statuses(&[404]),
+        &statuses(&[404, 507]),
     );
     delete["responses"]["204"] = json!({ "description": "deleted" });
     json!({

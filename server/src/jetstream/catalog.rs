@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, Kind, Outcome, Register};
@@ -174,24 +175,19 @@ impl Catalog for JetStreamEngine {
     fn delete(&self, doc: DocName) -> Pending<'_, bool> {
         Box::pin(async move {
             let existed = self.meta(&doc).await?.is_some();
-            let entries = self.read_raw(&doc, 1, usize::MAX).await?;
-            self.inner
-                .log
-                .purge()
-                .filter(self.subject(&doc))
-                .await
-                .map_err(failed)?;
-            self.drop_objects(entries).await;
-            if let Some((index, _)) = self.index(&doc).await? {
-                let _ = self.inner.snapshots.delete(&index.object).await;
-            }
-            let name = key(&doc);
-            for bucket in [
-                &self.inner.index,
-                &self.inner.documents,
-                &self.inner.registers,
-            ] {
-                bucket.purge(&name).await.map_err(failed)?;
+            // Every step is idempotent, so a step the cluster did not answer (a request timing
+            // out under load, a leader changing) is tried again, all of them from the start.
+            let mut attempt = 1;
+            loop {
+                match self.delete_once(&doc).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_io() && attempt < DELETE_ATTEMPTS => {
+                        tracing::debug!(error = %e, attempt, "deletion not answered; trying again");
+                        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.inner
                 .appends
@@ -201,6 +197,35 @@ impl Catalog for JetStreamEngine {
             self.committed();
             Ok(existed)
         })
+    }
+}
+
+/// Tries of a deletion the cluster does not answer.
+const DELETE_ATTEMPTS: u32 = 4;
+
+impl JetStreamEngine {
+    /// Purges `doc`'s log (and the objects of its large entries), snapshot and records.
+    async fn delete_once(&self, doc: &DocName) -> Result<(), StoreError> {
+        let entries = self.read_raw(doc, 1, usize::MAX).await?;
+        self.inner
+            .log
+            .purge()
+            .filter(self.subject(doc))
+            .await
+            .map_err(failed)?;
+        self.drop_objects(entries).await;
+        if let Some((index, _)) = self.index(doc).await? {
+            let _ = self.inner.snapshots.delete(&index.object).await;
+        }
+        let name = key(doc);
+        for bucket in [
+            &self.inner.index,
+            &self.inner.documents,
+            &self.inner.registers,
+        ] {
+            bucket.purge(&name).await.map_err(failed)?;
+        }
+        Ok(())
     }
 }
 

@@ -395,6 +395,10 @@ impl RoomTask {
             .await
         {
             Ok(existed) => Ok(existed),
+            Err(e) if e.is_io() => {
+                warn!(error = %e, "deletion failed: storage unavailable");
+                Err(ApplyError::Storage)
+            }
             Err(e) => Err(ApplyError::Unavailable(e.to_string())),
         };
         if answer.is_ok() {
