@@ -46,7 +46,7 @@ impl Cluster {
         let link = engine.presence();
         let presence: Arc<dyn Presence> = Arc::new(link.clone());
         Ok(Cluster {
-            storage: Storage::of(engine),
+            storage: Storage::with_history(engine),
             presence,
             link,
             events,

@@ -248,3 +248,106 @@ async fn an_edit_larger_than_a_nats_message_is_stored_and_crosses_relays() {
         "the paste is lost"
     );
 }
+
+/// A relay of the `HISTORY` cluster deployment with tokens, compacting every 4 entries.
+fn history_relay(urls: &str) -> Relay {
+    Relay::start(&[
+        "--cluster",
+        urls,
+        "--cluster-prefix",
+        "HISTORY",
+        "--cluster-replicas",
+        "3",
+        "--jwt-secret",
+        common::api_client::SECRET,
+        "--compact-after-updates",
+        "4",
+    ])
+}
+
+/// A writer on `doc` at `relay`, signed in as `who`.
+async fn signed_in(relay: &Relay, doc: &str, who: &str) -> (YClient, String) {
+    use aetherflow_server::auth::Permission;
+    let token = common::api_client::token(who, &[doc], Permission::Write);
+    let url = format!("{}?token={token}", relay.ws_url(doc));
+    (YClient::connect(&url).await, token)
+}
+
+/// `doc`'s versions, newest first, as `relay` lists them.
+async fn versions_on(relay: &Relay, doc: &str, bearer: &str) -> Vec<Value> {
+    let path = format!("/api/v1/docs/{doc}/history?limit=1000");
+    let (status, page) = http_json(relay.addr, "GET", &path, Some(bearer), None).await;
+    assert_eq!(status, 200, "{page}");
+    page["versions"].as_array().unwrap().clone()
+}
+
+/// The text of `doc` at `version`, as `relay` reads it.
+async fn text_on(relay: &Relay, doc: &str, version: u64, bearer: &str) -> String {
+    let path = format!("/api/v1/docs/{doc}/history/{version}/content");
+    let (status, body) = http_json(relay.addr, "GET", &path, Some(bearer), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["content"]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn history_written_through_one_relay_is_browsed_labelled_and_restored_through_another() {
+    let cluster = NatsCluster::start().await;
+    let (a, b) = (history_relay(&cluster.url()), history_relay(&cluster.url()));
+    let doc = "minutes";
+    let (mut ada, ada_token) = signed_in(&a, doc, "ada").await;
+    let (mut bob, bob_token) = signed_in(&b, doc, "bob").await;
+    // Ada and Bob take turns, each turn a version of its own; compaction runs every 4 entries.
+    let mut expected = String::new();
+    let mut after_turn = Vec::new();
+    for turn in 0..10 {
+        let (writer, other, words) = match turn % 2 {
+            0 => (&mut ada, &mut bob, format!("ada{turn} ")),
+            _ => (&mut bob, &mut ada, format!("bob{turn} ")),
+        };
+        writer.append(&words).await;
+        writer.barrier().await;
+        expected.push_str(&words);
+        other.wait_for_text(&expected).await;
+        after_turn.push(expected.clone());
+    }
+    let listed = versions_on(&b, doc, &bob_token).await;
+    assert_eq!(listed.len(), 10, "one version per turn: {listed:?}");
+    let oldest_first: Vec<&Value> = listed.iter().rev().collect();
+    for (turn, version) in oldest_first.iter().enumerate() {
+        let who = if turn % 2 == 0 { "ada" } else { "bob" };
+        assert_eq!(version["authors"], json!([who]), "{version}");
+        let id = version["id"].as_u64().unwrap();
+        // Either relay gives every version's content, compacted or not.
+        let relay = if turn % 2 == 0 { &b } else { &a };
+        assert_eq!(text_on(relay, doc, id, &ada_token).await, after_turn[turn]);
+    }
+
+    // A label set through one relay is listed by the other.
+    let draft = oldest_first[2]["id"].as_u64().unwrap();
+    let path = format!("/api/v1/docs/{doc}/history/{draft}/label");
+    let body = json!({ "label": "draft" });
+    let (status, answer) = http_json(a.addr, "PUT", &path, Some(&ada_token), Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let labels_path = format!("/api/v1/docs/{doc}/history/labels");
+    let (status, labels) = http_json(b.addr, "GET", &labels_path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{labels}");
+    assert_eq!(labels["labels"], json!([{ "version": draft, "label": "draft" }]));
+
+    // Restored through relay B, the draft reaches Ada on relay A as an ordinary update.
+    let path = format!("/api/v1/docs/{doc}/history/{draft}/restore");
+    let (status, answer) = http_json(b.addr, "POST", &path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], true);
+    ada.wait_for_text(&after_turn[2]).await;
+    bob.wait_for_text(&after_turn[2]).await;
+    // The restore is a version too, by Bob, and a relay started later sees all of it.
+    let c = history_relay(&cluster.url());
+    let listed = versions_on(&c, doc, &ada_token).await;
+    assert_eq!(listed[0]["authors"], json!(["bob"]), "{listed:?}");
+    let restored = listed[0]["id"].as_u64().unwrap();
+    assert_eq!(text_on(&c, doc, restored, &ada_token).await, after_turn[2]);
+    assert_eq!(text_on(&c, doc, draft, &ada_token).await, after_turn[2]);
+    let url = format!("{}?token={ada_token}", c.ws_url(doc));
+    assert_eq!(common::read_text_with(&url).await, after_turn[2]);
+}

@@ -7,7 +7,7 @@
 //!   sequence number of its last entry, and its content is the document just after that entry.
 //!   The newest version keeps growing while its authors keep editing (its id moves with it);
 //!   every other version's id is final.
-//! - [`retention`]: which versions thinning drops.
+//! - [`retention`]: which versions thinning drops; [`thinning`]: which entries that frees.
 //! - [`restore`]: the change that brings a document back to an earlier version.
 //! - [`compare`]: what changed between two versions, and who wrote each part of a text.
 //!
@@ -30,12 +30,19 @@
 pub mod compare;
 pub mod restore;
 pub mod retention;
+pub mod thinning;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 pub use retention::Retention;
+
+/// A compaction keeps its snapshot as a history checkpoint once the entries since the last
+/// checkpoint weigh more than this many times the snapshot: checkpoints then cost at most a
+/// `1 / CHECKPOINT_FACTOR` share of the update bytes, and producing any state replays at most
+/// about this many times the document's size (plus one compaction interval).
+pub const CHECKPOINT_FACTOR: u64 = 4;
 
 use crate::storage::HistoryEntry;
 

@@ -9,6 +9,9 @@ use aetherflow_crdt::register::{Command, Kind, Outcome, Register};
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 
+use super::large::RawEntry;
+use super::log::snapshot_object;
+use super::scan::Scope;
 use super::{CAS_ATTEMPTS, JetStreamEngine, failed, key, lost_race, name_of};
 use crate::storage::{
     Catalog, Created, DocStats, DocumentMeta, NameFilter, Pending, RegisterFailure, RegisterStore,
@@ -204,17 +207,24 @@ impl Catalog for JetStreamEngine {
 const DELETE_ATTEMPTS: u32 = 4;
 
 impl JetStreamEngine {
-    /// Purges `doc`'s log (and the objects of its large entries), snapshot and records.
+    /// Purges `doc`'s log (and the objects of its large entries), snapshot, checkpoints,
+    /// labels and records.
     async fn delete_once(&self, doc: &DocName) -> Result<(), StoreError> {
-        let entries = self.read_raw(doc, 1, usize::MAX).await?;
+        let entries = self.scan(doc, 1, u64::MAX, Scope::HeadersOnly).await?;
         self.inner
             .log
             .purge()
             .filter(self.subject(doc))
             .await
             .map_err(failed)?;
+        let entries = entries
+            .into_iter()
+            .map(|m| RawEntry::new(m.seq, m.headers.as_ref(), m.payload));
         self.drop_objects(entries).await;
         if let Some((index, _)) = self.index(doc).await? {
+            for checkpoint in &index.checkpoints {
+                let _ = self.inner.snapshots.delete(&snapshot_object(doc, *checkpoint)).await;
+            }
             let _ = self.inner.snapshots.delete(&index.object).await;
         }
         let name = key(doc);
@@ -222,6 +232,7 @@ impl JetStreamEngine {
             &self.inner.index,
             &self.inner.documents,
             &self.inner.registers,
+            &self.inner.labels,
         ] {
             bucket.purge(&name).await.map_err(failed)?;
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
+use super::history::EntryMeta;
 use super::large::{OBJECT_HEADER, RawEntry};
 use super::{
     ACK_TIMEOUT, Appends, JetStreamEngine, ORIGIN_HEADER, PUBLISH_PATIENCE, failed, key,
@@ -29,6 +30,18 @@ pub(super) struct SnapshotIndex {
     pub object: String,
     /// The last log sequence folded into it.
     pub through: u64,
+    /// Earlier snapshots kept as history checkpoints, by the last sequence each folds in,
+    /// oldest first; each is the object [`snapshot_object`] names.
+    #[serde(default)]
+    pub checkpoints: Vec<u64>,
+    /// Bytes of the log entries folded in since the newest checkpoint.
+    #[serde(default)]
+    pub since_checkpoint: u64,
+}
+
+/// The object holding `doc`'s snapshot (or checkpoint) through sequence `through`.
+pub(super) fn snapshot_object(doc: &DocName, through: u64) -> String {
+    format!("{}.{through}", key(doc))
 }
 
 /// One log message on its way: sent again, the same, until it is acknowledged.
@@ -40,6 +53,8 @@ struct Outgoing {
     payload: bytes::Bytes,
     /// The object holding the bytes of an entry too large for a message.
     object: Option<String>,
+    /// The entry's history metadata: its authors and size (see [`super::history`]).
+    meta: EntryMeta,
 }
 
 impl JetStreamEngine {
@@ -165,6 +180,7 @@ impl JetStreamEngine {
         if let Some(object) = &outgoing.object {
             message = message.header(OBJECT_HEADER, object.as_str());
         }
+        message = outgoing.meta.tag(message);
         self.inner
             .js
             .send_publish(outgoing.subject.clone(), message)
@@ -203,50 +219,67 @@ impl JetStreamEngine {
     }
 
     /// Folds `snapshot` (and whatever else the log holds up to `through`) into a new
-    /// snapshot, swaps it in if no other compactor got further, then purges what it holds.
+    /// snapshot and swaps it in if no other compactor got further. The entries stay in the
+    /// log as history; the snapshot it replaces goes, unless it is the first or history
+    /// keeps it as a checkpoint ([`crate::history::CHECKPOINT_FACTOR`]).
     async fn compact_doc(
         &self,
         doc: &DocName,
         snapshot: Vec<u8>,
         through: u64,
     ) -> Result<(), StoreError> {
-        let current = self.index(doc).await?;
-        if current
-            .as_ref()
-            .is_some_and(|(index, _)| index.through >= through)
-        {
-            return Ok(()); // another compactor already folded these entries
+        for _ in 0..super::CAS_ATTEMPTS {
+            let current = self.index(doc).await?;
+            if current
+                .as_ref()
+                .is_some_and(|(index, _)| index.through >= through)
+            {
+                return Ok(()); // another compactor already folded these entries
+            }
+            if self.try_compact(doc, &snapshot, through, current).await? {
+                return Ok(());
+            }
+            // The index changed meanwhile (another compactor, or thinning adding a
+            // checkpoint): read it again.
         }
+        Err(StoreError::Io(
+            "the snapshot index kept changing during a compaction".into(),
+        ))
+    }
+
+    /// One attempt of [`Self::compact_doc`] from the index `current`; `false` if the index
+    /// changed before the swap (nothing is left behind).
+    async fn try_compact(
+        &self,
+        doc: &DocName,
+        snapshot: &[u8],
+        through: u64,
+        current: Option<(SnapshotIndex, u64)>,
+    ) -> Result<bool, StoreError> {
         // Whatever the log holds up to `through` goes in too: merging updates is idempotent,
         // and an entry another relay appended that this room had not seen yet is kept.
         let from = current.as_ref().map_or(0, |(index, _)| index.through) + 1;
-        let mut parts = vec![snapshot];
-        let mut folded = Vec::new();
+        let mut parts = vec![snapshot.to_vec()];
+        let mut folded = 0u64;
         for raw in self.read_raw(doc, from, usize::MAX).await? {
             if raw.seq > through {
                 break;
             }
-            let pointer = raw.object.clone().map(|object| RawEntry {
-                seq: raw.seq,
-                payload: bytes::Bytes::new(),
-                object: Some(object),
-            });
-            parts.push(self.bytes_of(raw).await?);
-            folded.extend(pointer);
+            let bytes = self.bytes_of(raw).await?;
+            folded += bytes.len() as u64;
+            parts.push(bytes);
         }
         let merged = yrs::merge_updates_v1(&parts)
             .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
-        let object = format!("{}.{through}", key(doc));
+        let object = snapshot_object(doc, through);
         let mut reader = merged.as_slice();
         self.inner
             .snapshots
             .put(object.as_str(), &mut reader)
             .await
             .map_err(failed)?;
-        let index = SnapshotIndex {
-            object: object.clone(),
-            through,
-        };
+        let current_index = current.as_ref().map(|(index, _)| index);
+        let index = next_index(current_index, object.clone(), through, folded, &merged);
         let value = serde_json::to_vec(&index).map_err(|e| StoreError::Record(Arc::new(e)))?;
         let swapped = match &current {
             Some((_, revision)) => self
@@ -263,23 +296,48 @@ impl JetStreamEngine {
                 .is_ok(),
         };
         if !swapped {
-            // Another compactor won the race: its snapshot stands, ours goes.
             let _ = self.inner.snapshots.delete(&object).await;
-            return Ok(());
+            return Ok(false);
         }
         self.committed();
-        self.inner
-            .log
-            .purge()
-            .filter(self.subject(doc))
-            .sequence(through + 1)
-            .await
-            .map_err(failed)?;
-        if let Some((old, _)) = current {
+        if let Some((old, _)) = current
+            && !index.checkpoints.contains(&old.through)
+        {
             let _ = self.inner.snapshots.delete(&old.object).await;
         }
-        self.drop_objects(folded).await;
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// The snapshot index after a compaction through `through` that folded `folded` bytes of
+/// entries into `merged`, replacing `current`. The replaced snapshot stays as a checkpoint
+/// when it is the document's first (it may hold entries the log no longer has: documents
+/// compacted before history existed had them purged); the new one becomes a checkpoint once
+/// the entries since the last checkpoint outweigh it [`crate::history::CHECKPOINT_FACTOR`]
+/// times.
+fn next_index(
+    current: Option<&SnapshotIndex>,
+    object: String,
+    through: u64,
+    folded: u64,
+    merged: &[u8],
+) -> SnapshotIndex {
+    let mut checkpoints = current.map(|c| c.checkpoints.clone()).unwrap_or_default();
+    if let Some(old) = current
+        && checkpoints.is_empty()
+    {
+        checkpoints.push(old.through);
+    }
+    let mut since_checkpoint = current.map_or(0, |c| c.since_checkpoint) + folded;
+    if since_checkpoint > crate::history::CHECKPOINT_FACTOR * merged.len() as u64 {
+        checkpoints.push(through);
+        since_checkpoint = 0;
+    }
+    SnapshotIndex {
+        object,
+        through,
+        checkpoints,
+        since_checkpoint,
     }
 }
 
@@ -322,9 +380,10 @@ impl DocumentLog for JetStreamEngine {
         &self,
         doc: DocName,
         update: Vec<u8>,
-        _authors: Vec<String>,
+        authors: Vec<String>,
     ) -> Pending<'_, Committing> {
         Box::pin(async move {
+            let meta = EntryMeta::new(authors, update.len());
             let appends = self.appends(&doc);
             appends.begin();
             let engine = self.clone();
@@ -347,6 +406,7 @@ impl DocumentLog for JetStreamEngine {
                 id,
                 payload,
                 object,
+                meta,
             };
             // Sent now, so entries go out in the order appended; acknowledged (or sent again)
             // by a task of its own, so the append settles whether or not anyone polls its

@@ -10,10 +10,11 @@
 //!   is stored once (within the stream's duplicate window);
 //! - the object store `{prefix}_snapshots` holds snapshots (any size: objects are chunked),
 //!   named `{hex}.{through}`; the key-value bucket `{prefix}_snapshot_index` maps a document
-//!   to its current snapshot and the last log sequence it folds in (`through`). Compaction
-//!   swaps the index entry with a conditional update on its revision, so of two concurrent
-//!   compactors one wins and the other's object is dropped; only then are the folded entries
-//!   purged;
+//!   to its current snapshot, the last log sequence it folds in (`through`) and the
+//!   snapshots kept as history checkpoints. Compaction swaps the index entry with a
+//!   conditional update on its revision, so of two concurrent compactors one wins and the
+//!   other's object is dropped; the folded entries stay in the log as the document's version
+//!   history ([`history`], with labels in `{prefix}_history_labels`);
 //! - the buckets `{prefix}_documents` (metadata) and `{prefix}_registers` (register state,
 //!   changed by read, apply, conditional update, retried on a lost race);
 //! - the bucket `{prefix}_locks`, document locks across relays ([`locks`]); document events
@@ -28,10 +29,12 @@
 pub mod admin;
 mod catalog;
 pub mod events;
+mod history;
 mod large;
 pub mod locks;
 mod log;
 pub mod presence;
+mod scan;
 #[cfg(test)]
 mod tests;
 
@@ -71,6 +74,8 @@ struct Inner {
     index: kv::Store,
     documents: kv::Store,
     registers: kv::Store,
+    /// Version labels, one JSON record per document (see [`history`]).
+    labels: kv::Store,
     /// Appends of this handle per document, so a compaction knows which entries it folds.
     appends: Mutex<HashMap<DocName, Arc<Appends>>>,
     /// Acknowledged writes since the engine connected.
@@ -176,6 +181,9 @@ impl JetStreamEngine {
         let registers = create_bucket(&js, bucket("registers"))
             .await
             .map_err(|e| open(&e))?;
+        let labels = create_bucket(&js, bucket("history_labels"))
+            .await
+            .map_err(|e| open(&e))?;
         let snapshots = js
             .create_object_store(object_store::Config {
                 bucket: format!("{prefix}_snapshots"),
@@ -194,6 +202,7 @@ impl JetStreamEngine {
                 index,
                 documents,
                 registers,
+                labels,
                 appends: Mutex::default(),
                 commits: AtomicU64::new(0),
                 origin: uuid::Uuid::now_v7().to_string(),

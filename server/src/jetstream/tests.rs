@@ -28,7 +28,7 @@ impl Engine for OnCluster {
             let engine = JetStreamEngine::connect(&self.settings)
                 .await
                 .expect("connects to the cluster");
-            Storage::of(engine)
+            Storage::with_history(engine)
         })
     }
 }
@@ -47,6 +47,22 @@ async fn jetstream_passes_the_storage_conformance_suite() {
     conformance::run(&mut engine)
         .await
         .expect("JetStream keeps the storage contract");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a nats-server binary: AETHERFLOW_NATS_SERVER=$(tests/nats-server.sh)"]
+async fn jetstream_passes_the_history_conformance_suite() {
+    let cluster = NatsCluster::start().await;
+    let mut engine = OnCluster {
+        settings: ClusterSettings {
+            url: cluster.url(),
+            prefix: "HISTORY".into(),
+            replicas: 3,
+        },
+    };
+    crate::storage::history_conformance::run(&mut engine)
+        .await
+        .expect("JetStream keeps the history contract");
 }
 
 #[test]

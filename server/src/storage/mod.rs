@@ -22,6 +22,8 @@ mod committing;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod error;
+#[cfg(test)]
+pub(crate) mod history_conformance;
 mod records;
 
 use std::sync::Arc;

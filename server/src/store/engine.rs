@@ -240,7 +240,7 @@ mod tests {
                 let store = Store::open(&self.dir.path().join("db.redb")).expect("store");
                 let (writer, task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
                 self.writer_task = Some(task);
-                Storage::of(RedbEngine::new(store, writer))
+                Storage::with_history(RedbEngine::new(store, writer))
             })
         }
     }
@@ -250,6 +250,13 @@ mod tests {
         conformance::run(&mut RedbFile::new())
             .await
             .expect("redb keeps the storage contract");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_passes_the_history_conformance_suite() {
+        crate::storage::history_conformance::run(&mut RedbFile::new())
+            .await
+            .expect("redb keeps the history contract");
     }
 
     /// A deliberately broken log: it acknowledges an append at once and loses it (the bug of

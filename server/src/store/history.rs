@@ -33,7 +33,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Wr
 
 use super::documents::Tables;
 use super::{Store, checksum};
-use crate::history::{Retention, versions};
+use crate::history::{CHECKPOINT_FACTOR, Retention};
+use crate::history::thinning::{Merge, plan};
 use crate::storage::{Damage, HistoryEntry, StoreError, StoredDoc, Timeline};
 
 /// Document name → sequence number its snapshot covers: every entry below it is in it.
@@ -50,9 +51,6 @@ const CHECKPOINT_SUMS: TableDefinition<(&str, u64), u32> =
 /// (name, sequence) → label of the version ending at that entry.
 const LABELS: TableDefinition<(&str, u64), &str> = TableDefinition::new("history_labels");
 
-/// A compaction keeps its snapshot as a checkpoint once the entries since the last one weigh
-/// more than this many times the snapshot.
-pub const CHECKPOINT_FACTOR: u64 = 4;
 
 /// Creates the history tables (at open).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -188,55 +186,6 @@ pub(super) fn label(
         }
         None => labels.remove((name, seq))?.is_some(),
     })
-}
-
-/// One step of thinning: the entries of dropped versions merged into the first entry of the
-/// next kept version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merge {
-    /// The entry that takes the merged update (and keeps its time and authors).
-    pub into: u64,
-    /// The entries merged into it and removed.
-    pub gone: Vec<u64>,
-    /// How many versions they made up.
-    pub versions: usize,
-}
-
-impl Merge {
-    fn empty() -> Merge {
-        Merge {
-            into: 0,
-            gone: Vec::new(),
-            versions: 0,
-        }
-    }
-}
-
-/// What thinning `timeline` by `retention` as of `now_ms` merges.
-fn plan(timeline: &Timeline, retention: Retention, now_ms: u64) -> Vec<Merge> {
-    let oldest = timeline.entries.first();
-    if oldest.is_none_or(|e| now_ms.saturating_sub(e.time_ms) <= retention.keep_all_ms) {
-        return Vec::new();
-    }
-    let all = versions(&timeline.entries, &timeline.labels);
-    let dropped = retention.dropped(&all, now_ms);
-    let mut merges = Vec::new();
-    let mut pending = Merge::empty();
-    let mut entries = timeline.entries.iter().map(|e| e.seq).peekable();
-    for version in &all {
-        let mut seqs = Vec::new();
-        while let Some(seq) = entries.next_if(|seq| *seq <= version.id) {
-            seqs.push(seq);
-        }
-        if dropped.contains(&version.id) {
-            pending.gone.extend(seqs);
-            pending.versions += 1;
-        } else if let (Some(&first), false) = (seqs.first(), pending.gone.is_empty()) {
-            pending.into = first;
-            merges.push(std::mem::replace(&mut pending, Merge::empty()));
-        }
-    }
-    merges
 }
 
 /// Applies `merges` (planned by [`Store::thin_plan`] from an earlier read) to `doc`; how many

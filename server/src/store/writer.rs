@@ -105,7 +105,7 @@ pub enum WriteOp {
         /// The document.
         doc: DocName,
         /// The merges.
-        merges: Vec<super::history::Merge>,
+        merges: Vec<crate::history::thinning::Merge>,
     },
 }
 
