@@ -9,6 +9,7 @@
 //! ```
 
 pub mod client;
+pub mod ingest;
 pub mod latency;
 pub mod link;
 pub mod scenario;

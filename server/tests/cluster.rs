@@ -286,7 +286,10 @@ async fn text_on(relay: &Relay, doc: &str, version: u64, bearer: &str) -> String
     let path = format!("/api/v1/docs/{doc}/history/{version}/content");
     let (status, body) = http_json(relay.addr, "GET", &path, Some(bearer), None).await;
     assert_eq!(status, 200, "{body}");
-    body["content"]["text"].as_str().unwrap_or_default().to_owned()
+    body["content"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +335,10 @@ async fn history_written_through_one_relay_is_browsed_labelled_and_restored_thro
     let labels_path = format!("/api/v1/docs/{doc}/history/labels");
     let (status, labels) = http_json(b.addr, "GET", &labels_path, Some(&bob_token), None).await;
     assert_eq!(status, 200, "{labels}");
-    assert_eq!(labels["labels"], json!([{ "version": draft, "label": "draft" }]));
+    assert_eq!(
+        labels["labels"],
+        json!([{ "version": draft, "label": "draft" }])
+    );
 
     // Restored through relay B, the draft reaches Ada on relay A as an ordinary update.
     let path = format!("/api/v1/docs/{doc}/history/{draft}/restore");

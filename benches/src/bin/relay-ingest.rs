@@ -10,18 +10,13 @@
 //! With `--addr`, the benchmark uses a relay that is already running there (for profiling or
 //! for another y-websocket server) instead of starting `target/release/aetherflow`.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aetherflow_benches::ingest::{RelayProcess, relay_binary, replay};
 use aetherflow_benches::trace;
-use aetherflow_crdt::protocol::{Limits, Message, SyncMessage, encode_sync_update};
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as Frame;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Transact, Update};
+use yrs::{Doc, GetString, Transact, Update};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,61 +80,6 @@ fn raw_apply(updates: &[Vec<u8>], end: &str) -> Duration {
     elapsed
 }
 
-struct RelayProcess(std::process::Child);
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn relay_binary() -> PathBuf {
-    std::env::var_os("AETHERFLOW_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/aetherflow")
-        })
-}
-
-fn start_relay(
-    data_dir: &std::path::Path,
-    durability: &str,
-) -> anyhow::Result<(RelayProcess, String)> {
-    let bin = relay_binary();
-    let mut child = Command::new(&bin)
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--durability",
-            durability,
-            // A trace replayed as fast as possible is far over any sane per-session limit.
-            "--message-rate-per-sec",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "start {} (build it with cargo build --release)",
-                bin.display()
-            )
-        })?;
-    let stdout = child.stdout.take().context("relay stdout")?;
-    let relay = RelayProcess(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("aetherflow ready: http://")
-        .with_context(|| format!("unexpected relay output: {line}"))?
-        .to_owned();
-    Ok((relay, addr))
-}
-
 async fn through_relay(
     updates: &[Vec<u8>],
     end: &str,
@@ -150,65 +90,11 @@ async fn through_relay(
     let (_relay, addr) = match external {
         Some(addr) => (None, addr),
         None => {
-            let (relay, addr) = start_relay(dir.path(), durability)?;
+            let args = ["--durability", durability];
+            let relay = RelayProcess::start(&relay_binary(), dir.path(), &args)?;
+            let addr = relay.addr.clone();
             (Some(relay), addr)
         }
     };
-    let url = format!("ws://{addr}/ws/ingest-bench");
-
-    let expected_sv = {
-        let doc = Doc::new();
-        for bytes in updates {
-            doc.transact_mut().apply_update(Update::decode_v1(bytes)?)?;
-        }
-        doc.transact().state_vector()
-    };
-
-    // The receiver connects first and is synced (empty document) before the clock starts.
-    let (mut receiver, _) = tokio_tungstenite::connect_async(&url).await?;
-    let (sender, _) = tokio_tungstenite::connect_async(&url).await?;
-    let (mut send_half, mut echo_half) = sender.split();
-    let frames: Vec<Frame> = updates
-        .iter()
-        .map(|u| Frame::Binary(encode_sync_update(u).into()))
-        .collect();
-
-    let start = Instant::now();
-    // The sender drains its own echoes so the relay never sees it as a slow reader.
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = echo_half.next().await {} });
-    let send = tokio::spawn(async move {
-        for frame in frames {
-            send_half.feed(frame).await?;
-        }
-        send_half.flush().await?;
-        Ok::<_, anyhow::Error>(send_half)
-    });
-
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("text");
-    let limits = Limits::default();
-    loop {
-        if doc.transact().state_vector() == expected_sv {
-            break;
-        }
-        let frame = tokio::time::timeout(Duration::from_secs(120), receiver.next())
-            .await
-            .context("receiver timed out")?
-            .context("receiver connection ended")??;
-        let Frame::Binary(bytes) = frame else {
-            continue;
-        };
-        if let Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) =
-            Message::decode(&bytes, &limits)?
-        {
-            doc.transact_mut().apply_update(Update::decode_v1(&u)?)?;
-        }
-    }
-    let elapsed = start.elapsed();
-    if text.get_string(&doc.transact()) != end {
-        bail!("receiver's text differs from the trace's endContent");
-    }
-    let _ = send.await?;
-    drain.abort();
-    Ok(elapsed)
+    replay(&addr, "ingest-bench", updates, end).await
 }

@@ -3,8 +3,8 @@
 //! one (JSON or one binary v1 update), restore one as a new change through the room, and
 //! label versions. Read tokens browse; write tokens restore and label.
 //!
-//! Only the embedded store keeps history: in cluster mode every route answers 501
-//! `not_in_cluster_mode`.
+//! Both engines keep history; an engine without it ([`crate::storage::Storage::history`] is
+//! `None`) answers 501 on every route.
 
 use std::sync::Arc;
 
@@ -79,7 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
     }
 }
 
-/// The history engine, or 501 in cluster mode.
+/// The history engine, or 501 for an engine without one.
 fn history(state: &AppState) -> Result<Arc<dyn DocumentHistory>, AppError> {
     state
         .storage

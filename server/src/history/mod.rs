@@ -28,6 +28,8 @@
 //! ```
 
 pub mod compare;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod restore;
 pub mod retention;
 pub mod thinning;

@@ -55,4 +55,3 @@ pub fn plan(timeline: &Timeline, retention: Retention, now_ms: u64) -> Vec<Merge
     }
     merges
 }
-

@@ -223,7 +223,11 @@ impl JetStreamEngine {
         self.drop_objects(entries).await;
         if let Some((index, _)) = self.index(doc).await? {
             for checkpoint in &index.checkpoints {
-                let _ = self.inner.snapshots.delete(&snapshot_object(doc, *checkpoint)).await;
+                let _ = self
+                    .inner
+                    .snapshots
+                    .delete(&snapshot_object(doc, *checkpoint))
+                    .await;
             }
             let _ = self.inner.snapshots.delete(&index.object).await;
         }

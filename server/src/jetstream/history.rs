@@ -174,7 +174,9 @@ impl JetStreamEngine {
             let current = self.labels(doc).await?;
             let mut labels = current.as_ref().map(|(l, _)| l.clone()).unwrap_or_default();
             let changed = match &label {
-                Some(label) => labels.insert(seq, label.clone()).is_none_or(|old| old != *label),
+                Some(label) => labels
+                    .insert(seq, label.clone())
+                    .is_none_or(|old| old != *label),
                 None => labels.remove(&seq).is_some(),
             };
             if !changed {
@@ -190,7 +192,12 @@ impl JetStreamEngine {
                         Err(e) => return Err(failed(e)),
                     }
                 }
-                None => self.inner.labels.create(key(doc), value.into()).await.is_ok(),
+                None => self
+                    .inner
+                    .labels
+                    .create(key(doc), value.into())
+                    .await
+                    .is_ok(),
             };
             if written {
                 self.committed();
@@ -273,7 +280,12 @@ impl JetStreamEngine {
             index.checkpoints.push(through);
             index.checkpoints.sort_unstable();
             let value = serde_json::to_vec(&index).map_err(|e| StoreError::Record(Arc::new(e)))?;
-            match self.inner.index.update(key(doc), value.into(), revision).await {
+            match self
+                .inner
+                .index
+                .update(key(doc), value.into(), revision)
+                .await
+            {
                 Ok(_) => {
                     self.committed();
                     return Ok(true);
@@ -320,7 +332,10 @@ impl DocumentHistory for JetStreamEngine {
     fn thin(&self, doc: DocName, retention: Retention, now_ms: u64) -> Pending<'_, usize> {
         Box::pin(async move {
             let timeline = self.timeline(doc.clone()).await?;
-            let through = self.index(&doc).await?.map_or(0, |(index, _)| index.through);
+            let through = self
+                .index(&doc)
+                .await?
+                .map_or(0, |(index, _)| index.through);
             let mut dropped = 0;
             for merge in plan(&timeline, retention, now_ms).iter().take(MAX_FOLDS) {
                 // Entries after the snapshot are what a load replays: they stay.

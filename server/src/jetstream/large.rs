@@ -3,8 +3,8 @@
 //! (objects are chunked, so any size), and the log holds a pointer in their place, an empty
 //! message whose [`OBJECT_HEADER`] names the object. The object is stored before the pointer
 //! is sent, so a pointer always leads to its bytes; an object whose pointer never made it (a
-//! relay died in between) is garbage nobody reads. Objects go when their pointers are purged
-//! (compaction, deletion).
+//! relay died in between) is garbage nobody reads. Objects go when their pointers do
+//! (thinning, deletion).
 
 use async_nats::HeaderMap;
 

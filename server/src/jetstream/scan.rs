@@ -52,7 +52,12 @@ impl JetStreamEngine {
         // Read up to the subject's last message as the stream's leader knows it now (a
         // consumer's pending count can lag behind deletions, so it is no end marker).
         let subject = self.subject(doc);
-        let last = match self.inner.log.get_last_raw_message_by_subject(&subject).await {
+        let last = match self
+            .inner
+            .log
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
             Ok(message) => message.sequence,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(Vec::new()),
             Err(e) => return Err(failed(e)),

@@ -60,7 +60,7 @@ async fn jetstream_passes_the_history_conformance_suite() {
             replicas: 3,
         },
     };
-    crate::storage::history_conformance::run(&mut engine)
+    crate::history::conformance::run(&mut engine)
         .await
         .expect("JetStream keeps the history contract");
 }

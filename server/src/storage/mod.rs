@@ -22,8 +22,6 @@ mod committing;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod error;
-#[cfg(test)]
-pub(crate) mod history_conformance;
 mod records;
 
 use std::sync::Arc;

@@ -254,7 +254,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redb_passes_the_history_conformance_suite() {
-        crate::storage::history_conformance::run(&mut RedbFile::new())
+        crate::history::conformance::run(&mut RedbFile::new())
             .await
             .expect("redb keeps the history contract");
     }

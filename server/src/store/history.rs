@@ -33,8 +33,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Wr
 
 use super::documents::Tables;
 use super::{Store, checksum};
-use crate::history::{CHECKPOINT_FACTOR, Retention};
 use crate::history::thinning::{Merge, plan};
+use crate::history::{CHECKPOINT_FACTOR, Retention};
 use crate::storage::{Damage, HistoryEntry, StoreError, StoredDoc, Timeline};
 
 /// Document name → sequence number its snapshot covers: every entry below it is in it.
@@ -50,7 +50,6 @@ const CHECKPOINT_SUMS: TableDefinition<(&str, u64), u32> =
     TableDefinition::new("history_checkpoints_crc32");
 /// (name, sequence) → label of the version ending at that entry.
 const LABELS: TableDefinition<(&str, u64), &str> = TableDefinition::new("history_labels");
-
 
 /// Creates the history tables (at open).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
-//! The history contract as tests: every engine with a [`super::DocumentHistory`] runs [`run`]
-//! against itself (opened through the same [`Engine`] as the storage suite).
+//! The history contract as tests: every engine with a [`DocumentHistory`] runs [`run`] against
+//! itself (opened through the same [`Engine`] as the storage conformance suite).
 //!
 //! A document is typed by two authors taking turns (so every entry is a version of its own),
 //! compacted half way and at the end; then the timeline must list every entry with its
@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use aetherflow_crdt::DocName;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update, updates::decoder::Decode};
 
-use super::conformance::{Engine, Violation};
-use super::{DocumentHistory, Storage, StoredDoc};
-use crate::history::Retention;
+use super::Retention;
+use crate::storage::conformance::{Engine, Violation};
+use crate::storage::{DocumentHistory, Storage, StoredDoc};
 
 type Checked = Result<(), Violation>;
 
@@ -40,7 +40,10 @@ struct Typed {
 }
 
 fn typed() -> Typed {
-    let writers = [(Doc::with_client_id(1), "ada"), (Doc::with_client_id(2), "bob")];
+    let writers = [
+        (Doc::with_client_id(1), "ada"),
+        (Doc::with_client_id(2), "bob"),
+    ];
     let mut typed = Typed {
         updates: Vec::new(),
         text_after: Vec::new(),
@@ -74,7 +77,7 @@ fn name() -> DocName {
 
 /// The text of `t` in a stored state.
 fn text_of(stored: &StoredDoc) -> Result<String, Violation> {
-    let doc = crate::history::restore::doc_of(stored)
+    let doc = super::restore::doc_of(stored)
         .map_err(|e| Violation(format!("a state does not decode: {e}")))?;
     let text = doc.get_or_insert_text("t");
     Ok(text.get_string(&doc.transact()))
@@ -179,12 +182,15 @@ async fn states_are_the_text_typed_so_far(
 async fn labels_come_and_go(history: &dyn DocumentHistory, seqs: &[u64]) -> Checked {
     let (labelled, other) = (seqs[LABELLED], seqs[LABELLED + 2]);
     check(
-        history.label(name(), labelled, Some("draft".into())).await?,
+        history
+            .label(name(), labelled, Some("draft".into()))
+            .await?,
         || "labelling a kept entry failed".into(),
     )?;
-    check(history.label(name(), other, Some("tmp".into())).await?, || {
-        "labelling a second entry failed".into()
-    })?;
+    check(
+        history.label(name(), other, Some("tmp".into())).await?,
+        || "labelling a second entry failed".into(),
+    )?;
     let unknown = seqs.last().map_or(1, |s| s + 1000);
     check(
         !history.label(name(), unknown, Some("x".into())).await?,
@@ -226,7 +232,10 @@ async fn thinning_keeps_every_kept_state(
     })?;
     for entry in &timeline.entries {
         let Some(i) = seqs.iter().position(|s| *s == entry.seq) else {
-            return Err(Violation(format!("entry {} appeared from nowhere", entry.seq)));
+            return Err(Violation(format!(
+                "entry {} appeared from nowhere",
+                entry.seq
+            )));
         };
         let Some(state) = history.at(name(), entry.seq).await? else {
             return Err(Violation(format!("kept entry {} has no state", entry.seq)));
