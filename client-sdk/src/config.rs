@@ -78,6 +78,9 @@ pub struct ClientConfig {
     pub data_dir: PathBuf,
     /// Longest wait for a connection to open.
     pub connect_timeout: Duration,
+    /// Longest an HTTP request to the relay's API may take, connecting and reading the whole
+    /// answer included (30 s by default); see [`crate::History`].
+    pub http_timeout: Duration,
     /// Delays between reconnection attempts.
     pub backoff: Backoff,
     /// Other SDK instances listening with [`crate::Client::listen`] to sync with directly, in
@@ -121,6 +124,7 @@ impl ClientConfig {
             token: None,
             data_dir: data_dir.into(),
             connect_timeout: Duration::from_secs(10),
+            http_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             peers: Vec::new(),
             peer_secret: None,
@@ -237,6 +241,13 @@ impl ClientConfig {
     /// Sets the secret shared with peers (see [`ClientConfig::peer_secret`]).
     pub fn peer_secret(mut self, secret: impl Into<String>) -> ClientConfig {
         self.peer_secret = Some(secret.into());
+        self
+    }
+
+    /// Gives each HTTP request to the relay's API at most `timeout` (see
+    /// [`ClientConfig::http_timeout`]).
+    pub fn http_timeout(mut self, timeout: Duration) -> ClientConfig {
+        self.http_timeout = timeout;
         self
     }
 

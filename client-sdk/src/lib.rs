@@ -117,6 +117,7 @@
 pub mod config;
 pub mod doc;
 pub mod error;
+pub mod history;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
@@ -145,6 +146,9 @@ pub use doc::{
     Change, Changes, Connection, DocHandle, PEER_ORIGIN, PeerState, REMOTE_ORIGIN, SyncState,
 };
 pub use error::{ClientError, TransportError};
+pub use history::{
+    Blame, Diff, History, Label, Page, Restored, Run, RunKind, Version, VersionPage,
+};
 pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
 pub use register::{
@@ -181,6 +185,8 @@ pub(crate) struct OpenDocs {
     registers: Mutex<HashMap<String, RegisterHandle>>,
     /// This client's id, the writer of its LWW register writes.
     client_id: String,
+    /// The relay's HTTP API (version history), or why the configuration has none.
+    relay_api: Result<Arc<history::RelayApi>, String>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -271,6 +277,7 @@ impl Client {
             writer: store.writer(),
             registers: Mutex::new(HashMap::new()),
             client_id: store.client_id().to_owned(),
+            relay_api: history::RelayApi::from_config(&config).map(Arc::new),
             config,
             transport,
             peers,
@@ -293,6 +300,21 @@ impl Client {
     /// runtime.
     pub async fn register(&self, name: &str) -> Result<RegisterHandle, ClientError> {
         self.docs.open_register(name).await
+    }
+
+    /// Document `name`'s version history on the relay (see [`history`]), through the relay's
+    /// HTTP API at the address of [`ClientConfig::websocket_url`] (`http` for `ws://`, `https`
+    /// for `wss://` with the same trust), with the client's token. Needs no open
+    /// [`DocHandle`] and makes no request yet. [`ClientError::NoRelayApi`] when no usable
+    /// WebSocket URL is configured.
+    pub fn history(&self, name: &str) -> Result<History, ClientError> {
+        let name = DocName::parse(name)?.as_str().to_owned();
+        let api = self
+            .docs
+            .relay_api
+            .clone()
+            .map_err(|reason| ClientError::NoRelayApi { reason })?;
+        Ok(History::new(name, api))
     }
 
     /// This client's id (made once per local database): the writer id stamped on its LWW
