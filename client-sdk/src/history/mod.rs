@@ -120,9 +120,10 @@ pub struct Restored {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunKind {
-    /// There before and after (in a diff), or present (in a blame).
+    /// There before and after (in a diff).
     Kept,
-    /// Inserted between the two versions of a diff.
+    /// Inserted between the two versions of a diff; in a [`Blame`], every run (written
+    /// since the empty document).
     Inserted,
     /// Deleted between the two versions of a diff.
     Deleted,
@@ -165,7 +166,8 @@ impl Diff {
 pub struct Blame {
     /// The version; `None` when the document has no history yet.
     pub version: Option<u64>,
-    /// Each text root's runs, in order (all [`RunKind::Kept`]).
+    /// Each text root's runs, in order: all [`RunKind::Inserted`] (written since the empty
+    /// document), `by` their authors.
     pub roots: BTreeMap<String, Vec<Run>>,
 }
 
