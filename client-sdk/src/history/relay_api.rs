@@ -170,7 +170,7 @@ impl RelayApi {
             .map_err(connect)?;
         let request = self.request(method, path, json)?;
         if !self.base.tls {
-            return exchange(tcp, request).await;
+            return exchange(tcp, request, MAX_ANSWER_BYTES).await;
         }
         let config = self
             .tls
@@ -183,7 +183,7 @@ impl RelayApi {
             .connect(name, tcp)
             .await
             .map_err(|e| ClientError::Request(tls_failure(e)))?;
-        exchange(tls, request).await
+        exchange(tls, request, MAX_ANSWER_BYTES).await
     }
 
     /// The request: `Host`, the token as `Authorization: Bearer`, the JSON body if any.
@@ -219,10 +219,11 @@ impl RelayApi {
     }
 }
 
-/// One HTTP/1.1 exchange on `stream`; the body read up to [`MAX_ANSWER_BYTES`].
+/// One HTTP/1.1 exchange on `stream`; the body read up to `limit` bytes.
 async fn exchange<S>(
     stream: S,
     request: Request<Full<Bytes>>,
+    limit: u64,
 ) -> Result<(StatusCode, Bytes), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,39 +233,36 @@ where
         .await
         .map_err(http)?;
     let driver = tokio::spawn(connection);
-    let answer = read_answer(sender.send_request(request)).await;
+    let answer = read_answer(sender.send_request(request), limit).await;
     driver.abort();
     answer
 }
 
-/// The status and whole body of the answer `response` resolves to, refused early when its
-/// `Content-Length` is over the limit.
+/// The status and whole body of the answer `response` resolves to, at most `limit` bytes;
+/// refused before reading when its `Content-Length` is over the limit.
 async fn read_answer(
     response: impl Future<Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>>,
+    limit: u64,
 ) -> Result<(StatusCode, Bytes), ClientError> {
     let http = |e: hyper::Error| ClientError::Request(TransportError::Connect(e.to_string()));
-    let too_large = ClientError::AnswerTooLarge {
-        limit: MAX_ANSWER_BYTES,
-    };
+    let too_large = || ClientError::AnswerTooLarge { limit };
     let response = response.await.map_err(http)?;
     let declared = response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_ANSWER_BYTES) {
-        return Err(too_large);
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
     }
     let status = response.status();
-    let limit = usize::try_from(MAX_ANSWER_BYTES).unwrap_or(usize::MAX);
-    let body = Limited::new(response.into_body(), limit)
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = Limited::new(response.into_body(), cap)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ClientError::AnswerTooLarge {
-                    limit: MAX_ANSWER_BYTES,
-                }
+                too_large()
             } else {
                 ClientError::Request(TransportError::Connect(e.to_string()))
             }
@@ -354,6 +352,38 @@ mod tests {
             let err = ApiBase::parse(url).unwrap_err();
             assert!(err.contains(url), "{url}: {err}");
         }
+    }
+
+    /// The answer `raw` to one request through [`exchange`] with a `limit`-byte cap.
+    async fn answer(raw: &'static [u8], limit: u64) -> Result<(StatusCode, Bytes), ClientError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let _ = server.read(&mut request).await;
+            let _ = server.write_all(raw).await;
+            // Keep the stream open: a missing end must not pass for a complete answer.
+            let _ = server.read(&mut request).await;
+        });
+        let request = Request::get("/x").body(Full::new(Bytes::new())).unwrap();
+        exchange(client, request, limit).await
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_refused_declared_or_chunked() {
+        let declared = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world";
+        let (status, body) = answer(declared, 11).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
+        let err = answer(declared, 10).await.unwrap_err();
+        assert!(matches!(err, ClientError::AnswerTooLarge { limit: 10 }), "{err}");
+        // No length announced: the cap stops the reading.
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            6\r\nhello \r\n6\r\nworld!\r\n";
+        let err = answer(chunked, 10).await.unwrap_err();
+        assert!(matches!(err, ClientError::AnswerTooLarge { limit: 10 }), "{err}");
+        let garbage = b"SMTP ready\r\n\r\n";
+        let err = answer(garbage, 10).await.unwrap_err();
+        assert!(matches!(err, ClientError::Request(_)), "{err}");
     }
 
     #[test]
