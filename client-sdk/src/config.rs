@@ -66,7 +66,9 @@ pub struct ClientConfig {
     pub quantum_handshake_timeout: Duration,
     /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`, or `wss://relay.example`
     /// for TLS (the token is then encrypted too); a document `d` syncs at
-    /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
+    /// `{websocket_url}/ws/d`. The relay's HTTP API ([`crate::History`]) is at the same
+    /// host, port and path over `http://` (`https://` for `wss://`). `None`: the client stays
+    /// offline (edits are kept locally).
     pub websocket_url: Option<String>,
     /// Certificate authorities (PEM) trusted for `wss://` besides the platform's root
     /// certificates: a private CA, or a relay's self-signed certificate. See

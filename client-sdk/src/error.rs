@@ -76,8 +76,8 @@ pub enum ClientError {
         /// The relay's message, or the start of the answer's text when it was not JSON.
         message: String,
     },
-    /// The relay's answer is larger than the client reads
-    /// ([`crate::history::MAX_ANSWER_BYTES`]); nothing of it was used.
+    /// The relay's answer is larger than the client reads (64 MiB, the history module's
+    /// `MAX_ANSWER_BYTES`); nothing of it was used.
     #[error("the relay's answer is larger than {limit} bytes")]
     AnswerTooLarge {
         /// The largest answer read, in bytes.

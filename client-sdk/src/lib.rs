@@ -74,6 +74,49 @@
 //! # }
 //! ```
 //!
+//! # History
+//!
+//! The relay keeps every version of a Yjs document; [`Client::history`] gives a [`History`]
+//! handle on it through the relay's HTTP API (the address of
+//! [`ClientConfig::websocket_url`], `https` for `wss://` with the same trust, the client's
+//! token): list [`Version`]s newest first, page by page; read the document at one as JSON,
+//! as one Yjs update or as a read-only [`yrs::Doc`]; [`History::diff`] two versions and
+//! [`History::blame`] a text, with the token subjects that wrote each run; restore a version
+//! (every connected client, this one included, gets it as an ordinary update); label
+//! versions. The relay's refusals are [`ClientError::Relay`] with its status and code (`403
+//! read_only` when a read token restores, `404 not_found` for an unknown version). See
+//! [`history`].
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aetherflow_client::ClientError> {
+//! use aetherflow_client::{Client, ClientConfig, Page};
+//! use yrs::{GetString, Transact};
+//!
+//! let config = ClientConfig::new("./client-data")
+//!     .websocket("wss://relay.example")
+//!     .token("a write token for notes");
+//! let client = Client::open(config)?;
+//! let history = client.history("notes")?;
+//! let page = history.versions(Page::newest(20)).await?;
+//! for version in &page.versions {
+//!     println!("{} by {:?} at {} ms", version.id, version.authors, version.time_ms);
+//! }
+//! if let Some(oldest) = page.versions.last() {
+//!     let then = history.doc_at(oldest.id).await?;
+//!     let text = then.get_or_insert_text("text");
+//!     println!("it read: {}", text.get_string(&then.transact()));
+//!     history.label(oldest.id, "first draft").await?;
+//!     let restored = history.restore(oldest.id).await?;
+//!     assert_eq!(restored.restored, oldest.id);
+//! }
+//! if let Some(older) = page.next_before {
+//!     let _next = history.versions(Page::newest(20).before(older)).await?;
+//! }
+//! # client.close().await
+//! # }
+//! ```
+//!
 //! # Peers
 //!
 //! SDK instances on one network can also sync with each other directly, with or without a

@@ -104,12 +104,21 @@ async fn versions_page_back_and_past_content_diff_and_blame_name_the_token_subje
         .versions(Page::newest(2).before(all[1].id))
         .await
         .unwrap();
-    assert_eq!((second.versions.as_slice(), second.next_before), (&all[2..], None));
+    assert_eq!(
+        (second.versions.as_slice(), second.next_before),
+        (&all[2..], None)
+    );
 
     // The document as it was, as JSON and as a Yjs document.
     let (oldest, middle, newest) = (all[2].id, all[1].id, all[0].id);
-    assert_eq!(json_text(&history.content_json(oldest).await.unwrap()), "one");
-    assert_eq!(json_text(&history.content_json(middle).await.unwrap()), "one two");
+    assert_eq!(
+        json_text(&history.content_json(oldest).await.unwrap()),
+        "one"
+    );
+    assert_eq!(
+        json_text(&history.content_json(middle).await.unwrap()),
+        "one two"
+    );
     let past = history.doc_at(oldest).await.unwrap();
     let past_text = past.get_or_insert_text("text");
     assert_eq!(past_text.get_string(&past.transact()), "one");
@@ -118,7 +127,11 @@ async fn versions_page_back_and_past_content_diff_and_blame_name_the_token_subje
     let diff = history.diff(oldest, newest).await.unwrap();
     assert_eq!((diff.from, diff.to), (oldest, newest));
     let runs = diff.runs("text").unwrap();
-    assert_eq!(written_by(&runs, RunKind::Inserted, "bob"), " two", "{runs:?}");
+    assert_eq!(
+        written_by(&runs, RunKind::Inserted, "bob"),
+        " two",
+        "{runs:?}"
+    );
     let inserted: String = runs
         .iter()
         .filter(|r| r.kind == RunKind::Inserted)
@@ -131,12 +144,28 @@ async fn versions_page_back_and_past_content_diff_and_blame_name_the_token_subje
     let blame = history.blame(None).await.unwrap();
     assert_eq!(blame.version, Some(newest));
     let runs = &blame.roots["text"];
-    assert_eq!(written_by(runs, RunKind::Inserted, "ada"), "one three", "{runs:?}");
-    assert_eq!(written_by(runs, RunKind::Inserted, "bob"), " two", "{runs:?}");
+    assert_eq!(
+        written_by(runs, RunKind::Inserted, "ada"),
+        "one three",
+        "{runs:?}"
+    );
+    assert_eq!(
+        written_by(runs, RunKind::Inserted, "bob"),
+        " two",
+        "{runs:?}"
+    );
     let then = history.blame(Some(middle)).await.unwrap();
     let runs = &then.roots["text"];
-    assert_eq!(written_by(runs, RunKind::Inserted, "bob"), " two", "{runs:?}");
-    assert_eq!(written_by(runs, RunKind::Inserted, "ada"), "one", "{runs:?}");
+    assert_eq!(
+        written_by(runs, RunKind::Inserted, "bob"),
+        " two",
+        "{runs:?}"
+    );
+    assert_eq!(
+        written_by(runs, RunKind::Inserted, "ada"),
+        "one",
+        "{runs:?}"
+    );
     ada.close().await.unwrap();
     bob.close().await.unwrap();
 }
@@ -178,7 +207,10 @@ async fn labels_are_set_listed_shown_on_their_version_and_removed() {
     let first = all_versions(&history).await[1].id;
 
     let label = history.label(first, "  sent to client ").await.unwrap();
-    assert_eq!((label.version, label.label.as_str()), (first, "sent to client"));
+    assert_eq!(
+        (label.version, label.label.as_str()),
+        (first, "sent to client")
+    );
     let labels = history.labels().await.unwrap();
     assert_eq!(labels, [label.clone()]);
     let shown = all_versions(&history).await;
@@ -213,7 +245,10 @@ async fn read_only_tokens_browse_but_cannot_restore_or_label_and_unknown_version
     let history = reader.history(DOC).unwrap();
     let versions = all_versions(&history).await;
     let (older, newest) = (versions[1].id, versions[0].id);
-    assert_eq!(json_text(&history.content_json(older).await.unwrap()), "kept");
+    assert_eq!(
+        json_text(&history.content_json(older).await.unwrap()),
+        "kept"
+    );
 
     assert_eq!(
         refusal(history.restore(older).await),
@@ -237,7 +272,10 @@ async fn read_only_tokens_browse_but_cannot_restore_or_label_and_unknown_version
         refusal(history.content_json(unknown).await),
         (404, "not_found".into())
     );
-    assert_eq!(refusal(history.doc_at(unknown).await), (404, "not_found".into()));
+    assert_eq!(
+        refusal(history.doc_at(unknown).await),
+        (404, "not_found".into())
+    );
     assert_eq!(
         refusal(history.diff(older, unknown).await),
         (404, "not_found".into())
@@ -284,7 +322,12 @@ async fn a_wss_relays_history_is_read_over_https_with_the_clients_trust_and_only
     // Without the test CA the relay's certificate is not trusted: a TLS error, no answer.
     let dir = tempfile::tempdir().unwrap();
     let untrusting = Client::open(ClientConfig::new(dir.path()).websocket(&url)).unwrap();
-    match untrusting.history(DOC).unwrap().versions(Page::default()).await {
+    match untrusting
+        .history(DOC)
+        .unwrap()
+        .versions(Page::default())
+        .await
+    {
         Err(ClientError::Request(TransportError::Tls(reason))) => {
             assert!(reason.contains("UnknownIssuer"), "{reason}")
         }
@@ -351,10 +394,9 @@ async fn answers_no_relay_sends_are_typed_errors_never_panics() {
             b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 14\r\n\r\n<h1>oops</h1>\n",
             |e| matches!(e, ClientError::Relay { status: 502, code, message } if code.is_empty() && message.contains("oops")),
         ),
-        (
-            b"",
-            |e| matches!(e, ClientError::Request(TransportError::Timeout)),
-        ),
+        (b"", |e| {
+            matches!(e, ClientError::Request(TransportError::Timeout))
+        }),
     ];
     for (answer, expected) in cases {
         let url = fake_relay(answer).await;
@@ -369,7 +411,11 @@ async fn answers_no_relay_sends_are_typed_errors_never_panics() {
             .versions(Page::default())
             .await
             .unwrap_err();
-        assert!(expected(&err), "{:?}: {err:?}", String::from_utf8_lossy(answer));
+        assert!(
+            expected(&err),
+            "{:?}: {err:?}",
+            String::from_utf8_lossy(answer)
+        );
         client.close().await.unwrap();
     }
     // Bytes that are not a Yjs update are refused too when opened as a document.

@@ -257,7 +257,9 @@ impl History {
     /// replacing its label. A labelled version is never thinned away.
     pub async fn label(&self, version: u64, text: &str) -> Result<Label, ClientError> {
         let path = self.doc_path(&format!("/history/{version}/label"));
-        let body = serde_json::json!({ "label": text }).to_string().into_bytes();
+        let body = serde_json::json!({ "label": text })
+            .to_string()
+            .into_bytes();
         let answer = self.api.send(Method::PUT, &path, Some(body)).await?;
         decode(&answer)
     }
@@ -286,7 +288,10 @@ impl History {
 
     /// `GET` of the document's `rest`, decoded from JSON.
     async fn get_json<T: DeserializeOwned>(&self, rest: &str) -> Result<T, ClientError> {
-        let answer = self.api.send(Method::GET, &self.doc_path(rest), None).await?;
+        let answer = self
+            .api
+            .send(Method::GET, &self.doc_path(rest), None)
+            .await?;
         decode(&answer)
     }
 }
@@ -325,7 +330,10 @@ mod tests {
         )
         .unwrap();
         let runs = diff.runs("text").unwrap();
-        assert_eq!((runs[0].kind, runs[0].by.as_slice()), (RunKind::Inserted, &["ada".to_owned()][..]));
+        assert_eq!(
+            (runs[0].kind, runs[0].by.as_slice()),
+            (RunKind::Inserted, &["ada".to_owned()][..])
+        );
         assert_eq!(diff.runs("meta"), None);
         assert_eq!(diff.runs("absent"), None);
     }

@@ -54,7 +54,9 @@ impl ApiBase {
             _ => return Err(format!("{url:?} is not a ws:// or wss:// URL")),
         };
         if rest.contains(['?', '#']) {
-            return Err(format!("{url:?} has a query or fragment; give the base URL"));
+            return Err(format!(
+                "{url:?} has a query or fragment; give the base URL"
+            ));
         }
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if authority.is_empty() || authority.contains('@') {
@@ -272,7 +274,10 @@ async fn read_answer(
 
 /// A failed TLS handshake says why (the rustls error), like `wss://`'s.
 fn tls_failure(e: std::io::Error) -> TransportError {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => TransportError::Tls(tls.to_string()),
         None => TransportError::Connect(format!("TLS: {e}")),
     }
@@ -320,7 +325,12 @@ mod tests {
     fn the_api_is_at_the_websocket_urls_host_port_and_prefix_over_http_or_https() {
         let plain = base("ws://127.0.0.1:8080");
         assert_eq!(
-            (plain.tls, plain.host.as_str(), plain.port, plain.prefix.as_str()),
+            (
+                plain.tls,
+                plain.host.as_str(),
+                plain.port,
+                plain.prefix.as_str()
+            ),
             (false, "127.0.0.1", 8080, "")
         );
         let tls = base("wss://relay.example/collab/");
@@ -330,7 +340,10 @@ mod tests {
         );
         assert_eq!(tls.authority, "relay.example");
         let v6 = base("WS://[::1]:9/");
-        assert_eq!((v6.host.as_str(), v6.port, v6.authority.as_str()), ("::1", 9, "[::1]:9"));
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.authority.as_str()),
+            ("::1", 9, "[::1]:9")
+        );
         assert_eq!(base("http://h").port, 80);
     }
 
@@ -375,12 +388,18 @@ mod tests {
         let (status, body) = answer(declared, 11).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
         let err = answer(declared, 10).await.unwrap_err();
-        assert!(matches!(err, ClientError::AnswerTooLarge { limit: 10 }), "{err}");
+        assert!(
+            matches!(err, ClientError::AnswerTooLarge { limit: 10 }),
+            "{err}"
+        );
         // No length announced: the cap stops the reading.
         let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
             6\r\nhello \r\n6\r\nworld!\r\n";
         let err = answer(chunked, 10).await.unwrap_err();
-        assert!(matches!(err, ClientError::AnswerTooLarge { limit: 10 }), "{err}");
+        assert!(
+            matches!(err, ClientError::AnswerTooLarge { limit: 10 }),
+            "{err}"
+        );
         let garbage = b"SMTP ready\r\n\r\n";
         let err = answer(garbage, 10).await.unwrap_err();
         assert!(matches!(err, ClientError::Request(_)), "{err}");
