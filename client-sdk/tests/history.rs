@@ -212,7 +212,7 @@ async fn labels_are_set_listed_shown_on_their_version_and_removed() {
         (first, "sent to client")
     );
     let labels = history.labels().await.unwrap();
-    assert_eq!(labels, [label.clone()]);
+    assert_eq!(labels, std::slice::from_ref(&label));
     let shown = all_versions(&history).await;
     assert_eq!(shown[1].label.as_deref(), Some("sent to client"));
     assert_eq!(shown[0].label, None);
@@ -364,6 +364,9 @@ async fn fake_relay(answer: &'static [u8]) -> String {
     url
 }
 
+/// What a case expects of the error.
+type Expected = fn(&ClientError) -> bool;
+
 #[tokio::test]
 async fn answers_no_relay_sends_are_typed_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,7 +384,7 @@ async fn answers_no_relay_sends_are_typed_errors_never_panics() {
     ));
     bad_url.close().await.unwrap();
 
-    let cases: [(&[u8], fn(&ClientError) -> bool); 4] = [
+    let cases: [(&[u8], Expected); 4] = [
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n",
             |e| matches!(e, ClientError::AnswerTooLarge { limit } if *limit == 64 << 20),
