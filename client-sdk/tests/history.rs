@@ -368,7 +368,7 @@ async fn fake_relay(answer: &'static [u8]) -> String {
 type Expected = fn(&ClientError) -> bool;
 
 #[tokio::test]
-async fn answers_no_relay_sends_are_typed_errors_never_panics() {
+async fn without_a_usable_relay_url_there_is_no_history_handle() {
     let dir = tempfile::tempdir().unwrap();
     let offline = Client::open(ClientConfig::new(dir.path())).unwrap();
     assert!(matches!(
@@ -383,7 +383,10 @@ async fn answers_no_relay_sends_are_typed_errors_never_panics() {
         Err(ClientError::NoRelayApi { .. })
     ));
     bad_url.close().await.unwrap();
+}
 
+#[tokio::test]
+async fn answers_no_relay_sends_are_typed_errors_never_panics() {
     let cases: [(&[u8], Expected); 4] = [
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n",
