@@ -98,7 +98,6 @@ fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
 }
 
 /// The relay's HTTP API for one client: where it is, the token, the TLS trust, the deadline.
-#[derive(Debug)]
 pub(crate) struct RelayApi {
     base: ApiBase,
     token: Option<String>,
@@ -108,6 +107,17 @@ pub(crate) struct RelayApi {
     /// The TLS configuration, built on the first `https` request (reading the platform's
     /// roots takes a while).
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+/// Without the token: a [`crate::History`] handle may end up in a log.
+impl std::fmt::Debug for RelayApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayApi")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RelayApi {
@@ -129,7 +139,7 @@ impl RelayApi {
     }
 
     /// The request path for `path` (starting with `/api/v1/`), behind the URL's prefix.
-    pub fn path(&self, path: &str) -> String {
+    fn path(&self, path: &str) -> String {
         format!("{}{path}", self.base.prefix)
     }
 
@@ -172,7 +182,7 @@ impl RelayApi {
             .map_err(connect)?;
         let request = self.request(method, path, json)?;
         if !self.base.tls {
-            return exchange(tcp, request, MAX_ANSWER_BYTES).await;
+            return exchange_on(tcp, request, MAX_ANSWER_BYTES).await;
         }
         let config = self
             .tls
@@ -185,7 +195,7 @@ impl RelayApi {
             .connect(name, tcp)
             .await
             .map_err(|e| ClientError::Request(tls_failure(e)))?;
-        exchange(tls, request, MAX_ANSWER_BYTES).await
+        exchange_on(tls, request, MAX_ANSWER_BYTES).await
     }
 
     /// The request: `Host`, the token as `Authorization: Bearer`, the JSON body if any.
@@ -222,7 +232,7 @@ impl RelayApi {
 }
 
 /// One HTTP/1.1 exchange on `stream`; the body read up to `limit` bytes.
-async fn exchange<S>(
+async fn exchange_on<S>(
     stream: S,
     request: Request<Full<Bytes>>,
     limit: u64,
@@ -367,7 +377,7 @@ mod tests {
         }
     }
 
-    /// The answer `raw` to one request through [`exchange`] with a `limit`-byte cap.
+    /// The answer `raw` to one request through [`exchange_on`] with a `limit`-byte cap.
     async fn answer(raw: &'static [u8], limit: u64) -> Result<(StatusCode, Bytes), ClientError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, mut server) = tokio::io::duplex(64 * 1024);
@@ -379,7 +389,7 @@ mod tests {
             let _ = server.read(&mut request).await;
         });
         let request = Request::get("/x").body(Full::new(Bytes::new())).unwrap();
-        exchange(client, request, limit).await
+        exchange_on(client, request, limit).await
     }
 
     #[tokio::test]
@@ -403,6 +413,19 @@ mod tests {
         let garbage = b"SMTP ready\r\n\r\n";
         let err = answer(garbage, 10).await.unwrap_err();
         assert!(matches!(err, ClientError::Request(_)), "{err}");
+    }
+
+    #[test]
+    fn the_token_stays_out_of_debug_output() {
+        let config = ClientConfig::new("unused")
+            .websocket("ws://relay:1")
+            .token("secret-token");
+        let api = RelayApi::from_config(&config).unwrap();
+        let shown = format!("{api:?}");
+        assert!(
+            !shown.contains("secret-token") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     #[test]
