@@ -66,7 +66,9 @@ pub struct ClientConfig {
     pub quantum_handshake_timeout: Duration,
     /// The relay's WebSocket base URL, e.g. `ws://127.0.0.1:8080`, or `wss://relay.example`
     /// for TLS (the token is then encrypted too); a document `d` syncs at
-    /// `{websocket_url}/ws/d`. `None`: the client stays offline (edits are kept locally).
+    /// `{websocket_url}/ws/d`. The relay's HTTP API ([`crate::History`]) is at the same
+    /// host, port and path over `http://` (`https://` for `wss://`). `None`: the client stays
+    /// offline (edits are kept locally).
     pub websocket_url: Option<String>,
     /// Certificate authorities (PEM) trusted for `wss://` besides the platform's root
     /// certificates: a private CA, or a relay's self-signed certificate. See
@@ -78,6 +80,9 @@ pub struct ClientConfig {
     pub data_dir: PathBuf,
     /// Longest wait for a connection to open.
     pub connect_timeout: Duration,
+    /// Longest an HTTP request to the relay's API may take, connecting and reading the whole
+    /// answer included (30 s by default); see [`crate::History`].
+    pub http_timeout: Duration,
     /// Delays between reconnection attempts.
     pub backoff: Backoff,
     /// Other SDK instances listening with [`crate::Client::listen`] to sync with directly, in
@@ -121,6 +126,7 @@ impl ClientConfig {
             token: None,
             data_dir: data_dir.into(),
             connect_timeout: Duration::from_secs(10),
+            http_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             peers: Vec::new(),
             peer_secret: None,
@@ -237,6 +243,13 @@ impl ClientConfig {
     /// Sets the secret shared with peers (see [`ClientConfig::peer_secret`]).
     pub fn peer_secret(mut self, secret: impl Into<String>) -> ClientConfig {
         self.peer_secret = Some(secret.into());
+        self
+    }
+
+    /// Gives each HTTP request to the relay's API at most `timeout` (see
+    /// [`ClientConfig::http_timeout`]).
+    pub fn http_timeout(mut self, timeout: Duration) -> ClientConfig {
+        self.http_timeout = timeout;
         self
     }
 

@@ -49,6 +49,44 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// The relay's HTTP API (version history) is out of reach by configuration: no
+    /// [`crate::ClientConfig::websocket_url`], or one that is not a `ws://` or `wss://` URL.
+    #[error("the relay's HTTP API is not configured: {reason}")]
+    NoRelayApi {
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// An HTTP request to the relay could not be made or answered: no connection
+    /// ([`TransportError::Connect`]), a failed TLS handshake ([`TransportError::Tls`]: the
+    /// same trust as `wss://`), or no complete answer within
+    /// [`crate::ClientConfig::http_timeout`] ([`TransportError::Timeout`]).
+    #[error("request to the relay failed: {0}")]
+    Request(TransportError),
+    /// The relay answered an HTTP request with an error: its status and the code and
+    /// message of its JSON error body (`403 read_only` for a read-only token's restore,
+    /// `404 not_found` for an unknown version, `501 not_in_cluster_mode` where the relay
+    /// keeps no history, ...).
+    #[error("the relay answered {status} {code}: {message}")]
+    Relay {
+        /// The HTTP status.
+        status: u16,
+        /// The relay's error code; empty when the answer was not the relay's JSON error (a
+        /// proxy's error page).
+        code: String,
+        /// The relay's message, or the start of the answer's text when it was not JSON.
+        message: String,
+    },
+    /// The relay's answer is larger than the client reads (64 MiB, the history module's
+    /// `MAX_ANSWER_BYTES`); nothing of it was used.
+    #[error("the relay's answer is larger than {limit} bytes")]
+    AnswerTooLarge {
+        /// The largest answer read, in bytes.
+        limit: u64,
+    },
+    /// The relay's answer could not be read as what was asked for (not the expected JSON,
+    /// not a Yjs update).
+    #[error("unreadable answer from the relay: {0}")]
+    BadAnswer(String),
 }
 
 /// Why a transport could not connect or lost its connection.

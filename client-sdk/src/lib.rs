@@ -74,6 +74,49 @@
 //! # }
 //! ```
 //!
+//! # History
+//!
+//! The relay keeps every version of a Yjs document; [`Client::history`] gives a [`History`]
+//! handle on it through the relay's HTTP API (the address of
+//! [`ClientConfig::websocket_url`], `https` for `wss://` with the same trust, the client's
+//! token): list [`Version`]s newest first, page by page; read the document at one as JSON,
+//! as one Yjs update or as a read-only [`yrs::Doc`]; [`History::diff`] two versions and
+//! [`History::blame`] a text, with the token subjects that wrote each run; restore a version
+//! (every connected client, this one included, gets it as an ordinary update); label
+//! versions. The relay's refusals are [`ClientError::Relay`] with its status and code (`403
+//! read_only` when a read token restores, `404 not_found` for an unknown version). See
+//! [`history`].
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aetherflow_client::ClientError> {
+//! use aetherflow_client::{Client, ClientConfig, Page};
+//! use yrs::{GetString, Transact};
+//!
+//! let config = ClientConfig::new("./client-data")
+//!     .websocket("wss://relay.example")
+//!     .token("a write token for notes");
+//! let client = Client::open(config)?;
+//! let history = client.history("notes")?;
+//! let page = history.versions(Page::newest(20)).await?;
+//! for version in &page.versions {
+//!     println!("{} by {:?} at {} ms", version.id, version.authors, version.time_ms);
+//! }
+//! if let Some(oldest) = page.versions.last() {
+//!     let then = history.doc_at(oldest.id).await?;
+//!     let text = then.get_or_insert_text("text");
+//!     println!("it read: {}", text.get_string(&then.transact()));
+//!     history.label(oldest.id, "first draft").await?;
+//!     let restored = history.restore(oldest.id).await?;
+//!     assert_eq!(restored.restored, oldest.id);
+//! }
+//! if let Some(older) = page.next_before {
+//!     let _next = history.versions(Page::newest(20).before(older)).await?;
+//! }
+//! # client.close().await
+//! # }
+//! ```
+//!
 //! # Peers
 //!
 //! SDK instances on one network can also sync with each other directly, with or without a
@@ -117,6 +160,7 @@
 pub mod config;
 pub mod doc;
 pub mod error;
+pub mod history;
 pub mod peer;
 mod peer_link;
 pub mod quantum;
@@ -145,6 +189,9 @@ pub use doc::{
     Change, Changes, Connection, DocHandle, PEER_ORIGIN, PeerState, REMOTE_ORIGIN, SyncState,
 };
 pub use error::{ClientError, TransportError};
+pub use history::{
+    Blame, Diff, History, Label, Page, Restored, Run, RunKind, Version, VersionPage,
+};
 pub use peer::Peer;
 pub use quantum::{Fallback, QuantumTransport};
 pub use register::{
@@ -181,6 +228,8 @@ pub(crate) struct OpenDocs {
     registers: Mutex<HashMap<String, RegisterHandle>>,
     /// This client's id, the writer of its LWW register writes.
     client_id: String,
+    /// The relay's HTTP API (version history), or why the configuration has none.
+    relay_api: Result<Arc<history::RelayApi>, String>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -271,6 +320,7 @@ impl Client {
             writer: store.writer(),
             registers: Mutex::new(HashMap::new()),
             client_id: store.client_id().to_owned(),
+            relay_api: history::RelayApi::from_config(&config).map(Arc::new),
             config,
             transport,
             peers,
@@ -293,6 +343,21 @@ impl Client {
     /// runtime.
     pub async fn register(&self, name: &str) -> Result<RegisterHandle, ClientError> {
         self.docs.open_register(name).await
+    }
+
+    /// Document `name`'s version history on the relay (see [`history`]), through the relay's
+    /// HTTP API at the address of [`ClientConfig::websocket_url`] (`http` for `ws://`, `https`
+    /// for `wss://` with the same trust), with the client's token. Needs no open
+    /// [`DocHandle`] and makes no request yet. [`ClientError::NoRelayApi`] when no usable
+    /// WebSocket URL is configured.
+    pub fn history(&self, name: &str) -> Result<History, ClientError> {
+        let name = DocName::parse(name)?.as_str().to_owned();
+        let api = self
+            .docs
+            .relay_api
+            .clone()
+            .map_err(|reason| ClientError::NoRelayApi { reason })?;
+        Ok(History::new(name, api))
     }
 
     /// This client's id (made once per local database): the writer id stamped on its LWW
