@@ -33,6 +33,14 @@ function say (el, text, isError = false) {
   el.classList.toggle('error', isError)
 }
 
+/** Text for screen readers only, completing what the eye gets from the layout. */
+function srOnly (text) {
+  const span = document.createElement('span')
+  span.className = 'sr-only'
+  span.textContent = text
+  return span
+}
+
 /**
  * @typedef {{ id: number, first_seq: number, time_ms: number, started_ms: number,
  *             authors: string[], bytes: number, entries: number, label: string | null }} Version
@@ -62,6 +70,8 @@ export class HistoryPanel {
     this.refreshTimer = null
     /** Counts list loads, so an answer that a newer load overtook is dropped. */
     this.loads = 0
+    /** @type {Map<string, string>} each author's colour, kept while the page lives */
+    this.colors = new Map()
     /** Counts previews, likewise. */
     this.previews = 0
     this.onDocUpdate = () => this.scheduleRefresh()
@@ -182,7 +192,8 @@ export class HistoryPanel {
 
   renderList () {
     const now = Date.now()
-    const colors = authorColors(this.versions.flatMap((v) => v.authors))
+    // Oldest first, so an author's colour does not change when a newer version is listed.
+    const colors = authorColors(this.versions.flatMap((v) => v.authors).reverse(), this.colors)
     $('history-list').replaceChildren(...this.versions.map((version) => this.row(version, now, colors)))
     $('history-older').hidden = this.nextBefore === null
     const count = this.versions.length
@@ -200,12 +211,13 @@ export class HistoryPanel {
     button.type = 'button'
     button.className = 'history-version'
     button.dataset.version = String(version.id)
-    button.setAttribute('aria-label', summary)
+    button.title = summary
     const top = document.createElement('span')
     top.className = 'history-when'
-    top.textContent = when
+    top.append(srOnly(`Version ${version.id}: `), when)
     const who = document.createElement('span')
     who.className = 'history-authors'
+    who.append(srOnly('by '))
     for (const name of version.authors) {
       const dot = document.createElement('span')
       dot.className = 'history-dot'
@@ -213,7 +225,10 @@ export class HistoryPanel {
       dot.setAttribute('aria-hidden', 'true')
       who.append(dot)
     }
-    who.append(authors)
+    const names = document.createElement('span')
+    names.className = 'history-names'
+    names.textContent = authors
+    who.append(names)
     const meta = document.createElement('span')
     meta.className = 'history-size'
     meta.textContent = size
@@ -222,7 +237,7 @@ export class HistoryPanel {
       const badge = document.createElement('span')
       badge.className = 'history-label'
       badge.textContent = label
-      button.append(badge)
+      button.append(srOnly('named '), badge)
     }
     button.addEventListener('click', () => this.select(version))
     li.append(button)
@@ -300,7 +315,7 @@ export class HistoryPanel {
     return () => {
       $('history-text').replaceChildren(dom)
       $('history-text').classList.add('rich')
-      this.drawLegend(version.authors, authorColors(version.authors))
+      this.drawLegend(version.authors, authorColors(version.authors, this.colors))
       say($('history-preview-note'), 'The rich text at this version. Changes are marked letter by letter in plain-text mode.')
     }
   }
@@ -314,7 +329,8 @@ export class HistoryPanel {
 
   /** Draws text runs: kept plain, inserted and deleted in their author's colour. */
   drawRuns (runs, note) {
-    const colors = authorColors(runAuthors(runs))
+    const authors = runAuthors(runs)
+    const colors = authorColors(authors, this.colors)
     const pieces = runPieces(runs, colors).map((piece) => {
       const el = document.createElement(piece.tag)
       el.textContent = piece.text
@@ -327,7 +343,7 @@ export class HistoryPanel {
     })
     $('history-text').replaceChildren(...pieces)
     $('history-text').classList.remove('rich')
-    this.drawLegend([...colors.keys()], colors)
+    this.drawLegend(authors, colors)
     say($('history-preview-note'), note)
   }
 

@@ -37,7 +37,7 @@ export function formatWhen (timeMs, nowMs) {
  *           label: string | null }} version  one of the relay's `versions`
  * @param {number} nowMs
  * @returns {{ when: string, authors: string, size: string, label: string | null, summary: string }}
- *   `summary` is the whole row as one sentence, for the row's accessible name.
+ *   `summary` is the whole row as one sentence (the row's tooltip).
  */
 export function versionRow (version, nowMs) {
   const when = formatWhen(version.time_ms, nowMs)
@@ -51,13 +51,14 @@ export function versionRow (version, nowMs) {
 
 /**
  * One colour per author, the same for a name wherever it appears in the panel: the palette in
- * the order the names first appear, each darkened if needed to stay readable.
+ * the order the names first appear, each darkened if needed to stay readable. Names already in
+ * `colors` keep theirs; new ones are added to it.
  *
  * @param {Iterable<string>} names
- * @returns {Map<string, string>}
+ * @param {Map<string, string>} [colors]  the colours given so far
+ * @returns {Map<string, string>} `colors`
  */
-export function authorColors (names) {
-  const colors = new Map()
+export function authorColors (names, colors = new Map()) {
   for (const name of names) {
     if (!colors.has(name)) colors.set(name, readableColor(PALETTE[colors.size % PALETTE.length]))
   }

@@ -203,6 +203,10 @@ test('each author keeps one readable colour, in order of appearance', () => {
   assert.equal(new Set(colors.values()).size, 3)
   for (const color of colors.values()) assert.ok(contrastWithWhite(color) >= 4.5)
   assert.equal(authorColors(PALETTE.map((_, i) => `p${i}`).concat('one more')).get('one more'), PALETTE[0], 'the palette wraps')
+  const kept = authorColors(['dan', 'bob'], colors)
+  assert.equal(kept, colors, 'extended in place')
+  assert.equal(kept.get('bob'), authorColors(['bob']).get('bob'), 'bob keeps his colour')
+  assert.equal(kept.get('dan'), PALETTE[3], 'a newcomer takes the next one')
 })
 
 test('diff runs become pieces marked with who wrote or deleted them', () => {
