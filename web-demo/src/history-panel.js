@@ -98,6 +98,7 @@ export class HistoryPanel {
     $('history-panel').hidden = false
     $('history-toggle').setAttribute('aria-expanded', 'true')
     this.doc.on('update', this.onDocUpdate)
+    $('history-panel').scrollIntoView({ block: 'nearest' })
     this.refresh()
   }
 

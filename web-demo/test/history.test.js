@@ -141,6 +141,14 @@ describe('the history panel', () => {
     assert.ok(refused >= 0, `the browser reported the refused request: ${ada.errors}`)
     ada.errors.splice(refused, 1)
 
+    // Removing the name takes it off both lists.
+    await ada.page.getByRole('button', { name: 'Remove name' }).click()
+    for (const p of [ada, bob]) {
+      await waitForPage(p, 'the name gone from the list', () =>
+        document.querySelectorAll('#history-list .history-label').length === 0)
+    }
+    assert.deepEqual((await listed(bob)).map((v) => v.authors), ['ada', 'bob', 'ada'], 'Bob’s version stays his')
+
     // Restore the first version: both editors show its text through the ordinary sync.
     await ada.page.locator(`#history-list [data-version="${first.id}"]`).click()
     await ada.page.getByRole('button', { name: 'Restore this version' }).click()
@@ -155,6 +163,44 @@ describe('the history panel', () => {
     assert.deepEqual(after.deleted.map((d) => d.author), ['ada'], 'deleted by the restore, credited to Ada')
     assert.match(after.deleted[0].text, /Bob was here\./)
     await screenshot(bob, 'history-3-after-restore')
+  })
+
+  browserTest('rich text: a named version previewed as rich text and restored in both editors', async () => {
+    const doc = docName('history-rich')
+    const ada = await person('Ada', '#1f77b4', doc, { token: token('ada', doc), mode: 'rich' })
+    const bob = await person('Bob', '#d62728', doc, { token: token('bob', doc), mode: 'rich' })
+    await ada.page.locator('.ProseMirror').click()
+    await ada.page.keyboard.type('First draft.')
+    await waitForIndicator(ada, 'synced', false)
+    await openHistory(ada)
+    const [draft] = await waitForVersions(ada, ['ada'])
+    // A name ends its version: what Ada types next is a new one.
+    await ada.page.locator(`#history-list [data-version="${draft.id}"]`).click()
+    await ada.page.getByLabel('Version name').fill('draft 1')
+    await ada.page.getByRole('button', { name: 'Name this version' }).click()
+    await waitForPage(ada, 'the name in the list', () =>
+      document.querySelector('#history-list .history-label')?.textContent === 'draft 1')
+    await ada.page.locator('.ProseMirror').click()
+    await ada.page.keyboard.press('Control+End')
+    await ada.page.keyboard.press('Enter')
+    await ada.page.keyboard.type('Second thought.')
+    await waitForIndicator(ada, 'synced', false)
+    const [, named] = await waitForVersions(ada, ['ada', 'ada'])
+    assert.equal(named.label, 'draft 1')
+
+    await ada.page.locator(`#history-list [data-version="${named.id}"]`).click()
+    await waitForPage(ada, 'the rich preview of the named version', () =>
+      JSON.stringify([...document.querySelectorAll('#history-text p')].map((p) => p.textContent)) === '["First draft."]',
+    undefined, () => document.getElementById('history-text').innerHTML)
+    assert.deepEqual((await preview(ada)).legend.map((l) => l.name), ['ada'])
+    await screenshot(ada, 'history-5-rich-preview')
+
+    await ada.page.getByRole('button', { name: 'Restore this version' }).click()
+    for (const p of [ada, bob]) {
+      await waitForPage(p, 'the restored rich text in the editor', () =>
+        JSON.stringify([...document.querySelectorAll('#editor .ProseMirror p')].map((p) => p.textContent)) === '["First draft."]',
+      undefined, () => document.querySelector('#editor .ProseMirror').innerHTML)
+    }
   })
 
   browserTest('a read-only token browses versions but is offered neither restore nor naming', async () => {
