@@ -5,6 +5,9 @@
 
 import { PALETTE, readableColor } from './identity.js'
 
+/** The name the relay gives changes whose author it does not know. */
+export const ANONYMOUS = 'anonymous'
+
 /**
  * A size for people: `512 B`, `1.5 KB`, `2.0 MB` (powers of 1024).
  *
@@ -67,8 +70,9 @@ export function authorColors (names, colors = new Map()) {
 
 /**
  * The relay's text runs (`{kind: 'kept' | 'inserted' | 'deleted', text, by}`) as pieces to
- * draw: `ins` and `del` carry who wrote or deleted them (their names joined, or `someone` when
- * the relay does not know) and that author's colour; `kept` text is drawn plain.
+ * draw: `ins` and `del` carry who wrote or deleted them (their names joined, or `anonymous`
+ * when the relay does not know, as its version list says) and that author's colour; `kept`
+ * text is drawn plain.
  *
  * @param {{ kind: string, text: string, by: string[] }[]} runs
  * @param {Map<string, string>} colors  from {@link authorColors}
@@ -77,8 +81,8 @@ export function authorColors (names, colors = new Map()) {
 export function runPieces (runs, colors) {
   return runs.filter((run) => run.text !== '').map((run) => {
     if (run.kind === 'kept') return { tag: 'span', text: run.text, author: null, color: null }
-    const author = run.by.length ? run.by.join(', ') : 'someone'
-    const color = colors.get(run.by[0]) ?? '#5b6575'
+    const author = run.by.length ? run.by.join(', ') : ANONYMOUS
+    const color = colors.get(run.by[0] ?? ANONYMOUS) ?? '#5b6575'
     return { tag: run.kind === 'deleted' ? 'del' : 'ins', text: run.text, author, color }
   })
 }
@@ -89,7 +93,8 @@ export function runPieces (runs, colors) {
  * @param {{ kind: string, by: string[] }[]} runs
  */
 export function runAuthors (runs) {
-  return [...new Set(runs.filter((run) => run.kind !== 'kept').flatMap((run) => run.by))]
+  const changed = runs.filter((run) => run.kind !== 'kept' && run.text !== '')
+  return [...new Set(changed.flatMap((run) => (run.by.length ? run.by : [ANONYMOUS])))]
 }
 
 /**

@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict'
 import { describe } from 'node:test'
 
+import * as Y from 'yjs'
+
 import {
   browserSuite, docName, mintToken, screenshot, typeAtEnd, waitForIndicator, waitForPage, waitForSameText
 } from './harness.js'
@@ -201,6 +203,45 @@ describe('the history panel', () => {
         JSON.stringify([...document.querySelectorAll('#editor .ProseMirror p')].map((p) => p.textContent)) === '["First draft."]',
       undefined, () => document.querySelector('#editor .ProseMirror').innerHTML)
     }
+  })
+
+  browserTest('older versions come a page at a time, and the oldest previews against the one before it', async () => {
+    // 23 versions written over HTTP, each ended by a name (an update sent over HTTP has no
+    // author: all are `anonymous`), so the panel's first page (20) leaves three for "Older
+    // versions".
+    const doc = docName('history-pages')
+    const api = `${suite.relay.url}/api/v1/docs/${encodeURIComponent(doc)}`
+    const headers = { authorization: `Bearer ${token('ada', doc)}` }
+    const writer = new Y.Doc()
+    const text = writer.getText('content')
+    for (let i = 1; i <= 23; i++) {
+      const before = Y.encodeStateVector(writer)
+      text.insert(text.length, `${i}.`)
+      const sent = await fetch(`${api}/update`, { method: 'POST', headers, body: Y.encodeStateAsUpdate(writer, before) })
+      assert.equal(sent.status, 204, await sent.text())
+      const [newest] = (await (await fetch(`${api}/history?limit=1`, { headers })).json()).versions
+      const named = await fetch(`${api}/history/${newest.id}/label`, {
+        method: 'PUT', headers: { ...headers, 'content-type': 'application/json' }, body: JSON.stringify({ label: `v${i}` })
+      })
+      assert.equal(named.status, 200, await named.text())
+    }
+    const cy = await person('Cy', '#4a148c', doc, { token: token('cy', doc) })
+    await openHistory(cy)
+    await waitForPage(cy, 'the first page', () =>
+      document.querySelectorAll('#history-list .history-version').length === 20 && !document.getElementById('history-older').hidden,
+    undefined, () => [document.getElementById('history-status').textContent, document.getElementById('history-problem').textContent,
+      [...document.querySelectorAll('#history-list .history-names')].map((el) => el.textContent)])
+    // The oldest of the first page is diffed against the newest of the next one, fetched for it.
+    const firstPage = await listed(cy)
+    const twentieth = await previewVersion(cy, firstPage[19].id, '1.2.3.4.')
+    assert.deepEqual(twentieth.inserted.map(({ author, text }) => ({ author, text })), [{ author: 'anonymous', text: '4.' }])
+    await cy.page.getByRole('button', { name: 'Older versions' }).click()
+    await waitForPage(cy, 'all 23 versions', () =>
+      document.querySelectorAll('#history-list .history-version').length === 23 && document.getElementById('history-older').hidden)
+    const rows = await listed(cy)
+    assert.deepEqual(rows.map((r) => r.label), Array.from({ length: 23 }, (_, i) => `v${23 - i}`))
+    const oldest = await previewVersion(cy, rows[22].id, '1.')
+    assert.deepEqual(oldest.inserted.map(({ author, text }) => ({ author, text })), [{ author: 'anonymous', text: '1.' }])
   })
 
   browserTest('a read-only token browses versions but is offered neither restore nor naming', async () => {

@@ -218,13 +218,13 @@ test('diff runs become pieces marked with who wrote or deleted them', () => {
     { kind: 'inserted', text: '!', by: [] },
     { kind: 'inserted', text: '?', by: ['ada', 'bob'] }
   ]
-  assert.deepEqual(runAuthors(runs), ['bob', 'ada'], 'kept text credits nobody in the legend')
+  assert.deepEqual(runAuthors(runs), ['bob', 'anonymous', 'ada'], 'kept text credits nobody in the legend')
   const colors = authorColors(runAuthors(runs))
   assert.deepEqual(runPieces(runs, colors), [
     { tag: 'span', text: 'Hello ', author: null, color: null },
     { tag: 'del', text: 'world', author: 'bob', color: colors.get('bob') },
     { tag: 'ins', text: 'Bob', author: 'bob', color: colors.get('bob') },
-    { tag: 'ins', text: '!', author: 'someone', color: '#5b6575' },
+    { tag: 'ins', text: '!', author: 'anonymous', color: colors.get('anonymous') },
     { tag: 'ins', text: '?', author: 'ada, bob', color: colors.get('ada') }
   ])
 })
