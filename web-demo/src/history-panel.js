@@ -70,10 +70,10 @@ export class HistoryPanel {
     this.refreshTimer = null
     /** Counts list loads, so an answer that a newer load overtook is dropped. */
     this.loads = 0
-    /** @type {Map<string, string>} each author's colour, kept while the page lives */
-    this.colors = new Map()
     /** Counts previews, likewise. */
     this.previews = 0
+    /** @type {Map<string, string>} each author's colour, kept while the page lives */
+    this.colors = new Map()
     this.onDocUpdate = () => this.scheduleRefresh()
     this.wire()
   }
@@ -192,6 +192,9 @@ export class HistoryPanel {
   }
 
   renderList () {
+    // A reload replaces the rows: the row that had the keyboard focus gets it back.
+    const focused = /** @type {HTMLElement | null} */ (document.activeElement)?.closest?.('#history-list .history-version')
+    const focusedFirst = Number(focused?.getAttribute('data-first'))
     const now = Date.now()
     // Oldest first, so an author's colour does not change when a newer version is listed.
     const colors = authorColors(this.versions.flatMap((v) => v.authors).reverse(), this.colors)
@@ -202,6 +205,15 @@ export class HistoryPanel {
       ? 'No versions yet: nothing of this document has been saved on the relay.'
       : `${count} version${count === 1 ? '' : 's'} shown${this.nextBefore === null ? '' : '; older ones below'}.`)
     this.markSelected()
+    if (focused) this.focusRow(focusedFirst)
+  }
+
+  /** Focuses the row of the version that starts at `firstSeq`, if listed. */
+  focusRow (firstSeq) {
+    const version = this.versions.find((v) => v.first_seq === firstSeq)
+    if (!version) return
+    const row = /** @type {HTMLElement | null} */ (document.querySelector(`#history-list [data-version="${version.id}"]`))
+    row?.focus()
   }
 
   /** One version's row: a button that previews it. */
@@ -212,6 +224,7 @@ export class HistoryPanel {
     button.type = 'button'
     button.className = 'history-version'
     button.dataset.version = String(version.id)
+    button.dataset.first = String(version.first_seq)
     button.title = summary
     const top = document.createElement('span')
     top.className = 'history-when'

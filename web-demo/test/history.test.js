@@ -121,7 +121,9 @@ describe('the history panel', () => {
     assert.deepEqual(oldest.inserted.map(({ author, text }) => ({ author, text })), [{ author: 'ada', text: 'Hello from Ada.' }])
     assert.notEqual(oldest.inserted[0].color, middle.inserted[0].color)
 
-    // Name Bob's version: the name shows in both people's lists (Bob's through the relay's events).
+    // Name Bob's version: the name shows in both people's lists (Bob's through the relay's
+    // events), and the row Bob's keyboard is on keeps the focus through the reload.
+    await bob.page.locator(`#history-list [data-version="${bobs.id}"]`).focus()
     await ada.page.locator(`#history-list [data-version="${bobs.id}"]`).click()
     await ada.page.getByLabel('Version name').fill('Bob’s draft')
     await ada.page.getByRole('button', { name: 'Name this version' }).click()
@@ -130,6 +132,7 @@ describe('the history panel', () => {
         document.querySelector(`#history-list [data-version="${id}"] .history-label`)?.textContent === 'Bob’s draft', bobs.id)
     }
     assert.match(await ada.page.locator('#history-action-status').textContent(), /named “Bob’s draft”/)
+    assert.equal(await bob.page.evaluate(() => document.activeElement?.dataset.version), String(bobs.id))
     await screenshot(bob, 'history-2-named-at-bob')
 
     // A name the relay refuses (over 200 bytes): its reason is shown, the old name stays.
