@@ -20,6 +20,7 @@ import { RateMeter, measureRoundTrip } from './live-stats.js'
 import { startRegisterPanels } from './register-panels.js'
 import { loadToken } from './token.js'
 import { FRAGMENT_NAME, mountRichEditor, sampleUpdate } from './rich-editor.js'
+import { HistoryPanel } from './history-panel.js'
 
 /** The shared text's name in the Y.Doc (the README's example writes to the same one). */
 const TEXT_NAME = 'content'
@@ -264,6 +265,10 @@ const registers = startRegisterPanels(docName, () => identity.name, token)
 setInterval(renderStatus, 1000)
 applyConnectionWish()
 
+// --- Version history ----------------------------------------------------------------------
+
+const historyPanel = new HistoryPanel({ docName, token, doc, textName: TEXT_NAME, mode })
+
 // --- Presence: you ------------------------------------------------------------------------
 
 const nameInput = /** @type {HTMLInputElement} */ ($('user-name'))
@@ -432,5 +437,5 @@ setInterval(measureRtt, RTT_INTERVAL_MS)
 // --- Test and debugging hook --------------------------------------------------------------
 
 Object.assign(window, {
-  aetherflowDemo: { doc, ytext, fragment: doc.getXmlFragment(FRAGMENT_NAME), mode, provider, persistence, awareness, view, mirror, docName, connectionState, registers }
+  aetherflowDemo: { doc, ytext, fragment: doc.getXmlFragment(FRAGMENT_NAME), mode, provider, persistence, awareness, view, mirror, docName, connectionState, registers, historyPanel }
 })

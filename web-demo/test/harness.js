@@ -284,9 +284,9 @@ export function mintToken (secret, claims) {
  * the relay's logs and the page errors on failure, and closes the test's browser contexts
  * whatever happens. `suite.relay` and `suite.browser` are set once the suite has started.
  * `personDefaults` are options every `person` gets (e.g. `{ mode: 'rich' }`); `timeoutMs` is
- * each test's time limit.
+ * each test's time limit; `relayArgs` are extra relay flags (e.g. `['--jwt-secret', S]`).
  */
-export function browserSuite ({ personDefaults = {}, timeoutMs = 90_000 } = {}) {
+export function browserSuite ({ personDefaults = {}, timeoutMs = 90_000, relayArgs = [] } = {}) {
   const suite = {
     relay: null,
     browser: null,
@@ -316,7 +316,7 @@ export function browserSuite ({ personDefaults = {}, timeoutMs = 90_000 } = {}) 
     }
   }
   before(async () => {
-    suite.relay = await startRelay()
+    suite.relay = await startRelay(relayArgs)
     suite.browser = await launchBrowser()
   })
   after(async () => {

@@ -1,5 +1,5 @@
 // Unit tests of the page's pure parts, in Node: document name rules, the pending-changes mirror,
-// the update rate.
+// the update rate, the history panel's rules.
 
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
@@ -15,6 +15,9 @@ import { PALETTE, awarenessUser, contrastWithWhite, freeColor, freeName, readabl
 import { HybridClock, compareStamps } from '../src/hlc.js'
 import { companionNames } from '../src/register-panels.js'
 import { loadToken, authHeaders } from '../src/token.js'
+import {
+  authorColors, formatBytes, formatWhen, historyProblem, labelProblem, runAuthors, runPieces, tokenCanWrite, versionRow
+} from '../src/history-view.js'
 
 test('document names follow the relay’s rules', () => {
   for (const ok of ['notes', 'team notes 2024', 'ünïcødé-📝', 'a.b_c-d', 'x'.repeat(255), 'é'.repeat(127)]) {
@@ -172,4 +175,79 @@ test('a tab takes the next free name and palette colour', () => {
   assert.equal(freeName('Ada', ['Ada', 'Ada (2)']), 'Ada (3)')
   assert.equal(freeColor([PALETTE[0], PALETTE[1]]), PALETTE[2])
   assert.ok(PALETTE.includes(freeColor(PALETTE)))
+})
+
+const MINUTE = 60_000
+
+test('a version row says when, who, how much and its name', () => {
+  const now = Date.UTC(2026, 0, 2, 12, 0)
+  const version = { id: 41, first_seq: 30, time_ms: now - 5 * MINUTE, started_ms: now - 9 * MINUTE, authors: ['ada', 'bob'], bytes: 1536, entries: 12, label: 'sent to client' }
+  assert.deepEqual(versionRow(version, now), {
+    when: '5 min ago',
+    authors: 'ada, bob',
+    size: '12 changes, 1.5 KB',
+    label: 'sent to client',
+    summary: 'Version 41, “sent to client”, 5 min ago by ada, bob, 12 changes, 1.5 KB'
+  })
+  const single = versionRow({ ...version, time_ms: now - 1000, entries: 1, bytes: 20, label: null }, now)
+  assert.equal(single.summary, 'Version 41, just now by ada, bob, 1 change, 20 B')
+  assert.equal(single.label, null)
+  assert.equal(formatWhen(now - 3 * 3_600_000, now), new Date(now - 3 * 3_600_000).toLocaleString(), 'older: the date and time')
+  assert.equal(formatWhen(now + 5000, now), 'just now', 'a relay clock slightly ahead is not "in the future"')
+  assert.equal(formatBytes(3 * 1024 * 1024), '3.0 MB')
+})
+
+test('each author keeps one readable colour, in order of appearance', () => {
+  const colors = authorColors(['bob', 'ada', 'bob', 'cleo'])
+  assert.deepEqual([...colors.keys()], ['bob', 'ada', 'cleo'])
+  assert.equal(new Set(colors.values()).size, 3)
+  for (const color of colors.values()) assert.ok(contrastWithWhite(color) >= 4.5)
+  assert.equal(authorColors(PALETTE.map((_, i) => `p${i}`).concat('one more')).get('one more'), PALETTE[0], 'the palette wraps')
+  const kept = authorColors(['dan', 'bob'], colors)
+  assert.equal(kept, colors, 'extended in place')
+  assert.equal(kept.get('bob'), authorColors(['bob']).get('bob'), 'bob keeps his colour')
+  assert.equal(kept.get('dan'), PALETTE[3], 'a newcomer takes the next one')
+})
+
+test('diff runs become pieces marked with who wrote or deleted them', () => {
+  const runs = [
+    { kind: 'kept', text: 'Hello ', by: ['ada'] },
+    { kind: 'deleted', text: 'world', by: ['bob'] },
+    { kind: 'inserted', text: 'Bob', by: ['bob'] },
+    { kind: 'inserted', text: '', by: ['ada'] },
+    { kind: 'inserted', text: '!', by: [] },
+    { kind: 'inserted', text: '?', by: ['ada', 'bob'] }
+  ]
+  assert.deepEqual(runAuthors(runs), ['bob', 'anonymous', 'ada'], 'kept text credits nobody in the legend')
+  const colors = authorColors(runAuthors(runs))
+  assert.deepEqual(runPieces(runs, colors), [
+    { tag: 'span', text: 'Hello ', author: null, color: null },
+    { tag: 'del', text: 'world', author: 'bob', color: colors.get('bob') },
+    { tag: 'ins', text: 'Bob', author: 'bob', color: colors.get('bob') },
+    { tag: 'ins', text: '!', author: 'anonymous', color: colors.get('anonymous') },
+    { tag: 'ins', text: '?', author: 'ada, bob', color: colors.get('ada') }
+  ])
+})
+
+test('a refused history request is explained, cluster mode first', () => {
+  const cluster = { error: { code: 'not_in_cluster_mode', message: 'version history is not available in cluster mode' } }
+  assert.match(historyProblem(501, cluster), /not available on this relay/)
+  assert.match(historyProblem(403, { error: { code: 'forbidden', message: 'x' } }), /token does not allow/)
+  assert.match(historyProblem(401, null), /token/)
+  assert.equal(historyProblem(400, { error: { code: 'bad_request', message: 'a label is 1 to 200 bytes' } }),
+    'The relay refused: a label is 1 to 200 bytes')
+  assert.equal(historyProblem(500, null), 'The relay answered 500.')
+  assert.match(historyProblem(503, null), /busy/)
+})
+
+test('only write tokens (or none, on an open relay) offer restore and naming', () => {
+  const token = (claims) => `${Buffer.from('{"alg":"HS256"}').toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`
+  assert.equal(tokenCanWrite(null), true)
+  assert.equal(tokenCanWrite(token({ sub: 'ada', perm: 'write' })), true)
+  assert.equal(tokenCanWrite(token({ sub: 'ada', perm: 'read' })), false)
+  assert.equal(tokenCanWrite(token({ sub: 'ädä', docs: ['ü*'], perm: 'write' })), true, 'UTF-8 claims decode')
+  assert.equal(tokenCanWrite('not-a-jwt'), false)
+  assert.equal(tokenCanWrite('a.%%%.c'), false)
+  assert.equal(labelProblem('  '), 'Enter a name for the version.')
+  assert.equal(labelProblem(' draft '), null)
 })
