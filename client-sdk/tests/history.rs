@@ -138,9 +138,12 @@ async fn versions_page_back_and_past_content_diff_and_blame_name_the_token_subje
         .map(|r| r.text.as_str())
         .collect();
     assert_eq!(inserted, " two three", "{runs:?}");
-    // Not asserted: " three" by ada. The relay credits a diff's insertions only to Yjs
-    // clients whose update in the range starts at clock 0 (its `Update::state_vector`), so
-    // ada's second edit comes back with `by: []` (a relay bug, reported; blame is right).
+    // Ada had written before the range: her later edit is still hers.
+    assert_eq!(
+        written_by(&runs, RunKind::Inserted, "ada"),
+        " three",
+        "{runs:?}"
+    );
     let blame = history.blame(None).await.unwrap();
     assert_eq!(blame.version, Some(newest));
     let runs = &blame.roots["text"];

@@ -107,7 +107,7 @@ export function historyProblem (status, body) {
   const code = body?.error?.code
   const message = body?.error?.message
   if (status === 501 || code === 'not_in_cluster_mode') {
-    return 'Version history is not available on this relay (it runs in cluster mode).'
+    return 'Version history is not available on this relay.'
   }
   if (status === 401) return 'The relay did not accept this page’s token; open the page with a fresh one.'
   if (status === 403) return 'Your token does not allow this on this document.'

@@ -229,9 +229,9 @@ test('diff runs become pieces marked with who wrote or deleted them', () => {
   ])
 })
 
-test('a refused history request is explained, cluster mode first', () => {
-  const cluster = { error: { code: 'not_in_cluster_mode', message: 'version history is not available in cluster mode' } }
-  assert.match(historyProblem(501, cluster), /not available on this relay/)
+test('a refused history request is explained, a relay without history first', () => {
+  const without = { error: { code: 'not_in_cluster_mode', message: 'version history is not available' } }
+  assert.match(historyProblem(501, without), /not available on this relay/)
   assert.match(historyProblem(403, { error: { code: 'forbidden', message: 'x' } }), /token does not allow/)
   assert.match(historyProblem(401, null), /token/)
   assert.equal(historyProblem(400, { error: { code: 'bad_request', message: 'a label is 1 to 200 bytes' } }),

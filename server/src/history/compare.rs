@@ -101,7 +101,10 @@ struct Credits {
 
 impl Credits {
     fn note(&mut self, update: &Update, authors: &[String]) {
-        for (client, _) in update.state_vector().iter() {
+        // Every client that inserted something in this update (not `state_vector`, which
+        // leaves out a client whose blocks here do not start at its clock 0: one that had
+        // written before).
+        for (client, _) in update.insertions(true).iter() {
             self.clients
                 .entry(*client)
                 .or_default()
