@@ -128,16 +128,21 @@ fn browse(addr: &str, samples: usize) -> anyhow::Result<()> {
         versions.len()
     );
     report("list versions (1st page)", &mut list);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
-    let mut content = Vec::new();
-    for _ in 0..samples {
-        let seq = rng.random_range(first..=last);
-        let start = Instant::now();
-        let body = get(addr, &format!("/api/v1/docs/{DOC}/history/{seq}/content"))?;
-        content.push(start.elapsed());
-        anyhow::ensure!(body.starts_with(b"{"), "content at {seq} is not JSON");
+    for (form, what) in [
+        ("content", "content (JSON) at random"),
+        ("update", "content (binary) at random"),
+    ] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+        let mut times = Vec::new();
+        for _ in 0..samples {
+            let seq = rng.random_range(first..=last);
+            let start = Instant::now();
+            let body = get(addr, &format!("/api/v1/docs/{DOC}/history/{seq}/{form}"))?;
+            times.push(start.elapsed());
+            anyhow::ensure!(!body.is_empty(), "no content at {seq}");
+        }
+        report(what, &mut times);
     }
-    report("content at a random entry", &mut content);
     Ok(())
 }
 

@@ -30,6 +30,9 @@ pub const DEFAULT_RELAXED_FLUSH_MS: u64 = 100;
 pub const DEFAULT_UNLOAD_AFTER_SECS: u64 = 30;
 /// Default number of update-log entries that triggers folding the log into a snapshot.
 pub const DEFAULT_COMPACT_AFTER_UPDATES: usize = 500;
+/// Default log bytes after which a document is compacted (768 KiB): loading it, or producing a
+/// past version, then replays at most about that much.
+pub const DEFAULT_COMPACT_AFTER_BYTES: usize = 768 * 1024;
 /// Days every version of a document's history is kept (see [`crate::history::retention`]).
 pub const DEFAULT_HISTORY_KEEP_ALL_DAYS: u64 = 30;
 /// Days versions are kept one per hour; older ones are kept one per day.
@@ -267,6 +270,11 @@ pub struct Settings {
     #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_UPDATES", value_name = "N")]
     pub compact_after_updates: Option<usize>,
 
+    /// Fold a document's update log into a new snapshot once its entries weigh this many
+    /// bytes, however few they are (the relay batches fast typing into large entries).
+    #[arg(long, env = "AETHERFLOW_COMPACT_AFTER_BYTES", value_name = "BYTES")]
+    pub compact_after_bytes: Option<usize>,
+
     /// Keep every version of a document's history this many days; older versions are thinned
     /// (at compaction) to one per hour, then one per day. Labelled versions are always kept.
     #[arg(long, env = "AETHERFLOW_HISTORY_KEEP_ALL_DAYS", value_name = "DAYS")]
@@ -477,6 +485,8 @@ pub struct Config {
     pub unload_after: Duration,
     /// Update-log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Update-log bytes that trigger compaction.
+    pub compact_after_bytes: usize,
     /// Which versions of a document's history thinning keeps.
     pub history_retention: crate::history::Retention,
     /// Interval between WebSocket pings.
@@ -576,6 +586,7 @@ impl Settings {
             relaxed_flush_ms: self.relaxed_flush_ms.or(lower.relaxed_flush_ms),
             unload_after_secs: self.unload_after_secs.or(lower.unload_after_secs),
             compact_after_updates: self.compact_after_updates.or(lower.compact_after_updates),
+            compact_after_bytes: self.compact_after_bytes.or(lower.compact_after_bytes),
             history_keep_all_days: self.history_keep_all_days.or(lower.history_keep_all_days),
             history_hourly_days: self.history_hourly_days.or(lower.history_hourly_days),
             history_keep_newest: self.history_keep_newest.or(lower.history_keep_newest),
@@ -710,6 +721,7 @@ impl Config {
             compact_after_updates: s
                 .compact_after_updates
                 .unwrap_or(DEFAULT_COMPACT_AFTER_UPDATES),
+            compact_after_bytes: s.compact_after_bytes.unwrap_or(DEFAULT_COMPACT_AFTER_BYTES),
             history_retention: crate::history::Retention {
                 keep_all_ms: days_ms(
                     s.history_keep_all_days
@@ -885,6 +897,12 @@ impl Config {
         if self.compact_after_updates == 0 {
             return Err(ConfigError::Invalid {
                 name: "--compact-after-updates",
+                why: "must be at least 1",
+            });
+        }
+        if self.compact_after_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                name: "--compact-after-bytes",
                 why: "must be at least 1",
             });
         }

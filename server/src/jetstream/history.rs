@@ -229,14 +229,8 @@ impl JetStreamEngine {
             .map(|e| e.bytes)
             .sum();
         let state = self.state_at(doc, last).await?;
-        let parts: Vec<&[u8]> = state
-            .snapshot
-            .iter()
-            .chain(&state.log)
-            .map(Vec::as_slice)
-            .collect();
-        let merged = yrs::merge_updates_v1(parts)
-            .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
+        let parts = state.snapshot.into_iter().chain(state.log).collect();
+        let merged = super::log::fold_updates(parts).await?;
         if merged.len() as u64 >= run_bytes {
             return Ok(false); // the checkpoint would weigh more than the run it replaces
         }

@@ -269,8 +269,7 @@ impl JetStreamEngine {
             folded += bytes.len() as u64;
             parts.push(bytes);
         }
-        let merged = yrs::merge_updates_v1(&parts)
-            .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
+        let merged = fold_updates(parts).await?;
         let object = snapshot_object(doc, through);
         let mut reader = merged.as_slice();
         self.inner
@@ -307,6 +306,23 @@ impl JetStreamEngine {
         }
         Ok(true)
     }
+}
+
+/// One snapshot holding every update of `parts` (a snapshot and log entries), encoded from a
+/// document they were applied to, off the async workers. Not `yrs::merge_updates_v1`: a
+/// merged update keeps every edit as a block of its own, and yrs integrates one holding a long
+/// log far more slowly (the automerge-paper trace: 4.4 s, against 11 ms for its snapshot).
+pub(super) async fn fold_updates(parts: Vec<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
+    let folded = tokio::task::spawn_blocking(move || {
+        let (base, rest) = parts
+            .split_first()
+            .map_or((None, &[][..]), |(b, r)| (Some(b), r));
+        aetherflow_crdt::Room::load(base.map(Vec::as_slice), rest.iter().map(Vec::as_slice))
+            .map(|room| room.snapshot())
+    })
+    .await
+    .map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))?;
+    folded.map_err(|e| StoreError::Engine(Arc::new(std::io::Error::other(e.to_string()))))
 }
 
 /// The snapshot index after a compaction through `through` that folded `folded` bytes of

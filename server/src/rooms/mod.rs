@@ -150,6 +150,8 @@ pub struct RoomSettings {
     pub unload_after: Duration,
     /// Log length that triggers compaction.
     pub compact_after_updates: usize,
+    /// Log bytes since the snapshot that trigger compaction (whatever the entry count).
+    pub compact_after_bytes: usize,
     /// Which versions of the history thinning keeps (run after each compaction).
     pub history_retention: crate::history::Retention,
     /// What one update and one document may hold.
@@ -162,6 +164,7 @@ impl From<&Config> for RoomSettings {
             durability: config.durability,
             unload_after: config.unload_after,
             compact_after_updates: config.compact_after_updates,
+            compact_after_bytes: config.compact_after_bytes,
             history_retention: config.history_retention,
             doc_limits: DocLimits {
                 max_update_items: config.max_update_items,
@@ -487,6 +490,7 @@ pub(crate) mod tests {
             durability: Durability::Durable,
             unload_after: Duration::from_secs(30),
             compact_after_updates: 1000,
+            compact_after_bytes: usize::MAX,
             history_retention: crate::history::Retention::DEFAULT,
             doc_limits: DocLimits::default(),
         };

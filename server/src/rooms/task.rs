@@ -60,6 +60,8 @@ pub(super) struct RoomTask {
     pipeline: Pipeline,
     /// Entries in the store's log since the last snapshot.
     log_entries: usize,
+    /// Bytes of those entries.
+    log_bytes: usize,
     /// Set when the room must stop serving (storage failure, tainted document).
     failed: bool,
     /// Set with `failed` when a commit failed on storage I/O (a full disk).
@@ -98,6 +100,7 @@ impl RoomTask {
             waiting: Vec::new(),
             pipeline: Pipeline::default(),
             log_entries: 0,
+            log_bytes: 0,
             failed: false,
             storage_failed: false,
             unsaved: Vec::new(),
@@ -229,7 +232,7 @@ impl RoomTask {
         let last_seq = stored.last_seq;
         // Replaying the log is CPU work: off the async workers.
         let loaded = tokio::task::spawn_blocking(move || {
-            let entries = stored.log.len();
+            let entries = (stored.log.len(), stored.log.iter().map(Vec::len).sum());
             let room = Room::load(
                 stored.snapshot.as_deref(),
                 stored.log.iter().map(Vec::as_slice),
@@ -242,11 +245,12 @@ impl RoomTask {
             Ok(Ok((mut room, entries))) => {
                 room.set_limits(self.rooms.inner.settings.doc_limits);
                 debug!(
-                    log_entries = entries,
+                    log_entries = entries.0,
+                    log_bytes = entries.1,
                     items = room.size().items,
                     "document loaded"
                 );
-                self.log_entries = entries;
+                (self.log_entries, self.log_bytes) = entries;
                 Some((room, last_seq))
             }
             Ok(Err(e)) => {
@@ -487,6 +491,7 @@ impl RoomTask {
     /// already, so not stored again; one the room refuses makes it reload.
     fn apply_remote(&mut self, room: &mut Room, updates: Vec<Vec<u8>>) {
         let count = updates.len();
+        self.log_bytes += updates.iter().map(Vec::len).sum::<usize>();
         let batch = room.apply_updates(updates.into_iter().map(|u| (REMOTE_CONN, u)).collect());
         for (_, err) in &batch.rejected {
             error!(reason = %err.reason(), "a stored entry from another relay was refused; reloading");
@@ -583,7 +588,11 @@ impl RoomTask {
             return;
         }
         self.log_entries += 1;
-        if self.log_entries >= self.rooms.inner.settings.compact_after_updates && !self.failed {
+        self.log_bytes += bytes;
+        let settings = &self.rooms.inner.settings;
+        let due = self.log_entries >= settings.compact_after_updates
+            || self.log_bytes >= settings.compact_after_bytes;
+        if due && !self.failed {
             self.compact(room).await;
         }
     }
@@ -644,6 +653,7 @@ impl RoomTask {
                     "update log compacted"
                 );
                 self.log_entries = 0;
+                self.log_bytes = 0;
                 self.thin_history();
             }
             Err(e) => error!(error = %e, "compaction not queued"),
