@@ -210,6 +210,11 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
         total += if meta.is_dir() {
             dir_bytes(&entry.path())?
         } else {
+            println!(
+                "  {:<40} {:>12} bytes",
+                entry.file_name().to_string_lossy(),
+                meta.len()
+            );
             meta.len()
         };
     }

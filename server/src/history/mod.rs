@@ -43,8 +43,10 @@ pub use retention::Retention;
 /// A compaction keeps its snapshot as a history checkpoint once the entries since the last
 /// checkpoint weigh more than this many times the snapshot: checkpoints then cost at most a
 /// `1 / CHECKPOINT_FACTOR` share of the update bytes, and producing any state replays at most
-/// about this many times the document's size (plus one compaction interval).
-pub const CHECKPOINT_FACTOR: u64 = 4;
+/// about this many times the document's size (plus one compaction interval). 2 keeps a past
+/// state of the automerge-paper trace under 40 ms at p99 for 1.10 × the raw update stream on
+/// disk; 4 let the p99 reach 53 ms (`benches/RESULTS.md`).
+pub const CHECKPOINT_FACTOR: u64 = 2;
 
 use crate::storage::HistoryEntry;
 

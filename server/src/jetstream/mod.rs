@@ -14,7 +14,7 @@
 //!   snapshots kept as history checkpoints. Compaction swaps the index entry with a
 //!   conditional update on its revision, so of two concurrent compactors one wins and the
 //!   other's object is dropped; the folded entries stay in the log as the document's version
-//!   history ([`history`], with labels in `{prefix}_history_labels`);
+//!   history (`history.rs`, with labels in `{prefix}_history_labels`);
 //! - the buckets `{prefix}_documents` (metadata) and `{prefix}_registers` (register state,
 //!   changed by read, apply, conditional update, retried on a lost race);
 //! - the bucket `{prefix}_locks`, document locks across relays ([`locks`]); document events
@@ -74,7 +74,7 @@ struct Inner {
     index: kv::Store,
     documents: kv::Store,
     registers: kv::Store,
-    /// Version labels, one JSON record per document (see [`history`]).
+    /// Version labels, one JSON record per document (see `history.rs`).
     labels: kv::Store,
     /// Appends of this handle per document, so a compaction knows which entries it folds.
     appends: Mutex<HashMap<DocName, Arc<Appends>>>,
