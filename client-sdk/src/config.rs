@@ -55,7 +55,7 @@ impl Backoff {
 pub const DEFAULT_SPARSE_FEC_BUDGET: u16 = 200;
 
 /// Everything a [`crate::Client`] needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// The relay's Quantum (UDP) address, tried first when set.
     pub quantum_addr: Option<SocketAddr>,
@@ -109,6 +109,29 @@ pub struct ClientConfig {
     /// link (1.65 × at 30 %). With no loss measured no parity is sent. Details in
     /// `benches/RESULTS.md`.
     pub quantum_sparse_fec_budget: u16,
+}
+
+/// Shown without its secrets (the token and the peer secret), so a configuration may be
+/// logged.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ClientConfig")
+            .field("quantum_addr", &self.quantum_addr)
+            .field("quantum_key", &self.quantum_key)
+            .field("quantum_handshake_timeout", &self.quantum_handshake_timeout)
+            .field("websocket_url", &self.websocket_url)
+            .field("tls_root_certificates", &self.tls_root_certificates.len())
+            .field("token", &redacted(&self.token))
+            .field("data_dir", &self.data_dir)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("http_timeout", &self.http_timeout)
+            .field("backoff", &self.backoff)
+            .field("peers", &self.peers)
+            .field("peer_secret", &redacted(&self.peer_secret))
+            .field("quantum_sparse_fec_budget", &self.quantum_sparse_fec_budget)
+            .finish()
+    }
 }
 
 /// File name of the local database inside [`ClientConfig::data_dir`].
@@ -269,6 +292,21 @@ impl ClientConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_configuration_shows_no_secret() {
+        let config = ClientConfig::new("unused")
+            .token("secret-token-value")
+            .peer_secret("secret-peer-value")
+            .websocket("ws://relay.example");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret-token-value"), "{shown}");
+        assert!(!shown.contains("secret-peer-value"), "{shown}");
+        assert!(shown.contains("ws://relay.example"), "{shown}");
+        let transport =
+            crate::WebSocketTransport::new("ws://relay", Some("secret-token-value".into()));
+        assert!(!format!("{transport:?}").contains("secret-token-value"));
+    }
 
     #[test]
     fn a_sparse_fec_budget_above_200_is_refused_and_0_to_200_reach_the_transport() {

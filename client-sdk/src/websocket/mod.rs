@@ -25,7 +25,7 @@ const LINK_BUFFER: usize = 256;
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects documents over the relay's WebSocket endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebSocketTransport {
     base: String,
     token: Option<String>,
@@ -35,6 +35,18 @@ pub struct WebSocketTransport {
     /// The TLS configuration, built on the first `wss://` connection (reading the platform's
     /// roots takes a while) and shared by clones.
     tls: Arc<OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
+}
+
+/// Shown without the token, so a transport may be logged.
+impl std::fmt::Debug for WebSocketTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketTransport")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .field("tls_roots", &self.tls_roots.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebSocketTransport {
