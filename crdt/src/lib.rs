@@ -44,6 +44,7 @@ pub mod register;
 pub mod room;
 pub mod update_check;
 pub mod update_file;
+pub mod version;
 pub mod webhook;
 
 pub use awareness::{Awareness, AwarenessError};

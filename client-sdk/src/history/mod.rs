@@ -39,27 +39,7 @@ pub(crate) use relay_api::RelayApi;
 /// document's content, a misbehaving server) is [`ClientError::AnswerTooLarge`].
 pub const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
-/// One version of a document: consecutive changes by the same people.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Version {
-    /// Its id: the log sequence number of its last change. Every id but the newest one's is
-    /// final.
-    pub id: u64,
-    /// The sequence number of its first change.
-    pub first_seq: u64,
-    /// Time of its last change, milliseconds since the Unix epoch (the relay's clock).
-    pub time_ms: u64,
-    /// Time of its first change.
-    pub started_ms: u64,
-    /// Who made it: token subjects, or `anonymous`.
-    pub authors: Vec<String>,
-    /// Bytes of its updates.
-    pub bytes: u64,
-    /// How many changes (log entries) it spans.
-    pub entries: u64,
-    /// Its label, if it has one.
-    pub label: Option<String>,
-}
+pub use aetherflow_crdt::version::Version;
 
 /// Which versions to list: the newest `limit` (the relay's default, 100, when `None`; 1 to
 /// 1000) with an id below `before` (no bound when `None`).

@@ -13,18 +13,8 @@ use aetherflow_crdt::DocName;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update, updates::decoder::Decode};
 
 use super::Retention;
-use crate::storage::conformance::{Engine, Violation};
+use crate::storage::conformance::{Checked, Engine, Violation, check};
 use crate::storage::{DocumentHistory, Storage, StoredDoc};
-
-type Checked = Result<(), Violation>;
-
-fn check(holds: bool, rule: impl FnOnce() -> String) -> Checked {
-    if holds {
-        Ok(())
-    } else {
-        Err(Violation(rule()))
-    }
-}
 
 /// Entries typed; every one is its own version (the authors alternate).
 const ENTRIES: usize = 24;

@@ -36,8 +36,6 @@ pub mod thinning;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 pub use retention::Retention;
 
 /// A compaction keeps its snapshot as a history checkpoint once the entries since the last
@@ -53,29 +51,7 @@ use crate::storage::HistoryEntry;
 /// Longest pause between two entries of one version, in milliseconds.
 pub const VERSION_GAP_MS: u64 = 60_000;
 
-/// Name shown for entries whose authors are unknown.
-pub const ANONYMOUS: &str = "anonymous";
-
-/// One version: a run of entries by the same authors close together in time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Version {
-    /// Its id: the sequence number of its last entry.
-    pub id: u64,
-    /// The sequence number of its first entry.
-    pub first_seq: u64,
-    /// Time of its last entry, milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// Time of its first entry.
-    pub started_ms: u64,
-    /// Who made it: token subjects, or [`ANONYMOUS`].
-    pub authors: Vec<String>,
-    /// Bytes of its updates.
-    pub bytes: u64,
-    /// How many log entries it spans.
-    pub entries: u64,
-    /// Its label, if it has one.
-    pub label: Option<String>,
-}
+pub use aetherflow_crdt::version::{ANONYMOUS, Version};
 
 /// The versions of a log, oldest first (see the module docs for the rule).
 pub fn versions(entries: &[HistoryEntry], labels: &BTreeMap<u64, String>) -> Vec<Version> {

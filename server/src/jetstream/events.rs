@@ -122,20 +122,14 @@ impl RemoteEvents {
         let mut sequences = Sequences::default();
         let topic = format!("{}.events.", self.prefix);
         while let Some(message) = self.subscriber.next().await {
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
+            let header = |name: &str| super::header(message.headers.as_ref(), name);
             let (Some(relay), Some(seq)) = (header(RELAY_HEADER), header(SEQ_HEADER)) else {
                 continue;
             };
             if relay == self.relay {
                 continue;
             }
-            let missed = sequences.observe(&relay, seq.parse().unwrap_or(0));
+            let missed = sequences.observe(relay, seq.parse().unwrap_or(0));
             if missed > 0 {
                 tracing::warn!(%relay, missed, "events from another relay were lost; listeners told they lagged");
                 events.lagged_everywhere(missed);

@@ -65,7 +65,7 @@ impl EntryMeta {
     /// The history record of the message at `seq`, stored at `time_ms` with `headers`.
     /// Messages from before history was kept have no authors and count their payload.
     fn read(seq: u64, time_ms: u64, headers: Option<&HeaderMap>) -> HistoryEntry {
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let header = |name: &str| super::header(headers, name);
         let authors = header(AUTHORS_HEADER)
             .and_then(|json| serde_json::from_str(json).ok())
             .unwrap_or_default();

@@ -112,24 +112,17 @@ fn unavailable(e: impl std::fmt::Display) -> LockError {
 impl ClusterLocks {
     /// `doc`'s lock as the leader has it, with an expired one still in it.
     async fn read(&self, doc: &DocName) -> Result<Stand, LockError> {
-        let bucket = &self.inner.bucket;
-        let subject = format!("{}{}", bucket.prefix, key(doc));
-        let message = match bucket
-            .stream
-            .get_last_raw_message_by_subject(&subject)
+        let Some(message) = super::last_record(&self.inner.bucket, doc)
             .await
-        {
-            Ok(message) => message,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(Stand {
-                    lock: None,
-                    revision: 0,
-                });
-            }
-            Err(e) => return Err(unavailable(e)),
+            .map_err(unavailable)?
+        else {
+            return Ok(Stand {
+                lock: None,
+                revision: 0,
+            });
         };
         // A delete or purge marker: no lock.
-        let deleted = message.headers.get("KV-Operation").is_some();
+        let deleted = super::is_deletion(&message);
         let lock = match serde_json::from_slice::<Record>(&message.payload) {
             _ if deleted => None,
             Ok(record) => Some(Lock {

@@ -253,23 +253,44 @@ async fn versioned<T: serde::de::DeserializeOwned>(
     bucket: &kv::Store,
     doc: &DocName,
 ) -> Result<Option<(T, u64)>, StoreError> {
-    let subject = format!("{}{}", bucket.prefix, key(doc));
-    let message = match bucket
-        .stream
-        .get_last_raw_message_by_subject(&subject)
-        .await
-    {
-        Ok(message) => message,
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(failed(e)),
+    let Some(message) = last_record(bucket, doc).await.map_err(failed)? else {
+        return Ok(None);
     };
-    // Deletions and purges are markers with a `KV-Operation` header and no value.
-    if message.headers.get("KV-Operation").is_some() {
+    if is_deletion(&message) {
         return Ok(None);
     }
     let value =
         serde_json::from_slice(&message.payload).map_err(|e| StoreError::Record(Arc::new(e)))?;
     Ok(Some((value, message.sequence)))
+}
+
+/// The last message `bucket` holds for `doc`'s key (a value or a deletion marker), read from
+/// the bucket stream's leader (see [`versioned`]); `None` if the key was never written.
+async fn last_record(
+    bucket: &kv::Store,
+    doc: &DocName,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, stream::LastRawMessageError> {
+    let subject = format!("{}{}", bucket.prefix, key(doc));
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of header `name` among `headers`, if there is one.
+fn header<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+/// Whether a bucket's message is a deletion or purge marker (a `KV-Operation` header, no
+/// value).
+fn is_deletion(message: &async_nats::jetstream::message::StreamMessage) -> bool {
+    message.headers.get("KV-Operation").is_some()
 }
 
 /// Whether a conditional update lost its race: the record changed since it was read. Servers

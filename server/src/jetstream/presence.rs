@@ -168,13 +168,8 @@ impl Presence for NatsPresence {
             let known: Arc<Mutex<HashMap<String, HashSet<ConnId>>>> = Arc::default();
             let on_update = known.clone();
             let updates = updates.filter_map(move |message| {
-                let header = |name: &str| {
-                    message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_owned())
-                };
+                let header =
+                    |name: &str| super::header(message.headers.as_ref(), name).map(str::to_owned);
                 let event = match (header(RELAY_HEADER), header(CONN_HEADER)) {
                     (Some(relay), None) if relay != own && header(QUERY_HEADER).is_some() => {
                         Some(PresenceEvent::Asked)

@@ -37,9 +37,10 @@ impl From<RegisterFailure> for Violation {
     }
 }
 
-type Checked = Result<(), Violation>;
+pub(crate) type Checked = Result<(), Violation>;
 
-fn check(holds: bool, rule: impl FnOnce() -> String) -> Checked {
+/// `Ok` if `holds`, else the broken rule `rule` describes.
+pub(crate) fn check(holds: bool, rule: impl FnOnce() -> String) -> Checked {
     if holds {
         Ok(())
     } else {
