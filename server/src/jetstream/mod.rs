@@ -193,6 +193,18 @@ impl JetStreamEngine {
             })
             .await
             .map_err(|e| open(&e))?;
+        // Ready means answerable: every stream the relay reads from has a leader (just after
+        // the streams were created, or a server died, an election may still be running).
+        let probe = DocName::parse("probe").map_err(|e| open(&e))?;
+        for bucket in [&index, &documents, &registers, &labels] {
+            last_record(bucket, &probe).await.map_err(|e| open(&e))?;
+        }
+        let subject = format!("{prefix}.log.{}", key(&probe));
+        match log.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(open(&e)),
+        }
         Ok(JetStreamEngine {
             inner: Arc::new(Inner {
                 js,
