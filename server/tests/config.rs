@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{Relay, YClient};
 
-const FLAGS: [(&str, &str); 13] = [
+const FLAGS: [(&str, &str); 14] = [
     ("--http-addr", "AETHERFLOW_HTTP_ADDR"),
     ("--data-dir", "AETHERFLOW_DATA_DIR"),
     ("--durability", "AETHERFLOW_DURABILITY"),
@@ -20,6 +20,7 @@ const FLAGS: [(&str, &str); 13] = [
         "--compact-after-updates",
         "AETHERFLOW_COMPACT_AFTER_UPDATES",
     ),
+    ("--compact-after-bytes", "AETHERFLOW_COMPACT_AFTER_BYTES"),
     ("--config", "AETHERFLOW_CONFIG"),
     (
         "--quantum-sparse-fec-budget",
@@ -74,7 +75,7 @@ fn help_shows_the_defaults_the_relay_runs_with() {
     let budget = c::DEFAULT_QUANTUM_SPARSE_FEC_BUDGET.to_string();
     let max_message = format!("{} (16 MiB)", c::DEFAULT_MAX_MESSAGE_BYTES);
     let token_ttl = format!("{} (24 h)", c::DEFAULT_TOKEN_MAX_TTL_SECS);
-    let defaults: [(&str, String); 16] = [
+    let defaults: [(&str, String); 17] = [
         ("--http-addr", c::DEFAULT_HTTP_ADDR.into()),
         ("--quantum-addr", c::DEFAULT_QUANTUM_ADDR.into()),
         ("--quantum-sparse-fec-budget", budget),
@@ -93,6 +94,10 @@ fn help_shows_the_defaults_the_relay_runs_with() {
         (
             "--compact-after-updates",
             c::DEFAULT_COMPACT_AFTER_UPDATES.to_string(),
+        ),
+        (
+            "--compact-after-bytes",
+            c::DEFAULT_COMPACT_AFTER_BYTES.to_string(),
         ),
         (
             "--ping-interval-secs",

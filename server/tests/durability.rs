@@ -156,6 +156,35 @@ async fn the_log_is_folded_into_a_snapshot_and_nothing_is_lost() {
 }
 
 #[tokio::test]
+async fn a_log_of_few_large_entries_is_folded_once_it_weighs_enough() {
+    // Entries are counted far from the entry limit, but four pastes of 3 KB weigh over 8 KB.
+    let mut relay = Relay::start(&[
+        "--compact-after-updates",
+        "1000",
+        "--compact-after-bytes",
+        "8192",
+    ]);
+    let temp = relay.take_temp().unwrap();
+    let mut client = YClient::connect(&relay.ws_url("pastes")).await;
+    for n in 0..4 {
+        client.append(&format!("{n}").repeat(3000)).await;
+        client.barrier().await;
+    }
+    let expected = client.text();
+    relay.signal_and_wait("TERM");
+    let store = Store::open(&temp.path().join("aetherflow.redb")).unwrap();
+    let stored = store.load(&DocName::parse("pastes").unwrap()).unwrap();
+    assert!(
+        stored.snapshot.is_some(),
+        "four entries over --compact-after-bytes were folded"
+    );
+    assert!(stored.log.len() < 4, "{} entries left", stored.log.len());
+    drop(store);
+    let relay = Relay::start_in(temp.path(), &[]);
+    assert_eq!(read_text(&relay, "pastes").await, expected);
+}
+
+#[tokio::test]
 async fn an_idle_document_unloads_and_reloads_intact() {
     let relay = Relay::start(&["--unload-after-secs", "1"]);
     let expected = write_and_observe(&relay, "sleepy", 20).await;

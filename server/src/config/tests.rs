@@ -415,3 +415,22 @@ fn cluster_mode_is_off_by_default_and_its_settings_are_checked() {
     };
     assert_eq!(refused(bad_url), "--cluster");
 }
+
+#[test]
+fn compaction_triggers_default_come_from_a_file_and_zero_is_refused() {
+    let config = Config::from_settings(Settings::default()).unwrap();
+    assert_eq!(config.compact_after_updates, 500);
+    assert_eq!(config.compact_after_bytes, 768 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "compact_after_bytes = 4096\n").unwrap();
+    let cli = Cli::parse_from(["aetherflow", "--config", path.to_str().unwrap()]);
+    assert_eq!(Config::from_cli(cli).unwrap().compact_after_bytes, 4096);
+    for flag in ["--compact-after-updates", "--compact-after-bytes"] {
+        let cli = Cli::parse_from(["aetherflow", flag, "0"]);
+        match Config::from_cli(cli) {
+            Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, flag),
+            other => panic!("{flag} 0 accepted: {other:?}"),
+        }
+    }
+}
