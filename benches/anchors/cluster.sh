@@ -34,16 +34,9 @@ out="$here/out-cluster"
 servers="aetherflow-cluster hocuspocus-redis aetherflow-durable"
 scenarios="ingest fanout failover"
 quick=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --quick) quick=1 ;;
-    --servers) servers="$2"; shift ;;
-    --scenarios) scenarios="$2"; shift ;;
-    --out) out="$2"; shift ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+parse_runner_args "$@"
 
 # --quick: a smoke run, not for the record.
 if [ "$quick" = 1 ]; then
@@ -57,8 +50,6 @@ fi
 ulimit -n "$(ulimit -Hn)"
 echo "open-file limit: $(ulimit -n)"
 
-# shellcheck source=lib.sh
-. "$here/lib.sh"
 build_anchors
 loadgen="$target_dir/release/loadgen"
 relay="${RELAY_BIN:-$target_dir/release/aetherflow}"

@@ -14,6 +14,21 @@ server_dialect=""
 reader_url=""
 work=""
 
+# Reads a runner's arguments (--quick, --servers LIST, --scenarios LIST, --out DIR) into
+# quick, servers, scenarios and out, whose defaults the runner set before.
+parse_runner_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --quick) quick=1 ;;
+      --servers) servers="$2"; shift ;;
+      --scenarios) scenarios="$2"; shift ;;
+      --out) out="$2"; shift ;;
+      *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
 # Installs the anchors from npm and builds the relay and the load generator (release).
 build_anchors() {
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)

@@ -31,16 +31,9 @@ out="$here/out"
 servers="aetherflow-durable aetherflow-relaxed y-websocket hocuspocus"
 scenarios="ingest fanout idle mixed conns"
 quick=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --quick) quick=1 ;;
-    --servers) servers="$2"; shift ;;
-    --scenarios) scenarios="$2"; shift ;;
-    --out) out="$2"; shift ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+parse_runner_args "$@"
 
 # --quick: a smoke run (about a minute per server), not for the record.
 if [ "$quick" = 1 ]; then
@@ -57,8 +50,6 @@ fi
 ulimit -n "$(ulimit -Hn)"
 echo "open-file limit: $(ulimit -n)"
 
-# shellcheck source=lib.sh
-. "$here/lib.sh"
 build_anchors
 loadgen="$target_dir/release/loadgen"
 # RELAY_BIN: another relay binary (e.g. an experimental build) in place of this checkout's.

@@ -155,14 +155,24 @@ async fn state_at(state: &AppState, doc: &DocName, version: u64) -> Result<Store
         .ok_or_else(|| AppError::NotFound(format!("{doc} has no version {version}")))
 }
 
+/// [`state_at`] for a caller allowed to read `doc`.
+async fn readable_state_at(
+    state: &AppState,
+    headers: &HeaderMap,
+    doc: &DocName,
+    version: u64,
+) -> Result<StoredDoc, AppError> {
+    authorize(state, headers, doc, false)?;
+    state_at(state, doc, version).await
+}
+
 /// The content at a version as JSON, in the form of `GET .../content`.
 async fn content(
     State(state): State<AppState>,
     headers: HeaderMap,
     VersionPath(doc, version): VersionPath,
 ) -> Result<Response, AppError> {
-    authorize(&state, &headers, &doc, false)?;
-    let stored = state_at(&state, &doc, version).await?;
+    let stored = readable_state_at(&state, &headers, &doc, version).await?;
     match state
         .reads
         .render(&state.metrics, doc.clone(), stored, Form::Json)
@@ -186,8 +196,7 @@ async fn update(
     headers: HeaderMap,
     VersionPath(doc, version): VersionPath,
 ) -> Result<Response, AppError> {
-    authorize(&state, &headers, &doc, false)?;
-    let stored = state_at(&state, &doc, version).await?;
+    let stored = readable_state_at(&state, &headers, &doc, version).await?;
     let update = state
         .reads
         .render(&state.metrics, doc, stored, Form::Update)
