@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use aetherflow_crdt::DocName;
 use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 
 use super::large::RawEntry;
@@ -192,12 +193,12 @@ impl JetStreamEngine {
                         Err(e) => return Err(failed(e)),
                     }
                 }
-                None => self
-                    .inner
-                    .labels
-                    .create(key(doc), value.into())
-                    .await
-                    .is_ok(),
+                None => match self.inner.labels.create(key(doc), value.into()).await {
+                    Ok(_) => true,
+                    // Another relay wrote the first label meanwhile: read it again.
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(failed(e)),
+                },
             };
             if written {
                 self.committed();
