@@ -25,11 +25,26 @@ fn free_port() -> u16 {
 }
 
 impl NatsCluster {
-    /// Starts the cluster and waits until JetStream has a meta leader.
+    /// Starts the cluster and waits until JetStream has a meta leader. Ports are picked free
+    /// and then handed to the servers, so another process (a relay of a test running in
+    /// parallel) may take one in between: a cluster that does not come up in 15 s is stopped
+    /// and started again on fresh ports, up to three times.
     pub async fn start() -> NatsCluster {
         let binary = std::env::var_os("AETHERFLOW_NATS_SERVER").map(PathBuf::from).expect(
             "AETHERFLOW_NATS_SERVER must name a nats-server binary (tests/nats-server.sh prints one)",
         );
+        for _ in 0..3 {
+            let cluster = NatsCluster::spawn(&binary);
+            if cluster.wait_for_jetstream(Duration::from_secs(15)).await {
+                return cluster;
+            }
+            eprintln!("the NATS cluster did not elect a leader in 15 s; starting it again");
+        }
+        panic!("the JetStream cluster did not elect a leader in three tries of 15 s");
+    }
+
+    /// Three servers on fresh ports, not yet waited for.
+    fn spawn(binary: &PathBuf) -> NatsCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -40,7 +55,7 @@ impl NatsCluster {
         let servers = (0..3)
             .map(|i| {
                 let store = dir.path().join(format!("n{i}"));
-                Command::new(&binary)
+                Command::new(binary)
                     .args(["--addr", "127.0.0.1", "--port"])
                     .arg(client_ports[i].to_string())
                     .args([
@@ -63,13 +78,11 @@ impl NatsCluster {
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let cluster = NatsCluster {
+        NatsCluster {
             servers,
             urls,
             _dir: dir,
-        };
-        cluster.wait_for_jetstream().await;
-        cluster
+        }
     }
 
     /// Kills server `index` (`n0`, `n1`, `n2`) with SIGKILL.
@@ -113,20 +126,18 @@ impl NatsCluster {
         self.urls.join(",")
     }
 
-    async fn wait_for_jetstream(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+    /// Whether JetStream answers (it has a meta leader) within `patience`.
+    async fn wait_for_jetstream(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        while tokio::time::Instant::now() < deadline {
             if let Some(js) = self.jetstream().await
                 && js.query_account().await.is_ok()
             {
-                return;
+                return true;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the JetStream cluster did not elect a leader in 30 s"
-            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        false
     }
 }
 
