@@ -235,13 +235,7 @@ impl JetStreamEngine {
         if merged.len() as u64 >= run_bytes {
             return Ok(false); // the checkpoint would weigh more than the run it replaces
         }
-        let object = snapshot_object(doc, last);
-        let mut reader = merged.as_slice();
-        self.inner
-            .snapshots
-            .put(object.as_str(), &mut reader)
-            .await
-            .map_err(failed)?;
+        self.put_snapshot(doc, last, &merged).await?;
         if !self.add_checkpoint(doc, last).await? {
             return Ok(false);
         }

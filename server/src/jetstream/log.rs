@@ -135,6 +135,24 @@ impl JetStreamEngine {
         Ok(bytes)
     }
 
+    /// Stores `snapshot` as `doc`'s snapshot (or checkpoint) through `through`; its object's
+    /// name ([`snapshot_object`]).
+    pub(super) async fn put_snapshot(
+        &self,
+        doc: &DocName,
+        through: u64,
+        snapshot: &[u8],
+    ) -> Result<String, StoreError> {
+        let object = snapshot_object(doc, through);
+        let mut reader = snapshot;
+        self.inner
+            .snapshots
+            .put(object.as_str(), &mut reader)
+            .await
+            .map_err(failed)?;
+        Ok(object)
+    }
+
     /// Loads `doc`; retried when a compaction moved the snapshot in the middle of it.
     async fn load_doc(&self, doc: &DocName) -> Result<StoredDoc, StoreError> {
         let mut last_error = None;
@@ -270,13 +288,7 @@ impl JetStreamEngine {
             parts.push(bytes);
         }
         let merged = fold_updates(parts).await?;
-        let object = snapshot_object(doc, through);
-        let mut reader = merged.as_slice();
-        self.inner
-            .snapshots
-            .put(object.as_str(), &mut reader)
-            .await
-            .map_err(failed)?;
+        let object = self.put_snapshot(doc, through, &merged).await?;
         let current_index = current.as_ref().map(|(index, _)| index);
         let index = next_index(current_index, object.clone(), through, folded, &merged);
         let value = serde_json::to_vec(&index).map_err(|e| StoreError::Record(Arc::new(e)))?;
