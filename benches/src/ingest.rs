@@ -6,14 +6,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aetherflow_crdt::protocol::{Limits, Message, SyncMessage, encode_sync_update};
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as Frame;
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Transact, Update};
+use anyhow::Context;
+
+use crate::client::Target;
+use crate::wire::Dialect;
 
 /// A relay process, killed when dropped unless [`RelayProcess::stop`]ped first.
 pub struct RelayProcess {
@@ -84,68 +82,21 @@ pub fn relay_binary() -> PathBuf {
         })
 }
 
-/// Sends `updates` to document `doc` of the relay at `addr` from one client and times until
-/// a second client, synced before the clock starts, holds their end state (text `end`).
+/// Sends `updates` to document `doc` of the relay at `addr` from one y-websocket client and
+/// times until a second client, synced before the clock starts, holds their end state (text
+/// `end`): the load generator's ingest scenario on one relay.
 pub async fn replay(
     addr: &str,
     doc: &str,
     updates: &[Vec<u8>],
     end: &str,
 ) -> anyhow::Result<Duration> {
-    let url = format!("ws://{addr}/ws/{doc}");
-    let expected_sv = {
-        let doc = Doc::new();
-        for bytes in updates {
-            doc.transact_mut().apply_update(Update::decode_v1(bytes)?)?;
-        }
-        doc.transact().state_vector()
+    let target = Target {
+        url_template: format!("ws://{addr}/ws/{{doc}}"),
+        dialect: Dialect::YWebsocket,
+        handshake_timeout: Duration::from_secs(30),
     };
-
-    // The receiver connects first and is synced (empty document) before the clock starts.
-    let (mut receiver, _) = tokio_tungstenite::connect_async(&url).await?;
-    let (sender, _) = tokio_tungstenite::connect_async(&url).await?;
-    let (mut send_half, mut echo_half) = sender.split();
-    let frames: Vec<Frame> = updates
-        .iter()
-        .map(|u| Frame::Binary(encode_sync_update(u).into()))
-        .collect();
-
-    let start = Instant::now();
-    // The sender drains its own echoes so the relay never sees it as a slow reader.
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = echo_half.next().await {} });
-    let send = tokio::spawn(async move {
-        for frame in frames {
-            send_half.feed(frame).await?;
-        }
-        send_half.flush().await?;
-        Ok::<_, anyhow::Error>(send_half)
-    });
-
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("text");
-    let limits = Limits::default();
-    loop {
-        if doc.transact().state_vector() == expected_sv {
-            break;
-        }
-        let frame = tokio::time::timeout(Duration::from_secs(120), receiver.next())
-            .await
-            .context("receiver timed out")?
-            .context("receiver connection ended")??;
-        let Frame::Binary(bytes) = frame else {
-            continue;
-        };
-        if let Message::Sync(SyncMessage::Update(u) | SyncMessage::Step2(u)) =
-            Message::decode(&bytes, &limits)?
-        {
-            doc.transact_mut().apply_update(Update::decode_v1(&u)?)?;
-        }
-    }
-    let elapsed = start.elapsed();
-    if text.get_string(&doc.transact()) != end {
-        bail!("receiver's text differs from the trace's endContent");
-    }
-    let _ = send.await?;
-    drain.abort();
-    Ok(elapsed)
+    let limit = Duration::from_secs(120);
+    let report = crate::scenario::ingest::run(&target, &target, doc, updates, end, limit).await?;
+    Ok(Duration::from_secs_f64(report.seconds))
 }
