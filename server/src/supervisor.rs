@@ -10,7 +10,12 @@
 //! only translates the answers (a [`CloseReason`]) into its own close frame or error.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,8 +33,49 @@ pub const STALLED_TICKS: u8 = 3;
 /// with 1008 (transports that hold back, rather than close at once: WebSocket).
 pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
 
-/// What [`Supervisor::stopped`] waits on.
-pub type Stop = Pin<Box<dyn Future<Output = CloseReason> + Send>>;
+/// What [`Supervisor::stopped`] waits on: the relay's shutdown or the session's disconnect
+/// request.
+///
+/// A session's loop polls it first at every turn, and a turn comes for every frame the
+/// session sends or receives: a broadcast to a thousand readers is a thousand turns. So it
+/// polls the two waits inside only after one of them woke it, and otherwise costs a flag.
+pub struct Stop {
+    /// The two waits. Boxed: it lives as long as the session, and idle sessions keep their
+    /// futures small.
+    waits: Pin<Box<dyn Future<Output = CloseReason> + Send>>,
+    gate: Arc<Gate>,
+}
+
+/// Whether a [`Stop`]'s waits woke it since they were last polled, and the session to wake.
+struct Gate {
+    woken: AtomicBool,
+    session: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.session.wake();
+    }
+}
+
+impl Future for Stop {
+    type Output = CloseReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        // Registered before the flag is read, so a wake in between is not lost.
+        self.gate.session.register(cx.waker());
+        if !self.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(Arc::clone(&self.gate));
+        self.waits.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
 
 /// What a silent peer costs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +102,7 @@ impl Silence {
 /// for the connection's whole life).
 pub struct Supervisor {
     /// Resolves when the relay shuts down or an admin (or the token's expiry) disconnects
-    /// the session. Boxed: it lives as long as the session, and idle sessions keep their
-    /// futures small.
+    /// the session.
     stop: Stop,
     heartbeat: Heartbeat,
     silence: Silence,
@@ -89,8 +134,16 @@ impl Supervisor {
                 }
             }
         };
+        let gate = Arc::new(Gate {
+            // The waits are polled once to register.
+            woken: AtomicBool::new(true),
+            session: AtomicWaker::new(),
+        });
         Supervisor {
-            stop: Box::pin(stop),
+            stop: Stop {
+                waits: Box::pin(stop),
+                gate,
+            },
             heartbeat: Heartbeat::new(),
             silence,
             stalled: 0,
@@ -279,6 +332,41 @@ mod tests {
         assert_eq!(supervisor.charge(), Ok(()));
         let reason = supervisor.charge().expect_err("over the burst");
         assert_eq!(reason.code, CloseReason::POLICY_VIOLATION);
+    }
+
+    /// Counts the wakes of a session.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_stop_polled_again_and_again_still_wakes_its_session_for_a_later_request() {
+        let (registry, handle) = handle();
+        let shutdown = CancellationToken::new();
+        let mut supervisor = Supervisor::new(&handle, shutdown, None, Silence::Closes);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        // Every turn of the session's loop polls it; nothing is due.
+        for _ in 0..3 {
+            assert!(Pin::new(supervisor.stopped()).poll(&mut cx).is_pending());
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        let later = CloseReason::new(CloseReason::POLICY_VIOLATION, "later");
+        let _closed = registry.disconnect(handle.id(), later).expect("listed");
+        assert!(
+            wakes.0.load(Ordering::SeqCst) > 0,
+            "the session was not woken"
+        );
+        match Pin::new(supervisor.stopped()).poll(&mut cx) {
+            Poll::Ready(reason) => assert_eq!(reason.reason, "later"),
+            Poll::Pending => panic!("woken, but the stop is still pending"),
+        }
     }
 
     #[tokio::test]

@@ -316,3 +316,36 @@ async fn deleting_a_document_closes_it_on_the_socket_and_the_other_documents_sta
     client.append("kept", "still here").await;
     assert_eq!(read_text(&relay, "kept").await, "still here");
 }
+
+#[tokio::test]
+async fn a_connection_that_stops_reading_its_documents_is_closed_with_1013_and_the_writer_goes_on()
+{
+    // One outbox per connection, whatever its documents: its bound is what the relay holds.
+    let relay = Relay::start(&["--outbox-max-bytes", "1048576"]);
+    let mut silent = Hocuspocus::connect(&relay).await;
+    assert!(authenticated(&silent.authenticate("wide-a", "").await));
+    assert!(authenticated(&silent.authenticate("wide-b", "").await));
+    // 12 MiB of broadcasts over the two documents: more than the socket buffers of a client
+    // that reads nothing and the 1 MiB outbox.
+    let chunk = "x".repeat(256 * 1024);
+    let mut writer = Hocuspocus::connect(&relay).await;
+    assert!(authenticated(&writer.authenticate("wide-a", "").await));
+    assert!(authenticated(&writer.authenticate("wide-b", "").await));
+    for n in 0..48 {
+        let address = if n % 2 == 0 { "wide-a" } else { "wide-b" };
+        writer.append(address, &chunk).await;
+    }
+    relay
+        .wait_for_log("outbox over its byte bound; closing with 1013")
+        .await;
+    let close = silent.expect_close().await;
+    assert_eq!(u16::from(close.code), 1013, "{}", close.reason);
+    assert!(close.reason.contains("reconnect"), "{}", close.reason);
+    // The writer was never held back, and everything it was told is saved is stored.
+    writer.append("wide-a", "end").await;
+    assert_eq!(
+        read_text(&relay, "wide-a").await.len(),
+        24 * chunk.len() + 3
+    );
+    assert_eq!(read_text(&relay, "wide-b").await.len(), 24 * chunk.len());
+}

@@ -2,8 +2,8 @@
 //! token, joining its room, and translating each message to the room (or answering it) and
 //! each room frame back.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,7 +14,6 @@ use aetherflow_crdt::protocol::{self, SyncMessage};
 use aetherflow_crdt::register::Kind;
 use aetherflow_crdt::{ConnId, DocName, EMPTY_UPDATE};
 use bytes::Bytes;
-use futures_util::Stream;
 use tracing::{debug, warn};
 
 use super::Endpoint;
@@ -22,22 +21,16 @@ use super::stateless::Registration;
 use crate::auth::Permission;
 use crate::connection::CloseReason;
 use crate::metrics::Rejection;
-use crate::rooms::{Membership, Outbound, OutboxReceiver};
+use crate::rooms::{Membership, Outbound, OutboxReceiver, OutboxSender};
 use crate::sessions::SessionHandle;
 
 /// The acknowledgement of one applied update, without its address.
 static APPLIED: [u8; 2] = wire::sync_status_body(true);
 
-/// One item of a room's frames for an address: the connection that joined, the address,
-/// and the frame (`None` last, when the outbox ends).
-pub(super) type RoomItem = (ConnId, Arc<str>, Option<Outbound>);
-
-/// A room's frames for one address.
-pub(super) type RoomFrames = Pin<Box<dyn Stream<Item = RoomItem> + Send>>;
-
 /// One open document.
 struct Document {
-    /// The connection id this address joined its room with.
+    /// The connection id this address joined its room with: the tag of its room's frames in
+    /// the connection's outbox.
     conn: ConnId,
     /// The document.
     doc: DocName,
@@ -60,21 +53,37 @@ pub(super) enum Next {
 /// The open documents of one connection, by address.
 pub(super) struct Documents {
     open: HashMap<String, Document>,
+    /// The address of each open document, by the connection id it joined its room with.
+    addresses: HashMap<ConnId, Arc<str>>,
+    /// The connection's outbox, which every room it joins (and the stateless relay) writes
+    /// to with a sender tagged by the document's connection id. Held here, so the outbox
+    /// ends only by overflowing while the session lasts.
+    outbox: OutboxSender,
     /// Answers of the session's own (auth results, sync status of read-only updates).
     pub(super) replies: Vec<Bytes>,
-    /// Room frames of documents joined since the session last took them.
-    pub(super) joined: Vec<RoomFrames>,
     /// The earliest `exp` of the tokens that opened documents.
     expires: Option<u64>,
 }
 
 impl Documents {
-    pub(super) fn new() -> Documents {
-        Documents {
+    /// No document open yet, and the outbox every room will write to, holding at most
+    /// `outbox_max_bytes` of frames.
+    pub(super) fn new(outbox_max_bytes: usize) -> (Documents, OutboxReceiver) {
+        let (outbox, from_rooms) = crate::rooms::outbox::channel(outbox_max_bytes);
+        let documents = Documents {
             open: HashMap::new(),
+            addresses: HashMap::new(),
+            outbox,
             replies: Vec::new(),
-            joined: Vec::new(),
             expires: None,
+        };
+        (documents, from_rooms)
+    }
+
+    /// Leaves the document at `address`, if open.
+    fn close(&mut self, address: &str) {
+        if let Some(document) = self.open.remove(address) {
+            self.addresses.remove(&document.conn);
         }
     }
 
@@ -92,7 +101,7 @@ impl Documents {
                 Next::Continue
             }
             Payload::Close(_) => {
-                self.open.remove(&address);
+                self.close(&address);
                 Next::Continue
             }
             Payload::Yjs(message) => self.hand_to_room(address, message).await,
@@ -127,33 +136,33 @@ impl Documents {
         Next::Continue
     }
 
-    /// Translates one frame of `conn`'s room for `address`; `None` if that document is no
-    /// longer open under that connection (the frame is stale).
+    /// Translates one frame that `conn`'s room queued (`None`: the outbox overflowed);
+    /// `None` if that document is no longer open under that connection id (the frame is
+    /// stale).
     pub(super) fn translate_room_frame(
         &mut self,
         conn: ConnId,
-        address: &str,
         out: Option<Outbound>,
     ) -> Option<Result<Bytes, CloseReason>> {
-        if self.open.get(address)?.conn != conn {
-            return None;
-        }
-        Some(match out {
-            Some(Outbound::Frame(frame)) => Ok(Bytes::from(translate(address, &frame))),
-            Some(Outbound::Close(reason)) if reason.code == CloseReason::DOCUMENT_DELETED => {
-                // Only this document ends; the provider hears why.
-                self.open.remove(address);
-                let close = Message {
-                    address: address.to_owned(),
-                    payload: Payload::Close(Some(reason.reason)),
-                };
-                Ok(Bytes::from(close.encode()))
-            }
-            Some(Outbound::Close(reason)) => Err(reason),
-            None => Err(CloseReason::new(
+        let Some(out) = out else {
+            return Some(Err(CloseReason::new(
                 CloseReason::TRY_AGAIN_LATER,
                 "connection fell behind; reconnect to resync",
-            )),
+            )));
+        };
+        let address = self.addresses.get(&conn)?;
+        Some(match out {
+            Outbound::Frame(frame) => Ok(translated(address, frame)),
+            Outbound::Close(reason) if reason.code == CloseReason::DOCUMENT_DELETED => {
+                // Only this document ends; the provider hears why.
+                let close = Message {
+                    address: address.to_string(),
+                    payload: Payload::Close(Some(reason.reason)),
+                };
+                self.close(&close.address);
+                Ok(Bytes::from(close.encode()))
+            }
+            Outbound::Close(reason) => Err(reason),
         })
     }
 
@@ -242,7 +251,7 @@ impl Documents {
         })?;
         check_kind(endpoint, &doc).await?;
         let conn = ConnId(app.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (outbox, from_room) = crate::rooms::outbox::channel(app.sessions.outbox_max_bytes);
+        let outbox = self.outbox.for_conn(conn);
         let stateless = endpoint.stateless.register(&doc, conn, outbox.clone());
         let can_write = grant.permission == Permission::Write;
         let membership = app
@@ -260,8 +269,7 @@ impl Documents {
             handle.expires_at(earliest);
         }
         handle.add_document(doc.as_str());
-        self.joined
-            .push(room_frames(conn, Arc::from(address), from_room));
+        self.addresses.insert(conn, Arc::from(address));
         let document = Document {
             conn,
             doc,
@@ -317,6 +325,32 @@ fn room_gone() -> Next {
     ))
 }
 
+/// Largest room frame whose translation [`translated`] keeps for the next reader.
+const KEPT_TRANSLATION: usize = 16 * 1024;
+
+/// [`translate`], done once for all the readers of a broadcast that one worker thread
+/// serves: a room hands the same frame to each of its readers, and their sessions run one
+/// after another, so the last translation is kept (with its frame, so that the frame's
+/// memory cannot be reused by another while it is the key). Only small frames are kept, so
+/// a thread holds at most [`KEPT_TRANSLATION`] bytes past their use.
+fn translated(address: &str, frame: Bytes) -> Bytes {
+    thread_local! {
+        static LAST: RefCell<Option<(Bytes, Box<str>, Bytes)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((source, to, out)) = last.as_ref()
+            && source.as_ptr() == frame.as_ptr()
+            && source.len() == frame.len()
+            && &**to == address
+        {
+            return out.clone();
+        }
+        let out = Bytes::from(translate(address, &frame));
+        *last = (frame.len() <= KEPT_TRANSLATION).then(|| (frame, address.into(), out.clone()));
+        out
+    })
+}
+
 /// A room frame (a y-websocket message) as the Hocuspocus message for `address`: the same
 /// bytes behind the address, except y-websocket's permission-denied, whose auth sub-type
 /// Hocuspocus numbers differently.
@@ -328,23 +362,6 @@ fn translate(address: &str, frame: &[u8]) -> Vec<u8> {
         return wire::encode_auth(address, &Auth::PermissionDenied { reason });
     }
     wire::encode_prefixed(address, frame)
-}
-
-/// The stream of a room outbox's frames for `address`.
-fn room_frames(conn: ConnId, address: Arc<str>, from_room: OutboxReceiver) -> RoomFrames {
-    Box::pin(futures_util::stream::unfold(
-        Some(from_room),
-        move |from_room| {
-            let address = Arc::clone(&address);
-            async move {
-                let mut from_room = from_room?;
-                match from_room.recv().await {
-                    Some(out) => Some(((conn, address, Some(out)), Some(from_room))),
-                    None => Some(((conn, address, None), None)),
-                }
-            }
-        },
-    ))
 }
 
 #[cfg(test)]

@@ -9,18 +9,19 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use aetherflow_crdt::ConnId;
 use aetherflow_crdt::hocuspocus::{self as wire, Frame as WireFrame};
 use axum::extract::ws::{Message as Frame, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use std::future::poll_fn;
 use tracing::{Span, info_span, warn};
 
 use super::Endpoint;
-use super::documents::{Documents, Next, RoomFrames, RoomItem};
+use super::documents::{Documents, Next};
 use crate::connection::CloseReason;
 use crate::metrics::Rejection;
+use crate::rooms::{Outbound, OutboxReceiver};
 use crate::sessions::{SessionHandle, SessionState};
 use crate::supervisor::{Silence, Supervisor};
 use crate::websocket::{close, count, write};
@@ -58,22 +59,41 @@ fn span(handle: &SessionHandle, id: u64) -> Span {
     )
 }
 
+/// One frame from the connection's outbox: the connection id of the room that queued it,
+/// and the frame (`None`: the outbox overflowed).
+type RoomItem = (ConnId, Option<Outbound>);
+
 /// The session's outgoing side: its own answers, then the rooms' frames.
 struct Outgoing {
     replies: VecDeque<Frame>,
-    rooms: SelectAll<RoomFrames>,
+    /// Every open document's room frames, in one outbox.
+    from_rooms: OutboxReceiver,
     /// A frame handed to the socket and not yet flushed.
     writing: bool,
 }
 
 impl Outgoing {
-    /// Queues answers and takes the rooms of newly opened documents.
+    /// Whether room frames may be taken now: nothing of the session's own waits before them.
+    fn takes_room_frames(&self) -> bool {
+        !self.writing && self.replies.is_empty()
+    }
+
+    /// The next room frame when [`takes_room_frames`](Self::takes_room_frames); otherwise
+    /// only the outbox's overflow (frames stay queued).
+    async fn next_room_frame(&mut self) -> RoomItem {
+        let ready = self.takes_room_frames();
+        let from_rooms = &mut self.from_rooms;
+        match poll_fn(|cx| from_rooms.poll_recv_from(cx, ready)).await {
+            Some((conn, out)) => (conn, Some(out)),
+            // Documents holds a sender, so the outbox ends only by overflowing.
+            None => (ConnId(0), None),
+        }
+    }
+
+    /// Queues answers.
     fn take(&mut self, documents: &mut Documents) -> Result<(), CloseReason> {
         for reply in documents.replies.drain(..) {
             self.replies.push_back(Frame::Binary(reply));
-        }
-        for frames in documents.joined.drain(..) {
-            self.rooms.push(frames);
         }
         if self.replies.len() > MAX_REPLIES {
             return Err(CloseReason::new(
@@ -129,8 +149,8 @@ impl Outgoing {
                 }
                 break;
             }
-            let (conn, address, frame) = item;
-            match documents.translate_room_frame(conn, &address, frame) {
+            let (conn, frame) = item;
+            match documents.translate_room_frame(conn, frame) {
                 None => {}
                 Some(Ok(bytes)) => {
                     handle.sent(bytes.len());
@@ -143,9 +163,9 @@ impl Outgoing {
             if queued >= WRITE_BURST {
                 break;
             }
-            match self.rooms.next().now_or_never() {
-                Some(Some(next)) => item = next,
-                _ => break,
+            match self.next_room_frame().now_or_never() {
+                Some(next) => item = next,
+                None => break,
             }
         }
         match poll_fn(|cx| sink.poll_flush_unpin(cx)).now_or_never() {
@@ -188,10 +208,10 @@ where
             return;
         }
         handle.set_state(SessionState::Active);
-        let mut documents = Documents::new();
+        let (mut documents, from_rooms) = Documents::new(ctx.outbox_max_bytes);
         let mut out = Outgoing {
             replies: VecDeque::new(),
-            rooms: SelectAll::new(),
+            from_rooms,
             writing: false,
         };
         let reason = loop {
@@ -213,8 +233,8 @@ where
                     out.writing = false;
                     supervisor.wrote();
                 }
-                next = out.rooms.next(), if !out.writing && out.replies.is_empty() && !out.rooms.is_empty() => {
-                    let Some(first) = next else { continue };
+                // While the session's own frames go first this only notices an overflow.
+                first = out.next_room_frame() => {
                     if let Err(reason) = out.write_room_frames(first, &mut documents, &mut sink, handle) {
                         break reason;
                     }

@@ -144,7 +144,9 @@ impl<T> Clone for InboxSender<T> {
 
 impl<T> Drop for InboxSender<T> {
     fn drop(&mut self) {
-        senders::dropped(&self.shared.state, &self.shared.notify);
+        if senders::dropped(&self.shared.state) {
+            self.shared.notify.notify_one();
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! One per connection, so its idle cost is what the relay pays per idle connection. A tokio
 //! `mpsc` channel allocates a 32-slot block (≈1.8 KiB here) up front; this queue is a
 //! `VecDeque` that allocates when frames arrive and gives its buffer back once drained, plus
-//! a [`Notify`] to wake the one reader: about a hundred bytes while idle.
+//! the one reader's waker, kept in the same locked state: about a hundred bytes while idle.
+//! The reader is polled ([`OutboxReceiver::poll_recv_when`]), so a session can read its
+//! outboxes without a future per frame: a room's broadcast wakes every reader, and what each
+//! wakeup costs is paid once per reader per update.
 //!
 //! Semantics follow `mpsc`: the room (sender side) never waits, and when every sender is
 //! dropped the reader still gets the frames already queued, then `None`. The bound is in
@@ -13,11 +16,18 @@
 //! so one message larger than the bound still goes out. An outbox that overflows is dead: its
 //! frames are freed at once and the reader gets `None` next, even while it is busy writing
 //! (see [`OutboxReceiver::recv_when`]); the connection resyncs when it reconnects.
+//!
+//! One connection may read several rooms from one outbox (a Hocuspocus connection, many
+//! documents over one socket): each room gets a sender [tagged](OutboxSender::for_conn) with
+//! the connection id it joined with, and the reader learns which room queued each frame
+//! ([`OutboxReceiver::poll_recv_from`]).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::Notify;
+use aetherflow_crdt::ConnId;
 
 use super::Outbound;
 use super::senders::{self, Senders};
@@ -35,13 +45,14 @@ pub fn channel(max_bytes: usize) -> (OutboxSender, OutboxReceiver) {
             senders: 1,
             receiver_alive: true,
             overflowed: false,
+            reader: None,
         }),
-        notify: Notify::new(),
         max_bytes,
     });
     (
         OutboxSender {
             shared: Arc::clone(&shared),
+            conn: UNTAGGED,
         },
         OutboxReceiver { shared },
     )
@@ -59,10 +70,15 @@ pub enum TrySendError<T> {
     Closed(T),
 }
 
-/// The room's end of an outbox; cloning adds a sender.
+/// The tag of the senders [`channel`] makes: their reader does not ask who queued a frame.
+const UNTAGGED: ConnId = ConnId(0);
+
+/// The room's end of an outbox; cloning adds a sender (with the same tag).
 #[derive(Debug)]
 pub struct OutboxSender {
     shared: Arc<Shared>,
+    /// Tags every frame this sender queues (see [`OutboxSender::for_conn`]).
+    conn: ConnId,
 }
 
 /// The connection's end of an outbox.
@@ -74,22 +90,24 @@ pub struct OutboxReceiver {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the receiver; `notify_one` keeps a permit when nobody waits, so a frame queued
-    /// between the receiver's check and its wait is not missed.
-    notify: Notify,
     /// Most bytes the waiting frames may take (see [`FRAME_OVERHEAD`]).
     max_bytes: usize,
 }
 
 #[derive(Debug)]
 struct State {
-    queue: VecDeque<Outbound>,
+    /// Each frame with the tag of the sender that queued it.
+    queue: VecDeque<(ConnId, Outbound)>,
     /// What the frames in `queue` are charged against `max_bytes`.
     bytes: usize,
     senders: usize,
     receiver_alive: bool,
     /// Set when a frame did not fit: the queue was dropped and the reader is told to end.
     overflowed: bool,
+    /// The reader's waker, set when it found nothing to do; taken by whoever gives it
+    /// something (a frame, an overflow, the last sender's drop). Set and taken under the lock,
+    /// so a frame queued between the reader's check and its wait is not missed.
+    reader: Option<Waker>,
 }
 
 /// What a frame is charged against the byte bound.
@@ -112,48 +130,67 @@ impl Shared {
     }
 }
 
+/// Wakes the reader whose waker was taken from the state (after the lock is released).
+fn wake(reader: Option<Waker>) {
+    if let Some(reader) = reader {
+        reader.wake();
+    }
+}
+
 impl OutboxSender {
     /// Queues `frame` without waiting.
     pub fn try_send(&self, frame: Outbound) -> Result<(), TrySendError<Outbound>> {
-        {
-            let mut state = self.shared.lock();
-            if !state.receiver_alive {
-                return Err(TrySendError::Closed(frame));
-            }
-            if state.overflowed {
-                return Err(TrySendError::Full(frame));
-            }
-            let cost = charge(&frame);
-            if !state.queue.is_empty() && state.bytes + cost > self.shared.max_bytes {
-                // The reader will resync on reconnect: nothing queued is worth keeping, and
-                // freeing it now is what bounds the relay's memory.
-                state.overflowed = true;
-                state.queue = VecDeque::new();
-                state.bytes = 0;
-                drop(state);
-                self.shared.notify.notify_one();
-                return Err(TrySendError::Full(frame));
-            }
-            state.bytes += cost;
-            state.queue.push_back(frame);
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(TrySendError::Closed(frame));
         }
-        self.shared.notify.notify_one();
+        if state.overflowed {
+            return Err(TrySendError::Full(frame));
+        }
+        let cost = charge(&frame);
+        if !state.queue.is_empty() && state.bytes + cost > self.shared.max_bytes {
+            // The reader will resync on reconnect: nothing queued is worth keeping, and
+            // freeing it now is what bounds the relay's memory.
+            state.overflowed = true;
+            state.queue = VecDeque::new();
+            state.bytes = 0;
+            let reader = state.reader.take();
+            drop(state);
+            wake(reader);
+            return Err(TrySendError::Full(frame));
+        }
+        state.bytes += cost;
+        state.queue.push_back((self.conn, frame));
+        let reader = state.reader.take();
+        drop(state);
+        wake(reader);
         Ok(())
+    }
+}
+
+impl OutboxSender {
+    /// Another sender to the same outbox, whose frames the reader sees as queued by `conn`.
+    pub fn for_conn(&self, conn: ConnId) -> OutboxSender {
+        senders::added(&self.shared.state);
+        OutboxSender {
+            shared: Arc::clone(&self.shared),
+            conn,
+        }
     }
 }
 
 impl Clone for OutboxSender {
     fn clone(&self) -> Self {
-        senders::added(&self.shared.state);
-        OutboxSender {
-            shared: Arc::clone(&self.shared),
-        }
+        self.for_conn(self.conn)
     }
 }
 
 impl Drop for OutboxSender {
     fn drop(&mut self) {
-        senders::dropped(&self.shared.state, &self.shared.notify);
+        if senders::dropped(&self.shared.state) {
+            let reader = self.shared.lock().reader.take();
+            wake(reader);
+        }
     }
 }
 
@@ -168,29 +205,46 @@ impl OutboxReceiver {
     /// overflowed outbox, leaving frames queued. A session busy writing one frame uses this to
     /// notice at once that it fell behind.
     pub async fn recv_when(&mut self, ready: bool) -> Option<Outbound> {
-        loop {
-            {
-                let mut state = self.shared.lock();
-                if state.overflowed {
-                    return None;
-                }
-                if !ready {
-                    // Only an overflow ends this wait; frames stay for the next call.
-                } else if let Some(frame) = state.queue.pop_front() {
-                    state.bytes = state.bytes.saturating_sub(charge(&frame));
-                    // A drained queue gives its buffer back: most connections are idle most
-                    // of the time, and even a few retained slots cost every one of them
-                    // (issue 7). The price is one small allocation per burst of frames.
-                    if state.queue.is_empty() {
-                        state.queue = VecDeque::new();
-                    }
-                    return Some(frame);
-                } else if state.senders == 0 {
-                    return None;
-                }
-            }
-            self.shared.notify.notified().await;
+        poll_fn(|cx| self.poll_recv_when(cx, ready)).await
+    }
+
+    /// Polls for what [`recv_when`](Self::recv_when) waits for; when there is nothing yet,
+    /// `cx` is woken once there is.
+    pub fn poll_recv_when(&mut self, cx: &mut Context<'_>, ready: bool) -> Poll<Option<Outbound>> {
+        self.poll_recv_from(cx, ready)
+            .map(|out| out.map(|(_, frame)| frame))
+    }
+
+    /// Like [`poll_recv_when`](Self::poll_recv_when), with the tag of the sender that queued
+    /// the frame (see [`OutboxSender::for_conn`]).
+    pub fn poll_recv_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        ready: bool,
+    ) -> Poll<Option<(ConnId, Outbound)>> {
+        let mut state = self.shared.lock();
+        if state.overflowed {
+            return Poll::Ready(None);
         }
+        if !ready {
+            // Only an overflow ends this wait; frames stay for the next call.
+        } else if let Some((conn, frame)) = state.queue.pop_front() {
+            state.bytes = state.bytes.saturating_sub(charge(&frame));
+            // A drained queue gives its buffer back: most connections are idle most of the
+            // time, and even a few retained slots cost every one of them (issue 7). The
+            // price is one small allocation per burst of frames.
+            if state.queue.is_empty() {
+                state.queue = VecDeque::new();
+            }
+            return Poll::Ready(Some((conn, frame)));
+        } else if state.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut state.reader {
+            Some(reader) => reader.clone_from(cx.waker()),
+            empty => *empty = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -307,6 +361,29 @@ mod tests {
         second.try_send(frame(7)).expect("still open");
         assert_eq!(byte(rx.recv().await), Some(7));
         drop(second);
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn each_frame_carries_the_tag_of_its_sender_and_one_bound_covers_them_all() {
+        let (untagged, mut rx) = channel(room_for(3));
+        let a = untagged.for_conn(ConnId(7));
+        let b = a.for_conn(ConnId(9));
+        a.try_send(frame(1)).expect("room");
+        b.try_send(frame(2)).expect("room");
+        a.clone().try_send(frame(3)).expect("a clone keeps the tag");
+        let mut tags = Vec::new();
+        for _ in 0..3 {
+            let next = poll_fn(|cx| rx.poll_recv_from(cx, true)).await;
+            let (conn, out) = next.expect("queued");
+            tags.push((conn, byte(Some(out)).expect("a frame")));
+        }
+        assert_eq!(tags, [(ConnId(7), 1), (ConnId(9), 2), (ConnId(7), 3)]);
+        // The senders share one bound: three frames fill it, whoever sent them.
+        for n in 0..3 {
+            [&a, &b][n % 2].try_send(frame(n as u8)).expect("room");
+        }
+        assert!(matches!(b.try_send(frame(9)), Err(TrySendError::Full(_))));
         assert!(rx.recv().await.is_none());
     }
 

@@ -3,8 +3,6 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::Notify;
-
 /// A queue state that counts its senders.
 pub(super) trait Senders {
     /// The live senders.
@@ -24,16 +22,11 @@ pub(super) fn added<S: Senders>(state: &Mutex<S>) {
     *lock(state).senders() += 1;
 }
 
-/// A sender was dropped; the last one wakes the reader, which then ends once it has taken
-/// what is queued.
-pub(super) fn dropped<S: Senders>(state: &Mutex<S>, reader: &Notify) {
-    let last = {
-        let mut state = lock(state);
-        let senders = state.senders();
-        *senders -= 1;
-        *senders == 0
-    };
-    if last {
-        reader.notify_one();
-    }
+/// A sender was dropped; says whether it was the last one, which must wake the reader (it
+/// then ends once it has taken what is queued).
+pub(super) fn dropped<S: Senders>(state: &Mutex<S>) -> bool {
+    let mut state = lock(state);
+    let senders = state.senders();
+    *senders -= 1;
+    *senders == 0
 }
