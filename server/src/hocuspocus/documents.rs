@@ -136,15 +136,14 @@ impl Documents {
         Next::Continue
     }
 
-    /// Translates one frame that `conn`'s room queued (`None`: the outbox overflowed);
-    /// `None` if that document is no longer open under that connection id (the frame is
-    /// stale).
+    /// Translates one frame with the connection id of the room that queued it (`None`: the
+    /// outbox overflowed); `None` if that document is no longer open under that connection
+    /// id (the frame is stale).
     pub(super) fn translate_room_frame(
         &mut self,
-        conn: ConnId,
-        out: Option<Outbound>,
+        item: Option<(ConnId, Outbound)>,
     ) -> Option<Result<Bytes, CloseReason>> {
-        let Some(out) = out else {
+        let Some((conn, out)) = item else {
             return Some(Err(CloseReason::new(
                 CloseReason::TRY_AGAIN_LATER,
                 "connection fell behind; reconnect to resync",

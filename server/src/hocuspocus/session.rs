@@ -59,9 +59,9 @@ fn span(handle: &SessionHandle, id: u64) -> Span {
     )
 }
 
-/// One frame from the connection's outbox: the connection id of the room that queued it,
-/// and the frame (`None`: the outbox overflowed).
-type RoomItem = (ConnId, Option<Outbound>);
+/// One frame from the connection's outbox, with the connection id of the room that queued
+/// it; `None`: the outbox overflowed (the documents hold a sender, so it ends no other way).
+type RoomItem = Option<(ConnId, Outbound)>;
 
 /// The session's outgoing side: its own answers, then the rooms' frames.
 struct Outgoing {
@@ -83,11 +83,7 @@ impl Outgoing {
     async fn next_room_frame(&mut self) -> RoomItem {
         let ready = self.takes_room_frames();
         let from_rooms = &mut self.from_rooms;
-        match poll_fn(|cx| from_rooms.poll_recv_from(cx, ready)).await {
-            Some((conn, out)) => (conn, Some(out)),
-            // Documents holds a sender, so the outbox ends only by overflowing.
-            None => (ConnId(0), None),
-        }
+        poll_fn(|cx| from_rooms.poll_recv_from(cx, ready)).await
     }
 
     /// Queues answers.
@@ -149,8 +145,7 @@ impl Outgoing {
                 }
                 break;
             }
-            let (conn, frame) = item;
-            match documents.translate_room_frame(conn, frame) {
+            match documents.translate_room_frame(item) {
                 None => {}
                 Some(Ok(bytes)) => {
                     handle.sent(bytes.len());
