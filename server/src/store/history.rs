@@ -17,11 +17,9 @@
 //!   `seq + 1` entries, plus the entries after it up to `seq`. Entries are Yjs updates, so
 //!   applying one that a base already holds changes nothing: thinning may merge entries
 //!   across a checkpoint safely.
-//! - Thinning merges the entries of dropped versions into the first entry of the
-//!   next kept version (which keeps its time and authors): later states never change. Which
-//!   entries to merge is planned from a read ([`Store::thin_plan`]), so the scan of the whole
-//!   history stays off the writer task, which only applies the merges (skipping any whose
-//!   entries changed since).
+//! - Thinning folds the entries of dropped versions into the first entry of the next kept
+//!   version (which keeps its time and authors): later states never change. See
+//!   `store/thinning.rs` (the folding, planned by [`Store::thin_plan`]).
 //!
 //! Documents compacted before history existed keep their old snapshot: it becomes the
 //! checkpoint at 0 at the next compaction, and their earlier entries are gone.
@@ -33,8 +31,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Wr
 
 use super::documents::Tables;
 use super::{Store, checksum};
-use crate::history::thinning::{Merge, plan};
-use crate::history::{CHECKPOINT_FACTOR, Retention};
+use crate::history::CHECKPOINT_FACTOR;
 use crate::storage::{Damage, HistoryEntry, StoreError, StoredDoc, Timeline};
 
 /// Document name → sequence number its snapshot covers: every entry below it is in it.
@@ -49,7 +46,8 @@ const CHECKPOINTS: TableDefinition<(&str, u64), &[u8]> =
 const CHECKPOINT_SUMS: TableDefinition<(&str, u64), u32> =
     TableDefinition::new("history_checkpoints_crc32");
 /// (name, sequence) → label of the version ending at that entry.
-const LABELS: TableDefinition<(&str, u64), &str> = TableDefinition::new("history_labels");
+pub(super) const LABELS: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("history_labels");
 
 /// Creates the history tables (at open).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -187,43 +185,6 @@ pub(super) fn label(
     })
 }
 
-/// Applies `merges` (planned by [`Store::thin_plan`] from an earlier read) to `doc`; how many
-/// versions they dropped. A merge whose entries changed meanwhile (gone, or one of them
-/// labelled since) is skipped, and so is one whose entries do not merge (damaged).
-pub(super) fn thin(
-    txn: &WriteTransaction,
-    tables: &mut Tables<'_>,
-    doc: &DocName,
-    merges: &[Merge],
-) -> Result<usize, StoreError> {
-    let name = doc.as_str();
-    let labels = txn.open_table(LABELS)?;
-    let mut dropped = 0;
-    for merge in merges {
-        let mut updates = Vec::with_capacity(merge.gone.len() + 1);
-        for seq in merge.gone.iter().chain([&merge.into]) {
-            let labelled = *seq != merge.into && labels.get((name, *seq))?.is_some();
-            match tables.log.get((name, *seq))? {
-                Some(update) if !labelled => updates.push(update.value().to_vec()),
-                _ => break,
-            }
-        }
-        if updates.len() != merge.gone.len() + 1 {
-            continue;
-        }
-        let Ok(merged) = yrs::merge_updates_v1(updates.iter().map(Vec::as_slice)) else {
-            tracing::warn!(doc = %doc, "history entries not thinned: they do not merge");
-            continue;
-        };
-        for seq in &merge.gone {
-            tables.remove_entry(doc, *seq)?;
-        }
-        tables.replace_entry(doc, merge.into, &merged)?;
-        dropped += merge.versions;
-    }
-    Ok(dropped)
-}
-
 /// `doc`'s timeline, read from the given tables.
 fn timeline_in(
     meta: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
@@ -252,32 +213,66 @@ type Base = (u64, Vec<u8>, Option<u32>);
 
 /// The nearest base covering at most `bound` entries of `name`: the latest checkpoint, or the
 /// snapshot when it covers at least as much; `None` to start from an empty document.
-fn base_at(txn: &ReadTransaction, name: &str, bound: u64) -> Result<Option<Base>, StoreError> {
+pub(super) fn base_at(
+    txn: &ReadTransaction,
+    name: &str,
+    bound: u64,
+) -> Result<Option<Base>, StoreError> {
+    let mut base = checkpoint_at(txn, name, bound)?;
+    let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
+    if covered <= bound && base.as_ref().is_none_or(|(at, _, _)| *at <= covered) {
+        base = snapshot(txn, name, covered)?.or(base);
+    }
+    Ok(base)
+}
+
+/// Like [`base_at`], but only a base that stays: a checkpoint, or a snapshot from before
+/// history (it becomes the checkpoint at 0 at the next compaction); never the current
+/// snapshot, which the next compaction replaces. What thinning folds against, so that every
+/// state stays the replay of a kept base and kept entries.
+pub(super) fn lasting_base_at(
+    txn: &ReadTransaction,
+    name: &str,
+    bound: u64,
+) -> Result<Option<Base>, StoreError> {
+    match checkpoint_at(txn, name, bound)? {
+        Some(checkpoint) => Ok(Some(checkpoint)),
+        None if snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)? == 0 => {
+            snapshot(txn, name, 0)
+        }
+        None => Ok(None),
+    }
+}
+
+/// The latest checkpoint of `name` covering at most `bound` entries.
+fn checkpoint_at(
+    txn: &ReadTransaction,
+    name: &str,
+    bound: u64,
+) -> Result<Option<Base>, StoreError> {
     let checkpoints = txn.open_table(CHECKPOINTS)?;
     let checkpoint = checkpoints
         .range((name, 0)..=(name, bound))?
         .next_back()
         .transpose()?;
-    let mut base = match checkpoint {
-        Some((key, value)) => {
-            let at = key.value().1;
-            let sums = txn.open_table(CHECKPOINT_SUMS)?;
-            let sum = sums.get((name, at))?.map(|v| v.value());
-            Some((at, value.value().to_vec(), sum))
-        }
-        None => None,
+    let Some((key, value)) = checkpoint else {
+        return Ok(None);
     };
-    let covered = snapshot_next(&txn.open_table(SNAPSHOT_NEXT)?, name)?;
+    let at = key.value().1;
+    let sums = txn.open_table(CHECKPOINT_SUMS)?;
+    let sum = sums.get((name, at))?.map(|v| v.value());
+    Ok(Some((at, value.value().to_vec(), sum)))
+}
+
+/// `name`'s snapshot, as a base covering `covered` entries.
+fn snapshot(txn: &ReadTransaction, name: &str, covered: u64) -> Result<Option<Base>, StoreError> {
     let snapshots = txn.open_table(super::SNAPSHOTS)?;
-    if covered <= bound
-        && base.as_ref().is_none_or(|(at, _, _)| *at <= covered)
-        && let Some(snapshot) = snapshots.get(name)?
-    {
-        let sums = txn.open_table(checksum::SNAPSHOT_SUMS)?;
-        let sum = sums.get(name)?.map(|v| v.value());
-        base = Some((covered, snapshot.value().to_vec(), sum));
-    }
-    Ok(base)
+    let Some(snapshot) = snapshots.get(name)? else {
+        return Ok(None);
+    };
+    let sums = txn.open_table(checksum::SNAPSHOT_SUMS)?;
+    let sum = sums.get(name)?.map(|v| v.value());
+    Ok(Some((covered, snapshot.value().to_vec(), sum)))
 }
 
 impl Store {
@@ -291,17 +286,6 @@ impl Store {
                 doc.as_str(),
             )
         })
-    }
-
-    /// What thinning `doc` by `retention` as of `now_ms` would merge, read without the
-    /// writer (the scan of the whole history stays off the one writer task). Blocking.
-    pub fn thin_plan(
-        &self,
-        doc: &DocName,
-        retention: Retention,
-        now_ms: u64,
-    ) -> Result<Vec<Merge>, StoreError> {
-        Ok(plan(&self.timeline(doc)?, retention, now_ms))
     }
 
     /// `doc` just after entry `seq`: the nearest base and the entries to replay on it,
@@ -346,6 +330,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Retention;
     use crate::store::{StoreWriter, WriteMode, WriteOp, WriteResult};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ pub mod history;
 mod history_props;
 pub mod outbox;
 mod slot;
+mod thinning;
 pub mod writer;
 
 use std::path::Path;

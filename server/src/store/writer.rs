@@ -105,7 +105,7 @@ pub enum WriteOp {
         /// The document.
         doc: DocName,
         /// The merges.
-        merges: Vec<crate::history::thinning::Merge>,
+        merges: Vec<super::thinning::PlannedMerge>,
     },
 }
 
@@ -474,7 +474,7 @@ fn apply_one(
             label.as_deref(),
         )?),
         Some(WriteOp::Thin { doc, merges }) => {
-            WriteResult::Thinned(super::history::thin(txn, tables, &doc, &merges)?)
+            WriteResult::Thinned(super::thinning::thin(txn, tables, &doc, &merges)?)
         }
         Some(WriteOp::CreateDocument { doc, meta }) => {
             let result = tables.create(&doc, meta)?;
