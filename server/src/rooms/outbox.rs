@@ -252,9 +252,11 @@ impl Drop for OutboxReceiver {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
-        // Frames nobody will read are freed now, not when the room drops its sender.
+        // Frames nobody will read are freed now, not when the room drops its sender, and so
+        // is the reader's waker (it holds the ended session's task).
         state.queue = VecDeque::new();
         state.bytes = 0;
+        state.reader = None;
     }
 }
 
