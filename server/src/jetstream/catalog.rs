@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aetherflow_crdt::DocName;
 use aetherflow_crdt::register::{Command, Kind, Outcome, Register};
@@ -114,7 +113,7 @@ impl Catalog for JetStreamEngine {
     }
 
     fn document(&self, doc: DocName) -> Pending<'_, Option<DocumentMeta>> {
-        Box::pin(async move { self.meta(&doc).await })
+        Box::pin(async move { super::unless_unanswered(|| self.meta(&doc)).await })
     }
 
     fn stats(&self, doc: DocName) -> Pending<'_, DocStats> {
@@ -177,21 +176,12 @@ impl Catalog for JetStreamEngine {
 
     fn delete(&self, doc: DocName) -> Pending<'_, bool> {
         Box::pin(async move {
-            let existed = self.meta(&doc).await?.is_some();
+            let existed = super::unless_unanswered(|| self.meta(&doc))
+                .await?
+                .is_some();
             // Every step is idempotent, so a step the cluster did not answer (a request timing
             // out under load, a leader changing) is tried again, all of them from the start.
-            let mut attempt = 1;
-            loop {
-                match self.delete_once(&doc).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_io() && attempt < DELETE_ATTEMPTS => {
-                        tracing::debug!(error = %e, attempt, "deletion not answered; trying again");
-                        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            super::unless_unanswered(|| self.delete_once(&doc)).await?;
             self.inner
                 .appends
                 .lock()
@@ -202,9 +192,6 @@ impl Catalog for JetStreamEngine {
         })
     }
 }
-
-/// Tries of a deletion the cluster does not answer.
-const DELETE_ATTEMPTS: u32 = 4;
 
 impl JetStreamEngine {
     /// Purges `doc`'s log (and the objects of its large entries), snapshot, checkpoints,

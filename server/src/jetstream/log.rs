@@ -480,7 +480,7 @@ impl DocumentLog for JetStreamEngine {
     }
 
     fn load(&self, doc: DocName) -> Pending<'_, StoredDoc> {
-        Box::pin(async move { self.load_doc(&doc).await })
+        Box::pin(async move { super::unless_unanswered(|| self.load_doc(&doc)).await })
     }
 
     fn entries(&self, doc: DocName, from: u64, limit: usize) -> Pending<'_, Vec<LogEntry>> {

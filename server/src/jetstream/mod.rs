@@ -360,6 +360,31 @@ fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unreachable(Arc::new(e))
 }
 
+/// Tries of an idempotent request the cluster does not answer.
+const UNANSWERED_ATTEMPTS: u32 = 4;
+
+/// Runs the idempotent request `request`, again (after 250 ms, 500 ms, 750 ms) while the
+/// cluster does not answer it: just after the streams were created, or while a leader
+/// changes, a replica may not answer yet, and a client's first connection should not be
+/// refused for it. Any other outcome is returned at once.
+async fn unless_unanswered<T, F, Fut>(mut request: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match request().await {
+            Err(e) if e.is_io() && attempt < UNANSWERED_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "not answered; trying again");
+                tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// A failure to reach the cluster: writes are impossible until it is back.
 fn unreachable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("cluster unreachable: {e}"))

@@ -103,3 +103,37 @@ fn both_wrong_last_sequence_answers_are_a_lost_race_and_other_failures_are_not()
         kv::UpdateErrorKind::TimedOut
     )));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_the_cluster_does_not_answer_is_tried_again_a_few_times() {
+    use crate::storage::StoreError;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let tries = AtomicU32::new(0);
+    // Unanswered twice, then answered: the caller sees the answer.
+    let answered = super::unless_unanswered(|| async {
+        match tries.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Err(StoreError::Io("no responders".into())),
+            _ => Ok("answer"),
+        }
+    })
+    .await;
+    assert_eq!(answered.expect("answered on the third try"), "answer");
+    // Never answered: the error after four tries.
+    tries.store(0, Ordering::SeqCst);
+    let unanswered: Result<(), _> = super::unless_unanswered(|| async {
+        tries.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::Io("no responders".into()))
+    })
+    .await;
+    assert!(unanswered.is_err_and(|e| e.is_io()));
+    assert_eq!(tries.load(Ordering::SeqCst), 4);
+    // Any other failure is not tried again.
+    tries.store(0, Ordering::SeqCst);
+    let refused: Result<(), _> = super::unless_unanswered(|| async {
+        tries.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::Unreadable("damaged".into()))
+    })
+    .await;
+    assert!(refused.is_err());
+    assert_eq!(tries.load(Ordering::SeqCst), 1);
+}
