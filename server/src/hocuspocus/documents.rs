@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aetherflow_crdt::hocuspocus::{
@@ -54,7 +53,7 @@ pub(super) enum Next {
 pub(super) struct Documents {
     open: HashMap<String, Document>,
     /// The address of each open document, by the connection id it joined its room with.
-    addresses: HashMap<ConnId, Arc<str>>,
+    addresses: HashMap<ConnId, Box<str>>,
     /// The connection's outbox, which every room it joins (and the stateless relay) writes
     /// to with a sender tagged by the document's connection id. Held here, so the outbox
     /// ends only by overflowing while the session lasts.
@@ -268,7 +267,7 @@ impl Documents {
             handle.expires_at(earliest);
         }
         handle.add_document(doc.as_str());
-        self.addresses.insert(conn, Arc::from(address));
+        self.addresses.insert(conn, address.into());
         let document = Document {
             conn,
             doc,

@@ -4,7 +4,7 @@
 //! `mpsc` channel allocates a 32-slot block (≈1.8 KiB here) up front; this queue is a
 //! `VecDeque` that allocates when frames arrive and gives its buffer back once drained, plus
 //! the one reader's waker, kept in the same locked state: about a hundred bytes while idle.
-//! The reader is polled ([`OutboxReceiver::poll_recv_when`]), so a session can read its
+//! The reader is polled ([`OutboxReceiver::poll_recv_from`]), so a session can read its
 //! outboxes without a future per frame: a room's broadcast wakes every reader, and what each
 //! wakeup costs is paid once per reader per update.
 //!
@@ -205,18 +205,14 @@ impl OutboxReceiver {
     /// overflowed outbox, leaving frames queued. A session busy writing one frame uses this to
     /// notice at once that it fell behind.
     pub async fn recv_when(&mut self, ready: bool) -> Option<Outbound> {
-        poll_fn(|cx| self.poll_recv_when(cx, ready)).await
+        poll_fn(|cx| self.poll_recv_from(cx, ready))
+            .await
+            .map(|(_, frame)| frame)
     }
 
-    /// Polls for what [`recv_when`](Self::recv_when) waits for; when there is nothing yet,
-    /// `cx` is woken once there is.
-    pub fn poll_recv_when(&mut self, cx: &mut Context<'_>, ready: bool) -> Poll<Option<Outbound>> {
-        self.poll_recv_from(cx, ready)
-            .map(|out| out.map(|(_, frame)| frame))
-    }
-
-    /// Like [`poll_recv_when`](Self::poll_recv_when), with the tag of the sender that queued
-    /// the frame (see [`OutboxSender::for_conn`]).
+    /// Polls for what [`recv_when`](Self::recv_when) waits for, with the tag of the sender
+    /// that queued the frame (see [`OutboxSender::for_conn`]); when there is nothing yet, `cx`
+    /// is woken once there is.
     pub fn poll_recv_from(
         &mut self,
         cx: &mut Context<'_>,

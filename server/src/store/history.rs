@@ -330,61 +330,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Retention;
-    use crate::store::{StoreWriter, WriteMode, WriteOp, WriteResult};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_version_labelled_after_thinning_was_planned_is_kept() {
-        use yrs::{ReadTxn, Text, Transact};
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("db.redb")).expect("store");
-        let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-        let doc = DocName::parse("race").expect("a valid name");
-        let text = yrs::Doc::with_client_id(1);
-        for (n, who) in ["ada", "bob", "ada"].into_iter().enumerate() {
-            let before = text.transact().state_vector();
-            let root = text.get_or_insert_text("t");
-            root.insert(&mut text.transact_mut(), 0, &n.to_string());
-            let update = text.transact().encode_state_as_update_v1(&before);
-            let authors = vec![who.to_owned()];
-            let append = WriteOp::Append {
-                doc: doc.clone(),
-                update,
-                authors,
-            };
-            writer.commit(append).await.expect("appended");
-        }
-        let everything_old = Retention {
-            keep_all_ms: 0,
-            hourly_ms: 0,
-            keep_newest: 1,
-        };
-        let merges = store
-            .thin_plan(&doc, everything_old, u64::MAX / 2)
-            .expect("planned");
-        assert_eq!(merges.len(), 1, "versions 0 and 1 merge into 2: {merges:?}");
-        let label = WriteOp::Label {
-            doc: doc.clone(),
-            seq: 0,
-            label: Some("keep".into()),
-        };
-        writer.commit(label).await.expect("labelled");
-        let thin = WriteOp::Thin {
-            doc: doc.clone(),
-            merges,
-        };
-        assert_eq!(
-            writer.commit(thin).await.expect("committed"),
-            WriteResult::Thinned(0)
-        );
-        let timeline = store.timeline(&doc).expect("read");
-        let kept: Vec<u64> = timeline.entries.iter().map(|e| e.seq).collect();
-        assert_eq!(
-            kept,
-            [0, 1, 2],
-            "nothing merged away from under the new label"
-        );
-    }
 
     #[test]
     fn metadata_records_round_trip_and_malformed_ones_are_refused() {

@@ -161,40 +161,49 @@ mod tests {
     use crate::store::{StoreWriter, WriteMode, WriteOp, WriteResult};
     use yrs::{GetString, ReadTxn, Text, Transact};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_thinned_run_of_typing_is_stored_as_one_block_and_keeps_the_text() {
+    /// A store with `doc` written by one Yjs client: each `(text, who)` appended at the end of
+    /// text `t` as an entry of its own, authored by `who`.
+    async fn typed(
+        doc: &DocName,
+        edits: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Store, StoreWriter) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
         let (writer, _task) = StoreWriter::spawn(store.clone(), WriteMode::Durable);
-        let doc = DocName::parse("typed").expect("a valid name");
         let text = yrs::Doc::with_client_id(1);
         let root = text.get_or_insert_text("t");
-        // 300 keystrokes by ada (one version), then one by bob (the version kept).
-        for n in 0..301 {
+        for (s, who) in edits {
             let before = text.transact().state_vector();
             let len = root.len(&text.transact());
-            root.insert(
-                &mut text.transact_mut(),
-                len,
-                if n < 300 { "a" } else { "b" },
-            );
-            let update = text.transact().encode_state_as_update_v1(&before);
-            let who = if n < 300 { "ada" } else { "bob" };
+            root.insert(&mut text.transact_mut(), len, s);
             let append = WriteOp::Append {
                 doc: doc.clone(),
-                update,
-                authors: vec![who.to_owned()],
+                update: text.transact().encode_state_as_update_v1(&before),
+                authors: vec![(*who).to_owned()],
             };
             writer.commit(append).await.expect("appended");
         }
-        let newest_only = Retention {
-            keep_all_ms: 0,
-            hourly_ms: 0,
-            keep_newest: 1,
-        };
-        let merges = store
-            .thin_plan(&doc, newest_only, u64::MAX / 2)
-            .expect("planned");
+        (dir, store, writer)
+    }
+
+    /// Every version old, only the newest kept.
+    const NEWEST_ONLY: Retention = Retention {
+        keep_all_ms: 0,
+        hourly_ms: 0,
+        keep_newest: 1,
+    };
+
+    /// Far ahead: every entry is old.
+    const LATER: u64 = u64::MAX / 2;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thinned_run_of_typing_is_stored_as_one_block_and_keeps_the_text() {
+        let doc = DocName::parse("typed").expect("a valid name");
+        // 300 keystrokes by ada (one version), then one by bob (the version kept).
+        let mut edits = vec![("a", "ada"); 300];
+        edits.push(("b", "bob"));
+        let (_dir, store, writer) = typed(&doc, &edits).await;
+        let merges = store.thin_plan(&doc, NEWEST_ONLY, LATER).expect("planned");
         let thin = WriteOp::Thin {
             doc: doc.clone(),
             merges,
@@ -220,6 +229,35 @@ mod tests {
         assert_eq!(
             t.get_string(&rebuilt.transact()),
             format!("{}b", "a".repeat(300))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_labelled_after_thinning_was_planned_is_kept() {
+        let doc = DocName::parse("race").expect("a valid name");
+        let (_dir, store, writer) = typed(&doc, &[("0", "ada"), ("1", "bob"), ("2", "ada")]).await;
+        let merges = store.thin_plan(&doc, NEWEST_ONLY, LATER).expect("planned");
+        assert_eq!(merges.len(), 1, "versions 0 and 1 merge into 2: {merges:?}");
+        let label = WriteOp::Label {
+            doc: doc.clone(),
+            seq: 0,
+            label: Some("keep".into()),
+        };
+        writer.commit(label).await.expect("labelled");
+        let thin = WriteOp::Thin {
+            doc: doc.clone(),
+            merges,
+        };
+        assert_eq!(
+            writer.commit(thin).await.expect("committed"),
+            WriteResult::Thinned(0)
+        );
+        let timeline = store.timeline(&doc).expect("read");
+        let kept: Vec<u64> = timeline.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            kept,
+            [0, 1, 2],
+            "nothing merged away from under the new label"
         );
     }
 }
